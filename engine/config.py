@@ -1,0 +1,42 @@
+"""Engine-wide settings in one place: folders, environment variables, defaults.
+
+Environment variables:
+  FARSLIP_HOME        engine data folder (default: the platform's user data folder, `~/.local/share/farslip`)
+  FARSLIP_CONFIG_DIR  config folder holding the API token (default: `~/.config/farslip`)
+  FARSLIP_DEVICE      default device: `auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ...
+  HF_HOME / HF_HUB_CACHE / HF_HUB_OFFLINE   honoured as huggingface_hub defines them
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# The model used when a user names none.
+DEFAULT_MODEL = "farslip2-vit-b-16"
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser() if value else default
+
+
+def data_dir() -> Path:
+    """Folder for the engine's own state (jobs, results)."""
+    xdg = _env_path("XDG_DATA_HOME", Path.home() / ".local" / "share")
+    return _env_path("FARSLIP_HOME", xdg / "farslip")
+
+
+def config_dir() -> Path:
+    """Folder for the user's engine configuration (the API token lives here)."""
+    xdg = _env_path("XDG_CONFIG_HOME", Path.home() / ".config")
+    return _env_path("FARSLIP_CONFIG_DIR", xdg / "farslip")
+
+
+def default_device() -> str:
+    return os.environ.get("FARSLIP_DEVICE", "auto")
+
+
+def hub_offline() -> bool:
+    """True when huggingface_hub must not touch the network (HF_HUB_OFFLINE set to a true value)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}

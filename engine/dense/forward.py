@@ -1,0 +1,89 @@
+"""FarSLIP's dense visual forward: one embedding per patch, in the text embedding space.
+
+Blocks 1..L-1 of the ViT run unchanged. In the last block the attention is replaced by
+    A = softmax(q qᵀ · s) + softmax(k kᵀ · s) + softmax(v vᵀ · s),   s = head_dim^-½
+and its output out_proj(A · v) is taken alone: the block's residual and MLP are dropped. Then
+ln_post and proj give one feature per token. Positional embeddings are interpolated (bicubic)
+when the input's patch grid differs from the one the model was trained on.
+
+The same function serves inference (no grad) and stage-1 training (student and teacher, grad).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def interpolate_positions(pos: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Positional embeddings [1 + g*g, C] resized to a (gh, gw) patch grid (CLS position kept)."""
+    n = pos.shape[0] - 1
+    g = int(round(math.sqrt(n)))
+    if (g, g) == tuple(grid_hw):
+        return pos
+    cls_pos, patch_pos = pos[:1], pos[1:]
+    patch_pos = patch_pos.reshape(1, g, g, -1).permute(0, 3, 1, 2)
+    work = patch_pos.float() if patch_pos.dtype in (torch.float16, torch.bfloat16) else patch_pos
+    patch_pos = F.interpolate(work, size=grid_hw, mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(-1, pos.shape[1])
+    return torch.cat([cls_pos, patch_pos])
+
+
+def _tokens_before_last_block(visual: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Run patch embedding, positions, ln_pre and blocks 1..L-1. Returns tokens [B, 1+N, C] and grid."""
+    x = visual.conv1(images.to(visual.conv1.weight.dtype))
+    grid = (x.shape[-2], x.shape[-1])
+    x = x.flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1)
+    x = x + interpolate_positions(visual.positional_embedding, grid).to(x.dtype)
+    x = visual.patch_dropout(x)
+    x = visual.ln_pre(x)
+    blocks = visual.transformer.resblocks
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for block in blocks[:-1]:
+        x = block(x)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    return x, grid
+
+
+def _self_self_attention(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """out_proj(softmax(qqᵀs)+softmax(kkᵀs)+softmax(vvᵀs)) · v for a pre-LN'd input x [B, T, C]."""
+    attn = block.attn
+    b, t, c = x.shape
+    heads = attn.num_heads
+    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (z.reshape(b, t, heads, c // heads).transpose(1, 2) for z in (q, k, v))
+    scale = (c // heads) ** -0.5
+    weights = sum(torch.softmax((z @ z.transpose(-2, -1)) * scale, dim=-1) for z in (q, k, v))
+    out = (weights @ v).transpose(1, 2).reshape(b, t, c)
+    return attn.out_proj(out)
+
+
+def _project(visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = visual.ln_post(x)
+    return x @ visual.proj if visual.proj is not None else x
+
+
+def dense_features(visual: nn.Module, images: torch.Tensor, with_cls: bool = False):
+    """Patch embeddings [B, gh, gw, D] (not normalised) of normalised images [B, 3, H, W].
+
+    With `with_cls`, also the standard (unchanged last block) CLS embedding [B, D], computed from the
+    same first L-1 blocks; it is the image-level embedding that the global-bias option uses.
+    """
+    x, (gh, gw) = _tokens_before_last_block(visual, images)
+    last = visual.transformer.resblocks[-1]
+    dense = _project(visual, _self_self_attention(last, last.ln_1(x)))
+    patches = dense[:, 1:].reshape(x.shape[0], gh, gw, -1)
+    if not with_cls:
+        return patches
+    y = x + last.ls_1(last.attention(last.ln_1(x)))
+    y = y + last.ls_2(last.mlp(last.ln_2(y)))
+    cls = _project(visual, y[:, 0])
+    return patches, cls

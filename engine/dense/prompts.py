@@ -1,0 +1,127 @@
+"""Prompt handling, in one place: class lines with synonyms, prompt templates, validation.
+
+A prompt set is a list of class lines. A class line holds one or more names separated by commas
+(synonyms): "building,roof; road; tree,forest" is three classes, the first and last with two names.
+Lines are separated by ';' or newlines. Each name is embedded with a template set (the 80 OpenAI
+ImageNet templates by default); a class scores the max over its names' probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import InputError
+
+MAX_CLASSES = 254  # class maps are uint8; 255 means "no class" (nodata / below threshold)
+MAX_NAME_CHARS = 200
+NO_CLASS = 255
+
+
+def _template_sets() -> dict[str, tuple[str, ...]]:
+    from open_clip import OPENAI_IMAGENET_TEMPLATES
+
+    imagenet = tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+    return {
+        "imagenet80": imagenet,                                          # OVSS protocol
+        "rs": ("a satellite photo of {}.", "a satellite image of {}"),  # scene classification protocol
+        "name": ("{}",),                                                 # the bare name
+    }
+
+
+TEMPLATE_SET_NAMES = ("imagenet80", "rs", "name")
+
+
+def templates(name: str) -> tuple[str, ...]:
+    sets = _template_sets()
+    if name not in sets:
+        raise InputError(f"unknown template set '{name}' (use one of: {', '.join(TEMPLATE_SET_NAMES)})")
+    return sets[name]
+
+
+@dataclass(frozen=True)
+class ClassLine:
+    names: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        """The name shown to users: the first synonym."""
+        return self.names[0]
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    classes: tuple[ClassLine, ...]
+
+    @classmethod
+    def parse(cls, spec: "str | list[str] | tuple[str, ...] | PromptSet") -> "PromptSet":
+        """From "a,b; c" text (';' or newlines between classes) or a list of class lines."""
+        if isinstance(spec, PromptSet):
+            return spec
+        if isinstance(spec, str):
+            lines = [part for chunk in spec.splitlines() for part in chunk.split(";")]
+            lines = [line for line in lines if line.strip()]
+        elif isinstance(spec, (list, tuple)):
+            if not all(isinstance(line, str) for line in spec):
+                raise InputError("class lines must be strings")
+            lines = list(spec)
+        else:
+            raise InputError("classes must be text ('building,roof; road') or a list of class lines")
+        if not lines:
+            raise InputError("no classes given: name at least one class, e.g. 'building; road; tree'")
+        classes = []
+        seen: dict[str, int] = {}
+        for number, line in enumerate(lines, start=1):
+            names = tuple(dict.fromkeys(" ".join(n.split()) for n in line.split(",") if n.strip()))
+            if not names:
+                raise InputError(f"class {number} ('{line.strip()}') holds no name")
+            for name in names:
+                if len(name) > MAX_NAME_CHARS:
+                    raise InputError(f"class {number}: name longer than {MAX_NAME_CHARS} characters")
+                key = name.lower()
+                if key in seen:
+                    raise InputError(f"name '{name}' appears in class {seen[key]} and class {number}")
+                seen[key] = number
+            classes.append(ClassLine(names))
+        if len(classes) > MAX_CLASSES:
+            raise InputError(f"{len(classes)} classes given; at most {MAX_CLASSES} are supported")
+        return cls(tuple(classes))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "PromptSet":
+        """One class line per line of a text file (lines starting with # are comments)."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot read class file {path}: {exc.strerror or exc}") from None
+        return cls.parse([ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")])
+
+    @property
+    def labels(self) -> list[str]:
+        return [c.label for c in self.classes]
+
+    @property
+    def names(self) -> list[str]:
+        """Every name of every class, in order (the rows of the text embedding matrix)."""
+        return [n for c in self.classes for n in c.names]
+
+    @property
+    def name_to_class(self) -> list[int]:
+        return [i for i, c in enumerate(self.classes) for _ in c.names]
+
+    def index_of(self, name: str) -> int | None:
+        key = name.strip().lower()
+        for i, c in enumerate(self.classes):
+            if key in (n.lower() for n in c.names):
+                return i
+        return None
+
+    def with_background(self, name: str) -> tuple["PromptSet", int]:
+        """This set plus a background class (appended unless a class already has that name) and its index."""
+        found = self.index_of(name)
+        if found is not None:
+            return self, found
+        return PromptSet.parse([*(", ".join(c.names) for c in self.classes), name]), len(self.classes)
+
+    def as_text(self) -> str:
+        return "; ".join(", ".join(c.names) for c in self.classes)

@@ -1,0 +1,30 @@
+"""From averaged cosine logits over names to class probabilities and a class map.
+
+    p(name)  = softmax over all names of (logit_scale · cosine)
+    p(class) = max over the class's names of p(name)
+    class    = argmax p(class); pixels with max p(class) < threshold → background (or NO_CLASS)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.dense.prompts import NO_CLASS
+
+
+def class_probabilities(logits: torch.Tensor, name_to_class: list[int], logit_scale: float = 50.0) -> torch.Tensor:
+    """[N_names, ...] cosine logits → [N_classes, ...] probabilities (max over synonyms)."""
+    probs = torch.softmax(logits * logit_scale, dim=0)
+    rows: dict[int, list[int]] = {}
+    for name_index, class_index in enumerate(name_to_class):
+        rows.setdefault(class_index, []).append(name_index)
+    return torch.stack([probs[rows[c]].amax(dim=0) for c in range(len(rows))])
+
+
+def class_map(probs: torch.Tensor, prob_threshold: float = 0.0, background_index: int | None = None) -> torch.Tensor:
+    """[C, ...] probabilities → uint8 [...] class indices, thresholded to background / NO_CLASS."""
+    best, index = probs.max(dim=0)
+    if prob_threshold > 0:
+        fill = NO_CLASS if background_index is None else background_index
+        index = torch.where(best < prob_threshold, torch.full_like(index, fill), index)
+    return index.to(torch.uint8)

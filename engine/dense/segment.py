@@ -1,0 +1,107 @@
+"""Text-prompted dense segmentation of an RGB image: the engine's one inference path.
+
+    result = segment_image(rgb_uint8, "building,roof; road; tree; water", model)
+    result.class_map  # H×W uint8 class indices (255 = no class)
+    result.scores     # C×H×W float32 class probabilities
+
+`Segmenter` binds a model, a prompt set and options (text embeddings computed once); the GeoTIFF
+pipeline, the HTTP API and the evaluation all segment through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+from engine.dense.options import DEFAULT_PRESET, InferenceOptions, preset
+from engine.dense.prompts import PromptSet
+from engine.dense.scoring import class_map, class_probabilities
+from engine.dense.sliding import Box, ProgressFn, sliding_logits
+from engine.dense.text import embed_prompts
+from engine.errors import InputError
+from engine.models import LoadedModel
+
+_MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(OPENAI_DATASET_STD).view(3, 1, 1)
+
+
+def prepare_image(image: np.ndarray) -> torch.Tensor:
+    """H×W×3 RGB (uint8 0-255, or float 0-1) → CLIP-normalised float32 tensor [3, H, W]."""
+    if not isinstance(image, np.ndarray):
+        raise InputError("image must be a numpy array of shape H×W×3")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"image must be RGB with shape H×W×3, got shape {tuple(image.shape)}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError("image is empty")
+    if image.dtype == np.uint8:
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)
+    elif np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise InputError("image holds NaN or infinite values")
+        if image.min() < -1e-3 or image.max() > 1.0 + 1e-3:
+            raise InputError("float images must hold values in [0, 1]")
+        pixels = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).clamp_(0, 1)
+    else:
+        raise InputError(f"image dtype {image.dtype} not supported: pass uint8 (0-255) or float (0-1)")
+    return (pixels.permute(2, 0, 1) - _MEAN) / _STD
+
+
+@dataclass
+class SegmentationResult:
+    class_map: np.ndarray  # H×W uint8
+    scores: np.ndarray  # C×H×W float32 probabilities
+    classes: list[str]  # one label per class index
+    prompts: PromptSet
+    background_index: int | None
+
+
+class Segmenter:
+    """A model, a prompt set and options, ready to segment images or pieces of a large one."""
+
+    def __init__(self, model: LoadedModel, prompts: "str | list[str] | PromptSet",
+                 options: InferenceOptions | None = None):
+        self.model = model
+        self.options = (options or preset(DEFAULT_PRESET)).validate()
+        prompts = PromptSet.parse(prompts)
+        self.background_index: int | None = None
+        if self.options.background:
+            prompts, self.background_index = prompts.with_background(self.options.background)
+        self.prompts = prompts
+        self.crop = self.options.crop or model.image_size
+        self.stride = self.options.stride or max(1, self.crop // 2)
+        if self.stride > self.crop:
+            raise InputError("stride must not exceed the crop size")
+        self.text = embed_prompts(model, prompts, self.options.template_set)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.prompts.labels
+
+    def logits(self, image: torch.Tensor, boxes: list[Box] | None = None, region: Box | None = None,
+               progress: ProgressFn | None = None) -> torch.Tensor:
+        """Mean cosine logits over names [N, h, w] of a prepared image (or a region of it)."""
+        o = self.options
+        return sliding_logits(self.model, image, self.text, self.crop, self.stride, o.batch_size,
+                              o.global_bias, boxes=boxes, region=region, progress=progress)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return class_probabilities(logits, self.prompts.name_to_class, self.options.logit_scale)
+
+    def labels(self, probs: torch.Tensor) -> torch.Tensor:
+        return class_map(probs, self.options.prob_threshold, self.background_index)
+
+    def segment(self, image: np.ndarray, progress: ProgressFn | None = None) -> SegmentationResult:
+        probs = self.probabilities(self.logits(prepare_image(image), progress=progress))
+        return SegmentationResult(
+            class_map=self.labels(probs).cpu().numpy(),
+            scores=probs.cpu().numpy().astype(np.float32, copy=False),
+            classes=self.classes, prompts=self.prompts, background_index=self.background_index)
+
+
+def segment_image(image: np.ndarray, prompts: "str | list[str] | PromptSet", model: LoadedModel,
+                  options: InferenceOptions | None = None, progress: ProgressFn | None = None) -> SegmentationResult:
+    """Segment one RGB image by typed class names (see the module docstring)."""
+    return Segmenter(model, prompts, options).segment(image, progress=progress)

@@ -1,0 +1,145 @@
+"""Sliding-window dense logits: crops of the model's input size, averaged where they overlap.
+
+Crops are `crop` px with stride `stride` (224/112 for ViT-B); the last crop of a row or column is
+shifted inward to end at the border. Each crop's per-patch cosine logits (patch embedding · name
+embedding) are bilinearly up-sampled to the crop's pixels and summed; the sum is divided by the
+number of crops covering each pixel. A crop smaller than `crop` (an image side under `crop`) is
+padded at its bottom/right to a patch multiple, resized to crop × crop, and its logits are resized
+back to the padded size, then the padding is cut off.
+
+The crop grid is a property of the whole image. To process a large raster in pieces with results
+identical to one piece, the caller passes the crops of the global grid that touch a region (in
+the piece's pixel coordinates) and the region to fill: see `CropGrid.touching`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from engine.dense.forward import dense_features
+from engine.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class Box:
+    """A pixel rectangle: rows y..y+h, columns x..x+w."""
+
+    y: int
+    x: int
+    h: int
+    w: int
+
+    def shifted(self, dy: int, dx: int) -> "Box":
+        return Box(self.y + dy, self.x + dx, self.h, self.w)
+
+    def intersects(self, other: "Box") -> bool:
+        return (self.y < other.y + other.h and other.y < self.y + self.h
+                and self.x < other.x + other.w and other.x < self.x + self.w)
+
+
+def window_starts(length: int, crop: int, stride: int) -> list[int]:
+    """Crop origins along one axis; the last one ends exactly at the border."""
+    if length <= crop:
+        return [0]
+    starts = list(range(0, length - crop + 1, stride))
+    if starts[-1] + crop < length:
+        starts.append(length - crop)
+    return starts
+
+
+@dataclass(frozen=True)
+class CropGrid:
+    """The crops covering a height × width image."""
+
+    height: int
+    width: int
+    crop: int
+    stride: int
+
+    def boxes(self) -> list[Box]:
+        ch, cw = min(self.crop, self.height), min(self.crop, self.width)
+        return [Box(y, x, ch, cw)
+                for y in window_starts(self.height, self.crop, self.stride)
+                for x in window_starts(self.width, self.crop, self.stride)]
+
+    def touching(self, region: Box) -> list[Box]:
+        """The crops that cover any pixel of `region` (both in whole-image coordinates)."""
+        return [b for b in self.boxes() if b.intersects(region)]
+
+
+ProgressFn = Callable[[int, int], None]  # (crops done, crops total); may raise to cancel
+
+
+def _batches(items: list[Box], size: int) -> Iterator[list[Box]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _model_input(crops: torch.Tensor, crop: int, patch: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Crops [B,3,h,w] → model input [B,3,crop,crop] and the padded size whose logits we keep."""
+    h, w = crops.shape[-2:]
+    if h == crop and w == crop:
+        return crops, (h, w)
+    ph, pw = -(-h // patch) * patch, -(-w // patch) * patch
+    padded = F.pad(crops, (0, pw - w, 0, ph - h))
+    resized = F.interpolate(padded, size=(crop, crop), mode="bilinear", align_corners=False)
+    return resized, (ph, pw)
+
+
+def crop_logits(model: LoadedModel, crops: torch.Tensor, text: torch.Tensor, crop: int,
+                global_bias: float = 0.0) -> torch.Tensor:
+    """Cosine logits [B, N, h, w] at pixel resolution for a batch of same-size normalised crops."""
+    h, w = crops.shape[-2:]
+    inputs, (ph, pw) = _model_input(crops, crop, model.patch_size)
+    inputs = inputs.to(model.device, model.dtype)
+    with torch.inference_mode():
+        if global_bias:
+            patches, cls = dense_features(model.clip.visual, inputs, with_cls=True)
+        else:
+            patches = dense_features(model.clip.visual, inputs)
+        patches = F.normalize(patches.float(), dim=-1)
+        logits = torch.einsum("bhwd,nd->bnhw", patches, text.to(patches.device))
+        if global_bias:
+            cls_logits = F.normalize(cls.float(), dim=-1) @ text.to(patches.device).T
+            logits = logits - global_bias * cls_logits[:, :, None, None]
+        logits = F.interpolate(logits, size=(ph, pw), mode="bilinear", align_corners=False)
+    return logits[:, :, :h, :w]
+
+
+def sliding_logits(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int, stride: int,
+                   batch_size: int = 16, global_bias: float = 0.0, boxes: list[Box] | None = None,
+                   region: Box | None = None, progress: ProgressFn | None = None) -> torch.Tensor:
+    """Mean cosine logits [N, region.h, region.w] (float32, on the model's device) of image [3,H,W].
+
+    `boxes` (default: the image's own crop grid) and `region` (default: the whole image) are in the
+    image's pixel coordinates; every pixel of the region must be covered by at least one box.
+    """
+    _, height, width = image.shape
+    region = region or Box(0, 0, height, width)
+    if boxes is None:
+        boxes = CropGrid(height, width, crop, stride).touching(region)
+    n = text.shape[0]
+    total = torch.zeros(n, region.h, region.w, dtype=torch.float32, device=model.device)
+    count = torch.zeros(1, region.h, region.w, dtype=torch.float32, device=model.device)
+    done = 0
+    for batch in _batches(boxes, batch_size):
+        crops = torch.stack([image[:, b.y:b.y + b.h, b.x:b.x + b.w] for b in batch])
+        logits = crop_logits(model, crops, text, crop, global_bias)
+        for b, lg in zip(batch, logits):
+            y0, y1 = max(b.y, region.y), min(b.y + b.h, region.y + region.h)
+            x0, x1 = max(b.x, region.x), min(b.x + b.w, region.x + region.w)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            total[:, y0 - region.y:y1 - region.y, x0 - region.x:x1 - region.x] += \
+                lg[:, y0 - b.y:y1 - b.y, x0 - b.x:x1 - b.x]
+            count[:, y0 - region.y:y1 - region.y, x0 - region.x:x1 - region.x] += 1
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(boxes))
+    if bool((count == 0).any()):
+        raise ValueError("sliding_logits: some region pixels are covered by no crop")
+    return total / count

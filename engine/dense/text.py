@@ -1,0 +1,41 @@
+"""Text side of the classifier: one embedding per class name, averaged over prompt templates, cached.
+
+Each name is written into every template, encoded, L2-normalised; the template embeddings are
+averaged and re-normalised. Results are cached per (model, names, template set).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import torch
+
+from engine.dense.prompts import PromptSet, templates
+from engine.models import LoadedModel
+
+_CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_CACHE_SIZE = 64
+_LOCK = threading.Lock()
+
+
+def embed_names(model: LoadedModel, names: list[str], template_set: str = "imagenet80") -> torch.Tensor:
+    """[len(names), D] unit vectors, each the re-normalised mean of the name's template embeddings."""
+    tmpl = templates(template_set)
+    key = (model.key, tuple(names), template_set)
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    texts = [t.format(name) for name in names for t in tmpl]
+    per_template = model.encode_text(texts).reshape(len(names), len(tmpl), -1)
+    embeddings = torch.nn.functional.normalize(per_template.mean(dim=1), dim=-1)
+    with _LOCK:
+        _CACHE[key] = embeddings
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return embeddings
+
+
+def embed_prompts(model: LoadedModel, prompts: PromptSet, template_set: str = "imagenet80") -> torch.Tensor:
+    return embed_names(model, prompts.names, template_set)

@@ -1,0 +1,78 @@
+"""The FarSLIP network: open_clip's CLIP with QuickGELU and optional Long-CLIP text positions.
+
+Long-CLIP (context 248): the text position term is `pe * mask1 + pe_res * mask2`, mask1 = 1 on
+positions 0-19 and mask2 = 1 on positions 20-247, exactly as the FarSLIP release stores it
+(`positional_embedding`, `positional_embedding_res`, buffers `mask1`, `mask2`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP
+from open_clip.transformer import text_global_pool
+from torch import nn
+
+from engine.models.registry import arch_config
+
+LONG_CONTEXT = 248
+LONG_KEEP = 20  # leading positions kept from the 77-position tower
+
+
+class FarSLIPCLIP(CLIP):
+    """open_clip CLIP whose text tower may carry Long-CLIP positions."""
+
+    def __init__(self, embed_dim: int, vision_cfg: dict, text_cfg: dict, long_clip: bool = False, **kwargs):
+        text_cfg = dict(text_cfg)
+        if long_clip:
+            text_cfg["context_length"] = LONG_CONTEXT
+        super().__init__(embed_dim, vision_cfg, text_cfg, quick_gelu=True, **kwargs)
+        self.long_clip = long_clip
+        if long_clip:
+            width = self.positional_embedding.shape[1]
+            self.positional_embedding_res = nn.Parameter(self.positional_embedding.detach().clone())
+            mask1 = torch.zeros(LONG_CONTEXT, 1)
+            mask1[:LONG_KEEP] = 1
+            self.register_buffer("mask1", mask1)
+            self.register_buffer("mask2", 1 - mask1)
+            assert self.positional_embedding_res.shape == (LONG_CONTEXT, width)
+
+    def text_positions(self) -> torch.Tensor:
+        """The position term added to the token embeddings ([context, width])."""
+        if self.long_clip:
+            return self.positional_embedding * self.mask1 + self.positional_embedding_res * self.mask2
+        return self.positional_embedding
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        cast_dtype = self.transformer.get_cast_dtype()
+        x = self.token_embedding(text).to(cast_dtype)
+        x = x + self.text_positions().to(cast_dtype)
+        x = self.transformer(x, attn_mask=self.attn_mask)
+        x = self.ln_final(x)
+        x = text_global_pool(x, text, self.text_pool_type, eos_token_id=getattr(self, "text_eos_id", None))
+        if self.text_projection is not None:
+            x = self.text_projection(x) if isinstance(self.text_projection, nn.Linear) else x @ self.text_projection
+        return F.normalize(x, dim=-1) if normalize else x
+
+
+def build_clip(arch: str, long_clip: bool = False) -> FarSLIPCLIP:
+    """A randomly initialised FarSLIP network of the given architecture."""
+    cfg = arch_config(arch)
+    return FarSLIPCLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], long_clip=long_clip)
+
+
+def stretch_text_positions(pe77: torch.Tensor, keep: int = LONG_KEEP, factor: int = 4) -> torch.Tensor:
+    """Long-CLIP initialisation: keep the first `keep` positions, interpolate the rest `factor`x.
+
+    77 positions become keep + factor * (77 - keep) = 248. Between consecutive old positions the
+    new ones are linear blends; past the last one the trend of the last two is continued.
+    """
+    length, width = pe77.shape
+    out = pe77.new_zeros(keep + factor * (length - keep), width)
+    out[:keep] = pe77[:keep]
+    for i in range(keep, length):
+        cur = pe77[i]
+        nxt = pe77[i + 1] if i + 1 < length else pe77[i] + (pe77[i] - pe77[i - 1])
+        for j in range(factor):
+            out[keep + factor * (i - keep) + j] = cur + (nxt - cur) * j / factor
+    return out

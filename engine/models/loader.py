@@ -1,0 +1,149 @@
+"""Loading a FarSLIP model by release name or local file, ready for inference.
+
+    model = load_model("farslip2-vit-b-16")                     # HF cache / download
+    model = load_model("/data/FarSLIP2_ViT-B-16.pt")            # arch guessed from the file
+    model = load_model("my.safetensors", arch="ViT-B-32", device="cpu")
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.errors import ModelError
+from engine.models import checkpoint, hub
+from engine.models.clip import FarSLIPCLIP, build_clip
+from engine.models.device import select_device, select_dtype
+from engine.models.registry import TINY_ARCHS, arch_config, find_release, known_model_names, release_for_filename
+
+_MAX_LISTED_KEYS = 8
+
+
+@dataclass
+class LoadedModel:
+    """A FarSLIP network on its device, with what inference needs to know about it."""
+
+    clip: FarSLIPCLIP
+    name: str  # release name or file path, as the user named it
+    arch: str
+    device: torch.device
+    dtype: torch.dtype
+    source: str = ""  # file the weights came from ("" for in-memory models)
+    _tokenizer: object = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def long_clip(self) -> bool:
+        return self.clip.long_clip
+
+    @property
+    def context_length(self) -> int:
+        return int(self.clip.context_length)
+
+    @property
+    def image_size(self) -> int:
+        size = self.clip.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def patch_size(self) -> int:
+        size = self.clip.visual.patch_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def key(self) -> str:
+        """Identity used by caches (text embeddings): same key ⇔ same weights and precision."""
+        return f"{self.name}|{self.source}|{self.arch}|{self.dtype}|{id(self.clip)}"
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        if self._tokenizer is None:
+            import open_clip
+
+            self._tokenizer = open_clip.get_tokenizer("ViT-B-16" if self.arch in TINY_ARCHS else self.arch)
+        return self._tokenizer(texts, context_length=self.context_length)
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """Normalised text embeddings [len(texts), D] in float32 on the model's device."""
+        out = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenize(texts[start:start + batch_size]).to(self.device)
+            out.append(self.clip.encode_text(tokens, normalize=True).float())
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised image (CLS) embeddings [B, D] for normalised images [B, 3, S, S]."""
+        return self.clip.encode_image(images.to(self.device, self.dtype), normalize=True).float()
+
+
+def wrap_model(clip: FarSLIPCLIP, arch: str, name: str = "in-memory", device: str | None = None,
+               precision: str | None = None, source: str = "") -> LoadedModel:
+    """Put a network on its device/precision in eval mode (used by the loader, training and tests)."""
+    dev = select_device(device)
+    dtype = select_dtype(dev, precision)
+    clip = clip.to(dev, dtype).eval()
+    return LoadedModel(clip=clip, name=name, arch=arch, device=dev, dtype=dtype, source=source)
+
+
+def resolve_checkpoint(model: str, arch: str | None = None, offline: bool | None = None) -> tuple[Path, str]:
+    """(file, architecture) for a release name or a local path."""
+    release = find_release(model)
+    if release is not None:
+        if arch and arch != release.arch:
+            raise ModelError(f"{release.name} is a {release.arch} model, not {arch}")
+        return hub.fetch(release, offline=offline), release.arch
+    path = Path(model).expanduser()
+    if not path.exists():
+        names = ", ".join(known_model_names())
+        raise ModelError(f"unknown model '{model}': not a release ({names}) and no such file")
+    if path.is_dir():
+        raise ModelError(f"model '{model}' is a folder; pass the checkpoint file inside it")
+    if arch is None:
+        known = release_for_filename(path.name)
+        arch = known.arch if known else None
+    return path, arch or ""
+
+
+def guess_arch(state: dict[str, torch.Tensor]) -> str:
+    """Pick the architecture whose vision tower matches the checkpoint (for files without --arch)."""
+    sig = checkpoint.vision_signature(state)
+    for name in ("ViT-B-16", "ViT-B-32", "ViT-L-14", *TINY_ARCHS):
+        vc = arch_config(name)["vision_cfg"]
+        if sig == (vc["patch_size"], vc["width"], vc["layers"]):
+            return name
+    raise ModelError("cannot tell the checkpoint's architecture; pass it with --arch (e.g. ViT-B-16)")
+
+
+def build_from_state_dict(state: dict[str, torch.Tensor], arch: str, source: str = "checkpoint") -> FarSLIPCLIP:
+    """Create the network for `arch` (Long-CLIP when the state dict says so) and load the weights strictly."""
+    long_clip = checkpoint.is_long_clip(state)
+    clip = build_clip(arch, long_clip=long_clip)
+    expected = clip.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if keys:
+                shown = ", ".join(keys[:_MAX_LISTED_KEYS]) + (f" (+{len(keys) - _MAX_LISTED_KEYS} more)"
+                                                             if len(keys) > _MAX_LISTED_KEYS else "")
+                parts.append(f"{len(keys)} {label}: {shown}")
+        raise ModelError(f"{source} does not fit architecture {arch}: " + "; ".join(parts))
+    clip.load_state_dict(state, strict=True)
+    return clip
+
+
+def load_model(model: str, arch: str | None = None, device: str | None = None,
+               precision: str | None = None, offline: bool | None = None) -> LoadedModel:
+    """Load a release (`farslip2-vit-b-16`) or a local `.pt`/`.safetensors` file for inference."""
+    path, arch = resolve_checkpoint(model, arch, offline=offline)
+    state = checkpoint.read_state_dict(path)
+    if not arch:
+        arch = guess_arch(state)
+    clip = build_from_state_dict(state, arch, source=path.name)
+    return wrap_model(clip, arch, name=model, device=device, precision=precision, source=str(path))

@@ -1,0 +1,35 @@
+"""Fixtures for engine tests: tiny FarSLIP networks and checkpoints written in the release layouts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.models import wrap_model
+from engine.models.clip import build_clip
+
+torch.set_num_threads(2)
+
+TINY = "tiny-vit-16"
+
+
+def make_clip(arch: str = TINY, long_clip: bool = False, seed: int = 0):
+    """A tiny network with random but deterministic weights (all parameters non-trivial)."""
+    torch.manual_seed(seed)
+    clip = build_clip(arch, long_clip=long_clip)
+    with torch.no_grad():  # open_clip leaves some tensors at zero/one; make every weight informative
+        for name, param in clip.named_parameters():
+            if name.endswith("logit_scale"):
+                continue
+            param.add_(torch.randn_like(param) * 0.02)
+    return clip.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    return make_clip()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_clip):
+    return wrap_model(tiny_clip, TINY, name="tiny", device="cpu")

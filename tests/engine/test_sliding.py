@@ -1,0 +1,96 @@
+"""Sliding-window inference equals the crop-by-crop computation; borders and small images work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.dense import InferenceOptions, Segmenter, prepare_image
+from engine.dense.forward import dense_features
+from engine.dense.sliding import Box, CropGrid, window_starts
+
+CROP, STRIDE = 224, 112
+
+
+def _published_starts(length: int) -> list[int]:
+    """Crop origins as the published evaluation computes them (grid count, then clamp)."""
+    grids = max(length - CROP + STRIDE - 1, 0) // STRIDE + 1
+    return sorted({max(min(i * STRIDE + CROP, length) - CROP, 0) for i in range(grids)})
+
+
+@pytest.mark.parametrize("length", [1, 100, 223, 224, 225, 335, 336, 448, 500, 1000])
+def test_window_starts_follow_the_published_rule(length):
+    starts = window_starts(length, CROP, STRIDE)
+    assert starts == _published_starts(length)
+    assert starts[-1] + min(CROP, length) == length  # the last crop ends at the border
+
+
+def _crop_by_crop(model, text, image: torch.Tensor) -> torch.Tensor:
+    """Average of per-crop up-sampled cosine logits, one crop at a time."""
+    _, h, w = image.shape
+    total = torch.zeros(text.shape[0], h, w)
+    count = torch.zeros(1, h, w)
+    for y in _published_starts(h):
+        for x in _published_starts(w):
+            piece = image[:, y:y + CROP, x:x + CROP]
+            ph, pw = piece.shape[1:]
+            if (ph, pw) != (CROP, CROP):  # pad to a patch multiple, feed at 224, resize back
+                th, tw = -(-ph // 16) * 16, -(-pw // 16) * 16
+                padded = F.pad(piece, (0, tw - pw, 0, th - ph))
+                feed = F.interpolate(padded[None], size=(CROP, CROP), mode="bilinear", align_corners=False)
+            else:
+                th, tw, feed = ph, pw, piece[None]
+            with torch.no_grad():
+                feats = F.normalize(dense_features(model.clip.visual, feed)[0], dim=-1)
+            logits = (feats @ text.T).permute(2, 0, 1)[None]
+            logits = F.interpolate(logits, size=(th, tw), mode="bilinear", align_corners=False)[0, :, :ph, :pw]
+            total[:, y:y + ph, x:x + pw] += logits
+            count[:, y:y + ph, x:x + pw] += 1
+    return total / count
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_model):
+    return Segmenter(tiny_model, "building,roof; road; tree,forest; water")
+
+
+@pytest.mark.parametrize("shape", [(336, 530), (224, 224), (100, 150), (60, 400), (500, 90)],
+                         ids=["large-odd", "one-crop", "smaller-than-crop", "short-wide", "tall-narrow"])
+def test_sliding_equals_crop_by_crop(segmenter, shape):
+    rng = np.random.default_rng(1)
+    image = prepare_image(rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
+    got = segmenter.logits(image)
+    want = _crop_by_crop(segmenter.model, segmenter.text, image)
+    assert got.shape == (len(segmenter.prompts.names), *shape)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_size_does_not_change_the_result(tiny_model):
+    image = prepare_image(np.random.default_rng(2).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    one = Segmenter(tiny_model, "a; b; c", InferenceOptions(batch_size=1)).logits(image)
+    many = Segmenter(tiny_model, "a; b; c", InferenceOptions(batch_size=5)).logits(image)
+    torch.testing.assert_close(one, many, rtol=1e-5, atol=1e-6)
+
+
+def test_regions_of_the_global_grid_reassemble_the_whole(segmenter):
+    """The seam the tiled GeoTIFF pipeline stands on: pieces with the global crops = one piece."""
+    h, w = 400, 620
+    image = prepare_image(np.random.default_rng(3).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    whole = segmenter.logits(image)
+    grid = CropGrid(h, w, CROP, STRIDE)
+    pieces = torch.zeros_like(whole)
+    for region in (Box(0, 0, 150, 300), Box(0, 300, 150, 320), Box(150, 0, 250, 620)):
+        boxes = grid.touching(region)
+        pieces[:, region.y:region.y + region.h, region.x:region.x + region.w] = segmenter.logits(
+            image, boxes=boxes, region=region)
+    torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_progress_reports_every_crop(segmenter):
+    seen = []
+    image = prepare_image(np.zeros((300, 300, 3), dtype=np.uint8))
+    segmenter.logits(image, progress=lambda done, total: seen.append((done, total)))
+    total = len(CropGrid(300, 300, CROP, STRIDE).boxes())
+    assert seen[-1] == (total, total)

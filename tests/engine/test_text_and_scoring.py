@@ -1,0 +1,79 @@
+"""Synonyms, templates, threshold and global bias behave as specified."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.dense import InferenceOptions, PromptSet, Segmenter, prepare_image
+from engine.dense.prompts import NO_CLASS, templates
+from engine.dense.scoring import class_map, class_probabilities
+from engine.dense.sliding import crop_logits
+from engine.dense.text import embed_names
+
+
+def test_class_lines_parse_with_synonyms():
+    prompts = PromptSet.parse("building, roof ;road\n tree,forest ; water")
+    assert prompts.labels == ["building", "road", "tree", "water"]
+    assert prompts.names == ["building", "roof", "road", "tree", "forest", "water"]
+    assert prompts.name_to_class == [0, 0, 1, 2, 2, 3]
+    assert PromptSet.parse(["low  vegetation", "car"]).labels == ["low vegetation", "car"]
+
+
+def test_name_embedding_is_the_normalised_mean_over_templates(tiny_model):
+    names = ["harbor", "tennis court"]
+    got = embed_names(tiny_model, names, "imagenet80")
+    tmpl = templates("imagenet80")
+    assert len(tmpl) == 80
+    for row, name in zip(got, names):
+        per_template = tiny_model.encode_text([t.format(name) for t in tmpl])
+        want = F.normalize(per_template.mean(0), dim=0)
+        torch.testing.assert_close(row, want)
+    assert embed_names(tiny_model, names, "imagenet80") is got  # cached
+
+
+def test_class_score_is_the_max_over_synonyms_of_a_softmax_over_all_names():
+    logits = torch.tensor([[0.30, 0.10], [0.25, 0.32], [0.20, 0.31]])  # names × pixels
+    probs = class_probabilities(logits, [0, 1, 1], logit_scale=50.0)
+    softmax = torch.softmax(logits * 50, dim=0)
+    torch.testing.assert_close(probs[0], softmax[0])
+    torch.testing.assert_close(probs[1], torch.maximum(softmax[1], softmax[2]))
+    assert class_map(probs).tolist() == [0, 1]
+
+
+def test_threshold_sends_uncertain_pixels_to_background_or_no_class():
+    probs = torch.tensor([[0.9, 0.40, 0.2], [0.1, 0.35, 0.1], [0.0, 0.25, 0.7]])
+    assert class_map(probs, 0.5, background_index=2).tolist() == [0, 2, 2]
+    assert class_map(probs, 0.5).tolist() == [0, NO_CLASS, 2]
+    assert class_map(probs, 0.0).tolist() == [0, 0, 2]
+
+
+def test_background_class_is_added_when_missing_and_reused_when_present(tiny_model):
+    added = Segmenter(tiny_model, "building; road", InferenceOptions(background="background"))
+    assert added.classes == ["building", "road", "background"] and added.background_index == 2
+    reused = Segmenter(tiny_model, "clutter,background; road", InferenceOptions(background="background"))
+    assert reused.classes == ["clutter", "road"] and reused.background_index == 0
+
+
+def test_global_bias_subtracts_lambda_times_the_image_level_score(tiny_model):
+    torch.manual_seed(4)
+    text = F.normalize(torch.randn(5, 32), dim=-1)  # constructed name embeddings
+    crops = prepare_image(np.random.default_rng(4).integers(0, 256, (224, 224, 3), dtype=np.uint8))[None]
+    plain = crop_logits(tiny_model, crops, text, 224, global_bias=0.0)
+    biased = crop_logits(tiny_model, crops, text, 224, global_bias=0.3)
+    image_level = tiny_model.encode_image(crops) @ text.T  # standard CLS embedding, normalised
+    torch.testing.assert_close(plain - biased, (0.3 * image_level)[:, :, None, None].expand_as(plain),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_segment_image_returns_map_and_scores(tiny_model):
+    image = np.random.default_rng(5).integers(0, 256, (130, 250, 3), dtype=np.uint8)
+    result = Segmenter(tiny_model, "building,roof; road; tree").segment(image)
+    assert result.class_map.shape == (130, 250) and result.class_map.dtype == np.uint8
+    assert result.scores.shape == (3, 130, 250) and result.scores.dtype == np.float32
+    assert set(np.unique(result.class_map)) <= {0, 1, 2}
+    np.testing.assert_array_equal(result.class_map, result.scores.argmax(0))
+    as_float = Segmenter(tiny_model, "building,roof; road; tree").segment(image.astype(np.float32) / 255)
+    np.testing.assert_allclose(as_float.scores, result.scores, atol=1e-5)

@@ -1,0 +1,24 @@
+"""Plugin tests run in the QGIS env (Debian's python3 + python3-qgis) with a real QgsApplication."""
+
+from __future__ import annotations
+
+import pytest
+
+qgis_core = pytest.importorskip("qgis.core", reason="plugin tests run in the QGIS env (.venv-qgis)")
+
+_APP = None
+
+
+@pytest.fixture(scope="session")
+def qgis_app():
+    """One offscreen QgsApplication for the whole session (QGIS allows only one)."""
+    global _APP
+    if _APP is None:
+        _APP = qgis_core.QgsApplication([], False)
+        _APP.initQgis()
+    return _APP
+
+
+@pytest.fixture(scope="session")
+def qapp(qgis_app):  # pytest-qt uses this application
+    return qgis_app
