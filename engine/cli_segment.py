@@ -1,9 +1,131 @@
-"""CLI commands that segment imagery (filled by the GeoTIFF pipeline)."""
+"""`farslip segment`: segment a raster by typed class names into geo-referenced outputs.
+
+    farslip segment ortho.tif --classes "building,roof; road; tree,forest; water; grass" -o out/
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from engine import config
+from engine.errors import InputError
+
+
+def _classes(text: str):
+    from engine.dense import PromptSet
+
+    if text.startswith("@"):
+        return PromptSet.from_file(text[1:])
+    return PromptSet.parse(text)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=config.DEFAULT_MODEL,
+                   help=f"release name or checkpoint file (default {config.DEFAULT_MODEL})")
+    p.add_argument("--arch", help="architecture of a local checkpoint file (guessed when omitted)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--precision", default=None, help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16")
+
+
+def add_inference_arguments(p: argparse.ArgumentParser) -> None:
+    from engine.dense.options import DEFAULT_PRESET, PRESETS
+
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="inference preset")
+    p.add_argument("--threshold", type=float, help="class probability below which a pixel is background")
+    p.add_argument("--background", help="background class name (added to the classes when missing)")
+    p.add_argument("--global-bias", type=float, help="λ of the global-bias subtraction (0 = off)")
+    p.add_argument("--batch-size", type=int, help="crops per forward pass (default 16)")
+
+
+def inference_options(args: argparse.Namespace):
+    from engine.dense import preset
+
+    return preset(args.preset).with_overrides(prob_threshold=args.threshold, background=args.background,
+                                              global_bias=args.global_bias, batch_size=args.batch_size)
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from engine.geo.pipeline import RasterJob, output_paths, segment_raster
+    from engine.geo.source import RasterSource, parse_bands, parse_numbers
+
+    prompts = _classes(args.classes)
+    options = inference_options(args)
+    window = tuple(int(v) for v in parse_numbers(args.window, 4, "--window")) if args.window else None
+    bbox = parse_numbers(args.bbox, 4, "--bbox") if args.bbox else None
+    if args.block < 256:
+        raise InputError("--block must be at least 256 pixels")
+    job = RasterJob(input=args.input, out_dir=args.out, bands=parse_bands(args.bands), gsd=args.gsd,
+                    window=window, bbox=bbox, bbox_crs=args.bbox_crs, block=args.block, scores=args.scores,
+                    polygons=not args.no_polygons, min_area=args.min_area, simplify=args.simplify,
+                    name=args.name, options=options)
+    # Check the input and the output folder before spending time on loading the model.
+    with RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs) as source:
+        if source.crs is None:
+            print(f"farslip: warning: {Path(args.input).name} has no CRS; outputs are in pixel space and "
+                  f"areas are not computed", file=sys.stderr)
+        gsd_note = (f"{source.working_gsd:.3g} m/px" if source.working_gsd else "native pixels")
+    _check_writable(Path(args.out))
+
+    from tqdm import tqdm
+
+    from engine.models import load_model
+
+    model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
+    bar = tqdm(total=None, unit="tile", desc=f"segment {Path(args.input).name} @ {gsd_note}",
+               disable=args.quiet, dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        summary = segment_raster(job, prompts, model, progress=progress)
+    finally:
+        bar.close()
+    if not args.quiet:
+        for c in summary["classes"]:
+            area = f"{c['area_m2'] / 1e4:10.3f} ha" if c["area_m2"] is not None else ""
+            print(f"  {c['name']:<24} {c['pixels']:>12} px {area}")
+        for key, path in output_paths(job).items():
+            print(f"  {key:<9} {path}")
+    return 0
+
+
+def _check_writable(out: Path) -> None:
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".farslip-check-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register segmentation sub-commands on the `farslip` parser."""
+    p = commands.add_parser("segment", help="segment a raster (GeoTIFF, COG, any GDAL raster) by class names",
+                            description="Segment a raster by typed class names into a class COG, optional "
+                                        "score COG, polygons (GeoPackage) and a JSON summary.")
+    p.add_argument("input", help="raster file (or GDAL path such as /vsicurl/...)")
+    p.add_argument("--classes", required=True,
+                   help="'building,roof; road; tree' (';' between classes, ',' between synonyms) or @file.txt")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--name", help="output file stem (default: the input's)")
+    p.add_argument("--bands", help="three 1-based band numbers for R,G,B, e.g. 3,2,1 (default: from colour "
+                                   "interpretation, else 1,2,3)")
+    p.add_argument("--gsd", type=float, help="working resolution in metres per pixel (default: max(native, 0.5))")
+    p.add_argument("--bbox", help="minx,miny,maxx,maxy to process (raster CRS unless --bbox-crs)")
+    p.add_argument("--bbox-crs", help="CRS of --bbox, e.g. EPSG:4326")
+    p.add_argument("--window", help="col,row,width,height in source pixels to process")
+    p.add_argument("--scores", action="store_true", help="also write per-class probabilities (uint8 COG)")
+    p.add_argument("--no-polygons", action="store_true", help="skip the polygon GeoPackage")
+    p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this many m²")
+    p.add_argument("--simplify", type=float, default=1.0, help="polygon simplification tolerance in pixels")
+    p.add_argument("--block", type=int, default=1024, help="working-grid block size in pixels (memory bound)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or report")
+    add_model_arguments(p)
+    add_inference_arguments(p)
+    p.set_defaults(func=_cmd_segment)

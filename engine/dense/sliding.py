@@ -60,15 +60,35 @@ class CropGrid:
     crop: int
     stride: int
 
+    @property
+    def crop_h(self) -> int:
+        return min(self.crop, self.height)
+
+    @property
+    def crop_w(self) -> int:
+        return min(self.crop, self.width)
+
+    def _starts(self) -> tuple[list[int], list[int]]:
+        return window_starts(self.height, self.crop, self.stride), window_starts(self.width, self.crop, self.stride)
+
     def boxes(self) -> list[Box]:
-        ch, cw = min(self.crop, self.height), min(self.crop, self.width)
-        return [Box(y, x, ch, cw)
-                for y in window_starts(self.height, self.crop, self.stride)
-                for x in window_starts(self.width, self.crop, self.stride)]
+        ys, xs = self._starts()
+        return [Box(y, x, self.crop_h, self.crop_w) for y in ys for x in xs]
 
     def touching(self, region: Box) -> list[Box]:
         """The crops that cover any pixel of `region` (both in whole-image coordinates)."""
-        return [b for b in self.boxes() if b.intersects(region)]
+        ys, xs = self._starts()
+        ys = [y for y in ys if y < region.y + region.h and region.y < y + self.crop_h]
+        xs = [x for x in xs if x < region.x + region.w and region.x < x + self.crop_w]
+        return [Box(y, x, self.crop_h, self.crop_w) for y in ys for x in xs]
+
+    def starting_in(self, region: Box) -> list[Box]:
+        """The crops whose top-left pixel lies in `region` (each crop belongs to exactly one region
+        of a partition of the image)."""
+        ys, xs = self._starts()
+        ys = [y for y in ys if region.y <= y < region.y + region.h]
+        xs = [x for x in xs if region.x <= x < region.x + region.w]
+        return [Box(y, x, self.crop_h, self.crop_w) for y in ys for x in xs]
 
 
 ProgressFn = Callable[[int, int], None]  # (crops done, crops total); may raise to cancel
@@ -110,18 +130,14 @@ def crop_logits(model: LoadedModel, crops: torch.Tensor, text: torch.Tensor, cro
     return logits[:, :, :h, :w]
 
 
-def sliding_logits(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int, stride: int,
-                   batch_size: int = 16, global_bias: float = 0.0, boxes: list[Box] | None = None,
-                   region: Box | None = None, progress: ProgressFn | None = None) -> torch.Tensor:
-    """Mean cosine logits [N, region.h, region.w] (float32, on the model's device) of image [3,H,W].
+def accumulate_crops(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int,
+                     boxes: list[Box], region: Box, batch_size: int = 16, global_bias: float = 0.0,
+                     progress: ProgressFn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of crop logits [N, region.h, region.w] and crop count [1, region.h, region.w] (float32).
 
-    `boxes` (default: the image's own crop grid) and `region` (default: the whole image) are in the
-    image's pixel coordinates; every pixel of the region must be covered by at least one box.
+    `boxes` and `region` are in the pixel coordinates of `image` [3, H, W]; each box's logits are
+    added where it overlaps the region.
     """
-    _, height, width = image.shape
-    region = region or Box(0, 0, height, width)
-    if boxes is None:
-        boxes = CropGrid(height, width, crop, stride).touching(region)
     n = text.shape[0]
     total = torch.zeros(n, region.h, region.w, dtype=torch.float32, device=model.device)
     count = torch.zeros(1, region.h, region.w, dtype=torch.float32, device=model.device)
@@ -140,6 +156,22 @@ def sliding_logits(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, 
         done += len(batch)
         if progress is not None:
             progress(done, len(boxes))
+    return total, count
+
+
+def sliding_logits(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int, stride: int,
+                   batch_size: int = 16, global_bias: float = 0.0, boxes: list[Box] | None = None,
+                   region: Box | None = None, progress: ProgressFn | None = None) -> torch.Tensor:
+    """Mean cosine logits [N, region.h, region.w] (float32, on the model's device) of image [3,H,W].
+
+    `boxes` (default: the image's own crops touching the region) and `region` (default: the whole
+    image) are in the image's pixel coordinates; every region pixel must be covered by a box.
+    """
+    _, height, width = image.shape
+    region = region or Box(0, 0, height, width)
+    if boxes is None:
+        boxes = CropGrid(height, width, crop, stride).touching(region)
+    total, count = accumulate_crops(model, image, text, crop, boxes, region, batch_size, global_bias, progress)
     if bool((count == 0).any()):
         raise ValueError("sliding_logits: some region pixels are covered by no crop")
     return total / count

@@ -1,0 +1,96 @@
+"""Running the global crop grid over a large working raster block by block, each crop exactly once.
+
+The working raster is cut into blocks (a partition, row-major). Each crop of the global grid
+belongs to the block holding its top-left pixel; it is computed once, with the pixels of that
+block extended by one crop to the right and bottom, and its logits are added to every block it
+covers. Since a block is at least one crop wide, a crop reaches at most the next block to the
+right, below and diagonally. So when block (i, j) has been computed, every crop covering it has
+been, and it is finished: its averaged logits are yielded and its memory freed.
+
+Memory: one extended block plus the contributions waiting for the next block row (a strip one
+crop high, as wide as the raster) — bounded by the block size and the raster width, never its area.
+The result equals one pass over the whole raster (same crops, same sums).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+
+from engine.dense import Segmenter
+from engine.dense.sliding import Box, CropGrid, accumulate_crops
+
+ReadFn = Callable[[Box], torch.Tensor]  # working-grid rectangle → prepared image [3, h, w]
+CropProgressFn = Callable[[int], None]  # crops just finished
+
+
+def block_boxes(height: int, width: int, block: int) -> list[list[Box]]:
+    """The partition of a height × width grid into block × block cores, as rows of boxes."""
+    return [[Box(y, x, min(block, height - y), min(block, width - x)) for x in range(0, width, block)]
+            for y in range(0, height, block)]
+
+
+def _overlap(a: Box, b: Box) -> Box | None:
+    y0, x0 = max(a.y, b.y), max(a.x, b.x)
+    y1, x1 = min(a.y + a.h, b.y + b.h), min(a.x + a.w, b.x + b.w)
+    return Box(y0, x0, y1 - y0, x1 - x0) if y1 > y0 and x1 > x0 else None
+
+
+def count_crops(segmenter: Segmenter, height: int, width: int) -> int:
+    return len(CropGrid(height, width, segmenter.crop, segmenter.stride).boxes())
+
+
+def blocked_logits(segmenter: Segmenter, height: int, width: int, block: int, read: ReadFn,
+                   on_crops: CropProgressFn | None = None) -> Iterator[tuple[Box, torch.Tensor]]:
+    """Yield (core box, mean cosine logits [N, h, w]) for each block, in row-major order."""
+    grid = CropGrid(height, width, segmenter.crop, segmenter.stride)
+    block = max(block, segmenter.crop)
+    rows = block_boxes(height, width, block)
+    pending: dict[tuple[int, int], list[tuple[Box, torch.Tensor, torch.Tensor]]] = {}
+    options = segmenter.options
+    for i, row in enumerate(rows):
+        for j, core in enumerate(row):
+            owned = grid.starting_in(core)
+            if owned:
+                extent = Box(core.y, core.x,
+                             max(b.y + b.h for b in owned + [core]) - core.y,
+                             max(b.x + b.w for b in owned + [core]) - core.x)
+                image = read(extent)
+                local = [b.shifted(-extent.y, -extent.x) for b in owned]
+                total, count = accumulate_crops(
+                    segmenter.model, image, segmenter.text, segmenter.crop, local, Box(0, 0, extent.h, extent.w),
+                    options.batch_size, options.global_bias,
+                    progress=_delta_reporter(on_crops))
+                for ti, tj in ((i, j), (i, j + 1), (i + 1, j), (i + 1, j + 1)):
+                    if ti >= len(rows) or tj >= len(rows[ti]):
+                        continue
+                    part = _overlap(extent, rows[ti][tj])
+                    if part is None:
+                        continue
+                    ys = slice(part.y - extent.y, part.y - extent.y + part.h)
+                    xs = slice(part.x - extent.x, part.x - extent.x + part.w)
+                    pending.setdefault((ti, tj), []).append((part, total[:, ys, xs].clone(), count[:, ys, xs].clone()))
+                del total, count, image
+            parts = pending.pop((i, j), [])
+            summed = torch.zeros(len(segmenter.prompts.names), core.h, core.w, device=segmenter.model.device)
+            covered = torch.zeros(1, core.h, core.w, device=segmenter.model.device)
+            for part, t, c in parts:
+                ys = slice(part.y - core.y, part.y - core.y + part.h)
+                xs = slice(part.x - core.x, part.x - core.x + part.w)
+                summed[:, ys, xs] += t
+                covered[:, ys, xs] += c
+            yield core, summed / covered
+
+
+def _delta_reporter(on_crops: CropProgressFn | None):
+    """Turn (done, total) reports of one block into 'n more crops finished' calls."""
+    last = 0
+
+    def report(done: int, _total: int) -> None:
+        nonlocal last
+        if on_crops is not None:
+            on_crops(done - last)
+        last = done
+
+    return report

@@ -1,0 +1,44 @@
+"""Stable colours per class name: familiar colours for common land-cover words, else a hash of the name.
+
+The same name always gets the same colour, in every run and every output (colour table, polygons'
+style, the plugin's legend).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import hashlib
+
+# First matching keyword wins; matched against each of the class's names.
+_KNOWN: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("background", (0, 0, 0)), ("clutter", (80, 80, 80)),
+    ("building", (220, 40, 40)), ("roof", (220, 40, 40)), ("house", (220, 40, 40)), ("facade", (190, 90, 70)),
+    ("road", (160, 160, 160)), ("street", (160, 160, 160)), ("pavement", (200, 200, 190)),
+    ("impervious", (200, 200, 200)), ("parking", (120, 120, 130)),
+    ("tree", (20, 110, 30)), ("forest", (20, 110, 30)), ("vegetation", (90, 180, 70)),
+    ("grass", (150, 220, 100)), ("meadow", (150, 220, 100)),
+    ("water", (30, 100, 220)), ("river", (30, 100, 220)), ("lake", (30, 100, 220)), ("sea", (20, 70, 180)),
+    ("crop", (240, 210, 90)), ("agricultur", (240, 210, 90)), ("farm", (240, 210, 90)), ("field", (230, 200, 110)),
+    ("bare", (180, 140, 90)), ("barren", (180, 140, 90)), ("soil", (170, 120, 80)), ("sand", (230, 210, 150)),
+    ("car", (250, 150, 0)), ("vehicle", (250, 150, 0)), ("ship", (200, 0, 200)), ("plane", (0, 200, 200)),
+)
+
+
+def class_colour(names: "str | list[str] | tuple[str, ...]") -> tuple[int, int, int]:
+    """RGB colour of a class given its name or its list of synonyms."""
+    names = [names] if isinstance(names, str) else list(names)
+    for name in names:
+        lowered = name.lower()
+        for keyword, colour in _KNOWN:
+            if keyword in lowered:
+                return colour
+    digest = hashlib.sha256(names[0].strip().lower().encode("utf-8")).digest()
+    hue = digest[0] / 255.0
+    saturation = 0.55 + 0.4 * digest[1] / 255.0
+    value = 0.65 + 0.3 * digest[2] / 255.0
+    r, g, b = colorsys.hsv_to_rgb(hue, saturation, value)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def hex_colour(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)

@@ -1,0 +1,260 @@
+"""Reading a raster as RGB at a working resolution, window by window, with its validity mask.
+
+- Any raster GDAL (through rasterio) opens; only the requested area (`window` / `bbox`) is used.
+- Bands: `bands` (1-based) when given, else the bands whose colour interpretation is red/green/blue,
+  else bands 1-3. A 4-band RGBN file therefore never feeds NIR as blue.
+- Values: uint8 is used as it is (0-255). Any other type gets one linear stretch for the whole
+  raster: per band, the 2nd-98th percentiles of the valid pixels of a decimated read (GDAL uses the
+  overviews when present) map to 0-1. Never per tile, so tiles match.
+- Validity: GDAL's per-band masks (nodata, alpha band, internal masks) of the chosen bands.
+  Invalid pixels are filled with the CLIP mean colour and get no prediction.
+- Working resolution: `gsd` metres per pixel (resampled on read, bilinear); default
+  max(native GSD, DEFAULT_GSD). Windows at fractional source offsets are read with GDAL's
+  resampling, which gives the same pixels whether the raster is read whole or in pieces.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window, from_bounds
+
+from engine.dense.sliding import Box
+from engine.errors import InputError
+
+DEFAULT_GSD = 0.5  # metres per pixel; see README "Working resolution"
+STRETCH_PERCENTILES = (2.0, 98.0)
+_STATS_MAX_SIDE = 1024
+_CLIP_MEAN_RGB = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+
+
+def parse_bands(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise InputError(f"--bands takes three band numbers like 3,2,1, got '{text}'") from None
+    if len(bands) != 3:
+        raise InputError(f"--bands takes exactly three band numbers (red, green, blue), got '{text}'")
+    return bands  # type: ignore[return-value]
+
+
+def parse_numbers(text: str, count: int, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{what} takes {count} comma-separated numbers, got '{text}'") from None
+    if len(values) != count:
+        raise InputError(f"{what} takes {count} comma-separated numbers, got '{text}'")
+    return values
+
+
+def _pixel_metres(crs, transform: Affine, width: int, height: int) -> float | None:
+    """Ground size of one pixel in metres (mean of x and y), or None without a CRS."""
+    if crs is None:
+        return None
+    rx, ry = abs(transform.a), abs(transform.e)
+    if crs.is_geographic:
+        from pyproj import Geod
+
+        lon, lat = transform * (width / 2, height / 2)
+        geod = Geod(ellps="WGS84")
+        _, _, dx = geod.inv(lon, lat, lon + rx, lat)
+        _, _, dy = geod.inv(lon, lat, lon, lat + ry)
+        return (abs(dx) + abs(dy)) / 2
+    factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+    return (rx + ry) / 2 * factor
+
+
+@dataclass(frozen=True)
+class WorkingGrid:
+    """The grid the model sees: the source area resampled to `height` × `width` pixels."""
+
+    height: int
+    width: int
+    scale_y: float  # source pixels per working pixel
+    scale_x: float
+
+    @property
+    def resampled(self) -> bool:
+        return self.scale_x != 1.0 or self.scale_y != 1.0
+
+
+class RasterSource:
+    """An open raster area ready to be read as RGB at the working resolution."""
+
+    def __init__(self, path: str | Path, bands: tuple[int, int, int] | None = None, gsd: float | None = None,
+                 window: tuple[int, int, int, int] | None = None,
+                 bbox: tuple[float, float, float, float] | None = None, bbox_crs: str | None = None):
+        self.path = str(path)
+        if not Path(self.path).exists() and not self.path.startswith("/vsi"):
+            raise InputError(f"input raster not found: {self.path}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                self.dataset = rasterio.open(self.path)
+        except RasterioIOError:
+            raise InputError(f"{self.path} is not a raster GDAL can read") from None
+        try:
+            self._setup(bands, gsd, window, bbox, bbox_crs)
+        except Exception:
+            self.dataset.close()
+            raise
+
+    def _setup(self, bands, gsd, window, bbox, bbox_crs) -> None:
+        ds = self.dataset
+        if ds.count < 1 or ds.width < 1 or ds.height < 1:
+            raise InputError(f"{self.path} holds no pixels")
+        self.bands = self._choose_bands(bands)
+        self.crs = ds.crs
+        self.window = self._choose_window(window, bbox, bbox_crs)
+        self.transform = ds.window_transform(self.window)
+        self.height, self.width = int(self.window.height), int(self.window.width)
+        self.source_gsd = _pixel_metres(self.crs, self.transform, self.width, self.height)
+        self.working_gsd, self.grid = self._working_grid(gsd)
+        self.stretch = self._stretch() if ds.dtypes[self.bands[0] - 1] != "uint8" else None
+
+    # --- choices -------------------------------------------------------------------------------
+    def _choose_bands(self, bands) -> tuple[int, int, int]:
+        ds = self.dataset
+        if bands is not None:
+            bad = [b for b in bands if not 1 <= b <= ds.count]
+            if bad:
+                raise InputError(f"band {bad[0]} does not exist: {Path(self.path).name} has {ds.count} band(s)")
+            return tuple(bands)  # type: ignore[return-value]
+        interp = list(ds.colorinterp)
+        if all(c in interp for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)):
+            return (interp.index(ColorInterp.red) + 1, interp.index(ColorInterp.green) + 1,
+                    interp.index(ColorInterp.blue) + 1)
+        colour_bands = [i + 1 for i, c in enumerate(interp) if c not in (ColorInterp.alpha,)]
+        if len(colour_bands) < 3:
+            raise InputError(f"{Path(self.path).name} has {len(colour_bands)} colour band(s); an RGB model "
+                             f"needs 3: pass --bands (e.g. --bands 1,1,1 for a single-band image)")
+        return tuple(colour_bands[:3])  # type: ignore[return-value]
+
+    def _choose_window(self, window, bbox, bbox_crs) -> Window:
+        ds = self.dataset
+        full = Window(0, 0, ds.width, ds.height)
+        if window is not None and bbox is not None:
+            raise InputError("give either a window or a bbox, not both")
+        if window is not None:
+            col, row, w, h = window
+            if w < 1 or h < 1:
+                raise InputError("window width and height must be at least 1 pixel")
+            if col < 0 or row < 0 or col + w > ds.width or row + h > ds.height:
+                raise InputError(f"window {col},{row},{w},{h} lies outside the raster ({ds.width} x {ds.height} px)")
+            return Window(col, row, w, h)
+        if bbox is None:
+            return full
+        minx, miny, maxx, maxy = bbox
+        if not (maxx > minx and maxy > miny):
+            raise InputError("bbox must be minx,miny,maxx,maxy with max > min")
+        if bbox_crs is not None:
+            if self.crs is None:
+                raise InputError("the raster has no CRS, so a bbox in another CRS cannot be placed on it")
+            from rasterio.crs import CRS
+            from rasterio.warp import transform_bounds
+
+            try:
+                src_crs = CRS.from_user_input(bbox_crs)
+            except Exception:
+                raise InputError(f"unknown bbox CRS '{bbox_crs}'") from None
+            minx, miny, maxx, maxy = transform_bounds(src_crs, self.crs, minx, miny, maxx, maxy)
+        win = from_bounds(minx, miny, maxx, maxy, ds.transform)
+        win = win.round_offsets(op="floor").round_lengths(op="ceil")
+        try:
+            win = win.intersection(full)
+        except rasterio.errors.WindowError:
+            win = None
+        if win is None or win.width < 1 or win.height < 1:
+            b = ds.bounds
+            raise InputError(f"bbox lies outside the raster (raster bounds {b.left:.6g},{b.bottom:.6g},"
+                             f"{b.right:.6g},{b.top:.6g} in {self.crs or 'pixel space'})")
+        return Window(int(win.col_off), int(win.row_off), int(win.width), int(win.height))
+
+    def _working_grid(self, gsd: float | None) -> tuple[float | None, WorkingGrid]:
+        native = self.source_gsd
+        if gsd is not None:
+            if not (gsd > 0 and math.isfinite(gsd)):
+                raise InputError("--gsd must be a positive number of metres per pixel")
+            if native is None:
+                raise InputError("--gsd needs a geo-referenced raster; this one has no CRS")
+            target = gsd
+        else:
+            target = max(native, DEFAULT_GSD) if native is not None else None
+        if target is None or abs(target / native - 1.0) < 1e-6:
+            return native, WorkingGrid(self.height, self.width, 1.0, 1.0)
+        factor = target / native
+        width = max(1, round(self.width / factor))
+        height = max(1, round(self.height / factor))
+        return target, WorkingGrid(height, width, self.height / height, self.width / width)
+
+    def _stretch(self) -> np.ndarray:
+        """[3, 2] (low, high) per chosen band, from a decimated read of the whole area."""
+        long_side = max(self.height, self.width)
+        factor = max(1.0, long_side / _STATS_MAX_SIDE)
+        shape = (max(1, round(self.height / factor)), max(1, round(self.width / factor)))
+        data = self.dataset.read(self.bands, window=self.window, out_shape=(3, *shape),
+                                 resampling=Resampling.nearest).astype(np.float64)
+        valid = self.dataset.read_masks(self.bands, window=self.window, out_shape=(3, *shape),
+                                        resampling=Resampling.nearest) > 0
+        lows_highs = []
+        for band, ok in zip(data, valid):
+            values = band[ok & np.isfinite(band)]
+            if values.size == 0:
+                lows_highs.append((0.0, 1.0))
+                continue
+            lo, hi = np.percentile(values, STRETCH_PERCENTILES)
+            lows_highs.append((float(lo), float(hi) if hi > lo else float(lo) + 1.0))
+        return np.array(lows_highs)
+
+    # --- reading -------------------------------------------------------------------------------
+    def working_transform(self) -> Affine:
+        return self.transform * Affine.scale(self.grid.scale_x, self.grid.scale_y)
+
+    def source_window(self, rect: Box) -> Window:
+        """The source window (fractional when resampled) under a working-grid rectangle."""
+        g = self.grid
+        return Window(self.window.col_off + rect.x * g.scale_x, self.window.row_off + rect.y * g.scale_y,
+                      rect.w * g.scale_x, rect.h * g.scale_y)
+
+    def read_rgb(self, rect: Box) -> tuple[np.ndarray, np.ndarray]:
+        """RGB float32 [h, w, 3] in 0-1 and a validity mask [h, w] for a working-grid rectangle."""
+        window = self.source_window(rect)
+        resampling = Resampling.bilinear if self.grid.resampled else Resampling.nearest
+        data = self.dataset.read(self.bands, window=window, out_shape=(3, rect.h, rect.w), resampling=resampling)
+        valid = self.read_valid(rect)
+        if self.stretch is None:
+            rgb = data.astype(np.float32) / 255.0
+        else:
+            lo, hi = self.stretch[:, 0, None, None], self.stretch[:, 1, None, None]
+            rgb = ((data.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
+            valid &= np.isfinite(rgb).all(axis=0)
+            rgb = np.clip(np.nan_to_num(rgb, nan=0.0), 0.0, 1.0)
+        rgb = np.ascontiguousarray(rgb.transpose(1, 2, 0))
+        rgb[~valid] = _CLIP_MEAN_RGB
+        return rgb, valid
+
+    def read_valid(self, rect: Box) -> np.ndarray:
+        """Validity mask [h, w] (True = data in every chosen band) of a working-grid rectangle."""
+        masks = self.dataset.read_masks(self.bands, window=self.source_window(rect), out_shape=(3, rect.h, rect.w),
+                                        resampling=Resampling.nearest)
+        return (masks > 0).all(axis=0)
+
+    def close(self) -> None:
+        self.dataset.close()
+
+    def __enter__(self) -> "RasterSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
