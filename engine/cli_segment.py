@@ -59,7 +59,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     job = RasterJob(input=args.input, out_dir=args.out, bands=parse_bands(args.bands), gsd=args.gsd,
                     window=window, bbox=bbox, bbox_crs=args.bbox_crs, block=args.block, scores=args.scores,
                     polygons=not args.no_polygons, min_area=args.min_area, simplify=args.simplify,
-                    name=args.name, options=options)
+                    name=args.name)
     # Check the input and the output folder before spending time on loading the model.
     with RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs) as source:
         if source.crs is None:
@@ -70,9 +70,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from engine.dense import Segmenter
     from engine.models import load_model
 
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
+    segmenter = Segmenter(model, prompts, options)
     bar = tqdm(total=None, unit="tile", desc=f"segment {Path(args.input).name} @ {gsd_note}",
                disable=args.quiet, dynamic_ncols=True)
 
@@ -81,7 +83,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     try:
-        summary = segment_raster(job, prompts, model, progress=progress)
+        summary = segment_raster(job, segmenter, progress=progress)
     finally:
         bar.close()
     if not args.quiet:

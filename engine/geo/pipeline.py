@@ -1,6 +1,7 @@
 """Segment a raster of any size by typed class names and write geo-referenced outputs.
 
-    summary = segment_raster("ortho.tif", "building,roof; road; tree", model, "out/")
+    segmenter = Segmenter(load_model("farslip2-vit-b-16"), "building,roof; road; tree")
+    summary = segment_raster(RasterJob("ortho.tif", "out/"), segmenter)
 
 Flow: RasterSource (bands, stretch, mask, working GSD) → blocked_logits (global crop grid, each crop
 once) → per block: probabilities, class map, confidence → temporary working-grid GeoTIFFs →
@@ -17,7 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from engine import __version__
-from engine.dense import InferenceOptions, Segmenter
+from engine.dense import Segmenter
 from engine.dense.sliding import Box
 from engine.errors import FarSLIPError, InputError
 from engine.geo.blocks import block_boxes, blocked_logits, count_crops
@@ -33,7 +34,6 @@ from engine.geo.colours import class_colour, hex_colour
 from engine.geo.polygons import PolygonWriter
 from engine.geo.rasters import NODATA, SCORE_MAX, TiledRaster, class_tags, publish_cog, quantise, resample_to_grid
 from engine.geo.source import RasterSource
-from engine.models import LoadedModel
 
 DEFAULT_BLOCK = 1024
 
@@ -59,7 +59,6 @@ class RasterJob:
     min_area: float = 0.0
     simplify: float = 1.0
     name: str | None = None  # output file stem (default: the input's)
-    options: InferenceOptions = field(default_factory=InferenceOptions)
 
 
 ProgressFn = Callable[[int, int], None]  # (crops done, crops total)
@@ -85,13 +84,12 @@ def _make_workdir(out_dir: str) -> Path:
         raise InputError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
 
 
-def segment_raster(job: RasterJob, prompts, model: LoadedModel, progress: ProgressFn | None = None,
+def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | None = None,
                    cancel: threading.Event | None = None) -> dict:
     """Run one job; returns the summary (also written as JSON). Raises FarSLIPError on bad input."""
     started = time.perf_counter()
     if job.min_area < 0 or job.simplify < 0:
         raise InputError("--min-area and --simplify must not be negative")
-    segmenter = Segmenter(model, prompts, job.options)
     paths = output_paths(job)
     with RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs) as source:
         work = _make_workdir(job.out_dir)

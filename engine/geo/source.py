@@ -66,7 +66,7 @@ def _pixel_metres(crs, transform: Affine, width: int, height: int) -> float | No
     if crs.is_geographic:
         from pyproj import Geod
 
-        lon, lat = transform * (width / 2, height / 2)
+        lon, lat = transform @ (width / 2, height / 2)
         geod = Geod(ellps="WGS84")
         _, _, dx = geod.inv(lon, lat, lon + rx, lat)
         _, _, dy = geod.inv(lon, lat, lon, lat + ry)

@@ -1,0 +1,135 @@
+"""`farslip segment` as a user runs it: outputs on real samples, one-line errors, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from engine.cli import main
+from tests.engine.conftest import TINY, make_clip
+from tests.engine.rasters import scene, write_raster
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save({"epoch": 1, "name": "tiny", "state_dict": make_clip().state_dict()}, path)
+    return path
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _model_args(checkpoint):
+    return ["--model", str(checkpoint), "--arch", TINY, "-q"]
+
+
+@pytest.mark.parametrize("name", ["oem_koeln_50.tif", "rgbn_5m.tif"])
+def test_real_samples_give_outputs_gdal_opens_with_the_right_crs_and_bounds(tmp_path, capsys, checkpoint, name):
+    sample = SHARED_DATA / name
+    if not sample.exists():
+        pytest.skip("../shared/data is not present")
+    code, _, err = run_cli(capsys, "segment", str(sample), "--classes", "building,roof; road; tree; water; grass",
+                           "-o", str(tmp_path), "--scores", *_model_args(checkpoint))
+    assert code == 0, err
+    stem = sample.stem
+    with rasterio.open(sample) as src:
+        for product in ("classes", "scores"):
+            with rasterio.open(tmp_path / f"{stem}_{product}.tif") as out:
+                assert out.crs == src.crs
+                assert out.bounds == pytest.approx(src.bounds)
+                assert (out.width, out.height) == (src.width, src.height)
+    summary = json.loads((tmp_path / f"{stem}_summary.json").read_text())
+    assert summary["bands"] == [1, 2, 3]
+    assert sum(c["pixels"] for c in summary["classes"]) + summary["nodata_pixels"] == summary["width"] * summary["height"]
+
+
+def test_no_crs_warns_and_goes_on_in_pixel_space(tmp_path, capsys, checkpoint):
+    src = write_raster(tmp_path / "plain.tif", scene(120, 150)[0], crs=None)
+    code, _, err = run_cli(capsys, "segment", str(src), "--classes", "a; b", "-o", str(tmp_path / "o"),
+                           *_model_args(checkpoint))
+    assert code == 0
+    assert "has no CRS" in err
+    summary = json.loads((tmp_path / "o" / "plain_summary.json").read_text())
+    assert summary["crs"] is None and summary["classes"][0]["area_m2"] is None
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    good = write_raster(tmp_path / "good.tif", scene(64, 64)[0])
+    two_band = write_raster(tmp_path / "two.tif", np.zeros((2, 32, 32), dtype=np.uint8))
+    text = tmp_path / "notes.tif"
+    text.write_text("this is not a raster")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    out = str(tmp_path / "out")
+    return {
+        "missing file": (["segment", str(tmp_path / "nope.tif"), "--classes", "a", "-o", out], "input raster not found"),
+        "not a raster": (["segment", str(text), "--classes", "a", "-o", out], "is not a raster GDAL can read"),
+        "two bands": (["segment", str(two_band), "--classes", "a", "-o", out], "needs 3: pass --bands"),
+        "bad band": (["segment", str(good), "--classes", "a", "--bands", "1,2,5", "-o", out], "band 5 does not exist"),
+        "bbox outside": (["segment", str(good), "--classes", "a", "--bbox", "0,0,10,10", "-o", out],
+                         "bbox lies outside the raster"),
+        "window outside": (["segment", str(good), "--classes", "a", "--window", "50,50,30,30", "-o", out],
+                           "lies outside the raster"),
+        "unwritable out": (["segment", str(good), "--classes", "a", "-o", str(locked / "sub")],
+                           "cannot write to output folder"),
+        "unknown model": (["segment", str(good), "--classes", "a", "-o", out, "--model", "farslip9"],
+                          "unknown model 'farslip9'"),
+        "empty classes": (["segment", str(good), "--classes", " ; ", "-o", out], "no classes given"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing file", "not a raster", "two bands", "bad band", "bbox outside",
+                                  "window outside", "unwritable out", "unknown model", "empty classes"])
+def test_bad_input_gives_one_line_and_a_nonzero_exit(tmp_path, capsys, case):
+    if case == "unwritable out" and os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    args, message = _bad_inputs(tmp_path)[case]
+    code, _, err = run_cli(capsys, *args)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("farslip: error:"), err
+    assert message in lines[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_unwritable_output_file_location_is_refused(tmp_path, capsys):
+    good = write_raster(tmp_path / "good.tif", scene(64, 64)[0])
+    blocker = tmp_path / "file-not-folder"
+    blocker.write_text("x")
+    code, _, err = run_cli(capsys, "segment", str(good), "--classes", "a", "-o", str(blocker / "out"))
+    assert code != 0 and "cannot write to output folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_ctrl_c_leaves_no_output(tmp_path, checkpoint):
+    src = write_raster(tmp_path / "big.tif", scene(1800, 1800)[0])
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "segment", str(src), "--classes", "a; b; c",
+                             "-o", str(out), "--model", str(checkpoint), "--arch", TINY, "--block", "256"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.exists() and any(p.name.startswith(".farslip-") for p in out.iterdir())):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err.strip().splitlines()[-1]
+    assert list(out.iterdir()) == []
