@@ -3,6 +3,8 @@
 Environment variables:
   FARSLIP_HOME        engine data folder (default: the platform's user data folder, `~/.local/share/farslip`)
   FARSLIP_CONFIG_DIR  config folder holding the API token (default: `~/.config/farslip`)
+  FARSLIP_GDAL_CACHE_MB  GDAL's raster block cache while segmenting (default 128; GDAL's own default,
+                      5% of RAM, would make memory grow with the raster size)
   FARSLIP_DEVICE      default device: `auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ...
   HF_HOME / HF_HUB_CACHE / HF_HUB_OFFLINE   honoured as huggingface_hub defines them
 """
@@ -35,6 +37,10 @@ def config_dir() -> Path:
 
 def default_device() -> str:
     return os.environ.get("FARSLIP_DEVICE", "auto")
+
+
+def gdal_cache_mb() -> int:
+    return int(os.environ.get("FARSLIP_GDAL_CACHE_MB", "128"))
 
 
 def hub_offline() -> bool:

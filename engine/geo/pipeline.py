@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from engine import __version__
+from engine import __version__, config
 from engine.dense import Segmenter
 from engine.dense.sliding import Box
 from engine.errors import FarSLIPError, InputError
@@ -91,7 +91,10 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
     if job.min_area < 0 or job.simplify < 0:
         raise InputError("--min-area and --simplify must not be negative")
     paths = output_paths(job)
-    with RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs) as source:
+    import rasterio
+
+    with rasterio.Env(GDAL_CACHEMAX=config.gdal_cache_mb()), \
+            RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs) as source:
         work = _make_workdir(job.out_dir)
         try:
             summary = _run(job, segmenter, source, work, paths, progress, cancel)

@@ -44,10 +44,18 @@ class FarSLIPCLIP(CLIP):
         return self.positional_embedding
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Text embeddings. The causal tower's output at the end-of-text token (the highest token id)
+        depends only on the tokens up to it, so the padding after the longest text is cut off first:
+        the same result, several times faster for short prompts (and ~3x more for Long-CLIP)."""
         cast_dtype = self.transformer.get_cast_dtype()
+        length = text.shape[1]
+        if self.text_pool_type == "argmax" and self.attn_mask is not None and text.numel():
+            length = int(text.argmax(dim=-1).max()) + 1
+            text = text[:, :length]
         x = self.token_embedding(text).to(cast_dtype)
-        x = x + self.text_positions().to(cast_dtype)
-        x = self.transformer(x, attn_mask=self.attn_mask)
+        x = x + self.text_positions()[:length].to(cast_dtype)
+        mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
+        x = self.transformer(x, attn_mask=mask)
         x = self.ln_final(x)
         x = text_global_pool(x, text, self.text_pool_type, eos_token_id=getattr(self, "text_eos_id", None))
         if self.text_projection is not None:

@@ -71,6 +71,20 @@ def test_long_clip_uses_positions_beyond_77(tmp_path):
     assert torch.allclose(a, b)  # a 77-position tower truncates them
 
 
+def test_trimmed_text_padding_gives_the_full_context_result():
+    model = make_clip(long_clip=True, seed=7)
+    tokens = wrap_model(model, TINY, device="cpu").tokenize(["a roof", "a long road " * 30, "water"])
+    with torch.no_grad():
+        trimmed = model.encode_text(tokens)
+        full = super(type(model), model).encode_text  # open_clip's own text path, over all 248 positions
+        model.positional_embedding.data, saved = model.text_positions().detach().clone(), model.positional_embedding.data
+        try:
+            reference = full(tokens)
+        finally:
+            model.positional_embedding.data = saved
+    torch.testing.assert_close(trimmed, reference, rtol=1e-5, atol=1e-6)
+
+
 def test_wrong_architecture_names_the_mismatching_keys(tmp_path):
     path = _save(make_clip(arch="tiny-vit-16").state_dict(), tmp_path / "ckpt.pt", "plain")
     with pytest.raises(ModelError, match=r"does not fit architecture tiny-vit-32: .*wrong shape: .*visual\.conv1\.weight"):

@@ -1,0 +1,1 @@
+"""Training data: synthetic aerial scenes (and, later, the MGRS-style builder and RS5M shard reader)."""
