@@ -56,17 +56,18 @@ def bench_overhead(args, tmp: Path) -> None:
     segmenter = Segmenter(model, CLASSES, InferenceOptions(batch_size=args.batch))
     text_s = time.perf_counter() - t0
     n_crops = len(CropGrid(args.size, args.size, segmenter.crop, segmenter.stride).boxes())
+    batch = segmenter.batch_size
 
     # warm-up (one batch), then the pure model forward on the same number of crops and batch size
-    crops = torch.randn(args.batch, 3, 224, 224, device=model.device, dtype=model.dtype)
+    crops = torch.randn(batch, 3, 224, 224, device=model.device, dtype=model.dtype)
     with torch.inference_mode():
         dense_features(model.clip.visual, crops)
         _sync(model.device)
         t0 = time.perf_counter()
         left = n_crops
         while left > 0:
-            dense_features(model.clip.visual, crops[:min(args.batch, left)])
-            left -= args.batch
+            dense_features(model.clip.visual, crops[:min(batch, left)])
+            left -= batch
         _sync(model.device)
     pure_s = time.perf_counter() - t0
 
@@ -74,7 +75,7 @@ def bench_overhead(args, tmp: Path) -> None:
     segment_raster(RasterJob(str(raster), str(tmp / "out"), block=args.block), segmenter)
     _sync(model.device)
     end_s = time.perf_counter() - t0
-    print(f"[overhead] {args.size}x{args.size} px, {n_crops} crops, ViT-B-16 random, batch {args.batch}, "
+    print(f"[overhead] {args.size}x{args.size} px, {n_crops} crops, ViT-B-16 random, batch {batch}, "
           f"{model.device} {str(model.dtype).replace('torch.', '')}")
     print(f"  pure model forward {pure_s:.2f} s | end-to-end segment_raster {end_s:.2f} s "
           f"(read, crops, logits, blend, write COG, polygons, summary)")
@@ -114,7 +115,7 @@ def bench_batching(args, tmp: Path) -> None:
     _sync(fp32.device)
     loop_s = time.perf_counter() - t0
     print(f"[batching] {size}x{size} px, {len(boxes)} crops, ViT-B-16 random, {model.device}")
-    print(f"  engine (batch {args.batch}, {str(model.dtype).replace('torch.', '')}) {batched_s:.2f} s | "
+    print(f"  engine (batch {segmenter.batch_size}, {str(model.dtype).replace('torch.', '')}) {batched_s:.2f} s | "
           f"per-crop batch-1 fp32 loop {loop_s:.2f} s")
     print(f"  RATIO speed-up = {loop_s / batched_s:.2f}x   (target >= 3x on GPU)")
 
@@ -152,7 +153,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="raster side for the overhead run")
     parser.add_argument("--large", type=int, default=16384, help="raster side for the large memory run")
     parser.add_argument("--batch-size-image", type=int, default=672, help="image side for the batching run")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=None, help="crops per forward (default: the engine's)")
     parser.add_argument("--block", type=int, default=1024)
     parser.add_argument("--device", default=None)
     args = parser.parse_args()

@@ -36,7 +36,7 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, help="class probability below which a pixel is background")
     p.add_argument("--background", help="background class name (added to the classes when missing)")
     p.add_argument("--global-bias", type=float, help="λ of the global-bias subtraction (0 = off)")
-    p.add_argument("--batch-size", type=int, help="crops per forward pass (default 16)")
+    p.add_argument("--batch-size", type=int, help="crops per forward pass (default 16 on a GPU, 4 on a CPU)")
 
 
 def inference_options(args: argparse.Namespace):

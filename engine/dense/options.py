@@ -17,7 +17,7 @@ from engine.errors import InputError
 class InferenceOptions:
     crop: int | None = None         # crop size in px (default: the model's input size, 224)
     stride: int | None = None       # default: crop // 2
-    batch_size: int = 16            # crops per forward pass
+    batch_size: int | None = None   # crops per forward pass (default: 16 on a GPU, 4 on a CPU)
     template_set: str = "imagenet80"
     logit_scale: float = 50.0       # softmax temperature applied to the averaged cosine logits
     global_bias: float = 0.0        # λ: patch logits − λ · image-level (CLS) logits, per crop
@@ -29,7 +29,7 @@ class InferenceOptions:
             raise InputError("crop must be at least 16 px")
         if self.stride is not None and (self.stride < 1 or (self.crop and self.stride > self.crop)):
             raise InputError("stride must be between 1 and the crop size")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise InputError("batch size must be at least 1")
         if self.template_set not in TEMPLATE_SET_NAMES:
             raise InputError(f"unknown template set '{self.template_set}'")

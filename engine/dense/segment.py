@@ -74,6 +74,7 @@ class Segmenter:
         self.stride = self.options.stride or max(1, self.crop // 2)
         if self.stride > self.crop:
             raise InputError("stride must not exceed the crop size")
+        self.batch_size = self.options.batch_size or (16 if model.device.type == "cuda" else 4)
         self.text = embed_prompts(model, prompts, self.options.template_set)
 
     @property
@@ -84,7 +85,7 @@ class Segmenter:
                progress: ProgressFn | None = None) -> torch.Tensor:
         """Mean cosine logits over names [N, h, w] of a prepared image (or a region of it)."""
         o = self.options
-        return sliding_logits(self.model, image, self.text, self.crop, self.stride, o.batch_size,
+        return sliding_logits(self.model, image, self.text, self.crop, self.stride, self.batch_size,
                               o.global_bias, boxes=boxes, region=region, progress=progress)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:

@@ -60,7 +60,7 @@ def blocked_logits(segmenter: Segmenter, height: int, width: int, block: int, re
                 local = [b.shifted(-extent.y, -extent.x) for b in owned]
                 total, count = accumulate_crops(
                     segmenter.model, image, segmenter.text, segmenter.crop, local, Box(0, 0, extent.h, extent.w),
-                    options.batch_size, options.global_bias,
+                    segmenter.batch_size, options.global_bias,
                     progress=_delta_reporter(on_crops))
                 for ti, tj in ((i, j), (i, j + 1), (i + 1, j), (i + 1, j + 1)):
                     if ti >= len(rows) or tj >= len(rows[ti]):

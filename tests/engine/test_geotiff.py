@@ -219,3 +219,26 @@ def test_window_and_bbox_process_only_part(tmp_path, segmenter):
     lonlat = transform_bounds("EPSG:32633", "EPSG:4326", *[b[0] + 0.1, b[1] + 0.1, b[2] - 0.1, b[3] - 0.1])
     summary = _run(segmenter, src, tmp_path / "b", bbox=lonlat, bbox_crs="EPSG:4326")
     assert summary["window"][2] >= 230 and summary["window"][3] >= 240
+
+
+def test_alpha_band_masks_the_prediction(tmp_path, segmenter):
+    rgb, _ = scene(200, 260)
+    alpha = np.full((1, 200, 260), 255, dtype=np.uint8)
+    alpha[:, 120:, :90] = 0
+    src = write_raster(tmp_path / "rgba.tif", np.concatenate([rgb, alpha]),
+                       colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha])
+    summary = _run(segmenter, src, tmp_path / "out")
+    with rasterio.open(tmp_path / "out" / "rgba_classes.tif") as cls:
+        labels = cls.read(1)
+    assert np.all(labels[120:, :90] == 255) and np.all(labels[:120] != 255)
+    assert summary["nodata_pixels"] == 80 * 90
+
+
+def test_min_area_drops_small_polygons(tmp_path, segmenter):
+    src = write_raster(tmp_path / "in.tif", scene(300, 400)[0])
+    _run(segmenter, src, tmp_path / "all", simplify=0.0)
+    _run(segmenter, src, tmp_path / "big", simplify=0.0, min_area=200.0)
+    _, all_fields = _read_polygons(tmp_path / "all" / "in_polygons.gpkg")
+    _, big_fields = _read_polygons(tmp_path / "big" / "in_polygons.gpkg")
+    assert big_fields["area_m2"].min() >= 200.0
+    assert len(big_fields["area_m2"]) == int((all_fields["area_m2"] >= 200.0).sum())

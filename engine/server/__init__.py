@@ -1,0 +1,1 @@
+"""The engine's local HTTP API (FastAPI + uvicorn): jobs, uploads, results, region labelling."""
