@@ -62,6 +62,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                     name=args.name)
     # Check the input and the output folder before spending time on loading the model.
     with RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs) as source:
+        source.probe()
         if source.crs is None:
             print(f"farslip: warning: {Path(args.input).name} has no CRS; outputs are in pixel space and "
                   f"areas are not computed", file=sys.stderr)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,7 +232,8 @@ class RasterSource:
         """RGB float32 [h, w, 3] in 0-1 and a validity mask [h, w] for a working-grid rectangle."""
         window = self.source_window(rect)
         resampling = Resampling.bilinear if self.grid.resampled else Resampling.nearest
-        data = self.dataset.read(self.bands, window=window, out_shape=(3, rect.h, rect.w), resampling=resampling)
+        with self._reading():
+            data = self.dataset.read(self.bands, window=window, out_shape=(3, rect.h, rect.w), resampling=resampling)
         valid = self.read_valid(rect)
         if self.stretch is None:
             rgb = data.astype(np.float32) / 255.0
@@ -244,11 +246,28 @@ class RasterSource:
         rgb[~valid] = _CLIP_MEAN_RGB
         return rgb, valid
 
+    def probe(self) -> None:
+        """Read the first and last pixels of the area: catches truncated and corrupt files early."""
+        last = Box(self.grid.height - 1, self.grid.width - 1, 1, 1)
+        self.read_rgb(Box(0, 0, 1, 1))
+        self.read_rgb(last)
+
     def read_valid(self, rect: Box) -> np.ndarray:
         """Validity mask [h, w] (True = data in every chosen band) of a working-grid rectangle."""
-        masks = self.dataset.read_masks(self.bands, window=self.source_window(rect), out_shape=(3, rect.h, rect.w),
-                                        resampling=Resampling.nearest)
+        with self._reading():
+            masks = self.dataset.read_masks(self.bands, window=self.source_window(rect),
+                                            out_shape=(3, rect.h, rect.w), resampling=Resampling.nearest)
         return (masks > 0).all(axis=0)
+
+    @contextmanager
+    def _reading(self):
+        """Turn GDAL read failures into one readable line."""
+        try:
+            yield
+        except rasterio.errors.RasterioError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"cannot read the pixels of {Path(self.path).name} (corrupt or truncated file?): "
+                             f"{first}") from None
 
     def close(self) -> None:
         self.dataset.close()

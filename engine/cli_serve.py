@@ -1,0 +1,57 @@
+"""`farslip serve`: run the local HTTP API.
+
+    farslip serve                                            # 127.0.0.1:8765, token in ~/.config/farslip/token
+    farslip serve --host 0.0.0.0 --allow-root /data/orthos   # remote mode: only these folders are served
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from engine import config
+from engine.errors import InputError
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from engine.server.app import ServerSettings, create_app
+    from engine.server.auth import load_or_create_token, token_path
+
+    roots = []
+    for root in args.allow_root or []:
+        path = Path(root).expanduser().resolve()
+        if not path.is_dir():
+            raise InputError(f"--allow-root {root} is not a folder")
+        roots.append(path)
+    token = load_or_create_token()
+    settings = ServerSettings(token=token, host=args.host, port=args.port, allow_roots=roots,
+                              data_dir=Path(args.data_dir) if args.data_dir else config.data_dir(),
+                              default_model=args.model, default_arch=args.arch, device=args.device,
+                              precision=args.precision, max_upload_mb=args.max_upload_mb,
+                              job_ttl_s=args.job_ttl_hours * 3600, max_queue=args.max_queue)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    print(f"farslip engine on http://{args.host}:{args.port}  (token file: {token_path()})", file=sys.stderr)
+    if settings.remote and not roots:
+        print("farslip: remote mode without --allow-root: only uploaded rasters are accepted", file=sys.stderr)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    from engine.cli_segment import add_model_arguments
+
+    p = commands.add_parser("serve", help="run the HTTP API for the QGIS plugin and scripts")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--allow-root", action="append", metavar="DIR",
+                   help="folder whose rasters clients may name by path (repeatable)")
+    p.add_argument("--data-dir", help=f"jobs and results folder (default {config.data_dir()})")
+    p.add_argument("--max-upload-mb", type=float, default=4096)
+    p.add_argument("--job-ttl-hours", type=float, default=24, help="jobs and their files expire after this")
+    p.add_argument("--max-queue", type=int, default=8, help="waiting jobs before new ones get 429")
+    add_model_arguments(p)
+    p.set_defaults(func=_cmd_serve)

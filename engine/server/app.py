@@ -1,0 +1,228 @@
+"""The FastAPI application: routes, auth, limits, request log. `create_app(settings)` builds it.
+
+Routes (all under /v1, all but /v1/health need `Authorization: Bearer <token>`):
+  GET  /v1/health                      version, device, loaded models, queue length (no token)
+  GET  /v1/models                      releases (cached or not) and loaded models
+  POST /v1/uploads                     raw GeoTIFF body, streamed to disk (size cap) → upload_id
+  POST /v1/jobs/segment                segmentation job from a path or an upload → 202 job id
+  GET  /v1/jobs, /v1/jobs/{id}         state, progress 0-1, message; files and summary when done
+  POST /v1/jobs/{id}/cancel            stop a queued or running job (within one batch)
+  DELETE /v1/jobs/{id}                 cancel and forget a job and its files
+  GET  /v1/jobs/{id}/files/{name}      a result file (only once the job is done)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import ClientDisconnect
+
+from engine import __version__, config
+from engine.errors import FarSLIPError
+from engine.server import handlers
+from engine.server.auth import token_matches
+from engine.server.limits import RequestLimitsAndLog
+from engine.server.models_pool import ModelPool
+from engine.server.runner import JobRunner, QueueFull
+from engine.server.schemas import Error, Health, JobCreated, JobStatus, SegmentRequest, UploadCreated
+from engine.server.store import JobStore
+
+log = logging.getLogger("farslip.api")
+
+
+@dataclass
+class ServerSettings:
+    token: str
+    host: str = "127.0.0.1"
+    port: int = 8765
+    data_dir: Path = field(default_factory=config.data_dir)
+    allow_roots: list[Path] = field(default_factory=list)
+    default_model: str = config.DEFAULT_MODEL
+    default_arch: str | None = None
+    device: str | None = None
+    precision: str | None = None
+    max_upload_mb: float = 4096
+    max_body_kb: float = 1024
+    job_ttl_s: float = 24 * 3600
+    max_queue: int = 8
+
+    @property
+    def remote(self) -> bool:
+        return self.host not in ("127.0.0.1", "localhost", "::1")
+
+
+ERRORS = {400: {"model": Error}, 401: {"model": Error}, 403: {"model": Error}, 404: {"model": Error},
+          409: {"model": Error}, 413: {"model": Error}, 429: {"model": Error}}
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    store = JobStore(settings.data_dir, settings.job_ttl_s)
+    pool = ModelPool(settings.device, settings.precision)
+    runner = JobRunner(store, {"segment": handlers.segment_handler(pool, store, settings)}, settings.max_queue)
+    stop_expiry = threading.Event()
+
+    def expire_loop() -> None:
+        while not stop_expiry.wait(60):
+            store.expire()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        thread = threading.Thread(target=expire_loop, name="farslip-expiry", daemon=True)
+        thread.start()
+        yield
+        stop_expiry.set()
+        runner.stop()
+        store.close()
+
+    app = FastAPI(title="FarSLIP engine", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Open-vocabulary segmentation of remote-sensing imagery by typed class names.")
+    app.state.store, app.state.runner, app.state.pool, app.state.settings = store, runner, pool, settings
+    app.add_middleware(RequestLimitsAndLog, max_body=int(settings.max_body_kb * 1024),
+                       unlimited_paths=("/v1/uploads",))
+
+    @app.exception_handler(FarSLIPError)
+    async def user_error(_request: Request, exc: FarSLIPError):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}".strip(": "),
+                             "errors": jsonable(exc.errors())}, status_code=422)
+
+    bearer = HTTPBearer(auto_error=False)
+
+    def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        header = f"Bearer {credentials.credentials}" if credentials else None
+        if not token_matches(settings.token, header):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/v1/health", response_model=Health, tags=["engine"])
+    def health() -> Health:
+        import torch
+
+        device = settings.device or config.default_device()
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return Health(version=__version__, device=device, models_loaded=pool.loaded(),
+                      queue_length=runner.queue_length, running=runner.running)
+
+    api = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=ERRORS)
+
+    @api.get("/models", tags=["engine"])
+    def models() -> dict:
+        from engine.models import hub
+        from engine.models.registry import RELEASES
+
+        return {"default": settings.default_model,
+                "releases": [{"name": r.name, "arch": r.arch, "file": r.filename, "description": r.description,
+                              "cached": hub.cached_path(r) is not None} for r in RELEASES.values()],
+                "loaded": pool.loaded()}
+
+    @api.post("/uploads", status_code=201, response_model=UploadCreated, tags=["inputs"],
+              openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
+                  "type": "string", "format": "binary"}}}, "required": True}})
+    async def upload(request: Request) -> UploadCreated:
+        cap = int(settings.max_upload_mb * 1024 * 1024)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise HTTPException(413, f"upload larger than the {settings.max_upload_mb:g} MB limit")
+        upload_id = uuid.uuid4().hex
+        partial = store.uploads_dir / f".{upload_id}.partial"
+        final = store.uploads_dir / f"{upload_id}.tif"
+        size = 0
+        try:
+            with open(partial, "wb") as fh:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > cap:
+                        raise HTTPException(413, f"upload larger than the {settings.max_upload_mb:g} MB limit")
+                    fh.write(chunk)
+            if size == 0:
+                raise HTTPException(400, "empty upload: send the GeoTIFF bytes as the request body")
+            info = handlers.raster_info(partial)
+            os.replace(partial, final)
+            store.add_upload(upload_id, final, size)
+        except ClientDisconnect:
+            log.info("upload %s: client disconnected after %d bytes", upload_id, size)
+            raise HTTPException(400, "client disconnected during the upload") from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return UploadCreated(upload_id=upload_id, size=size, **info)
+
+    @api.post("/jobs/segment", status_code=202, response_model=JobCreated, tags=["jobs"])
+    def create_segment_job(body: SegmentRequest, request: Request) -> JSONResponse:
+        prepared = handlers.prepare_segment(body, store, settings)
+        try:
+            job_id = runner.submit("segment", prepared)
+        except QueueFull:
+            raise HTTPException(429, f"the job queue is full ({settings.max_queue} waiting); try again later",
+                                headers={"Retry-After": "10"}) from None
+        return JSONResponse({"id": job_id, "state": "queued"}, status_code=202, headers={"X-Job-Id": job_id})
+
+    @api.get("/jobs", response_model=list[JobStatus], tags=["jobs"])
+    def list_jobs() -> list[JobStatus]:
+        return [status(job) for job in store.list()]
+
+    def get_job(job_id: str):
+        job = store.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return job
+
+    def status(job) -> JobStatus:
+        done = job.state == "done"
+        return JobStatus(id=job.id, kind=job.kind, state=job.state, progress=job.progress, message=job.message,
+                         created=job.created, updated=job.updated, expires=job.expires,
+                         files=job.files if done else [], summary=job.summary if done else None)
+
+    @api.get("/jobs/{job_id}", response_model=JobStatus, tags=["jobs"])
+    def job_status(job_id: str) -> JobStatus:
+        return status(get_job(job_id))
+
+    @api.post("/jobs/{job_id}/cancel", response_model=JobStatus, tags=["jobs"])
+    def cancel_job(job_id: str) -> JobStatus:
+        job = get_job(job_id)
+        if job.state in ("queued", "running"):
+            runner.cancel(job_id)
+        return status(get_job(job_id))
+
+    @api.delete("/jobs/{job_id}", status_code=204, tags=["jobs"])
+    def delete_job(job_id: str) -> None:
+        job = get_job(job_id)
+        if job.state in ("queued", "running"):
+            runner.cancel(job_id)
+            deadline = time.monotonic() + 30
+            while store.get(job_id).state in ("queued", "running") and time.monotonic() < deadline:
+                time.sleep(0.05)
+        store.delete(job_id)
+
+    @api.get("/jobs/{job_id}/files/{name}", tags=["jobs"],
+             responses={200: {"content": {"application/octet-stream": {}}}})
+    def job_file(job_id: str, name: str) -> FileResponse:
+        job = get_job(job_id)
+        if job.state != "done":
+            raise HTTPException(409, f"job {job_id} is {job.state}; files are served once it is done")
+        if name not in job.files:
+            raise HTTPException(404, f"job {job_id} has no file {name}")
+        return FileResponse(store.job_dir(job_id) / "out" / name, filename=name)
+
+    app.include_router(api)
+    return app
+
+
+def jsonable(errors: list) -> list:
+    return [{k: (v if isinstance(v, (str, int, float, list, type(None))) else str(v)) for k, v in e.items()}
+            for e in errors]

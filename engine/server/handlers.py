@@ -1,0 +1,118 @@
+"""What the API's jobs do: check a request up front (4xx on bad input), then run it in the worker
+with the same pipeline code as the CLI."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from fastapi import HTTPException
+
+from engine.errors import FarSLIPError, InputError
+from engine.server.schemas import InputRef, SegmentRequest
+
+
+def raster_info(path: Path) -> dict:
+    """Basic facts of a raster, or a 400 when GDAL cannot read it."""
+    import rasterio
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with rasterio.open(path) as ds:
+                if ds.width < 1 or ds.height < 1 or ds.count < 1:
+                    raise HTTPException(400, "the raster holds no pixels")
+                return {"width": ds.width, "height": ds.height, "count": ds.count,
+                        "crs": ds.crs.to_string() if ds.crs else None}
+    except rasterio.errors.RasterioError:
+        raise HTTPException(400, "not a raster GDAL can read (corrupt or unsupported file)") from None
+
+
+def allowed_path(raw: str, settings, what: str = "input") -> Path:
+    """Resolve `..` and symlinks first, then apply the folder policy: 403 outside allowed roots."""
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        raise HTTPException(400, f"{what} path must be absolute")
+    real = path.resolve(strict=False)
+    roots = [r.resolve() for r in settings.allow_roots]
+    if roots:
+        if not any(real == r or real.is_relative_to(r) for r in roots):
+            raise HTTPException(403, f"{what} path is outside the folders this engine serves (--allow-root)")
+    elif settings.remote:
+        raise HTTPException(403, f"this engine serves no folders (remote mode without --allow-root): upload the "
+                                 f"{what} instead")
+    if not real.exists():
+        raise HTTPException(404, f"{what} not found: {raw}")
+    if not real.is_file():
+        raise HTTPException(400, f"{what} is not a file: {raw}")
+    return real
+
+
+def resolve_input(ref: InputRef, store, settings) -> str:
+    if ref.upload_id is not None:
+        path = store.upload_path(ref.upload_id)
+        if path is None:
+            raise HTTPException(404, f"no upload {ref.upload_id} (expired or never finished)")
+        return str(path)
+    return str(allowed_path(ref.path, settings))
+
+
+def resolve_model(name: str | None, settings) -> str:
+    from engine.models.registry import find_release
+
+    name = name or settings.default_model
+    if find_release(name) is not None:
+        return name
+    if "/" in name or name.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        return str(allowed_path(name, settings, what="model"))
+    raise HTTPException(400, f"unknown model '{name}'")
+
+
+def _options(body):
+    from engine.dense import preset
+
+    return preset(body.preset).with_overrides(prob_threshold=body.threshold, background=body.background,
+                                              global_bias=body.global_bias)
+
+
+def prepare_segment(body: SegmentRequest, store, settings) -> dict:
+    """Check everything that can be checked without the model; return the request the worker runs."""
+    from engine.dense import PromptSet
+    from engine.geo.source import RasterSource
+
+    try:
+        prompts = PromptSet.parse(body.classes)
+        _options(body)
+        path = resolve_input(body.input, store, settings)
+        with RasterSource(path, tuple(body.bands) if body.bands else None, body.gsd,
+                          tuple(body.window) if body.window else None, tuple(body.bbox) if body.bbox else None,
+                          body.bbox_crs) as source:
+            source.probe()
+    except FarSLIPError as exc:
+        raise HTTPException(400, str(exc)) from None
+    model = resolve_model(body.model, settings)
+    request = body.model_dump()
+    request.update(resolved_input=path, resolved_model=model, classes=prompts.as_text(),
+                   arch=body.arch or (settings.default_arch if model == settings.default_model else None))
+    return request
+
+
+def segment_handler(pool, store, settings):
+    def run(request: dict, ctx) -> dict:
+        from engine.dense import Segmenter
+        from engine.geo.pipeline import RasterJob, segment_raster
+
+        body = SegmentRequest(**{k: v for k, v in request.items() if not k.startswith("resolved_")})
+        model = pool.get(request["resolved_model"], request.get("arch"))
+        segmenter = Segmenter(model, body.classes, _options(body))
+        job = RasterJob(input=request["resolved_input"], out_dir=str(ctx.out_dir),
+                        bands=tuple(body.bands) if body.bands else None, gsd=body.gsd,
+                        window=tuple(body.window) if body.window else None,
+                        bbox=tuple(body.bbox) if body.bbox else None, bbox_crs=body.bbox_crs, block=body.block,
+                        scores=body.scores, polygons=body.polygons, min_area=body.min_area,
+                        simplify=body.simplify, name="result")
+        if ctx.cancel.is_set():
+            raise InputError("cancelled")
+        return segment_raster(job, segmenter, progress=ctx.progress, cancel=ctx.cancel)
+
+    return run

@@ -1,0 +1,26 @@
+"""Models the server has loaded, by (name, arch), loaded on first use and kept."""
+
+from __future__ import annotations
+
+import threading
+
+from engine.models import LoadedModel, load_model
+
+
+class ModelPool:
+    def __init__(self, device: str | None = None, precision: str | None = None):
+        self.device, self.precision = device, precision
+        self._models: dict[tuple[str, str | None], LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, arch: str | None = None) -> LoadedModel:
+        key = (name, arch)
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = load_model(name, arch=arch, device=self.device, precision=self.precision)
+            return self._models[key]
+
+    def loaded(self) -> list[dict]:
+        with self._lock:
+            return [{"name": m.name, "arch": m.arch, "device": str(m.device), "dtype": str(m.dtype).replace("torch.", "")}
+                    for m in self._models.values()]

@@ -1,0 +1,122 @@
+"""Runs queued jobs one at a time per device, with progress, cancel and result bookkeeping.
+
+The queue is bounded: a full queue refuses new jobs (the API answers 429). Cancelling sets the
+job's event, which the pipeline checks after every batch of crops, so a running job stops within
+one batch. A job's files appear in its folder only when complete, and the job turns `done` after
+its last file.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Callable
+
+from engine.errors import FarSLIPError
+from engine.server.store import JobStore
+
+log = logging.getLogger("farslip.api")
+
+JobFn = Callable[[dict, "JobContext"], dict]  # (request, context) → summary
+
+
+class QueueFull(Exception):
+    pass
+
+
+class JobContext:
+    """What a running job sees: its folder, a progress callback and its cancel event."""
+
+    def __init__(self, store: JobStore, job_id: str, cancel: threading.Event):
+        self.store, self.job_id, self.cancel = store, job_id, cancel
+        self.out_dir = store.job_dir(job_id) / "out"
+        self._last = 0.0
+
+    def progress(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= 0.25 or done >= total:
+            self._last = now
+            self.store.update(self.job_id, progress=round(done / max(total, 1), 4),
+                              message=f"{done}/{total} crops")
+
+
+class JobRunner:
+    def __init__(self, store: JobStore, handlers: dict[str, JobFn], max_queue: int):
+        self.store = store
+        self.handlers = handlers
+        self._queue: queue.Queue[str] = queue.Queue(maxsize=max_queue)
+        self._cancel: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self.running: str | None = None
+        self._thread = threading.Thread(target=self._work, name="farslip-jobs", daemon=True)
+        self._stop = threading.Event()
+        self._thread.start()
+
+    @property
+    def queue_length(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, kind: str, request: dict) -> str:
+        with self._lock:
+            if self._queue.full():
+                raise QueueFull()
+            job = self.store.create(kind, request)
+            self._cancel[job.id] = threading.Event()
+            self._queue.put_nowait(job.id)
+        return job.id
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask a job to stop; True when it was queued or running."""
+        event = self._cancel.get(job_id)
+        if self.store.set_state_if(job_id, ("queued",), "cancelled", "cancelled before it started"):
+            return True
+        if event is not None and self.store.get(job_id).state == "running":
+            event.set()
+            return True
+        return False
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job_id = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self._run(job_id)
+            finally:
+                self._cancel.pop(job_id, None)
+                self.running = None
+
+    def _run(self, job_id: str) -> None:
+        job = self.store.get(job_id)
+        if job is None or not self.store.set_state_if(job_id, ("queued",), "running", "starting"):
+            return
+        self.running = job_id
+        cancel = self._cancel.get(job_id) or threading.Event()
+        context = JobContext(self.store, job_id, cancel)
+        started = time.perf_counter()
+        try:
+            summary = self.handlers[job.kind](job.request, context)
+        except Exception as exc:  # every outcome is recorded; the server stays up
+            from engine.geo.pipeline import Cancelled
+
+            if isinstance(exc, Cancelled) or cancel.is_set():
+                self.store.update(job_id, state="cancelled", message="cancelled")
+            elif isinstance(exc, FarSLIPError):
+                self.store.update(job_id, state="failed", message=str(exc))
+            else:
+                log.exception("job %s failed", job_id)
+                self.store.update(job_id, state="failed", message=f"internal error: {type(exc).__name__}: {exc}")
+            log.info("job %s %s after %.2f s", job_id, self.store.get(job_id).state, time.perf_counter() - started)
+            return
+        files = sorted(p.name for p in context.out_dir.iterdir()) if context.out_dir.exists() else []
+        self.store.update(job_id, summary=summary, files=files, progress=1.0, message="done", state="done")
+        log.info("job %s done in %.2f s", job_id, time.perf_counter() - started)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for event in self._cancel.values():
+            event.set()
+        self._thread.join(timeout=10)

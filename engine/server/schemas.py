@@ -1,0 +1,95 @@
+"""Request and response bodies of the HTTP API (pydantic); the OpenAPI spec is generated from them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_CLASS_LINES = 1000  # the parser refuses more than 254 with a clear message; beyond this, 422
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputRef(Strict):
+    """Where the imagery is: a raster file on the engine's machine, or an uploaded one."""
+
+    path: str | None = Field(None, max_length=4096, description="absolute path on the engine machine")
+    upload_id: str | None = Field(None, max_length=64, pattern=r"^[0-9a-f]{32}$")
+
+    @model_validator(mode="after")
+    def exactly_one(self):
+        if (self.path is None) == (self.upload_id is None):
+            raise ValueError("give exactly one of path or upload_id")
+        return self
+
+
+class ModelChoice(Strict):
+    model: str | None = Field(None, max_length=4096, description="release name or checkpoint path (default: the server's)")
+    arch: str | None = Field(None, max_length=64)
+
+
+class InferenceChoice(Strict):
+    preset: Literal["paper", "enhanced"] = "paper"
+    threshold: float | None = Field(None, ge=0.0, lt=1.0)
+    background: str | None = Field(None, min_length=1, max_length=200)
+    global_bias: float | None = Field(None, ge=0.0, le=1.0)
+
+
+Classes = list[str] | str
+
+
+class SegmentRequest(ModelChoice, InferenceChoice):
+    input: InputRef
+    classes: Classes = Field(..., description="class lines ('building,roof') or one 'a,b; c' string")
+    window: list[int] | None = Field(None, min_length=4, max_length=4, description="col,row,width,height")
+    bbox: list[float] | None = Field(None, min_length=4, max_length=4, description="minx,miny,maxx,maxy")
+    bbox_crs: str | None = Field(None, max_length=200)
+    gsd: float | None = Field(None, gt=0, le=10000)
+    bands: list[int] | None = Field(None, min_length=3, max_length=3)
+    scores: bool = False
+    polygons: bool = True
+    min_area: float = Field(0.0, ge=0)
+    simplify: float = Field(1.0, ge=0, le=100)
+    block: int = Field(1024, ge=256, le=8192)
+
+
+class JobCreated(BaseModel):
+    id: str
+    state: str
+
+
+class JobStatus(BaseModel):
+    id: str
+    kind: str
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    progress: float
+    message: str
+    created: float
+    updated: float
+    expires: float
+    files: list[str] = []
+    summary: dict | None = None
+
+
+class UploadCreated(BaseModel):
+    upload_id: str
+    size: int
+    width: int
+    height: int
+    count: int
+    crs: str | None
+
+
+class Health(BaseModel):
+    version: str
+    device: str
+    models_loaded: list[dict]
+    queue_length: int
+    running: str | None
+
+
+class Error(BaseModel):
+    detail: str

@@ -1,0 +1,155 @@
+"""Job state in SQLite (the engine's data folder), so a restarted engine knows what finished.
+
+A job is `queued` → `running` → `done` | `failed` | `cancelled`. Result files live in the job's
+folder and are listed (and served) only once the job is `done`: the pipeline renames each file
+into place when complete, and the state turns `done` after the last one. On start-up, jobs left
+`queued`/`running` by a stopped engine are marked `failed` and their folders emptied.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+ACTIVE = ("queued", "running")
+FINAL = ("done", "failed", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, progress REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '', created REAL NOT NULL, updated REAL NOT NULL, expires REAL NOT NULL,
+    request TEXT NOT NULL, summary TEXT, files TEXT
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    id TEXT PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL, created REAL NOT NULL, expires REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class JobRecord:
+    id: str
+    kind: str
+    state: str
+    progress: float
+    message: str
+    created: float
+    updated: float
+    expires: float
+    request: dict
+    summary: dict | None
+    files: list[str]
+
+
+class JobStore:
+    def __init__(self, data_dir: Path, ttl_s: float):
+        self.data_dir = data_dir
+        self.ttl_s = ttl_s
+        self.jobs_dir = data_dir / "jobs"
+        self.uploads_dir = data_dir / "uploads"
+        for folder in (data_dir, self.jobs_dir, self.uploads_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(data_dir / "engine.sqlite", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._recover()
+
+    # --- jobs ----------------------------------------------------------------------------------
+    def _recover(self) -> None:
+        with self._lock:
+            rows = self._db.execute(f"SELECT id FROM jobs WHERE state IN {ACTIVE}").fetchall()
+            self._db.execute(f"UPDATE jobs SET state='failed', message=?, updated=? WHERE state IN {ACTIVE}",
+                             ("interrupted: the engine stopped before the job finished", time.time()))
+        for (job_id,) in rows:
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id
+
+    def create(self, kind: str, request: dict) -> JobRecord:
+        now = time.time()
+        job_id = uuid.uuid4().hex
+        with self._lock:
+            self._db.execute("INSERT INTO jobs (id, kind, state, created, updated, expires, request) "
+                             "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                             (job_id, kind, now, now, now + self.ttl_s, json.dumps(request)))
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT id, kind, state, progress, message, created, updated, expires, request, "
+                                   "summary, files FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        return JobRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], json.loads(row[8]),
+                         json.loads(row[9]) if row[9] else None, json.loads(row[10]) if row[10] else [])
+
+    def list(self, limit: int = 100) -> list[JobRecord]:
+        with self._lock:
+            ids = [r[0] for r in self._db.execute("SELECT id FROM jobs ORDER BY created DESC LIMIT ?", (limit,))]
+        return [job for job in (self.get(i) for i in ids) if job is not None]
+
+    def update(self, job_id: str, **fields) -> None:
+        if "summary" in fields:
+            fields["summary"] = json.dumps(fields["summary"])
+        if "files" in fields:
+            fields["files"] = json.dumps(fields["files"])
+        fields["updated"] = time.time()
+        columns = ", ".join(f"{k} = ?" for k in fields)
+        with self._lock:
+            self._db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*fields.values(), job_id))
+
+    def set_state_if(self, job_id: str, expected: tuple[str, ...], state: str, message: str = "") -> bool:
+        """Atomically move a job to `state` if it is in one of `expected`; True when it moved."""
+        with self._lock:
+            cur = self._db.execute(f"UPDATE jobs SET state = ?, message = ?, updated = ? WHERE id = ? AND state IN "
+                                   f"({','.join('?' * len(expected))})", (state, message, time.time(), job_id, *expected))
+            return cur.rowcount == 1
+
+    def delete(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def count_active(self) -> int:
+        with self._lock:
+            return self._db.execute(f"SELECT COUNT(*) FROM jobs WHERE state IN {ACTIVE}").fetchone()[0]
+
+    # --- uploads -------------------------------------------------------------------------------
+    def add_upload(self, upload_id: str, path: Path, size: int) -> None:
+        now = time.time()
+        with self._lock:
+            self._db.execute("INSERT INTO uploads (id, path, size, created, expires) VALUES (?, ?, ?, ?, ?)",
+                             (upload_id, str(path), size, now, now + self.ttl_s))
+
+    def upload_path(self, upload_id: str) -> Path | None:
+        with self._lock:
+            row = self._db.execute("SELECT path FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        return Path(row[0]) if row and Path(row[0]).exists() else None
+
+    # --- expiry --------------------------------------------------------------------------------
+    def expire(self, now: float | None = None) -> int:
+        """Remove finished jobs and uploads past their expiry time (and their files)."""
+        now = now or time.time()
+        with self._lock:
+            jobs = [r[0] for r in self._db.execute(
+                f"SELECT id FROM jobs WHERE expires < ? AND state IN {FINAL}", (now,))]
+            uploads = self._db.execute("SELECT id, path FROM uploads WHERE expires < ?", (now,)).fetchall()
+            self._db.execute(f"DELETE FROM jobs WHERE expires < ? AND state IN {FINAL}", (now,))
+            self._db.execute("DELETE FROM uploads WHERE expires < ?", (now,))
+        for job_id in jobs:
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        for _, path in uploads:
+            Path(path).unlink(missing_ok=True)
+        return len(jobs) + len(uploads)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
