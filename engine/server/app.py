@@ -78,12 +78,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        # The job store and the worker live as long as the process: a job still running when the
+        # process ends is marked failed (and its partial files removed) at the next start.
+        stop_expiry.clear()
         thread = threading.Thread(target=expire_loop, name="farslip-expiry", daemon=True)
         thread.start()
         yield
         stop_expiry.set()
-        runner.stop()
-        store.close()
 
     app = FastAPI(title="FarSLIP engine", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Open-vocabulary segmentation of remote-sensing imagery by typed class names.")

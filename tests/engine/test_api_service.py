@@ -1,0 +1,146 @@
+"""The engine as a real process on loopback: concurrent clients, a dropped upload, a killed engine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.engine.api_helpers import write_checkpoint
+from tests.engine.conftest import TINY
+from tests.engine.rasters import scene, write_raster
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Engine:
+    """`farslip serve` in a subprocess, restartable on the same data folder."""
+
+    def __init__(self, folder: Path, max_queue: int = 8):
+        self.folder, self.max_queue = folder, max_queue
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.env = {**os.environ, "FARSLIP_CONFIG_DIR": str(folder / "config"), "HF_HUB_OFFLINE": "1"}
+
+    def start(self) -> "Engine":
+        ckpt = write_checkpoint(self.folder)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "serve", "--port", str(self.port), "--data-dir",
+             str(self.folder / "data"), "--allow-root", str(self.folder), "--model", str(ckpt), "--arch", TINY,
+             "--device", "cpu", "--max-queue", str(self.max_queue)],
+            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.folder / "engine.log", "ab"))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError((self.folder / "engine.log").read_text())
+        token = (self.folder / "config" / "token").read_text().strip()
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        return self
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def wait(self, job_id: str, states=("done", "failed", "cancelled"), timeout=180.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.client.get(f"/v1/jobs/{job_id}").json()
+            if status["state"] in states:
+                return status
+            time.sleep(0.1)
+        raise AssertionError(status)
+
+
+@pytest.fixture
+def engine(tmp_path):
+    eng = Engine(tmp_path, max_queue=3).start()
+    yield eng
+    eng.stop()
+
+
+def test_eight_concurrent_clients_all_finish_or_get_a_clean_429(engine, tmp_path):
+    src = write_raster(tmp_path / "tile.tif", scene(300, 300)[0])
+    body = {"input": {"path": str(src)}, "classes": "water; grass; building; road"}
+    warm = engine.client.post("/v1/jobs/segment", json=body).json()["id"]
+    assert engine.wait(warm)["state"] == "done"
+    server = psutil.Process(engine.proc.pid)
+    rss_before = server.memory_info().rss
+    outcomes: list[str] = []
+
+    def client_session():
+        with httpx.Client(base_url=engine.url, headers=engine.client.headers, timeout=60) as c:
+            for _ in range(3):
+                got = c.post("/v1/jobs/segment", json=body)
+                if got.status_code == 429:
+                    assert "queue is full" in got.json()["detail"]
+                    outcomes.append("429")
+                    continue
+                assert got.status_code == 202, got.text
+                outcomes.append(engine.wait(got.json()["id"])["state"])
+
+    threads = [threading.Thread(target=client_session) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert len(outcomes) == 24 and set(outcomes) <= {"done", "429"} and "done" in outcomes
+    time.sleep(0.5)
+    growth_mb = (server.memory_info().rss - rss_before) / 2**20
+    assert growth_mb < 150, growth_mb  # back near where it started (measured: a few tens of MB)
+    assert engine.client.get("/v1/health").json()["queue_length"] == 0
+
+
+def test_a_client_dropping_mid_upload_leaves_nothing(engine):
+    with socket.create_connection(("127.0.0.1", engine.port)) as s:
+        s.sendall(b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\n" + f"Authorization: {engine.client.headers['Authorization']}"
+                  .encode() + b"\r\nContent-Type: application/octet-stream\r\nContent-Length: 5000000\r\n\r\n")
+        s.sendall(b"\x00" * 200_000)
+        time.sleep(0.3)
+    time.sleep(1.0)
+    assert engine.client.get("/v1/health").status_code == 200
+    uploads = engine.folder / "data" / "uploads"
+    assert list(uploads.iterdir()) == []
+
+
+def test_a_killed_engine_never_serves_a_half_written_result(engine, tmp_path):
+    src = write_raster(tmp_path / "big.tif", scene(1600, 1600)[0])
+    job_id = engine.client.post("/v1/jobs/segment", json={"input": {"path": str(src)}, "classes": "a; b; c",
+                                                         "block": 256}).json()["id"]
+    engine.wait(job_id, states=("running",))
+    while engine.client.get(f"/v1/jobs/{job_id}").json()["progress"] == 0:
+        time.sleep(0.05)
+    engine.kill()
+    engine.start()
+    status = engine.client.get(f"/v1/jobs/{job_id}").json()
+    assert status["state"] == "failed" and "interrupted" in status["message"] and status["files"] == []
+    assert engine.client.get(f"/v1/jobs/{job_id}/files/result_classes.tif").status_code == 409
+    assert not (engine.folder / "data" / "jobs" / job_id).exists()
+    again = engine.client.post("/v1/jobs/segment", json={"input": {"path": str(src)}, "classes": "a; b",
+                                                         "window": [0, 0, 300, 300]}).json()["id"]
+    assert engine.wait(again)["state"] == "done"  # the restarted engine works
