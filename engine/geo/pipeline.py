@@ -75,7 +75,8 @@ def output_paths(job: RasterJob) -> dict[str, Path]:
     return paths
 
 
-def _make_workdir(out_dir: str) -> Path:
+def make_workdir(out_dir: str) -> Path:
+    """A temporary folder inside the output folder (same file system, so renames are atomic)."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +96,7 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
 
     with rasterio.Env(GDAL_CACHEMAX=config.gdal_cache_mb()), \
             RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs) as source:
-        work = _make_workdir(job.out_dir)
+        work = make_workdir(job.out_dir)
         try:
             summary = _run(job, segmenter, source, work, paths, progress, cancel)
             summary["timing"]["total_s"] = round(time.perf_counter() - started, 3)
@@ -250,6 +251,11 @@ def _publish(work: Path, paths: dict[str, Path], summary: dict) -> None:
         publish_cog(work / "scores.tif", paths["scores"], "AVERAGE")
     if "polygons" in paths:
         os.replace(work / "polygons.gpkg", paths["polygons"])
+    publish_summary(work, paths["summary"], summary)
+
+
+def publish_summary(work: Path, path: Path, summary: dict) -> None:
+    """Write the JSON summary (every job's completion marker) atomically."""
     partial = work / "summary.json"
     partial.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(partial, paths["summary"])
+    os.replace(partial, path)

@@ -22,6 +22,7 @@ from shapely.geometry import shape
 
 from engine.dense.sliding import Box
 from engine.geo.rasters import NODATA, SCORE_MAX
+from engine.geo.vectors import write_features
 
 _FLUSH_EVERY = 20_000
 
@@ -116,13 +117,9 @@ class PolygonWriter:
                 self._add(piece, class_index, s / max(n, 1))
         self._seam.clear()
 
-    def _flush(self) -> None:
-        if not self._rows:
+    def _flush(self, force: bool = False) -> None:
+        if not self._rows and not force:
             return
-        from pyogrio.raw import write
-
-        geoms = [shapely.force_2d(g) for g, *_ in self._rows]
-        geoms = [shapely.MultiPolygon([g]) if g.geom_type == "Polygon" else g for g in geoms]
         classes = np.array([c for _, c, _, _ in self._rows], dtype=np.int32)
         fields = {
             "class_index": classes,
@@ -130,22 +127,12 @@ class PolygonWriter:
             "score": np.array([s for _, _, s, _ in self._rows], dtype=np.float64),
             "area_m2": np.array([np.nan if a is None else a for *_, a in self._rows], dtype=np.float64),
         }
-        write(str(self.path), np.array(shapely.to_wkb(geoms), dtype=object), list(fields.values()),
-              list(fields.keys()), layer="polygons", driver="GPKG", geometry_type="MultiPolygon",
-              crs=self.crs.to_wkt() if self.crs else None, append=self._written > 0)
+        write_features(self.path, [g for g, *_ in self._rows], fields, self.crs, "polygons", append=self._written > 0)
         self._written += len(self._rows)
         self._rows.clear()
 
     def close(self) -> int:
         """Merge the regions across block borders, write what is left; returns the polygon count."""
         self._merge_seams()
-        self._flush()
-        if self._written == 0:  # an empty but valid layer
-            from pyogrio.raw import write
-
-            write(str(self.path), np.array([], dtype=object),
-                  [np.array([], dtype=np.int32), np.array([], dtype=object), np.array([], dtype=np.float64),
-                   np.array([], dtype=np.float64)], ["class_index", "class", "score", "area_m2"],
-                  layer="polygons", driver="GPKG", geometry_type="MultiPolygon",
-                  crs=self.crs.to_wkt() if self.crs else None)
+        self._flush(force=self._written == 0)  # an empty layer is still a valid GeoPackage
         return self._written

@@ -32,13 +32,13 @@ def quantise(probabilities: np.ndarray) -> np.ndarray:
 
 
 class TiledRaster:
-    """A tiled uint8 GeoTIFF written block by block."""
+    """A tiled GeoTIFF (uint8 unless told otherwise) written block by block."""
 
     def __init__(self, path: Path, height: int, width: int, count: int, transform, crs,
                  descriptions: list[str], tags: dict[str, str], colormap: dict[int, tuple] | None = None,
-                 scale: float | None = None):
+                 scale: float | None = None, dtype: str = "uint8", nodata: float = NODATA):
         self.path = path
-        profile = dict(driver="GTiff", height=height, width=width, count=count, dtype="uint8", nodata=NODATA,
+        profile = dict(driver="GTiff", height=height, width=width, count=count, dtype=dtype, nodata=nodata,
                        transform=transform, crs=crs, tiled=True, blockxsize=BLOCKSIZE, blockysize=BLOCKSIZE,
                        compress="deflate", BIGTIFF="IF_SAFER")
         if height < BLOCKSIZE or width < BLOCKSIZE:

@@ -34,7 +34,7 @@ from engine.errors import InputError
 DEFAULT_GSD = 0.5  # metres per pixel; see README "Working resolution"
 STRETCH_PERCENTILES = (2.0, 98.0)
 _STATS_MAX_SIDE = 1024
-_CLIP_MEAN_RGB = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+CLIP_MEAN_RGB = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 
 
 def parse_bands(text: str | None) -> tuple[int, int, int] | None:
@@ -230,11 +230,18 @@ class RasterSource:
 
     def read_rgb(self, rect: Box) -> tuple[np.ndarray, np.ndarray]:
         """RGB float32 [h, w, 3] in 0-1 and a validity mask [h, w] for a working-grid rectangle."""
-        window = self.source_window(rect)
-        resampling = Resampling.bilinear if self.grid.resampled else Resampling.nearest
+        return self.read_window(self.source_window(rect), rect.h, rect.w)
+
+    def read_window(self, window: Window, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """RGB float32 [height, width, 3] in 0-1 and validity [height, width] of a source window
+        (fractional allowed), resampled bilinearly when its size differs from the output's."""
+        same_size = abs(window.width - width) < 1e-9 and abs(window.height - height) < 1e-9
+        resampling = Resampling.nearest if same_size else Resampling.bilinear
         with self._reading():
-            data = self.dataset.read(self.bands, window=window, out_shape=(3, rect.h, rect.w), resampling=resampling)
-        valid = self.read_valid(rect)
+            data = self.dataset.read(self.bands, window=window, out_shape=(3, height, width), resampling=resampling)
+            masks = self.dataset.read_masks(self.bands, window=window, out_shape=(3, height, width),
+                                            resampling=Resampling.nearest)
+        valid = (masks > 0).all(axis=0)
         if self.stretch is None:
             rgb = data.astype(np.float32) / 255.0
         else:
@@ -243,7 +250,7 @@ class RasterSource:
             valid &= np.isfinite(rgb).all(axis=0)
             rgb = np.clip(np.nan_to_num(rgb, nan=0.0), 0.0, 1.0)
         rgb = np.ascontiguousarray(rgb.transpose(1, 2, 0))
-        rgb[~valid] = _CLIP_MEAN_RGB
+        rgb[~valid] = CLIP_MEAN_RGB
         return rgb, valid
 
     def probe(self) -> None:

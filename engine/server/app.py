@@ -5,6 +5,9 @@ Routes (all under /v1, all but /v1/health need `Authorization: Bearer <token>`):
   GET  /v1/models                      releases (cached or not) and loaded models
   POST /v1/uploads                     raw GeoTIFF body, streamed to disk (size cap) → upload_id
   POST /v1/jobs/segment                segmentation job from a path or an upload → 202 job id
+  POST /v1/jobs/grid                   scene classification on a grid of cells (job)
+  POST /v1/jobs/search                 text search: heat map + top-k boxes (job)
+  POST /v1/regions/label               candidate classes ranked for boxes/polygons (synchronous)
   GET  /v1/jobs, /v1/jobs/{id}         state, progress 0-1, message; files and summary when done
   POST /v1/jobs/{id}/cancel            stop a queued or running job (within one batch)
   DELETE /v1/jobs/{id}                 cancel and forget a job and its files
@@ -35,7 +38,8 @@ from engine.server.auth import token_matches
 from engine.server.limits import RequestLimitsAndLog
 from engine.server.models_pool import ModelPool
 from engine.server.runner import JobRunner, QueueFull
-from engine.server.schemas import Error, Health, JobCreated, JobStatus, SegmentRequest, UploadCreated
+from engine.server.schemas import (Error, GridRequest, Health, JobCreated, JobStatus, LabelRequest, LabelResponse,
+                                   SearchRequest, SegmentRequest, UploadCreated)
 from engine.server.store import JobStore
 
 log = logging.getLogger("farslip.api")
@@ -69,7 +73,9 @@ ERRORS = {400: {"model": Error}, 401: {"model": Error}, 403: {"model": Error}, 4
 def create_app(settings: ServerSettings) -> FastAPI:
     store = JobStore(settings.data_dir, settings.job_ttl_s)
     pool = ModelPool(settings.device, settings.precision)
-    runner = JobRunner(store, {"segment": handlers.segment_handler(pool, store, settings)}, settings.max_queue)
+    runner = JobRunner(store, {"segment": handlers.segment_handler(pool, store, settings),
+                               "grid": handlers.grid_handler(pool), "search": handlers.search_handler(pool)},
+                       settings.max_queue)
     stop_expiry = threading.Event()
 
     def expire_loop() -> None:
@@ -163,15 +169,33 @@ def create_app(settings: ServerSettings) -> FastAPI:
             partial.unlink(missing_ok=True)
         return UploadCreated(upload_id=upload_id, size=size, **info)
 
-    @api.post("/jobs/segment", status_code=202, response_model=JobCreated, tags=["jobs"])
-    def create_segment_job(body: SegmentRequest, request: Request) -> JSONResponse:
-        prepared = handlers.prepare_segment(body, store, settings)
+    def submit(kind: str, prepared: dict) -> JSONResponse:
         try:
-            job_id = runner.submit("segment", prepared)
+            job_id = runner.submit(kind, prepared)
         except QueueFull:
             raise HTTPException(429, f"the job queue is full ({settings.max_queue} waiting); try again later",
                                 headers={"Retry-After": "10"}) from None
         return JSONResponse({"id": job_id, "state": "queued"}, status_code=202, headers={"X-Job-Id": job_id})
+
+    @api.post("/jobs/segment", status_code=202, response_model=JobCreated, tags=["jobs"])
+    def create_segment_job(body: SegmentRequest) -> JSONResponse:
+        """Segment a raster by class names: class COG, optional scores, polygons, summary."""
+        return submit("segment", handlers.prepare_segment(body, store, settings))
+
+    @api.post("/jobs/grid", status_code=202, response_model=JobCreated, tags=["jobs"])
+    def create_grid_job(body: GridRequest) -> JSONResponse:
+        """Zero-shot scene classification on a grid of square cells: a polygon grid with class and score."""
+        return submit("grid", handlers.prepare_grid(body, store, settings))
+
+    @api.post("/jobs/search", status_code=202, response_model=JobCreated, tags=["jobs"])
+    def create_search_job(body: SearchRequest) -> JSONResponse:
+        """Free-text search: a similarity heat-map raster and the top-k boxes."""
+        return submit("search", handlers.prepare_search(body, store, settings))
+
+    @api.post("/regions/label", response_model=LabelResponse, tags=["regions"])
+    def label_regions(body: LabelRequest) -> dict:
+        """Rank the candidate classes for each box or polygon (each cropped and encoded on its own)."""
+        return handlers.label(body, pool, store, settings)
 
     @api.get("/jobs", response_model=list[JobStatus], tags=["jobs"])
     def list_jobs() -> list[JobStatus]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import HTTPException
 
 from engine.errors import FarSLIPError, InputError
-from engine.server.schemas import InputRef, SegmentRequest
+from engine.server.schemas import GridRequest, InputRef, LabelRequest, SearchRequest, SegmentRequest
 
 
 def raster_info(path: Path) -> dict:
@@ -75,26 +75,123 @@ def _options(body):
                                               global_bias=body.global_bias)
 
 
-def prepare_segment(body: SegmentRequest, store, settings) -> dict:
-    """Check everything that can be checked without the model; return the request the worker runs."""
-    from engine.dense import PromptSet
+def _area(body) -> dict:
+    return {"bands": tuple(body.bands) if body.bands else None, "window": tuple(body.window) if body.window else None,
+            "bbox": tuple(body.bbox) if body.bbox else None, "bbox_crs": body.bbox_crs}
+
+
+def _check_source(path: str, body, gsd=None):
     from engine.geo.source import RasterSource
 
+    area = _area(body)
+    with RasterSource(path, area["bands"], gsd, area["window"], area["bbox"], area["bbox_crs"]) as source:
+        source.probe()
+
+
+def _prepared(body, store, settings, check) -> dict:
+    """Run `check` (raising FarSLIPError on bad input → 400), resolve input and model paths."""
     try:
-        prompts = PromptSet.parse(body.classes)
-        _options(body)
         path = resolve_input(body.input, store, settings)
-        with RasterSource(path, tuple(body.bands) if body.bands else None, body.gsd,
-                          tuple(body.window) if body.window else None, tuple(body.bbox) if body.bbox else None,
-                          body.bbox_crs) as source:
-            source.probe()
+        check(path)
     except FarSLIPError as exc:
         raise HTTPException(400, str(exc)) from None
     model = resolve_model(body.model, settings)
     request = body.model_dump()
-    request.update(resolved_input=path, resolved_model=model, classes=prompts.as_text(),
+    request.update(resolved_input=path, resolved_model=model,
                    arch=body.arch or (settings.default_arch if model == settings.default_model else None))
     return request
+
+
+def prepare_segment(body: SegmentRequest, store, settings) -> dict:
+    """Check everything that can be checked without the model; return the request the worker runs."""
+    from engine.dense import PromptSet
+
+    def check(path):
+        PromptSet.parse(body.classes)
+        _options(body)
+        _check_source(path, body, body.gsd)
+
+    return _prepared(body, store, settings, check)
+
+
+def prepare_grid(body: GridRequest, store, settings) -> dict:
+    from engine.dense import PromptSet
+
+    def check(path):
+        PromptSet.parse(body.classes)
+        if body.cell_m is None and body.cell_px is None:
+            raise InputError("give cell_m (metres) or cell_px (pixels)")
+        _check_source(path, body)
+
+    return _prepared(body, store, settings, check)
+
+
+def prepare_search(body: SearchRequest, store, settings) -> dict:
+    from engine.geo.search import query_prompts
+
+    def check(path):
+        query_prompts(body.query)
+        _check_source(path, body, body.gsd)
+
+    return _prepared(body, store, settings, check)
+
+
+def _body(model_cls, request: dict):
+    return model_cls(**{k: v for k, v in request.items() if not k.startswith("resolved_")})
+
+
+def grid_handler(pool):
+    def run(request: dict, ctx) -> dict:
+        from engine.dense.scenes import SceneClassifier
+        from engine.geo.scenes import GridJob, classify_grid
+
+        body = _body(GridRequest, request)
+        classifier = SceneClassifier(pool.get(request["resolved_model"], request.get("arch")), body.classes)
+        job = GridJob(input=request["resolved_input"], out_dir=str(ctx.out_dir), cell_m=body.cell_m,
+                      cell_px=body.cell_px, name="result", **_area(body))
+        return classify_grid(job, classifier, progress=ctx.progress, cancel=ctx.cancel)
+
+    return run
+
+
+def search_handler(pool):
+    def run(request: dict, ctx) -> dict:
+        from engine.geo.search import SearchJob, search_raster
+
+        body = _body(SearchRequest, request)
+        job = SearchJob(input=request["resolved_input"], out_dir=str(ctx.out_dir), query=body.query,
+                        top_k=body.top_k, gsd=body.gsd, heatmap=body.heatmap, name="result", **_area(body))
+        return search_raster(job, pool.get(request["resolved_model"], request.get("arch")), progress=ctx.progress,
+                             cancel=ctx.cancel)
+
+    return run
+
+
+def label(body: LabelRequest, pool, store, settings) -> dict:
+    """Region labelling, synchronously (small requests: at most 512 regions)."""
+    import time
+
+    from engine.dense.scenes import SceneClassifier
+    from engine.geo.regions import Region
+    from engine.geo.scenes import label_regions
+    from engine.geo.source import RasterSource
+
+    started = time.perf_counter()
+    path = resolve_input(body.input, store, settings)
+    model_name = resolve_model(body.model, settings)
+    arch = body.arch or (settings.default_arch if model_name == settings.default_model else None)
+    try:
+        regions = [Region(bbox=tuple(r.bbox) if r.bbox else None,
+                          polygon=tuple(tuple(p[:2]) for p in r.polygon) if r.polygon else None) for r in body.regions]
+        if any(r.polygon and any(len(p) < 2 for p in r.polygon) for r in body.regions):
+            raise InputError("polygon points need two coordinates")
+        classifier = SceneClassifier(pool.get(model_name, arch), body.classes, template_set=body.template_set)
+        with RasterSource(path, tuple(body.bands) if body.bands else None) as source:
+            labels = label_regions(source, regions, classifier, crs=body.crs)
+    except FarSLIPError as exc:
+        raise HTTPException(400, str(exc)) from None
+    return {"classes": classifier.classes, "regions": labels, "model": model_name,
+            "seconds": round(time.perf_counter() - started, 4)}
 
 
 def segment_handler(pool, store, settings):

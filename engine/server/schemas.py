@@ -56,6 +56,56 @@ class SegmentRequest(ModelChoice, InferenceChoice):
     block: int = Field(1024, ge=256, le=8192)
 
 
+class AreaChoice(Strict):
+    window: list[int] | None = Field(None, min_length=4, max_length=4, description="col,row,width,height")
+    bbox: list[float] | None = Field(None, min_length=4, max_length=4, description="minx,miny,maxx,maxy")
+    bbox_crs: str | None = Field(None, max_length=200)
+    bands: list[int] | None = Field(None, min_length=3, max_length=3)
+
+
+class GridRequest(ModelChoice, AreaChoice):
+    input: InputRef
+    classes: Classes
+    cell_m: float | None = Field(None, gt=0, le=100000, description="cell size in metres")
+    cell_px: float | None = Field(None, ge=8, le=100000, description="cell size in pixels (rasters without CRS)")
+
+
+class SearchRequest(ModelChoice, AreaChoice):
+    input: InputRef
+    query: str = Field(..., min_length=1, max_length=300)
+    top_k: int = Field(10, ge=1, le=1000)
+    gsd: float | None = Field(None, gt=0, le=10000)
+    heatmap: bool = True
+
+
+class RegionIn(Strict):
+    bbox: list[float] | None = Field(None, min_length=4, max_length=4)
+    polygon: list[list[float]] | None = Field(None, min_length=3, max_length=10000)
+
+
+class LabelRequest(ModelChoice):
+    input: InputRef
+    classes: Classes
+    regions: list[RegionIn] = Field(..., min_length=1, max_length=512)
+    crs: str | None = Field(None, max_length=200, description="CRS of the regions; 'pixel'; default: the raster's")
+    bands: list[int] | None = Field(None, min_length=3, max_length=3)
+    template_set: Literal["rs", "imagenet80", "name"] = "rs"
+
+
+class RegionLabel(BaseModel):
+    index: int
+    best: str
+    score: float
+    probabilities: dict[str, float]
+
+
+class LabelResponse(BaseModel):
+    classes: list[str]
+    regions: list[RegionLabel]
+    model: str
+    seconds: float
+
+
 class JobCreated(BaseModel):
     id: str
     state: str

@@ -1,0 +1,167 @@
+"""`farslip classify` and `farslip search`: image-level classification and text search over a raster.
+
+    farslip classify ortho.tif --classes "residential; industrial; forest; farmland" --cell 100 -o out/
+    farslip classify ortho.tif --classes "car; truck; ship" --regions boxes.gpkg -o out/
+    farslip search ortho.tif --query "a swimming pool next to a house" --top-k 10 -o out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from engine.errors import InputError
+
+
+def _area_args(args) -> dict:
+    from engine.geo.source import parse_bands, parse_numbers
+
+    return {"bands": parse_bands(args.bands),
+            "window": tuple(int(v) for v in parse_numbers(args.window, 4, "--window")) if args.window else None,
+            "bbox": parse_numbers(args.bbox, 4, "--bbox") if args.bbox else None, "bbox_crs": args.bbox_crs}
+
+
+def _progress_bar(args, label: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, unit="tile", desc=label, disable=args.quiet, dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, progress
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from engine.cli_segment import _check_writable, _classes
+    from engine.dense.scenes import SceneClassifier
+    from engine.geo.source import RasterSource
+    from engine.models import load_model
+
+    prompts = _classes(args.classes)
+    area = _area_args(args)
+    if (args.cell is None) == (args.regions is None) and args.cell_px is None:
+        raise InputError("give either --cell METRES (a grid) or --regions FILE (regions to label)")
+    with RasterSource(args.input, area["bands"], None, area["window"], area["bbox"], area["bbox_crs"]) as source:
+        source.probe()
+    _check_writable(Path(args.out))
+    model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
+    classifier = SceneClassifier(model, prompts, template_set=args.templates)
+    if args.regions:
+        return _label_file(args, classifier, area)
+    from engine.geo.scenes import GridJob, classify_grid, grid_paths
+
+    job = GridJob(args.input, args.out, cell_m=args.cell, cell_px=args.cell_px, name=args.name, **area)
+    bar, progress = _progress_bar(args, f"classify {Path(args.input).name}")
+    try:
+        summary = classify_grid(job, classifier, progress=progress)
+    finally:
+        bar.close()
+    if not args.quiet:
+        for c in summary["classes"]:
+            print(f"  {c['name']:<24} {c['cells']:>8} cells")
+        for key, path in grid_paths(job).items():
+            print(f"  {key:<9} {path}")
+    return 0
+
+
+def _label_file(args, classifier, area) -> int:
+    """Label every polygon of a vector file; write them back with class, score and probabilities."""
+    import numpy as np
+    import shapely
+    from pyogrio.raw import read
+
+    from engine.geo.regions import Region
+    from engine.geo.scenes import label_regions
+    from engine.geo.source import RasterSource
+    from engine.geo.vectors import write_features
+
+    try:
+        meta, _, wkb, _ = read(args.regions)
+    except Exception as exc:
+        raise InputError(f"cannot read regions from {args.regions}: {str(exc).splitlines()[0]}") from None
+    geoms = list(shapely.from_wkb(wkb))
+    if not geoms:
+        raise InputError(f"{args.regions} holds no features")
+    regions = []
+    for geom in geoms:
+        poly = max(getattr(geom, "geoms", [geom]), key=lambda g: g.area)
+        regions.append(Region(polygon=tuple(poly.exterior.coords)))
+    crs = meta.get("crs") if isinstance(meta, dict) else None
+    with RasterSource(args.input, area["bands"], None, area["window"], area["bbox"], area["bbox_crs"]) as source:
+        labels = label_regions(source, regions, classifier, crs=crs or ("pixel" if source.crs is None else None))
+        out = Path(args.out) / f"{args.name or Path(args.regions).stem}_labels.gpkg"
+        partial = out.with_name(f".partial-{out.name}")
+        fields = {"class": np.array([lb["best"] for lb in labels], dtype=object),
+                  "score": np.array([lb["score"] for lb in labels]),
+                  "probabilities": np.array([json.dumps(lb["probabilities"]) for lb in labels], dtype=object)}
+        from rasterio.crs import CRS
+
+        write_features(partial, geoms, fields, CRS.from_user_input(crs) if crs else source.crs, "labels")
+        partial.replace(out)
+    if not args.quiet:
+        for lb in labels[:20]:
+            print(f"  region {lb['index']:<5} {lb['best']:<24} {lb['score']:.3f}")
+        print(f"  labels    {out}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from engine.cli_segment import _check_writable
+    from engine.geo.search import SearchJob, query_prompts, search_paths, search_raster
+    from engine.geo.source import RasterSource
+    from engine.models import load_model
+
+    query_prompts(args.query)
+    area = _area_args(args)
+    with RasterSource(args.input, area["bands"], args.gsd, area["window"], area["bbox"], area["bbox_crs"]) as source:
+        source.probe()
+    _check_writable(Path(args.out))
+    model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
+    job = SearchJob(args.input, args.out, query=args.query, top_k=args.top_k, gsd=args.gsd,
+                    heatmap=not args.no_heatmap, name=args.name, **area)
+    bar, progress = _progress_bar(args, f"search {Path(args.input).name}")
+    try:
+        summary = search_raster(job, model, progress=progress)
+    finally:
+        bar.close()
+    if not args.quiet:
+        for box in summary["boxes"]:
+            print(f"  #{box['rank']:<3} score {box['score']:.3f}  bounds {', '.join(f'{v:.2f}' for v in box['bounds'])}")
+        for key, path in search_paths(job).items():
+            print(f"  {key:<9} {path}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from engine.cli_segment import add_model_arguments
+
+    p.add_argument("input", help="raster file")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--name", help="output file stem (default: the input's)")
+    p.add_argument("--bands", help="three 1-based band numbers for R,G,B")
+    p.add_argument("--bbox", help="minx,miny,maxx,maxy (raster CRS unless --bbox-crs)")
+    p.add_argument("--bbox-crs", help="CRS of --bbox, e.g. EPSG:4326")
+    p.add_argument("--window", help="col,row,width,height in source pixels")
+    p.add_argument("-q", "--quiet", action="store_true")
+    add_model_arguments(p)
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("classify", help="classify a raster's grid cells, or given regions, by class names")
+    _common(p)
+    p.add_argument("--classes", required=True, help="'residential; forest,woodland; farmland' or @file.txt")
+    p.add_argument("--cell", type=float, help="grid cell size in metres")
+    p.add_argument("--cell-px", type=float, help="grid cell size in pixels (rasters without CRS)")
+    p.add_argument("--regions", help="vector file (GeoPackage, shapefile, GeoJSON) of regions to label")
+    p.add_argument("--templates", default="rs", choices=["rs", "imagenet80", "name"], help="prompt templates")
+    p.set_defaults(func=_cmd_classify)
+    p = commands.add_parser("search", help="search a raster by free text: heat map and top-k boxes")
+    _common(p)
+    p.add_argument("--query", required=True, help="e.g. 'a swimming pool next to a house'")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--gsd", type=float, help="working resolution in metres per pixel")
+    p.add_argument("--no-heatmap", action="store_true", help="only the boxes (much faster)")
+    p.set_defaults(func=_cmd_search)

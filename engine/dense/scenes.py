@@ -1,0 +1,53 @@
+"""Image-level (CLS) classification of whole crops: regions, grid cells, scenes.
+
+Each crop is encoded on its own with the standard forward (the embedding FarSLIP's stage 2 aligns
+with "a satellite image of {category}"), compared by cosine with the class names' text embeddings
+(the `rs` templates by default) and turned into probabilities: softmax over all names of the
+model's learned logit scale × cosine, max over each class's synonyms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.dense.prompts import PromptSet
+from engine.dense.scoring import class_probabilities
+from engine.dense.segment import prepare_image
+from engine.dense.text import embed_prompts
+from engine.models import LoadedModel
+
+
+def logit_scale(model: LoadedModel) -> float:
+    return float(min(model.clip.logit_scale.exp().item(), 100.0))
+
+
+class SceneClassifier:
+    """A model and a prompt set, ready to classify batches of RGB crops."""
+
+    def __init__(self, model: LoadedModel, prompts: "str | list[str] | PromptSet", template_set: str = "rs",
+                 batch_size: int | None = None):
+        self.model = model
+        self.prompts = PromptSet.parse(prompts)
+        self.text = embed_prompts(model, self.prompts, template_set)
+        self.batch_size = batch_size or (64 if model.device.type == "cuda" else 8)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.prompts.labels
+
+    def embed(self, crops: list[np.ndarray]) -> torch.Tensor:
+        """Normalised CLS embeddings [B, D] of H×W×3 crops at the model's input size."""
+        out = []
+        for start in range(0, len(crops), self.batch_size):
+            batch = torch.stack([prepare_image(c) for c in crops[start:start + self.batch_size]])
+            out.append(self.model.encode_image(batch))
+        return torch.cat(out) if out else torch.zeros(0, self.text.shape[1])
+
+    def probabilities(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """[B, C] class probabilities of normalised image embeddings."""
+        cosine = embeddings.to(self.text.device) @ self.text.T  # [B, N]
+        return class_probabilities(cosine.T, self.prompts.name_to_class, logit_scale(self.model)).T
+
+    def classify(self, crops: list[np.ndarray]) -> torch.Tensor:
+        return self.probabilities(self.embed(crops))

@@ -1,0 +1,122 @@
+"""Reading regions of a raster as model-sized crops: boxes or polygons (region labelling), grid cells
+(scene classification, text search).
+
+A region is read as the model sees a whole image in stage 2: its box's shorter side resized to the
+model's input size and the centre cropped square (read straight from the raster with GDAL's bilinear
+resampling). Pixels outside a polygon, or without data, are filled with the CLIP mean colour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+from affine import Affine
+from rasterio.features import geometry_mask
+from rasterio.windows import Window
+
+from engine.errors import InputError
+from engine.geo.source import CLIP_MEAN_RGB, RasterSource
+
+MAX_REGIONS = 512
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box (minx, miny, maxx, maxy) or a polygon ring [(x, y), ...], in pixel or raster CRS coordinates."""
+
+    bbox: tuple[float, float, float, float] | None = None
+    polygon: tuple[tuple[float, float], ...] | None = None
+
+
+def to_pixel_geometry(source: RasterSource, region: Region, crs: str | None):
+    """The region as a shapely geometry in the source area's pixel coordinates (col, row)."""
+    import shapely
+    from shapely import affinity
+
+    if region.polygon is not None:
+        if len(region.polygon) < 3:
+            raise InputError("a polygon region needs at least 3 points")
+        geom = shapely.Polygon(region.polygon)
+    elif region.bbox is not None:
+        minx, miny, maxx, maxy = region.bbox
+        if not (maxx > minx and maxy > miny):
+            raise InputError("a box region must be minx,miny,maxx,maxy with max > min")
+        geom = shapely.box(minx, miny, maxx, maxy)
+    else:
+        raise InputError("a region needs a bbox or a polygon")
+    if not geom.is_valid or geom.is_empty or geom.area <= 0:
+        raise InputError("a region polygon is empty or self-intersecting")
+    if crs == "pixel":
+        return geom
+    if crs is not None and source.crs is not None:
+        from rasterio.crs import CRS
+        from shapely.ops import transform as reproject
+        from pyproj import Transformer
+
+        try:
+            given = CRS.from_user_input(crs)
+        except Exception:
+            raise InputError(f"unknown CRS '{crs}'") from None
+        if given != source.crs:
+            to_raster = Transformer.from_crs(given, source.crs, always_xy=True)
+            geom = reproject(to_raster.transform, geom)
+    elif crs is not None and source.crs is None:
+        raise InputError("the raster has no CRS: give regions in pixel coordinates (crs 'pixel')")
+    inverse = ~source.transform
+    return affinity.affine_transform(geom, [inverse.a, inverse.b, inverse.d, inverse.e, inverse.xoff, inverse.yoff])
+
+
+def read_region(source: RasterSource, pixel_geom, size: int) -> np.ndarray:
+    """The region as an RGB crop [size, size, 3] (float 0-1), outside-polygon pixels mean-filled."""
+    minx, miny, maxx, maxy = pixel_geom.bounds
+    if maxx <= 0 or maxy <= 0 or minx >= source.width or miny >= source.height:
+        raise InputError("a region lies outside the raster")
+    w, h = maxx - minx, maxy - miny
+    side = max(min(w, h), 1.0)
+    cx, cy = (minx + maxx) / 2, (miny + maxy) / 2
+    window = Window(source.window.col_off + cx - side / 2, source.window.row_off + cy - side / 2, side, side)
+    rgb, valid = source.read_window(window, size, size)
+    if not pixel_geom.equals(pixel_geom.envelope):
+        to_window = Affine.translation(cx - side / 2, cy - side / 2) * Affine.scale(side / size)
+        outside = geometry_mask([pixel_geom], out_shape=(size, size), transform=to_window)
+        rgb[outside] = CLIP_MEAN_RGB
+    rgb[~valid] = CLIP_MEAN_RGB
+    return rgb
+
+
+@dataclass(frozen=True)
+class Cell:
+    row: int
+    col: int
+    x0: float  # source-area pixel coordinates
+    y0: float
+    size: float
+
+
+def grid_cells(source: RasterSource, cell_px: float, stride_px: float | None = None) -> list[Cell]:
+    """Square cells of `cell_px` source pixels covering the area (the last ones shifted inward)."""
+    if cell_px < 1:
+        raise InputError("the cell is smaller than one pixel")
+    stride = stride_px or cell_px
+    cell = min(cell_px, source.width, source.height)
+
+    def starts(length: float) -> list[float]:
+        if length <= cell:
+            return [0.0]
+        values = list(np.arange(0.0, length - cell + 1e-9, stride))
+        if values[-1] + cell < length - 1e-9:
+            values.append(length - cell)
+        return values
+
+    return [Cell(r, c, x, y, cell) for r, y in enumerate(starts(source.height))
+            for c, x in enumerate(starts(source.width))]
+
+
+def read_cells(source: RasterSource, cells: list[Cell], size: int) -> Iterator[tuple[Cell, np.ndarray, float]]:
+    """(cell, RGB crop [size, size, 3], fraction of valid pixels) for each cell."""
+    for cell in cells:
+        window = Window(source.window.col_off + cell.x0, source.window.row_off + cell.y0, cell.size, cell.size)
+        rgb, valid = source.read_window(window, size, size)
+        yield cell, rgb, float(valid.mean())

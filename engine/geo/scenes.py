@@ -1,0 +1,146 @@
+"""Image-level classification over a raster: labelling given regions, and a scene grid.
+
+    label_regions(source, regions, classifier)            → probabilities per region (synchronous, small)
+    classify_grid(GridJob(...), classifier)               → <name>_grid.gpkg + <name>_grid_summary.json
+
+Grid cells are squares of `cell_m` metres (or `cell_px` source pixels without a CRS); a cell with
+less than half its pixels valid gets no class.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import shapely
+
+from engine import __version__
+from engine.dense.scenes import SceneClassifier
+from engine.errors import InputError
+from engine.geo.colours import class_colour, hex_colour
+from engine.geo.pipeline import Cancelled, ProgressFn, make_workdir, publish_summary
+from engine.geo.regions import MAX_REGIONS, Region, grid_cells, read_cells, read_region, to_pixel_geometry
+from engine.geo.source import RasterSource
+from engine.geo.vectors import write_features
+
+MIN_VALID_FRACTION = 0.5
+
+
+def label_regions(source: RasterSource, regions: list[Region], classifier: SceneClassifier,
+                  crs: str | None = None) -> list[dict]:
+    """Class probabilities of each region, cropped and encoded on its own (the stage-2 alignment)."""
+    if not regions:
+        raise InputError("no regions given")
+    if len(regions) > MAX_REGIONS:
+        raise InputError(f"{len(regions)} regions given; at most {MAX_REGIONS} per call")
+    size = classifier.model.image_size
+    crops = [read_region(source, to_pixel_geometry(source, r, crs), size) for r in regions]
+    probs = classifier.classify(crops).cpu().numpy()
+    order = np.argsort(-probs, axis=1)
+    return [{"index": i, "best": classifier.classes[int(order[i, 0])], "score": float(probs[i, order[i, 0]]),
+             "probabilities": {classifier.classes[k]: float(probs[i, k]) for k in order[i]}}
+            for i in range(len(regions))]
+
+
+@dataclass
+class GridJob:
+    input: str
+    out_dir: str
+    cell_m: float | None = None
+    cell_px: float | None = None
+    bands: tuple[int, int, int] | None = None
+    window: tuple[int, int, int, int] | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    bbox_crs: str | None = None
+    name: str | None = None
+
+
+def grid_paths(job: GridJob) -> dict[str, Path]:
+    stem = job.name or Path(job.input).stem
+    out = Path(job.out_dir)
+    return {"grid": out / f"{stem}_grid.gpkg", "summary": out / f"{stem}_grid_summary.json"}
+
+
+def cell_size_px(source: RasterSource, cell_m: float | None, cell_px: float | None) -> float:
+    if cell_px is not None:
+        if cell_px < 8:
+            raise InputError("cells must be at least 8 pixels")
+        return float(cell_px)
+    if cell_m is None:
+        raise InputError("give the cell size (--cell metres, or --cell-px pixels)")
+    if cell_m <= 0:
+        raise InputError("the cell size must be positive")
+    if source.source_gsd is None:
+        raise InputError("the raster has no CRS: give the cell size in pixels (--cell-px)")
+    return cell_m / source.source_gsd
+
+
+def cell_polygon(source: RasterSource, cell) -> shapely.Polygon:
+    t = source.transform
+    corners = [t @ (cell.x0, cell.y0), t @ (cell.x0 + cell.size, cell.y0),
+               t @ (cell.x0 + cell.size, cell.y0 + cell.size), t @ (cell.x0, cell.y0 + cell.size)]
+    return shapely.Polygon(corners)
+
+
+def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressFn | None = None,
+                  cancel: threading.Event | None = None) -> dict:
+    started = time.perf_counter()
+    paths = grid_paths(job)
+    with RasterSource(job.input, job.bands, None, job.window, job.bbox, job.bbox_crs) as source:
+        cells = grid_cells(source, cell_size_px(source, job.cell_m, job.cell_px))
+        work = make_workdir(job.out_dir)
+        try:
+            rows, probs_all = [], []
+            batch: list = []
+
+            def flush() -> None:
+                if not batch:
+                    return
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("cancelled")
+                probs = classifier.classify([rgb for _, rgb, _ in batch]).cpu().numpy()
+                rows.extend((cell, frac) for cell, _, frac in batch)
+                probs_all.append(probs)
+                batch.clear()
+                if progress is not None:
+                    progress(len(rows), len(cells))
+
+            for item in read_cells(source, cells, classifier.model.image_size):
+                batch.append(item)
+                if len(batch) >= classifier.batch_size:
+                    flush()
+            flush()
+            probs = np.concatenate(probs_all)
+            best = probs.argmax(axis=1)
+            valid = np.array([frac >= MIN_VALID_FRACTION for _, frac in rows])
+            names = classifier.classes
+            fields = {
+                "row": np.array([c.row for c, _ in rows], dtype=np.int32),
+                "col": np.array([c.col for c, _ in rows], dtype=np.int32),
+                "class_index": np.where(valid, best, -1).astype(np.int32),
+                "class": np.array([names[b] if v else None for b, v in zip(best, valid)], dtype=object),
+                "score": np.where(valid, probs[np.arange(len(best)), best], np.nan),
+                "valid_fraction": np.array([f for _, f in rows]),
+            }
+            write_features(work / "grid.gpkg", [cell_polygon(source, c) for c, _ in rows], fields, source.crs, "grid")
+            shutil.move(str(work / "grid.gpkg"), paths["grid"])
+            counts = np.bincount(best[valid], minlength=len(names))
+            summary = {
+                "farslip_version": __version__, "input": job.input, "model": classifier.model.name,
+                "classes": [{"index": i, "name": n, "colour": hex_colour(class_colour(c.names)), "cells": int(counts[i])}
+                            for i, (n, c) in enumerate(zip(names, classifier.prompts.classes))],
+                "cells": len(rows), "cells_without_data": int((~valid).sum()),
+                "cell_size_px": cells[0].size if cells else None,
+                "cell_size_m": cells[0].size * source.source_gsd if cells and source.source_gsd else None,
+                "crs": source.crs.to_string() if source.crs else None,
+                "timing": {"total_s": round(time.perf_counter() - started, 3)},
+                "files": {k: p.name for k, p in paths.items()},
+            }
+            publish_summary(work, paths["summary"], summary)
+            return summary
+        finally:
+            shutil.rmtree(work, ignore_errors=True)

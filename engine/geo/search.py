@@ -1,0 +1,168 @@
+"""Text search over a raster: a similarity heat map and the top-k matching boxes.
+
+    search_raster(SearchJob("ortho.tif", "out/", query="a swimming pool next to a house"), model)
+
+- Heat map: the dense per-pixel cosine similarity between the image and the query, computed with the
+  same blocked crop grid as `segment` (float32 COG on the source grid, `<name>_heatmap.tif`).
+- Boxes: square cells of one model crop (half-overlapping), each encoded on its own (CLS) and scored
+  by cosine with the query; the best `top_k` after non-maximum suppression (torchvision.ops.nms),
+  written to `<name>_boxes.gpkg` and listed in the summary.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine import __version__, config
+from engine.dense import InferenceOptions, Segmenter
+from engine.dense.prompts import ClassLine, PromptSet
+from engine.dense.scenes import SceneClassifier
+from engine.errors import InputError
+from engine.geo.blocks import blocked_logits, count_crops
+from engine.geo.pipeline import Cancelled, ProgressFn, make_workdir, publish_summary
+from engine.geo.rasters import TiledRaster, publish_cog, resample_to_grid
+from engine.geo.regions import grid_cells, read_cells
+from engine.geo.scenes import cell_polygon
+from engine.geo.source import RasterSource
+from engine.geo.vectors import write_features
+from engine.models import LoadedModel
+
+MAX_QUERY_CHARS = 300
+HEATMAP_NODATA = -2.0
+
+
+@dataclass
+class SearchJob:
+    input: str
+    out_dir: str
+    query: str = ""
+    top_k: int = 10
+    gsd: float | None = None
+    bands: tuple[int, int, int] | None = None
+    window: tuple[int, int, int, int] | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    bbox_crs: str | None = None
+    block: int = 1024
+    heatmap: bool = True
+    name: str | None = None
+
+
+def query_prompts(query: str) -> PromptSet:
+    """The query as one class with one name (commas in a sentence are not synonyms here)."""
+    text = " ".join(query.split())
+    if not text:
+        raise InputError("the search query is empty")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InputError(f"the search query is longer than {MAX_QUERY_CHARS} characters")
+    return PromptSet((ClassLine((text,)),))
+
+
+def search_paths(job: SearchJob) -> dict[str, Path]:
+    stem = job.name or Path(job.input).stem
+    out = Path(job.out_dir)
+    paths = {"boxes": out / f"{stem}_boxes.gpkg", "summary": out / f"{stem}_search_summary.json"}
+    if job.heatmap:
+        paths["heatmap"] = out / f"{stem}_heatmap.tif"
+    return paths
+
+
+def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | None = None,
+                  cancel: threading.Event | None = None) -> dict:
+    import rasterio
+    from torchvision.ops import nms
+
+    started = time.perf_counter()
+    if not 1 <= job.top_k <= 1000:
+        raise InputError("top_k must be between 1 and 1000")
+    prompts = query_prompts(job.query)
+    paths = search_paths(job)
+    with rasterio.Env(GDAL_CACHEMAX=config.gdal_cache_mb()), \
+            RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs) as source:
+        work = make_workdir(job.out_dir)
+        try:
+            if job.heatmap:
+                _heatmap(job, model, prompts, source, work, paths, progress, cancel)
+            # boxes: one model crop per cell at the working resolution, half-overlapping
+            scorer = SceneClassifier(model, prompts, template_set="name")
+            crop_px = model.image_size * source.grid.scale_x
+            cells = grid_cells(source, crop_px, crop_px / 2)
+            embeddings, kept = [], []
+            batch: list = []
+            for item in read_cells(source, cells, model.image_size):
+                if item[2] >= 0.5:
+                    batch.append(item)
+                if len(batch) >= scorer.batch_size:
+                    embeddings.append(scorer.embed([rgb for _, rgb, _ in batch]))
+                    kept.extend(cell for cell, _, _ in batch)
+                    batch.clear()
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled("cancelled")
+            if batch:
+                embeddings.append(scorer.embed([rgb for _, rgb, _ in batch]))
+                kept.extend(cell for cell, _, _ in batch)
+            results = []
+            if kept:
+                scores = (torch.cat(embeddings) @ scorer.text.T)[:, 0].float().cpu()
+                boxes = torch.tensor([[c.x0, c.y0, c.x0 + c.size, c.y0 + c.size] for c in kept], dtype=torch.float32)
+                chosen = nms(boxes, scores, iou_threshold=0.3)[: job.top_k].tolist()
+                for rank, i in enumerate(chosen, start=1):
+                    poly = cell_polygon(source, kept[i])
+                    results.append({"rank": rank, "score": float(scores[i]), "bounds": list(poly.bounds),
+                                    "pixel_box": [float(kept[i].x0), float(kept[i].y0), float(kept[i].size), float(kept[i].size)], "_geom": poly})
+            fields = {"rank": np.array([r["rank"] for r in results], dtype=np.int32),
+                      "score": np.array([r["score"] for r in results], dtype=np.float64),
+                      "query": np.array([job.query] * len(results), dtype=object)}
+            write_features(work / "boxes.gpkg", [r.pop("_geom") for r in results], fields, source.crs, "boxes")
+            shutil.move(str(work / "boxes.gpkg"), paths["boxes"])
+            summary = {"farslip_version": __version__, "input": job.input, "model": model.name, "query": job.query,
+                       "boxes": results, "crs": source.crs.to_string() if source.crs else None,
+                       "working_gsd_m": source.working_gsd,
+                       "timing": {"total_s": round(time.perf_counter() - started, 3)},
+                       "files": {k: p.name for k, p in paths.items()}}
+            publish_summary(work, paths["summary"], summary)
+            return summary
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _heatmap(job, model, prompts, source, work, paths, progress, cancel) -> None:
+    """Dense cosine similarity to the query, block by block, on the source grid."""
+    segmenter = Segmenter(model, prompts, InferenceOptions(template_set="name"))
+    grid = source.grid
+    raster = TiledRaster(work / "heatmap.tif", grid.height, grid.width, 1, source.working_transform(), source.crs,
+                         ["cosine similarity"], {"FARSLIP_QUERY": job.query}, dtype="float32", nodata=HEATMAP_NODATA)
+    total = count_crops(segmenter, grid.height, grid.width)
+    done = 0
+
+    def on_crops(n: int) -> None:
+        nonlocal done
+        done += n
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("cancelled")
+        if progress is not None:
+            progress(done, total)
+
+    def read(rect):
+        from engine.dense import prepare_image
+
+        return prepare_image(source.read_rgb(rect)[0])
+
+    try:
+        for core, logits in blocked_logits(segmenter, grid.height, grid.width, job.block, read, on_crops):
+            values = logits[0].cpu().numpy().astype(np.float32)
+            values[~source.read_valid(core)] = HEATMAP_NODATA
+            raster.write(core, values)
+    finally:
+        raster.close()
+    if grid.resampled:
+        resample_to_grid(work / "heatmap.tif", work / "heatmap_src.tif", source.height, source.width, source.transform)
+        os.replace(work / "heatmap_src.tif", work / "heatmap.tif")
+    publish_cog(work / "heatmap.tif", paths["heatmap"], "AVERAGE")

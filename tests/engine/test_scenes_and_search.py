@@ -1,0 +1,135 @@
+"""Region labelling, the scene grid and text search: right places, right shapes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from fastapi.testclient import TestClient
+
+from engine.cli import main
+from engine.dense.scenes import SceneClassifier
+from engine.geo.regions import Region, grid_cells
+from engine.geo.scenes import GridJob, classify_grid, label_regions
+from engine.geo.search import SearchJob, search_raster
+from engine.geo.source import RasterSource
+from tests.engine.api_helpers import AUTH, make_app, wait_for
+from tests.engine.rasters import scene, write_raster
+
+CLASSES = "water; grass; building,roof"
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_model):
+    """Class embeddings taken from example crops (a stand-in for a trained text side)."""
+    clf = SceneClassifier(tiny_model, CLASSES)
+    rgb, labels = scene(448, 448, seed=11)
+    crops = {0: rgb[:, 100:200, 20:120], 1: rgb[:, 300:400, 250:350]}
+    example = np.zeros((3, 120, 120), dtype=np.uint8)
+    example[:] = np.array([190, 60, 50], dtype=np.uint8)[:, None, None]
+    crops[2] = example
+    from PIL import Image
+
+    def crop224(a):
+        return np.asarray(Image.fromarray(a.transpose(1, 2, 0)).resize((224, 224))).astype(np.float32) / 255
+
+    proto = clf.embed([crop224(crops[k]) for k in (0, 1, 2)])
+    clf.text = proto[clf.prompts.name_to_class]
+    return clf
+
+
+def test_regions_are_labelled_where_they_are(tmp_path, classifier):
+    src = write_raster(tmp_path / "s.tif", scene(400, 600, seed=2)[0], origin=(500000.0, 5200000.0), res=0.5)
+    with RasterSource(src) as source:
+        # west: water; east below the road: grass. In map coordinates, in pixels, and as a polygon.
+        water = Region(bbox=(500010.0, 5199850.0, 500060.0, 5199900.0))
+        grass_px = Region(bbox=(420.0, 300.0, 500.0, 380.0))
+        water_poly = Region(polygon=((30.0, 30.0), (150.0, 40.0), (90.0, 200.0)))
+        got = label_regions(source, [water], classifier)
+        got += label_regions(source, [grass_px, water_poly], classifier, crs="pixel")
+    assert [g["best"] for g in got] == ["water", "grass", "water"]
+    for g in got:
+        assert 0.5 < sum(g["probabilities"].values()) <= 1.0 + 1e-6  # max over synonyms of a softmax over names
+        assert list(g["probabilities"].values()) == sorted(g["probabilities"].values(), reverse=True)
+
+
+def test_region_in_another_crs_is_reprojected(tmp_path, classifier):
+    from rasterio.warp import transform_bounds
+
+    src = write_raster(tmp_path / "s.tif", scene(400, 600, seed=2)[0])
+    lonlat = transform_bounds("EPSG:32633", "EPSG:4326", 500010.0, 5199850.0, 500060.0, 5199900.0)
+    with RasterSource(src) as source:
+        a = label_regions(source, [Region(bbox=lonlat)], classifier, crs="EPSG:4326")[0]
+        b = label_regions(source, [Region(bbox=(500010.0, 5199850.0, 500060.0, 5199900.0))], classifier)[0]
+    assert a["best"] == b["best"] == "water"
+
+
+def test_grid_cells_cover_the_raster_and_classes_fall_in_place(tmp_path, classifier):
+    src = write_raster(tmp_path / "g.tif", scene(400, 600, seed=4)[0])
+    summary = classify_grid(GridJob(str(src), str(tmp_path / "out"), cell_m=50.0), classifier)
+    from pyogrio.raw import read
+
+    meta, _, wkb, fields = read(tmp_path / "out" / "g_grid.gpkg")
+    data = dict(zip(meta["fields"], fields))
+    assert summary["cells"] == len(wkb) == len(grid_cells(RasterSource(src), 100.0))
+    west = data["col"] == 0
+    assert set(data["class"][west]) == {"water"}  # the western fifth is water
+    assert summary["classes"][0]["cells"] >= west.sum()
+
+
+def test_search_heatmap_on_the_source_grid_and_top_k_boxes(tmp_path, tiny_model):
+    src = write_raster(tmp_path / "q.tif", scene(300, 500)[0], res=0.25)
+    summary = search_raster(SearchJob(str(src), str(tmp_path / "o"), query="a red roof, next to a road", top_k=4,
+                                      gsd=0.5), tiny_model)
+    with rasterio.open(src) as s, rasterio.open(tmp_path / "o" / "q_heatmap.tif") as h:
+        assert h.crs == s.crs and h.transform.almost_equals(s.transform) and h.shape == s.shape
+        values = h.read(1)
+    assert np.all((values >= -1.0) & (values <= 1.0))
+    scores = [b["score"] for b in summary["boxes"]]
+    assert 1 <= len(scores) <= 4 and scores == sorted(scores, reverse=True)
+    assert summary["query"] == "a red roof, next to a road"
+
+
+def test_api_labels_regions_and_runs_grid_and_search_jobs(tmp_path):
+    src = write_raster(tmp_path / "a.tif", scene(300, 400)[0])
+    with TestClient(make_app(tmp_path)) as client:
+        body = {"input": {"path": str(src)}, "classes": ["water", "grass", "roof"],
+                "regions": [{"bbox": [10, 10, 60, 60]}] * 9 + [{"polygon": [[5, 5], [80, 5], [40, 70]]}], "crs": "pixel"}
+        got = client.post("/v1/regions/label", headers=AUTH, json=body)
+        assert got.status_code == 200, got.text
+        regions = got.json()["regions"]
+        assert len(regions) == 10 and all(r["best"] in ("water", "grass", "roof") for r in regions)
+        bad = client.post("/v1/regions/label", headers=AUTH, json={**body, "regions": [{"bbox": [900, 900, 950, 950]}]})
+        assert bad.status_code == 400 and "outside the raster" in bad.json()["detail"]
+        grid = client.post("/v1/jobs/grid", headers=AUTH, json={"input": {"path": str(src)}, "classes": "water; grass",
+                                                                "cell_m": 40})
+        assert wait_for(client, grid.json()["id"])["files"] == ["result_grid.gpkg", "result_grid_summary.json"]
+        search = client.post("/v1/jobs/search", headers=AUTH,
+                             json={"input": {"path": str(src)}, "query": "a lake", "top_k": 3})
+        status = wait_for(client, search.json()["id"])
+        assert set(status["files"]) == {"result_boxes.gpkg", "result_heatmap.tif", "result_search_summary.json"}
+        assert client.post("/v1/jobs/grid", headers=AUTH,
+                           json={"input": {"path": str(src)}, "classes": "a"}).status_code == 400
+
+
+def test_cli_classify_and_search(tmp_path, capsys):
+    from tests.engine.api_helpers import write_checkpoint
+
+    ckpt = str(write_checkpoint(tmp_path))
+    src = write_raster(tmp_path / "c.tif", scene(200, 300)[0])
+    model = ["--model", ckpt, "--arch", "tiny-vit-16", "-q"]
+    assert main(["classify", str(src), "--classes", "water; grass", "--cell", "25", "-o", str(tmp_path / "o"), *model]) == 0
+    assert main(["classify", str(src), "--classes", "water; grass", "--regions", str(tmp_path / "o" / "c_grid.gpkg"),
+                 "-o", str(tmp_path / "o"), *model]) == 0
+    assert (tmp_path / "o" / "c_grid_labels.gpkg").exists()
+    assert main(["search", str(src), "--query", "a pond", "--no-heatmap", "-o", str(tmp_path / "o"), *model]) == 0
+    summary = json.loads((tmp_path / "o" / "c_search_summary.json").read_text())
+    assert summary["boxes"] and "heatmap" not in summary["files"]
+    capsys.readouterr()
+    assert main(["classify", str(src), "--classes", "a", "-o", str(tmp_path / "o"), *model]) == 2
+    assert "give either --cell" in capsys.readouterr().err
+    assert main(["search", str(src), "--query", "  ", "-o", str(tmp_path / "o"), *model]) == 2
+    assert "query is empty" in capsys.readouterr().err
