@@ -1,0 +1,94 @@
+"""Latency of the HTTP API, and its overhead over calling the pipeline directly, measured in one run.
+
+    .venv/bin/python benchmarks/api_benchmark.py
+
+- region labelling: one POST /v1/regions/label with 10 boxes (target < 1 s on a GPU);
+- a 1600 x 1000 px segmentation job through the API (submit, poll, download the class raster) ÷ the
+  same `segment_raster` call made directly (target <= 1.05). ViT-B-16 with random weights, model and
+  text embeddings warmed up on both sides; the engine runs as a real uvicorn server on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+import uvicorn  # noqa: E402
+
+from engine.dense import Segmenter  # noqa: E402
+from engine.geo.pipeline import RasterJob, segment_raster  # noqa: E402
+from engine.models.clip import build_clip  # noqa: E402
+from engine.server.app import ServerSettings, create_app  # noqa: E402
+from training.data.synthetic import write_scene_geotiff  # noqa: E402
+
+CLASSES = "building,roof; road; tree,forest; water; grass"
+
+
+def main() -> None:
+    torch.set_num_threads(os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory(prefix="farslip-api-bench-") as tmp:
+        tmp = Path(tmp)
+        torch.manual_seed(0)
+        ckpt = tmp / "vitb16.pt"
+        torch.save(build_clip("ViT-B-16").state_dict(), ckpt)
+        raster = write_scene_geotiff(tmp / "scene.tif", 1000, 1600, res=0.5)
+        small = write_scene_geotiff(tmp / "small.tif", 224, 224, res=0.5)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        app = create_app(ServerSettings(token="bench", port=port, data_dir=tmp / "data", allow_roots=[tmp],
+                                        default_model=str(ckpt), default_arch="ViT-B-16"))
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        threading.Thread(target=server.run, daemon=True).start()
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": "Bearer bench"},
+                              timeout=600)
+        while True:
+            try:
+                client.get("/v1/health")
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+
+        def job(path: Path) -> float:
+            t0 = time.perf_counter()
+            job_id = client.post("/v1/jobs/segment", json={"input": {"path": str(path)}, "classes": CLASSES}).json()["id"]
+            while (status := client.get(f"/v1/jobs/{job_id}").json())["state"] not in ("done", "failed"):
+                time.sleep(0.05)
+            assert status["state"] == "done", status
+            client.get(f"/v1/jobs/{job_id}/files/result_classes.tif").raise_for_status()
+            return time.perf_counter() - t0
+
+        job(small)  # warm-up: loads the model, embeds the classes
+        regions = {"input": {"path": str(raster)}, "classes": CLASSES, "crs": "pixel",
+                   "regions": [{"bbox": [100 * i, 50, 100 * i + 80, 130]} for i in range(10)]}
+        client.post("/v1/regions/label", json=regions).raise_for_status()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            client.post("/v1/regions/label", json=regions).raise_for_status()
+        label_s = (time.perf_counter() - t0) / 3
+
+        api_s = job(raster)
+        model = app.state.pool.get(str(ckpt), "ViT-B-16")
+        segmenter = Segmenter(model, CLASSES)
+        t0 = time.perf_counter()
+        segment_raster(RasterJob(str(raster), str(tmp / "direct"), name="direct"), segmenter)
+        direct_s = time.perf_counter() - t0
+        server.should_exit = True
+        print(f"[api] ViT-B-16 random, {model.device} {str(model.dtype).replace('torch.', '')}")
+        print(f"  region labelling, 10 boxes: {label_s * 1000:.0f} ms per call (target < 1 s on a GPU)")
+        print(f"  1600x1000 px segmentation: API job {api_s:.2f} s | direct segment_raster {direct_s:.2f} s")
+        print(f"  RATIO API / direct = {api_s / direct_s:.3f}   (target <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()
