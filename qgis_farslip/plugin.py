@@ -1,16 +1,27 @@
-"""The plugin object QGIS loads: wires the FarSLIP user interface into the QGIS window."""
+"""The plugin object QGIS loads: registers the Processing provider (the dock and map tools hang off it)."""
 
 from __future__ import annotations
 
+from qgis.core import QgsApplication
+
 
 class FarSLIPPlugin:
-    """Entry point created by `classFactory`; the dock and tools hang off it."""
+    """Entry point created by `classFactory`."""
 
     def __init__(self, iface):
         self.iface = iface
+        self.provider = None
+
+    def initProcessing(self):  # noqa: N802 (QGIS's name)
+        from qgis_farslip.processing_provider.provider import FarSLIPProvider
+
+        self.provider = FarSLIPProvider()
+        QgsApplication.processingRegistry().addProvider(self.provider)
 
     def initGui(self):  # noqa: N802 (QGIS's name)
-        pass
+        self.initProcessing()
 
     def unload(self):
-        pass
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None

@@ -1,0 +1,126 @@
+"""HTTP client for the FarSLIP engine, on the standard library only (runs in QGIS's Python).
+
+Every failure becomes an `EngineError` with one readable sentence: the engine's own `detail` for a
+4xx, "the engine is not running at ..." when nothing answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+DEFAULT_URL = "http://127.0.0.1:8765"
+
+
+class EngineError(Exception):
+    """A problem talking to the engine, in one sentence for a message bar."""
+
+
+def default_token_path() -> Path:
+    """Where a local engine keeps its token (the same rule as the engine's config folder)."""
+    if os.environ.get("FARSLIP_CONFIG_DIR"):
+        return Path(os.environ["FARSLIP_CONFIG_DIR"]).expanduser() / "token"
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config").expanduser()
+    return base / "farslip" / "token"
+
+
+def read_local_token(path: Path | None = None) -> str:
+    path = path or default_token_path()
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+class EngineClient:
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0):
+        self.url = url.rstrip("/")
+        self.token = token if token is not None else read_local_token()
+        self.timeout = timeout
+
+    # --- plumbing ------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json",
+                 timeout: float | None = None):
+        request = urllib.request.Request(f"{self.url}{path}", data=body, method=method)
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        if body is not None:
+            request.add_header("Content-Type", content_type)
+        try:
+            return urllib.request.urlopen(request, timeout=timeout or self.timeout)
+        except urllib.error.HTTPError as exc:
+            raise EngineError(self._explain(exc)) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise EngineError(f"the FarSLIP engine is not answering at {self.url} ({reason})") from None
+
+    @staticmethod
+    def _explain(exc: urllib.error.HTTPError) -> str:
+        try:
+            detail = json.loads(exc.read().decode("utf-8")).get("detail")
+        except (ValueError, AttributeError, OSError):
+            detail = None
+        if exc.code == 401:
+            return "the engine refused the token (check the token in the FarSLIP settings)"
+        return f"engine: {detail}" if isinstance(detail, str) else f"engine answered HTTP {exc.code}"
+
+    def _json(self, method: str, path: str, payload: dict | None = None):
+        body = json.dumps(payload).encode("utf-8") if payload is not None else None
+        with self._request(method, path, body) as response:
+            data = response.read()
+        return json.loads(data) if data else None
+
+    # --- API -----------------------------------------------------------------------------------
+    def health(self) -> dict:
+        return self._json("GET", "/v1/health")
+
+    def models(self) -> dict:
+        return self._json("GET", "/v1/models")
+
+    def upload(self, path: str | Path) -> str:
+        data = Path(path).read_bytes()
+        with self._request("POST", "/v1/uploads", data, "application/octet-stream", timeout=600) as response:
+            return json.loads(response.read())["upload_id"]
+
+    def submit(self, kind: str, payload: dict) -> str:
+        return self._json("POST", f"/v1/jobs/{kind}", payload)["id"]
+
+    def status(self, job_id: str) -> dict:
+        return self._json("GET", f"/v1/jobs/{job_id}")
+
+    def cancel(self, job_id: str) -> dict:
+        return self._json("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def label(self, payload: dict) -> dict:
+        return self._json("POST", "/v1/regions/label", payload)
+
+    def download(self, job_id: str, name: str, folder: str | Path) -> Path:
+        """Save a result file into `folder` (temporary name, renamed when complete)."""
+        target = Path(folder) / name
+        partial = target.with_name(f".{name}.partial")
+        with self._request("GET", f"/v1/jobs/{job_id}/files/{name}", timeout=600) as response, \
+                open(partial, "wb") as fh:
+            while chunk := response.read(1 << 20):
+                fh.write(chunk)
+        os.replace(partial, target)
+        return target
+
+    def wait(self, job_id: str, on_progress: Callable[[float, str], None] | None = None,
+             is_cancelled: Callable[[], bool] | None = None, poll_s: float = 0.3) -> dict:
+        """Poll a job until it ends; cancels it on the engine when `is_cancelled()` turns true."""
+        cancel_sent = False
+        while True:
+            status = self.status(job_id)
+            if on_progress is not None:
+                on_progress(status["progress"], status["message"])
+            if status["state"] in ("done", "failed", "cancelled"):
+                return status
+            if is_cancelled is not None and is_cancelled() and not cancel_sent:
+                self.cancel(job_id)
+                cancel_sent = True
+            time.sleep(poll_s)

@@ -1,0 +1,119 @@
+"""Turning "this layer, this extent, these classes" into an engine job, and running it to files.
+
+Local engine + a file-based raster layer: the engine reads the file itself (path + bbox in the
+layer's CRS). Anything else (web or database layers, a remote engine): the extent is rendered by
+QGIS at the chosen resolution to a temporary GeoTIFF, which is uploaded.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject, QgsRasterFileWriter,
+                       QgsRasterLayer, QgsRasterPipe, QgsRectangle)
+
+from qgis_farslip.client import EngineClient, EngineError
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def is_local_engine(url: str) -> bool:
+    return (urlparse(url).hostname or "") in LOCAL_HOSTS
+
+
+def layer_file(layer: QgsRasterLayer) -> str | None:
+    """The file behind a GDAL raster layer, or None for web/database layers."""
+    if layer.providerType() != "gdal":
+        return None
+    path = layer.source().split("|")[0]
+    return path if os.path.isfile(path) else None
+
+
+def to_layer_crs(extent: QgsRectangle, extent_crs: QgsCoordinateReferenceSystem, layer: QgsRasterLayer) -> QgsRectangle:
+    if not extent_crs.isValid() or extent_crs == layer.crs():
+        return QgsRectangle(extent)
+    transform = QgsCoordinateTransform(extent_crs, layer.crs(), QgsProject.instance())
+    return transform.transformBoundingBox(extent)
+
+
+@dataclass
+class SegmentationRequest:
+    layer: QgsRasterLayer
+    classes: list[str]
+    extent: QgsRectangle | None = None  # in `extent_crs`; None = whole layer
+    extent_crs: QgsCoordinateReferenceSystem = field(default_factory=QgsCoordinateReferenceSystem)
+    gsd: float | None = None
+    model: str | None = None
+    threshold: float | None = None
+    scores: bool = False
+    min_area: float = 0.0
+
+
+def render_to_geotiff(layer: QgsRasterLayer, extent: QgsRectangle, resolution: float, folder: str) -> str:
+    """Write what QGIS reads for `extent` (layer CRS) at `resolution` (layer units / px) as a GeoTIFF."""
+    width = max(1, int(round(extent.width() / resolution)))
+    height = max(1, int(round(extent.height() / resolution)))
+    if width * height > 400_000_000:
+        raise EngineError("the area is too large to send at this resolution; zoom in or coarsen the resolution")
+    path = os.path.join(folder, "farslip_input.tif")
+    pipe = QgsRasterPipe()
+    if not pipe.set(layer.dataProvider().clone()):
+        raise EngineError(f"cannot read layer {layer.name()}")
+    writer = QgsRasterFileWriter(path)
+    error = writer.writeRaster(pipe, width, height, extent, layer.crs())
+    if error != QgsRasterFileWriter.NoError:
+        raise EngineError(f"cannot write a temporary copy of {layer.name()} (error {error})")
+    return path
+
+
+def build_payload(client: EngineClient, request: SegmentationRequest, scratch: str) -> dict:
+    """The JSON body of a segmentation job (uploading a rendered copy when the engine cannot read the file)."""
+    layer = request.layer
+    extent = to_layer_crs(request.extent, request.extent_crs, layer) if request.extent is not None else None
+    if extent is not None:
+        extent = extent.intersect(layer.extent())
+        if extent.isEmpty():
+            raise EngineError("the chosen extent does not overlap the layer")
+    payload: dict = {"classes": request.classes, "scores": request.scores, "min_area": request.min_area}
+    for key in ("gsd", "model", "threshold"):
+        if getattr(request, key) is not None:
+            payload[key] = getattr(request, key)
+    path = layer_file(layer)
+    if path is not None and is_local_engine(client.url):
+        payload["input"] = {"path": os.path.abspath(path)}
+        if extent is not None:
+            payload["bbox"] = [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()]
+            payload["bbox_crs"] = layer.crs().authid() or layer.crs().toWkt()
+        return payload
+    area = extent or layer.extent()
+    resolution = layer.rasterUnitsPerPixelX() if layer.rasterUnitsPerPixelX() > 0 else area.width() / 2048
+    if request.gsd and layer.crs().mapUnits() == 0:  # metres: no need to send finer pixels than the GSD
+        resolution = max(resolution, request.gsd)
+    payload["input"] = {"upload_id": client.upload(render_to_geotiff(layer, area, resolution, scratch))}
+    return payload
+
+
+def run_segmentation(client: EngineClient, request: SegmentationRequest, out_folder: str,
+                     on_progress: Callable[[float, str], None] | None = None,
+                     is_cancelled: Callable[[], bool] | None = None) -> tuple[dict, Path]:
+    """Submit, follow and download a segmentation; returns (summary, folder with the files)."""
+    with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
+        payload = build_payload(client, request, scratch)
+    job_id = client.submit("segment", payload)
+    status = client.wait(job_id, on_progress, is_cancelled)
+    if status["state"] == "cancelled":
+        raise EngineError("cancelled")
+    if status["state"] != "done":
+        raise EngineError(f"engine: {status['message']}")
+    folder = Path(out_folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in status["files"]:
+        client.download(job_id, name, folder)
+    summary = dict(status["summary"])
+    summary["files"] = {key: name for key, name in summary["files"].items() if (folder / name).exists()}
+    return summary, folder

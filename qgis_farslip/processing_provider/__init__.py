@@ -1,0 +1,1 @@
+"""The FarSLIP Processing provider (batch dialog, graphical models, qgis_process)."""

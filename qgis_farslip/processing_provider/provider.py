@@ -1,0 +1,21 @@
+"""Registers the FarSLIP algorithms with QGIS Processing."""
+
+from __future__ import annotations
+
+from qgis.core import QgsProcessingProvider
+
+from qgis_farslip.processing_provider.segment import SegmentRasterAlgorithm
+
+
+class FarSLIPProvider(QgsProcessingProvider):
+    def id(self) -> str:
+        return "farslip"
+
+    def name(self) -> str:
+        return "FarSLIP"
+
+    def longName(self) -> str:  # noqa: N802
+        return "FarSLIP open-vocabulary segmentation"
+
+    def loadAlgorithms(self) -> None:  # noqa: N802
+        self.addAlgorithm(SegmentRasterAlgorithm())

@@ -1,0 +1,23 @@
+"""The plugin's engine settings in QgsSettings (URL, token, model), with local defaults."""
+
+from __future__ import annotations
+
+from qgis.core import QgsSettings
+
+from qgis_farslip.client import DEFAULT_URL, read_local_token
+
+PREFIX = "farslip/"
+
+
+def engine_settings() -> dict:
+    s = QgsSettings()
+    url = s.value(PREFIX + "engine_url", DEFAULT_URL) or DEFAULT_URL
+    token = s.value(PREFIX + "token", "") or read_local_token()
+    return {"url": url, "token": token, "model": s.value(PREFIX + "model", "") or ""}
+
+
+def save_engine_settings(url: str, token: str = "", model: str = "") -> None:
+    s = QgsSettings()
+    s.setValue(PREFIX + "engine_url", url)
+    s.setValue(PREFIX + "token", token)
+    s.setValue(PREFIX + "model", model)

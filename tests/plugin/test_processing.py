@@ -1,0 +1,113 @@
+"""The "Segment raster by text prompts" Processing algorithm against a real engine process."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.plugin.engine_process import EngineProcess, make_fixtures
+
+sys.path.append("/usr/share/qgis/python/plugins")  # QGIS's own Processing framework
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("plugin")
+    make_fixtures(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(folder, qgis_app):
+    eng = EngineProcess(folder).start()
+    yield eng
+    eng.stop()
+
+
+@pytest.fixture(scope="module")
+def processing(qgis_app):
+    from processing.core.Processing import Processing
+
+    Processing.initialize()
+    from qgis_farslip.plugin import FarSLIPPlugin
+
+    plugin = FarSLIPPlugin(iface=None)
+    plugin.initProcessing()
+    import processing as proc
+
+    yield proc
+    plugin.unload()
+
+
+@pytest.fixture
+def use_engine(engine):
+    from qgis_farslip.settings import save_engine_settings
+
+    save_engine_settings(engine.url, engine.token)
+    return engine
+
+
+def _params(folder: Path, layer, out: Path, **extra):
+    return {"INPUT": layer, "CLASSES": "water, river\ngrass\nbuilding, roof; road", "OUTPUT_FOLDER": str(out), **extra}
+
+
+def test_algorithm_segments_and_loads_styled_layers(qgis_app, processing, use_engine, folder, tmp_path):
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    layer = QgsRasterLayer(str(folder / "small.tif"), "small")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    result = processing.runAndLoadResults("farslip:segment", _params(folder, layer, tmp_path))
+    classes_path = Path(result["CLASSES_RASTER"])
+    assert classes_path.exists() and Path(result["POLYGONS"]).exists()
+    loaded = {lyr.name(): lyr for lyr in QgsProject.instance().mapLayers().values()}
+    raster = loaded["FarSLIP classes"]
+    assert raster.renderer().type() == "paletted"
+    legend = [c.label for c in raster.renderer().classes()]
+    assert legend == ["water", "grass", "building", "road"]
+    assert raster.renderer().classes()[0].color.name() == "#1e64dc"  # water's colour
+    assert raster.crs() == layer.crs() and raster.extent() == layer.extent()
+    polygons = loaded["FarSLIP polygons"]
+    assert polygons.renderer().type() == "categorizedSymbol"
+    colours = {cat.value(): cat.symbol().color().name() for cat in polygons.renderer().categories()}
+    assert colours["water"] == "#1e64dc" and set(colours) == set(legend)
+    assert polygons.featureCount() > 0
+
+
+def test_extent_limits_the_area(qgis_app, processing, use_engine, folder, tmp_path):
+    from qgis.core import QgsRasterLayer
+
+    layer = QgsRasterLayer(str(folder / "small.tif"), "small")
+    e = layer.extent()
+    extent = f"{e.xMinimum()},{e.xMinimum() + 50},{e.yMinimum()},{e.yMinimum() + 40} [{layer.crs().authid()}]"
+    result = processing.run("farslip:segment", _params(folder, layer, tmp_path, EXTENT=extent))
+    out = QgsRasterLayer(result["CLASSES_RASTER"], "part")
+    assert out.width() == 100 and out.height() == 80
+
+
+def test_engine_down_gives_a_readable_error(qgis_app, processing, folder, tmp_path):
+    from qgis.core import QgsProcessingException, QgsRasterLayer
+
+    from qgis_farslip.settings import save_engine_settings
+
+    save_engine_settings("http://127.0.0.1:9", "x")
+    layer = QgsRasterLayer(str(folder / "small.tif"), "small")
+    with pytest.raises(QgsProcessingException, match="not answering at http://127.0.0.1:9"):
+        processing.run("farslip:segment", _params(folder, layer, tmp_path))
+
+
+def test_cancel_stops_the_engine_job(qgis_app, processing, use_engine, folder, tmp_path):
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer
+
+    class CancelWhenStarted(QgsProcessingFeedback):
+        def setProgress(self, progress):  # noqa: N802
+            super().setProgress(progress)
+            if progress > 0:
+                self.cancel()
+
+    layer = QgsRasterLayer(str(folder / "large.tif"), "large")
+    with pytest.raises(QgsProcessingException, match="cancelled"):
+        processing.run("farslip:segment", _params(folder, layer, tmp_path), feedback=CancelWhenStarted())
+    assert use_engine.jobs()[0]["state"] == "cancelled"
