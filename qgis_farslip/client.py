@@ -96,6 +96,10 @@ class EngineClient:
     def cancel(self, job_id: str) -> dict:
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
 
+    def prompts(self, classes) -> list[dict]:
+        """The engine's reading of a class list: name, synonyms, colour per class."""
+        return self._json("POST", "/v1/prompts", {"classes": classes})["classes"]
+
     def label(self, payload: dict) -> dict:
         return self._json("POST", "/v1/regions/label", payload)
 

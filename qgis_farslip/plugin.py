@@ -20,8 +20,24 @@ class FarSLIPPlugin:
 
     def initGui(self):  # noqa: N802 (QGIS's name)
         self.initProcessing()
+        if self.iface is None:
+            return
+        from qgis.PyQt.QtCore import Qt
+
+        from qgis_farslip.dock import FarSLIPDock
+
+        def notify(level: str, text: str) -> None:
+            bar = self.iface.messageBar()
+            {"info": bar.pushInfo, "warning": bar.pushWarning}.get(level, bar.pushCritical)("FarSLIP", text)
+
+        self.dock = FarSLIPDock(self.iface.mapCanvas(), notify, self.iface.mainWindow())
+        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
 
     def unload(self):
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
+        if getattr(self, "dock", None) is not None:
+            self.iface.removeDockWidget(self.dock)
+            self.dock.deleteLater()
+            self.dock = None

@@ -8,6 +8,7 @@ Routes (all under /v1, all but /v1/health need `Authorization: Bearer <token>`):
   POST /v1/jobs/grid                   scene classification on a grid of cells (job)
   POST /v1/jobs/search                 text search: heat map + top-k boxes (job)
   POST /v1/regions/label               candidate classes ranked for boxes/polygons (synchronous)
+  POST /v1/prompts                     how a class list is read: names, synonyms, colours
   GET  /v1/jobs, /v1/jobs/{id}         state, progress 0-1, message; files and summary when done
   POST /v1/jobs/{id}/cancel            stop a queued or running job (within one batch)
   DELETE /v1/jobs/{id}                 cancel and forget a job and its files
@@ -39,7 +40,7 @@ from engine.server.limits import RequestLimitsAndLog
 from engine.server.models_pool import ModelPool
 from engine.server.runner import JobRunner, QueueFull
 from engine.server.schemas import (Error, GridRequest, Health, JobCreated, JobStatus, LabelRequest, LabelResponse,
-                                   SearchRequest, SegmentRequest, UploadCreated)
+                                   PromptsRequest, SearchRequest, SegmentRequest, UploadCreated)
 from engine.server.store import JobStore
 
 log = logging.getLogger("farslip.api")
@@ -191,6 +192,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
     def create_search_job(body: SearchRequest) -> JSONResponse:
         """Free-text search: a similarity heat-map raster and the top-k boxes."""
         return submit("search", handlers.prepare_search(body, store, settings))
+
+    @api.post("/prompts", tags=["engine"])
+    def parse_prompts(body: PromptsRequest) -> dict:
+        """How the engine reads a class list: names, synonyms and each class's stable colour (or a 400)."""
+        from engine.dense import PromptSet
+        from engine.geo.colours import class_colour, hex_colour
+
+        prompts = PromptSet.parse(body.classes)
+        return {"classes": [{"index": i, "name": c.label, "synonyms": list(c.names),
+                             "colour": hex_colour(class_colour(c.names))} for i, c in enumerate(prompts.classes)]}
 
     @api.post("/regions/label", response_model=LabelResponse, tags=["regions"])
     def label_regions(body: LabelRequest) -> dict:

@@ -106,6 +106,10 @@ class LabelResponse(BaseModel):
     seconds: float
 
 
+class PromptsRequest(Strict):
+    classes: Classes
+
+
 class JobCreated(BaseModel):
     id: str
     state: str

@@ -191,3 +191,14 @@ def test_one_log_line_per_request_with_the_job_id(client, root, caplog):
     assert any(line.startswith("POST /v1/jobs/segment 202") and f"job={job_id}" in line for line in lines)
     assert any(line.startswith(f"GET /v1/jobs/{job_id} 200") and f"job={job_id}" in line for line in lines)
     wait_for(client, job_id)
+
+
+def test_prompts_are_parsed_with_stable_colours(client):
+    got = client.post("/v1/prompts", headers=AUTH, json={"classes": "building, roof; water; my odd class"})
+    assert got.status_code == 200
+    classes = got.json()["classes"]
+    assert [c["name"] for c in classes] == ["building", "water", "my odd class"]
+    assert classes[1]["colour"] == "#1e64dc"
+    again = client.post("/v1/prompts", headers=AUTH, json={"classes": ["my odd class"]}).json()["classes"][0]
+    assert again["colour"] == classes[2]["colour"]
+    assert client.post("/v1/prompts", headers=AUTH, json={"classes": " ; "}).status_code == 400

@@ -1,0 +1,189 @@
+"""The dock, as a user drives it: prompts, engine status, scopes, a full run, cancel, a dead engine."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.plugin.engine_process import EngineProcess, make_fixtures
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dock")
+    make_fixtures(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(folder, qgis_app):
+    eng = EngineProcess(folder).start()
+    yield eng
+    eng.stop()
+
+
+@pytest.fixture
+def dock(qgis_app, qtbot, engine, folder, tmp_path):
+    from qgis.core import QgsProject, QgsRasterLayer
+    from qgis.gui import QgsMapCanvas
+
+    from qgis_farslip.dock import FarSLIPDock
+    from qgis_farslip.settings import save_engine_settings
+
+    QgsProject.instance().clear()
+    save_engine_settings(engine.url, engine.token)
+    canvas = QgsMapCanvas()
+    messages = []
+    widget = FarSLIPDock(canvas, lambda level, text: messages.append((level, text)))
+    widget.messages = messages
+    qtbot.addWidget(widget)
+    layer = QgsRasterLayer(str(folder / "small.tif"), "small")
+    QgsProject.instance().addMapLayer(layer)
+    widget.layer_combo.setLayer(layer)
+    canvas.setDestinationCrs(layer.crs())
+    canvas.setExtent(layer.extent())
+    widget.folder_widget.setFilePath(str(tmp_path / "results"))
+    widget.scope_combo.setCurrentText("Whole layer")
+    return widget
+
+
+def _wait(qtbot, dock, timeout=120_000):
+    qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=timeout)
+
+
+def test_prompt_sets_fill_save_export_and_import(dock, tmp_path):
+    from qgis_farslip import prompt_sets
+
+    assert {"Urban land cover", "Land use", "LoveDA-style", "iSAID objects"} <= set(prompt_sets.all_sets())
+    dock.set_combo.setCurrentText("LoveDA-style")
+    dock._load_set()
+    assert dock.prompt_edit.toPlainText().startswith("background\nbuilding, roof, house")
+    dock.prompt_edit.setPlainText("pool, swimming pool\ntennis court")
+    dock.save_set("sports")
+    assert prompt_sets.all_sets()["sports"] == "pool, swimming pool\ntennis court"
+    dock.export_set(str(tmp_path / "c.txt"))
+    dock.prompt_edit.setPlainText("")
+    dock.import_set(str(tmp_path / "c.txt"))
+    assert prompt_sets.class_lines(dock.prompt_edit.toPlainText()) == ["pool, swimming pool", "tennis court"]
+    dock.delete_set()
+    assert "sports" not in prompt_sets.all_sets()
+
+
+def test_engine_check_turns_green_and_the_legend_shows_engine_colours(dock):
+    dock.prompt_edit.setPlainText("building, roof\nwater")
+    assert dock.check_engine()
+    assert "cpu" in dock.status_text.text()
+    assert dock.model_combo.count() >= 5
+    assert [dock.legend.item(i).text() for i in range(dock.legend.count())] == ["building, roof", "water"]
+
+
+def test_scopes_give_the_right_extent_and_crs(dock, folder):
+    from qgis.core import QgsCoordinateReferenceSystem, QgsFeature, QgsGeometry, QgsRectangle, QgsVectorLayer
+
+    from qgis_farslip.client import EngineClient
+    from qgis_farslip.jobs import build_payload
+
+    layer = dock.layer_combo.currentLayer()
+    dock.scope_combo.setCurrentText("Whole layer")
+    assert dock.area(layer)[0] is None
+    # a map shown in EPSG:4326: the request carries the layer-CRS bbox of that view
+    from qgis.core import QgsCoordinateTransform, QgsProject
+
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    dock.canvas.setDestinationCrs(wgs84)
+    e = layer.extent()
+    around = QgsRectangle(e.xMinimum() - 1000, e.yMinimum() - 1000, e.xMaximum() + 1000, e.yMaximum() + 1000)
+    dock.canvas.setExtent(QgsCoordinateTransform(layer.crs(), wgs84, QgsProject.instance()).transformBoundingBox(around))
+    dock.scope_combo.setCurrentText("Visible map extent")
+    extent, crs = dock.area(layer)
+    assert crs.authid() == "EPSG:4326"
+    payload = build_payload(EngineClient(dock.url_edit.text(), dock.token_edit.text()), dock.build_request(), "/tmp")
+    assert payload["bbox_crs"] == "EPSG:32633"
+    bbox = payload["bbox"]
+    assert bbox[0] == pytest.approx(e.xMinimum()) and bbox[3] == pytest.approx(e.yMaximum())  # clipped to the layer
+    # selected polygons
+    polys = QgsVectorLayer("Polygon?crs=EPSG:32633", "aoi", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(e.xMinimum() + 10, e.yMinimum() + 10,
+                                                          e.xMinimum() + 40, e.yMinimum() + 30)))
+    polys.dataProvider().addFeatures([feature])
+    QgsProject.instance().addMapLayer(polys)
+    dock.scope_combo.setCurrentText("Selected polygons")
+    dock.mask_combo.setLayer(polys)
+    from qgis_farslip.client import EngineError
+
+    with pytest.raises(EngineError, match="select one or more polygons"):
+        dock.area(layer)
+    polys.selectAll()
+    extent, crs = dock.area(layer)
+    assert crs.authid() == "EPSG:32633" and extent.width() == pytest.approx(30) and extent.height() == pytest.approx(20)
+
+
+def test_a_run_adds_a_styled_group(dock, qtbot):
+    from qgis.core import QgsProject
+
+    dock.prompt_edit.setPlainText("water, river\ngrass\nbuilding, roof")
+    task = dock.run()
+    assert task is not None and not dock.run_button.isEnabled()
+    _wait(qtbot, dock)
+    assert dock.last_error is None, dock.last_error
+    group = QgsProject.instance().layerTreeRoot().children()[0]
+    assert group.name().startswith("FarSLIP water, grass, building")
+    layers = [node.layer() for node in group.findLayers()]
+    assert [lyr.name() for lyr in layers] == ["FarSLIP polygons", "FarSLIP classes"]
+    assert [c.label for c in layers[1].renderer().classes()] == ["water", "grass", "building"]
+    assert dock.progress.value() == 100 and dock.messages[-1][0] == "info"
+
+
+def test_cancel_stops_the_job_and_adds_nothing(dock, qtbot, folder, engine):
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    big = QgsRasterLayer(str(folder / "large.tif"), "large")
+    QgsProject.instance().addMapLayer(big)
+    dock.layer_combo.setLayer(big)
+    before = len(QgsProject.instance().layerTreeRoot().children())
+    dock.run()
+    qtbot.waitUntil(lambda: dock.progress.value() > 0, timeout=60_000)
+    dock.cancel()
+    _wait(qtbot, dock)
+    assert dock.last_error == "cancelled"
+    assert len(QgsProject.instance().layerTreeRoot().children()) == before
+    assert engine.jobs()[0]["state"] == "cancelled"
+
+
+def test_a_dead_engine_gives_a_message_not_a_traceback(dock, qtbot):
+    from qgis.core import QgsProject
+
+    dock.url_edit.setText("http://127.0.0.1:9")
+    assert not dock.check_engine()
+    assert "not answering" in dock.status_text.text()
+    before = len(QgsProject.instance().layerTreeRoot().children())
+    dock.run()
+    _wait(qtbot, dock)
+    assert "not answering" in dock.last_error and dock.messages[-1][0] == "critical"
+    assert len(QgsProject.instance().layerTreeRoot().children()) == before
+
+
+def test_an_engine_killed_mid_job_leaves_no_half_layer(qgis_app, qtbot, folder, tmp_path):
+    from qgis.core import QgsProject, QgsRasterLayer
+    from qgis.gui import QgsMapCanvas
+
+    from qgis_farslip.dock import FarSLIPDock
+    from qgis_farslip.settings import save_engine_settings
+
+    victim = EngineProcess(folder).start()
+    save_engine_settings(victim.url, victim.token)
+    dock = FarSLIPDock(QgsMapCanvas(), lambda level, text: None)
+    qtbot.addWidget(dock)
+    big = QgsRasterLayer(str(folder / "large.tif"), "large")
+    QgsProject.instance().addMapLayer(big)
+    dock.layer_combo.setLayer(big)
+    dock.scope_combo.setCurrentText("Whole layer")
+    dock.folder_widget.setFilePath(str(tmp_path / "r"))
+    before = len(QgsProject.instance().layerTreeRoot().children())
+    dock.run()
+    qtbot.waitUntil(lambda: dock.progress.value() > 0, timeout=60_000)
+    victim.proc.kill()
+    _wait(qtbot, dock)
+    assert "not answering" in dock.last_error
+    assert len(QgsProject.instance().layerTreeRoot().children()) == before
+    victim.stop()
