@@ -39,8 +39,12 @@ class FarSLIPDock(QDockWidget):
         self.run_button = QPushButton("Segment")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
+        self.label_button = QPushButton("Label a region…")
+        self.label_button.setCheckable(True)
+        self.label_button.setToolTip("Draw a rectangle on the map: the engine ranks the classes above for it")
         run_row.addWidget(self.run_button)
         run_row.addWidget(self.cancel_button)
+        run_row.addWidget(self.label_button)
         layout.addLayout(run_row)
         self.progress = QProgressBar()
         layout.addWidget(self.progress)
@@ -48,6 +52,8 @@ class FarSLIPDock(QDockWidget):
         self.setWidget(body)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
+        self.label_button.toggled.connect(self.toggle_label_tool)
+        self.label_tool = None
 
     # --- sections ------------------------------------------------------------------------------
     def _engine_box(self) -> QGroupBox:
@@ -203,6 +209,23 @@ class FarSLIPDock(QDockWidget):
         path = path or QFileDialog.getSaveFileName(self, "Export classes", "classes.txt", "Text (*.txt)")[0]
         if path:
             Path(path).write_text(self.prompt_edit.toPlainText().strip() + "\n", encoding="utf-8")
+
+    # --- region labelling ----------------------------------------------------------------------
+    def labeller(self):
+        from qgis_farslip.labelling import RegionLabeller
+
+        request = self.build_request()
+        return RegionLabeller(self.client(), request.layer, request.classes, request.model)
+
+    def toggle_label_tool(self, on: bool) -> None:
+        from qgis_farslip.labelling import LabelMapTool
+
+        if on:
+            self.label_tool = LabelMapTool(self.canvas, self.labeller, self.notify)
+            self.canvas.setMapTool(self.label_tool)
+        elif self.label_tool is not None:
+            self.canvas.unsetMapTool(self.label_tool)
+            self.label_tool = None
 
     # --- running -------------------------------------------------------------------------------
     def area(self, layer) -> tuple[QgsRectangle | None, object]:

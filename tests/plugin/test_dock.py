@@ -187,3 +187,30 @@ def test_an_engine_killed_mid_job_leaves_no_half_layer(qgis_app, qtbot, folder, 
     assert "not answering" in dock.last_error
     assert len(QgsProject.instance().layerTreeRoot().children()) == before
     victim.stop()
+
+
+def test_labelling_a_rectangle_writes_a_feature(dock):
+    from qgis.core import QgsProject, QgsRectangle
+
+    from qgis_farslip.labelling import LABELS_LAYER, RankingDialog
+
+    dock.prompt_edit.setPlainText("water, river\ngrass\nbuilding, roof")
+    labeller = dock.labeller()
+    layer = dock.layer_combo.currentLayer()
+    e = layer.extent()
+    rect = QgsRectangle(e.xMinimum() + 5, e.yMinimum() + 5, e.xMinimum() + 40, e.yMinimum() + 40)
+    ranking = labeller.rank(rect, layer.crs())
+    assert sorted(name for name, _ in ranking) == ["building", "grass", "water"]
+    assert [p for _, p in ranking] == sorted((p for _, p in ranking), reverse=True)
+    dialog = RankingDialog(ranking)
+    dialog.choices.setCurrentRow(1)
+    name, score = dialog.chosen()
+    labels = labeller.accept(rect, layer.crs(), name, score)
+    assert labels.name() == LABELS_LAYER and QgsProject.instance().mapLayersByName(LABELS_LAYER) == [labels]
+    feature = next(labels.getFeatures())
+    assert feature["class"] == ranking[1][0] and feature["score"] == pytest.approx(ranking[1][1])
+    assert feature.geometry().boundingBox() == rect and feature["timestamp"]
+    dock.label_button.setChecked(True)
+    assert dock.canvas.mapTool() is dock.label_tool
+    dock.label_button.setChecked(False)
+    assert dock.label_tool is None

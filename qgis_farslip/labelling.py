@@ -1,0 +1,121 @@
+"""Region labelling: draw a rectangle → the engine ranks the candidate classes → accepting writes the
+label into the "FarSLIP labels" layer (class, score, model, timestamp), the raw material for retraining.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsField, QgsGeometry, QgsProject,
+                       QgsRasterLayer, QgsRectangle, QgsVectorLayer)
+from qgis.gui import QgsMapToolExtent
+from qgis.PyQt.QtCore import QVariant
+from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QLabel, QListWidget, QVBoxLayout
+
+from qgis_farslip.client import EngineClient, EngineError
+from qgis_farslip.jobs import is_local_engine, layer_file, render_to_geotiff, to_layer_crs
+
+LABELS_LAYER = "FarSLIP labels"
+
+
+class RegionLabeller:
+    """Asks the engine for the best classes of a rectangle, and records accepted labels."""
+
+    def __init__(self, client: EngineClient, layer: QgsRasterLayer, classes: list[str], model: str | None = None):
+        self.client, self.layer, self.classes, self.model = client, layer, classes, model
+
+    def rank(self, rect: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> list[tuple[str, float]]:
+        """(class, probability) pairs, best first, for a rectangle given in `crs`."""
+        box = to_layer_crs(rect, crs, self.layer).intersect(self.layer.extent())
+        if box.isEmpty():
+            raise EngineError("the rectangle does not overlap the raster layer")
+        path = layer_file(self.layer)
+        payload: dict = {"classes": self.classes}
+        if self.model:
+            payload["model"] = self.model
+        if path is not None and is_local_engine(self.client.url):
+            payload.update(input={"path": path}, crs=self.layer.crs().authid() or self.layer.crs().toWkt(),
+                           regions=[{"bbox": [box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum()]}])
+        else:  # the engine cannot read this layer: send a rendered copy of the rectangle
+            with tempfile.TemporaryDirectory(prefix="farslip-label-") as scratch:
+                resolution = max(box.width(), box.height()) / 448
+                upload = self.client.upload(render_to_geotiff(self.layer, box, resolution, scratch))
+            payload.update(input={"upload_id": upload}, crs="pixel",
+                           regions=[{"bbox": [0, 0, round(box.width() / resolution), round(box.height() / resolution)]}])
+        region = self.client.label(payload)["regions"][0]
+        return list(region["probabilities"].items())
+
+    def accept(self, rect: QgsRectangle, crs: QgsCoordinateReferenceSystem, label: str, score: float,
+               project: QgsProject | None = None) -> QgsVectorLayer:
+        layer = labels_layer(self.layer.crs(), project)
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(QgsGeometry.fromRect(to_layer_crs(rect, crs, self.layer)))
+        feature.setAttributes([label, float(score), self.model or "engine default", time.strftime("%Y-%m-%dT%H:%M:%S")])
+        layer.dataProvider().addFeatures([feature])
+        layer.updateExtents()
+        layer.triggerRepaint()
+        return layer
+
+
+def labels_layer(crs: QgsCoordinateReferenceSystem, project: QgsProject | None = None) -> QgsVectorLayer:
+    """The project's "FarSLIP labels" layer, created (polygons; class, score, model, timestamp) if missing."""
+    project = project or QgsProject.instance()
+    found = project.mapLayersByName(LABELS_LAYER)
+    if found:
+        return found[0]
+    layer = QgsVectorLayer(f"Polygon?crs={crs.authid() or crs.toWkt()}", LABELS_LAYER, "memory")
+    layer.dataProvider().addAttributes([QgsField("class", QVariant.String), QgsField("score", QVariant.Double),
+                                        QgsField("model", QVariant.String), QgsField("timestamp", QVariant.String)])
+    layer.updateFields()
+    project.addMapLayer(layer)
+    return layer
+
+
+class RankingDialog(QDialog):
+    """The ranked classes of a region; OK keeps the selected one."""
+
+    def __init__(self, ranking: list[tuple[str, float]], parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("FarSLIP: label this region")
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Most likely classes:"))
+        self.choices = QListWidget()
+        for name, prob in ranking:
+            self.choices.addItem(f"{name}  {prob:.1%}")
+        self.choices.setCurrentRow(0)
+        layout.addWidget(self.choices)
+        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+        self.ranking = ranking
+
+    def chosen(self) -> tuple[str, float]:
+        return self.ranking[max(self.choices.currentRow(), 0)]
+
+
+class LabelMapTool(QgsMapToolExtent):
+    """Draw a rectangle on the map to label it."""
+
+    def __init__(self, canvas, make_labeller, notify):
+        super().__init__(canvas)
+        self.make_labeller, self.notify = make_labeller, notify
+        self.extentChanged.connect(self.on_rectangle)
+
+    def on_rectangle(self, rect: QgsRectangle) -> None:
+        if rect.isEmpty():
+            return
+        crs = self.canvas().mapSettings().destinationCrs()
+        try:
+            labeller = self.make_labeller()
+            ranking = labeller.rank(rect, crs)
+        except EngineError as exc:
+            self.notify("critical", f"FarSLIP: {exc}")
+            return
+        dialog = RankingDialog(ranking, self.canvas())
+        if dialog.exec_():
+            name, score = dialog.chosen()
+            labeller.accept(rect, crs, name, score)
+            self.notify("info", f"FarSLIP: labelled {name} ({score:.0%})")
+        self.clearRubberBand()
