@@ -71,40 +71,42 @@ def render_to_geotiff(layer: QgsRasterLayer, extent: QgsRectangle, resolution: f
     return path
 
 
-def build_payload(client: EngineClient, request: SegmentationRequest, scratch: str) -> dict:
-    """The JSON body of a segmentation job (uploading a rendered copy when the engine cannot read the file)."""
-    layer = request.layer
-    extent = to_layer_crs(request.extent, request.extent_crs, layer) if request.extent is not None else None
+def area_payload(client: EngineClient, layer: QgsRasterLayer, extent: QgsRectangle | None,
+                 extent_crs: QgsCoordinateReferenceSystem, gsd: float | None, scratch: str) -> dict:
+    """`input` (a path the engine reads, or an upload of a rendered copy) and the `bbox` to process."""
     if extent is not None:
-        extent = extent.intersect(layer.extent())
+        extent = to_layer_crs(extent, extent_crs, layer).intersect(layer.extent())
         if extent.isEmpty():
             raise EngineError("the chosen extent does not overlap the layer")
-    payload: dict = {"classes": request.classes, "scores": request.scores, "min_area": request.min_area}
-    for key in ("gsd", "model", "threshold"):
-        if getattr(request, key) is not None:
-            payload[key] = getattr(request, key)
     path = layer_file(layer)
     if path is not None and is_local_engine(client.url):
-        payload["input"] = {"path": os.path.abspath(path)}
+        payload: dict = {"input": {"path": os.path.abspath(path)}}
         if extent is not None:
             payload["bbox"] = [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()]
             payload["bbox_crs"] = layer.crs().authid() or layer.crs().toWkt()
         return payload
     area = extent or layer.extent()
     resolution = layer.rasterUnitsPerPixelX() if layer.rasterUnitsPerPixelX() > 0 else area.width() / 2048
-    if request.gsd and layer.crs().mapUnits() == 0:  # metres: no need to send finer pixels than the GSD
-        resolution = max(resolution, request.gsd)
-    payload["input"] = {"upload_id": client.upload(render_to_geotiff(layer, area, resolution, scratch))}
+    if gsd and layer.crs().mapUnits() == 0:  # metres: no need to send finer pixels than the GSD
+        resolution = max(resolution, gsd)
+    return {"input": {"upload_id": client.upload(render_to_geotiff(layer, area, resolution, scratch))}}
+
+
+def build_payload(client: EngineClient, request: SegmentationRequest, scratch: str) -> dict:
+    """The JSON body of a segmentation job."""
+    payload = area_payload(client, request.layer, request.extent, request.extent_crs, request.gsd, scratch)
+    payload.update(classes=request.classes, scores=request.scores, min_area=request.min_area)
+    for key in ("gsd", "model", "threshold"):
+        if getattr(request, key) is not None:
+            payload[key] = getattr(request, key)
     return payload
 
 
-def run_segmentation(client: EngineClient, request: SegmentationRequest, out_folder: str,
-                     on_progress: Callable[[float, str], None] | None = None,
-                     is_cancelled: Callable[[], bool] | None = None) -> tuple[dict, Path]:
-    """Submit, follow and download a segmentation; returns (summary, folder with the files)."""
-    with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
-        payload = build_payload(client, request, scratch)
-    job_id = client.submit("segment", payload)
+def run_job(client: EngineClient, kind: str, payload: dict, out_folder: str,
+            on_progress: Callable[[float, str], None] | None = None,
+            is_cancelled: Callable[[], bool] | None = None) -> tuple[dict, Path]:
+    """Submit, follow and download an engine job; returns (summary, folder with the files)."""
+    job_id = client.submit(kind, payload)
     status = client.wait(job_id, on_progress, is_cancelled)
     if status["state"] == "cancelled":
         raise EngineError("cancelled")
@@ -117,3 +119,11 @@ def run_segmentation(client: EngineClient, request: SegmentationRequest, out_fol
     summary = dict(status["summary"])
     summary["files"] = {key: name for key, name in summary["files"].items() if (folder / name).exists()}
     return summary, folder
+
+
+def run_segmentation(client: EngineClient, request: SegmentationRequest, out_folder: str,
+                     on_progress: Callable[[float, str], None] | None = None,
+                     is_cancelled: Callable[[], bool] | None = None) -> tuple[dict, Path]:
+    with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
+        payload = build_payload(client, request, scratch)
+    return run_job(client, "segment", payload, out_folder, on_progress, is_cancelled)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from qgis.core import QgsProcessingProvider
 
+from qgis_farslip.processing_provider.scenes import ClassifyGridAlgorithm, LabelRegionsAlgorithm, SearchAlgorithm
 from qgis_farslip.processing_provider.segment import SegmentRasterAlgorithm
 
 
@@ -18,4 +19,5 @@ class FarSLIPProvider(QgsProcessingProvider):
         return "FarSLIP open-vocabulary segmentation"
 
     def loadAlgorithms(self) -> None:  # noqa: N802
-        self.addAlgorithm(SegmentRasterAlgorithm())
+        for algorithm in (SegmentRasterAlgorithm(), ClassifyGridAlgorithm(), SearchAlgorithm(), LabelRegionsAlgorithm()):
+            self.addAlgorithm(algorithm)

@@ -111,3 +111,22 @@ def test_cancel_stops_the_engine_job(qgis_app, processing, use_engine, folder, t
     with pytest.raises(QgsProcessingException, match="cancelled"):
         processing.run("farslip:segment", _params(folder, layer, tmp_path), feedback=CancelWhenStarted())
     assert use_engine.jobs()[0]["state"] == "cancelled"
+
+
+def test_grid_search_and_label_algorithms(qgis_app, processing, use_engine, folder, tmp_path):
+    from qgis.core import QgsRasterLayer, QgsVectorLayer
+
+    layer = QgsRasterLayer(str(folder / "small.tif"), "small")
+    grid = processing.run("farslip:classify_grid", {"INPUT": layer, "CLASSES": "water\ngrass", "CELL": 40.0,
+                                                    "OUTPUT_FOLDER": str(tmp_path)})
+    cells = QgsVectorLayer(grid["GRID"], "grid")
+    assert cells.featureCount() == 4 * 3 - 0 and {f["class"] for f in cells.getFeatures()} <= {"water", "grass"}
+    found = processing.run("farslip:search", {"INPUT": layer, "QUERY": "a lake", "TOP_K": 2,
+                                              "OUTPUT_FOLDER": str(tmp_path)})
+    assert QgsRasterLayer(found["HEATMAP"], "h").crs() == layer.crs()
+    assert 1 <= QgsVectorLayer(found["BOXES"], "b").featureCount() <= 2
+    labelled = processing.run("farslip:label_regions", {"INPUT": layer, "REGIONS": cells, "CLASSES": "water\ngrass",
+                                                        "OUTPUT": "memory:"})["OUTPUT"]
+    assert labelled.featureCount() == cells.featureCount()
+    assert all(f["farslip_class"] in ("water", "grass") and 0 < f["farslip_score"] <= 1
+               for f in labelled.getFeatures())

@@ -1,0 +1,192 @@
+"""Processing algorithms "Classify scenes on a grid", "Search imagery by text" and "Label regions"."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from qgis.core import (QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsProcessing, QgsProcessingAlgorithm,
+                       QgsProcessingException, QgsProcessingOutputRasterLayer, QgsProcessingOutputVectorLayer,
+                       QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink,
+                       QgsProcessingParameterFeatureSource, QgsProcessingParameterFolderDestination,
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
+                       QgsWkbTypes)
+from qgis.PyQt.QtCore import QVariant
+
+from qgis_farslip.client import EngineClient, EngineError
+from qgis_farslip.jobs import area_payload, run_job
+from qgis_farslip.processing_provider.segment import split_classes
+from qgis_farslip.settings import engine_settings
+
+
+def _client() -> tuple[EngineClient, dict]:
+    settings = engine_settings()
+    return EngineClient(settings["url"], settings["token"] or None), settings
+
+
+class _EngineJobAlgorithm(QgsProcessingAlgorithm):
+    """Shared plumbing: input raster + optional extent → an engine job → files in a fresh folder."""
+
+    kind = ""
+
+    def _run(self, parameters, context, feedback, extra: dict) -> tuple[dict, Path]:
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        if layer is None:
+            raise QgsProcessingException("no input raster layer")
+        extent = self.parameterAsExtent(parameters, "EXTENT", context, layer.crs()) if parameters.get("EXTENT") else None
+        folder = Path(self.parameterAsString(parameters, "OUTPUT_FOLDER", context)) / time.strftime(
+            f"farslip_{self.kind}_%Y%m%d_%H%M%S")
+        client, settings = _client()
+        try:
+            with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
+                payload = area_payload(client, layer, extent, layer.crs(), extra.get("gsd"), scratch)
+            if settings["model"]:
+                payload["model"] = settings["model"]
+            payload.update(extra)
+            return run_job(client, self.kind, payload, str(folder), lambda p, m: feedback.setProgress(100 * p),
+                           feedback.isCanceled)
+        except EngineError as exc:
+            raise QgsProcessingException(str(exc)) from None
+
+    def _common_parameters(self) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
+        self.addParameter(QgsProcessingParameterExtent("EXTENT", "Extent (empty: the whole layer)", optional=True))
+
+    def _folder_parameter(self) -> None:
+        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT_FOLDER", "Output folder"))
+
+
+class ClassifyGridAlgorithm(_EngineJobAlgorithm):
+    kind = "grid"
+
+    def name(self):
+        return "classify_grid"
+
+    def displayName(self):  # noqa: N802
+        return "Classify scenes on a grid"
+
+    def shortHelpString(self):  # noqa: N802
+        return "Zero-shot scene classification of square cells: a polygon grid with the best class and its score."
+
+    def createInstance(self):  # noqa: N802
+        return ClassifyGridAlgorithm()
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self._common_parameters()
+        self.addParameter(QgsProcessingParameterString("CLASSES", "Scene classes (one per line)", multiLine=True,
+                                                       defaultValue="residential area\nindustrial area\nforest\nfarmland"))
+        self.addParameter(QgsProcessingParameterNumber("CELL", "Cell size (m)", QgsProcessingParameterNumber.Double,
+                                                       100.0, minValue=1.0))
+        self._folder_parameter()
+        self.addOutput(QgsProcessingOutputVectorLayer("GRID", "Grid", QgsProcessing.TypeVectorPolygon))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        classes = split_classes(self.parameterAsString(parameters, "CLASSES", context))
+        summary, folder = self._run(parameters, context, feedback,
+                                    {"classes": classes, "cell_m": self.parameterAsDouble(parameters, "CELL", context)})
+        grid = str(folder / summary["files"]["grid"])
+        context.addLayerToLoadOnCompletion(grid, context.LayerDetails("FarSLIP scene grid", context.project(), "GRID"))
+        return {"GRID": grid, "OUTPUT_FOLDER": str(folder)}
+
+
+class SearchAlgorithm(_EngineJobAlgorithm):
+    kind = "search"
+
+    def name(self):
+        return "search"
+
+    def displayName(self):  # noqa: N802
+        return "Search imagery by text"
+
+    def shortHelpString(self):  # noqa: N802
+        return "A free-text query → a similarity heat map and the top-k matching boxes."
+
+    def createInstance(self):  # noqa: N802
+        return SearchAlgorithm()
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self._common_parameters()
+        self.addParameter(QgsProcessingParameterString("QUERY", "Query", defaultValue="a swimming pool next to a house"))
+        self.addParameter(QgsProcessingParameterNumber("TOP_K", "Number of boxes", QgsProcessingParameterNumber.Integer,
+                                                       10, minValue=1, maxValue=1000))
+        self._folder_parameter()
+        self.addOutput(QgsProcessingOutputRasterLayer("HEATMAP", "Heat map"))
+        self.addOutput(QgsProcessingOutputVectorLayer("BOXES", "Boxes", QgsProcessing.TypeVectorPolygon))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        query = self.parameterAsString(parameters, "QUERY", context).strip()
+        if not query:
+            raise QgsProcessingException("type a query")
+        summary, folder = self._run(parameters, context, feedback,
+                                    {"query": query, "top_k": self.parameterAsInt(parameters, "TOP_K", context)})
+        outputs = {"OUTPUT_FOLDER": str(folder), "BOXES": str(folder / summary["files"]["boxes"])}
+        if "heatmap" in summary["files"]:
+            outputs["HEATMAP"] = str(folder / summary["files"]["heatmap"])
+        for key, name in (("HEATMAP", "FarSLIP heat map"), ("BOXES", "FarSLIP search boxes")):
+            if key in outputs:
+                context.addLayerToLoadOnCompletion(outputs[key], context.LayerDetails(name, context.project(), key))
+        return outputs
+
+
+class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
+    def name(self):
+        return "label_regions"
+
+    def displayName(self):  # noqa: N802
+        return "Label regions"
+
+    def shortHelpString(self):  # noqa: N802
+        return ("Ranks the candidate classes for every polygon of a layer (each cropped and encoded on its own) "
+                "and writes the best class and its probability.")
+
+    def createInstance(self):  # noqa: N802
+        return LabelRegionsAlgorithm()
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
+        self.addParameter(QgsProcessingParameterFeatureSource("REGIONS", "Regions", [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterString("CLASSES", "Candidate classes (one per line)", multiLine=True,
+                                                       defaultValue="car\ntruck\nship\nbuilding"))
+        self.addParameter(QgsProcessingParameterFeatureSink("OUTPUT", "Labelled regions"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        source = self.parameterAsSource(parameters, "REGIONS", context)
+        classes = split_classes(self.parameterAsString(parameters, "CLASSES", context))
+        features = list(source.getFeatures())
+        if not features:
+            raise QgsProcessingException("the regions layer has no features")
+        fields = QgsFields(source.fields())
+        fields.append(QgsField("farslip_class", QVariant.String))
+        fields.append(QgsField("farslip_score", QVariant.Double))
+        sink, dest = self.parameterAsSink(parameters, "OUTPUT", context, fields, source.wkbType(), source.sourceCrs())
+        client, settings = _client()
+        regions = []
+        for f in features:
+            geom = f.geometry()
+            polygon = geom.asMultiPolygon()[0][0] if geom.isMultipart() else geom.asPolygon()[0]
+            regions.append({"polygon": [[p.x(), p.y()] for p in polygon]})
+        try:
+            with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
+                payload = area_payload(client, layer, None, layer.crs(), None, scratch)
+            if "upload_id" in payload["input"]:
+                raise EngineError("label regions needs a file-based raster on a local engine")
+            payload.update(classes=classes, regions=regions, crs=source.sourceCrs().authid())
+            if settings["model"]:
+                payload["model"] = settings["model"]
+            labels = []
+            for start in range(0, len(regions), 256):
+                if feedback.isCanceled():
+                    break
+                chunk = dict(payload, regions=regions[start:start + 256])
+                labels += client.label(chunk)["regions"]
+                feedback.setProgress(100 * len(labels) / len(regions))
+        except EngineError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        for feature, label in zip(features, labels):
+            out = QgsFeature(fields)
+            out.setGeometry(feature.geometry())
+            out.setAttributes(feature.attributes() + [label["best"], label["score"]])
+            sink.addFeature(out, QgsFeatureSink.FastInsert)
+        return {"OUTPUT": dest}
