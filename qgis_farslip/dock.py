@@ -9,7 +9,7 @@ from qgis.core import (QgsApplication, QgsMapLayerProxyModel, QgsProject, QgsRec
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
-from qgis.PyQt.QtWidgets import (QComboBox, QDockWidget, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
+from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
                                  QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListWidget, QListWidgetItem,
                                  QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
@@ -130,6 +130,8 @@ class FarSLIPDock(QDockWidget):
         self.folder_widget.setStorageMode(QgsFileWidget.GetDirectory)
         self.folder_widget.setFilePath(str(Path(tempfile.gettempdir()) / "farslip"))
         form.addRow("Save to", self.folder_widget)
+        self.upload_check = QCheckBox("Send a copy of the image (needed for remote engines; automatic for web layers)")
+        form.addRow("", self.upload_check)
         return box
 
     # --- engine --------------------------------------------------------------------------------
@@ -234,11 +236,25 @@ class FarSLIPDock(QDockWidget):
         if scope == SCOPES[0]:
             return self.canvas.extent(), self.canvas.mapSettings().destinationCrs()
         if scope == SCOPES[2]:
-            mask: QgsVectorLayer = self.mask_combo.currentLayer()
-            if mask is None or mask.selectedFeatureCount() == 0:
-                raise EngineError("select one or more polygons of the chosen layer first")
+            mask = self.selected_polygons()
             return mask.boundingBoxOfSelected(), mask.crs()
         return None, layer.crs()
+
+    def selected_polygons(self) -> QgsVectorLayer:
+        mask: QgsVectorLayer = self.mask_combo.currentLayer()
+        if mask is None or mask.selectedFeatureCount() == 0:
+            raise EngineError("select one or more polygons of the chosen layer first")
+        return mask
+
+    def mask(self) -> tuple[str | None, str | None]:
+        """WKT of the selected polygons and their CRS when the scope is "Selected polygons"."""
+        if self.scope_combo.currentText() != SCOPES[2]:
+            return None, None
+        from qgis.core import QgsGeometry
+
+        layer = self.selected_polygons()
+        union = QgsGeometry.unaryUnion([f.geometry() for f in layer.selectedFeatures()])
+        return union.asWkt(), layer.crs().authid() or layer.crs().toWkt()
 
     def build_request(self) -> SegmentationRequest:
         layer = self.layer_combo.currentLayer()
@@ -248,9 +264,11 @@ class FarSLIPDock(QDockWidget):
         if not classes:
             raise EngineError("type at least one class")
         extent, crs = self.area(layer)
+        mask_wkt, mask_crs = self.mask()
         return SegmentationRequest(layer=layer, classes=classes, extent=extent, extent_crs=crs,
                                    gsd=self.gsd_spin.value() or None, model=self.model_combo.currentText() or None,
-                                   threshold=self.threshold_spin.value() or None)
+                                   threshold=self.threshold_spin.value() or None, mask_wkt=mask_wkt,
+                                   mask_crs=mask_crs, upload=self.upload_check.isChecked())
 
     def run(self) -> SegmentTask | None:
         self.last_error = None

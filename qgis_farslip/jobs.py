@@ -52,6 +52,9 @@ class SegmentationRequest:
     threshold: float | None = None
     scores: bool = False
     min_area: float = 0.0
+    mask_wkt: str | None = None  # segment only inside (selected polygons), in `mask_crs`
+    mask_crs: str | None = None
+    upload: bool = False  # send a rendered copy even when a local engine could read the file
 
 
 def render_to_geotiff(layer: QgsRasterLayer, extent: QgsRectangle, resolution: float, folder: str) -> str:
@@ -72,14 +75,15 @@ def render_to_geotiff(layer: QgsRasterLayer, extent: QgsRectangle, resolution: f
 
 
 def area_payload(client: EngineClient, layer: QgsRasterLayer, extent: QgsRectangle | None,
-                 extent_crs: QgsCoordinateReferenceSystem, gsd: float | None, scratch: str) -> dict:
+                 extent_crs: QgsCoordinateReferenceSystem, gsd: float | None, scratch: str,
+                 force_upload: bool = False) -> dict:
     """`input` (a path the engine reads, or an upload of a rendered copy) and the `bbox` to process."""
     if extent is not None:
         extent = to_layer_crs(extent, extent_crs, layer).intersect(layer.extent())
         if extent.isEmpty():
             raise EngineError("the chosen extent does not overlap the layer")
     path = layer_file(layer)
-    if path is not None and is_local_engine(client.url):
+    if path is not None and is_local_engine(client.url) and not force_upload:
         payload: dict = {"input": {"path": os.path.abspath(path)}}
         if extent is not None:
             payload["bbox"] = [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()]
@@ -94,9 +98,10 @@ def area_payload(client: EngineClient, layer: QgsRasterLayer, extent: QgsRectang
 
 def build_payload(client: EngineClient, request: SegmentationRequest, scratch: str) -> dict:
     """The JSON body of a segmentation job."""
-    payload = area_payload(client, request.layer, request.extent, request.extent_crs, request.gsd, scratch)
+    payload = area_payload(client, request.layer, request.extent, request.extent_crs, request.gsd, scratch,
+                           force_upload=request.upload)
     payload.update(classes=request.classes, scores=request.scores, min_area=request.min_area)
-    for key in ("gsd", "model", "threshold"):
+    for key in ("gsd", "model", "threshold", "mask_wkt", "mask_crs"):
         if getattr(request, key) is not None:
             payload[key] = getattr(request, key)
     return payload

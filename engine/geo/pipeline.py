@@ -59,6 +59,8 @@ class RasterJob:
     min_area: float = 0.0
     simplify: float = 1.0
     name: str | None = None  # output file stem (default: the input's)
+    mask_wkt: str | None = None  # only segment inside this (Multi)Polygon
+    mask_crs: str | None = None  # its CRS (default: the raster's)
 
 
 ProgressFn = Callable[[int, int], None]  # (crops done, crops total)
@@ -96,6 +98,8 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
 
     with rasterio.Env(GDAL_CACHEMAX=config.gdal_cache_mb()), \
             RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs) as source:
+        if job.mask_wkt:
+            source.restrict_to(job.mask_wkt, job.mask_crs)
         work = make_workdir(job.out_dir)
         try:
             summary = _run(job, segmenter, source, work, paths, progress, cancel)

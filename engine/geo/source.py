@@ -259,12 +259,48 @@ class RasterSource:
         self.read_rgb(Box(0, 0, 1, 1))
         self.read_rgb(last)
 
+    def restrict_to(self, wkt: str, crs: str | None = None) -> None:
+        """Only pixels inside this (Multi)Polygon count as valid (e.g. selected fields); `crs` is the
+        geometry's CRS (default: the raster's)."""
+        import shapely
+
+        try:
+            geom = shapely.from_wkt(wkt)
+        except Exception:
+            raise InputError("the mask is not valid WKT") from None
+        if geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon"):
+            raise InputError("the mask must be a Polygon or MultiPolygon")
+        if crs is not None:
+            if self.crs is None:
+                raise InputError("the raster has no CRS, so a mask in another CRS cannot be placed on it")
+            from pyproj import Transformer
+            from rasterio.crs import CRS
+            from shapely.ops import transform as reproject
+
+            try:
+                given = CRS.from_user_input(crs)
+            except Exception:
+                raise InputError(f"unknown mask CRS '{crs}'") from None
+            if given != self.crs:
+                geom = reproject(Transformer.from_crs(given, self.crs, always_xy=True).transform, geom)
+        left, bottom, right, top = self.dataset.window_bounds(self.window)
+        if not geom.intersects(shapely.box(min(left, right), min(bottom, top), max(left, right), max(bottom, top))):
+            raise InputError("the mask does not overlap the raster area")
+        self.mask_geometry = geom
+
     def read_valid(self, rect: Box) -> np.ndarray:
-        """Validity mask [h, w] (True = data in every chosen band) of a working-grid rectangle."""
+        """Validity mask [h, w] (True = data in every chosen band, inside the mask if any) of a
+        working-grid rectangle."""
         with self._reading():
             masks = self.dataset.read_masks(self.bands, window=self.source_window(rect),
                                             out_shape=(3, rect.h, rect.w), resampling=Resampling.nearest)
-        return (masks > 0).all(axis=0)
+        valid = (masks > 0).all(axis=0)
+        if getattr(self, "mask_geometry", None) is not None:
+            from rasterio.features import geometry_mask
+
+            transform = self.working_transform() * Affine.translation(rect.x, rect.y)
+            valid &= geometry_mask([self.mask_geometry], out_shape=(rect.h, rect.w), transform=transform, invert=True)
+        return valid
 
     @contextmanager
     def _reading(self):

@@ -80,12 +80,14 @@ def _area(body) -> dict:
             "bbox": tuple(body.bbox) if body.bbox else None, "bbox_crs": body.bbox_crs}
 
 
-def _check_source(path: str, body, gsd=None):
+def _check_source(path: str, body, gsd=None, mask_wkt=None, mask_crs=None):
     from engine.geo.source import RasterSource
 
     area = _area(body)
     with RasterSource(path, area["bands"], gsd, area["window"], area["bbox"], area["bbox_crs"]) as source:
         source.probe()
+        if mask_wkt:
+            source.restrict_to(mask_wkt, mask_crs)
 
 
 def _prepared(body, store, settings, check) -> dict:
@@ -109,7 +111,7 @@ def prepare_segment(body: SegmentRequest, store, settings) -> dict:
     def check(path):
         PromptSet.parse(body.classes)
         _options(body)
-        _check_source(path, body, body.gsd)
+        _check_source(path, body, body.gsd, body.mask_wkt, body.mask_crs)
 
     return _prepared(body, store, settings, check)
 
@@ -207,7 +209,7 @@ def segment_handler(pool, store, settings):
                         window=tuple(body.window) if body.window else None,
                         bbox=tuple(body.bbox) if body.bbox else None, bbox_crs=body.bbox_crs, block=body.block,
                         scores=body.scores, polygons=body.polygons, min_area=body.min_area,
-                        simplify=body.simplify, name="result")
+                        simplify=body.simplify, name="result", mask_wkt=body.mask_wkt, mask_crs=body.mask_crs)
         if ctx.cancel.is_set():
             raise InputError("cancelled")
         return segment_raster(job, segmenter, progress=ctx.progress, cancel=ctx.cancel)

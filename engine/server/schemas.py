@@ -54,6 +54,8 @@ class SegmentRequest(ModelChoice, InferenceChoice):
     min_area: float = Field(0.0, ge=0)
     simplify: float = Field(1.0, ge=0, le=100)
     block: int = Field(1024, ge=256, le=8192)
+    mask_wkt: str | None = Field(None, max_length=500_000, description="segment only inside this (Multi)Polygon")
+    mask_crs: str | None = Field(None, max_length=200, description="CRS of mask_wkt (default: the raster's)")
 
 
 class AreaChoice(Strict):

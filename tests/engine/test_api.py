@@ -202,3 +202,22 @@ def test_prompts_are_parsed_with_stable_colours(client):
     again = client.post("/v1/prompts", headers=AUTH, json={"classes": ["my odd class"]}).json()["classes"][0]
     assert again["colour"] == classes[2]["colour"]
     assert client.post("/v1/prompts", headers=AUTH, json={"classes": " ; "}).status_code == 400
+
+
+def test_jobs_and_uploads_expire_with_their_files(root):
+    import time as _time
+
+    src = write_raster(root / "e.tif", scene(100, 100)[0])
+    with TestClient(make_app(root, job_ttl_s=0.5)) as c:
+        up = c.post("/v1/uploads", headers=AUTH, content=src.read_bytes()).json()["upload_id"]
+        job_id = c.post("/v1/jobs/segment", headers=AUTH,
+                        json={"input": {"upload_id": up}, "classes": "a; b"}).json()["id"]
+        assert wait_for(c, job_id)["state"] == "done"
+        job_dir = root / "engine-data" / "jobs" / job_id
+        assert job_dir.exists()
+        _time.sleep(0.6)
+        assert c.app.state.store.expire() == 2  # the expiry thread does this every minute
+        assert c.get(f"/v1/jobs/{job_id}", headers=AUTH).status_code == 404
+        assert not job_dir.exists() and not list((root / "engine-data" / "uploads").iterdir())
+        gone = c.post("/v1/jobs/segment", headers=AUTH, json={"input": {"upload_id": up}, "classes": "a"})
+        assert gone.status_code == 404 and "expired" in gone.json()["detail"]

@@ -242,3 +242,18 @@ def test_min_area_drops_small_polygons(tmp_path, segmenter):
     _, big_fields = _read_polygons(tmp_path / "big" / "in_polygons.gpkg")
     assert big_fields["area_m2"].min() >= 200.0
     assert len(big_fields["area_m2"]) == int((all_fields["area_m2"] >= 200.0).sum())
+
+
+def test_a_mask_polygon_limits_the_prediction(tmp_path, segmenter):
+    from rasterio.warp import transform_geom
+
+    src = write_raster(tmp_path / "in.tif", scene(200, 300)[0])  # origin 500000, 5200000, 0.5 m
+    square = shapely.box(500020.0, 5199940.0, 500070.0, 5199980.0)  # cols 40-140, rows 40-120
+    lonlat = shapely.geometry.shape(transform_geom("EPSG:32633", "EPSG:4326", square.__geo_interface__, precision=-1))
+    summary = _run(segmenter, src, tmp_path / "out", mask_wkt=lonlat.wkt, mask_crs="EPSG:4326")
+    with rasterio.open(tmp_path / "out" / "in_classes.tif") as cls:
+        labels = cls.read(1)
+    inside = labels[42:118, 42:138]
+    assert np.all(inside != 255)
+    assert np.all(labels[:38] == 255) and np.all(labels[:, 142:] == 255)
+    assert summary["nodata_pixels"] == pytest.approx(200 * 300 - 100 * 80, abs=400)

@@ -214,3 +214,33 @@ def test_labelling_a_rectangle_writes_a_feature(dock):
     assert dock.canvas.mapTool() is dock.label_tool
     dock.label_button.setChecked(False)
     assert dock.label_tool is None
+
+
+def test_selected_polygons_mask_the_result_and_a_copy_can_be_uploaded(dock, qtbot):
+    from qgis.core import QgsFeature, QgsGeometry, QgsProject, QgsRasterLayer, QgsVectorLayer
+
+    layer = dock.layer_combo.currentLayer()
+    e = layer.extent()
+    x0, y0 = e.xMinimum(), e.yMinimum()
+    triangle = QgsGeometry.fromWkt(f"POLYGON(({x0 + 10} {y0 + 10}, {x0 + 90} {y0 + 10}, {x0 + 10} {y0 + 90}, "
+                                   f"{x0 + 10} {y0 + 10}))")
+    polys = QgsVectorLayer("Polygon?crs=EPSG:32633", "fields", "memory")
+    f = QgsFeature()
+    f.setGeometry(triangle)
+    polys.dataProvider().addFeatures([f])
+    QgsProject.instance().addMapLayer(polys)
+    polys.selectAll()
+    dock.scope_combo.setCurrentText("Selected polygons")
+    dock.mask_combo.setLayer(polys)
+    dock.upload_check.setChecked(True)  # the engine gets a rendered copy, not the path
+    dock.prompt_edit.setPlainText("water\ngrass")
+    dock.run()
+    _wait(qtbot, dock)
+    assert dock.last_error is None, dock.last_error
+    classes = [n.layer() for n in QgsProject.instance().layerTreeRoot().children()[0].findLayers()
+               if isinstance(n.layer(), QgsRasterLayer)][0]
+    provider = classes.dataProvider()
+    inside = provider.sample(QgsGeometry.fromWkt(f"POINT({x0 + 20} {y0 + 20})").asPoint(), 1)
+    outside = provider.sample(QgsGeometry.fromWkt(f"POINT({x0 + 80} {y0 + 80})").asPoint(), 1)
+    assert inside[1] and inside[0] in (0, 1)  # a class inside the triangle
+    assert not outside[1]  # nodata outside it
