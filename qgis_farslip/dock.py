@@ -77,7 +77,16 @@ class FarSLIPDock(QDockWidget):
         self.model_combo.setEditable(True)
         self.model_combo.setEditText(settings["model"])
         form.addRow("Model", self.model_combo)
+        self.command_edit = QLineEdit(settings["command"])
+        self.command_edit.setToolTip("How to start a local engine, e.g. '/path/to/.venv/bin/farslip serve'")
+        self.engine_button = QPushButton("Start local engine")
+        command_row = QHBoxLayout()
+        command_row.addWidget(self.command_edit, 1)
+        command_row.addWidget(self.engine_button)
+        form.addRow("Local engine", command_row)
         self.check_button.clicked.connect(self.check_engine)
+        self.engine_button.clicked.connect(self.toggle_local_engine)
+        self.engine_process = None
         return box
 
     def _prompt_box(self) -> QGroupBox:
@@ -157,6 +166,37 @@ class FarSLIPDock(QDockWidget):
             self.model_combo.setEditText(current)
         self.update_legend()
         return True
+
+    def toggle_local_engine(self) -> None:
+        """Start the configured engine command as a child process of QGIS, or stop the one started."""
+        import shlex
+
+        from qgis.PyQt.QtCore import QProcess
+
+        from qgis_farslip.settings import save_engine_command
+
+        if self.engine_process is not None and self.engine_process.state() != QProcess.NotRunning:
+            self.engine_process.terminate()
+            if not self.engine_process.waitForFinished(10_000):
+                self.engine_process.kill()
+            self.engine_process = None
+            self.engine_button.setText("Start local engine")
+            self._set_status(False, "local engine stopped")
+            return
+        command = shlex.split(self.command_edit.text().strip())
+        if not command:
+            self._fail("set the command that starts the engine (e.g. '/path/to/.venv/bin/farslip serve')")
+            return
+        save_engine_command(self.command_edit.text().strip())
+        process = QProcess(self)
+        process.setProcessChannelMode(QProcess.MergedChannels)
+        process.start(command[0], command[1:])
+        if not process.waitForStarted(10_000):
+            self._fail(f"cannot start the engine: {process.errorString()}")
+            return
+        self.engine_process = process
+        self.engine_button.setText("Stop local engine")
+        self._set_status(False, "local engine starting…")
 
     def _set_status(self, ok: bool, text: str) -> None:
         self.status_light.setStyleSheet(f"color: {'#2a2' if ok else '#c22'}")

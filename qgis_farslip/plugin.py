@@ -38,6 +38,8 @@ class FarSLIPPlugin:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
         if getattr(self, "dock", None) is not None:
+            if self.dock.engine_process is not None:
+                self.dock.toggle_local_engine()  # stop the engine this QGIS started
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
             self.dock = None

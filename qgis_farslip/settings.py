@@ -9,11 +9,19 @@ from qgis_farslip.client import DEFAULT_URL, read_local_token
 PREFIX = "farslip/"
 
 
+DEFAULT_ENGINE_COMMAND = "farslip serve"
+
+
 def engine_settings() -> dict:
     s = QgsSettings()
     url = s.value(PREFIX + "engine_url", DEFAULT_URL) or DEFAULT_URL
     token = s.value(PREFIX + "token", "") or read_local_token()
-    return {"url": url, "token": token, "model": s.value(PREFIX + "model", "") or ""}
+    return {"url": url, "token": token, "model": s.value(PREFIX + "model", "") or "",
+            "command": s.value(PREFIX + "engine_command", DEFAULT_ENGINE_COMMAND) or DEFAULT_ENGINE_COMMAND}
+
+
+def save_engine_command(command: str) -> None:
+    QgsSettings().setValue(PREFIX + "engine_command", command)
 
 
 def save_engine_settings(url: str, token: str = "", model: str = "") -> None:

@@ -244,3 +244,28 @@ def test_selected_polygons_mask_the_result_and_a_copy_can_be_uploaded(dock, qtbo
     outside = provider.sample(QgsGeometry.fromWkt(f"POINT({x0 + 80} {y0 + 80})").asPoint(), 1)
     assert inside[1] and inside[0] in (0, 1)  # a class inside the triangle
     assert not outside[1]  # nodata outside it
+
+
+def test_the_dock_starts_and_stops_a_local_engine(qgis_app, qtbot, folder, tmp_path, monkeypatch):
+    import sys
+
+    from qgis.gui import QgsMapCanvas
+
+    from qgis_farslip.dock import FarSLIPDock
+    from tests.plugin.engine_process import ENGINE_PYTHON, ROOT, free_port
+
+    monkeypatch.setenv("FARSLIP_CONFIG_DIR", str(tmp_path / "cfg"))  # where the started engine puts its token
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    port = free_port()
+    dock = FarSLIPDock(QgsMapCanvas(), lambda level, text: None)
+    qtbot.addWidget(dock)
+    dock.url_edit.setText(f"http://127.0.0.1:{port}")
+    dock.token_edit.setText("")
+    dock.command_edit.setText(f"{ENGINE_PYTHON} -m engine.cli serve --port {port} --data-dir {tmp_path / 'data'} "
+                              f"--model {folder / 'tiny.pt'} --arch tiny-vit-16 --device cpu")
+    dock.toggle_local_engine()
+    assert dock.engine_button.text() == "Stop local engine"
+    qtbot.waitUntil(lambda: dock.check_engine(), timeout=60_000)
+    assert dock.status_light.styleSheet().endswith("#2a2")
+    dock.toggle_local_engine()
+    assert dock.engine_process is None and not dock.check_engine()
