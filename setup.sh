@@ -15,11 +15,11 @@ pip_quiet() { "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 if [ "${FARSLIP_SKIP_APT:-0}" != "1" ]; then
-  echo "==> apt packages (QGIS Python bindings, venv)"
+  echo "==> apt packages (QGIS Python bindings and desktop, Xvfb for the desktop check, venv)"
   export DEBIAN_FRONTEND=noninteractive
   sudo_if_needed apt-get update -qq
   sudo_if_needed apt-get install -y -qq --no-install-recommends \
-    python3-qgis python3-venv python3-pip >/dev/null
+    python3-qgis qgis xvfb xauth python3-venv python3-pip >/dev/null
 fi
 
 echo "==> engine env .venv ($($ENGINE_PYTHON --version))"

@@ -11,7 +11,7 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
 from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
                                  QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListWidget, QListWidgetItem,
-                                 QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
+                                 QPlainTextEdit, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget)
 
 from qgis_farslip import prompt_sets
 from qgis_farslip.client import EngineClient, EngineError
@@ -49,7 +49,10 @@ class FarSLIPDock(QDockWidget):
         self.progress = QProgressBar()
         layout.addWidget(self.progress)
         layout.addStretch(1)
-        self.setWidget(body)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(body)
+        self.setWidget(scroll)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.label_button.toggled.connect(self.toggle_label_tool)
@@ -115,6 +118,14 @@ class FarSLIPDock(QDockWidget):
         form.addRow("Background threshold", self.threshold_spin)
         layout.addLayout(form)
         self.set_combo.activated.connect(self._load_set)
+        from qgis.PyQt.QtCore import QTimer
+
+        self._legend_timer = QTimer(self)
+        self._legend_timer.setSingleShot(True)
+        self._legend_timer.setInterval(700)
+        self._legend_timer.timeout.connect(self._refresh_legend_if_online)
+        self.prompt_edit.textChanged.connect(self._legend_timer.start)
+        self._online = False
         return box
 
     def _input_box(self) -> QGroupBox:
@@ -198,7 +209,12 @@ class FarSLIPDock(QDockWidget):
         self.engine_button.setText("Stop local engine")
         self._set_status(False, "local engine starting…")
 
+    def _refresh_legend_if_online(self) -> None:
+        if self._online:
+            self.update_legend()
+
     def _set_status(self, ok: bool, text: str) -> None:
+        self._online = ok
         self.status_light.setStyleSheet(f"color: {'#2a2' if ok else '#c22'}")
         self.status_text.setText(text)
 
@@ -337,8 +353,8 @@ class FarSLIPDock(QDockWidget):
             self._fail(task.error)
         else:
             self.progress.setValue(100)
-            self.notify("info", f"FarSLIP: {task.title} done")
+            self.notify("info", f"{task.title}: done")
 
     def _fail(self, text: str) -> None:
         self.last_error = text
-        self.notify("warning" if text == "cancelled" else "critical", f"FarSLIP: {text}")
+        self.notify("warning" if text == "cancelled" else "critical", text)

@@ -111,11 +111,11 @@ class LabelMapTool(QgsMapToolExtent):
             labeller = self.make_labeller()
             ranking = labeller.rank(rect, crs)
         except EngineError as exc:
-            self.notify("critical", f"FarSLIP: {exc}")
+            self.notify("critical", str(exc))
             return
         dialog = RankingDialog(ranking, self.canvas())
         if dialog.exec_():
             name, score = dialog.chosen()
             labeller.accept(rect, crs, name, score)
-            self.notify("info", f"FarSLIP: labelled {name} ({score:.0%})")
+            self.notify("info", f"labelled {name} ({score:.0%})")
         self.clearRubberBand()

@@ -1,0 +1,23 @@
+"""The desktop check: real QGIS under Xvfb, plugin installed from its zip, a segmentation, a screenshot."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(not (shutil.which("qgis") and shutil.which("xvfb-run")), reason="needs qgis and xvfb-run")
+def test_real_qgis_runs_a_segmentation_and_saves_a_screenshot(tmp_path):
+    out = subprocess.run(["bash", str(ROOT / "tests" / "desktop" / "check.sh"), "", str(tmp_path / "desktop")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "desktop check: ok" in out.stdout
+    shot = tmp_path / "desktop" / "shot.png"
+    assert shot.stat().st_size > 20_000  # a real window, not an empty image
+    results = list((tmp_path / "desktop" / "results").glob("farslip_*/result_classes.tif"))
+    assert len(results) == 1
