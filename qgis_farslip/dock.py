@@ -5,9 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from qgis.core import (QgsApplication, QgsMapLayerProxyModel, QgsProject, QgsRectangle, QgsVectorLayer)
+from qgis.core import QgsApplication, QgsMapLayerProxyModel, QgsRectangle, QgsVectorLayer
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
 from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
                                  QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListWidget, QListWidgetItem,
@@ -74,7 +73,7 @@ class FarSLIPDock(QDockWidget):
         self.url_edit = QLineEdit(settings["url"])
         form.addRow("URL", self.url_edit)
         self.token_edit = QLineEdit(settings["token"])
-        self.token_edit.setEchoMode(QLineEdit.Password)
+        self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)
         form.addRow("Token", self.token_edit)
         self.model_combo = QComboBox()
         self.model_combo.setEditable(True)
@@ -132,13 +131,13 @@ class FarSLIPDock(QDockWidget):
         box = QGroupBox("Input")
         form = QFormLayout(box)
         self.layer_combo = QgsMapLayerComboBox()
-        self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
         form.addRow("Raster", self.layer_combo)
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(SCOPES)
         form.addRow("Area", self.scope_combo)
         self.mask_combo = QgsMapLayerComboBox()
-        self.mask_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.mask_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         form.addRow("Polygons", self.mask_combo)
         self.gsd_spin = QDoubleSpinBox()
         self.gsd_spin.setRange(0.0, 10000.0)
@@ -147,9 +146,11 @@ class FarSLIPDock(QDockWidget):
         self.gsd_spin.setSuffix(" m/px")
         form.addRow("Resolution", self.gsd_spin)
         self.folder_widget = QgsFileWidget()
-        self.folder_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.folder_widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.folder_widget.setFilePath(str(Path(tempfile.gettempdir()) / "farslip"))
         form.addRow("Save to", self.folder_widget)
+        self.scores_check = QCheckBox("Also a per-class score raster")
+        form.addRow("", self.scores_check)
         self.upload_check = QCheckBox("Send a copy of the image (needed for remote engines; automatic for web layers)")
         form.addRow("", self.upload_check)
         return box
@@ -186,7 +187,7 @@ class FarSLIPDock(QDockWidget):
 
         from qgis_farslip.settings import save_engine_command
 
-        if self.engine_process is not None and self.engine_process.state() != QProcess.NotRunning:
+        if self.engine_process is not None and self.engine_process.state() != QProcess.ProcessState.NotRunning:
             self.engine_process.terminate()
             if not self.engine_process.waitForFinished(10_000):
                 self.engine_process.kill()
@@ -200,7 +201,7 @@ class FarSLIPDock(QDockWidget):
             return
         save_engine_command(self.command_edit.text().strip())
         process = QProcess(self)
-        process.setProcessChannelMode(QProcess.MergedChannels)
+        process.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
         process.start(command[0], command[1:])
         if not process.waitForStarted(10_000):
             self._fail(f"cannot start the engine: {process.errorString()}")
@@ -324,7 +325,8 @@ class FarSLIPDock(QDockWidget):
         return SegmentationRequest(layer=layer, classes=classes, extent=extent, extent_crs=crs,
                                    gsd=self.gsd_spin.value() or None, model=self.model_combo.currentText() or None,
                                    threshold=self.threshold_spin.value() or None, mask_wkt=mask_wkt,
-                                   mask_crs=mask_crs, upload=self.upload_check.isChecked())
+                                   mask_crs=mask_crs, upload=self.upload_check.isChecked(),
+                                   scores=self.scores_check.isChecked())
 
     def run(self) -> SegmentTask | None:
         self.last_error = None

@@ -69,7 +69,7 @@ def render_to_geotiff(layer: QgsRasterLayer, extent: QgsRectangle, resolution: f
         raise EngineError(f"cannot read layer {layer.name()}")
     writer = QgsRasterFileWriter(path)
     error = writer.writeRaster(pipe, width, height, extent, layer.crs())
-    if error != QgsRasterFileWriter.NoError:
+    if error != QgsRasterFileWriter.WriterError.NoError:
         raise EngineError(f"cannot write a temporary copy of {layer.name()} (error {error})")
     return path
 

@@ -85,7 +85,7 @@ class RankingDialog(QDialog):
             self.choices.addItem(f"{name}  {prob:.1%}")
         self.choices.setCurrentRow(0)
         layout.addWidget(self.choices)
-        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
@@ -114,7 +114,7 @@ class LabelMapTool(QgsMapToolExtent):
             self.notify("critical", str(exc))
             return
         dialog = RankingDialog(ranking, self.canvas())
-        if dialog.exec_():
+        if dialog.exec():
             name, score = dialog.chosen()
             labeller.accept(rect, crs, name, score)
             self.notify("info", f"labelled {name} ({score:.0%})")

@@ -31,7 +31,7 @@ class FarSLIPPlugin:
             {"info": bar.pushInfo, "warning": bar.pushWarning}.get(level, bar.pushCritical)("FarSLIP", text)
 
         self.dock = FarSLIPDock(self.iface.mapCanvas(), notify, self.iface.mainWindow())
-        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
 
     def unload(self):
         if self.provider is not None:

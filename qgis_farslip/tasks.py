@@ -19,7 +19,7 @@ LOG_TAG = "FarSLIP"
 class SegmentTask(QgsTask):
     def __init__(self, client: EngineClient, request: SegmentationRequest, out_folder: str, title: str,
                  on_done: Callable[["SegmentTask"], None] | None = None):
-        super().__init__(f"FarSLIP: {title}", QgsTask.CanCancel)
+        super().__init__(f"FarSLIP: {title}", QgsTask.Flag.CanCancel)
         self.client, self.request, self.title = client, request, title
         self.out_folder = str(Path(out_folder) / time.strftime("farslip_%Y%m%d_%H%M%S"))
         self.on_done = on_done
@@ -38,7 +38,7 @@ class SegmentTask(QgsTask):
             self.error = str(exc)
         except Exception as exc:  # never let a traceback reach the user; keep it in the log
             self.error = f"unexpected error: {exc}"
-            QgsMessageLog.logMessage(repr(exc), LOG_TAG, Qgis.Critical)
+            QgsMessageLog.logMessage(repr(exc), LOG_TAG, Qgis.MessageLevel.Critical)
         return False
 
     def finished(self, result: bool) -> None:  # main thread
@@ -51,6 +51,6 @@ class SegmentTask(QgsTask):
         elif self.error is None and self.isCanceled():
             self.error = "cancelled"
         if self.error:
-            QgsMessageLog.logMessage(self.error, LOG_TAG, Qgis.Warning)
+            QgsMessageLog.logMessage(self.error, LOG_TAG, Qgis.MessageLevel.Warning)
         if self.on_done is not None:
             self.on_done(self)

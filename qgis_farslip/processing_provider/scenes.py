@@ -76,10 +76,10 @@ class ClassifyGridAlgorithm(_EngineJobAlgorithm):
         self._common_parameters()
         self.addParameter(QgsProcessingParameterString("CLASSES", "Scene classes (one per line)", multiLine=True,
                                                        defaultValue="residential area\nindustrial area\nforest\nfarmland"))
-        self.addParameter(QgsProcessingParameterNumber("CELL", "Cell size (m)", QgsProcessingParameterNumber.Double,
+        self.addParameter(QgsProcessingParameterNumber("CELL", "Cell size (m)", QgsProcessingParameterNumber.Type.Double,
                                                        100.0, minValue=1.0))
         self._folder_parameter()
-        self.addOutput(QgsProcessingOutputVectorLayer("GRID", "Grid", QgsProcessing.TypeVectorPolygon))
+        self.addOutput(QgsProcessingOutputVectorLayer("GRID", "Grid", QgsProcessing.SourceType.TypeVectorPolygon))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         classes = split_classes(self.parameterAsString(parameters, "CLASSES", context))
@@ -108,11 +108,11 @@ class SearchAlgorithm(_EngineJobAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self._common_parameters()
         self.addParameter(QgsProcessingParameterString("QUERY", "Query", defaultValue="a swimming pool next to a house"))
-        self.addParameter(QgsProcessingParameterNumber("TOP_K", "Number of boxes", QgsProcessingParameterNumber.Integer,
+        self.addParameter(QgsProcessingParameterNumber("TOP_K", "Number of boxes", QgsProcessingParameterNumber.Type.Integer,
                                                        10, minValue=1, maxValue=1000))
         self._folder_parameter()
         self.addOutput(QgsProcessingOutputRasterLayer("HEATMAP", "Heat map"))
-        self.addOutput(QgsProcessingOutputVectorLayer("BOXES", "Boxes", QgsProcessing.TypeVectorPolygon))
+        self.addOutput(QgsProcessingOutputVectorLayer("BOXES", "Boxes", QgsProcessing.SourceType.TypeVectorPolygon))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         query = self.parameterAsString(parameters, "QUERY", context).strip()
@@ -145,7 +145,7 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
-        self.addParameter(QgsProcessingParameterFeatureSource("REGIONS", "Regions", [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterFeatureSource("REGIONS", "Regions", [QgsProcessing.SourceType.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterString("CLASSES", "Candidate classes (one per line)", multiLine=True,
                                                        defaultValue="car\ntruck\nship\nbuilding"))
         self.addParameter(QgsProcessingParameterFeatureSink("OUTPUT", "Labelled regions"))

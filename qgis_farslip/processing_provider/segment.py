@@ -66,16 +66,16 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
                                                        multiLine=True, defaultValue="building, roof\nroad\ntree\nwater"))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent (empty: the whole layer)", optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.GSD, "Working resolution (m/px; 0 = engine default)",
-                                                       QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+                                                       QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(self.THRESHOLD, "Background probability threshold (0 = off)",
-                                                       QgsProcessingParameterNumber.Double, 0.0, minValue=0.0,
+                                                       QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0,
                                                        maxValue=0.99))
         self.addParameter(QgsProcessingParameterBoolean(self.SCORES, "Also write per-class scores", False))
         self.addParameter(QgsProcessingParameterNumber(self.MIN_AREA, "Drop polygons smaller than (m²)",
-                                                       QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+                                                       QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Output folder"))
         self.addOutput(QgsProcessingOutputRasterLayer("CLASSES_RASTER", "Classes"))
-        self.addOutput(QgsProcessingOutputVectorLayer("POLYGONS", "Polygons", QgsProcessing.TypeVectorPolygon))
+        self.addOutput(QgsProcessingOutputVectorLayer("POLYGONS", "Polygons", QgsProcessing.SourceType.TypeVectorPolygon))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         layer: QgsRasterLayer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
