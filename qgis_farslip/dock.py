@@ -19,6 +19,7 @@ from qgis_farslip.settings import engine_settings, save_engine_settings
 from qgis_farslip.tasks import SegmentTask
 
 SCOPES = ("Visible map extent", "Whole layer", "Selected polygons")
+UI_TIMEOUT_S = 3.0  # calls made on the UI thread (status, legend) give up quickly; jobs run in a QgsTask
 
 
 class FarSLIPDock(QDockWidget):
@@ -156,14 +157,14 @@ class FarSLIPDock(QDockWidget):
         return box
 
     # --- engine --------------------------------------------------------------------------------
-    def client(self) -> EngineClient:
+    def client(self, timeout: float = 30.0) -> EngineClient:
         save_engine_settings(self.url_edit.text().strip(), self.token_edit.text().strip(),
                              self.model_combo.currentText().strip())
-        return EngineClient(self.url_edit.text().strip(), self.token_edit.text().strip() or None)
+        return EngineClient(self.url_edit.text().strip(), self.token_edit.text().strip() or None, timeout=timeout)
 
     def check_engine(self) -> bool:
         try:
-            client = self.client()
+            client = self.client(timeout=UI_TIMEOUT_S)
             health = client.health()
             models = client.models()
         except EngineError as exc:
@@ -226,7 +227,7 @@ class FarSLIPDock(QDockWidget):
         if not lines:
             return
         try:
-            classes = self.client().prompts(lines)
+            classes = self.client(timeout=UI_TIMEOUT_S).prompts(lines)
         except EngineError as exc:
             self.legend.addItem(str(exc))
             return
@@ -280,7 +281,7 @@ class FarSLIPDock(QDockWidget):
         from qgis_farslip.labelling import LabelMapTool
 
         if on:
-            self.label_tool = LabelMapTool(self.canvas, self.labeller, self.notify)
+            self.label_tool = LabelMapTool(self.canvas, self.labeller, self.notify, self.mask_combo.currentLayer)
             self.canvas.setMapTool(self.label_tool)
         elif self.label_tool is not None:
             self.canvas.unsetMapTool(self.label_tool)

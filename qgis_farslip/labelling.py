@@ -7,7 +7,7 @@ from __future__ import annotations
 import tempfile
 import time
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsField, QgsGeometry, QgsProject,
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeature, QgsField, QgsGeometry, QgsProject,
                        QgsRasterLayer, QgsRectangle, QgsVectorLayer)
 from qgis.gui import QgsMapToolExtent
 from qgis.PyQt.QtCore import QVariant
@@ -25,18 +25,22 @@ class RegionLabeller:
     def __init__(self, client: EngineClient, layer: QgsRasterLayer, classes: list[str], model: str | None = None):
         self.client, self.layer, self.classes, self.model = client, layer, classes, model
 
-    def rank(self, rect: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> list[tuple[str, float]]:
-        """(class, probability) pairs, best first, for a rectangle given in `crs`."""
+    def rank(self, rect: QgsRectangle, crs: QgsCoordinateReferenceSystem,
+             polygon: QgsGeometry | None = None) -> list[tuple[str, float]]:
+        """(class, probability) pairs, best first, for a rectangle (or a polygon inside it) in `crs`."""
         box = to_layer_crs(rect, crs, self.layer).intersect(self.layer.extent())
         if box.isEmpty():
-            raise EngineError("the rectangle does not overlap the raster layer")
+            raise EngineError("the region does not overlap the raster layer")
         path = layer_file(self.layer)
         payload: dict = {"classes": self.classes}
         if self.model:
             payload["model"] = self.model
         if path is not None and is_local_engine(self.client.url):
+            region = {"bbox": [box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum()]}
+            if polygon is not None:
+                region = {"polygon": polygon_ring(polygon, crs, self.layer.crs())}
             payload.update(input={"path": path}, crs=self.layer.crs().authid() or self.layer.crs().toWkt(),
-                           regions=[{"bbox": [box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum()]}])
+                           regions=[region])
         else:  # the engine cannot read this layer: send a rendered copy of the rectangle
             with tempfile.TemporaryDirectory(prefix="farslip-label-") as scratch:
                 resolution = max(box.width(), box.height()) / 448
@@ -47,15 +51,30 @@ class RegionLabeller:
         return list(region["probabilities"].items())
 
     def accept(self, rect: QgsRectangle, crs: QgsCoordinateReferenceSystem, label: str, score: float,
-               project: QgsProject | None = None) -> QgsVectorLayer:
+               project: QgsProject | None = None, polygon: QgsGeometry | None = None) -> QgsVectorLayer:
         layer = labels_layer(self.layer.crs(), project)
         feature = QgsFeature(layer.fields())
-        feature.setGeometry(QgsGeometry.fromRect(to_layer_crs(rect, crs, self.layer)))
+        if polygon is not None:
+            geometry = QgsGeometry(polygon)
+            geometry.transform(QgsCoordinateTransform(crs, self.layer.crs(), QgsProject.instance()))
+        else:
+            geometry = QgsGeometry.fromRect(to_layer_crs(rect, crs, self.layer))
+        feature.setGeometry(geometry)
         feature.setAttributes([label, float(score), self.model or "engine default", time.strftime("%Y-%m-%dT%H:%M:%S")])
         layer.dataProvider().addFeatures([feature])
         layer.updateExtents()
         layer.triggerRepaint()
         return layer
+
+
+def polygon_ring(polygon: QgsGeometry, crs: QgsCoordinateReferenceSystem,
+                 target: QgsCoordinateReferenceSystem) -> list[list[float]]:
+    """The outer ring of a (largest part of a) polygon, in the target CRS, as [[x, y], ...]."""
+    geometry = QgsGeometry(polygon)
+    geometry.transform(QgsCoordinateTransform(crs, target, QgsProject.instance()))
+    parts = geometry.asMultiPolygon() if geometry.isMultipart() else [geometry.asPolygon()]
+    ring = max(parts, key=lambda p: QgsGeometry.fromPolygonXY(p).area())[0]
+    return [[p.x(), p.y()] for p in ring]
 
 
 def labels_layer(crs: QgsCoordinateReferenceSystem, project: QgsProject | None = None) -> QgsVectorLayer:
@@ -96,26 +115,53 @@ class RankingDialog(QDialog):
 
 
 class LabelMapTool(QgsMapToolExtent):
-    """Draw a rectangle on the map to label it."""
+    """Draw a rectangle on the map to label it, or click a polygon of `polygon_layer()` to label that."""
 
-    def __init__(self, canvas, make_labeller, notify):
+    def __init__(self, canvas, make_labeller, notify, polygon_layer=None):
         super().__init__(canvas)
         self.make_labeller, self.notify = make_labeller, notify
+        self.polygon_layer = polygon_layer or (lambda: None)
         self.extentChanged.connect(self.on_rectangle)
 
+    def canvasReleaseEvent(self, event):  # noqa: N802 (Qt's name)
+        self._click = self.toMapCoordinates(event.pos())
+        super().canvasReleaseEvent(event)
+
+    def polygon_at(self, point) -> QgsGeometry | None:
+        """The polygon of the chosen layer under a map point (canvas CRS), in the canvas CRS."""
+        layer = self.polygon_layer()
+        if layer is None:
+            return None
+        canvas_crs = self.canvas().mapSettings().destinationCrs()
+        to_layer = QgsCoordinateTransform(canvas_crs, layer.crs(), QgsProject.instance())
+        hit = QgsGeometry.fromPointXY(to_layer.transform(point))
+        for feature in layer.getFeatures(hit.boundingBox().buffered(1e-9)):
+            if feature.geometry().contains(hit):
+                geometry = QgsGeometry(feature.geometry())
+                geometry.transform(QgsCoordinateTransform(layer.crs(), canvas_crs, QgsProject.instance()))
+                return geometry
+        return None
+
     def on_rectangle(self, rect: QgsRectangle) -> None:
-        if rect.isEmpty():
-            return
+        polygon = None
+        if rect.isEmpty():  # a click: the polygon under it, if any
+            polygon = self.polygon_at(getattr(self, "_click", None)) if getattr(self, "_click", None) else None
+            if polygon is None:
+                return
+            rect = polygon.boundingBox()
+        self.label(rect, polygon)
+
+    def label(self, rect: QgsRectangle, polygon: QgsGeometry | None = None) -> None:
         crs = self.canvas().mapSettings().destinationCrs()
         try:
             labeller = self.make_labeller()
-            ranking = labeller.rank(rect, crs)
+            ranking = labeller.rank(rect, crs, polygon)
         except EngineError as exc:
             self.notify("critical", str(exc))
             return
         dialog = RankingDialog(ranking, self.canvas())
         if dialog.exec():
             name, score = dialog.chosen()
-            labeller.accept(rect, crs, name, score)
+            labeller.accept(rect, crs, name, score, polygon=polygon)
             self.notify("info", f"labelled {name} ({score:.0%})")
         self.clearRubberBand()

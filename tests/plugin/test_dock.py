@@ -269,3 +269,31 @@ def test_the_dock_starts_and_stops_a_local_engine(qgis_app, qtbot, folder, tmp_p
     assert dock.status_light.styleSheet().endswith("#2a2")
     dock.toggle_local_engine()
     assert dock.engine_process is None and not dock.check_engine()
+
+
+def test_clicking_a_polygon_labels_that_polygon(dock):
+    from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsProject, QgsVectorLayer
+
+    from qgis_farslip.labelling import LABELS_LAYER, LabelMapTool
+
+    layer = dock.layer_combo.currentLayer()
+    e = layer.extent()
+    x0, y0 = e.xMinimum(), e.yMinimum()
+    field = QgsGeometry.fromWkt(f"POLYGON(({x0 + 5} {y0 + 5}, {x0 + 60} {y0 + 5}, {x0 + 30} {y0 + 50}, {x0 + 5} {y0 + 5}))")
+    polys = QgsVectorLayer("Polygon?crs=EPSG:32633", "parcels", "memory")
+    f = QgsFeature()
+    f.setGeometry(field)
+    polys.dataProvider().addFeatures([f])
+    QgsProject.instance().addMapLayer(polys)
+    dock.mask_combo.setLayer(polys)
+    dock.prompt_edit.setPlainText("water\ngrass")
+    tool = LabelMapTool(dock.canvas, dock.labeller, dock.notify, dock.mask_combo.currentLayer)
+    hit = tool.polygon_at(QgsPointXY(x0 + 20, y0 + 15))
+    assert hit is not None and hit.equals(field)
+    assert tool.polygon_at(QgsPointXY(x0 + 100, y0 + 100)) is None
+    labeller = dock.labeller()
+    ranking = labeller.rank(hit.boundingBox(), layer.crs(), hit)
+    assert {name for name, _ in ranking} == {"water", "grass"}
+    labels = labeller.accept(hit.boundingBox(), layer.crs(), ranking[0][0], ranking[0][1], polygon=hit)
+    written = [g.geometry() for g in labels.getFeatures()][-1]
+    assert labels.name() == LABELS_LAYER and written.equals(field)
