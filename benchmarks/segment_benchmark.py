@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -141,7 +140,7 @@ def bench_memory(args, tmp: Path) -> None:
     large = write_scene_geotiff(tmp / "large.tif", args.large, args.large, road_spacing=512, roof=64)
     rss_small, t_small = _peak_rss_mb(small, tmp / "out-small", ckpt)
     rss_large, t_large = _peak_rss_mb(large, tmp / "out-large", ckpt)
-    print(f"[memory] farslip segment, tiny model, CPU, default block 1024")
+    print("[memory] farslip segment, tiny model, CPU, default block 1024")
     print(f"  2048x2048: peak RSS {rss_small:.0f} MB ({t_small:.0f} s) | {args.large}x{args.large}: "
           f"peak RSS {rss_large:.0f} MB ({t_large:.0f} s)")
     print(f"  RATIO peak RSS large / small = {rss_large / rss_small:.3f}   (target <= 1.3)")

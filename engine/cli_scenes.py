@@ -22,20 +22,8 @@ def _area_args(args) -> dict:
             "bbox": parse_numbers(args.bbox, 4, "--bbox") if args.bbox else None, "bbox_crs": args.bbox_crs}
 
 
-def _progress_bar(args, label: str):
-    from tqdm import tqdm
-
-    bar = tqdm(total=None, unit="tile", desc=label, disable=args.quiet, dynamic_ncols=True)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    return bar, progress
-
-
 def _cmd_classify(args: argparse.Namespace) -> int:
-    from engine.cli_segment import _check_writable, _classes
+    from engine.cli_segment import _check_writable, _classes, progress_bar
     from engine.dense.scenes import SceneClassifier
     from engine.geo.source import RasterSource
     from engine.models import load_model
@@ -54,7 +42,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from engine.geo.scenes import GridJob, classify_grid, grid_paths
 
     job = GridJob(args.input, args.out, cell_m=args.cell, cell_px=args.cell_px, name=args.name, **area)
-    bar, progress = _progress_bar(args, f"classify {Path(args.input).name}")
+    bar, progress = progress_bar(args.quiet, f"classify {Path(args.input).name}")
     try:
         summary = classify_grid(job, classifier, progress=progress)
     finally:
@@ -109,7 +97,7 @@ def _label_file(args, classifier, area) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from engine.cli_segment import _check_writable
+    from engine.cli_segment import _check_writable, progress_bar
     from engine.geo.search import SearchJob, query_prompts, search_paths, search_raster
     from engine.geo.source import RasterSource
     from engine.models import load_model
@@ -122,7 +110,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     job = SearchJob(args.input, args.out, query=args.query, top_k=args.top_k, gsd=args.gsd,
                     heatmap=not args.no_heatmap, name=args.name, **area)
-    bar, progress = _progress_bar(args, f"search {Path(args.input).name}")
+    bar, progress = progress_bar(args.quiet, f"search {Path(args.input).name}")
     try:
         summary = search_raster(job, model, progress=progress)
     finally:

@@ -69,20 +69,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         gsd_note = (f"{source.working_gsd:.3g} m/px" if source.working_gsd else "native pixels")
     _check_writable(Path(args.out))
 
-    from tqdm import tqdm
-
     from engine.dense import Segmenter
     from engine.models import load_model
 
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     segmenter = Segmenter(model, prompts, options)
-    bar = tqdm(total=None, unit="tile", desc=f"segment {Path(args.input).name} @ {gsd_note}",
-               disable=args.quiet, dynamic_ncols=True)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
+    bar, progress = progress_bar(args.quiet, f"segment {Path(args.input).name} @ {gsd_note}")
     try:
         summary = segment_raster(job, segmenter, progress=progress)
     finally:
@@ -94,6 +86,19 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         for key, path in output_paths(job).items():
             print(f"  {key:<9} {path}")
     return 0
+
+
+def progress_bar(quiet: bool, label: str):
+    """A tqdm bar (tiles/s) and the (done, total) callback that drives it."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, unit="tile", desc=label, disable=quiet, dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, progress
 
 
 def _check_writable(out: Path) -> None:

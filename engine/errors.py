@@ -15,3 +15,7 @@ class InputError(FarSLIPError, ValueError):
 
 class ModelError(FarSLIPError):
     """A model could not be found, downloaded or loaded."""
+
+
+class Cancelled(FarSLIPError):
+    """A run was cancelled; nothing was written."""

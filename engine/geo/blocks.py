@@ -14,12 +14,15 @@ The result equals one pass over the whole raster (same crops, same sums).
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
-from engine.dense import Segmenter
+from engine.dense import Segmenter, prepare_image
 from engine.dense.sliding import Box, CropGrid, accumulate_crops
+from engine.errors import Cancelled
 
 ReadFn = Callable[[Box], torch.Tensor]  # working-grid rectangle → prepared image [3, h, w]
 CropProgressFn = Callable[[int], None]  # crops just finished
@@ -94,3 +97,26 @@ def _delta_reporter(on_crops: CropProgressFn | None):
         last = done
 
     return report
+
+
+def raster_blocks(segmenter: Segmenter, source, block: int, progress: Callable[[int, int], None] | None = None,
+                  cancel: threading.Event | None = None) -> Iterator[tuple[Box, torch.Tensor, np.ndarray]]:
+    """(core, mean logits [N, h, w], validity [h, w]) for each block of a RasterSource's working grid,
+    reporting (crops done, crops total) and stopping with `Cancelled` within one batch of a cancel."""
+    grid = source.grid
+    total = count_crops(segmenter, grid.height, grid.width)
+    done = 0
+
+    def read(rect: Box) -> torch.Tensor:
+        return prepare_image(source.read_rgb(rect)[0])
+
+    def on_crops(n: int) -> None:
+        nonlocal done
+        done += n
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("cancelled")
+        if progress is not None:
+            progress(done, total)
+
+    for core, logits in blocked_logits(segmenter, grid.height, grid.width, block, read, on_crops):
+        yield core, logits, source.read_valid(core)

@@ -23,23 +23,17 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from engine import __version__, config
 from engine.dense import Segmenter
-from engine.dense.sliding import Box
-from engine.errors import FarSLIPError, InputError
-from engine.geo.blocks import block_boxes, blocked_logits, count_crops
+from engine.errors import Cancelled, InputError
+from engine.geo.blocks import block_boxes, count_crops, raster_blocks
 from engine.geo.colours import class_colour, hex_colour
 from engine.geo.polygons import PolygonWriter
 from engine.geo.rasters import NODATA, SCORE_MAX, TiledRaster, class_tags, publish_cog, quantise, resample_to_grid
 from engine.geo.source import RasterSource
 
 DEFAULT_BLOCK = 1024
-
-
-class Cancelled(FarSLIPError):
-    """The run was cancelled; nothing was written."""
 
 
 @dataclass
@@ -112,8 +106,6 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
 
 def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path, paths: dict[str, Path],
          progress: ProgressFn | None, cancel: threading.Event | None) -> dict:
-    from engine.dense import prepare_image
-
     grid = source.grid
     classes = [{"index": i, "name": c.label, "synonyms": list(c.names), "colour": hex_colour(class_colour(c.names))}
                for i, c in enumerate(segmenter.prompts.classes)]
@@ -129,28 +121,12 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
     score_raster = (TiledRaster(work / "scores.tif", grid.height, grid.width, len(classes), transform, source.crs,
                                 [c["name"] for c in classes], tags, scale=1 / SCORE_MAX) if job.scores else None)
     total_crops = count_crops(segmenter, grid.height, grid.width)
-    done = 0
-    model_s = 0.0
-
-    def read(rect: Box) -> torch.Tensor:
-        rgb, _ = source.read_rgb(rect)
-        return prepare_image(rgb)
-
-    def on_crops(n: int) -> None:
-        nonlocal done
-        done += n
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("cancelled")
-        if progress is not None:
-            progress(done, total_crops)
-
     t0 = time.perf_counter()
     try:
-        for core, logits in blocked_logits(segmenter, grid.height, grid.width, job.block, read, on_crops):
+        for core, logits, valid in raster_blocks(segmenter, source, job.block, progress, cancel):
             probs = segmenter.probabilities(logits)
             labels = segmenter.labels(probs).cpu().numpy()
             confidence = quantise(probs.max(dim=0).values.cpu().numpy())
-            valid = source.read_valid(core)
             labels[~valid] = NODATA
             confidence[~valid] = NODATA
             class_raster.write(core, labels)

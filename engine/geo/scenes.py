@@ -20,9 +20,9 @@ import shapely
 
 from engine import __version__
 from engine.dense.scenes import SceneClassifier
-from engine.errors import InputError
+from engine.errors import Cancelled, InputError
 from engine.geo.colours import class_colour, hex_colour
-from engine.geo.pipeline import Cancelled, ProgressFn, make_workdir, publish_summary
+from engine.geo.pipeline import ProgressFn, make_workdir, publish_summary
 from engine.geo.regions import MAX_REGIONS, Region, grid_cells, read_cells, read_region, to_pixel_geometry
 from engine.geo.source import RasterSource
 from engine.geo.vectors import write_features

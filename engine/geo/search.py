@@ -25,9 +25,9 @@ from engine import __version__, config
 from engine.dense import InferenceOptions, Segmenter
 from engine.dense.prompts import ClassLine, PromptSet
 from engine.dense.scenes import SceneClassifier
-from engine.errors import InputError
-from engine.geo.blocks import blocked_logits, count_crops
-from engine.geo.pipeline import Cancelled, ProgressFn, make_workdir, publish_summary
+from engine.errors import Cancelled, InputError
+from engine.geo.blocks import raster_blocks
+from engine.geo.pipeline import ProgressFn, make_workdir, publish_summary
 from engine.geo.rasters import TiledRaster, publish_cog, resample_to_grid
 from engine.geo.regions import grid_cells, read_cells
 from engine.geo.scenes import cell_polygon
@@ -139,26 +139,10 @@ def _heatmap(job, model, prompts, source, work, paths, progress, cancel) -> None
     grid = source.grid
     raster = TiledRaster(work / "heatmap.tif", grid.height, grid.width, 1, source.working_transform(), source.crs,
                          ["cosine similarity"], {"FARSLIP_QUERY": job.query}, dtype="float32", nodata=HEATMAP_NODATA)
-    total = count_crops(segmenter, grid.height, grid.width)
-    done = 0
-
-    def on_crops(n: int) -> None:
-        nonlocal done
-        done += n
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("cancelled")
-        if progress is not None:
-            progress(done, total)
-
-    def read(rect):
-        from engine.dense import prepare_image
-
-        return prepare_image(source.read_rgb(rect)[0])
-
     try:
-        for core, logits in blocked_logits(segmenter, grid.height, grid.width, job.block, read, on_crops):
+        for core, logits, valid in raster_blocks(segmenter, source, job.block, progress, cancel):
             values = logits[0].cpu().numpy().astype(np.float32)
-            values[~source.read_valid(core)] = HEATMAP_NODATA
+            values[~valid] = HEATMAP_NODATA
             raster.write(core, values)
     finally:
         raster.close()

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable
 
-from engine.errors import FarSLIPError
+from engine.errors import Cancelled, FarSLIPError
 from engine.server.store import JobStore
 
 log = logging.getLogger("farslip.api")
@@ -100,8 +100,6 @@ class JobRunner:
         try:
             summary = self.handlers[job.kind](job.request, context)
         except Exception as exc:  # every outcome is recorded; the server stays up
-            from engine.geo.pipeline import Cancelled
-
             if isinstance(exc, Cancelled) or cancel.is_set():
                 self.store.update(job_id, state="cancelled", message="cancelled")
             elif isinstance(exc, FarSLIPError):

@@ -10,8 +10,7 @@ from qgis.core import (QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsProce
                        QgsProcessingException, QgsProcessingOutputRasterLayer, QgsProcessingOutputVectorLayer,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterFolderDestination,
-                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
-                       QgsWkbTypes)
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 from qgis.PyQt.QtCore import QVariant
 
 from qgis_farslip.client import EngineClient, EngineError

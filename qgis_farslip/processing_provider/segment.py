@@ -9,8 +9,7 @@ from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingConte
                        QgsProcessingLayerPostProcessorInterface, QgsProcessingOutputRasterLayer,
                        QgsProcessingOutputVectorLayer, QgsProcessingParameterBoolean, QgsProcessingParameterExtent,
                        QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsRasterLayer,
-                       QgsVectorLayer)
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsRasterLayer)
 
 from qgis_farslip.client import EngineClient, EngineError
 from qgis_farslip.jobs import SegmentationRequest, run_segmentation

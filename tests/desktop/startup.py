@@ -4,7 +4,6 @@ Environment: FARSLIP_DESKTOP_RASTER (input), FARSLIP_DESKTOP_SHOT (PNG to write)
 """
 
 import os
-import sys
 
 from qgis.core import QgsProject, QgsRasterLayer
 from qgis.PyQt.QtCore import QCoreApplication, QTimer

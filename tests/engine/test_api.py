@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import logging
-import os
 import stat
 
-import numpy as np
 import pytest
 import rasterio
 from fastapi.testclient import TestClient

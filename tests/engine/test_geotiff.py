@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from rasterio.enums import ColorInterp
 
-from engine.dense import InferenceOptions, Segmenter, prepare_image
+from engine.dense import Segmenter, prepare_image
 from engine.dense.forward import dense_features
 from engine.geo.pipeline import Cancelled, RasterJob, segment_raster
 from engine.geo.source import RasterSource

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import rasterio
-import torch
 from fastapi.testclient import TestClient
 
 from engine.cli import main

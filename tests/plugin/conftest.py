@@ -22,3 +22,23 @@ def qgis_app():
 @pytest.fixture(scope="session")
 def qapp(qgis_app):  # pytest-qt uses this application
     return qgis_app
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A tiny checkpoint and two synthetic rasters (small, large), written by the engine env."""
+    from tests.plugin.engine_process import make_fixtures
+
+    path = tmp_path_factory.mktemp("plugin")
+    make_fixtures(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(folder, qgis_app):
+    """A real `farslip serve` process for this test module."""
+    from tests.plugin.engine_process import EngineProcess
+
+    eng = EngineProcess(folder).start()
+    yield eng
+    eng.stop()

@@ -4,21 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.plugin.engine_process import EngineProcess, make_fixtures
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dock")
-    make_fixtures(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def engine(folder, qgis_app):
-    eng = EngineProcess(folder).start()
-    yield eng
-    eng.stop()
+from tests.plugin.engine_process import EngineProcess
 
 
 @pytest.fixture
@@ -247,7 +233,6 @@ def test_selected_polygons_mask_the_result_and_a_copy_can_be_uploaded(dock, qtbo
 
 
 def test_the_dock_starts_and_stops_a_local_engine(qgis_app, qtbot, folder, tmp_path, monkeypatch):
-    import sys
 
     from qgis.gui import QgsMapCanvas
 

@@ -7,23 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugin.engine_process import EngineProcess, make_fixtures
 
 sys.path.append("/usr/share/qgis/python/plugins")  # QGIS's own Processing framework
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("plugin")
-    make_fixtures(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def engine(folder, qgis_app):
-    eng = EngineProcess(folder).start()
-    yield eng
-    eng.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,22 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugin.engine_process import EngineProcess, make_fixtures
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("qp")
-    make_fixtures(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def engine(folder, qgis_app):
-    eng = EngineProcess(folder).start()
-    yield eng
-    eng.stop()
-
 
 # Debian's /usr/bin/qgis_process wrapper adds the desktop's QGIS_OPTS (--noversioncheck), which
 # qgis_process rejects; the binary itself works.
