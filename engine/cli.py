@@ -97,7 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     cli_segment.add_commands(commands)
     cli_scenes.add_commands(commands)
     cli_serve.add_commands(commands)
+    _add_entry_point_commands(commands)
     return parser
+
+
+def _add_entry_point_commands(commands) -> None:
+    """Sub-commands other installed packages register (group `farslip.commands`), e.g. `eval`."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="farslip.commands"):
+        entry.load()(commands)
 
 
 def main(argv: list[str] | None = None) -> int:

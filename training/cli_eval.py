@@ -1,0 +1,55 @@
+"""`farslip eval`: check a checkpoint against the paper's benchmarks (registered as a `farslip`
+sub-command through the `farslip.commands` entry point, so the engine never imports training).
+
+    farslip eval ovss --dataset loveda --root /data/LoveDA --model farslip2-vit-b-16 -o results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _cmd_ovss(args: argparse.Namespace) -> int:
+    from engine.cli_segment import _check_writable, progress_bar
+    from engine.models import load_model
+    from training.evaluate.ovss import evaluate_ovss
+    from training.evaluate.ovss_datasets import get_dataset
+    from training.evaluate.report import write_ovss_report
+
+    dataset = get_dataset(args.dataset)
+    dataset.pairs(args.root)  # a wrong layout fails before the model loads
+    out = Path(args.out)
+    _check_writable(out)
+    model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
+    bar, progress = progress_bar(args.quiet, f"ovss {dataset.name} ({args.preset})")
+    try:
+        result = evaluate_ovss(model, dataset, args.root, args.preset, out, args.limit, progress)
+    finally:
+        bar.close()
+    path = out / f"ovss_{dataset.name}_{args.preset}.json"
+    path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    report = write_ovss_report(out)
+    if not args.quiet:
+        print(f"  {dataset.name}: mIoU {result['miou']:.2f}  pixel accuracy {result['pixel_accuracy']:.2f}  "
+              f"({result['images']} images)")
+        print(f"  results   {path}\n  report    {report}")
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    from engine.cli_segment import add_model_arguments
+    from training.evaluate.ovss_datasets import DATASETS
+
+    p = commands.add_parser("eval", help="evaluate a checkpoint on the paper's benchmarks")
+    sub = p.add_subparsers(dest="eval_command", required=True, metavar="TASK")
+    o = sub.add_parser("ovss", help="open-vocabulary semantic segmentation mIoU")
+    o.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
+    o.add_argument("--root", required=True, help="dataset folder (the public layout, see EVAL_PROTOCOL)")
+    o.add_argument("--preset", default="paper", choices=["paper", "enhanced"])
+    o.add_argument("--limit", type=int, help="only the first N images (smoke runs)")
+    o.add_argument("-o", "--out", required=True, help="results folder (JSON per run, Markdown report)")
+    o.add_argument("-q", "--quiet", action="store_true")
+    add_model_arguments(o)
+    o.set_defaults(func=_cmd_ovss)
