@@ -38,6 +38,36 @@ def _cmd_ovss(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_zero_shot(args: argparse.Namespace) -> int:
+    from engine.cli_segment import _check_writable, progress_bar
+    from engine.models import load_model
+    from training.evaluate import zero_shot
+
+    out = Path(args.out)
+    _check_writable(out)
+    zero_shot.read_csv(args.csv)  # a missing or malformed CSV fails before the model loads
+    model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
+    bar, progress = progress_bar(args.quiet, f"{args.eval_command} {args.name}")
+    try:
+        if args.eval_command == "classify":
+            result = zero_shot.evaluate_classification(model, args.csv, args.classnames, args.limit, progress)
+        else:
+            result = zero_shot.evaluate_retrieval(model, args.csv, args.caption_column, args.limit, progress)
+    finally:
+        bar.close()
+    result["dataset"] = args.name
+    path = out / f"{args.eval_command}_{args.name}.json"
+    path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if not args.quiet:
+        if args.eval_command == "classify":
+            print(f"  {args.name}: top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}")
+        else:
+            print(f"  {args.name}: I2T mean recall {result['i2t']['mean_recall']:.2f}  "
+                  f"T2I mean recall {result['t2i']['mean_recall']:.2f}")
+        print(f"  results   {path}")
+    return 0
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     from engine.cli_segment import add_model_arguments
     from training.evaluate.ovss_datasets import DATASETS
@@ -53,3 +83,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     o.add_argument("-q", "--quiet", action="store_true")
     add_model_arguments(o)
     o.set_defaults(func=_cmd_ovss)
+    for task, text in (("classify", "zero-shot scene classification top-1/top-5"),
+                       ("retrieval", "image-text retrieval R@1/5/10 and mean recall")):
+        z = sub.add_parser(task, help=text)
+        z.add_argument("--csv", required=True, help="split CSV (filepath + label / caption columns)")
+        z.add_argument("--name", required=True, help="dataset name for the results (e.g. aid, rsicd)")
+        if task == "classify":
+            z.add_argument("--classnames", required=True, help="classnames.txt, one class per line")
+        else:
+            z.add_argument("--caption-column", help="caption column (default: caption/title/text/sentence)")
+        z.add_argument("--limit", type=int, help="only the first N rows")
+        z.add_argument("-o", "--out", required=True)
+        z.add_argument("-q", "--quiet", action="store_true")
+        add_model_arguments(z)
+        z.set_defaults(func=_cmd_zero_shot)

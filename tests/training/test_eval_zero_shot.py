@@ -1,0 +1,71 @@
+"""Zero-shot classification and retrieval evaluation on CSV fixtures written by the test."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from engine.cli import main
+from engine.errors import InputError
+from training.data.synthetic import scene
+from training.evaluate.zero_shot import clip_view, evaluate_classification, evaluate_retrieval
+
+
+@pytest.fixture
+def data(tmp_path):
+    (tmp_path / "images").mkdir()
+    for i in range(6):
+        rgb, _ = scene(180 + 10 * i, 240, seed=i)
+        Image.fromarray(rgb.transpose(1, 2, 0)).save(tmp_path / "images" / f"{i}.jpg")
+    (tmp_path / "classnames.txt").write_text("farmland\nriver\nresidential\n")
+    (tmp_path / "test.csv").write_text("filepath,label\n" + "".join(f"images/{i}.jpg,{i % 3}\n" for i in range(6)))
+    captions = ["a river next to fields", "fields beside a river", "red roofs", "a road through grass",
+                "a river next to fields"]  # the last one repeats caption 0 for another image
+    (tmp_path / "rsicd.csv").write_text(
+        "filepath,title\n" + "".join(f"images/{i}.jpg,{c}\n" for i, c in zip([0, 0, 1, 2, 3], captions)))
+    return tmp_path
+
+
+def test_clip_view_is_a_centre_crop_of_the_shorter_side(data):
+    view = clip_view(data / "images" / "0.jpg", 224)
+    assert view.shape == (224, 224, 3) and 0 <= view.min() and view.max() <= 1
+
+
+def test_classification_top1_and_top5(data, tiny_model):
+    result = evaluate_classification(tiny_model, data / "test.csv", data / "classnames.txt")
+    assert result["images"] == 6 and result["classes"] == 3
+    assert 0 <= result["top1"] <= 100 and result["top5"] == pytest.approx(100.0)  # 3 classes: top-5 covers all
+
+
+def test_retrieval_deduplicates_captions_and_counts_positives(data, tiny_model):
+    result = evaluate_retrieval(tiny_model, data / "rsicd.csv")
+    assert result["images"] == 4 and result["captions"] == 4
+    assert result["i2t"]["R@10"] == pytest.approx(100.0) and result["t2i"]["R@10"] == pytest.approx(100.0)
+    assert result["context_length"] == 77
+
+
+def test_bad_inputs(data, tiny_model):
+    with pytest.raises(InputError, match="not a class"):
+        (data / "bad.csv").write_text("filepath,label\nimages/0.jpg,9\n")
+        evaluate_classification(tiny_model, data / "bad.csv", data / "classnames.txt")
+    with pytest.raises(InputError, match="no caption column"):
+        evaluate_retrieval(tiny_model, data / "test.csv")
+    with pytest.raises(InputError, match="CSV not found"):
+        evaluate_retrieval(tiny_model, data / "none.csv")
+
+
+def test_cli_classify_and_retrieval(data, capsys):
+    import torch
+
+    from tests.engine.conftest import make_clip
+
+    torch.save(make_clip().state_dict(), data / "tiny.pt")
+    model = ["--model", str(data / "tiny.pt"), "--arch", "tiny-vit-16", "-q"]
+    assert main(["eval", "classify", "--csv", str(data / "test.csv"), "--classnames", str(data / "classnames.txt"),
+                 "--name", "aid", "-o", str(data / "res"), *model]) == 0
+    assert json.loads((data / "res" / "classify_aid.json").read_text())["dataset"] == "aid"
+    assert main(["eval", "retrieval", "--csv", str(data / "rsicd.csv"), "--name", "rsicd",
+                 "-o", str(data / "res"), *model]) == 0
+    assert "i2t" in json.loads((data / "res" / "retrieval_rsicd.json").read_text())

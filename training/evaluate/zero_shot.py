@@ -1,0 +1,111 @@
+"""Zero-shot scene classification and image-text retrieval, with the engine's image/text encoders.
+
+Data as SkyScript prepares it: a CSV per split with a `filepath` column (relative to the CSV's
+folder unless absolute) and a `label` column (class index into `classnames.txt`, or the class
+name) for classification, or a caption column (`caption`, `title`, `text` or `sentence`) for
+retrieval. Images go through CLIP's evaluation transform (shorter side to the model's input size,
+bicubic, centre crop). Classification prompts: the `rs` templates ("a satellite photo of {c}.",
+"a satellite image of {c}"), averaged. Retrieval: captions de-duplicated by text; Long-CLIP models
+tokenise with context 248, others 77 (the model's own context).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine.dense.scenes import SceneClassifier
+from engine.errors import InputError
+from engine.models import LoadedModel
+from training.evaluate.metrics import retrieval_metrics, topk_accuracy
+
+CAPTION_COLUMNS = ("caption", "title", "text", "sentence")
+
+
+def clip_view(path: Path, size: int) -> np.ndarray:
+    """The CLIP evaluation view of an image file: float [size, size, 3] in 0-1."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            scale = size / min(im.size)
+            im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
+            left, top = (im.width - size) // 2, (im.height - size) // 2
+            return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"CSV not found: {path}")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "filepath" not in rows[0]:
+        raise InputError(f"{path.name}: expected a header with a 'filepath' column")
+    for row in rows:
+        row["filepath"] = str(Path(row["filepath"]) if Path(row["filepath"]).is_absolute()
+                              else path.parent / row["filepath"])
+    return rows
+
+
+def _embed_images(model: LoadedModel, classifier: SceneClassifier, paths: list[str], progress=None) -> torch.Tensor:
+    out = []
+    for start in range(0, len(paths), classifier.batch_size):
+        views = [clip_view(Path(p), model.image_size) for p in paths[start:start + classifier.batch_size]]
+        out.append(classifier.embed(views))
+        if progress is not None:
+            progress(min(start + classifier.batch_size, len(paths)), len(paths))
+    return torch.cat(out)
+
+
+def evaluate_classification(model: LoadedModel, csv_path: str | Path, classnames: str | Path,
+                            limit: int | None = None, progress=None) -> dict:
+    names = [line.strip() for line in Path(classnames).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise InputError(f"{classnames} lists no classes")
+    rows = read_csv(csv_path)[:limit]
+    if "label" not in rows[0]:
+        raise InputError(f"{Path(csv_path).name}: expected a 'label' column")
+    index = {n.lower(): i for i, n in enumerate(names)}
+    truth = []
+    for row in rows:
+        value = row["label"].strip()
+        label = int(value) if value.isdigit() else index.get(value.lower())
+        if label is None or not 0 <= label < len(names):
+            raise InputError(f"label '{value}' is not a class of {Path(classnames).name}")
+        truth.append(label)
+    classifier = SceneClassifier(model, [n.replace(",", " ") for n in names], template_set="rs")
+    embeddings = _embed_images(model, classifier, [r["filepath"] for r in rows], progress)
+    scores = classifier.probabilities(embeddings).cpu().numpy()
+    truth_arr = np.array(truth)
+    return {"task": "classification", "model": model.name, "images": len(rows), "classes": len(names),
+            "top1": 100 * topk_accuracy(scores, truth_arr, 1), "top5": 100 * topk_accuracy(scores, truth_arr, 5)}
+
+
+def evaluate_retrieval(model: LoadedModel, csv_path: str | Path, caption_column: str | None = None,
+                       limit: int | None = None, progress=None) -> dict:
+    rows = read_csv(csv_path)[:limit]
+    column = caption_column or next((c for c in CAPTION_COLUMNS if c in rows[0]), None)
+    if column is None or column not in rows[0]:
+        raise InputError(f"{Path(csv_path).name}: no caption column (tried {', '.join(CAPTION_COLUMNS)})")
+    images: dict[str, int] = {}
+    texts: dict[str, int] = {}
+    image_to_texts: list[set[int]] = []
+    for row in rows:
+        i = images.setdefault(row["filepath"], len(images))
+        t = texts.setdefault(" ".join(row[column].split()), len(texts))
+        if i == len(image_to_texts):
+            image_to_texts.append(set())
+        image_to_texts[i].add(t)
+    classifier = SceneClassifier(model, ["placeholder"], template_set="name")
+    image_emb = _embed_images(model, classifier, list(images), progress)
+    text_emb = model.encode_text(list(texts))
+    similarity = (image_emb @ text_emb.T).cpu().numpy()
+    result = retrieval_metrics(similarity, image_to_texts)
+    return {"task": "retrieval", "model": model.name, "images": len(images), "captions": len(texts),
+            "context_length": model.context_length, **result}
