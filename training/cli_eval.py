@@ -10,13 +10,15 @@ import argparse
 import json
 from pathlib import Path
 
+from engine.errors import InputError
+
 
 def _cmd_ovss(args: argparse.Namespace) -> int:
     from engine.cli_segment import _check_writable, progress_bar
     from engine.models import load_model
     from training.evaluate.ovss import evaluate_ovss
     from training.evaluate.ovss_datasets import get_dataset
-    from training.evaluate.report import write_ovss_report
+    from training.evaluate.report import write_report
 
     dataset = get_dataset(args.dataset)
     dataset.pairs(args.root)  # a wrong layout fails before the model loads
@@ -30,7 +32,7 @@ def _cmd_ovss(args: argparse.Namespace) -> int:
         bar.close()
     path = out / f"ovss_{dataset.name}_{args.preset}.json"
     path.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    report = write_ovss_report(out)
+    report = write_report(out)
     if not args.quiet:
         print(f"  {dataset.name}: mIoU {result['miou']:.2f}  pixel accuracy {result['pixel_accuracy']:.2f}  "
               f"({result['images']} images)")
@@ -45,26 +47,32 @@ def _cmd_zero_shot(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_writable(out)
-    zero_shot.read_csv(args.csv)  # a missing or malformed CSV fails before the model loads
+    source = Path(args.csv)
+    if not source.exists():
+        raise InputError(f"not found: {source}")
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     bar, progress = progress_bar(args.quiet, f"{args.eval_command} {args.name}")
     try:
         if args.eval_command == "classify":
             result = zero_shot.evaluate_classification(model, args.csv, args.classnames, args.limit, progress)
         else:
-            result = zero_shot.evaluate_retrieval(model, args.csv, args.caption_column, args.limit, progress)
+            result = zero_shot.evaluate_retrieval(model, args.csv, args.caption_column, args.limit, progress,
+                                                  args.images_root)
     finally:
         bar.close()
-    result["dataset"] = args.name
-    path = out / f"{args.eval_command}_{args.name}.json"
+    from training.evaluate.report import write_report
+
+    result["dataset"] = args.name.lower()
+    path = out / f"{args.eval_command}_{result['dataset']}.json"
     path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    report = write_report(out)
     if not args.quiet:
         if args.eval_command == "classify":
             print(f"  {args.name}: top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}")
         else:
             print(f"  {args.name}: I2T mean recall {result['i2t']['mean_recall']:.2f}  "
                   f"T2I mean recall {result['t2i']['mean_recall']:.2f}")
-        print(f"  results   {path}")
+        print(f"  results   {path}\n  report    {report}")
     return 0
 
 
@@ -86,12 +94,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     for task, text in (("classify", "zero-shot scene classification top-1/top-5"),
                        ("retrieval", "image-text retrieval R@1/5/10 and mean recall")):
         z = sub.add_parser(task, help=text)
-        z.add_argument("--csv", required=True, help="split CSV (filepath + label / caption columns)")
+        z.add_argument("--csv", required=True, help="split CSV (filepath + label / caption columns); for classify "
+                       "also an image folder with a sub-folder per class; for retrieval also the caption JSON")
         z.add_argument("--name", required=True, help="dataset name for the results (e.g. aid, rsicd)")
         if task == "classify":
-            z.add_argument("--classnames", required=True, help="classnames.txt, one class per line")
+            z.add_argument("--classnames", help="classnames.txt, one class per line (with a CSV)")
         else:
             z.add_argument("--caption-column", help="caption column (default: caption/title/text/sentence)")
+            z.add_argument("--images-root", help="image folder of a caption JSON (default: beside it)")
         z.add_argument("--limit", type=int, help="only the first N rows")
         z.add_argument("-o", "--out", required=True)
         z.add_argument("-q", "--quiet", action="store_true")

@@ -93,7 +93,7 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     result = json.loads((tmp_path / "res" / "ovss_loveda_paper.json").read_text())
     assert result["images"] == 2
-    report = (tmp_path / "res" / "ovss_report.md").read_text()
+    report = (tmp_path / "res" / "report.md").read_text()
     assert "| paper: FarSLIP2 ViT-B-16 | paper |" in report and "35.41" in report
     assert main(["eval", "ovss", "--dataset", "loveda", "--root", str(tmp_path / "missing"), "--model", str(ckpt),
                  "-o", str(tmp_path / "res")]) == 2

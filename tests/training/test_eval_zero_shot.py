@@ -69,3 +69,25 @@ def test_cli_classify_and_retrieval(data, capsys):
     assert main(["eval", "retrieval", "--csv", str(data / "rsicd.csv"), "--name", "rsicd",
                  "-o", str(data / "res"), *model]) == 0
     assert "i2t" in json.loads((data / "res" / "retrieval_rsicd.json").read_text())
+    report = (data / "res" / "report.md").read_text()
+    assert "| paper: FarSLIP-s2 ViT-B-16 | 57.98 | 73.95 |" in report  # beside the published figures
+    assert "| paper: FarSLIP-s2 ViT-B-16 | 27.4 | 23.7 |" in report
+    own = [line for line in report.splitlines() if line.startswith(f"| {data / 'tiny.pt'} |")]
+    assert len(own) == 2  # one classification row, one retrieval row
+
+
+def test_image_folders_and_caption_json(tmp_path, tiny_model):
+    for cls in ("dense_residential", "forest"):
+        (tmp_path / "AID" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(scene(120, 120, seed=i)[0].transpose(1, 2, 0)).save(tmp_path / "AID" / cls / f"{i}.png")
+    result = evaluate_classification(tiny_model, tmp_path / "AID")
+    assert result["images"] == 4 and result["classes"] == 2
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.fromarray(scene(100, 100, seed=i)[0].transpose(1, 2, 0)).save(tmp_path / "imgs" / f"{i}.jpg")
+    data = {"images": [{"filename": f"{i}.jpg", "split": "test" if i < 2 else "train",
+                        "sentences": [{"raw": f"scene {i}"}, {"raw": f"another view {i}"}]} for i in range(3)]}
+    (tmp_path / "dataset_rsicd.json").write_text(json.dumps(data))
+    result = evaluate_retrieval(tiny_model, tmp_path / "dataset_rsicd.json", images_root=tmp_path / "imgs")
+    assert result["images"] == 2 and result["captions"] == 4  # the train image is left out

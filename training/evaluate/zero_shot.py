@@ -39,6 +39,35 @@ def clip_view(path: Path, size: int) -> np.ndarray:
         raise InputError(f"cannot read image {path}: {exc}") from None
 
 
+def read_caption_json(path: Path, images_root: str | Path | None = None, split: str = "test") -> list[dict]:
+    """RSICD / RSITMD / UCM-captions JSON (`{"images": [{"filename", "split", "sentences": [{"raw"}]}]}`)
+    as rows {filepath, caption}; images are looked for in `images_root` (default: beside the JSON)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path.name}: {exc}") from None
+    root = Path(images_root) if images_root else path.parent
+    rows = [{"filepath": str(root / im["filename"]), "caption": s["raw"]}
+            for im in data.get("images", []) if im.get("split", split) == split for s in im.get("sentences", [])]
+    if not rows:
+        raise InputError(f"{path.name}: no '{split}' images with sentences")
+    return rows
+
+
+def read_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
+    """An image-folder dataset (one sub-folder per class, e.g. AID, EuroSAT): rows and class names."""
+    root = Path(root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not classes:
+        raise InputError(f"{root}: expected one sub-folder per class")
+    suffixes = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+    rows = [{"filepath": str(f), "label": str(i)} for i, c in enumerate(classes)
+            for f in sorted((root / c).iterdir()) if f.suffix.lower() in suffixes]
+    return rows, [c.replace("_", " ") for c in classes]
+
+
 def read_csv(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
@@ -63,14 +92,21 @@ def _embed_images(model: LoadedModel, classifier: SceneClassifier, paths: list[s
     return torch.cat(out)
 
 
-def evaluate_classification(model: LoadedModel, csv_path: str | Path, classnames: str | Path,
+def evaluate_classification(model: LoadedModel, source: str | Path, classnames: str | Path | None = None,
                             limit: int | None = None, progress=None) -> dict:
-    names = [line.strip() for line in Path(classnames).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """`source`: a split CSV (with `classnames`), or an image folder with one sub-folder per class."""
+    if Path(source).is_dir():
+        rows, names = read_image_folder(source)
+    else:
+        if classnames is None:
+            raise InputError("a CSV split needs its classnames.txt")
+        names = [line.strip() for line in Path(classnames).read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = read_csv(source)
+        if "label" not in rows[0]:
+            raise InputError(f"{Path(source).name}: expected a 'label' column")
     if not names:
         raise InputError(f"{classnames} lists no classes")
-    rows = read_csv(csv_path)[:limit]
-    if "label" not in rows[0]:
-        raise InputError(f"{Path(csv_path).name}: expected a 'label' column")
+    rows = rows[:limit]
     index = {n.lower(): i for i, n in enumerate(names)}
     truth = []
     for row in rows:
@@ -87,12 +123,14 @@ def evaluate_classification(model: LoadedModel, csv_path: str | Path, classnames
             "top1": 100 * topk_accuracy(scores, truth_arr, 1), "top5": 100 * topk_accuracy(scores, truth_arr, 5)}
 
 
-def evaluate_retrieval(model: LoadedModel, csv_path: str | Path, caption_column: str | None = None,
-                       limit: int | None = None, progress=None) -> dict:
-    rows = read_csv(csv_path)[:limit]
+def evaluate_retrieval(model: LoadedModel, source: str | Path, caption_column: str | None = None,
+                       limit: int | None = None, progress=None, images_root: str | Path | None = None) -> dict:
+    """`source`: a CSV (filepath + caption column) or the datasets' caption JSON (test split)."""
+    source = Path(source)
+    rows = (read_caption_json(source, images_root) if source.suffix.lower() == ".json" else read_csv(source))[:limit]
     column = caption_column or next((c for c in CAPTION_COLUMNS if c in rows[0]), None)
     if column is None or column not in rows[0]:
-        raise InputError(f"{Path(csv_path).name}: no caption column (tried {', '.join(CAPTION_COLUMNS)})")
+        raise InputError(f"{source.name}: no caption column (tried {', '.join(CAPTION_COLUMNS)})")
     images: dict[str, int] = {}
     texts: dict[str, int] = {}
     image_to_texts: list[set[int]] = []
