@@ -52,12 +52,13 @@ def _cmd_zero_shot(args: argparse.Namespace) -> int:
         raise InputError(f"not found: {source}")
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     bar, progress = progress_bar(args.quiet, f"{args.eval_command} {args.name}")
+    cache = out / f"{args.eval_command}_{args.name.lower()}_embeddings.npz"  # a rerun continues from here
     try:
         if args.eval_command == "classify":
-            result = zero_shot.evaluate_classification(model, args.csv, args.classnames, args.limit, progress)
+            result = zero_shot.evaluate_classification(model, args.csv, args.classnames, args.limit, progress, cache)
         else:
             result = zero_shot.evaluate_retrieval(model, args.csv, args.caption_column, args.limit, progress,
-                                                  args.images_root)
+                                                  args.images_root, cache)
     finally:
         bar.close()
     from training.evaluate.report import write_report

@@ -91,3 +91,15 @@ def test_image_folders_and_caption_json(tmp_path, tiny_model):
     (tmp_path / "dataset_rsicd.json").write_text(json.dumps(data))
     result = evaluate_retrieval(tiny_model, tmp_path / "dataset_rsicd.json", images_root=tmp_path / "imgs")
     assert result["images"] == 2 and result["captions"] == 4  # the train image is left out
+
+
+def test_a_rerun_reuses_finished_image_embeddings(data, tiny_model):
+    cache = data / "emb.npz"
+    first = evaluate_classification(tiny_model, data / "test.csv", data / "classnames.txt", limit=3, cache=cache)
+    seen = []
+    full = evaluate_classification(tiny_model, data / "test.csv", data / "classnames.txt", cache=cache,
+                                   progress=lambda done, total: seen.append((done, total)))
+    assert first["images"] == 3 and full["images"] == 6
+    assert seen[0][0] > 3 and seen[-1] == (6, 6)  # the first three were not encoded again
+    fresh = evaluate_classification(tiny_model, data / "test.csv", data / "classnames.txt")
+    assert fresh["top1"] == pytest.approx(full["top1"])

@@ -82,18 +82,29 @@ def read_csv(path: str | Path) -> list[dict]:
     return rows
 
 
-def _embed_images(model: LoadedModel, classifier: SceneClassifier, paths: list[str], progress=None) -> torch.Tensor:
-    out = []
-    for start in range(0, len(paths), classifier.batch_size):
-        views = [clip_view(Path(p), model.image_size) for p in paths[start:start + classifier.batch_size]]
-        out.append(classifier.embed(views))
+def _embed_images(model: LoadedModel, classifier: SceneClassifier, paths: list[str], progress=None,
+                  cache: Path | None = None) -> torch.Tensor:
+    """Image embeddings in `paths` order; with `cache` (an .npz), finished ones are kept across runs."""
+    done: dict[str, np.ndarray] = {}
+    if cache is not None and cache.exists():
+        saved = np.load(cache, allow_pickle=False)
+        done = dict(zip((str(p) for p in saved["paths"]), saved["embeddings"]))
+    todo = [p for p in paths if p not in done]
+    for n, start in enumerate(range(0, len(todo), classifier.batch_size), start=1):
+        batch = todo[start:start + classifier.batch_size]
+        embeddings = classifier.embed([clip_view(Path(p), model.image_size) for p in batch]).cpu().numpy()
+        done.update(zip(batch, embeddings))
         if progress is not None:
-            progress(min(start + classifier.batch_size, len(paths)), len(paths))
-    return torch.cat(out)
+            progress(len(paths) - len(todo) + start + len(batch), len(paths))
+        if cache is not None and (n % 20 == 0 or start + len(batch) == len(todo)):
+            partial = cache.with_name(f".{cache.stem}.partial.npz")
+            np.savez(partial, paths=np.array(list(done), dtype=str), embeddings=np.stack(list(done.values())))
+            partial.replace(cache)
+    return torch.from_numpy(np.stack([done[p] for p in paths])).to(classifier.text.device)
 
 
 def evaluate_classification(model: LoadedModel, source: str | Path, classnames: str | Path | None = None,
-                            limit: int | None = None, progress=None) -> dict:
+                            limit: int | None = None, progress=None, cache: Path | None = None) -> dict:
     """`source`: a split CSV (with `classnames`), or an image folder with one sub-folder per class."""
     if Path(source).is_dir():
         rows, names = read_image_folder(source)
@@ -116,7 +127,7 @@ def evaluate_classification(model: LoadedModel, source: str | Path, classnames: 
             raise InputError(f"label '{value}' is not a class of {Path(classnames).name}")
         truth.append(label)
     classifier = SceneClassifier(model, [n.replace(",", " ") for n in names], template_set="rs")
-    embeddings = _embed_images(model, classifier, [r["filepath"] for r in rows], progress)
+    embeddings = _embed_images(model, classifier, [r["filepath"] for r in rows], progress, cache)
     scores = classifier.probabilities(embeddings).cpu().numpy()
     truth_arr = np.array(truth)
     return {"task": "classification", "model": model.name, "images": len(rows), "classes": len(names),
@@ -124,7 +135,8 @@ def evaluate_classification(model: LoadedModel, source: str | Path, classnames: 
 
 
 def evaluate_retrieval(model: LoadedModel, source: str | Path, caption_column: str | None = None,
-                       limit: int | None = None, progress=None, images_root: str | Path | None = None) -> dict:
+                       limit: int | None = None, progress=None, images_root: str | Path | None = None,
+                       cache: Path | None = None) -> dict:
     """`source`: a CSV (filepath + caption column) or the datasets' caption JSON (test split)."""
     source = Path(source)
     rows = (read_caption_json(source, images_root) if source.suffix.lower() == ".json" else read_csv(source))[:limit]
@@ -141,7 +153,7 @@ def evaluate_retrieval(model: LoadedModel, source: str | Path, caption_column: s
             image_to_texts.append(set())
         image_to_texts[i].add(t)
     classifier = SceneClassifier(model, ["placeholder"], template_set="name")
-    image_emb = _embed_images(model, classifier, list(images), progress)
+    image_emb = _embed_images(model, classifier, list(images), progress, cache)
     text_emb = model.encode_text(list(texts))
     similarity = (image_emb @ text_emb.T).cpu().numpy()
     result = retrieval_metrics(similarity, image_to_texts)
