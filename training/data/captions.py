@@ -1,0 +1,68 @@
+"""Scene captions for MGRS-style records.
+
+The default `TemplateCaptioner` writes honest captions from what the annotations say and nothing
+else: object counts by category and where they lie in the image (a 3 × 3 grid of positions), a short
+and a long form. A multimodal LLM can be plugged in instead: any callable
+`(image: PIL.Image, objects: list[dict]) -> {"brief_caption": str, "detailed_caption": str}`,
+named on the command line as `module:function` (`--captioner`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import Counter
+from typing import Callable
+
+from engine.errors import InputError
+
+Captioner = Callable[[object, list[dict]], dict]
+
+
+def _plural(word: str, n: int) -> str:
+    if n == 1:
+        return word
+    return word + ("es" if word.endswith(("s", "sh", "ch", "x")) else "s")
+
+
+def _count_phrase(category: str, n: int) -> str:
+    words = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
+    return f"{words.get(n, str(n))} {_plural(category, n)}"
+
+
+def _position(obj: dict, width: int, height: int) -> str:
+    b = obj["bbox"]
+    cx, cy = (b["x1"] + b["x2"]) / 2 / max(width, 1), (b["y1"] + b["y2"]) / 2 / max(height, 1)
+    row = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else "middle"
+    col = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else "centre"
+    return "centre" if (row, col) == ("middle", "centre") else f"{row} {col}" if row != "middle" else col
+
+
+class TemplateCaptioner:
+    def __call__(self, image, objects: list[dict]) -> dict:
+        width, height = image.size
+        counts = Counter(o["category"] for o in objects)
+        if not counts:
+            return {"brief_caption": "a satellite image with no annotated objects",
+                    "detailed_caption": "a satellite image; no objects are annotated in it."}
+        parts = [_count_phrase(c, n) for c, n in counts.most_common()]
+        listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        brief = f"a satellite image with {listing}"
+        sentences = [f"A satellite image showing {listing}."]
+        for category, n in counts.most_common():
+            places = Counter(_position(o, width, height) for o in objects if o["category"] == category)
+            where = ", ".join(f"{k}" if v == 1 else f"{k} ({v})" for k, v in places.most_common(3))
+            sentences.append(f"The {_plural(category, n)} {'is' if n == 1 else 'are'} in the {where} of the image.")
+        return {"brief_caption": brief, "detailed_caption": " ".join(sentences)}
+
+
+def load_captioner(spec: str | None) -> Captioner:
+    if not spec:
+        return TemplateCaptioner()
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise InputError(f"cannot load captioner '{spec}' (module:function)") from None
+    if not callable(fn):
+        raise InputError(f"captioner '{spec}' is not callable")
+    return fn
