@@ -78,3 +78,21 @@ def test_local_crop_boxes_follow_the_random_resized_crop_rule():
     assert areas.min() >= 0.29 and areas.max() <= 0.71
     again = local_crop_boxes(400, 300, count=64, generator=torch.Generator().manual_seed(0))
     assert torch.equal(boxes, again)
+
+
+def test_template_captions_count_place_and_name_the_dominant_cover():
+    from PIL import Image
+
+    from training.data.captions import TemplateCaptioner
+
+    green = Image.new("RGB", (300, 300), (80, 150, 60))
+    objects = [{"bbox": {"x1": 10, "y1": 10, "x2": 40, "y2": 40}, "category": "car"},
+               {"bbox": {"x1": 250, "y1": 250, "x2": 290, "y2": 290}, "category": "car"},
+               {"bbox": {"x1": 120, "y1": 120, "x2": 180, "y2": 180}, "category": "building"}]
+    caption = TemplateCaptioner()(green, objects)
+    assert caption["brief_caption"] == "a satellite image with two cars and one building"
+    assert "The cars are in the top left, bottom right of the image." in caption["detailed_caption"]
+    assert "The building is in the centre of the image." in caption["detailed_caption"]
+    assert caption["detailed_caption"].endswith("Most of the image is green vegetation.")
+    mixed = Image.new("RGB", (100, 100), (200, 100, 150))
+    assert "Most of" not in TemplateCaptioner()(mixed, objects)["detailed_caption"]

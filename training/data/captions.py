@@ -1,8 +1,9 @@
 """Scene captions for MGRS-style records.
 
-The default `TemplateCaptioner` writes honest captions from what the annotations say and nothing
-else: object counts by category and where they lie in the image (a 3 × 3 grid of positions), a short
-and a long form. A multimodal LLM can be plugged in instead: any callable
+The default `TemplateCaptioner` writes honest captions from what the annotations say and what the
+pixels plainly show: object counts by category, where they lie in the image (a 3 × 3 grid of
+positions), and the dominant cover judged by colour alone (green vegetation, water-blue, or grey/bare
+ground, named only when it covers more than half the image), in a short and a long form. A multimodal LLM can be plugged in instead: any callable
 `(image: PIL.Image, objects: list[dict]) -> {"brief_caption": str, "detailed_caption": str}`,
 named on the command line as `module:function` (`--captioner`).
 """
@@ -37,13 +38,30 @@ def _position(obj: dict, width: int, height: int) -> str:
     return "centre" if (row, col) == ("middle", "centre") else f"{row} {col}" if row != "middle" else col
 
 
+def dominant_cover(image) -> str | None:
+    """'green vegetation', 'water' or 'grey or bare ground' when one covers over half the pixels (by colour)."""
+    import numpy as np
+
+    rgb = np.asarray(image.convert("RGB").resize((64, 64)), dtype=np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    green = (g > r + 8) & (g > b + 8)
+    water = (b > r + 15) & (b >= g) & (rgb.mean(-1) < 160)
+    grey = ~green & ~water & (np.abs(r - g) < 25) & (np.abs(g - b) < 25)
+    shares = {"green vegetation": green.mean(), "water": water.mean(), "grey or bare ground": grey.mean()}
+    name, share = max(shares.items(), key=lambda kv: kv[1])
+    return name if share > 0.5 else None
+
+
 class TemplateCaptioner:
     def __call__(self, image, objects: list[dict]) -> dict:
         width, height = image.size
         counts = Counter(o["category"] for o in objects)
+        cover = dominant_cover(image)
         if not counts:
-            return {"brief_caption": "a satellite image with no annotated objects",
-                    "detailed_caption": "a satellite image; no objects are annotated in it."}
+            brief = "a satellite image with no annotated objects"
+            return {"brief_caption": brief + (f", mostly {cover}" if cover else ""),
+                    "detailed_caption": "A satellite image; no objects are annotated in it."
+                                        + (f" Most of it is {cover}." if cover else "")}
         parts = [_count_phrase(c, n) for c, n in counts.most_common()]
         listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
         brief = f"a satellite image with {listing}"
@@ -52,6 +70,8 @@ class TemplateCaptioner:
             places = Counter(_position(o, width, height) for o in objects if o["category"] == category)
             where = ", ".join(f"{k}" if v == 1 else f"{k} ({v})" for k, v in places.most_common(3))
             sentences.append(f"The {_plural(category, n)} {'is' if n == 1 else 'are'} in the {where} of the image.")
+        if cover:
+            sentences.append(f"Most of the image is {cover}.")
         return {"brief_caption": brief, "detailed_caption": " ".join(sentences)}
 
 
