@@ -80,6 +80,9 @@ def test_tiles_keep_every_box_on_its_object(tmp_path, dota):
             patch = tile[int(b["y1"]):int(b["y2"]), int(b["x1"]):int(b["x2"])].reshape(-1, 3).astype(int)
             red = (patch[:, 0] > patch[:, 1] + 60).mean()  # roofs are red in the synthetic scene
             assert red > 0.9, (record["global_filepath"], b, red)
+            ty, tx = (int(v) for v in record["global_filepath"].rsplit(".", 1)[0].split("_")[-2:])
+            truth = labels[ty + int(b["y1"]):ty + int(b["y2"]), tx + int(b["x1"]):tx + int(b["x2"])]
+            assert (truth == ROOF).mean() > 0.95  # against the exact mask, in whole-scene coordinates
             roofs += 1
     assert roofs >= len(_roof_boxes(labels))
     assert card["categories"] == {"roof": roofs}
