@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from engine.dense.sliding import window_starts
 from engine.errors import InputError
 from training.data.captions import Captioner, TemplateCaptioner
 from training.data.categories import CategoryTable
@@ -55,15 +56,9 @@ def _load_image(item: SourceImage) -> Image.Image:
 
 
 def _tiles(width: int, height: int, tile: int) -> list[tuple[int, int, int, int]]:
-    def starts(length: int) -> list[int]:
-        if length <= tile:
-            return [0]
-        values = list(range(0, length - tile + 1, tile))
-        if values[-1] + tile < length:
-            values.append(length - tile)
-        return values
-
-    return [(x, y, min(tile, width), min(tile, height)) for y in starts(height) for x in starts(width)]
+    """Tiles (x, y, w, h) of at most `tile` px, edge to edge, the last ones shifted inward."""
+    return [(x, y, min(tile, width), min(tile, height))
+            for y in window_starts(height, tile, tile) for x in window_starts(width, tile, tile)]
 
 
 def _safe(key: str) -> str:
