@@ -1,0 +1,1 @@
+"""FarSLIP's training losses, one per module, each stating its formula."""
