@@ -1,0 +1,85 @@
+"""Two gloo processes, each with half of the global batch, give the losses and gradients of one
+process on the whole batch (after DDP-style gradient averaging)."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from training.losses.contrastive import clip_loss
+from training.losses.region import region_loss
+
+N, D_IN, D = 8, 6, 4
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(N, D_IN, generator=g, dtype=torch.float64), torch.randn(N, D_IN, generator=g, dtype=torch.float64),
+            torch.tensor([0, 1, 0, 2, 1, 1, 3, 0]))
+
+
+def _models():
+    torch.manual_seed(1)
+    image_proj = torch.nn.Linear(D_IN, D).double()
+    text_proj = torch.nn.Linear(D_IN, D).double()
+    scale = torch.nn.Parameter(torch.tensor(math.log(10.0), dtype=torch.float64))
+    return image_proj, text_proj, scale
+
+
+def _losses(x, y, ids, image_proj, text_proj, scale):
+    f, g = image_proj(x), text_proj(y)
+    return clip_loss(f, g, scale), region_loss(f, g, scale, ids, multi_positive=True)
+
+
+def _grads(image_proj, text_proj, scale):
+    return [p.grad.clone() for p in (*image_proj.parameters(), *text_proj.parameters(), scale)]
+
+
+def _worker(rank: int, world: int, port: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        x, y, ids = _data()
+        part = slice(rank * N // world, (rank + 1) * N // world)
+        models = _models()
+        clip, region = _losses(x[part], y[part], ids[part], *models)
+        (clip + region).backward()
+        grads = _grads(*models)
+        for grad in grads:  # what DDP does: average the gradients over the ranks
+            dist.all_reduce(grad)
+            grad /= world
+        losses = torch.stack([clip.detach(), region.detach()])
+        dist.all_reduce(losses)
+        queue.put((rank, (losses / world).tolist(), [g.tolist() for g in grads]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_equal_one_on_the_global_batch():
+    x, y, ids = _data()
+    models = _models()
+    clip, region = _losses(x, y, ids, *models)
+    (clip + region).backward()
+    want_grads = _grads(*models)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(rank, 2, port, queue)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    for _, losses, grads in results:
+        torch.testing.assert_close(torch.tensor(losses, dtype=torch.float64),
+                                   torch.stack([clip.detach(), region.detach()]))
+        for got, want in zip(grads, want_grads):
+            torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), want)
