@@ -3,7 +3,7 @@
     segmenter = Segmenter(load_model("farslip2-vit-b-16"), "building,roof; road; tree")
     summary = segment_raster(RasterJob("ortho.tif", "out/"), segmenter)
 
-Flow: RasterSource (bands, stretch, mask, working GSD) → blocked_logits (global crop grid, each crop
+Flow: RasterSource (bands, stretch, mask, working GSD) → raster_blocks (global crop grid, each crop
 once) → per block: probabilities, class map, confidence → temporary working-grid GeoTIFFs →
 (resampled to the source grid when the working GSD differs) → polygons + statistics in one pass →
 COGs, GeoPackage and JSON summary, each renamed into place only when complete. Any failure or
@@ -31,7 +31,7 @@ from engine.geo.blocks import block_boxes, count_crops, raster_blocks
 from engine.geo.colours import class_colour, hex_colour
 from engine.geo.polygons import PolygonWriter
 from engine.geo.rasters import NODATA, SCORE_MAX, TiledRaster, class_tags, publish_cog, quantise, resample_to_grid
-from engine.geo.source import RasterSource
+from engine.geo.source import RasterSource, linear_unit_metres
 
 DEFAULT_BLOCK = 1024
 
@@ -220,7 +220,7 @@ def _row_pixel_area(source: RasterSource) -> np.ndarray | None:
             y_top = t.f + r * t.e
             areas.append(abs(geod.geometry_area_perimeter(box(x0, y_top + t.e, x0 + t.a, y_top))[0]))
         return np.asarray(areas)
-    unit = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+    unit = linear_unit_metres(crs)
     return np.full(source.height, abs(t.a * t.e) * unit * unit)
 
 

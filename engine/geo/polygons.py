@@ -22,6 +22,7 @@ from shapely.geometry import shape
 
 from engine.dense.sliding import Box
 from engine.geo.rasters import NODATA, SCORE_MAX
+from engine.geo.source import linear_unit_metres
 from engine.geo.vectors import write_features
 
 _FLUSH_EVERY = 20_000
@@ -49,7 +50,7 @@ class PolygonWriter:
 
             self._area_factor, self._geod = None, Geod(ellps="WGS84")
         else:
-            unit = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+            unit = linear_unit_metres(crs)
             self._area_factor, self._geod = unit * unit, None
 
     def area_m2(self, geom) -> float | None:

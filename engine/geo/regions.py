@@ -50,20 +50,8 @@ def to_pixel_geometry(source: RasterSource, region: Region, crs: str | None):
         raise InputError("a region polygon is empty or self-intersecting")
     if crs == "pixel":
         return geom
-    if crs is not None and source.crs is not None:
-        from rasterio.crs import CRS
-        from shapely.ops import transform as reproject
-        from pyproj import Transformer
-
-        try:
-            given = CRS.from_user_input(crs)
-        except Exception:
-            raise InputError(f"unknown CRS '{crs}'") from None
-        if given != source.crs:
-            to_raster = Transformer.from_crs(given, source.crs, always_xy=True)
-            geom = reproject(to_raster.transform, geom)
-    elif crs is not None and source.crs is None:
-        raise InputError("the raster has no CRS: give regions in pixel coordinates (crs 'pixel')")
+    if crs is not None:
+        geom = source.to_raster_crs(geom, crs, "regions", hint="; give them in pixel coordinates (crs 'pixel')")
     inverse = ~source.transform
     return affinity.affine_transform(geom, [inverse.a, inverse.b, inverse.d, inverse.e, inverse.xoff, inverse.yoff])
 

@@ -72,8 +72,12 @@ def _pixel_metres(crs, transform: Affine, width: int, height: int) -> float | No
         _, _, dx = geod.inv(lon, lat, lon + rx, lat)
         _, _, dy = geod.inv(lon, lat, lon, lat + ry)
         return (abs(dx) + abs(dy)) / 2
-    factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
-    return (rx + ry) / 2 * factor
+    return (rx + ry) / 2 * linear_unit_metres(crs)
+
+
+def linear_unit_metres(crs) -> float:
+    """Metres per unit of a projected CRS."""
+    return crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
 
 
 @dataclass(frozen=True)
@@ -160,15 +164,9 @@ class RasterSource:
         if not (maxx > minx and maxy > miny):
             raise InputError("bbox must be minx,miny,maxx,maxy with max > min")
         if bbox_crs is not None:
-            if self.crs is None:
-                raise InputError("the raster has no CRS, so a bbox in another CRS cannot be placed on it")
-            from rasterio.crs import CRS
             from rasterio.warp import transform_bounds
 
-            try:
-                src_crs = CRS.from_user_input(bbox_crs)
-            except Exception:
-                raise InputError(f"unknown bbox CRS '{bbox_crs}'") from None
+            src_crs = self.user_crs(bbox_crs, "a bbox")
             minx, miny, maxx, maxy = transform_bounds(src_crs, self.crs, minx, miny, maxx, maxy)
         win = from_bounds(minx, miny, maxx, maxy, ds.transform)
         win = win.round_offsets(op="floor").round_lengths(op="ceil")
@@ -259,6 +257,27 @@ class RasterSource:
         self.read_rgb(Box(0, 0, 1, 1))
         self.read_rgb(last)
 
+    def user_crs(self, crs: str, what: str, hint: str = ""):
+        """A CRS a user named ('EPSG:4326', WKT, ...) for `what`, which must be placed on this raster."""
+        from rasterio.crs import CRS
+
+        if self.crs is None:
+            raise InputError(f"the raster has no CRS, so {what} in another CRS cannot be placed on it{hint}")
+        try:
+            return CRS.from_user_input(crs)
+        except Exception:
+            raise InputError(f"unknown CRS '{crs}' for {what}") from None
+
+    def to_raster_crs(self, geom, crs: str, what: str, hint: str = ""):
+        """A shapely geometry given in a user's CRS, in the raster's CRS."""
+        from pyproj import Transformer
+        from shapely.ops import transform as reproject
+
+        given = self.user_crs(crs, what, hint)
+        if given == self.crs:
+            return geom
+        return reproject(Transformer.from_crs(given, self.crs, always_xy=True).transform, geom)
+
     def restrict_to(self, wkt: str, crs: str | None = None) -> None:
         """Only pixels inside this (Multi)Polygon count as valid (e.g. selected fields); `crs` is the
         geometry's CRS (default: the raster's)."""
@@ -271,18 +290,7 @@ class RasterSource:
         if geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon"):
             raise InputError("the mask must be a Polygon or MultiPolygon")
         if crs is not None:
-            if self.crs is None:
-                raise InputError("the raster has no CRS, so a mask in another CRS cannot be placed on it")
-            from pyproj import Transformer
-            from rasterio.crs import CRS
-            from shapely.ops import transform as reproject
-
-            try:
-                given = CRS.from_user_input(crs)
-            except Exception:
-                raise InputError(f"unknown mask CRS '{crs}'") from None
-            if given != self.crs:
-                geom = reproject(Transformer.from_crs(given, self.crs, always_xy=True).transform, geom)
+            geom = self.to_raster_crs(geom, crs, "a mask")
         left, bottom, right, top = self.dataset.window_bounds(self.window)
         if not geom.intersects(shapely.box(min(left, right), min(bottom, top), max(left, right), max(bottom, top))):
             raise InputError("the mask does not overlap the raster area")
