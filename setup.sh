@@ -26,7 +26,7 @@ echo "==> engine env .venv ($($ENGINE_PYTHON --version))"
 [ -x .venv/bin/python ] || "$ENGINE_PYTHON" -m venv .venv
 pip_quiet .venv/bin/python -m pip install -q --upgrade pip
 pip_quiet .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-pip_quiet .venv/bin/python -m pip install -q -e '.[dev]'
+pip_quiet .venv/bin/python -m pip install -q -e '.[dev,ray]'
 
 echo "==> QGIS env .venv-qgis ($($QGIS_PYTHON --version))"
 [ -x .venv-qgis/bin/python ] || "$QGIS_PYTHON" -m venv --system-site-packages .venv-qgis
