@@ -44,46 +44,85 @@ def count_crops(segmenter: Segmenter, height: int, width: int) -> int:
     return len(CropGrid(height, width, segmenter.crop, segmenter.stride).boxes())
 
 
+Part = tuple[tuple[int, int], Box, torch.Tensor, torch.Tensor]  # (target block, rectangle, logit sum, count)
+
+
+def owned_crops(segmenter: Segmenter, height: int, width: int, block: int) -> list[list[list[Box]]]:
+    """For each block (rows of the partition), the crops of the global grid that it owns."""
+    grid = CropGrid(height, width, segmenter.crop, segmenter.stride)
+    return [[grid.starting_in(core) for core in row] for row in block_boxes(height, width, max(block, segmenter.crop))]
+
+
+def block_extent(core: Box, owned: list[Box]) -> Box:
+    """The working-grid rectangle a block's owned crops need: the block extended by up to one crop."""
+    return Box(core.y, core.x, max(b.y + b.h for b in owned + [core]) - core.y,
+               max(b.x + b.w for b in owned + [core]) - core.x)
+
+
+def block_contributions(segmenter: Segmenter, height: int, width: int, block: int, i: int, j: int,
+                        image: torch.Tensor, on_crops: CropProgressFn | None = None) -> list[Part]:
+    """Run the crops block (i, j) owns on its extended image (see `block_extent`) and return their
+    summed logits and counts cut into the parts that fall on block (i, j) and its right, lower and
+    diagonal neighbours. Pure: the same inputs give the same parts in any process."""
+    block = max(block, segmenter.crop)
+    rows = block_boxes(height, width, block)
+    core = rows[i][j]
+    owned = CropGrid(height, width, segmenter.crop, segmenter.stride).starting_in(core)
+    if not owned:
+        return []
+    extent = block_extent(core, owned)
+    local = [b.shifted(-extent.y, -extent.x) for b in owned]
+    total, count = accumulate_crops(
+        segmenter.model, image, segmenter.text, segmenter.crop, local, Box(0, 0, extent.h, extent.w),
+        segmenter.batch_size, segmenter.options.global_bias, progress=_delta_reporter(on_crops))
+    parts: list[Part] = []
+    for ti, tj in ((i, j), (i, j + 1), (i + 1, j), (i + 1, j + 1)):
+        if ti >= len(rows) or tj >= len(rows[ti]):
+            continue
+        part = _overlap(extent, rows[ti][tj])
+        if part is None:
+            continue
+        ys = slice(part.y - extent.y, part.y - extent.y + part.h)
+        xs = slice(part.x - extent.x, part.x - extent.x + part.w)
+        parts.append(((ti, tj), part, total[:, ys, xs].clone(), count[:, ys, xs].clone()))
+    return parts
+
+
+def sources_of(i: int, j: int) -> list[tuple[int, int]]:
+    """The blocks whose crops can reach block (i, j), in the order they are computed (row-major)."""
+    return [(si, sj) for si, sj in ((i - 1, j - 1), (i - 1, j), (i, j - 1), (i, j)) if si >= 0 and sj >= 0]
+
+
+def assemble_block(core: Box, parts: list[tuple[Box, torch.Tensor, torch.Tensor]], n_names: int,
+                   device) -> torch.Tensor:
+    """Mean logits [N, h, w] of a block from its parts, summed in the order given (callers give them
+    in `sources_of` order, so every way of computing a raster adds the same numbers in the same order)."""
+    summed = torch.zeros(n_names, core.h, core.w, device=device)
+    covered = torch.zeros(1, core.h, core.w, device=device)
+    for part, t, c in parts:
+        ys = slice(part.y - core.y, part.y - core.y + part.h)
+        xs = slice(part.x - core.x, part.x - core.x + part.w)
+        summed[:, ys, xs] += t.to(device)
+        covered[:, ys, xs] += c.to(device)
+    return summed / covered
+
+
 def blocked_logits(segmenter: Segmenter, height: int, width: int, block: int, read: ReadFn,
                    on_crops: CropProgressFn | None = None) -> Iterator[tuple[Box, torch.Tensor]]:
     """Yield (core box, mean cosine logits [N, h, w]) for each block, in row-major order."""
-    grid = CropGrid(height, width, segmenter.crop, segmenter.stride)
     block = max(block, segmenter.crop)
     rows = block_boxes(height, width, block)
+    owned = owned_crops(segmenter, height, width, block)
     pending: dict[tuple[int, int], list[tuple[Box, torch.Tensor, torch.Tensor]]] = {}
-    options = segmenter.options
     for i, row in enumerate(rows):
         for j, core in enumerate(row):
-            owned = grid.starting_in(core)
-            if owned:
-                extent = Box(core.y, core.x,
-                             max(b.y + b.h for b in owned + [core]) - core.y,
-                             max(b.x + b.w for b in owned + [core]) - core.x)
-                image = read(extent)
-                local = [b.shifted(-extent.y, -extent.x) for b in owned]
-                total, count = accumulate_crops(
-                    segmenter.model, image, segmenter.text, segmenter.crop, local, Box(0, 0, extent.h, extent.w),
-                    segmenter.batch_size, options.global_bias,
-                    progress=_delta_reporter(on_crops))
-                for ti, tj in ((i, j), (i, j + 1), (i + 1, j), (i + 1, j + 1)):
-                    if ti >= len(rows) or tj >= len(rows[ti]):
-                        continue
-                    part = _overlap(extent, rows[ti][tj])
-                    if part is None:
-                        continue
-                    ys = slice(part.y - extent.y, part.y - extent.y + part.h)
-                    xs = slice(part.x - extent.x, part.x - extent.x + part.w)
-                    pending.setdefault((ti, tj), []).append((part, total[:, ys, xs].clone(), count[:, ys, xs].clone()))
-                del total, count, image
-            parts = pending.pop((i, j), [])
-            summed = torch.zeros(len(segmenter.prompts.names), core.h, core.w, device=segmenter.model.device)
-            covered = torch.zeros(1, core.h, core.w, device=segmenter.model.device)
-            for part, t, c in parts:
-                ys = slice(part.y - core.y, part.y - core.y + part.h)
-                xs = slice(part.x - core.x, part.x - core.x + part.w)
-                summed[:, ys, xs] += t
-                covered[:, ys, xs] += c
-            yield core, summed / covered
+            if owned[i][j]:
+                image = read(block_extent(core, owned[i][j]))
+                for target, part, t, c in block_contributions(segmenter, height, width, block, i, j, image, on_crops):
+                    pending.setdefault(target, []).append((part, t, c))
+                del image
+            yield core, assemble_block(core, pending.pop((i, j), []), len(segmenter.prompts.names),
+                                       segmenter.model.device)
 
 
 def _delta_reporter(on_crops: CropProgressFn | None):

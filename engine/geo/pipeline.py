@@ -20,18 +20,22 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
 from engine import __version__, config
 from engine.dense import Segmenter
+from engine.dense.sliding import Box
 from engine.errors import Cancelled, InputError
 from engine.geo.blocks import block_boxes, count_crops, raster_blocks
 from engine.geo.colours import class_colour, hex_colour
 from engine.geo.polygons import PolygonWriter
 from engine.geo.rasters import NODATA, SCORE_MAX, TiledRaster, class_tags, publish_cog, quantise, resample_to_grid
 from engine.geo.source import RasterSource, linear_unit_metres
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_BLOCK = 1024
 
@@ -58,6 +62,8 @@ class RasterJob:
 
 
 ProgressFn = Callable[[int, int], None]  # (crops done, crops total)
+# (core box, mean logits [N, h, w], validity [h, w]) of each block of a source's working grid, row-major
+BlocksFn = Callable[[RasterSource], Iterator[tuple[Box, "torch.Tensor", np.ndarray]]]
 
 
 def output_paths(job: RasterJob) -> dict[str, Path]:
@@ -82,8 +88,10 @@ def make_workdir(out_dir: str) -> Path:
 
 
 def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | None = None,
-                   cancel: threading.Event | None = None) -> dict:
-    """Run one job; returns the summary (also written as JSON). Raises FarSLIPError on bad input."""
+                   cancel: threading.Event | None = None, blocks: BlocksFn | None = None) -> dict:
+    """Run one job; returns the summary (also written as JSON). Raises FarSLIPError on bad input.
+    `blocks` supplies the blocks' logits when they were computed elsewhere (a batch run's workers);
+    by default the segmenter computes them here (`raster_blocks`)."""
     started = time.perf_counter()
     if job.min_area < 0 or job.simplify < 0:
         raise InputError("--min-area and --simplify must not be negative")
@@ -96,7 +104,9 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
             source.restrict_to(job.mask_wkt, job.mask_crs)
         work = make_workdir(job.out_dir)
         try:
-            summary = _run(job, segmenter, source, work, paths, progress, cancel)
+            logits = (blocks(source) if blocks is not None
+                      else raster_blocks(segmenter, source, job.block, progress, cancel))
+            summary = _run(job, segmenter, source, work, paths, logits, cancel)
             summary["timing"]["total_s"] = round(time.perf_counter() - started, 3)
             _publish(work, paths, summary)
             return summary
@@ -105,7 +115,7 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
 
 
 def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path, paths: dict[str, Path],
-         progress: ProgressFn | None, cancel: threading.Event | None) -> dict:
+         blocks: Iterator[tuple[Box, "torch.Tensor", np.ndarray]], cancel: threading.Event | None) -> dict:
     grid = source.grid
     classes = [{"index": i, "name": c.label, "synonyms": list(c.names), "colour": hex_colour(class_colour(c.names))}
                for i, c in enumerate(segmenter.prompts.classes)]
@@ -123,7 +133,7 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
     total_crops = count_crops(segmenter, grid.height, grid.width)
     t0 = time.perf_counter()
     try:
-        for core, logits, valid in raster_blocks(segmenter, source, job.block, progress, cancel):
+        for core, logits, valid in blocks:
             probs = segmenter.probabilities(logits)
             labels = segmenter.labels(probs).cpu().numpy()
             confidence = quantise(probs.max(dim=0).values.cpu().numpy())

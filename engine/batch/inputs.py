@@ -1,0 +1,59 @@
+"""Expanding what a user names on the command line into a list of rasters.
+
+Each argument is a raster path or GDAL path (`/vsis3/...`, a VRT, ...), a glob (`tiles/*.tif`), or
+a text file listing one of those per line (`.txt`, `.lst`; blank lines and `#` comments skipped).
+Names that do not exist are kept: they are reported as failed inputs, not dropped silently.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+from pathlib import Path
+
+from engine.errors import InputError
+
+LIST_SUFFIXES = (".txt", ".lst")
+
+
+def expand_inputs(items: list[str]) -> list[str]:
+    """The rasters named by `items`, in order, each once."""
+    found: list[str] = []
+    for item in items:
+        if item.startswith("/vsi"):
+            found.append(item)
+        elif Path(item).suffix.lower() in LIST_SUFFIXES and Path(item).is_file():
+            found.extend(_read_list(Path(item)))
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item))
+            if not matches:
+                raise InputError(f"no file matches {item}")
+            found.extend(matches)
+        else:
+            found.append(item)
+    return list(dict.fromkeys(found))
+
+
+def _read_list(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the list of rasters {path}: {exc}") from None
+    base = path.parent
+    out = []
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("/vsi") or Path(line).is_absolute():
+            out.append(line)
+        else:
+            out.append(str(base / line))  # relative to the list file
+    return out
+
+
+def output_stems(inputs: list[str]) -> list[str]:
+    """One output file stem per input: its name, made unique with a short hash where names repeat."""
+    stems = [Path(p).stem for p in inputs]
+    repeated = {s for s in stems if stems.count(s) > 1}
+    return [f"{s}_{hashlib.sha1(p.encode()).hexdigest()[:8]}" if s in repeated else s for s, p in zip(stems, inputs)]

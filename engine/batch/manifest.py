@@ -1,0 +1,94 @@
+"""What a batch run has finished, kept on disk so that a rerun resumes.
+
+State lives in `<out>/.farslip-batch/<fingerprint>/` (the fingerprint covers the model, prompts,
+options and settings, so a run with other settings never reuses these results):
+- `manifest.jsonl`: one line per finished block (`{"input", "block", "windows"}`) and per
+  published input (`{"input", "published": true}`), appended after the data it records is on disk;
+- `parts/<input>/<i>_<j>.npz`: the block's contributions (logit sums and counts per target block),
+  written under a temporary name and renamed, removed once that input's outputs are published.
+A finished input is one whose summary JSON (written last by `segment`'s publishing) exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from engine.dense.sliding import Box
+from engine.batch.units import NumpyPart
+
+STATE_DIR = ".farslip-batch"
+
+
+def fingerprint(settings: dict) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Manifest:
+    """Finished blocks and inputs of one run configuration in one output folder."""
+
+    def __init__(self, out_dir: Path, settings: dict):
+        self.root = Path(out_dir) / STATE_DIR / fingerprint(settings)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "settings.json").write_text(json.dumps(settings, indent=2, default=str), encoding="utf-8")
+        self.path = self.root / "manifest.jsonl"
+        self._blocks: dict[str, dict[tuple[int, int], int]] = {}
+        self.published: set[str] = set()
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a crash
+                    continue
+                if entry.get("published"):
+                    self.published.add(entry["input"])
+                elif self._parts_path(entry["input"], *entry["block"]).exists():
+                    self._blocks.setdefault(entry["input"], {})[tuple(entry["block"])] = entry["windows"]
+
+    def _parts_path(self, name: str, i: int, j: int) -> Path:
+        return self.root / "parts" / name / f"{i}_{j}.npz"
+
+    def done_blocks(self, name: str) -> dict[tuple[int, int], int]:
+        """Finished blocks of an input → windows each computed."""
+        return self._blocks.get(name, {})
+
+    def save_block(self, name: str, i: int, j: int, parts: list[NumpyPart], windows: int) -> None:
+        path = self._parts_path(name, i, j)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for (ti, tj), box, total, count in parts:
+            arrays[f"{ti}_{tj}_box"] = np.array([box.y, box.x, box.h, box.w])
+            arrays[f"{ti}_{tj}_sum"] = total
+            arrays[f"{ti}_{tj}_count"] = count
+        partial = path.with_name(f".{path.stem}.partial.npz")
+        np.savez(partial, **arrays)
+        os.replace(partial, path)
+        self._append({"input": name, "block": [i, j], "windows": windows})
+        self._blocks.setdefault(name, {})[(i, j)] = windows
+
+    def load_part(self, name: str, source: tuple[int, int], target: tuple[int, int]):
+        """(rectangle, sums, counts) that block `source` contributed to block `target`, or None."""
+        if source not in self.done_blocks(name):
+            return None
+        key = f"{target[0]}_{target[1]}"
+        with np.load(self._parts_path(name, *source)) as data:
+            if f"{key}_box" not in data:
+                return None
+            return Box(*(int(v) for v in data[f"{key}_box"])), data[f"{key}_sum"], data[f"{key}_count"]
+
+    def mark_published(self, name: str) -> None:
+        self._append({"input": name, "published": True})
+        self.published.add(name)
+        self._blocks.pop(name, None)
+        shutil.rmtree(self.root / "parts" / name, ignore_errors=True)
+
+    def _append(self, entry: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())

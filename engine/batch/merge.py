@@ -1,0 +1,134 @@
+"""Run-level products of a batch: a VRT mosaic of the class rasters and one merged polygon GeoPackage.
+
+Inputs are grouped by CRS (a run may mix CRSs and resolutions): one VRT per CRS (at the finest
+resolution of its rasters; class rasters keep their own files, the VRT only points at them) and one
+GeoPackage layer per CRS, each polygon tagged with the input it came from. One CRS gives
+`mosaic_classes.vrt` and layer `polygons`; several give `mosaic_classes_<CRS>.vrt` and
+`polygons_<CRS>`. Both files are written under temporary names and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+from engine.geo.rasters import NODATA
+from engine.geo.vectors import write_features
+
+MOSAIC = "mosaic_classes"
+MERGED_POLYGONS = "merged_polygons.gpkg"
+
+
+@dataclass
+class Product:
+    """One finished input's outputs."""
+
+    name: str
+    classes: Path
+    polygons: Path | None
+
+
+def _crs_key(crs) -> str | None:
+    return crs.to_string() if crs else None
+
+
+def _group(products: list[Product]) -> dict[str, list[tuple[Product, rasterio.DatasetReader]]]:
+    groups: dict[str, list] = {}
+    for p in products:
+        ds = rasterio.open(p.classes)
+        key = _crs_key(ds.crs)
+        if key is None:  # pixel-space rasters cannot be placed in a mosaic
+            ds.close()
+            continue
+        groups.setdefault(key, []).append((p, ds))
+    return groups
+
+
+def _suffix(key: str, several: bool) -> str:
+    return "_" + re.sub(r"[^A-Za-z0-9]+", "_", key).strip("_") if several else ""
+
+
+def write_merged(out_dir: Path, products: list[Product]) -> list[Path]:
+    """Write the mosaics and the merged GeoPackage; returns the files written."""
+    groups = _group(products)
+    written = []
+    try:
+        several = len(groups) > 1
+        gpkg_partial = out_dir / f".{Path(MERGED_POLYGONS).stem}.partial.gpkg"
+        gpkg_partial.unlink(missing_ok=True)
+        any_layer = False
+        for key, members in groups.items():
+            vrt = out_dir / f"{MOSAIC}{_suffix(key, several)}.vrt"
+            _write_vrt(vrt, members)
+            written.append(vrt)
+            layer = f"polygons{_suffix(key, several)}"
+            for p, ds in members:
+                if p.polygons is not None and p.polygons.exists():
+                    _append_polygons(gpkg_partial, layer, p, ds.crs, any_layer)
+                    any_layer = True
+        if any_layer:
+            os.replace(gpkg_partial, out_dir / MERGED_POLYGONS)
+            written.append(out_dir / MERGED_POLYGONS)
+    finally:
+        for members in groups.values():
+            for _, ds in members:
+                ds.close()
+    return written
+
+
+def _append_polygons(path: Path, layer: str, product: Product, crs, append: bool) -> None:
+    import pyogrio
+    from pyogrio.raw import read
+
+    if append:
+        append = layer in [name for name, _ in pyogrio.list_layers(path)]
+    meta, _, wkb, columns = read(str(product.polygons))
+    import shapely
+
+    fields = {"source": np.array([product.name] * len(wkb), dtype=object)}
+    fields.update(dict(zip(meta["fields"], columns)))
+    write_features(path, list(shapely.from_wkb(wkb)) if len(wkb) else [], fields, crs, layer, append=append)
+
+
+def _write_vrt(path: Path, members: list) -> None:
+    first = members[0][1]
+    res_x = min(abs(ds.transform.a) for _, ds in members)
+    res_y = min(abs(ds.transform.e) for _, ds in members)
+    left = min(ds.bounds.left for _, ds in members)
+    top = max(ds.bounds.top for _, ds in members)
+    right = max(ds.bounds.right for _, ds in members)
+    bottom = min(ds.bounds.bottom for _, ds in members)
+    width, height = max(1, round((right - left) / res_x)), max(1, round((top - bottom) / res_y))
+    root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
+    ET.SubElement(root, "SRS").text = first.crs.to_wkt()
+    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in (left, res_x, 0, top, 0, -res_y))
+    band = ET.SubElement(root, "VRTRasterBand", dataType="Byte", band="1")
+    ET.SubElement(band, "NoDataValue").text = str(NODATA)
+    try:
+        colours = first.colormap(1)
+        ET.SubElement(band, "ColorInterp").text = "Palette"
+        table = ET.SubElement(band, "ColorTable")
+        for index in range(256):
+            r, g, b, a = colours.get(index, (0, 0, 0, 0))
+            ET.SubElement(table, "Entry", c1=str(r), c2=str(g), c3=str(b), c4=str(a))
+    except ValueError:
+        pass
+    for product, ds in members:
+        src = ET.SubElement(band, "ComplexSource")
+        ET.SubElement(src, "SourceFilename", relativeToVRT="1").text = os.path.relpath(product.classes, path.parent)
+        ET.SubElement(src, "SourceBand").text = "1"
+        ET.SubElement(src, "SrcRect", xOff="0", yOff="0", xSize=str(ds.width), ySize=str(ds.height))
+        ET.SubElement(src, "DstRect", xOff=repr((ds.bounds.left - left) / res_x),
+                      yOff=repr((top - ds.bounds.top) / res_y),
+                      xSize=repr(ds.width * abs(ds.transform.a) / res_x),
+                      ySize=repr(ds.height * abs(ds.transform.e) / res_y))
+        ET.SubElement(src, "NODATA").text = str(NODATA)
+    partial = path.with_name(f".{path.name}.partial")
+    ET.ElementTree(root).write(partial, encoding="unicode")
+    os.replace(partial, path)

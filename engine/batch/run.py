@@ -1,0 +1,198 @@
+"""The driver of a batch run: plan every input's blocks, compute them on an executor, publish.
+
+    summary = run_batch(["a.tif", "b.tif"], BatchSettings("out/"), segmenter, LocalExecutor(segmenter))
+
+1. Each input is opened and probed (a missing, corrupt or non-raster input fails here, alone) and
+   split into the same blocks and crops (windows) as `segment`; blocks that the manifest records
+   as finished are skipped, and inputs whose outputs exist are not touched.
+2. The blocks of all inputs go to the executor (in-process or Ray): windows, not files, are the
+   unit of work, so one huge raster spreads over every worker. Each finished block is saved and
+   recorded in the manifest at once.
+3. When an input's last block is in, its blocks are assembled in `segment`'s order and written by
+   `segment`'s own code (`segment_raster` with the blocks supplied), so its outputs equal
+   `segment`'s pixel for pixel, under temporary names until complete.
+4. Then the merged products (VRT mosaic, merged GeoPackage) and `batch_summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from engine import __version__
+from engine.batch.inputs import output_stems
+from engine.batch.manifest import Manifest
+from engine.batch.merge import Product, write_merged
+from engine.batch.units import RasterSpec, Unit, plan_units
+from engine.errors import FarSLIPError
+from engine.geo.blocks import assemble_block, block_boxes, sources_of
+from engine.geo.pipeline import DEFAULT_BLOCK, RasterJob, output_paths, segment_raster
+
+SUMMARY = "batch_summary.json"
+
+
+@dataclass
+class BatchSettings:
+    """What applies to every input of a batch run (as `segment`'s options)."""
+
+    out_dir: str
+    bands: tuple[int, int, int] | None = None
+    gsd: float | None = None
+    block: int = DEFAULT_BLOCK
+    scores: bool = False
+    polygons: bool = True
+    min_area: float = 0.0
+    simplify: float = 1.0
+
+
+ProgressFn = Callable[[int, int], None]  # (windows done, windows to do) in this run
+
+
+def _job(settings: BatchSettings, path: str, name: str) -> RasterJob:
+    return RasterJob(input=path, out_dir=settings.out_dir, bands=settings.bands, gsd=settings.gsd,
+                     block=settings.block, scores=settings.scores, polygons=settings.polygons,
+                     min_area=settings.min_area, simplify=settings.simplify, name=name)
+
+
+def run_settings(settings: BatchSettings, segmenter) -> dict:
+    """Everything that changes a result: the manifest is kept per distinct value of this."""
+    return {"version": __version__, "model": segmenter.model.name, "arch": segmenter.model.arch,
+            "prompts": segmenter.prompts.as_text(), "options": vars(segmenter.options),
+            **{k: v for k, v in asdict(settings).items() if k != "out_dir"}}
+
+
+def run_batch(inputs: list[str], settings: BatchSettings, segmenter, executor,
+              progress: ProgressFn | None = None) -> dict:
+    """Run every input; returns the run summary (also written as `batch_summary.json`)."""
+    started = time.perf_counter()
+    out = Path(settings.out_dir)
+    manifest = Manifest(out, run_settings(settings, segmenter))
+    names = output_stems(inputs)
+    jobs = [_job(settings, path, name) for path, name in zip(inputs, names)]
+    status: list[dict] = [{"input": path, "name": name, "status": "pending"} for path, name in zip(inputs, names)]
+    todo: list[Unit] = []
+    remaining: dict[int, int] = {}
+    resumed_windows = 0
+    for r, (path, job) in enumerate(zip(inputs, jobs)):
+        if output_paths(job)["summary"].exists():
+            status[r]["status"] = "done earlier"
+            continue
+        try:
+            source, units = plan_units(r, RasterSpec(path, settings.bands, settings.gsd), segmenter, settings.block)
+            source.close()
+        except FarSLIPError as exc:
+            status[r].update(status="failed", error=str(exc))
+            continue
+        done = manifest.done_blocks(job.name)
+        resumed_windows += sum(done.values())
+        missing = [u for u in units if (u.i, u.j) not in done]
+        todo.extend(missing)
+        remaining[r] = len(missing)
+
+    total = sum(u.crops for u in todo)
+    computed = 0
+    failed: set[int] = set()
+    t0 = time.perf_counter()
+    for r in [r for r, n in remaining.items() if n == 0]:
+        _publish(r, jobs[r], status[r], segmenter, manifest)
+    if progress is not None:
+        progress(0, total)
+    for unit, parts, error in executor.map(u for u in todo if u.raster not in failed):
+        r = unit.raster
+        if error is not None:
+            failed.add(r)
+            status[r].update(status="failed", error=error)
+            continue
+        if r in failed:
+            continue
+        manifest.save_block(jobs[r].name, unit.i, unit.j, parts, unit.crops)
+        computed += unit.crops
+        if progress is not None:
+            progress(computed, total)
+        remaining[r] -= 1
+        if remaining[r] == 0:
+            _publish(r, jobs[r], status[r], segmenter, manifest)
+    compute_s = time.perf_counter() - t0
+
+    products = []
+    for r, job in enumerate(jobs):
+        if status[r]["status"] not in ("done", "done earlier"):
+            continue
+        paths = output_paths(job)
+        products.append(Product(job.name, paths["classes"], paths.get("polygons")))
+        if status[r]["status"] == "done earlier":
+            _read_result(status[r], paths["summary"])
+    merged = [p.name for p in write_merged(out, products)] if products else []
+    return _summary(out, status, merged, executor, total, computed, resumed_windows, compute_s,
+                    time.perf_counter() - started)
+
+
+def _publish(r: int, job: RasterJob, status: dict, segmenter, manifest: Manifest) -> None:
+    """Assemble an input's blocks and write its outputs with `segment`'s code."""
+    def blocks(source):
+        h, w = source.grid.height, source.grid.width
+        for i, row in enumerate(block_boxes(h, w, max(job.block, segmenter.crop))):
+            for j, core in enumerate(row):
+                parts = []
+                for s in sources_of(i, j):
+                    part = manifest.load_part(job.name, s, (i, j))
+                    if part is not None:
+                        box, t, c = part
+                        parts.append((box, torch.from_numpy(t), torch.from_numpy(c)))
+                logits = assemble_block(core, parts, len(segmenter.prompts.names), segmenter.model.device)
+                yield core, logits, source.read_valid(core)
+
+    try:
+        summary = segment_raster(job, segmenter, blocks=blocks)
+    except FarSLIPError as exc:
+        status.update(status="failed", error=str(exc))
+        return
+    manifest.mark_published(job.name)
+    status.update(status="done")
+    _result_fields(status, summary)
+
+
+def _read_result(status: dict, path: Path) -> None:
+    try:
+        _result_fields(status, json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        pass
+
+
+def _result_fields(status: dict, summary: dict) -> None:
+    status.update(crs=summary.get("crs"), windows=summary.get("crops"),
+                  classes={c["name"]: {"pixels": c["pixels"], "area_m2": c["area_m2"]} for c in summary["classes"]})
+
+
+def _summary(out: Path, status: list[dict], merged: list[str], executor, total: int, computed: int,
+             resumed: int, compute_s: float, elapsed: float) -> dict:
+    areas: dict[str, float] = {}
+    for s in status:
+        for name, c in s.get("classes", {}).items():
+            areas[name] = areas.get(name, 0.0) + (c["area_m2"] or 0.0)
+    summary = {
+        "farslip_version": __version__,
+        "executor": executor.description,
+        "workers": executor.workers,
+        "inputs": len(status),
+        "done": sum(s["status"] == "done" for s in status),
+        "done_earlier": sum(s["status"] == "done earlier" for s in status),
+        "failed": sum(s["status"] == "failed" for s in status),
+        "windows": {"to_compute": total, "computed": computed, "resumed": resumed},
+        "area_m2_per_class": {k: round(v, 3) for k, v in areas.items()},
+        "throughput": {"compute_s": round(compute_s, 3), "windows_per_s": round(computed / max(compute_s, 1e-9), 3),
+                       "elapsed_s": round(elapsed, 3)},
+        "merged": merged,
+        "failures": [{"input": s["input"], "error": s["error"]} for s in status if s["status"] == "failed"],
+        "per_input": status,
+    }
+    partial = out / f".{SUMMARY}.partial"
+    partial.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(partial, out / SUMMARY)
+    return summary

@@ -1,0 +1,108 @@
+"""`farslip segment-batch`: segment many rasters (or one huge one) in-process or on Ray.
+
+    farslip segment-batch tiles/*.tif --classes "building; road; tree; water" -o out/
+    farslip segment-batch catalogue.vrt --classes @prompts.txt -o out/ --ray auto
+    farslip segment-batch list.txt --classes ... -o out/ --ray local --workers 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine.cli import EXIT_INTERRUPTED
+from engine.cli_segment import (_check_writable, _classes, add_inference_arguments, add_model_arguments,
+                                inference_options, progress_bar)
+from engine.errors import InputError
+
+EXIT_FAILURES = 1
+
+
+def _cmd_segment_batch(args: argparse.Namespace) -> int:
+    from engine.batch.inputs import expand_inputs
+    from engine.batch.run import BatchSettings, run_batch
+    from engine.geo.source import parse_bands
+
+    if args.block < 256:
+        raise InputError("--block must be at least 256 pixels")
+    if args.workers is not None and args.workers < 1:
+        raise InputError("--workers must be at least 1")
+    if args.workers is not None and args.ray is None:
+        raise InputError("--workers needs --ray (local, auto or a cluster address)")
+    if args.ray is not None:
+        from engine.batch.ray_backend import import_ray
+
+        import_ray()  # a missing Ray is reported before any work
+    prompts = _classes(args.classes)
+    options = inference_options(args)
+    inputs = expand_inputs(args.inputs)
+    settings = BatchSettings(out_dir=args.out, bands=parse_bands(args.bands), gsd=args.gsd, block=args.block,
+                             scores=args.scores, polygons=not args.no_polygons, min_area=args.min_area,
+                             simplify=args.simplify)
+    _check_writable(Path(args.out))
+
+    from engine.dense import Segmenter
+    from engine.models import load_model
+
+    model_spec = dict(model=args.model, arch=args.arch, device=args.device, precision=args.precision)
+    driver_device = "cpu" if args.ray is not None else args.device
+    model = load_model(args.model, arch=args.arch, device=driver_device, precision=args.precision)
+    segmenter = Segmenter(model, prompts, options)
+    if args.ray is None:
+        from engine.batch.local import LocalExecutor
+
+        executor = LocalExecutor(segmenter)
+    else:
+        from engine.batch.ray_backend import RayExecutor
+
+        executor = RayExecutor(args.ray, segmenter, model_spec, args.workers)
+    bar, progress = progress_bar(args.quiet, f"segment-batch {len(inputs)} raster(s), {executor.description}")
+    bar.unit = "window"
+    try:
+        summary = run_batch(inputs, settings, segmenter, executor, progress=progress)
+    except KeyboardInterrupt:
+        bar.close()
+        executor.close()
+        print("farslip: interrupted; finished windows are kept: rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        bar.close()
+    executor.close()
+    for failure in summary["failures"]:
+        print(f"farslip: failed: {failure['input']}: {failure['error']}", file=sys.stderr)
+    if not args.quiet:
+        w = summary["windows"]
+        print(f"  {summary['done']} done, {summary['done_earlier']} done earlier, {summary['failed']} failed; "
+              f"{w['computed']} windows computed ({w['resumed']} resumed), "
+              f"{summary['throughput']['windows_per_s']} windows/s")
+        for name, area in summary["area_m2_per_class"].items():
+            print(f"  {name:<24} {area / 1e4:12.3f} ha")
+        print(f"  summary   {Path(args.out) / 'batch_summary.json'}")
+    return EXIT_FAILURES if summary["failed"] else 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Register `segment-batch` on the `farslip` parser."""
+    p = commands.add_parser("segment-batch", help="segment many rasters (or a huge one), in-process or on Ray",
+                            description="Segment many rasters by typed class names: per input exactly what "
+                                        "`segment` writes, plus a VRT mosaic, a merged GeoPackage and "
+                                        "batch_summary.json. Reruns resume.")
+    p.add_argument("inputs", nargs="+", help="rasters, globs, GDAL paths (/vsis3/...), VRTs, or .txt lists of them")
+    p.add_argument("--classes", required=True,
+                   help="'building,roof; road; tree' (';' between classes, ',' between synonyms) or @file.txt")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--ray", metavar="auto|local|ADDRESS",
+                   help="run on Ray: local (start one here), auto (join the running cluster) or an address")
+    p.add_argument("--workers", type=int, help="model actors (default: one per GPU, else one per CPU)")
+    p.add_argument("--bands", help="three 1-based band numbers for R,G,B (default: from colour interpretation)")
+    p.add_argument("--gsd", type=float, help="working resolution in metres per pixel (default: max(native, 0.5))")
+    p.add_argument("--scores", action="store_true", help="also write per-class probabilities (uint8 COG)")
+    p.add_argument("--no-polygons", action="store_true", help="skip the polygon GeoPackages")
+    p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this many m²")
+    p.add_argument("--simplify", type=float, default=1.0, help="polygon simplification tolerance in pixels")
+    p.add_argument("--block", type=int, default=1024, help="working-grid block size in pixels (the unit of work)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or report")
+    add_model_arguments(p)
+    add_inference_arguments(p)
+    p.set_defaults(func=_cmd_segment_batch)
