@@ -37,13 +37,17 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--background", help="background class name (added to the classes when missing)")
     p.add_argument("--global-bias", type=float, help="λ of the global-bias subtraction (0 = off)")
     p.add_argument("--batch-size", type=int, help="crops per forward pass (default 16 on a GPU, 4 on a CPU)")
+    p.add_argument("--upsampler", metavar="PATH",
+                   help="learned feature up-sampler weights (SegEarth-OV's SimFeatUp JBU .ckpt, or "
+                        "hf://owner/repo/file); default: none (bilinear logits)")
 
 
 def inference_options(args: argparse.Namespace):
     from engine.dense import preset
 
     return preset(args.preset).with_overrides(prob_threshold=args.threshold, background=args.background,
-                                              global_bias=args.global_bias, batch_size=args.batch_size)
+                                              global_bias=args.global_bias, batch_size=args.batch_size,
+                                              upsampler=args.upsampler)
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:

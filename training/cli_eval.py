@@ -16,21 +16,25 @@ from engine.errors import InputError
 def _cmd_ovss(args: argparse.Namespace) -> int:
     from engine.cli_segment import _check_writable, progress_bar
     from engine.models import load_model
-    from training.evaluate.ovss import evaluate_ovss
+    from engine.dense.upsampler import check_spec
+    from training.evaluate.ovss import evaluate_ovss, run_name
     from training.evaluate.ovss_datasets import get_dataset
     from training.evaluate.report import write_report
 
     dataset = get_dataset(args.dataset)
     dataset.pairs(args.root)  # a wrong layout fails before the model loads
+    if args.upsampler:
+        check_spec(args.upsampler)
     out = Path(args.out)
     _check_writable(out)
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
-    bar, progress = progress_bar(args.quiet, f"ovss {dataset.name} ({args.preset})")
+    run = run_name(args.preset, args.upsampler)
+    bar, progress = progress_bar(args.quiet, f"ovss {dataset.name} ({run})")
     try:
-        result = evaluate_ovss(model, dataset, args.root, args.preset, out, args.limit, progress)
+        result = evaluate_ovss(model, dataset, args.root, args.preset, out, args.limit, progress, args.upsampler)
     finally:
         bar.close()
-    path = out / f"ovss_{dataset.name}_{args.preset}.json"
+    path = out / f"ovss_{dataset.name}_{run}.json"
     path.write_text(json.dumps(result, indent=2), encoding="utf-8")
     report = write_report(out)
     if not args.quiet:
@@ -87,6 +91,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     o.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
     o.add_argument("--root", required=True, help="dataset folder (the public layout, see EVAL_PROTOCOL)")
     o.add_argument("--preset", default="paper", choices=["paper", "enhanced"])
+    o.add_argument("--upsampler", metavar="PATH", help="learned feature up-sampler weights (SegEarth-OV's "
+                   "SimFeatUp JBU .ckpt, or hf://owner/repo/file) on top of the preset; results: <preset>+jbu")
     o.add_argument("--limit", type=int, help="only the first N images (smoke runs)")
     o.add_argument("-o", "--out", required=True, help="results folder (JSON per run, Markdown report)")
     o.add_argument("-q", "--quiet", action="store_true")

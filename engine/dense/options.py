@@ -2,7 +2,9 @@
 
 `paper` reproduces the published OVSS protocol (no global bias, no threshold, no background class).
 `enhanced` adds SegEarth-OV's global-bias subtraction (λ = 0.3); a background threshold stays a
-per-task choice, so it is set explicitly (`prob_threshold`, `background`).
+per-task choice, so it is set explicitly (`prob_threshold`, `background`). The learned feature
+up-sampler (`upsampler`: a weights file, see `engine.dense.upsampler`) is off in every preset, since
+its weights are not shipped; any preset can add it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class InferenceOptions:
     global_bias: float = 0.0        # λ: patch logits − λ · image-level (CLS) logits, per crop
     prob_threshold: float = 0.0     # pixels whose best class probability is below → background
     background: str | None = None   # background class name (added when missing); None: 255 = no class
+    upsampler: str | None = None    # SimFeatUp JBU weights (path or hf://owner/repo/file); None: bilinear
 
     def validate(self) -> "InferenceOptions":
         if self.crop is not None and self.crop < 16:
@@ -39,6 +42,10 @@ class InferenceOptions:
             raise InputError("global bias λ must be in [0, 1]")
         if self.logit_scale <= 0:
             raise InputError("logit scale must be positive")
+        if self.upsampler is not None:
+            from engine.dense.upsampler import check_spec
+
+            check_spec(self.upsampler)
         return self
 
     def with_overrides(self, **changes) -> "InferenceOptions":

@@ -75,7 +75,20 @@ class Segmenter:
         if self.stride > self.crop:
             raise InputError("stride must not exceed the crop size")
         self.batch_size = self.options.batch_size or (16 if model.device.type == "cuda" else 4)
+        self.upsampler = self._load_upsampler() if self.options.upsampler else None
         self.text = embed_prompts(model, prompts, self.options.template_set)
+
+    def _load_upsampler(self):
+        from engine.dense.upsampler import load_upsampler
+
+        visual = self.model.clip.visual
+        feat_dim = int(visual.proj.shape[1]) if visual.proj is not None else int(visual.conv1.weight.shape[0])
+        upsampler = load_upsampler(self.options.upsampler, feat_dim, self.model.device)
+        grid = self.crop // self.model.patch_size
+        if 2 * grid <= upsampler.radius:
+            raise InputError(f"crop of {self.crop} px is too small for the up-sampler (a patch grid of at "
+                             f"least {upsampler.radius // 2 + 1} is needed)")
+        return upsampler
 
     @property
     def classes(self) -> list[str]:
@@ -86,7 +99,8 @@ class Segmenter:
         """Mean cosine logits over names [N, h, w] of a prepared image (or a region of it)."""
         o = self.options
         return sliding_logits(self.model, image, self.text, self.crop, self.stride, self.batch_size,
-                              o.global_bias, boxes=boxes, region=region, progress=progress)
+                              o.global_bias, boxes=boxes, region=region, progress=progress,
+                              upsampler=self.upsampler)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return class_probabilities(logits, self.prompts.name_to_class, self.options.logit_scale)

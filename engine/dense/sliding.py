@@ -7,6 +7,10 @@ number of crops covering each pixel. A crop smaller than `crop` (an image side u
 padded at its bottom/right to a patch multiple, resized to crop × crop, and its logits are resized
 back to the padded size, then the padding is cut off.
 
+With a learned up-sampler (SimFeatUp JBU, `engine.dense.jbu`), each crop's projected patch features
+[D, gh, gw] are first up-sampled to 16× the grid, guided by the crop as the model saw it, and the
+cosine logits are taken there (then resized to the crop's pixels as above).
+
 The crop grid is a property of the whole image. To process a large raster in pieces with results
 identical to one piece, the caller passes the crops of the global grid that touch a region (in
 the piece's pixel coordinates) and the region to fill: see `CropGrid.touching`.
@@ -19,9 +23,12 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from engine.dense.forward import dense_features
 from engine.models import LoadedModel
+
+UPSAMPLE_CHUNK = 4  # crops per up-sampler pass (its activations are D × 224² floats per crop)
 
 
 @dataclass(frozen=True)
@@ -110,8 +117,21 @@ def _model_input(crops: torch.Tensor, crop: int, patch: int) -> tuple[torch.Tens
     return resized, (ph, pw)
 
 
+def _upsampled_logits(upsampler: nn.Module, patches: torch.Tensor, inputs: torch.Tensor,
+                      text: torch.Tensor) -> torch.Tensor:
+    """Patch features [B, gh, gw, D] up-sampled under the guidance of the model inputs [B, 3, H, W],
+    then cosine logits [B, N, 16·gh, 16·gw]."""
+    out = []
+    for start in range(0, patches.shape[0], UPSAMPLE_CHUNK):
+        features = patches[start:start + UPSAMPLE_CHUNK].permute(0, 3, 1, 2).float()
+        guidance = inputs[start:start + UPSAMPLE_CHUNK].float()
+        features = F.normalize(upsampler(features, guidance), dim=1)
+        out.append(torch.einsum("bdhw,nd->bnhw", features, text))
+    return torch.cat(out)
+
+
 def crop_logits(model: LoadedModel, crops: torch.Tensor, text: torch.Tensor, crop: int,
-                global_bias: float = 0.0) -> torch.Tensor:
+                global_bias: float = 0.0, upsampler: nn.Module | None = None) -> torch.Tensor:
     """Cosine logits [B, N, h, w] at pixel resolution for a batch of same-size normalised crops."""
     h, w = crops.shape[-2:]
     inputs, (ph, pw) = _model_input(crops, crop, model.patch_size)
@@ -121,10 +141,14 @@ def crop_logits(model: LoadedModel, crops: torch.Tensor, text: torch.Tensor, cro
             patches, cls = dense_features(model.clip.visual, inputs, with_cls=True)
         else:
             patches = dense_features(model.clip.visual, inputs)
-        patches = F.normalize(patches.float(), dim=-1)
-        logits = torch.einsum("bhwd,nd->bnhw", patches, text.to(patches.device))
+        text = text.to(patches.device)
+        if upsampler is not None:
+            logits = _upsampled_logits(upsampler, patches, inputs, text)
+        else:
+            patches = F.normalize(patches.float(), dim=-1)
+            logits = torch.einsum("bhwd,nd->bnhw", patches, text)
         if global_bias:
-            cls_logits = F.normalize(cls.float(), dim=-1) @ text.to(patches.device).T
+            cls_logits = F.normalize(cls.float(), dim=-1) @ text.T
             logits = logits - global_bias * cls_logits[:, :, None, None]
         logits = F.interpolate(logits, size=(ph, pw), mode="bilinear", align_corners=False)
     return logits[:, :, :h, :w]
@@ -132,7 +156,8 @@ def crop_logits(model: LoadedModel, crops: torch.Tensor, text: torch.Tensor, cro
 
 def accumulate_crops(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int,
                      boxes: list[Box], region: Box, batch_size: int = 16, global_bias: float = 0.0,
-                     progress: ProgressFn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     progress: ProgressFn | None = None,
+                     upsampler: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of crop logits [N, region.h, region.w] and crop count [1, region.h, region.w] (float32).
 
     `boxes` and `region` are in the pixel coordinates of `image` [3, H, W]; each box's logits are
@@ -144,7 +169,7 @@ def accumulate_crops(model: LoadedModel, image: torch.Tensor, text: torch.Tensor
     done = 0
     for batch in _batches(boxes, batch_size):
         crops = torch.stack([image[:, b.y:b.y + b.h, b.x:b.x + b.w] for b in batch])
-        logits = crop_logits(model, crops, text, crop, global_bias)
+        logits = crop_logits(model, crops, text, crop, global_bias, upsampler)
         for b, lg in zip(batch, logits):
             y0, y1 = max(b.y, region.y), min(b.y + b.h, region.y + region.h)
             x0, x1 = max(b.x, region.x), min(b.x + b.w, region.x + region.w)
@@ -161,7 +186,8 @@ def accumulate_crops(model: LoadedModel, image: torch.Tensor, text: torch.Tensor
 
 def sliding_logits(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int, stride: int,
                    batch_size: int = 16, global_bias: float = 0.0, boxes: list[Box] | None = None,
-                   region: Box | None = None, progress: ProgressFn | None = None) -> torch.Tensor:
+                   region: Box | None = None, progress: ProgressFn | None = None,
+                   upsampler: nn.Module | None = None) -> torch.Tensor:
     """Mean cosine logits [N, region.h, region.w] (float32, on the model's device) of image [3,H,W].
 
     `boxes` (default: the image's own crops touching the region) and `region` (default: the whole
@@ -171,7 +197,8 @@ def sliding_logits(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, 
     region = region or Box(0, 0, height, width)
     if boxes is None:
         boxes = CropGrid(height, width, crop, stride).touching(region)
-    total, count = accumulate_crops(model, image, text, crop, boxes, region, batch_size, global_bias, progress)
+    total, count = accumulate_crops(model, image, text, crop, boxes, region, batch_size, global_bias, progress,
+                                    upsampler)
     if bool((count == 0).any()):
         raise ValueError("sliding_logits: some region pixels are covered by no crop")
     return total / count

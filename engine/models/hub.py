@@ -25,22 +25,26 @@ def cached_path(release: Release) -> Path | None:
 
 def fetch(release: Release, offline: bool | None = None) -> Path:
     """Path of the release's file, downloading it into the HF cache when needed (with a progress bar)."""
+    return fetch_file(release.repo_id, release.filename, f"model {release.name}", _local_hint(release), offline)
+
+
+def fetch_file(repo_id: str, filename: str, what: str, hint: str, offline: bool | None = None) -> Path:
+    """Path of any file of a Hub repository (HF cache, resumable); errors name `what` and end with `hint`."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError,
+    from huggingface_hub.errors import (EntryNotFoundError, HFValidationError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError)
 
     offline = config.hub_offline() if offline is None else offline
     try:
-        return Path(hf_hub_download(release.repo_id, release.filename, local_files_only=offline))
+        return Path(hf_hub_download(repo_id, filename, local_files_only=offline))
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else \
               "the Hugging Face Hub cannot be reached and it is not in the local cache"
-        raise ModelError(f"model {release.name}: {why}; {_local_hint(release)}") from None
-    except (EntryNotFoundError, RepositoryNotFoundError):
-        raise ModelError(f"model {release.name}: {release.repo_id}/{release.filename} does not exist on the Hub; "
-                         f"{_local_hint(release)}") from None
+        raise ModelError(f"{what}: {why}; {hint}") from None
+    except (EntryNotFoundError, RepositoryNotFoundError, HFValidationError):
+        raise ModelError(f"{what}: {repo_id}/{filename} does not exist on the Hub; {hint}") from None
     except OSError as exc:  # network errors, disk full, permission problems
-        raise ModelError(f"model {release.name}: download failed ({exc}); {_local_hint(release)}") from None
+        raise ModelError(f"{what}: download failed ({exc}); {hint}") from None
 
 
 def hub_sha256(release: Release) -> str | None:

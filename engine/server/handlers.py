@@ -68,11 +68,32 @@ def resolve_model(name: str | None, settings) -> str:
     raise HTTPException(400, f"unknown model '{name}'")
 
 
-def _options(body):
+def _options(body, upsampler: str | None = None):
+    """Inference options of a request; `upsampler` is the checked path (see `check_upsampler`)."""
     from engine.dense import preset
 
     return preset(body.preset).with_overrides(prob_threshold=body.threshold, background=body.background,
-                                              global_bias=body.global_bias)
+                                              global_bias=body.global_bias, upsampler=upsampler)
+
+
+def check_upsampler(raw: str, model: str, arch: str | None, settings) -> str:
+    """The up-sampler file (folder policy applied), read and checked against the model's feature size
+    when the architecture is known without loading the model: 4xx on a bad file."""
+    from engine.dense.upsampler import HUB_SCHEME, build_upsampler, feature_dim_of, read_state
+    from engine.models.registry import arch_config, find_release
+
+    if raw.startswith(HUB_SCHEME):
+        raise HTTPException(400, "the API takes an up-sampler file on the engine machine (an absolute path)")
+    path = allowed_path(raw, settings, what="up-sampler")
+    release = find_release(model)
+    arch = arch or (release.arch if release else None)
+    try:
+        state = read_state(path)
+        dim = int(arch_config(arch)["embed_dim"]) if arch else feature_dim_of(state, path.name)
+        build_upsampler(state, dim, source=path.name)
+    except FarSLIPError as exc:
+        raise HTTPException(400, str(exc)) from None
+    return str(path)
 
 
 def _area(body) -> dict:
@@ -113,7 +134,13 @@ def prepare_segment(body: SegmentRequest, store, settings) -> dict:
         _options(body)
         _check_source(path, body, body.gsd, body.mask_wkt, body.mask_crs)
 
-    return _prepared(body, store, settings, check)
+    upsampler = body.upsampler
+    body = body.model_copy(update={"upsampler": None})  # checked below, under the folder policy
+    request = _prepared(body, store, settings, check)
+    if upsampler:
+        request.update(upsampler=upsampler, resolved_upsampler=check_upsampler(
+            upsampler, request["resolved_model"], request["arch"], settings))
+    return request
 
 
 def prepare_grid(body: GridRequest, store, settings) -> dict:
@@ -203,7 +230,7 @@ def segment_handler(pool, store, settings):
 
         body = SegmentRequest(**{k: v for k, v in request.items() if not k.startswith("resolved_")})
         model = pool.get(request["resolved_model"], request.get("arch"))
-        segmenter = Segmenter(model, body.classes, _options(body))
+        segmenter = Segmenter(model, body.classes, _options(body, request.get("resolved_upsampler")))
         job = RasterJob(input=request["resolved_input"], out_dir=str(ctx.out_dir),
                         bands=tuple(body.bands) if body.bands else None, gsd=body.gsd,
                         window=tuple(body.window) if body.window else None,

@@ -36,6 +36,9 @@ class InferenceChoice(Strict):
     threshold: float | None = Field(None, ge=0.0, lt=1.0)
     background: str | None = Field(None, min_length=1, max_length=200)
     global_bias: float | None = Field(None, ge=0.0, le=1.0)
+    upsampler: str | None = Field(None, min_length=1, max_length=4096,
+                                  description="absolute path on the engine machine of learned feature "
+                                              "up-sampler weights (SegEarth-OV's SimFeatUp JBU .ckpt)")
 
 
 Classes = list[str] | str

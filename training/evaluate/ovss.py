@@ -3,7 +3,8 @@
 `paper` preset, as published: each image resized (bilinear, aspect kept) to a 448 px long side;
 224/112 sliding crops; averaged cosine logits resized (bilinear) to the label size; × 50, softmax
 over all names, max over synonyms, argmax. Other presets add the global bias and the dataset's
-probability threshold with its background class (SegEarth-OV's settings).
+probability threshold with its background class (SegEarth-OV's settings). Any preset can add the
+learned feature up-sampler (`upsampler`: SimFeatUp JBU weights); such a run is named `<preset>+jbu`.
 
 Resumable: the running confusion matrix and the names of the images done are saved to
 `<out>/<dataset>_<preset>_state.npz` every few images; a rerun continues from there.
@@ -35,8 +36,14 @@ def resize_long_side(image: np.ndarray, long_side: int = LONG_SIDE) -> np.ndarra
     return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
 
 
-def segmenter_for(model: LoadedModel, dataset: OVSSDataset, preset_name: str) -> Segmenter:
-    options = preset(preset_name)
+def run_name(preset_name: str, upsampler: str | None = None) -> str:
+    """What results and resume state are filed under: the preset, `+jbu` with an up-sampler."""
+    return f"{preset_name}+jbu" if upsampler else preset_name
+
+
+def segmenter_for(model: LoadedModel, dataset: OVSSDataset, preset_name: str,
+                  upsampler: str | None = None) -> Segmenter:
+    options = preset(preset_name).with_overrides(upsampler=upsampler)
     if preset_name != "paper":
         background = dataset.classes[dataset.background].split(",")[0]
         options = options.with_overrides(prob_threshold=dataset.threshold, background=background)
@@ -51,11 +58,13 @@ def predict(segmenter: Segmenter, image: np.ndarray, label_shape: tuple[int, int
 
 
 def evaluate_ovss(model: LoadedModel, dataset: OVSSDataset, root: str | Path, preset_name: str = "paper",
-                  out_dir: str | Path | None = None, limit: int | None = None, progress=None) -> dict:
-    segmenter = segmenter_for(model, dataset, preset_name)
+                  out_dir: str | Path | None = None, limit: int | None = None, progress=None,
+                  upsampler: str | None = None) -> dict:
+    segmenter = segmenter_for(model, dataset, preset_name, upsampler)
+    run = run_name(preset_name, upsampler)
     cm = ConfusionMatrix(len(dataset.classes))
     done: list[str] = []
-    state = Path(out_dir) / f"{dataset.name}_{preset_name}_state.npz" if out_dir else None
+    state = Path(out_dir) / f"{dataset.name}_{run}_state.npz" if out_dir else None
     if state is not None and state.exists():
         saved = np.load(state, allow_pickle=False)
         cm.matrix[:], cm.missed[:] = saved["matrix"], saved["missed"]
@@ -75,7 +84,8 @@ def evaluate_ovss(model: LoadedModel, dataset: OVSSDataset, root: str | Path, pr
     if state is not None:
         _save_state(state, cm, done)
     iou = cm.iou()
-    return {"dataset": dataset.name, "preset": preset_name, "model": model.name, "images": len(done),
+    return {"dataset": dataset.name, "preset": run, "model": model.name, "images": len(done),
+            "upsampler": Path(upsampler).name if upsampler else None,
             "miou": 100 * cm.miou(), "pixel_accuracy": 100 * cm.pixel_accuracy(),
             "per_class_iou": {c.split(",")[0]: (None if np.isnan(v) else 100 * float(v))
                               for c, v in zip(dataset.classes, iou)}}
