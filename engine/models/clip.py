@@ -84,3 +84,17 @@ def stretch_text_positions(pe77: torch.Tensor, keep: int = LONG_KEEP, factor: in
         for j in range(factor):
             out[keep + factor * (i - keep) + j] = cur + (nxt - cur) * j / factor
     return out
+
+
+def to_long_clip(clip: FarSLIPCLIP, arch: str) -> FarSLIPCLIP:
+    """A Long-CLIP copy of a 77-position network: every weight kept, the text positions stretched to
+    248 (both position tables start from the stretched one, so positions 0–19 are the originals)."""
+    if clip.long_clip:
+        return clip
+    long = build_clip(arch, long_clip=True)
+    state = {k: v for k, v in clip.state_dict().items() if k != "positional_embedding"}
+    stretched = stretch_text_positions(clip.positional_embedding.detach())
+    state.update(positional_embedding=stretched, positional_embedding_res=stretched.clone(),
+                 mask1=long.mask1, mask2=long.mask2)
+    long.load_state_dict(state, strict=True)
+    return long.to(clip.positional_embedding.device)

@@ -60,9 +60,7 @@ class LoadedModel:
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         if self._tokenizer is None:
-            import open_clip
-
-            self._tokenizer = open_clip.get_tokenizer("ViT-B-16" if self.arch in TINY_ARCHS else self.arch)
+            self._tokenizer = tokenizer_for(self.arch)
         return self._tokenizer(texts, context_length=self.context_length)
 
     @torch.inference_mode()
@@ -78,6 +76,14 @@ class LoadedModel:
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised image (CLS) embeddings [B, D] for normalised images [B, 3, S, S]."""
         return self.clip.encode_image(images.to(self.device, self.dtype), normalize=True).float()
+
+
+def tokenizer_for(arch: str):
+    """open_clip's tokenizer of an architecture (tiny test architectures use CLIP's BPE vocabulary);
+    call it as `tokenizer(texts, context_length=...)`."""
+    import open_clip
+
+    return open_clip.get_tokenizer("ViT-B-16" if arch in TINY_ARCHS else arch)
 
 
 def wrap_model(clip: FarSLIPCLIP, arch: str, name: str = "in-memory", device: str | None = None,
@@ -141,9 +147,15 @@ def build_from_state_dict(state: dict[str, torch.Tensor], arch: str, source: str
 def load_model(model: str, arch: str | None = None, device: str | None = None,
                precision: str | None = None, offline: bool | None = None) -> LoadedModel:
     """Load a release (`farslip2-vit-b-16`) or a local `.pt`/`.safetensors` file for inference."""
+    clip, arch, path = load_clip(model, arch, offline=offline)
+    return wrap_model(clip, arch, name=model, device=device, precision=precision, source=str(path))
+
+
+def load_clip(model: str, arch: str | None = None, offline: bool | None = None) -> tuple[FarSLIPCLIP, str, Path]:
+    """(network on the CPU in float32, architecture, file) for a release name or a local file; training
+    starts from this too."""
     path, arch = resolve_checkpoint(model, arch, offline=offline)
     state = checkpoint.read_state_dict(path)
     if not arch:
         arch = guess_arch(state)
-    clip = build_from_state_dict(state, arch, source=path.name)
-    return wrap_model(clip, arch, name=model, device=device, precision=precision, source=str(path))
+    return build_from_state_dict(state, arch, source=path.name), arch, path

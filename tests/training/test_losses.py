@@ -97,3 +97,25 @@ def test_region_loss_contrastive_and_multi_positive():
         want = want - sum(torch.log_softmax(s[:, k], 0)[l] for l in positives) / len(positives) / 8
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(torch.autograd.grad(got, r)[0], torch.autograd.grad(want, r)[0])
+
+
+def test_region_loss_ignores_padded_slots():
+    """Objects padded to fixed slots (with garbage in the padding) give the loss of the objects alone."""
+    g = torch.Generator().manual_seed(7)
+    r, t = torch.randn(5, 8, generator=g, requires_grad=True), torch.randn(5, 8, generator=g, requires_grad=True)
+    ids = torch.tensor([0, 1, 0, 2, 1])
+    scale = torch.tensor(math.log(20.0))
+    slots, junk = torch.tensor([0, 2, 3, 6, 7]), torch.randn(8, 8, generator=g) * 5
+    for multi in (False, True):
+        want = region_loss(r, t, scale, ids, multi_positive=multi)
+        pr, pt = junk.clone().index_put((slots,), r), junk.clone().index_put((slots,), t)
+        pids = torch.full((8,), 9).index_put((slots,), ids)
+        valid = torch.zeros(8, dtype=torch.bool).index_put((slots,), torch.tensor(True))
+        got = region_loss(pr, pt, scale, pids, multi_positive=multi, valid=valid)
+        torch.testing.assert_close(got, want)
+        grad_want = torch.autograd.grad(want, (r, t))
+        grad_got = torch.autograd.grad(got, (r, t))
+        for a, b in zip(grad_got, grad_want):
+            torch.testing.assert_close(a, b)
+    empty = region_loss(junk, junk, scale, pids, valid=torch.zeros(8, dtype=torch.bool))
+    assert float(empty) == 0.0

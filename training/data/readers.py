@@ -60,7 +60,8 @@ class MGRSDataset(torch.utils.data.Dataset):
                 "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                 "categories": [s["category"] for s in objects],
                 "category_ids": torch.tensor([s["category_id"] for s in objects], dtype=torch.long),
-                "texts": [s.get("cap") or f"a satellite image of {s['category']}" for s in objects]}
+                "texts": [s.get("cap") or f"a satellite image of {s['category']}" for s in objects],
+                "own_caption": [bool(s.get("cap")) for s in objects]}
 
 
 def expand_shards(spec: str) -> list[str]:

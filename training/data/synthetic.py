@@ -91,7 +91,8 @@ _SCENE_COLOURS = {"grass": (95, 150, 70), "water": (35, 75, 150), "road": (125, 
 def random_scene(size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """(RGB uint8 [size, size, 3], class mask [size, size] indexing SCENE_CLASSES, objects) of a random
     scene: a field, a pond, a road with cars, buildings and trees with shadows. Objects (buildings,
-    trees, cars) come with pixel boxes {x1, y1, x2, y2} and their category."""
+    trees, cars, and the field, pond, a stretch of road and a grass patch where their box is mostly
+    that cover) come with pixel boxes {x1, y1, x2, y2} and their category."""
     rng = np.random.default_rng(seed)
     mask = np.zeros((size, size), dtype=np.uint8)
     yy, xx = np.mgrid[0:size, 0:size]
@@ -138,6 +139,23 @@ def random_scene(size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray
             shadow[y1 + 1:y2 + 1, x1 + 1:x2 + 1] = True
             mask[y1:y2, x1:x2] = index["car"]
             objects.append({"bbox": {"x1": x1, "y1": y1, "x2": x2, "y2": y2}, "category": "car"})
+    # land-cover regions as objects too (as MGRS holds "harbor" or "farmland" boxes): the field, the pond,
+    # a stretch of road and a patch of grass, kept where the box is mostly that cover
+    candidates = [("field", fx, fy, fx + size // 3, fy + size // 3),
+                  ("water", cx - int(r * 1.22), cy - r, cx + int(r * 1.22) + 1, cy + r + 1)]
+    stretch = int(rng.integers(0, size - 6 * half))
+    candidates.append(("road", road_at - half, stretch, road_at + half, stretch + 6 * half) if vertical
+                      else ("road", stretch, road_at - half, stretch + 6 * half, road_at + half))
+    for _ in range(4):
+        side = int(rng.integers(size // 10, size // 5))
+        gx, gy = (int(v) for v in rng.integers(0, size - side, 2))
+        candidates.append(("grass", gx, gy, gx + side, gy + side))
+    for category, x1, y1, x2, y2 in candidates:
+        x1, y1, x2, y2 = max(int(x1), 0), max(int(y1), 0), min(int(x2), size), min(int(y2), size)
+        if x2 - x1 > 2 and y2 - y1 > 2 and (mask[y1:y2, x1:x2] == index[category]).mean() >= 0.75:
+            objects.append({"bbox": {"x1": x1, "y1": y1, "x2": x2, "y2": y2}, "category": category})
+            if category == "grass":
+                break  # one grass patch is enough
     colours = np.array([_SCENE_COLOURS[n] for n in SCENE_CLASSES], dtype=np.float32)
     rgb = colours[mask]
     stripes = (np.sin(yy / 2.5) * 12)[..., None] * (mask == index["field"])[..., None]

@@ -1,0 +1,86 @@
+"""The real training step under DDP: two gloo processes, each holding half of the global batch, give the
+losses and parameter gradients of one process on the whole batch — for stage 1 (contrastive +
+patch-to-patch distillation) and stage 2 (contrastive + region alignment, with the two ranks holding
+different numbers of objects)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from engine.models.loader import tokenizer_for
+from tests.engine.conftest import TINY, make_clip
+from training.batches import Collate, Stage1Sample, Stage2Samples
+from training.config import TrainConfig
+from training.data.readers import MGRSDataset
+from training.step import FarSLIPTrainer, stage_losses
+
+GLOBAL_BATCH = 4
+
+
+def _samples(stage: int, data: str) -> list[dict]:
+    torch.manual_seed(3)
+    if stage == 1:
+        records = MGRSDataset(data, max_boxes=4, min_size=8)
+        make = Stage1Sample(224, 4, (0.3, 0.7), (3 / 4, 4 / 3))
+        return [make((records[i]["image"], records[i]["caption"])) for i in range(GLOBAL_BATCH)]
+    samples = Stage2Samples(MGRSDataset(data, max_boxes=4, min_size=8), 224)
+    return [samples[i] for i in range(GLOBAL_BATCH)]
+
+
+def _step(stage: int, samples: list[dict]):
+    """Loss values and gradients of one step (the module DDP-wrapped when a process group exists)."""
+    cfg = TrainConfig(stage=stage, data="-")
+    trainer = FarSLIPTrainer(make_clip(TINY, seed=5).train(), stage)
+    module = torch.nn.parallel.DistributedDataParallel(trainer) if dist.is_initialized() else trainer
+    batch = Collate(stage, tokenizer_for(TINY), 77, cfg.max_boxes)(samples)
+    losses = stage_losses(module(batch), batch, cfg)
+    losses["total"].backward()
+    values = torch.stack([losses[k].detach() for k in sorted(losses)])
+    grads = {n: p.grad.detach().clone() for n, p in trainer.named_parameters() if p.grad is not None}
+    return values, grads, int(batch.get("valid", torch.ones(0)).sum())
+
+
+def _worker(rank: int, world: int, port: int, stage: int, data: str, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        samples = _samples(stage, data)
+        half = GLOBAL_BATCH // world
+        values, grads, objects = _step(stage, samples[rank * half:(rank + 1) * half])
+        dist.all_reduce(values)  # logged losses are the mean over ranks
+        queue.put((rank, (values / world).tolist(), {k: v.tolist() for k, v in grads.items()}, objects))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_two_gloo_processes_equal_one_process_on_the_global_batch(stage, scene_dataset):
+    data = str(scene_dataset["mgrs"])
+    want_values, want_grads, _ = _step(stage, _samples(stage, data))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(rank, 2, port, stage, data, queue)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    if stage == 2:  # the ranks really hold different numbers of objects
+        assert results[0][3] != results[1][3]
+    assert len(want_grads) == sum(1 for p in make_clip(TINY).parameters())  # every weight is trained
+    for _, values, grads, _ in results:
+        torch.testing.assert_close(torch.tensor(values), want_values, rtol=1e-5, atol=1e-6)
+        assert grads.keys() == want_grads.keys()
+        for name, want in want_grads.items():
+            torch.testing.assert_close(torch.tensor(grads[name]), want, rtol=2e-4, atol=2e-6, msg=name)

@@ -1,0 +1,71 @@
+"""Training checkpoints in the release layout, so that the engine serves them as they are:
+
+    {"epoch", "name", "state_dict", "optimizer"}   + "step", "arch", "config", "scheduler", "scaler",
+                                                     "teacher" (EMA/frozen copy), "rng"
+
+`state_dict` holds the bare network's keys (no `module.` prefix); `farslip segment --model FILE.pt`
+loads it directly and the architecture is recognised from its shapes. Files are written under a
+temporary name and renamed, so an interrupted save never leaves a truncated checkpoint behind.
+Resuming reads `checkpoints/latest.pt`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from engine.errors import InputError
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(obj, partial)
+    os.replace(partial, path)
+
+
+def training_state(*, clip, arch: str, name: str, epoch: int, step: int, config: dict, optimizer=None,
+                   scheduler=None, scaler=None, teacher_state=None, full: bool = True) -> dict:
+    state = {"epoch": epoch, "step": step, "name": name, "arch": arch, "long_clip": bool(clip.long_clip),
+             "config": config, "state_dict": {k: v.detach().cpu() for k, v in clip.state_dict().items()}}
+    if full:
+        state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                     scaler=scaler.state_dict() if scaler is not None else None, teacher=teacher_state,
+                     rng={"torch": torch.get_rng_state(),
+                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
+    return state
+
+
+def save_checkpoint(state: dict, out: Path, keep: int) -> Path:
+    """checkpoints/step_N.pt + latest.pt; older step files beyond `keep` are removed."""
+    folder = out / "checkpoints"
+    path = folder / f"step_{state['step']:08d}.pt"
+    save_atomic(state, path)
+    save_atomic(state, folder / "latest.pt")
+    for old in sorted(folder.glob("step_*.pt"))[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def find_resume(out: Path, resume: str) -> Path | None:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        latest = out / "checkpoints" / "latest.pt"
+        return latest if latest.is_file() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise InputError(f"--resume: no such checkpoint {path}")
+    return path
+
+
+def load_training_state(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling/zip/IO errors differ by torch version
+        raise InputError(f"cannot resume from {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    if not isinstance(state, dict) or "optimizer" not in state or "state_dict" not in state:
+        raise InputError(f"cannot resume from {path}: not a training checkpoint (no optimiser state)")
+    return state

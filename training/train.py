@@ -1,0 +1,82 @@
+"""Train FarSLIP (stage 1 or 2) on one process or under `torchrun` (DDP).
+
+    torchrun --nproc_per_node=4 -m training.train --stage 1 --data 'rs5m/{0000..0031}.tar' \\
+        --model openai:ViT-B-16 -o runs/stage1
+    torchrun --nproc_per_node=4 -m training.train --stage 2 --data mgrs/text_info.json \\
+        --model runs/stage1/FarSLIP1_ViT-B-16.pt --long-clip -o runs/stage2
+    python -m training.train --config stage2.yaml --set lr=1e-8 --set teacher=ema
+
+Settings: the stage's published defaults < `--config FILE` (YAML/TOML/JSON) < flags and `--set key=value`.
+Rerunning a command resumes from `OUT/checkpoints/latest.pt`. Bad settings or data end with one line
+on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.errors import FarSLIPError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", type=int, choices=(1, 2))
+    p.add_argument("--config", help="YAML/TOML/JSON file of settings (see training/config.py)")
+    p.add_argument("--data", help="stage 1: shards ('rs5m/{0000..0031}.tar'); stage 2: MGRS text_info.json")
+    p.add_argument("--data-root", help="stage 2: image folder (default: beside text_info.json)")
+    p.add_argument("--model", help="start: release name, .pt file, openai:ViT-B-16 or random:ARCH")
+    p.add_argument("--arch", help="architecture when the model file does not say")
+    p.add_argument("-o", "--out", help="run folder (logs, checkpoints, final model)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int, help="images per process")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--teacher", choices=("active", "ema", "frozen"))
+    p.add_argument("--long-clip", action="store_true", default=None, help="stage 2: Long-CLIP text positions (248)")
+    p.add_argument("--precision", choices=("auto", "fp32", "amp", "amp_bf16"))
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--workers", type=int, help="data-loading processes per rank")
+    p.add_argument("--resume", help="auto (default), never, or a checkpoint path")
+    p.add_argument("--device", choices=("cuda", "cpu"), help="default: CUDA when available")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+_FLAG_FIELDS = ("stage", "data", "data_root", "model", "arch", "out", "epochs", "max_steps", "batch_size", "lr",
+                "warmup", "teacher", "long_clip", "precision", "grad_clip", "workers", "resume")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from training.config import build_config, parse_assignments
+    from training.distributed import init_world, shutdown
+
+    world = None
+    try:
+        overrides = parse_assignments(args.set)
+        overrides.update({k: getattr(args, k) for k in _FLAG_FIELDS if getattr(args, k) is not None})
+        cfg = build_config(args.stage, args.config, overrides)
+        from training.loop import train
+
+        world = init_world(args.device)
+        record = train(cfg, world, quiet=args.quiet)
+        if world.main and not args.quiet:
+            print(f"done: {record['checkpoint']}  ({record['step']} steps, {record['seconds']:.0f} s)")
+        return 0
+    except FarSLIPError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the current step is saved; run the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        if world is not None:
+            shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
