@@ -72,9 +72,11 @@ def block_contributions(segmenter: Segmenter, height: int, width: int, block: in
         return []
     extent = block_extent(core, owned)
     local = [b.shifted(-extent.y, -extent.x) for b in owned]
+    upsampler = getattr(segmenter, "upsampler", None)  # a learned feature up-sampler, when one is chosen
     total, count = accumulate_crops(
         segmenter.model, image, segmenter.text, segmenter.crop, local, Box(0, 0, extent.h, extent.w),
-        segmenter.batch_size, segmenter.options.global_bias, progress=_delta_reporter(on_crops))
+        segmenter.batch_size, segmenter.options.global_bias, progress=_delta_reporter(on_crops),
+        **({"upsampler": upsampler} if upsampler is not None else {}))
     parts: list[Part] = []
     for ti, tj in ((i, j), (i, j + 1), (i + 1, j), (i + 1, j + 1)):
         if ti >= len(rows) or tj >= len(rows[ti]):

@@ -1,0 +1,239 @@
+"""`farslip segment-batch` as a user runs it: outputs equal `segment`'s, merged products, Ray with a
+killed worker, resume after Ctrl-C, bad inputs reported while the rest is processed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pyogrio.raw
+import pytest
+import rasterio
+import torch
+from rasterio.crs import CRS
+
+from engine.batch.inputs import expand_inputs
+from engine.cli import main
+from tests.engine.conftest import TINY, make_clip
+from tests.engine.rasters import scene, write_raster
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASSES = "water,river; grass; building,roof; road"
+BLOCK = "256"
+# name: (height, width, crs, origin, resolution); `big` spans 3 × 4 blocks of 256 px
+RASTERS = {
+    "small_a": (200, 260, "EPSG:32633", (500000.0, 5200000.0), 0.5),
+    "small_b": (230, 250, "EPSG:32633", (500300.0, 5200000.0), 0.3),  # another resolution (resampled to 0.5 m)
+    "small_c": (210, 240, "EPSG:3857", (1490000.0, 6890000.0), 0.5),
+    "big": (700, 900, "EPSG:32633", (500000.0, 5199800.0), 0.5),
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Input rasters, a tiny checkpoint and `segment`'s outputs for every input (the reference)."""
+    root = tmp_path_factory.mktemp("batch")
+    checkpoint = root / "tiny.pt"
+    torch.save({"epoch": 1, "name": "tiny", "state_dict": make_clip().state_dict()}, checkpoint)
+    paths = {}
+    for k, (name, (h, w, crs, origin, res)) in enumerate(RASTERS.items()):
+        paths[name] = write_raster(root / f"{name}.tif", scene(h, w, seed=k)[0], crs=crs, origin=origin, res=res)
+    for name, path in paths.items():
+        assert main(["segment", str(path), "--classes", CLASSES, "-o", str(root / "ref"), "--block", BLOCK,
+                     *_model_args(checkpoint)]) == 0
+    return {"root": root, "checkpoint": checkpoint, "paths": paths, "ref": root / "ref"}
+
+
+def _model_args(checkpoint):
+    return ["--model", str(checkpoint), "--arch", TINY, "-q"]
+
+
+def _batch(data, out, *extra, inputs=None):
+    inputs = inputs or [str(p) for p in data["paths"].values()]
+    return main(["segment-batch", *inputs, "--classes", CLASSES, "-o", str(out), "--block", BLOCK,
+                 *_model_args(data["checkpoint"]), *extra])
+
+
+def _classes(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1), ds.crs, ds.transform
+
+
+def _assert_equal_to_segment(data, out, names=None):
+    for name in names or data["paths"]:
+        got, crs, transform = _classes(out / f"{name}_classes.tif")
+        want, want_crs, want_transform = _classes(data["ref"] / f"{name}_classes.tif")
+        assert crs == want_crs and transform == want_transform
+        assert np.array_equal(got, want), f"{name}: class map differs from `segment`'s"
+        for product in ("summary.json", "polygons.gpkg"):
+            assert (out / f"{name}_{product}").exists()
+
+
+def _summary(out):
+    return json.loads((out / "batch_summary.json").read_text())
+
+
+def test_in_process_batch_equals_segment_with_merged_products(data, tmp_path):
+    out = tmp_path / "out"
+    assert _batch(data, out) == 0
+    _assert_equal_to_segment(data, out)
+    summary = _summary(out)
+    assert summary["done"] == 4 and summary["failed"] == 0
+    assert summary["windows"]["computed"] == sum(
+        json.loads((data["ref"] / f"{n}_summary.json").read_text())["crops"] for n in data["paths"])
+    for cls, area in summary["area_m2_per_class"].items():  # areas per class add up over the inputs
+        per_input = [json.loads((data["ref"] / f"{n}_summary.json").read_text()) for n in data["paths"]]
+        assert area == pytest.approx(sum(c["area_m2"] for s in per_input for c in s["classes"] if c["name"] == cls))
+
+    # one GeoPackage layer per CRS holding every input's polygons, in that input's CRS
+    layers = dict(pyogrio.list_layers(out / "merged_polygons.gpkg"))
+    for name, (*_, crs, _origin, _res) in RASTERS.items():
+        layer = f"polygons_{crs.replace(':', '_')}"
+        assert layer in layers
+        info = pyogrio.read_info(out / "merged_polygons.gpkg", layer=layer)
+        assert CRS.from_user_input(info["crs"]) == CRS.from_user_input(crs)
+        sources = _read_field(out / "merged_polygons.gpkg", layer, "source")
+        expected = pyogrio.read_info(out / f"{name}_polygons.gpkg")["features"]
+        assert int((np.asarray(sources) == name).sum()) == expected > 0
+
+    # one VRT per CRS that GDAL opens; at each input's pixel centres it shows that input's classes
+    for crs in {r[2] for r in RASTERS.values()}:
+        vrt = out / f"mosaic_classes_{crs.replace(':', '_')}.vrt"
+        with rasterio.open(vrt) as mosaic:
+            assert mosaic.crs == CRS.from_user_input(crs)
+            for name, (h, w, c, _, _) in RASTERS.items():
+                if c != crs:
+                    continue
+                labels, _, transform = _classes(out / f"{name}_classes.tif")
+                rng = np.random.default_rng(0)
+                rows, cols = rng.integers(0, h, 50), rng.integers(0, w, 50)
+                points = [transform * (col + 0.5, row + 0.5) for row, col in zip(rows, cols)]
+                assert [int(v[0]) for v in mosaic.sample(points)] == labels[rows, cols].tolist()
+
+
+def _read_field(path, layer, field):
+    meta, _, _, columns = pyogrio.raw.read(str(path), layer=layer, read_geometry=False)
+    return columns[list(meta["fields"]).index(field)]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_batch_equals_segment(data, tmp_path, local_ray):
+    out = tmp_path / "out"
+    assert _batch(data, out, "--ray", "auto", "--workers", "2") == 0
+    _assert_equal_to_segment(data, out)
+    summary = _summary(out)
+    assert summary["workers"] == 2 and "Ray" in summary["executor"] and summary["done"] == 4
+
+
+def test_ray_run_survives_a_killed_model_actor(data, tmp_path, local_ray):
+    out = tmp_path / "out"
+    codes = []
+    run = threading.Thread(target=lambda: codes.append(
+        _batch(data, out, "--ray", "auto", "--workers", "2", inputs=[str(data["paths"]["big"])])))
+    run.start()
+    manifest = _wait_for_blocks(out, 1, run)
+    assert run.is_alive(), "the run ended before a worker could be killed"
+    workers = [n for n in local_ray.util.list_named_actors() if "-worker-" in n]
+    assert workers
+    local_ray.kill(local_ray.get_actor(workers[0]), no_restart=False)
+    killed_after = len(manifest.read_text().splitlines())
+    run.join(timeout=300)
+    assert codes == [0]
+    assert killed_after < _summary(out)["windows"]["to_compute"]
+    _assert_equal_to_segment(data, out, ["big"])
+
+
+def _wait_for_blocks(out: Path, n: int, run=None, timeout: float = 120) -> Path:
+    """The manifest, once it records at least `n` finished blocks."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = list(out.glob(".farslip-batch/*/manifest.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= n:
+            return found[0]
+        if run is not None and not run.is_alive():
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} finished blocks in {out}")
+
+
+def test_ctrl_c_then_rerun_does_only_the_missing_windows(data, tmp_path):
+    out = tmp_path / "out"
+    big = str(data["paths"]["big"])
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "segment-batch", big, "--classes", CLASSES,
+                             "-o", str(out), "--block", BLOCK, *_model_args(data["checkpoint"])],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    _wait_for_blocks(out, 2, timeout=120)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "rerun the same command to resume" in err.strip().splitlines()[-1]
+    assert not (out / "big_classes.tif").exists()  # nothing carries a final name before it is complete
+    assert not any(p.name.endswith((".tif", ".gpkg", ".vrt")) for p in out.iterdir())
+
+    assert _batch(data, out, inputs=[big]) == 0
+    windows = _summary(out)["windows"]
+    reference = json.loads((data["ref"] / "big_summary.json").read_text())["crops"]
+    assert windows["resumed"] > 0 and windows["computed"] > 0
+    assert windows["computed"] + windows["resumed"] == reference  # each window computed once over both runs
+    _assert_equal_to_segment(data, out, ["big"])
+
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("big_*")}
+    assert _batch(data, out, inputs=[big]) == 0  # a finished run is not redone and its outputs not rewritten
+    assert _summary(out)["done_earlier"] == 1 and _summary(out)["windows"]["computed"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("big_*")} == stamps
+
+
+def test_bad_inputs_are_reported_and_the_rest_processed(data, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.tif"
+    write_raster(corrupt, scene(300, 300, seed=7)[0])
+    corrupt.write_bytes(corrupt.read_bytes()[: corrupt.stat().st_size // 2])
+    text = tmp_path / "notes.tif"
+    text.write_text("this is not a raster")
+    good = str(data["paths"]["small_a"])
+    out = tmp_path / "out"
+    inputs = [good, str(tmp_path / "missing.tif"), str(corrupt), str(text)]
+    code = _batch(data, out, inputs=inputs)
+    err = capsys.readouterr().err
+    assert code != 0
+    summary = _summary(out)
+    assert summary["done"] == 1 and summary["failed"] == 3
+    assert {f["input"] for f in summary["failures"]} == set(inputs[1:])
+    for bad in inputs[1:]:
+        assert any(line.startswith("farslip: failed: ") and bad in line for line in err.splitlines())
+    _assert_equal_to_segment(data, out, ["small_a"])
+    assert "Traceback" not in err
+
+
+def test_ray_asked_for_without_ray_is_one_line(data, tmp_path):
+    code = ("import sys; sys.modules['ray'] = None; from engine.cli import main; "
+            f"sys.exit(main({['segment-batch', str(data['paths']['small_a']), '--classes', 'a', '-o', str(tmp_path), '--ray', 'local']!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == ["farslip: error: --ray needs Ray: pip install 'farslip[ray]'"]
+
+
+def test_inputs_from_globs_and_lists(tmp_path):
+    for name in ("b.tif", "a.tif", "c.png"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    listing = tmp_path / "sub" / "list.txt"
+    listing.write_text(f"# tiles\n../a.tif\n\n{tmp_path / 'b.tif'}\n/vsis3/bucket/tile.tif\n")
+    assert expand_inputs([str(tmp_path / "*.tif")]) == [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]
+    assert expand_inputs([str(listing)]) == [str(tmp_path / "sub" / "../a.tif"), str(tmp_path / "b.tif"),
+                                             "/vsis3/bucket/tile.tif"]
