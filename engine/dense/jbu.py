@@ -26,24 +26,21 @@ from torch import nn
 KEY_DIM = 32  # channels of the range projection in the released models
 GUIDANCE_DIM = 3  # RGB
 STEPS = 4  # four 2× steps: 16× the patch grid
-ROW_TILE = 16  # output rows per pass of the windowed sum (keeps the working set small on CPUs)
 
 
 def _window_sum(padded: torch.Tensor, weights: torch.Tensor, diameter: int) -> torch.Tensor:
     """out[b, c, y, x] = Σ_p weights[b, p, y, x] · padded[b, c, y + p // d, x + p % d].
 
-    `padded` is [B, C, H + d − 1, W + d − 1], `weights` [B, d², H, W]; returns [B, C, H, W]. Works on
-    row tiles so that a tile and its window stay in cache; memory is one output tensor.
+    `padded` is [B, C, H + d − 1, W + d − 1], `weights` [B, d², H, W]; returns [B, C, H, W]. One
+    multiply-add per offset over the whole map (memory: one output tensor; faster on CPUs than tiling
+    or unfolding the window).
     """
     b, c = padded.shape[:2]
     h, w = weights.shape[-2:]
     out = padded.new_zeros(b, c, h, w)
-    for y0 in range(0, h, ROW_TILE):
-        y1 = min(h, y0 + ROW_TILE)
-        tile = out[:, :, y0:y1]
-        for p in range(diameter * diameter):
-            dy, dx = divmod(p, diameter)
-            tile.addcmul_(padded[:, :, y0 + dy:y1 + dy, dx:dx + w], weights[:, p:p + 1, y0:y1])
+    for p in range(diameter * diameter):
+        dy, dx = divmod(p, diameter)
+        out.addcmul_(padded[:, :, dy:dy + h, dx:dx + w], weights[:, p:p + 1])
     return out
 
 
@@ -114,10 +111,48 @@ class JBUUpsampler(nn.Module):
     def steps(self) -> list[JBUStep]:
         return [self.up] * STEPS if self.kind == "jbu_one" else [self.up1, self.up2, self.up3, self.up4]
 
-    def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    def _check(self, features: torch.Tensor) -> None:
         if features.shape[1] != self.feat_dim:
             raise ValueError(f"up-sampler expects {self.feat_dim}-d features, got {features.shape[1]}")
+
+    def spatial(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """The four guided steps alone: [B, C, h, w] → [B, C, 16h, 16w] for any number of channels C.
+        Linear in `features` and the same for every channel (the kernels depend on the image only)."""
         for step in self.steps():
             h, w = features.shape[-2:]
             features = step(features, F.adaptive_avg_pool2d(image, (2 * h, 2 * w)))
-        return features + 0.1 * self.fixup_proj(features)
+        return features
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        self._check(features)
+        x = self.spatial(features, image)
+        return x + 0.1 * self.fixup_proj(x)
+
+    def cosine(self, features: torch.Tensor, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity [B, N, 16h, 16w] of the up-sampled features with unit text embeddings [N, D]:
+        normalize(forward(features, image)) · text.
+
+        When the patch grid has fewer cells P = h·w than features have channels D (ViT-B/16: 196 < 512),
+        this is computed exactly on a P-dimensional basis: features = Q·R (QR per crop), and since the
+        steps act on every channel alike, up-sampled = M·Q·spatial(R) + c with M = I + 0.1·W and
+        c = 0.1·bias of the output projection; the dot products and the norm follow from M·Q and its
+        Gram matrix, so the steps run on P channels instead of D and no D×D projection runs per pixel.
+        """
+        self._check(features)
+        b, d, h, w = features.shape
+        p = h * w
+        if p >= d:
+            return torch.einsum("bdhw,nd->bnhw", F.normalize(self(features, image), dim=1), text)
+        q, r = torch.linalg.qr(features.reshape(b, d, p))  # q [B, D, P], r [B, P, P]
+        z = self.spatial(r.reshape(b, p, h, w), image)
+        out_hw = z.shape[-2:]
+        z = z.flatten(2)  # [B, P, HW]
+        conv = self.fixup_proj[1]
+        m = torch.eye(d, device=features.device, dtype=features.dtype) + 0.1 * conv.weight[:, :, 0, 0]
+        c = 0.1 * conv.bias
+        a = m @ q  # [B, D, P]
+        dots = (text @ a) @ z + (text @ c)[None, :, None]  # [B, N, HW]
+        at = a.transpose(1, 2)
+        squared = (z * ((at @ a) @ z)).sum(1) + 2 * ((at @ c)[:, :, None] * z).sum(1) + c @ c
+        norm = squared.clamp_min(0).sqrt().clamp_min(1e-12)
+        return (dots / norm[:, None]).reshape(b, -1, *out_hw)

@@ -125,8 +125,7 @@ def _upsampled_logits(upsampler: nn.Module, patches: torch.Tensor, inputs: torch
     for start in range(0, patches.shape[0], UPSAMPLE_CHUNK):
         features = patches[start:start + UPSAMPLE_CHUNK].permute(0, 3, 1, 2).float()
         guidance = inputs[start:start + UPSAMPLE_CHUNK].float()
-        features = F.normalize(upsampler(features, guidance), dim=1)
-        out.append(torch.einsum("bdhw,nd->bnhw", features, text))
+        out.append(upsampler.cosine(features, guidance, text))
     return torch.cat(out)
 
 

@@ -117,6 +117,22 @@ def test_layout_is_kept_each_quadrant_stays_where_it_was(kind):
             assert bool((winner[ys, xs] == channel).all()), f"quadrant {channel} moved (margin {margin})"
 
 
+@pytest.mark.parametrize("kind", ["jbu_one", "jbu_stack"])
+def test_cosine_on_the_reduced_basis_equals_normalising_the_up_sampled_features(kind):
+    """More channels than grid cells (as ViT-B/16: 512 > 196) takes the exact low-rank route."""
+    dim = 64
+    module = JBUUpsampler(dim, kind).eval()
+    module.load_state_dict(random_state(dim, kind, seed=2), strict=True)
+    torch.manual_seed(1)
+    features, image = torch.randn(2, dim, 4, 6), torch.randn(2, 3, 64, 96)
+    text = torch.nn.functional.normalize(torch.randn(5, dim), dim=1)
+    with torch.no_grad():
+        direct = torch.einsum("bdhw,nd->bnhw", torch.nn.functional.normalize(module(features, image), dim=1), text)
+        reduced = module.cosine(features, image, text)
+    assert reduced.shape == (2, 5, 64, 96)
+    torch.testing.assert_close(reduced, direct, atol=2e-5, rtol=1e-4)
+
+
 def test_segment_image_with_the_upsampler_differs_and_keeps_shapes(tiny_model, jbu_one):
     image = scene(120, 200)[0].transpose(1, 2, 0)  # one crop, smaller than the model's input
     plain = segment_image(image, CLASSES, tiny_model)
