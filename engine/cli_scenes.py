@@ -144,7 +144,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--cell", type=float, help="grid cell size in metres")
     p.add_argument("--cell-px", type=float, help="grid cell size in pixels (rasters without CRS)")
     p.add_argument("--regions", help="vector file (GeoPackage, shapefile, GeoJSON) of regions to label")
-    p.add_argument("--templates", default="rs", choices=["rs", "imagenet80", "name"], help="prompt templates")
+    p.add_argument("--templates", default="rs", choices=["rs", "imagenet80", "name", "region"], help="prompt templates")
     p.set_defaults(func=_cmd_classify)
     p = commands.add_parser("search", help="search a raster by free text: heat map and top-k boxes")
     _common(p)

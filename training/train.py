@@ -50,6 +50,17 @@ _FLAG_FIELDS = ("stage", "data", "data_root", "model", "arch", "out", "epochs", 
                 "warmup", "teacher", "long_clip", "precision", "grad_clip", "workers", "resume")
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message of an error; for one re-raised from a data-loading worker (whose message carries the
+    worker's traceback), the original error's own last line."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]
+        name, sep, rest = text.partition(": ")
+        return rest if sep and " " not in name else text
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from training.config import build_config, parse_assignments
@@ -68,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"done: {record['checkpoint']}  ({record['step']} steps, {record['seconds']:.0f} s)")
         return 0
     except FarSLIPError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unreadable images or shards, possibly raised in a data-loading worker
+        print(f"error: cannot read training data: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the current step is saved; run the same command to resume", file=sys.stderr)

@@ -26,10 +26,11 @@ def _template_sets() -> dict[str, tuple[str, ...]]:
         "imagenet80": imagenet,                                          # OVSS protocol
         "rs": ("a satellite photo of {}.", "a satellite image of {}"),  # scene classification protocol
         "name": ("{}",),                                                 # the bare name
+        "region": ("a satellite image of {}",),                          # stage 2's region-category text
     }
 
 
-TEMPLATE_SET_NAMES = ("imagenet80", "rs", "name")
+TEMPLATE_SET_NAMES = ("imagenet80", "rs", "name", "region")
 
 
 def templates(name: str) -> tuple[str, ...]:

@@ -94,7 +94,7 @@ class LabelRequest(ModelChoice):
     regions: list[RegionIn] = Field(..., min_length=1, max_length=512)
     crs: str | None = Field(None, max_length=200, description="CRS of the regions; 'pixel'; default: the raster's")
     bands: list[int] | None = Field(None, min_length=3, max_length=3)
-    template_set: Literal["rs", "imagenet80", "name"] = "rs"
+    template_set: Literal["rs", "imagenet80", "name", "region"] = "rs"
 
 
 class RegionLabel(BaseModel):

@@ -153,11 +153,27 @@ def test_mixed_precision_on_cpu_trains(scene_dataset, start, tmp_path):
     (["--stage", "1", "--data", "gone/{0000..0003}.tar"], "4 shard(s) not found"),
     (["--stage", "1", "--data", "x.tar", "--set", "teacher=maybe"], "teacher"),
     (["--stage", "1", "--data", "x.tar", "--set", "nonsense"], "key=value"),
-    (["--stage", "1", "--data", "x.tar", "--model", "random:ViT-Q-99"], "unknown architecture"),
+    (["--stage", "2", "--data", "SCENES", "--model", "random:ViT-Q-99"], "unknown architecture"),
+    (["--stage", "2", "--data", "SCENES", "--model", "no/such.pt"], "unknown model"),
 ])
-def test_bad_settings_end_with_one_line(args, message, tmp_path):
+def test_bad_settings_end_with_one_line(args, message, scene_dataset, tmp_path):
+    args = [str(scene_dataset["mgrs"]) if a == "SCENES" else a for a in args]
     result = subprocess.run([sys.executable, "-m", "training.train", *args, "-o", str(tmp_path / "o"), "-q"],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_a_missing_image_mid_run_ends_with_one_line(scene_dataset, tmp_path):
+    import shutil
+
+    data = tmp_path / "mgrs"
+    shutil.copytree(scene_dataset["mgrs"].parent, data)
+    next((data / "images").glob("*.png")).unlink()
+    result = subprocess.run([sys.executable, "-m", "training.train", "--stage", "2", "--data", str(data / "text_info.json"),
+                             "--model", f"random:{TINY}", "--batch-size", "4", "--workers", "1", "--set", "min_box=8",
+                             "-o", str(tmp_path / "o"), "-q"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot read image" in lines[0], result.stderr

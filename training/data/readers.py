@@ -11,7 +11,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from engine.dense.prompts import templates
 from engine.errors import InputError
+
+REGION_PROMPT = templates("region")[0]  # "a satellite image of {}": stage 2's text for an object's category
 
 
 class MGRSDataset(torch.utils.data.Dataset):
@@ -51,8 +54,12 @@ class MGRSDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        with Image.open(self.root / record["global_filepath"]) as im:
-            image = im.convert("RGB")
+        path = self.root / record["global_filepath"]
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise InputError(f"record {index}: cannot read image {path}: {exc.__class__.__name__}") from None
         caption = record.get(self.caption_key) or record.get("detailed_caption") or record.get("brief_caption", "")
         objects = self.objects(index)
         boxes = [(s["bbox"]["x1"], s["bbox"]["y1"], s["bbox"]["x2"], s["bbox"]["y2"]) for s in objects]
@@ -60,7 +67,7 @@ class MGRSDataset(torch.utils.data.Dataset):
                 "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                 "categories": [s["category"] for s in objects],
                 "category_ids": torch.tensor([s["category_id"] for s in objects], dtype=torch.long),
-                "texts": [s.get("cap") or f"a satellite image of {s['category']}" for s in objects],
+                "texts": [s.get("cap") or REGION_PROMPT.format(s["category"]) for s in objects],
                 "own_caption": [bool(s.get("cap")) for s in objects]}
 
 

@@ -3,9 +3,9 @@ as a user runs it: `segment` on each scene's GeoTIFF (mIoU against the exact lab
 labelling of every object box (top-1 accuracy against its category).
 
 It is the quick check that a training set-up learns (tests, smoke runs), not a benchmark. Class names
-are used bare (template set `name`) by default: a tiny network trained from scratch on a few hundred
-captions knows only the phrasings it saw, unlike CLIP, so prompt ensembles would measure its text
-generalisation rather than the training.
+go through stage 2's own phrase "a satellite image of {}" (template set `region`) by default: a tiny
+network trained from scratch on a few hundred captions knows only the phrasings it saw, unlike CLIP,
+so prompt ensembles would measure its text generalisation rather than the training.
 
     from training.evaluate.synthetic import score_checkpoint
     score_checkpoint("runs/stage2/FarSLIP2_tiny-vit-16.pt", "heldout/")   # a write_scene_dataset folder
@@ -29,7 +29,7 @@ from engine.models import load_model
 from training.data.synthetic import SCENE_CLASSES
 from training.evaluate.metrics import ConfusionMatrix
 
-def score_checkpoint(model: str, scenes: str | Path, device: str = "cpu", template_set: str = "name") -> dict:
+def score_checkpoint(model: str, scenes: str | Path, device: str = "cpu", template_set: str = "region") -> dict:
     """{'miou', 'iou' per class, 'region_accuracy', 'regions'} of a checkpoint on a scene folder."""
     scenes = Path(scenes)
     loaded = load_model(str(model), device=device)
