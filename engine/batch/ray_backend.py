@@ -87,7 +87,7 @@ class RayExecutor:
         light = copy.copy(segmenter)
         light.model = None
         light.text = segmenter.text.cpu()
-        shared = ray.put(light)
+        self._shared = shared = ray.put(light)  # held for the run: restarted actors are built from it again
         actor_cls = ray.remote(BlockWorker)
         self.run_id = uuid.uuid4().hex[:8]
         self.actors = [actor_cls.options(name=f"farslip-{self.run_id}-worker-{k}", num_cpus=cpus_per_worker,

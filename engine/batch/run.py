@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,7 +32,7 @@ from engine.batch.inputs import output_stems
 from engine.batch.manifest import Manifest
 from engine.batch.merge import Product, write_merged
 from engine.batch.units import RasterSpec, Unit, plan_units
-from engine.errors import FarSLIPError
+from engine.errors import Cancelled, FarSLIPError
 from engine.geo.blocks import assemble_block, block_boxes, sources_of
 from engine.geo.pipeline import DEFAULT_BLOCK, RasterJob, output_paths, segment_raster
 
@@ -99,25 +101,38 @@ def run_batch(inputs: list[str], settings: BatchSettings, segmenter, executor,
     computed = 0
     failed: set[int] = set()
     t0 = time.perf_counter()
-    for r in [r for r, n in remaining.items() if n == 0]:
-        _publish(r, jobs[r], status[r], segmenter, manifest)
-    if progress is not None:
-        progress(0, total)
-    for unit, parts, error in executor.map(u for u in todo if u.raster not in failed):
-        r = unit.raster
-        if error is not None:
-            failed.add(r)
-            status[r].update(status="failed", error=error)
-            continue
-        if r in failed:
-            continue
-        manifest.save_block(jobs[r].name, unit.i, unit.j, parts, unit.crops)
-        computed += unit.crops
-        if progress is not None:
-            progress(computed, total)
-        remaining[r] -= 1
-        if remaining[r] == 0:
-            _publish(r, jobs[r], status[r], segmenter, manifest)
+    # Publishing (assembly, COGs, polygons) runs beside the loop, so workers keep getting units.
+    cancel = threading.Event()
+    publishing: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="farslip-publish") as publisher:
+        def publish(r: int) -> None:
+            publishing.append(publisher.submit(_publish, jobs[r], status[r], segmenter, manifest, cancel))
+
+        try:
+            for r in [r for r, n in remaining.items() if n == 0]:
+                publish(r)
+            if progress is not None:
+                progress(0, total)
+            for unit, parts, error in executor.map(u for u in todo if u.raster not in failed):
+                r = unit.raster
+                if error is not None:
+                    failed.add(r)
+                    status[r].update(status="failed", error=error)
+                    continue
+                if r in failed:
+                    continue
+                manifest.save_block(jobs[r].name, unit.i, unit.j, parts, unit.crops)
+                computed += unit.crops
+                if progress is not None:
+                    progress(computed, total)
+                remaining[r] -= 1
+                if remaining[r] == 0:
+                    publish(r)
+            for future in publishing:
+                future.result()
+        except BaseException:
+            cancel.set()  # a publication in progress stops and removes its temporary folder
+            raise
     compute_s = time.perf_counter() - t0
 
     products = []
@@ -133,12 +148,14 @@ def run_batch(inputs: list[str], settings: BatchSettings, segmenter, executor,
                     time.perf_counter() - started)
 
 
-def _publish(r: int, job: RasterJob, status: dict, segmenter, manifest: Manifest) -> None:
+def _publish(job: RasterJob, status: dict, segmenter, manifest: Manifest, cancel: threading.Event) -> None:
     """Assemble an input's blocks and write its outputs with `segment`'s code."""
     def blocks(source):
         h, w = source.grid.height, source.grid.width
         for i, row in enumerate(block_boxes(h, w, max(job.block, segmenter.crop))):
             for j, core in enumerate(row):
+                if cancel.is_set():
+                    raise Cancelled("cancelled")
                 parts = []
                 for s in sources_of(i, j):
                     part = manifest.load_part(job.name, s, (i, j))
@@ -149,7 +166,9 @@ def _publish(r: int, job: RasterJob, status: dict, segmenter, manifest: Manifest
                 yield core, logits, source.read_valid(core)
 
     try:
-        summary = segment_raster(job, segmenter, blocks=blocks)
+        summary = segment_raster(job, segmenter, cancel=cancel, blocks=blocks)
+    except Cancelled:
+        return
     except FarSLIPError as exc:
         status.update(status="failed", error=str(exc))
         return

@@ -1,0 +1,132 @@
+"""Throughput of `farslip segment-batch`: Ray with 1 and 2 workers, and Ray's overhead over in-process.
+
+    .venv/bin/python benchmarks/batch_benchmark.py                    # CPU, ViT-B-32 random weights
+    .venv/bin/python benchmarks/batch_benchmark.py --size 1792 --block 512 --cpus 2
+
+One synthetic raster (size × size px at 0.5 m; 1792 px gives 225 windows of 224 px) is run three
+times through the batch driver, each into a fresh folder:
+1. in-process (the driver's own model, torch on all `--cpus` threads);
+2. Ray with 1 model actor and 3. Ray with 2 model actors (1 CPU each), on one local Ray started
+   with `--cpus` CPUs (started once, outside the timings; actor start-up and model loading are
+   inside them, as in a real run).
+With `--repeat N` the three runs are interleaved N times and medians reported (this machine is
+shared; the load average is printed beside the figures). Printed: windows/s of each, the scaling ratio (2 workers ÷ 1 worker), Ray's overhead as the wall
+time of each Ray run ÷ the in-process run (whole runs; target ≤ 1.10), and whether every run's class
+map is identical to the in-process one. Start-up (Ray actors starting, each loading its model,
+reader processes importing the engine) is a fixed cost per run, so the time to the first finished
+unit and the steady rate after it are printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import rasterio  # noqa: E402
+import torch  # noqa: E402
+
+from engine.batch.local import LocalExecutor  # noqa: E402
+from engine.batch.run import BatchSettings, run_batch  # noqa: E402
+from engine.dense import Segmenter  # noqa: E402
+from engine.models import load_model  # noqa: E402
+from engine.models.clip import build_clip  # noqa: E402
+from training.data.synthetic import write_scene_geotiff  # noqa: E402
+
+CLASSES = "building,roof; road; tree,forest; water; grass"
+
+
+def _run(name: str, raster: Path, tmp: Path, block: int, segmenter, make_executor) -> dict:
+    out = tmp / name.replace("#", "_")
+    t0 = time.perf_counter()
+    first: list[tuple[float, int]] = []  # (time, windows) of the first finished unit
+    last: list[float] = [0.0]  # time of the last finished unit
+
+    def progress(done: int, _total: int) -> None:
+        if done and not first:
+            first.append((time.perf_counter() - t0, done))
+        last[0] = time.perf_counter() - t0
+
+    executor = make_executor()
+    try:
+        summary = run_batch([str(raster)], BatchSettings(str(out), block=block), segmenter, executor, progress)
+    finally:
+        executor.close()
+    wall = time.perf_counter() - t0
+    windows = summary["windows"]["computed"]
+    steady = (windows - first[0][1]) / max(last[0] - first[0][0], 1e-9)
+    with rasterio.open(out / f"{raster.stem}_classes.tif") as ds:
+        classes = ds.read(1)
+    print(f"{name:<16} {windows} windows  {wall:7.2f} s  {windows / wall:6.2f} windows/s  first unit after "
+          f"{first[0][0]:5.1f} s, then {steady:6.2f} windows/s", flush=True)
+    return {"wall_s": wall, "windows": windows, "windows_per_s": windows / wall, "classes": classes,
+            "first_unit_s": first[0][0], "steady_windows_per_s": steady}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="ViT-B-32")
+    parser.add_argument("--size", type=int, default=1792, help="raster side in pixels")
+    parser.add_argument("--block", type=int, default=512, help="block (unit of work) side in pixels")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray and torch threads in-process")
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved repetitions (medians reported)")
+    args = parser.parse_args()
+
+    import ray
+
+    torch.set_num_threads(args.cpus)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        raster = write_scene_geotiff(tmp / "scene.tif", args.size, args.size, res=0.5)
+        checkpoint = tmp / "random.pt"
+        torch.manual_seed(0)
+        torch.save({"state_dict": build_clip(args.arch).state_dict()}, checkpoint)
+        spec = dict(model=str(checkpoint), arch=args.arch, device="cpu")
+        segmenter = Segmenter(load_model(**spec), CLASSES)
+        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        from engine.batch.ray_backend import RayExecutor
+
+        modes = {"in-process": lambda: LocalExecutor(segmenter),
+                 "ray-1": lambda: RayExecutor("auto", segmenter, spec, 1),
+                 "ray-2": lambda: RayExecutor("auto", segmenter, spec, 2)}
+        runs: dict[str, list[dict]] = {k: [] for k in modes}
+        load_before = os.getloadavg()[0]
+        for rep in range(args.repeat):
+            for name, make in modes.items():
+                runs[name].append(_run(f"{name}#{rep}", raster, tmp, args.block, segmenter, make))
+        load_after = os.getloadavg()[0]
+        ray.shutdown()
+    results = {k: {"wall_s": float(np.median([r["wall_s"] for r in v])),
+                   "windows": v[0]["windows"], "classes": v[0]["classes"],
+                   "windows_per_s": float(np.median([r["windows_per_s"] for r in v])),
+                   "first_unit_s": float(np.median([r["first_unit_s"] for r in v])),
+                   "steady_windows_per_s": float(np.median([r["steady_windows_per_s"] for r in v]))}
+               for k, v in runs.items()}
+    same = all(np.array_equal(r["classes"], results["in-process"]["classes"]) for v in runs.values() for r in v)
+    report = {
+        "arch": args.arch, "size": args.size, "block": args.block, "cpus": args.cpus,
+        "windows": results["in-process"]["windows"],
+        "windows_per_s": {k: round(r["windows_per_s"], 3) for k, r in results.items()},
+        "first_unit_s": {k: round(r["first_unit_s"], 2) for k, r in results.items()},
+        "steady_windows_per_s": {k: round(r["steady_windows_per_s"], 3) for k, r in results.items()},
+        "steady_in_process_vs_ray": {k: round(results["in-process"]["steady_windows_per_s"]
+                                              / results[k]["steady_windows_per_s"], 3) for k in ("ray-1", "ray-2")},
+        "scaling_2_vs_1_worker": round(results["ray-2"]["windows_per_s"] / results["ray-1"]["windows_per_s"], 3),
+        "ray_wall_vs_in_process": {k: round(results[k]["wall_s"] / results["in-process"]["wall_s"], 3)
+                                   for k in ("ray-1", "ray-2")},
+        "class_maps_identical": same,
+        "load_average_1min": [round(load_before, 2), round(load_after, 2)],
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
