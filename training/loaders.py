@@ -49,8 +49,9 @@ def stage1_data(cfg: TrainConfig, size: int, tokenizer, context: int, rank: int,
 
     def batches(epoch: int, first: int) -> Iterator:
         def endless():
-            while True:
-                dataset = rs5m_dataset(cfg.data, shuffle=1000).map(transform)
+            for rerun in itertools.count():
+                seed = ((cfg.seed * 1_000_003 + epoch) * 1009 + rerun) * 101 + rank
+                dataset = rs5m_dataset(cfg.data, shuffle=1000, seed=seed).map(transform)
                 yield from _loader(dataset, cfg, collate)
 
         # Shard streams cannot seek: a resumed epoch reads on from the start of its shards.

@@ -177,3 +177,25 @@ def test_a_missing_image_mid_run_ends_with_one_line(scene_dataset, tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot read image" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_torchrun_with_two_cpu_processes(stage, scene_dataset, start, tmp_path):
+    """The documented launch: `torchrun --nproc_per_node=2 -m training.train` (gloo on CPU)."""
+    import socket
+
+    data = str(scene_dataset["shards"] / "{0000..0001}.tar") if stage == 1 else str(scene_dataset["mgrs"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             f"--master_port={port}",
+                             "-m", "training.train", "--stage", str(stage), "--data", data, "--model", str(start),
+                             "--batch-size", "2", "--workers", "0", "--max-steps", "2", "--device", "cpu",
+                             "--set", "min_box=8", "--set", "log_every=1", "-o", str(tmp_path / "o"), "-q"],
+                            capture_output=True, text=True, cwd=REPO, timeout=600,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = _log(tmp_path / "o")
+    assert [r["step"] for r in log] == [1, 2] and log[-1]["samples_seen"] == 2 * 2 * 2  # 2 steps × 2 ranks × 2
+    assert load_model(str(tmp_path / "o" / f"FarSLIP{stage}_{TINY}.pt"), device="cpu").arch == TINY

@@ -21,6 +21,7 @@ from training.data.readers import MGRSDataset
 from training.step import FarSLIPTrainer, stage_losses
 
 GLOBAL_BATCH = 4
+MAX_BOXES = 12  # object slots per image (more than most scenes hold, so ranks differ)
 
 
 def _samples(stage: int, data: str) -> list[dict]:
@@ -29,13 +30,13 @@ def _samples(stage: int, data: str) -> list[dict]:
         records = MGRSDataset(data, max_boxes=4, min_size=8)
         make = Stage1Sample(224, 4, (0.3, 0.7), (3 / 4, 4 / 3))
         return [make((records[i]["image"], records[i]["caption"])) for i in range(GLOBAL_BATCH)]
-    samples = Stage2Samples(MGRSDataset(data, max_boxes=4, min_size=8), 224)
+    samples = Stage2Samples(MGRSDataset(data, max_boxes=MAX_BOXES, min_size=8), 224)
     return [samples[i] for i in range(GLOBAL_BATCH)]
 
 
 def _step(stage: int, samples: list[dict]):
     """Loss values and gradients of one step (the module DDP-wrapped when a process group exists)."""
-    cfg = TrainConfig(stage=stage, data="-")
+    cfg = TrainConfig(stage=stage, data="-", max_boxes=MAX_BOXES)
     trainer = FarSLIPTrainer(make_clip(TINY, seed=5).train(), stage)
     module = torch.nn.parallel.DistributedDataParallel(trainer) if dist.is_initialized() else trainer
     batch = Collate(stage, tokenizer_for(TINY), 77, cfg.max_boxes)(samples)

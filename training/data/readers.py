@@ -93,15 +93,16 @@ def count_samples(urls: list[str]) -> int:
     return total
 
 
-def rs5m_dataset(spec: str, shuffle: int = 0):
+def rs5m_dataset(spec: str, shuffle: int = 0, seed: int | None = None):
     """(PIL image, caption) pairs from RS5M-style shards (`.jpg`/`.png` + `.txt`), with brace expansion;
-    `shuffle` > 0 keeps a shuffle buffer of that many samples. Split over ranks/workers by webdataset."""
+    `shuffle` > 0 keeps a shuffle buffer of that many samples (seeded: the same order on every run).
+    Split over ranks/workers by webdataset."""
     import webdataset as wds
 
     dataset = wds.WebDataset(expand_shards(spec), shardshuffle=False, nodesplitter=wds.split_by_node,
                              workersplitter=wds.split_by_worker, empty_check=False)
     if shuffle:
-        dataset = dataset.shuffle(shuffle)
+        dataset = dataset.shuffle(shuffle, seed=seed)
     return dataset.decode("pil").to_tuple("jpg;png;jpeg", "txt")
 
 

@@ -24,9 +24,10 @@ def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     """All ranks' features concatenated in rank order, differentiable across ranks."""
     if not distributed():
         return features
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed._functional_collectives import all_gather_single_autograd
 
-    return torch.cat(all_gather(features.contiguous()))
+    # the backward pass reduce-scatters (sums) the gradients back to the rank that made each row
+    return all_gather_single_autograd(features.contiguous(), gather_dim=0, group=dist.group.WORLD)
 
 
 def local_rows(count: int, device) -> torch.Tensor:
