@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engine.cli import EXIT_INTERRUPTED
 from engine.cli_segment import (_check_writable, _classes, add_inference_arguments, add_model_arguments,
-                                inference_options, progress_bar)
+                                add_output_arguments, inference_options, progress_bar)
 from engine.errors import InputError
 
 EXIT_FAILURES = 1
@@ -97,12 +97,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="model actors (default: one per GPU, else one per CPU)")
     p.add_argument("--bands", help="three 1-based band numbers for R,G,B (default: from colour interpretation)")
     p.add_argument("--gsd", type=float, help="working resolution in metres per pixel (default: max(native, 0.5))")
-    p.add_argument("--scores", action="store_true", help="also write per-class probabilities (uint8 COG)")
-    p.add_argument("--no-polygons", action="store_true", help="skip the polygon GeoPackages")
-    p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this many m²")
-    p.add_argument("--simplify", type=float, default=1.0, help="polygon simplification tolerance in pixels")
-    p.add_argument("--block", type=int, default=1024, help="working-grid block size in pixels (the unit of work)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or report")
+    add_output_arguments(p, "working-grid block size in pixels (the unit of work)")
     add_model_arguments(p)
     add_inference_arguments(p)
     p.set_defaults(func=_cmd_segment_batch)

@@ -29,6 +29,16 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=None, help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16")
 
 
+def add_output_arguments(p: argparse.ArgumentParser, block_help: str) -> None:
+    """What `segment` writes besides the class map (shared with `segment-batch`)."""
+    p.add_argument("--scores", action="store_true", help="also write per-class probabilities (uint8 COG)")
+    p.add_argument("--no-polygons", action="store_true", help="skip the polygon GeoPackages")
+    p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this many m²")
+    p.add_argument("--simplify", type=float, default=1.0, help="polygon simplification tolerance in pixels")
+    p.add_argument("--block", type=int, default=1024, help=block_help)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or report")
+
+
 def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     from engine.dense.options import DEFAULT_PRESET, PRESETS
 
@@ -132,12 +142,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--bbox", help="minx,miny,maxx,maxy to process (raster CRS unless --bbox-crs)")
     p.add_argument("--bbox-crs", help="CRS of --bbox, e.g. EPSG:4326")
     p.add_argument("--window", help="col,row,width,height in source pixels to process")
-    p.add_argument("--scores", action="store_true", help="also write per-class probabilities (uint8 COG)")
-    p.add_argument("--no-polygons", action="store_true", help="skip the polygon GeoPackage")
-    p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this many m²")
-    p.add_argument("--simplify", type=float, default=1.0, help="polygon simplification tolerance in pixels")
-    p.add_argument("--block", type=int, default=1024, help="working-grid block size in pixels (memory bound)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or report")
+    add_output_arguments(p, "working-grid block size in pixels (memory bound)")
     add_model_arguments(p)
     add_inference_arguments(p)
     p.set_defaults(func=_cmd_segment)

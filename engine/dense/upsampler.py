@@ -20,10 +20,10 @@ import torch
 
 from engine.dense.jbu import JBUUpsampler
 from engine.errors import InputError, ModelError
+from engine.models.checkpoint import MAX_LISTED_KEYS, key_mismatch
 
 HUB_SCHEME = "hf://"
 PREFIX = "upsampler."
-_MAX_LISTED_KEYS = 8
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str] | None:
@@ -78,7 +78,7 @@ def kind_of(state: dict[str, torch.Tensor], source: str) -> str:
         return "jbu_one"
     if any(k.startswith("up1.") for k in state):
         return "jbu_stack"
-    shown = ", ".join(sorted(state)[:_MAX_LISTED_KEYS])
+    shown = ", ".join(sorted(state)[:MAX_LISTED_KEYS])
     raise InputError(f"{source} is not a JBU up-sampler (jbu_one or jbu_stack): no 'up.*' or 'up1.*' "
                      f"tensors (keys: {shown})")
 
@@ -98,17 +98,9 @@ def build_upsampler(state: dict[str, torch.Tensor], feat_dim: int, source: str =
         raise InputError(f"{source} up-samples {dim}-d features but the model's patch features are "
                          f"{feat_dim}-d: use weights trained for this model's embedding size")
     module = JBUUpsampler(feat_dim, kind)
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if keys:
-                more = f" (+{len(keys) - _MAX_LISTED_KEYS} more)" if len(keys) > _MAX_LISTED_KEYS else ""
-                parts.append(f"{len(keys)} {label}: {', '.join(keys[:_MAX_LISTED_KEYS])}{more}")
-        raise InputError(f"{source} does not fit a {kind} up-sampler for {feat_dim}-d features: " + "; ".join(parts))
+    problem = key_mismatch(module.state_dict(), state)
+    if problem:
+        raise InputError(f"{source} does not fit a {kind} up-sampler for {feat_dim}-d features: {problem}")
     module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return module.eval()
 

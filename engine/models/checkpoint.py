@@ -93,3 +93,20 @@ def vision_signature(state: dict[str, torch.Tensor]) -> tuple[int, int, int] | N
         return None
     layers = {k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")}
     return int(conv.shape[-1]), int(conv.shape[0]), len(layers)
+
+
+MAX_LISTED_KEYS = 8
+
+
+def key_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
+    """None when `state` fits `expected` exactly (same keys, same shapes); else which keys do not, e.g.
+    "2 missing: a, b; 1 wrong shape: c" (at most MAX_LISTED_KEYS names per kind)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+        if keys:
+            more = f" (+{len(keys) - MAX_LISTED_KEYS} more)" if len(keys) > MAX_LISTED_KEYS else ""
+            parts.append(f"{len(keys)} {label}: {', '.join(keys[:MAX_LISTED_KEYS])}{more}")
+    return "; ".join(parts) or None

@@ -19,7 +19,6 @@ from engine.models.clip import FarSLIPCLIP, build_clip
 from engine.models.device import select_device, select_dtype
 from engine.models.registry import TINY_ARCHS, arch_config, find_release, known_model_names, release_for_filename
 
-_MAX_LISTED_KEYS = 8
 
 
 @dataclass
@@ -128,18 +127,9 @@ def build_from_state_dict(state: dict[str, torch.Tensor], arch: str, source: str
     """Create the network for `arch` (Long-CLIP when the state dict says so) and load the weights strictly."""
     long_clip = checkpoint.is_long_clip(state)
     clip = build_clip(arch, long_clip=long_clip)
-    expected = clip.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if keys:
-                shown = ", ".join(keys[:_MAX_LISTED_KEYS]) + (f" (+{len(keys) - _MAX_LISTED_KEYS} more)"
-                                                             if len(keys) > _MAX_LISTED_KEYS else "")
-                parts.append(f"{len(keys)} {label}: {shown}")
-        raise ModelError(f"{source} does not fit architecture {arch}: " + "; ".join(parts))
+    problem = checkpoint.key_mismatch(clip.state_dict(), state)
+    if problem:
+        raise ModelError(f"{source} does not fit architecture {arch}: {problem}")
     clip.load_state_dict(state, strict=True)
     return clip
 
