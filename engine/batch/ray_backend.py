@@ -51,6 +51,24 @@ class BlockWorker:
         return compute_unit(self.segmenter, unit, rgb)
 
 
+CONNECT_TIMEOUT_S = 10
+
+
+def check_reachable(address: str) -> None:
+    """Fail within seconds on a cluster address nothing listens on (Ray itself retries for minutes)."""
+    import socket
+
+    host_port = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, sep, port = host_port.rpartition(":")
+    if not sep or not port.isdigit():
+        raise InputError(f"--ray: '{address}' is not local, auto or a cluster address HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot reach the Ray cluster at '{address}': {exc.strerror or exc}") from None
+
+
 def _error_line(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or exc
     if isinstance(cause, FarSLIPError):
@@ -72,6 +90,8 @@ class RayExecutor:
                     cpus = max(os.cpu_count() or 1, int((workers or 1) * cpus_per_worker))
                     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
                 else:
+                    if address != "auto":
+                        check_reachable(address)
                     ray.init(address=address, include_dashboard=False, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise InputError(f"cannot reach the Ray cluster at '{address}': {_error_line(exc)}") from None

@@ -237,3 +237,20 @@ def test_inputs_from_globs_and_lists(tmp_path):
     assert expand_inputs([str(tmp_path / "*.tif")]) == [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]
     assert expand_inputs([str(listing)]) == [str(tmp_path / "sub" / "../a.tif"), str(tmp_path / "b.tif"),
                                              "/vsis3/bucket/tile.tif"]
+
+
+def test_an_unreachable_ray_address_is_one_line_within_seconds(data, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "segment-batch", str(data["paths"]["small_a"]),
+                           "--classes", "a", "-o", str(tmp_path), "--ray", f"127.0.0.1:{port}",
+                           *_model_args(data["checkpoint"])],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          timeout=120)
+    assert proc.returncode != 0 and time.monotonic() - started < 60
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot reach the Ray cluster at '127.0.0.1:{port}'" in lines[0], proc.stderr
