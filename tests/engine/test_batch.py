@@ -171,11 +171,12 @@ def _wait_for_blocks(out: Path, n: int, run=None, timeout: float = 120) -> Path:
     raise AssertionError(f"no {n} finished blocks in {out}")
 
 
-def test_ctrl_c_then_rerun_does_only_the_missing_windows(data, tmp_path):
+@pytest.mark.parametrize("executor", [[], ["--ray", "local", "--workers", "2"]], ids=["in-process", "ray"])
+def test_ctrl_c_then_rerun_does_only_the_missing_windows(data, tmp_path, executor):
     out = tmp_path / "out"
     big = str(data["paths"]["big"])
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "segment-batch", big, "--classes", CLASSES,
-                             "-o", str(out), "--block", BLOCK, *_model_args(data["checkpoint"])],
+                             "-o", str(out), "--block", BLOCK, *_model_args(data["checkpoint"]), *executor],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     _wait_for_blocks(out, 2, timeout=120)
     proc.send_signal(signal.SIGINT)
