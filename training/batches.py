@@ -70,7 +70,7 @@ class Stage2Samples(torch.utils.data.Dataset):
         own_caption = item["own_caption"]
         return {"image": self.transform(item["image"]), "caption": item["caption"],
                 "crops": [self.transform(c) for c in item["crops"]], "texts": item["texts"],
-                "category_ids": [-(index * 64 + k + 1) if own else i for k, (i, own) in enumerate(zip(ids, own_caption))]}
+                "category_ids": [-(index * 64 + k + 2) if own else i for k, (i, own) in enumerate(zip(ids, own_caption))]}
 
 
 class Collate:
