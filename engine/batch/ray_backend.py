@@ -42,7 +42,7 @@ class BlockWorker:
         self.segmenter = segmenter
         segmenter.model = load_model(**model_spec)
         segmenter.text = segmenter.text.to(segmenter.model.device)
-        if getattr(segmenter, "upsampler", None) is not None:
+        if segmenter.upsampler is not None:
             segmenter.upsampler = segmenter.upsampler.to(segmenter.model.device)
         if not segmenter.options.batch_size:
             segmenter.batch_size = 16 if segmenter.model.device.type == "cuda" else 4

@@ -28,10 +28,18 @@ ReadFn = Callable[[Box], torch.Tensor]  # working-grid rectangle → prepared im
 CropProgressFn = Callable[[int], None]  # crops just finished
 
 
+def block_core(height: int, width: int, block: int, i: int, j: int) -> Box | None:
+    """Block (i, j) of the partition of a height × width grid into block × block cores (None outside)."""
+    y, x = i * block, j * block
+    if i < 0 or j < 0 or y >= height or x >= width:
+        return None
+    return Box(y, x, min(block, height - y), min(block, width - x))
+
+
 def block_boxes(height: int, width: int, block: int) -> list[list[Box]]:
-    """The partition of a height × width grid into block × block cores, as rows of boxes."""
-    return [[Box(y, x, min(block, height - y), min(block, width - x)) for x in range(0, width, block)]
-            for y in range(0, height, block)]
+    """The whole partition, as rows of boxes."""
+    return [[block_core(height, width, block, i, j) for j in range(-(-width // block))]
+            for i in range(-(-height // block))]
 
 
 def _overlap(a: Box, b: Box) -> Box | None:
@@ -65,23 +73,22 @@ def block_contributions(segmenter: Segmenter, height: int, width: int, block: in
     summed logits and counts cut into the parts that fall on block (i, j) and its right, lower and
     diagonal neighbours. Pure: the same inputs give the same parts in any process."""
     block = max(block, segmenter.crop)
-    rows = block_boxes(height, width, block)
-    core = rows[i][j]
+    core = block_core(height, width, block, i, j)
     owned = CropGrid(height, width, segmenter.crop, segmenter.stride).starting_in(core)
     if not owned:
         return []
     extent = block_extent(core, owned)
     local = [b.shifted(-extent.y, -extent.x) for b in owned]
-    upsampler = getattr(segmenter, "upsampler", None)  # a learned feature up-sampler, when one is chosen
     total, count = accumulate_crops(
         segmenter.model, image, segmenter.text, segmenter.crop, local, Box(0, 0, extent.h, extent.w),
         segmenter.batch_size, segmenter.options.global_bias, progress=_delta_reporter(on_crops),
-        **({"upsampler": upsampler} if upsampler is not None else {}))
+        upsampler=segmenter.upsampler)
     parts: list[Part] = []
     for ti, tj in ((i, j), (i, j + 1), (i + 1, j), (i + 1, j + 1)):
-        if ti >= len(rows) or tj >= len(rows[ti]):
+        target = block_core(height, width, block, ti, tj)
+        if target is None:
             continue
-        part = _overlap(extent, rows[ti][tj])
+        part = _overlap(extent, target)
         if part is None:
             continue
         ys = slice(part.y - extent.y, part.y - extent.y + part.h)
