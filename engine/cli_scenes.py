@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from engine.errors import InputError
+from engine.errors import InputError, first_line
 
 
 def _area_args(args) -> dict:
@@ -69,7 +69,7 @@ def _label_file(args, classifier, area) -> int:
     try:
         meta, _, wkb, _ = read(args.regions)
     except Exception as exc:
-        raise InputError(f"cannot read regions from {args.regions}: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"cannot read regions from {args.regions}: {first_line(exc)}") from None
     geoms = list(shapely.from_wkb(wkb))
     if not geoms:
         raise InputError(f"{args.regions} holds no features")

@@ -5,6 +5,13 @@ turns it into a 4xx answer. Anything else that escapes is a bug.
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (its type name when the message is empty): what a
+    one-line report quotes of a library's exception."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class FarSLIPError(Exception):
     """A problem with the user's input or set-up, described in one line."""
 

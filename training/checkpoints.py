@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import InputError
+from engine.errors import InputError, first_line
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -65,7 +65,7 @@ def load_training_state(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling/zip/IO errors differ by torch version
-        raise InputError(f"cannot resume from {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        raise InputError(f"cannot resume from {path}: {first_line(exc)}") from None
     if not isinstance(state, dict) or "optimizer" not in state or "state_dict" not in state:
         raise InputError(f"cannot resume from {path}: not a training checkpoint (no optimiser state)")
     return state

@@ -10,7 +10,7 @@ Stage 2 with `long_clip` turns a 77-position text tower into Long-CLIP (248 posi
 
 from __future__ import annotations
 
-from engine.errors import ModelError
+from engine.errors import ModelError, first_line
 from engine.models.clip import FarSLIPCLIP, build_clip, to_long_clip
 from engine.models.loader import build_from_state_dict, load_clip
 
@@ -27,9 +27,8 @@ def _pretrained(tag: str, arch: str) -> FarSLIPCLIP:
             logger.setLevel(logging.CRITICAL)
         reference = open_clip.create_model(arch, pretrained=tag, force_quick_gelu=True)
     except Exception as exc:  # open_clip raises RuntimeError/OSError/HF errors for missing weights
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot get open_clip weights {arch} '{tag}' (not in the local cache and not "
-                         f"downloadable: {first[:160]}); pass a local checkpoint with --model") from None
+                         f"downloadable: {first_line(exc)[:160]}); pass a local checkpoint with --model") from None
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.errors import FarSLIPError
+from engine.errors import FarSLIPError, first_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +58,7 @@ def _one_line(exc: BaseException) -> str:
         text = text.splitlines()[-1]
         name, sep, rest = text.partition(": ")
         return rest if sep and " " not in name else text
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(exc)
 
 
 def main(argv: list[str] | None = None) -> int:

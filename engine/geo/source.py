@@ -29,7 +29,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window, from_bounds
 
 from engine.dense.sliding import Box
-from engine.errors import InputError
+from engine.errors import InputError, first_line
 
 DEFAULT_GSD = 0.5  # metres per pixel; see README "Working resolution"
 STRETCH_PERCENTILES = (2.0, 98.0)
@@ -316,9 +316,8 @@ class RasterSource:
         try:
             yield
         except rasterio.errors.RasterioError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(f"cannot read the pixels of {Path(self.path).name} (corrupt or truncated file?): "
-                             f"{first}") from None
+                             f"{first_line(exc)}") from None
 
     def close(self) -> None:
         self.dataset.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import ModelError
+from engine.errors import ModelError, first_line
 
 _WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -34,8 +34,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             raw = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path.name} is not a readable checkpoint ({first_line})") from None
+        raise ModelError(f"{path.name} is not a readable checkpoint ({first_line(exc)})") from None
     return unwrap_state_dict(raw, source=path.name)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from engine.errors import InputError
+from engine.errors import InputError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -167,7 +167,7 @@ def read_gpkg(location: str) -> Iterator[SourceImage]:
     try:
         meta, _, wkb, fields = read(labels)
     except Exception as exc:
-        raise InputError(f"cannot read {labels}: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"cannot read {labels}: {first_line(exc)}") from None
     names = dict(zip(meta["fields"], fields)).get("class")
     if names is None:
         raise InputError(f"{labels}: no 'class' field")
