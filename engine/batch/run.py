@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,7 +33,7 @@ from engine.batch.merge import Product, write_merged
 from engine.batch.units import RasterSpec, Unit, plan_units
 from engine.errors import Cancelled, FarSLIPError
 from engine.geo.blocks import assemble_block, block_boxes, sources_of
-from engine.geo.pipeline import DEFAULT_BLOCK, RasterJob, output_paths, segment_raster
+from engine.geo.pipeline import DEFAULT_BLOCK, RasterJob, output_paths, publish_summary, segment_raster
 
 SUMMARY = "batch_summary.json"
 
@@ -211,7 +210,5 @@ def _summary(out: Path, status: list[dict], merged: list[str], executor, total: 
         "failures": [{"input": s["input"], "error": s["error"]} for s in status if s["status"] == "failed"],
         "per_input": status,
     }
-    partial = out / f".{SUMMARY}.partial"
-    partial.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(partial, out / SUMMARY)
+    publish_summary(out, out / SUMMARY, summary)
     return summary

@@ -245,7 +245,7 @@ def _publish(work: Path, paths: dict[str, Path], summary: dict) -> None:
 
 
 def publish_summary(work: Path, path: Path, summary: dict) -> None:
-    """Write the JSON summary (every job's completion marker) atomically."""
-    partial = work / "summary.json"
+    """Write the JSON summary (every job's completion marker) atomically, through a partial file in `work`."""
+    partial = work / f".{path.name}.partial"
     partial.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     os.replace(partial, path)
