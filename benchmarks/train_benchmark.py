@@ -32,8 +32,7 @@ from training.loop import Run  # noqa: E402
 
 
 def _batch(stage: int, run: Run, data: Path, batch: int) -> dict:
-    size = run.clip.visual.image_size
-    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    size = run.clip.input_size
     records = MGRSDataset(data / "mgrs" / "text_info.json", max_boxes=4, min_size=8)
     if stage == 1:
         make = Stage1Sample(size, 4, (0.3, 0.7), (3 / 4, 4 / 3))

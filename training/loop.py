@@ -72,8 +72,7 @@ class Run:
                 self.trainer, device_ids=[world.device.index] if world.device.type == "cuda" else None,
                 find_unused_parameters=cfg.find_unused_parameters)
         self.precision = _precision(cfg, world.device)
-        size = self.clip.visual.image_size
-        self.data = epoch_data(cfg, int(size[0] if isinstance(size, (tuple, list)) else size),
+        self.data = epoch_data(cfg, self.clip.input_size,
                                tokenizer_for(self.arch), int(self.clip.context_length), world.rank, world.size)
         self.total = self.data.steps * cfg.epochs
         if cfg.max_steps:

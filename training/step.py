@@ -30,8 +30,7 @@ class FarSLIPTrainer(nn.Module):
     def __init__(self, clip: nn.Module, stage: int):
         super().__init__()
         self.clip, self.stage = clip, stage
-        size = clip.visual.patch_size
-        self.patch = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.patch = clip.patch
 
     def forward(self, batch: dict, teacher: nn.Module | None = None) -> dict:
         clip = self.clip

@@ -37,6 +37,16 @@ class FarSLIPCLIP(CLIP):
             self.register_buffer("mask2", 1 - mask1)
             assert self.positional_embedding_res.shape == (LONG_CONTEXT, width)
 
+    @property
+    def input_size(self) -> int:
+        """Side of the square input image in pixels (224 for ViT-B)."""
+        return _side(self.visual.image_size)
+
+    @property
+    def patch(self) -> int:
+        """Side of a patch in pixels (16 or 32)."""
+        return _side(self.visual.patch_size)
+
     def text_positions(self) -> torch.Tensor:
         """The position term added to the token embeddings ([context, width])."""
         if self.long_clip:
@@ -61,6 +71,11 @@ class FarSLIPCLIP(CLIP):
         if self.text_projection is not None:
             x = self.text_projection(x) if isinstance(self.text_projection, nn.Linear) else x @ self.text_projection
         return F.normalize(x, dim=-1) if normalize else x
+
+
+def _side(size) -> int:
+    """open_clip keeps sizes as an int or an (h, w) pair; FarSLIP's are square."""
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
 def build_clip(arch: str, long_clip: bool = False) -> FarSLIPCLIP:

@@ -44,13 +44,11 @@ class LoadedModel:
 
     @property
     def image_size(self) -> int:
-        size = self.clip.visual.image_size
-        return int(size[0] if isinstance(size, (tuple, list)) else size)
+        return self.clip.input_size
 
     @property
     def patch_size(self) -> int:
-        size = self.clip.visual.patch_size
-        return int(size[0] if isinstance(size, (tuple, list)) else size)
+        return self.clip.patch
 
     @property
     def key(self) -> str:
