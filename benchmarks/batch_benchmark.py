@@ -95,8 +95,8 @@ def main() -> None:
         from engine.batch.ray_backend import RayExecutor
 
         modes = {"in-process": lambda: LocalExecutor(segmenter),
-                 "ray-1": lambda: RayExecutor("auto", segmenter, spec, 1),
-                 "ray-2": lambda: RayExecutor("auto", segmenter, spec, 2)}
+                 "ray-1": lambda: RayExecutor("auto", segmenter, 1, device="cpu"),
+                 "ray-2": lambda: RayExecutor("auto", segmenter, 2, device="cpu")}
         runs: dict[str, list[dict]] = {k: [] for k in modes}
         load_before = os.getloadavg()[0]
         for rep in range(args.repeat):

@@ -45,7 +45,6 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
     from engine.dense import Segmenter
     from engine.models import load_model
 
-    model_spec = dict(model=args.model, arch=args.arch, device=args.device, precision=args.precision)
     driver_device = "cpu" if args.ray is not None else args.device
     model = load_model(args.model, arch=args.arch, device=driver_device, precision=args.precision)
     segmenter = Segmenter(model, prompts, options)
@@ -56,7 +55,7 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
     else:
         from engine.batch.ray_backend import RayExecutor
 
-        executor = RayExecutor(args.ray, segmenter, model_spec, args.workers)
+        executor = RayExecutor(args.ray, segmenter, args.workers, device=args.device, precision=args.precision)
     bar, progress = progress_bar(args.quiet, f"segment-batch {len(inputs)} raster(s), {executor.description}")
     bar.unit = "window"
     try:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from engine.batch.units import NumpyPart, Unit, compute_unit, read_unit
+from engine.batch.units import Result, Unit, read_unit
+from engine.batch.work import compute_unit
 from engine.errors import FarSLIPError
-
-Result = tuple[Unit, list[NumpyPart] | None, str | None]  # (unit, parts, error message)
 
 
 class LocalExecutor:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.dense.sliding import Box
+from engine.boxes import Box
 from engine.batch.units import NumpyPart
 
 STATE_DIR = ".farslip-batch"

@@ -1,13 +1,20 @@
-"""Computing work units on Ray: model actors (one per GPU, CPU actors without GPUs) fed by reader tasks.
+"""Computing work units on Ray: model actors (one per GPU, CPU actors without GPUs) fed by reader actors.
 
-- Readers are Ray tasks (zero CPUs reserved: they mostly wait on I/O) returning the extended block's
-  pixels; each unit's pixels are passed to an actor by reference, so actors never wait on a read
-  the driver could have started earlier. The driver keeps `2 × workers` units in flight.
-- Actors hold one model each; the text embeddings are computed once by the driver and shared
-  through the object store. Actors restart when killed and Ray retries their tasks
-  (`max_restarts`, `max_task_retries`), so a lost worker costs only its unfinished units.
+- Each worker is one bundle of a placement group (its CPUs, and a GPU when the cluster has them)
+  holding two actors: a model actor and a reader actor beside it on the same node. Readers are
+  light CPU workers (no torch: they start in a fraction of a second) that read and decode a unit's
+  pixels; the model actor receives them by reference, so it computes one unit while its reader
+  reads the next. Both live for the whole run: no process is started per read.
+- The weights travel once through the object store from the driver's loaded model, so worker
+  nodes need neither the checkpoint file nor Hugging Face access; the text embeddings are computed
+  once by the driver and shared the same way.
+- Each worker has two units queued while more remain than there are workers, then one, so the
+  last units go to whichever worker frees up first instead of waiting behind another unit.
+- Actors restart when killed and Ray retries their calls (`max_restarts`, `max_task_retries`), so a
+  lost worker costs only its unfinished units.
 - `--ray local` starts a Ray on this machine, `auto` joins the running cluster, anything else is a
-  cluster address. Ray is imported here only: the engine core knows nothing of it.
+  cluster address. Ray is imported here only, and this module imports nothing heavy at the top (Ray
+  imports it in reader processes): the engine core knows nothing of Ray.
 """
 
 from __future__ import annotations
@@ -15,14 +22,16 @@ from __future__ import annotations
 import copy
 import os
 import uuid
+from collections import deque
 from typing import Iterable, Iterator
 
-from engine.batch.local import Result
-from engine.batch.units import Unit, compute_unit, read_unit
+from engine.batch.units import Result, Unit, read_unit
 from engine.errors import FarSLIPError, InputError
 
 MAX_RESTARTS = 8
-IN_FLIGHT_PER_WORKER = 2
+QUEUED_PER_WORKER = 2
+CONNECT_TIMEOUT_S = 10
+PLACEMENT_TIMEOUT_S = 300  # waiting for the cluster to have room for every worker (an autoscaler may add nodes)
 
 
 def import_ray():
@@ -33,25 +42,38 @@ def import_ray():
     return ray
 
 
+class BlockReader:
+    """A reader actor: reads and decodes units' pixels on the CPU."""
+
+    def read(self, unit: Unit):
+        return read_unit(unit)
+
+
 class BlockWorker:
-    """A model actor: loads the model once, computes units with the driver's shared text embeddings."""
+    """A model actor: builds the network once from the shared weights, computes units with the
+    driver's shared text embeddings."""
 
-    def __init__(self, model_spec: dict, segmenter):
-        from engine.models import load_model
+    def __init__(self, weights: dict, arch: str, name: str, device: str | None, precision: str | None,
+                 threads: int, segmenter):
+        import torch
 
+        from engine.models.loader import build_from_state_dict, wrap_model
+
+        torch.set_num_threads(threads)
+        model = wrap_model(build_from_state_dict(weights, arch, source=name), arch, name=name, device=device,
+                           precision=precision)
         self.segmenter = segmenter
-        segmenter.model = load_model(**model_spec)
-        segmenter.text = segmenter.text.to(segmenter.model.device)
+        segmenter.model = model
+        segmenter.text = segmenter.text.to(model.device)
         if segmenter.upsampler is not None:
-            segmenter.upsampler = segmenter.upsampler.to(segmenter.model.device)
+            segmenter.upsampler = segmenter.upsampler.to(model.device)
         if not segmenter.options.batch_size:
-            segmenter.batch_size = 16 if segmenter.model.device.type == "cuda" else 4
+            segmenter.batch_size = 16 if model.device.type == "cuda" else 4
 
     def compute(self, unit: Unit, rgb):
+        from engine.batch.work import compute_unit
+
         return compute_unit(self.segmenter, unit, rgb)
-
-
-CONNECT_TIMEOUT_S = 10
 
 
 def check_reachable(address: str) -> None:
@@ -80,9 +102,12 @@ def _error_line(exc: BaseException) -> str:
 class RayExecutor:
     """Runs units on a Ray cluster; see the module docstring."""
 
-    def __init__(self, address: str, segmenter, model_spec: dict, workers: int | None = None,
-                 cpus_per_worker: float = 1.0):
+    def __init__(self, address: str, segmenter, workers: int | None = None, device: str | None = None,
+                 precision: str | None = None, cpus_per_worker: float = 1.0):
         ray = self.ray = import_ray()
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
         self.started = False
         if not ray.is_initialized():
             try:
@@ -98,38 +123,64 @@ class RayExecutor:
             self.started = True
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
-        device = model_spec.get("device") or "auto"
-        use_gpu = gpus > 0 and (device == "auto" or device.startswith("cuda"))
+        use_gpu = gpus > 0 and (device in (None, "", "auto") or device.startswith("cuda"))
         if workers is None:
             workers = gpus if use_gpu else max(1, int(resources.get("CPU", 1) // max(cpus_per_worker, 1e-9)))
         self.workers = workers
         self.description = f"Ray, {workers} {'GPU' if use_gpu else 'CPU'} worker(s)"
+        self.actors: list = []
+        self.readers: list = []
+        self._inflight: dict = {}
+
+        bundle = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+        no_room = InputError(f"the Ray cluster has no room for {workers} worker(s) of {bundle} "
+                             f"(it has {resources.get('CPU', 0):g} CPUs, {gpus} GPUs); lower --workers")
+        self._group = None
+        if resources.get("CPU", 0) < workers * cpus_per_worker or (use_gpu and gpus < workers):
+            self.close()
+            raise no_room
+        self._group = placement_group([bundle] * workers, strategy="PACK")
+        ready, _ = ray.wait([self._group.ready()], timeout=PLACEMENT_TIMEOUT_S)
+        if not ready:  # enough in total, but held by other jobs or spread over too small nodes
+            self.close()
+            raise no_room
+
         light = copy.copy(segmenter)
         light.model = None
         light.text = segmenter.text.cpu()
-        self._shared = shared = ray.put(light)  # held for the run: restarted actors are built from it again
-        actor_cls = ray.remote(BlockWorker)
-        self.run_id = uuid.uuid4().hex[:8]
-        self.actors = [actor_cls.options(name=f"farslip-{self.run_id}-worker-{k}", num_cpus=cpus_per_worker,
-                                         num_gpus=1 if use_gpu else 0, max_restarts=MAX_RESTARTS,
-                                         max_task_retries=-1).remote(model_spec, shared)
-                       for k in range(workers)]
-        self._read = ray.remote(num_cpus=0, max_retries=3)(read_unit)
-        self._inflight: dict = {}
+        model = segmenter.model
+        # Held for the run: restarted actors are built from these again.
+        self._shared = [ray.put({k: v.cpu() for k, v in model.clip.state_dict().items()}), ray.put(light)]
+        weights, shared = self._shared
+        run_id = uuid.uuid4().hex[:8]
+        worker_cls = ray.remote(BlockWorker)
+        reader_cls = ray.remote(BlockReader)
+        for k in range(workers):
+            place = PlacementGroupSchedulingStrategy(self._group, placement_group_bundle_index=k)
+            self.actors.append(worker_cls.options(
+                name=f"farslip-{run_id}-worker-{k}", num_cpus=cpus_per_worker, num_gpus=1 if use_gpu else 0,
+                max_restarts=MAX_RESTARTS, max_task_retries=-1, scheduling_strategy=place,
+            ).remote(weights, model.arch, model.name, "cuda" if use_gpu else "cpu", precision,
+                     max(1, int(cpus_per_worker)), shared))
+            self.readers.append(reader_cls.options(
+                name=f"farslip-{run_id}-reader-{k}", num_cpus=0, max_restarts=MAX_RESTARTS, max_task_retries=-1,
+                scheduling_strategy=place).remote())
 
     def map(self, units: Iterable[Unit]) -> Iterator[Result]:
         ray = self.ray
         units = iter(units)
+        ahead: deque[Unit] = deque()  # units taken from the iterator, not yet submitted
         load = [0] * len(self.actors)
-        exhausted = False
         while True:
-            while not exhausted and len(self._inflight) < IN_FLIGHT_PER_WORKER * len(self.actors):
-                unit = next(units, None)
-                if unit is None:
-                    exhausted = True
+            while True:
+                while len(ahead) <= self.workers and (unit := next(units, None)) is not None:
+                    ahead.append(unit)
+                depth = QUEUED_PER_WORKER if len(ahead) > self.workers else 1
+                if not ahead or min(load) >= depth:
                     break
                 k = load.index(min(load))
-                ref = self.actors[k].compute.remote(unit, self._read.remote(unit))
+                unit = ahead.popleft()
+                ref = self.actors[k].compute.remote(unit, self.readers[k].read.remote(unit))
                 self._inflight[ref] = (unit, k)
                 load[k] += 1
             if not self._inflight:
@@ -138,9 +189,11 @@ class RayExecutor:
             unit, k = self._inflight.pop(ref)
             load[k] -= 1
             try:
-                yield unit, ray.get(ref), None
+                result = ray.get(ref)
             except Exception as exc:  # a read or compute that failed for good: that input fails
                 yield unit, None, _error_line(exc)
+                continue
+            yield unit, result, None
 
     def close(self) -> None:
         ray = self.ray
@@ -150,7 +203,11 @@ class RayExecutor:
             except Exception:  # already finished or not cancellable: the actor is killed next anyway
                 pass
         self._inflight.clear()
-        for actor in self.actors:
+        for actor in self.actors + self.readers:
             ray.kill(actor, no_restart=True)
+        if self._group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self._group)
         if self.started:
             ray.shutdown()

@@ -30,7 +30,8 @@ from engine import __version__
 from engine.batch.inputs import output_stems
 from engine.batch.manifest import Manifest
 from engine.batch.merge import Product, write_merged
-from engine.batch.units import RasterSpec, Unit, plan_units
+from engine.batch.units import RasterSpec, Unit
+from engine.batch.work import plan_units
 from engine.errors import Cancelled, FarSLIPError
 from engine.geo.blocks import assemble_block, block_boxes, sources_of
 from engine.geo.pipeline import DEFAULT_BLOCK, RasterJob, output_paths, publish_summary, segment_raster

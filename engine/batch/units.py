@@ -1,9 +1,10 @@
-"""Work units of a batch run: one block of one raster's working grid, computed anywhere.
+"""Work units of a batch run: one block of one raster's working grid, and reading its pixels.
 
 A unit is pure data (picklable, small): which raster, read how, which block. `read_unit` reads the
-block extended by one crop (the pixels its owned crops need, see `engine.geo.blocks`) and
-`compute_unit` turns them into the block's contributions, exactly as `segment` computes that block.
-Readers keep a few rasters open per process, so a worker reading many blocks of one raster opens it once.
+block extended by one crop (the pixels its owned crops need, see `engine.geo.blocks`); planning and
+computing units live in `engine.batch.work`. This module stays free of torch, so reader processes
+(Ray's reader actors) start in a fraction of a second. Readers keep a few rasters open per process,
+so a worker reading many blocks of one raster opens it once.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from engine.dense.sliding import Box
-from engine.geo.blocks import block_boxes, block_contributions, block_extent, owned_crops
+from engine.boxes import Box
 from engine.geo.source import RasterSource
 
 # numpy form of engine.geo.blocks.Part: (target block, rectangle, logit sums [N, h, w], counts [1, h, w])
@@ -45,21 +45,7 @@ class Unit:
     crops: int  # windows (crops) this block owns
 
 
-def plan_units(raster: int, spec: RasterSpec, segmenter, block: int) -> tuple[RasterSource, list[Unit]]:
-    """Open and probe a raster (raises FarSLIPError on a bad one) and list its blocks that own crops.
-    The caller closes the returned source."""
-    source = RasterSource(spec.path, spec.bands, spec.gsd)
-    try:
-        source.probe()
-        h, w = source.grid.height, source.grid.width
-        block = max(block, segmenter.crop)
-        owned = owned_crops(segmenter, h, w, block)
-        units = [Unit(raster, spec, h, w, block, i, j, block_extent(core, owned[i][j]), len(owned[i][j]))
-                 for i, row in enumerate(block_boxes(h, w, block)) for j, core in enumerate(row) if owned[i][j]]
-    except Exception:
-        source.close()
-        raise
-    return source, units
+Result = tuple[Unit, list[NumpyPart] | None, str | None]  # what executors yield: (unit, parts, error message)
 
 
 @lru_cache(maxsize=8)
@@ -70,12 +56,3 @@ def _open(spec: RasterSpec) -> RasterSource:
 def read_unit(unit: Unit) -> np.ndarray:
     """RGB float32 [h, w, 3] (0-1, invalid pixels filled) of the unit's extended block."""
     return _open(unit.spec).read_rgb(unit.extent)[0]
-
-
-def compute_unit(segmenter, unit: Unit, rgb: np.ndarray) -> list[NumpyPart]:
-    """The unit's contributions to its block and neighbours, as numpy arrays on the CPU."""
-    from engine.dense import prepare_image
-
-    image = prepare_image(rgb)
-    parts = block_contributions(segmenter, unit.height, unit.width, unit.block, unit.i, unit.j, image)
-    return [(target, box, t.float().cpu().numpy(), c.float().cpu().numpy()) for target, box, t, c in parts]

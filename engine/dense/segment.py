@@ -19,7 +19,8 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from engine.dense.options import DEFAULT_PRESET, InferenceOptions, preset
 from engine.dense.prompts import PromptSet
 from engine.dense.scoring import class_map, class_probabilities
-from engine.dense.sliding import Box, ProgressFn, sliding_logits
+from engine.boxes import Box
+from engine.dense.sliding import ProgressFn, sliding_logits
 from engine.dense.text import embed_prompts
 from engine.errors import InputError
 from engine.models import LoadedModel

@@ -25,27 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.boxes import Box
 from engine.dense.forward import dense_features
 from engine.models import LoadedModel
 
 UPSAMPLE_CHUNK = 4  # crops per up-sampler pass (its activations are D × 224² floats per crop)
-
-
-@dataclass(frozen=True)
-class Box:
-    """A pixel rectangle: rows y..y+h, columns x..x+w."""
-
-    y: int
-    x: int
-    h: int
-    w: int
-
-    def shifted(self, dy: int, dx: int) -> "Box":
-        return Box(self.y + dy, self.x + dx, self.h, self.w)
-
-    def intersects(self, other: "Box") -> bool:
-        return (self.y < other.y + other.h and other.y < self.y + self.h
-                and self.x < other.x + other.w and other.x < self.x + self.w)
 
 
 def window_starts(length: int, crop: int, stride: int) -> list[int]:

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from engine.dense import Segmenter, prepare_image
-from engine.dense.sliding import Box, CropGrid, accumulate_crops
+from engine.boxes import Box
+from engine.dense.sliding import CropGrid, accumulate_crops
 from engine.errors import Cancelled
 
 ReadFn = Callable[[Box], torch.Tensor]  # working-grid rectangle → prepared image [3, h, w]

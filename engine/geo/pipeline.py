@@ -26,7 +26,7 @@ import numpy as np
 
 from engine import __version__, config
 from engine.dense import Segmenter
-from engine.dense.sliding import Box
+from engine.boxes import Box
 from engine.errors import Cancelled, InputError
 from engine.geo.blocks import block_boxes, count_crops, raster_blocks
 from engine.geo.colours import class_colour, hex_colour

@@ -20,7 +20,7 @@ from rasterio.features import shapes
 from scipy import ndimage
 from shapely.geometry import shape
 
-from engine.dense.sliding import Box
+from engine.boxes import Box
 from engine.geo.rasters import NODATA, SCORE_MAX
 from engine.geo.source import linear_unit_metres
 from engine.geo.vectors import write_features

@@ -20,7 +20,7 @@ import rasterio.shutil
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from engine.dense.sliding import Box
+from engine.boxes import Box
 
 NODATA = 255
 SCORE_MAX = 254

@@ -28,7 +28,7 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window, from_bounds
 
-from engine.dense.sliding import Box
+from engine.boxes import Box
 from engine.errors import InputError, first_line
 
 DEFAULT_GSD = 0.5  # metres per pixel; see README "Working resolution"

@@ -140,7 +140,7 @@ def test_ray_batch_equals_segment(data, tmp_path, local_ray):
     assert summary["workers"] == 2 and "Ray" in summary["executor"] and summary["done"] == 4
 
 
-def test_ray_run_survives_a_killed_model_actor(data, tmp_path, local_ray):
+def test_ray_run_survives_killed_model_and_reader_actors(data, tmp_path, local_ray):
     out = tmp_path / "out"
     codes = []
     run = threading.Thread(target=lambda: codes.append(
@@ -148,14 +148,48 @@ def test_ray_run_survives_a_killed_model_actor(data, tmp_path, local_ray):
     run.start()
     manifest = _wait_for_blocks(out, 1, run)
     assert run.is_alive(), "the run ended before a worker could be killed"
-    workers = [n for n in local_ray.util.list_named_actors() if "-worker-" in n]
-    assert workers
+    names = local_ray.util.list_named_actors()
+    workers = [n for n in names if "-worker-" in n]
+    readers = [n for n in names if "-reader-" in n]
+    assert workers and readers
     local_ray.kill(local_ray.get_actor(workers[0]), no_restart=False)
+    local_ray.kill(local_ray.get_actor(readers[-1]), no_restart=False)
     killed_after = len(manifest.read_text().splitlines())
     run.join(timeout=300)
     assert codes == [0]
     assert killed_after < _summary(out)["windows"]["to_compute"]
     _assert_equal_to_segment(data, out, ["big"])
+
+
+def test_ray_workers_need_no_checkpoint_file(data, tmp_path, local_ray):
+    """The weights travel from the driver through the object store: worker nodes need no copy of the file."""
+    from engine.batch.ray_backend import RayExecutor
+    from engine.batch.run import BatchSettings, run_batch
+    from engine.dense import Segmenter
+    from engine.models import load_model
+
+    private = tmp_path / "only-on-the-driver.pt"
+    private.write_bytes(data["checkpoint"].read_bytes())
+    segmenter = Segmenter(load_model(str(private), arch=TINY, device="cpu"), CLASSES)
+    private.unlink()
+    out = tmp_path / "out"
+    executor = RayExecutor("auto", segmenter, 2, device="cpu")
+    try:
+        summary = run_batch([str(data["paths"]["small_a"])], BatchSettings(str(out), block=int(BLOCK)), segmenter,
+                            executor)
+    finally:
+        executor.close()
+    assert summary["done"] == 1, summary["failures"]
+    _assert_equal_to_segment(data, out, ["small_a"])
+
+
+def test_more_workers_than_the_cluster_holds_is_one_line(data, tmp_path, local_ray, capsys):
+    started = time.monotonic()
+    assert _batch(data, tmp_path / "out", "--ray", "auto", "--workers", "3",
+                  inputs=[str(data["paths"]["small_a"])]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "no room for 3 worker(s)" in lines[0] and time.monotonic() - started < 60, lines
+    assert not local_ray.util.list_named_actors()  # nothing left running on the cluster
 
 
 def _wait_for_blocks(out: Path, n: int, run=None, timeout: float = 120) -> Path:

@@ -138,7 +138,7 @@ def test_sixteen_bit_is_stretched_once_for_the_whole_raster(tmp_path):
     path = write_raster(tmp_path / "u16.tif", data)
     with RasterSource(path) as source:
         whole, _ = source.read_rgb(source_box(source))
-        from engine.dense.sliding import Box
+        from engine.boxes import Box
 
         piece, _ = source.read_rgb(Box(0, 0, 100, 120))
     np.testing.assert_array_equal(piece, whole[:100, :120])
@@ -147,7 +147,7 @@ def test_sixteen_bit_is_stretched_once_for_the_whole_raster(tmp_path):
 
 
 def source_box(source):
-    from engine.dense.sliding import Box
+    from engine.boxes import Box
 
     return Box(0, 0, source.grid.height, source.grid.width)
 

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from engine.dense import InferenceOptions, Segmenter, prepare_image
 from engine.dense.forward import dense_features
-from engine.dense.sliding import Box, CropGrid, window_starts
+from engine.boxes import Box
+from engine.dense.sliding import CropGrid, window_starts
 
 CROP, STRIDE = 224, 112
 
