@@ -183,6 +183,19 @@ def test_ray_workers_need_no_checkpoint_file(data, tmp_path, local_ray):
     _assert_equal_to_segment(data, out, ["small_a"])
 
 
+def test_reader_actors_do_not_import_torch(local_ray):
+    """Readers start in a fraction of a second: the unit and reading modules stay free of torch."""
+    from engine.batch.ray_backend import BlockReader
+
+    reader = local_ray.remote(BlockReader).options(num_cpus=0).remote()
+    try:
+        loaded = local_ray.get(reader.__ray_call__.remote(
+            lambda self: [m for m in ("torch", "open_clip", "engine.dense", "rasterio") if m in sys.modules]))
+    finally:
+        local_ray.kill(reader)
+    assert loaded == ["rasterio"]
+
+
 def test_more_workers_than_the_cluster_holds_is_one_line(data, tmp_path, local_ray, capsys):
     started = time.monotonic()
     assert _batch(data, tmp_path / "out", "--ray", "auto", "--workers", "3",
