@@ -1,7 +1,8 @@
 """Throughput of `farslip segment-batch`: Ray with 1 and 2 workers, and Ray's overhead over in-process.
 
     .venv/bin/python benchmarks/batch_benchmark.py                    # CPU, ViT-B-32 random weights
-    .venv/bin/python benchmarks/batch_benchmark.py --size 1792 --block 512 --cpus 2
+    .venv/bin/python benchmarks/batch_benchmark.py --size 4480 --block 1024    # 1,521 windows
+    .venv/bin/python benchmarks/batch_benchmark.py --device cuda --size 8960   # GPU node: windows/s per GPU
 
 One synthetic raster (size × size px at 0.5 m; 1792 px gives 225 windows of 224 px) is run four
 times through the batch driver, each into a fresh folder:
@@ -16,6 +17,8 @@ the load average is printed beside the figures). Printed: windows/s of each, the
 ÷ in-process on 1 thread, 2 workers ÷ in-process on 2 threads; whole runs; target ≤ 1.10), and
 whether every run's class map is identical to the in-process one. Start-up is a fixed cost per run,
 so the time to the first finished unit and the steady rate after it are printed too.
+With `--device cuda` the runs are in-process on the GPU and Ray with 1 GPU worker (and 2 workers when
+the node has 2 GPUs); the report then gives windows/s per GPU and Ray ÷ in-process on the same GPU.
 """
 
 from __future__ import annotations
@@ -79,6 +82,9 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=512, help="block (unit of work) side in pixels")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray and torch threads in-process")
     parser.add_argument("--repeat", type=int, default=1, help="interleaved repetitions (medians reported)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, or cuda on a GPU node: in-process on the GPU, Ray with 1 GPU worker (and 2 "
+                             "when there are 2 GPUs), giving windows/s per GPU")
     args = parser.parse_args()
 
     import ray
@@ -90,8 +96,8 @@ def main() -> None:
         checkpoint = tmp / "random.pt"
         torch.manual_seed(0)
         torch.save({"state_dict": build_clip(args.arch).state_dict()}, checkpoint)
-        spec = dict(model=str(checkpoint), arch=args.arch, device="cpu")
-        segmenter = Segmenter(load_model(**spec), CLASSES)
+        segmenter = Segmenter(load_model(str(checkpoint), arch=args.arch, device=args.device), CLASSES)
+        gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         from engine.batch.ray_backend import RayExecutor
 
@@ -101,9 +107,12 @@ def main() -> None:
                 return LocalExecutor(segmenter)
             return make
 
-        modes = {"in-process": in_process(args.cpus), "in-process-1": in_process(1),
-                 "ray-1": lambda: RayExecutor("auto", segmenter, 1, device="cpu"),
-                 "ray-2": lambda: RayExecutor("auto", segmenter, 2, device="cpu")}
+        modes = {"in-process": in_process(args.cpus)}
+        if not gpus:
+            modes["in-process-1"] = in_process(1)
+        modes["ray-1"] = lambda: RayExecutor("auto", segmenter, 1, device=args.device)
+        if gpus != 1:
+            modes["ray-2"] = lambda: RayExecutor("auto", segmenter, 2, device=args.device)
         runs: dict[str, list[dict]] = {k: [] for k in modes}
         load_before = os.getloadavg()[0]
         for rep in range(args.repeat):
@@ -125,13 +134,20 @@ def main() -> None:
         "windows_per_s": {k: round(r["windows_per_s"], 3) for k, r in results.items()},
         "first_unit_s": {k: round(r["first_unit_s"], 2) for k, r in results.items()},
         "steady_windows_per_s": {k: round(r["steady_windows_per_s"], 3) for k, r in results.items()},
-        "scaling_2_vs_1_worker": round(results["ray-2"]["windows_per_s"] / results["ray-1"]["windows_per_s"], 3),
-        "ray_overhead_same_cpus": {
-            "ray-1 / in-process-1": round(results["ray-1"]["wall_s"] / results["in-process-1"]["wall_s"], 3),
-            "ray-2 / in-process": round(results["ray-2"]["wall_s"] / results["in-process"]["wall_s"], 3)},
         "class_maps_identical": same,
         "load_average_1min": [round(load_before, 2), round(load_after, 2)],
     }
+    if "ray-2" in results:
+        report["scaling_2_vs_1_worker"] = round(results["ray-2"]["windows_per_s"] / results["ray-1"]["windows_per_s"], 3)
+    if gpus:
+        report["windows_per_s_per_gpu"] = {"ray-1": round(results["ray-1"]["windows_per_s"], 3),
+                                           "ray-1_steady": round(results["ray-1"]["steady_windows_per_s"], 3)}
+        report["ray_overhead_same_gpu"] = {
+            "ray-1 / in-process": round(results["ray-1"]["wall_s"] / results["in-process"]["wall_s"], 3)}
+    else:
+        report["ray_overhead_same_cpus"] = {
+            "ray-1 / in-process-1": round(results["ray-1"]["wall_s"] / results["in-process-1"]["wall_s"], 3),
+            "ray-2 / in-process": round(results["ray-2"]["wall_s"] / results["in-process"]["wall_s"], 3)}
     print(json.dumps(report, indent=2))
 
 
