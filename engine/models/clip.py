@@ -37,6 +37,17 @@ class FarSLIPCLIP(CLIP):
             self.register_buffer("mask2", 1 - mask1)
             assert self.positional_embedding_res.shape == (LONG_CONTEXT, width)
 
+    def unsaved_buffers(self) -> set[str]:
+        """Buffers that state dicts leave out (open_clip's causal mask `attn_mask`)."""
+        return {name for name, _ in self.named_buffers()} - set(self.state_dict())
+
+    def rebuild_causal_mask(self) -> None:
+        """Fill the text tower's causal mask as open_clip builds it (-inf above the diagonal), after
+        the network was given uninitialised memory."""
+        if self.attn_mask is not None:
+            n = self.attn_mask.shape[0]
+            self.attn_mask = torch.full((n, n), float("-inf"), device=self.attn_mask.device).triu_(1)
+
     @property
     def input_size(self) -> int:
         """Side of the square input image in pixels (224 for ViT-B)."""

@@ -51,6 +51,11 @@ def test_each_release_layout_loads_with_identical_outputs(tmp_path, layout, long
 
     assert loaded.long_clip == long_clip
     assert loaded.context_length == (248 if long_clip else 77)
+    # built without random initialisation: every buffer (the causal mask too) as a normal build has it
+    want_buffers = dict(reference.clip.named_buffers())
+    assert {n: b.shape for n, b in loaded.clip.named_buffers()} == {n: b.shape for n, b in want_buffers.items()}
+    assert all(torch.equal(b, want_buffers[n]) for n, b in loaded.clip.named_buffers())
+    assert all(p.requires_grad and p.dtype == torch.float32 for p in loaded.clip.parameters())
     for got, want in zip(_outputs(loaded), _outputs(reference)):
         assert torch.equal(got, want)
 
