@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import uuid
 import warnings
@@ -68,13 +67,8 @@ class BlockWorker:
             state = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in weights.items()}
         model = wrap_model(build_from_state_dict(state, arch, source=name), arch, name=name, device=device,
                            precision=precision)
+        segmenter.attach(model)
         self.segmenter = segmenter
-        segmenter.model = model
-        segmenter.text = segmenter.text.to(model.device)
-        if segmenter.upsampler is not None:
-            segmenter.upsampler = segmenter.upsampler.to(model.device)
-        if not segmenter.options.batch_size:
-            segmenter.batch_size = 16 if model.device.type == "cuda" else 4
 
     def compute(self, unit: Unit, rgb):
         from engine.batch.work import compute_unit
@@ -87,7 +81,8 @@ def _shareable(state: dict) -> dict:
     actors read them in place (4× faster than pickled tensors for a ViT-B); bfloat16 stays a tensor."""
     import torch
 
-    return {k: v.detach().cpu().numpy() if v.dtype != torch.bfloat16 else v.detach().cpu() for k, v in state.items()}
+    cpu = {k: v.detach().cpu() for k, v in state.items()}
+    return {k: v if v.dtype == torch.bfloat16 else v.numpy() for k, v in cpu.items()}
 
 
 def check_reachable(address: str) -> None:
@@ -159,12 +154,9 @@ class RayExecutor:
             self.close()
             raise no_room
 
-        light = copy.copy(segmenter)
-        light.model = None
-        light.text = segmenter.text.cpu()
         model = segmenter.model
         # Held for the run: restarted actors are built from these again.
-        self._shared = [ray.put(_shareable(model.clip.state_dict())), ray.put(light)]
+        self._shared = [ray.put(_shareable(model.clip.state_dict())), ray.put(segmenter.without_model())]
         weights, shared = self._shared
         run_id = uuid.uuid4().hex[:8]
         worker_cls = ray.remote(BlockWorker)

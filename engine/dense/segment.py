@@ -10,16 +10,17 @@ pipeline, the HTTP API and the evaluation all segment through it.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from engine.boxes import Box
 from engine.dense.options import DEFAULT_PRESET, InferenceOptions, preset
 from engine.dense.prompts import PromptSet
 from engine.dense.scoring import class_map, class_probabilities
-from engine.boxes import Box
 from engine.dense.sliding import ProgressFn, sliding_logits
 from engine.dense.text import embed_prompts
 from engine.errors import InputError
@@ -75,9 +76,29 @@ class Segmenter:
         self.stride = self.options.stride or max(1, self.crop // 2)
         if self.stride > self.crop:
             raise InputError("stride must not exceed the crop size")
-        self.batch_size = self.options.batch_size or (16 if model.device.type == "cuda" else 4)
+        self.batch_size = self._batch_size()
         self.upsampler = self._load_upsampler() if self.options.upsampler else None
         self.text = embed_prompts(model, prompts, self.options.template_set)
+
+    def _batch_size(self) -> int:
+        return self.options.batch_size or (16 if self.model.device.type == "cuda" else 4)
+
+    def without_model(self) -> "Segmenter":
+        """A copy without its network, text embeddings on the CPU: what is shipped to other processes
+        (Ray workers), which give it their own copy of the network with `attach`."""
+        light = copy.copy(self)
+        light.model = None
+        light.text = self.text.cpu()
+        return light
+
+    def attach(self, model: LoadedModel) -> None:
+        """Run on `model` (the same weights, perhaps on another device): the text embeddings and the
+        up-sampler move to its device, and the default batch size follows it."""
+        self.model = model
+        self.text = self.text.to(model.device)
+        if self.upsampler is not None:
+            self.upsampler = self.upsampler.to(model.device)
+        self.batch_size = self._batch_size()
 
     def _load_upsampler(self):
         from engine.dense.upsampler import load_upsampler
