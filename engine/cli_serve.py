@@ -23,7 +23,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     roots = []
     for root in args.allow_root or []:
-        path = Path(root).expanduser().resolve()
+        path = config.user_path(root).resolve()
         if not path.is_dir():
             raise InputError(f"--allow-root {root} is not a folder")
         roots.append(path)

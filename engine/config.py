@@ -18,9 +18,18 @@ from pathlib import Path
 DEFAULT_MODEL = "farslip2-vit-b-16"
 
 
+def user_path(text: str) -> Path:
+    """A path a user typed, with `~` / `~name` expanded when that home folder exists (a `~name` that
+    names no user, e.g. `~0`, stays as typed instead of raising)."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        return Path(text)
+
+
 def _env_path(name: str, default: Path) -> Path:
     value = os.environ.get(name)
-    return Path(value).expanduser() if value else default
+    return user_path(value) if value else default
 
 
 def data_dir() -> Path:

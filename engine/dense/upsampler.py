@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from engine import config
 from engine.dense.jbu import JBUUpsampler
 from engine.errors import InputError, ModelError
 from engine.models.checkpoint import MAX_LISTED_KEYS, key_mismatch
@@ -40,7 +41,7 @@ def check_spec(spec: str) -> None:
     """Fail early (before any model is loaded) on a local file that is not there."""
     if parse_hub_spec(spec) is not None:
         return
-    path = Path(spec).expanduser()
+    path = config.user_path(spec)
     if not path.exists():
         raise InputError(f"up-sampler weights not found: {spec}")
     if not path.is_file():
@@ -52,7 +53,7 @@ def resolve_path(spec: str, offline: bool | None = None) -> Path:
     hub_spec = parse_hub_spec(spec)
     if hub_spec is None:
         check_spec(spec)
-        return Path(spec).expanduser()
+        return config.user_path(spec)
     from engine.models import hub
 
     repo_id, filename = hub_spec

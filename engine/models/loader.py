@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from engine import config
 from engine.errors import ModelError
 from engine.models import checkpoint, hub
 from engine.models.clip import FarSLIPCLIP, build_clip
@@ -99,7 +100,7 @@ def resolve_checkpoint(model: str, arch: str | None = None, offline: bool | None
         if arch and arch != release.arch:
             raise ModelError(f"{release.name} is a {release.arch} model, not {arch}")
         return hub.fetch(release, offline=offline), release.arch
-    path = Path(model).expanduser()
+    path = config.user_path(model)
     if not path.exists():
         names = ", ".join(known_model_names())
         raise ModelError(f"unknown model '{model}': not a release ({names}) and no such file")

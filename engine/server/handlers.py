@@ -29,10 +29,11 @@ def raster_info(path: Path) -> dict:
 
 
 def allowed_path(raw: str, settings, what: str = "input") -> Path:
-    """Resolve `..` and symlinks first, then apply the folder policy: 403 outside allowed roots."""
-    path = Path(raw).expanduser()
+    """Resolve `..` and symlinks first, then apply the folder policy: 403 outside allowed roots.
+    `~` is not expanded: the engine's home folder means nothing to a client."""
+    path = Path(raw)
     if not path.is_absolute():
-        raise HTTPException(400, f"{what} path must be absolute")
+        raise HTTPException(400, f"{what} path must be absolute (got '{raw[:200]}')")
     real = path.resolve(strict=False)
     roots = [r.resolve() for r in settings.allow_roots]
     if roots:
