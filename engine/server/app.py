@@ -9,7 +9,9 @@ Routes (all under /v1, all but /v1/health need `Authorization: Bearer <token>`):
   POST /v1/jobs/search                 text search: heat map + top-k boxes (job)
   POST /v1/regions/label               candidate classes ranked for boxes/polygons (synchronous)
   POST /v1/prompts                     how a class list is read: names, synonyms, colours
-  GET  /v1/jobs, /v1/jobs/{id}         state, progress 0-1, message; files and summary when done
+  GET  /v1/jobs, /v1/jobs/{id}         state, progress 0-1, message, revision; files and summary when done
+                                       (?wait=S[&since=R]: answer once the job ends or its revision is not R)
+  GET  /v1/jobs/{id}/events            server-sent events: the status now and after each change
   POST /v1/jobs/{id}/cancel            stop a queued or running job (within one batch)
   DELETE /v1/jobs/{id}                 cancel and forget a job and its files
   GET  /v1/jobs/{id}/files/{name}      a result file (only once the job is done)
@@ -26,9 +28,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import ClientDisconnect
 
@@ -42,6 +45,7 @@ from engine.server.runner import JobRunner, QueueFull
 from engine.server.schemas import (Error, GridRequest, Health, JobCreated, JobStatus, LabelRequest, LabelResponse,
                                    PromptsRequest, SearchRequest, SegmentRequest, UploadCreated)
 from engine.server.store import JobStore
+from engine.server.watch import MAX_WAIT_S, JobWatch, status_events, wait_for_change
 
 log = logging.getLogger("farslip.api")
 
@@ -73,6 +77,8 @@ ERRORS = {400: {"model": Error}, 401: {"model": Error}, 403: {"model": Error}, 4
 
 def create_app(settings: ServerSettings) -> FastAPI:
     store = JobStore(settings.data_dir, settings.job_ttl_s)
+    watch = JobWatch()
+    store.on_change(watch.notify)
     pool = ModelPool(settings.device, settings.precision)
     runner = JobRunner(store, {"segment": handlers.segment_handler(pool, store, settings),
                                "grid": handlers.grid_handler(pool), "search": handlers.search_handler(pool)},
@@ -96,6 +102,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="FarSLIP engine", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Open-vocabulary segmentation of remote-sensing imagery by typed class names.")
     app.state.store, app.state.runner, app.state.pool, app.state.settings = store, runner, pool, settings
+    app.state.watch = watch
     app.add_middleware(RequestLimitsAndLog, max_body=int(settings.max_body_kb * 1024),
                        unlimited_paths=("/v1/uploads",))
 
@@ -112,7 +119,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     bearer = HTTPBearer(auto_error=False)
 
-    def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    async def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         header = f"Bearer {credentials.credentials}" if credentials else None
         if not token_matches(settings.token, header):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
@@ -221,12 +228,40 @@ def create_app(settings: ServerSettings) -> FastAPI:
     def status(job) -> JobStatus:
         done = job.state == "done"
         return JobStatus(id=job.id, kind=job.kind, state=job.state, progress=job.progress, message=job.message,
-                         created=job.created, updated=job.updated, expires=job.expires,
+                         created=job.created, updated=job.updated, expires=job.expires, revision=job.revision,
                          files=job.files if done else [], summary=job.summary if done else None)
 
+    async def read_job(job_id: str):
+        return await run_in_threadpool(store.get, job_id)
+
     @api.get("/jobs/{job_id}", response_model=JobStatus, tags=["jobs"])
-    def job_status(job_id: str) -> JobStatus:
-        return status(get_job(job_id))
+    async def job_status(
+            job_id: str,
+            wait: float | None = Query(None, gt=0, le=MAX_WAIT_S, allow_inf_nan=False,
+                                       description="long-poll: answer once the job is done, failed or cancelled "
+                                                   "(or, with `since`, once anything changed), at most this many "
+                                                   "seconds later; without it, answer at once"),
+            since: int | None = Query(None, ge=0, le=2**63 - 1,
+                                      description="with `wait`: the revision the client already has; the answer "
+                                                  "comes as soon as the job's revision differs from it"),
+    ) -> JobStatus:
+        """The job's status; with `wait`, once it ends or changes (no thread is held while waiting)."""
+        job = await wait_for_change(watch, read_job, job_id, wait, since)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return status(job)
+
+    @api.get("/jobs/{job_id}/events", tags=["jobs"], response_class=StreamingResponse,
+             responses={200: {"description": "`event: status` with the job's status (`id:` its revision) now "
+                                             "and after each change; the stream ends once the job is final",
+                              "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+    async def job_events(job_id: str) -> StreamingResponse:
+        """Server-sent events of the job's status, from now until it is done, failed or cancelled."""
+        if await read_job(job_id) is None:
+            raise HTTPException(404, f"no job {job_id}")
+        events = status_events(watch, read_job, job_id, lambda job: status(job).model_dump())
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Job-Id": job_id})
 
     @api.post("/jobs/{job_id}/cancel", response_model=JobStatus, tags=["jobs"])
     def cancel_job(job_id: str) -> JobStatus:

@@ -129,6 +129,8 @@ class JobStatus(BaseModel):
     created: float
     updated: float
     expires: float
+    revision: int = Field(0, description="0 when created, +1 with every change (state, progress, message); "
+                                         "pass it back as `since` to wait for the next change")
     files: list[str] = []
     summary: dict | None = None
 

@@ -4,6 +4,9 @@ A job is `queued` → `running` → `done` | `failed` | `cancelled`. Result file
 folder and are listed (and served) only once the job is `done`: the pipeline renames each file
 into place when complete, and the state turns `done` after the last one. On start-up, jobs left
 `queued`/`running` by a stopped engine are marked `failed` and their folders emptied.
+
+Every change to a job adds one to its `revision` (0 when created) and is then announced to the
+store's listeners (`on_change`), which is how clients waiting on a job are woken.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 ACTIVE = ("queued", "running")
 FINAL = ("done", "failed", "cancelled")
@@ -24,7 +28,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, progress REAL NOT NULL DEFAULT 0,
     message TEXT NOT NULL DEFAULT '', created REAL NOT NULL, updated REAL NOT NULL, expires REAL NOT NULL,
-    request TEXT NOT NULL, summary TEXT, files TEXT
+    request TEXT NOT NULL, summary TEXT, files TEXT, revision INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS uploads (
     id TEXT PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL, created REAL NOT NULL, expires REAL NOT NULL
@@ -45,6 +49,7 @@ class JobRecord:
     request: dict
     summary: dict | None
     files: list[str]
+    revision: int = 0
 
 
 class JobStore:
@@ -59,13 +64,26 @@ class JobStore:
         self._db = sqlite3.connect(data_dir / "engine.sqlite", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        if "revision" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")  # older data folder
+        self._listeners: list[Callable[[str], None]] = []
         self._recover()
+
+    def on_change(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(job_id)` after every change to a job (from whichever thread made it)."""
+        self._listeners.append(listener)
+
+    def _changed(self, *job_ids: str) -> None:
+        for job_id in job_ids:
+            for listener in self._listeners:
+                listener(job_id)
 
     # --- jobs ----------------------------------------------------------------------------------
     def _recover(self) -> None:
         with self._lock:
             rows = self._db.execute(f"SELECT id FROM jobs WHERE state IN {ACTIVE}").fetchall()
-            self._db.execute(f"UPDATE jobs SET state='failed', message=?, updated=? WHERE state IN {ACTIVE}",
+            self._db.execute(f"UPDATE jobs SET state='failed', message=?, updated=?, revision = revision + 1 "
+                             f"WHERE state IN {ACTIVE}",
                              ("interrupted: the engine stopped before the job finished", time.time()))
         for (job_id,) in rows:
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
@@ -85,11 +103,11 @@ class JobStore:
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
             row = self._db.execute("SELECT id, kind, state, progress, message, created, updated, expires, request, "
-                                   "summary, files FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                                   "summary, files, revision FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             return None
         return JobRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], json.loads(row[8]),
-                         json.loads(row[9]) if row[9] else None, json.loads(row[10]) if row[10] else [])
+                         json.loads(row[9]) if row[9] else None, json.loads(row[10]) if row[10] else [], row[11])
 
     def list(self, limit: int = 100) -> list[JobRecord]:
         with self._lock:
@@ -104,19 +122,25 @@ class JobStore:
         fields["updated"] = time.time()
         columns = ", ".join(f"{k} = ?" for k in fields)
         with self._lock:
-            self._db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*fields.values(), job_id))
+            self._db.execute(f"UPDATE jobs SET {columns}, revision = revision + 1 WHERE id = ?",
+                             (*fields.values(), job_id))
+        self._changed(job_id)
 
     def set_state_if(self, job_id: str, expected: tuple[str, ...], state: str, message: str = "") -> bool:
         """Atomically move a job to `state` if it is in one of `expected`; True when it moved."""
         with self._lock:
-            cur = self._db.execute(f"UPDATE jobs SET state = ?, message = ?, updated = ? WHERE id = ? AND state IN "
-                                   f"({','.join('?' * len(expected))})", (state, message, time.time(), job_id, *expected))
-            return cur.rowcount == 1
+            cur = self._db.execute(f"UPDATE jobs SET state = ?, message = ?, updated = ?, revision = revision + 1 "
+                                   f"WHERE id = ? AND state IN ({','.join('?' * len(expected))})",
+                                   (state, message, time.time(), job_id, *expected))
+        if cur.rowcount == 1:
+            self._changed(job_id)
+        return cur.rowcount == 1
 
     def delete(self, job_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        self._changed(job_id)
 
     def count_active(self) -> int:
         with self._lock:
@@ -146,6 +170,7 @@ class JobStore:
             self._db.execute("DELETE FROM uploads WHERE expires < ?", (now,))
         for job_id in jobs:
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        self._changed(*jobs)
         for _, path in uploads:
             Path(path).unlink(missing_ok=True)
         return len(jobs) + len(uploads)
