@@ -152,9 +152,10 @@ def test_a_corrupt_tiff_path_gives_400(client, root):
 def test_cancel_stops_a_running_job_and_nothing_is_served(client, root):
     src = write_raster(root / "big.tif", scene(1400, 1400)[0])
     job_id = _segment(client, src, block=256).json()["id"]
-    wait_for(client, job_id, states=("running",))
-    while client.get(f"/v1/jobs/{job_id}", headers=AUTH).json()["progress"] == 0:
-        pass
+    status = wait_for(client, job_id, states=("running",))
+    while status["progress"] == 0:  # the next change, by long-poll
+        status = client.get(f"/v1/jobs/{job_id}", headers=AUTH,
+                            params={"wait": 30, "since": status["revision"]}).json()
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers=AUTH).status_code == 200
     status = wait_for(client, job_id, timeout=30)
     assert status["state"] == "cancelled" and status["files"] == []

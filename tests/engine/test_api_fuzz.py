@@ -2,6 +2,8 @@
 
 The examples are drawn from a fixed seed (`derandomize=True`), so CI runs the same requests every
 time and a failure is reproducible; inputs that once failed by chance are pinned below as plain tests.
+A generated `GET /v1/jobs/{id}?wait=60` (or `/events`) names a job that does not exist, which is a 404
+at once: waiting starts only on a job that does, so the long-poll adds nothing to this run's time.
 """
 
 from __future__ import annotations

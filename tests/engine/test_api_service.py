@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.engine.api_helpers import write_checkpoint
+from tests.engine.api_helpers import wait_for, write_checkpoint
 from tests.engine.conftest import TINY
 from tests.engine.rasters import scene, write_raster
 
@@ -68,13 +68,7 @@ class Engine:
             self.proc.wait(10)
 
     def wait(self, job_id: str, states=("done", "failed", "cancelled"), timeout=180.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self.client.get(f"/v1/jobs/{job_id}").json()
-            if status["state"] in states:
-                return status
-            time.sleep(0.1)
-        raise AssertionError(status)
+        return wait_for(self.client, job_id, states, timeout, headers={})  # long-poll; the client has the token
 
 
 @pytest.fixture
@@ -132,9 +126,9 @@ def test_a_killed_engine_never_serves_a_half_written_result(engine, tmp_path):
     src = write_raster(tmp_path / "big.tif", scene(1600, 1600)[0])
     job_id = engine.client.post("/v1/jobs/segment", json={"input": {"path": str(src)}, "classes": "a; b; c",
                                                          "block": 256}).json()["id"]
-    engine.wait(job_id, states=("running",))
-    while engine.client.get(f"/v1/jobs/{job_id}").json()["progress"] == 0:
-        time.sleep(0.05)
+    status = engine.wait(job_id, states=("running",))
+    while status["progress"] == 0:
+        status = engine.client.get(f"/v1/jobs/{job_id}", params={"wait": 30, "since": status["revision"]}).json()
     engine.kill()
     engine.start()
     status = engine.client.get(f"/v1/jobs/{job_id}").json()
