@@ -1,7 +1,8 @@
 """HTTP client for the FarSLIP engine, on the standard library only (runs in QGIS's Python).
 
 Every failure becomes an `EngineError` with one readable sentence: the engine's own `detail` for a
-4xx, "the engine is not running at ..." when nothing answers.
+4xx, "the engine is not running at ..." when nothing answers. A job is followed by long-poll
+(`GET /v1/jobs/{id}?wait=&since=`), not by sleeping between polls.
 """
 
 from __future__ import annotations
@@ -90,8 +91,10 @@ class EngineClient:
     def submit(self, kind: str, payload: dict) -> str:
         return self._json("POST", f"/v1/jobs/{kind}", payload)["id"]
 
-    def status(self, job_id: str) -> dict:
-        return self._json("GET", f"/v1/jobs/{job_id}")
+    def status(self, job_id: str, wait: float | None = None, since: int | None = None) -> dict:
+        """The job's status; with `wait`, once it ends or (with `since`) its revision is no longer `since`."""
+        query = "" if wait is None else f"?wait={wait:g}" + ("" if since is None else f"&since={since}")
+        return self._json("GET", f"/v1/jobs/{job_id}{query}")
 
     def cancel(self, job_id: str) -> dict:
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
@@ -115,11 +118,18 @@ class EngineClient:
         return target
 
     def wait(self, job_id: str, on_progress: Callable[[float, str], None] | None = None,
-             is_cancelled: Callable[[], bool] | None = None, poll_s: float = 0.3) -> dict:
-        """Poll a job until it ends; cancels it on the engine when `is_cancelled()` turns true."""
+             is_cancelled: Callable[[], bool] | None = None, poll_s: float = 0.3, slice_s: float = 0.5) -> dict:
+        """Follow a job until it ends; cancels it on the engine when `is_cancelled()` turns true.
+
+        Long-poll: each request asks the engine to answer as soon as the job's revision moves past the one
+        already seen (`?wait=&since=`), so every change arrives when it happens and nothing sleeps. Waits
+        last at most `slice_s`, so a cancel is noticed within that. An engine without long-poll answers at
+        once and sends no revision: then it is polled every `poll_s` seconds.
+        """
         cancel_sent = False
+        since = 0  # a job starts at revision 0
         while True:
-            status = self.status(job_id)
+            status = self.status(job_id, wait=slice_s, since=since)
             if on_progress is not None:
                 on_progress(status["progress"], status["message"])
             if status["state"] in ("done", "failed", "cancelled"):
@@ -127,4 +137,7 @@ class EngineClient:
             if is_cancelled is not None and is_cancelled() and not cancel_sent:
                 self.cancel(job_id)
                 cancel_sent = True
-            time.sleep(poll_s)
+            if isinstance(status.get("revision"), int):
+                since = status["revision"]
+            else:
+                time.sleep(poll_s)
