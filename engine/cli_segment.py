@@ -46,7 +46,12 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, help="class probability below which a pixel is background")
     p.add_argument("--background", help="background class name (added to the classes when missing)")
     p.add_argument("--global-bias", type=float, help="λ of the global-bias subtraction (0 = off)")
-    p.add_argument("--batch-size", type=int, help="crops per forward pass (default 16 on a GPU, 4 on a CPU)")
+    p.add_argument("--batch-size", type=int,
+                   help="crops per forward pass (default: on a GPU as many as half its free memory holds, at "
+                        "most 256; 4 on a CPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network first (10-20 s on a GPU, then ~25%% more crops/s: for large "
+                        "rasters, not a quick look)")
     p.add_argument("--upsampler", metavar="PATH",
                    help="learned feature up-sampler weights (SegEarth-OV's SimFeatUp JBU .ckpt, or "
                         "hf://owner/repo/file); default: none (bilinear logits)")
@@ -57,7 +62,7 @@ def inference_options(args: argparse.Namespace):
 
     return preset(args.preset).with_overrides(prob_threshold=args.threshold, background=args.background,
                                               global_bias=args.global_bias, batch_size=args.batch_size,
-                                              upsampler=args.upsampler)
+                                              upsampler=args.upsampler, compile=args.compile or None)
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:

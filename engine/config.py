@@ -5,6 +5,7 @@ Environment variables:
   FARSLIP_CONFIG_DIR  config folder holding the API token (default: `~/.config/farslip`)
   FARSLIP_GDAL_CACHE_MB  GDAL's raster block cache while segmenting (default 128; GDAL's own default,
                       5% of RAM, would make memory grow with the raster size)
+  FARSLIP_GDAL_THREADS  threads GDAL decodes and compresses with (default ALL_CPUS)
   FARSLIP_DEVICE      default device: `auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ...
   HF_HOME / HF_HUB_CACHE / HF_HUB_OFFLINE   honoured as huggingface_hub defines them
 """
@@ -50,6 +51,11 @@ def default_device() -> str:
 
 def gdal_cache_mb() -> int:
     return int(os.environ.get("FARSLIP_GDAL_CACHE_MB", "128"))
+
+
+def gdal_threads() -> str:
+    """Threads GDAL decodes and compresses rasters with (FARSLIP_GDAL_THREADS: a number or ALL_CPUS)."""
+    return os.environ.get("FARSLIP_GDAL_THREADS", "ALL_CPUS")
 
 
 def hub_offline() -> bool:

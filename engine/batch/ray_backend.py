@@ -70,10 +70,10 @@ class BlockWorker:
         segmenter.attach(model)
         self.segmenter = segmenter
 
-    def compute(self, unit: Unit, rgb):
+    def compute(self, unit: Unit, pixels):
         from engine.batch.work import compute_unit
 
-        return compute_unit(self.segmenter, unit, rgb)
+        return compute_unit(self.segmenter, unit, pixels)
 
 
 def _shareable(state: dict) -> dict:

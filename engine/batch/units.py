@@ -53,6 +53,7 @@ def _open(spec: RasterSpec) -> RasterSource:
     return RasterSource(spec.path, spec.bands, spec.gsd)
 
 
-def read_unit(unit: Unit) -> np.ndarray:
-    """RGB float32 [h, w, 3] (0-1, invalid pixels filled) of the unit's extended block."""
-    return _open(unit.spec).read_rgb(unit.extent)[0]
+def read_unit(unit: Unit) -> tuple[np.ndarray, np.ndarray]:
+    """The unit's extended block as the model takes it: RGB [3, h, w] (uint8, or float32 0-1 after the
+    stretch) and validity [h, w] (see `RasterSource.read_pixels`)."""
+    return _open(unit.spec).read_pixels(unit.extent)

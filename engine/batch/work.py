@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from engine.batch.units import NumpyPart, RasterSpec, Unit
-from engine.dense import prepare_image
+from engine.dense.sliding import normalise
+from engine.dense.transfer import pinned, upload
 from engine.geo.blocks import block_boxes, block_contributions, block_extent, owned_crops
 from engine.geo.source import RasterSource
 
@@ -32,8 +33,10 @@ def plan_units(raster: int, spec: RasterSpec, segmenter, block: int) -> tuple[Ra
     return source, units
 
 
-def compute_unit(segmenter, unit: Unit, rgb: np.ndarray) -> list[NumpyPart]:
-    """The unit's contributions to its block and neighbours, as numpy arrays on the CPU."""
-    image = prepare_image(rgb)
+def compute_unit(segmenter, unit: Unit, pixels: tuple[np.ndarray, np.ndarray]) -> list[NumpyPart]:
+    """The unit's contributions to its block and neighbours (from `read_unit`'s pixels and validity),
+    as numpy arrays on the CPU."""
+    device = segmenter.model.device
+    image = normalise(*(upload(pinned(a), device) for a in pixels))
     parts = block_contributions(segmenter, unit.height, unit.width, unit.block, unit.i, unit.j, image)
     return [(target, box, t.float().cpu().numpy(), c.float().cpu().numpy()) for target, box, t, c in parts]

@@ -19,13 +19,14 @@ from engine.errors import InputError
 class InferenceOptions:
     crop: int | None = None         # crop size in px (default: the model's input size, 224)
     stride: int | None = None       # default: crop // 2
-    batch_size: int | None = None   # crops per forward pass (default: 16 on a GPU, 4 on a CPU)
+    batch_size: int | None = None   # crops per forward pass (default: from free GPU memory, 4 on a CPU)
     template_set: str = "imagenet80"
     logit_scale: float = 50.0       # softmax temperature applied to the averaged cosine logits
     global_bias: float = 0.0        # λ: patch logits − λ · image-level (CLS) logits, per crop
     prob_threshold: float = 0.0     # pixels whose best class probability is below → background
     background: str | None = None   # background class name (added when missing); None: 255 = no class
     upsampler: str | None = None    # SimFeatUp JBU weights (path or hf://owner/repo/file); None: bilinear
+    compile: bool = False           # torch.compile the dense forward (same results; faster after compiling)
 
     def validate(self) -> "InferenceOptions":
         if self.crop is not None and self.crop < 16:

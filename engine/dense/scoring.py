@@ -18,7 +18,10 @@ def class_probabilities(logits: torch.Tensor, name_to_class: list[int], logit_sc
     rows: dict[int, list[int]] = {}
     for name_index, class_index in enumerate(name_to_class):
         rows.setdefault(class_index, []).append(name_index)
-    return torch.stack([probs[rows[c]].amax(dim=0) for c in range(len(rows))])
+    # A class's names are consecutive (PromptSet lists them class by class): slices, no index tensor
+    # to copy to the device (which would wait for the queued kernels).
+    return torch.stack([probs[r[0]:r[-1] + 1].amax(dim=0) if r == list(range(r[0], r[-1] + 1))
+                        else probs[r].amax(dim=0) for r in (rows[c] for c in range(len(rows)))])
 
 
 def class_map(probs: torch.Tensor, prob_threshold: float = 0.0, background_index: int | None = None) -> torch.Tensor:

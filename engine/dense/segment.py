@@ -15,23 +15,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from engine.boxes import Box
+from engine.dense.forward import compile_dense
 from engine.dense.options import DEFAULT_PRESET, InferenceOptions, preset
 from engine.dense.prompts import PromptSet
 from engine.dense.scoring import class_map, class_probabilities
-from engine.dense.sliding import ProgressFn, sliding_logits
+from engine.dense.sliding import ProgressFn, normalise, sliding_logits
 from engine.dense.text import embed_prompts
 from engine.errors import InputError
 from engine.models import LoadedModel
 
-_MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(3, 1, 1)
-_STD = torch.tensor(OPENAI_DATASET_STD).view(3, 1, 1)
-
-
-def prepare_image(image: np.ndarray) -> torch.Tensor:
-    """H×W×3 RGB (uint8 0-255, or float 0-1) → CLIP-normalised float32 tensor [3, H, W]."""
+def prepare_image(image: np.ndarray, device: "torch.device | str" = "cpu") -> torch.Tensor:
+    """H×W×3 RGB (uint8 0-255, or float 0-1) → CLIP-normalised float32 tensor [3, H, W] on `device`
+    (the pixels travel as they are, uint8 stays uint8, and are normalised there)."""
     if not isinstance(image, np.ndarray):
         raise InputError("image must be a numpy array of shape H×W×3")
     if image.ndim != 3 or image.shape[2] != 3:
@@ -39,7 +36,7 @@ def prepare_image(image: np.ndarray) -> torch.Tensor:
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise InputError("image is empty")
     if image.dtype == np.uint8:
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)
+        pixels = torch.from_numpy(np.ascontiguousarray(image))
     elif np.issubdtype(image.dtype, np.floating):
         if not np.isfinite(image).all():
             raise InputError("image holds NaN or infinite values")
@@ -48,7 +45,29 @@ def prepare_image(image: np.ndarray) -> torch.Tensor:
         pixels = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).clamp_(0, 1)
     else:
         raise InputError(f"image dtype {image.dtype} not supported: pass uint8 (0-255) or float (0-1)")
-    return (pixels.permute(2, 0, 1) - _MEAN) / _STD
+    return normalise(pixels.permute(2, 0, 1).to(device))
+
+
+CPU_BATCH = 4  # on CPUs a ViT-B costs the same per crop at batch 1 and 16; 4 keeps memory low
+MAX_GPU_BATCH = 256  # beyond this a ViT-B-16 gains < 5 % crops/s (H200: 8,000 at 64, 8,390 at 256)
+
+
+def default_batch_size(model: LoadedModel, crop: int, n_names: int) -> int:
+    """Crops per forward pass: CPU_BATCH on a CPU; on a GPU as many as half its free memory holds
+    (estimated from the network's token count and width), at most MAX_GPU_BATCH, at least 8."""
+    if model.device.type != "cuda":
+        return CPU_BATCH
+    free, _ = torch.cuda.mem_get_info(model.device)
+    visual = model.clip.visual
+    tokens = (crop // model.patch_size) ** 2 + 1
+    width = int(visual.conv1.weight.shape[0])
+    heads = visual.transformer.resblocks[-1].attn.num_heads
+    element = torch.finfo(model.dtype).bits // 8
+    activations = element * (16 * tokens * width + 6 * heads * tokens * tokens)  # a block's peak, generous
+    pixels = 4 * 3 * crop * crop * 3  # the crop as float32: cut, resized/cast, guidance
+    logits = 4 * n_names * tokens * 4  # patch logit maps and their products
+    per_crop = activations + pixels + logits
+    return int(max(8, min(MAX_GPU_BATCH, (free // 2) // per_crop // 8 * 8)))
 
 
 @dataclass
@@ -77,11 +96,12 @@ class Segmenter:
         if self.stride > self.crop:
             raise InputError("stride must not exceed the crop size")
         self.batch_size = self._batch_size()
+        self._compile()
         self.upsampler = self._load_upsampler() if self.options.upsampler else None
         self.text = embed_prompts(model, prompts, self.options.template_set)
 
     def _batch_size(self) -> int:
-        return self.options.batch_size or (16 if self.model.device.type == "cuda" else 4)
+        return self.options.batch_size or default_batch_size(self.model, self.crop, len(self.prompts.names))
 
     def without_model(self) -> "Segmenter":
         """A copy without its network, text embeddings on the CPU: what is shipped to other processes
@@ -99,6 +119,11 @@ class Segmenter:
         if self.upsampler is not None:
             self.upsampler = self.upsampler.to(model.device)
         self.batch_size = self._batch_size()
+        self._compile()
+
+    def _compile(self) -> None:
+        if self.options.compile and self.model.dense_forward is None:
+            compile_dense(self.model)
 
     def _load_upsampler(self):
         from engine.dense.upsampler import load_upsampler
@@ -131,7 +156,7 @@ class Segmenter:
         return class_map(probs, self.options.prob_threshold, self.background_index)
 
     def segment(self, image: np.ndarray, progress: ProgressFn | None = None) -> SegmentationResult:
-        probs = self.probabilities(self.logits(prepare_image(image), progress=progress))
+        probs = self.probabilities(self.logits(prepare_image(image, self.model.device), progress=progress))
         return SegmentationResult(
             class_map=self.labels(probs).cpu().numpy(),
             scores=probs.cpu().numpy().astype(np.float32, copy=False),

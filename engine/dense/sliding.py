@@ -1,11 +1,22 @@
 """Sliding-window dense logits: crops of the model's input size, averaged where they overlap.
 
-Crops are `crop` px with stride `stride` (224/112 for ViT-B); the last crop of a row or column is
-shifted inward to end at the border. Each crop's per-patch cosine logits (patch embedding · name
-embedding) are bilinearly up-sampled to the crop's pixels and summed; the sum is divided by the
-number of crops covering each pixel. A crop smaller than `crop` (an image side under `crop`) is
-padded at its bottom/right to a patch multiple, resized to crop × crop, and its logits are resized
-back to the padded size, then the padding is cut off.
+The protocol (the published evaluation's): crops are `crop` px with stride `stride` (224/112 for
+ViT-B); the last crop of a row or column is shifted inward to end at the border. Each crop's
+per-patch cosine logits (patch embedding · name embedding) are bilinearly up-sampled to the crop's
+pixels and summed; the sum is divided by the number of crops covering each pixel. A crop smaller
+than `crop` (an image side under `crop`) is padded at its bottom/right to a patch multiple, resized
+to crop × crop, and its logits are resized back to the padded size, then the padding is cut off.
+
+How it runs, all on the model's device and without a Python step per crop:
+- the image arrives normalised on the device (`normalise`, pixels uploaded once per block);
+- each batch of crops is cut out with one gather and run through the network;
+- bilinear up-sampling is linear and separable: a crop's up-sampled logits are Uy · L · Uxᵀ with
+  fixed interpolation matrices (PyTorch's own bilinear weights, taken from `F.interpolate`). So the
+  crops of one row are up-sampled horizontally *and* placed side by side by one matrix product with
+  a placement matrix, giving a strip one patch-grid high; one more product up-samples the strip
+  vertically, and it is added to the sum. No crop-sized float maps are made; counts are per-axis
+  coverage. The result equals crop-by-crop up-sampling and adding up to float rounding (the order
+  of additions differs), which the tests check against a literal crop-by-crop loop.
 
 With a learned up-sampler (SimFeatUp JBU, `engine.dense.jbu`), each crop's projected patch features
 [D, gh, gw] are first up-sampled to 16× the grid, guided by the crop as the model saw it, and the
@@ -18,18 +29,26 @@ the piece's pixel coordinates) and the region to fill: see `CropGrid.touching`.
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from engine.boxes import Box
-from engine.dense.forward import dense_features
+from engine.dense.forward import model_dense
+from engine.dense.transfer import to_device
 from engine.models import LoadedModel
 
 UPSAMPLE_CHUNK = 4  # crops per up-sampler pass (its activations are D × 224² floats per crop)
+_MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(OPENAI_DATASET_STD).view(3, 1, 1)
+log = logging.getLogger(__name__)
 
 
 def window_starts(length: int, crop: int, stride: int) -> list[int]:
@@ -85,9 +104,36 @@ class CropGrid:
 ProgressFn = Callable[[int, int], None]  # (crops done, crops total); may raise to cancel
 
 
+def normalise(pixels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """RGB pixels [3, H, W] — uint8 (0-255) or float (0-1) — → CLIP-normalised float32 [3, H, W] on
+    the same device. Pixels where `valid` [H, W] is False become the CLIP mean colour (0 after
+    normalising), so they weigh nothing in the crops around them."""
+    x = pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels.float()
+    mean = _cached(("mean", str(x.device)), lambda: _MEAN.to(x.device))
+    std = _cached(("std", str(x.device)), lambda: _STD.to(x.device))
+    x = (x - mean) / std
+    if valid is not None:
+        x = x.masked_fill_(~valid.to(x.device, torch.bool)[None], 0.0)
+    return x
+
+
 def _batches(items: list[Box], size: int) -> Iterator[list[Box]]:
+    """Consecutive batches of at most `size`, of even length (no small last batch)."""
+    if not items:
+        return
+    count = -(-len(items) // max(1, size))
+    size = -(-len(items) // count)
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def _cut(image: torch.Tensor, boxes: list[Box]) -> torch.Tensor:
+    """Same-size crops [B, 3, h, w] of image [3, H, W], gathered in one indexing step from the view
+    of all its h × w windows (the crop origins travel to the device without waiting for it)."""
+    h, w = boxes[0].h, boxes[0].w
+    windows = image.unfold(1, h, 1).unfold(2, w, 1)  # [3, H-h+1, W-w+1, h, w], a view
+    origins = to_device([[b.y, b.x] for b in boxes], image.device)
+    return windows[:, origins[:, 0], origins[:, 1]].transpose(0, 1)
 
 
 def _model_input(crops: torch.Tensor, crop: int, patch: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -113,54 +159,147 @@ def _upsampled_logits(upsampler: nn.Module, patches: torch.Tensor, inputs: torch
     return torch.cat(out)
 
 
-def crop_logits(model: LoadedModel, crops: torch.Tensor, text: torch.Tensor, crop: int,
-                global_bias: float = 0.0, upsampler: nn.Module | None = None) -> torch.Tensor:
-    """Cosine logits [B, N, h, w] at pixel resolution for a batch of same-size normalised crops."""
-    h, w = crops.shape[-2:]
-    inputs, (ph, pw) = _model_input(crops, crop, model.patch_size)
+def crop_maps(model: LoadedModel, crops: torch.Tensor, text: torch.Tensor, crop: int, global_bias: float = 0.0,
+              upsampler: nn.Module | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Cosine logit maps [B, N, a, b] of a batch of same-size normalised crops, at the resolution the
+    network (or the up-sampler) gives them, and the padded crop size (ph, pw) they are up-sampled to
+    (then cut to the crops' own size)."""
+    inputs, padded = _model_input(crops, crop, model.patch_size)
     inputs = inputs.to(model.device, model.dtype)
     with torch.inference_mode():
         if global_bias:
-            patches, cls = dense_features(model.clip.visual, inputs, with_cls=True)
+            patches, cls = model_dense(model, inputs, with_cls=True)
         else:
-            patches = dense_features(model.clip.visual, inputs)
+            patches = model_dense(model, inputs)
         text = text.to(patches.device)
         if upsampler is not None:
-            logits = _upsampled_logits(upsampler, patches, inputs, text)
+            maps = _upsampled_logits(upsampler, patches, inputs, text)
         else:
-            patches = F.normalize(patches.float(), dim=-1)
-            logits = torch.einsum("bhwd,nd->bnhw", patches, text)
+            maps = torch.einsum("bhwd,nd->bnhw", F.normalize(patches.float(), dim=-1), text)
         if global_bias:
             cls_logits = F.normalize(cls.float(), dim=-1) @ text.T
-            logits = logits - global_bias * cls_logits[:, :, None, None]
-        logits = F.interpolate(logits, size=(ph, pw), mode="bilinear", align_corners=False)
-    return logits[:, :, :h, :w]
+            maps = maps - global_bias * cls_logits[:, :, None, None]
+    return maps, padded
+
+
+def crop_logits(model: LoadedModel, crops: torch.Tensor, text: torch.Tensor, crop: int,
+                global_bias: float = 0.0, upsampler: nn.Module | None = None) -> torch.Tensor:
+    """Cosine logits [B, N, h, w] at pixel resolution for a batch of same-size normalised crops."""
+    maps, (ph, pw) = crop_maps(model, crops, text, crop, global_bias, upsampler)
+    h, w = crops.shape[-2:]
+    uy = _interpolation(maps.shape[2], ph, h, maps.device)
+    ux = _interpolation(maps.shape[3], pw, w, maps.device)
+    return uy @ maps @ ux.T
+
+
+_cache: OrderedDict = OrderedDict()  # small device tensors reused block after block
+_cache_lock = threading.RLock()  # a maker may use the cache itself
+
+
+def _cached(key, make: Callable[[], torch.Tensor]):
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+        value = _cache[key] = make()
+        if len(_cache) > 64:
+            _cache.popitem(last=False)
+        return value
+
+
+def _interpolation(src: int, dst: int, keep: int, device) -> torch.Tensor:
+    """[keep, src]: the first `keep` rows of bilinear (align_corners=False) resizing src → dst, with
+    exactly the weights `F.interpolate` uses."""
+    def make():
+        eye = torch.eye(src, dtype=torch.float32)[None]
+        weights = F.interpolate(eye, size=dst, mode="linear", align_corners=False)[0].T
+        return weights[:keep].contiguous().to(device)
+
+    return _cached(("interp", src, dst, keep, str(device)), make)
+
+
+def _row_placement(xs: tuple[int, ...], b: int, pw: int, w: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For crops starting at columns `xs` (region coordinates, may stick out of [0, width)):
+    P [len(xs)·b, width] with P[k·b + j, x] = Ux[x − xs[k], j], so that a row of logit maps laid side
+    by side [.., len(xs)·b] @ P is their horizontally up-sampled sum; and the coverage [width].
+    Built on the device by scattering (nothing waits for the device)."""
+    def make():
+        ux = _interpolation(b, pw, w, device)  # [w, b]
+        cols = to_device(list(xs), device)[:, None] + torch.arange(w, device=device)[None]  # [K, w]
+        inside = (cols >= 0) & (cols < width)
+        cols = cols.clamp(0, width - 1)
+        weights = ux.T[None] * inside[:, None, :]  # [K, b, w]; 0 outside the region (added harmlessly)
+        placement = torch.zeros(len(xs), b, width, device=device)
+        placement.scatter_add_(2, cols[:, None, :].expand(-1, b, -1), weights)
+        coverage = torch.zeros(width, device=device).scatter_add_(0, cols.flatten(), inside.flatten().float())
+        return placement.reshape(len(xs) * b, width), coverage
+
+    return _cached(("row", xs, b, pw, w, width, str(device)), make)
+
+
+def _add_maps(maps: torch.Tensor, padded: tuple[int, int], boxes: list[Box], region: Box,
+              total: torch.Tensor, count: torch.Tensor) -> None:
+    """Add the up-sampled logit maps [B, N, a, b] of same-size `boxes` (up-sampled to `padded`, cut to
+    the box size) to total [N, region.h, region.w] and their coverage to count [1, region.h, region.w]."""
+    _, n, a, b = maps.shape
+    h, w = boxes[0].h, boxes[0].w
+    uy = _interpolation(a, padded[0], h, maps.device)  # [h, a]
+    for start, stop in _row_runs(boxes):
+        y = boxes[start].y
+        y0, y1 = max(y, region.y), min(y + h, region.y + region.h)
+        if y1 <= y0:
+            continue
+        xs = tuple(box.x - region.x for box in boxes[start:stop])
+        placement, coverage = _row_placement(xs, b, padded[1], w, region.w, maps.device)
+        side_by_side = maps[start:stop].permute(1, 2, 0, 3).reshape(n, a, len(xs) * b)
+        strip = side_by_side @ placement  # [N, a, region.w]
+        total[:, y0 - region.y:y1 - region.y] += uy[y0 - y:y1 - y] @ strip
+        count[:, y0 - region.y:y1 - region.y] += coverage
+
+
+def _row_runs(boxes: list[Box]) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each run of consecutive boxes on one row (a crop grid lists rows in order)."""
+    start = 0
+    for k in range(1, len(boxes) + 1):
+        if k == len(boxes) or boxes[k].y != boxes[start].y:
+            yield start, k
+            start = k
+
+
+_batch_limits: dict[str, int] = {}  # per device: the batch that fitted after running out of memory
 
 
 def accumulate_crops(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int,
                      boxes: list[Box], region: Box, batch_size: int = 16, global_bias: float = 0.0,
                      progress: ProgressFn | None = None,
                      upsampler: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of crop logits [N, region.h, region.w] and crop count [1, region.h, region.w] (float32).
+    """Sum of crop logits [N, region.h, region.w] and crop count [1, region.h, region.w] (float32, on
+    the model's device).
 
-    `boxes` and `region` are in the pixel coordinates of `image` [3, H, W]; each box's logits are
-    added where it overlaps the region.
+    `image` is normalised [3, H, W] (see `normalise`; moved to the model's device if elsewhere);
+    `boxes` (all of one size) and `region` are in its pixel coordinates; each box's logits are added
+    where it overlaps the region. On a GPU that runs out of memory the batch is halved (and remembered).
     """
+    image = image.to(model.device)
     n = text.shape[0]
     total = torch.zeros(n, region.h, region.w, dtype=torch.float32, device=model.device)
     count = torch.zeros(1, region.h, region.w, dtype=torch.float32, device=model.device)
-    done = 0
-    for batch in _batches(boxes, batch_size):
-        crops = torch.stack([image[:, b.y:b.y + b.h, b.x:b.x + b.w] for b in batch])
-        logits = crop_logits(model, crops, text, crop, global_bias, upsampler)
-        for b, lg in zip(batch, logits):
-            y0, y1 = max(b.y, region.y), min(b.y + b.h, region.y + region.h)
-            x0, x1 = max(b.x, region.x), min(b.x + b.w, region.x + region.w)
-            if y0 >= y1 or x0 >= x1:
-                continue
-            total[:, y0 - region.y:y1 - region.y, x0 - region.x:x1 - region.x] += \
-                lg[:, y0 - b.y:y1 - b.y, x0 - b.x:x1 - b.x]
-            count[:, y0 - region.y:y1 - region.y, x0 - region.x:x1 - region.x] += 1
+    size = min(batch_size, _batch_limits.get(str(model.device), batch_size))
+    done, pending = 0, list(boxes)
+    while pending:
+        batch = next(_batches(pending, size))
+        try:
+            maps, padded = crop_maps(model, _cut(image, batch), text, crop, global_bias, upsampler)
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            size = max(1, size // 2)
+            _batch_limits[str(model.device)] = size
+            torch.cuda.empty_cache()
+            log.warning("out of device memory: batch lowered to %d crops", size)
+            continue
+        _add_maps(maps, padded, batch, region, total, count)
+        pending = pending[len(batch):]
         done += len(batch)
         if progress is not None:
             progress(done, len(boxes))
@@ -171,7 +310,8 @@ def sliding_logits(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, 
                    batch_size: int = 16, global_bias: float = 0.0, boxes: list[Box] | None = None,
                    region: Box | None = None, progress: ProgressFn | None = None,
                    upsampler: nn.Module | None = None) -> torch.Tensor:
-    """Mean cosine logits [N, region.h, region.w] (float32, on the model's device) of image [3,H,W].
+    """Mean cosine logits [N, region.h, region.w] (float32, on the model's device) of a normalised
+    image [3,H,W].
 
     `boxes` (default: the image's own crops touching the region) and `region` (default: the whole
     image) are in the image's pixel coordinates; every region pixel must be covered by a box.

@@ -15,17 +15,19 @@ The result equals one pass over the whole raster (same crops, same sums).
 from __future__ import annotations
 
 import threading
+from contextlib import closing
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from engine.dense import Segmenter, prepare_image
 from engine.boxes import Box
-from engine.dense.sliding import CropGrid, accumulate_crops
+from engine.dense import Segmenter
+from engine.dense.sliding import CropGrid, accumulate_crops, normalise
+from engine.dense.transfer import pinned, upload
 from engine.errors import Cancelled
+from engine.geo.background import prefetched
 
-ReadFn = Callable[[Box], torch.Tensor]  # working-grid rectangle → prepared image [3, h, w]
 CropProgressFn = Callable[[int], None]  # crops just finished
 
 
@@ -94,7 +96,9 @@ def block_contributions(segmenter: Segmenter, height: int, width: int, block: in
             continue
         ys = slice(part.y - extent.y, part.y - extent.y + part.h)
         xs = slice(part.x - extent.x, part.x - extent.x + part.w)
-        parts.append(((ti, tj), part, total[:, ys, xs].clone(), count[:, ys, xs].clone()))
+        own = (ti, tj) == (i, j)  # used at once; the others wait for later blocks: no view keeps `total` alive
+        t, c = total[:, ys, xs], count[:, ys, xs]
+        parts.append(((ti, tj), part, t if own else t.clone(), c if own else c.clone()))
     return parts
 
 
@@ -117,24 +121,6 @@ def assemble_block(core: Box, parts: list[tuple[Box, torch.Tensor, torch.Tensor]
     return summed / covered
 
 
-def blocked_logits(segmenter: Segmenter, height: int, width: int, block: int, read: ReadFn,
-                   on_crops: CropProgressFn | None = None) -> Iterator[tuple[Box, torch.Tensor]]:
-    """Yield (core box, mean cosine logits [N, h, w]) for each block, in row-major order."""
-    block = max(block, segmenter.crop)
-    rows = block_boxes(height, width, block)
-    owned = owned_crops(segmenter, height, width, block)
-    pending: dict[tuple[int, int], list[tuple[Box, torch.Tensor, torch.Tensor]]] = {}
-    for i, row in enumerate(rows):
-        for j, core in enumerate(row):
-            if owned[i][j]:
-                image = read(block_extent(core, owned[i][j]))
-                for target, part, t, c in block_contributions(segmenter, height, width, block, i, j, image, on_crops):
-                    pending.setdefault(target, []).append((part, t, c))
-                del image
-            yield core, assemble_block(core, pending.pop((i, j), []), len(segmenter.prompts.names),
-                                       segmenter.model.device)
-
-
 def _delta_reporter(on_crops: CropProgressFn | None):
     """Turn (done, total) reports of one block into 'n more crops finished' calls."""
     last = 0
@@ -150,14 +136,27 @@ def _delta_reporter(on_crops: CropProgressFn | None):
 
 def raster_blocks(segmenter: Segmenter, source, block: int, progress: Callable[[int, int], None] | None = None,
                   cancel: threading.Event | None = None) -> Iterator[tuple[Box, torch.Tensor, np.ndarray]]:
-    """(core, mean logits [N, h, w], validity [h, w]) for each block of a RasterSource's working grid,
-    reporting (crops done, crops total) and stopping with `Cancelled` within one batch of a cancel."""
+    """(core, mean logits [N, h, w] on the model's device, validity [h, w]) for each block of a
+    RasterSource's working grid, in row-major order, reporting (crops done, crops total) and stopping
+    with `Cancelled` within one batch of a cancel.
+
+    A background thread reads (decodes, stretches, resamples) the next blocks while the current one
+    is computed; each block's pixels go to the device once, as read (uint8 or the stretched floats),
+    and are normalised there."""
     grid = source.grid
-    total = count_crops(segmenter, grid.height, grid.width)
+    height, width = grid.height, grid.width
+    total = count_crops(segmenter, height, width)
+    block = max(block, segmenter.crop)
+    owned = owned_crops(segmenter, height, width, block)
+    plan = [(i, j, core, block_extent(core, owned[i][j]) if owned[i][j] else None)
+            for i, row in enumerate(block_boxes(height, width, block)) for j, core in enumerate(row)]
     done = 0
 
-    def read(rect: Box) -> torch.Tensor:
-        return prepare_image(source.read_rgb(rect)[0])
+    def reader(extent: Box | None, core: Box):
+        def read():
+            pixels = None if extent is None else [pinned(a) for a in source.read_pixels(extent)]
+            return pixels, source.read_valid(core)
+        return read
 
     def on_crops(n: int) -> None:
         nonlocal done
@@ -167,5 +166,14 @@ def raster_blocks(segmenter: Segmenter, source, block: int, progress: Callable[[
         if progress is not None:
             progress(done, total)
 
-    for core, logits in blocked_logits(segmenter, grid.height, grid.width, block, read, on_crops):
-        yield core, logits, source.read_valid(core)
+    device = segmenter.model.device
+    pending: dict[tuple[int, int], list[tuple[Box, torch.Tensor, torch.Tensor]]] = {}
+    with closing(prefetched(reader(extent, core) for _, _, core, extent in plan)) as reads:
+        for (i, j, core, _extent), (pixels, valid) in zip(plan, reads):
+            if pixels is not None:
+                image = normalise(upload(pixels[0], device), upload(pixels[1], device))
+                for target, part, t, c in block_contributions(segmenter, height, width, block, i, j, image,
+                                                              on_crops):
+                    pending.setdefault(target, []).append((part, t, c))
+                del image
+            yield core, assemble_block(core, pending.pop((i, j), []), len(segmenter.prompts.names), device), valid

@@ -4,10 +4,11 @@
     summary = segment_raster(RasterJob("ortho.tif", "out/"), segmenter)
 
 Flow: RasterSource (bands, stretch, mask, working GSD) → raster_blocks (global crop grid, each crop
-once) → per block: probabilities, class map, confidence → temporary working-grid GeoTIFFs →
-(resampled to the source grid when the working GSD differs) → polygons + statistics in one pass →
-COGs, GeoPackage and JSON summary, each renamed into place only when complete. Any failure or
-interruption removes the temporary folder and leaves no partial output.
+once; the next blocks are read in a background thread) → per block on the model's device:
+probabilities, class map, confidence, scores as uint8 → a writer thread puts each block back on the
+source grid and writes class/score GeoTIFFs, polygons and statistics in the same pass, beside the
+compute of the next block → COGs, GeoPackage and JSON summary, each renamed into place only when
+complete. Any failure or interruption removes the temporary folder and leaves no partial output.
 """
 
 from __future__ import annotations
@@ -18,21 +19,24 @@ import shutil
 import tempfile
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from engine import __version__, config
-from engine.dense import Segmenter
+from engine import __version__
 from engine.boxes import Box
+from engine.dense import Segmenter
+from engine.dense.transfer import download
 from engine.errors import Cancelled, InputError
-from engine.geo.blocks import block_boxes, count_crops, raster_blocks
+from engine.geo.background import BackgroundWriter
+from engine.geo.blocks import count_crops, raster_blocks
 from engine.geo.colours import class_colour, hex_colour
-from engine.geo.polygons import PolygonWriter
-from engine.geo.rasters import NODATA, SCORE_MAX, TiledRaster, class_tags, publish_cog, quantise, resample_to_grid
-from engine.geo.source import RasterSource, linear_unit_metres
+from engine.geo.products import SegmentationProducts
+from engine.geo.rasters import NODATA, class_tags, gdal_env, publish_cog, quantise
+from engine.geo.source import RasterSource
 
 if TYPE_CHECKING:
     import torch
@@ -96,17 +100,15 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
     if job.min_area < 0 or job.simplify < 0:
         raise InputError("--min-area and --simplify must not be negative")
     paths = output_paths(job)
-    import rasterio
-
-    with rasterio.Env(GDAL_CACHEMAX=config.gdal_cache_mb()), \
-            RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs) as source:
+    with gdal_env(), RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs) as source:
         if job.mask_wkt:
             source.restrict_to(job.mask_wkt, job.mask_crs)
         work = make_workdir(job.out_dir)
         try:
             logits = (blocks(source) if blocks is not None
                       else raster_blocks(segmenter, source, job.block, progress, cancel))
-            summary = _run(job, segmenter, source, work, paths, logits, cancel)
+            with closing(logits):
+                summary = _run(job, segmenter, source, work, paths, logits, cancel)
             summary["timing"]["total_s"] = round(time.perf_counter() - started, 3)
             _publish(work, paths, summary)
             return summary
@@ -116,6 +118,8 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
 
 def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path, paths: dict[str, Path],
          blocks: Iterator[tuple[Box, "torch.Tensor", np.ndarray]], cancel: threading.Event | None) -> dict:
+    """Turn each block's logits into uint8 products on the model's device and hand them to the writer
+    thread (`SegmentationProducts`), which writes them on the source grid while the next block runs."""
     grid = source.grid
     classes = [{"index": i, "name": c.label, "synonyms": list(c.names), "colour": hex_colour(class_colour(c.names))}
                for i, c in enumerate(segmenter.prompts.classes)]
@@ -123,43 +127,29 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
     colormap[NODATA] = (0, 0, 0, 0)
     tags = class_tags(classes, {"FARSLIP_MODEL": segmenter.model.name, "FARSLIP_PROMPTS": segmenter.prompts.as_text(),
                                 "FARSLIP_VERSION": __version__})
-    transform = source.working_transform()
-    class_raster = TiledRaster(work / "classes.tif", grid.height, grid.width, 1, transform, source.crs,
-                               ["class"], tags, colormap)
-    conf_raster = TiledRaster(work / "confidence.tif", grid.height, grid.width, 1, transform, source.crs,
-                              ["confidence"], tags, scale=1 / SCORE_MAX)
-    score_raster = (TiledRaster(work / "scores.tif", grid.height, grid.width, len(classes), transform, source.crs,
-                                [c["name"] for c in classes], tags, scale=1 / SCORE_MAX) if job.scores else None)
+    products = SegmentationProducts(source, work, [c["name"] for c in classes], tags, colormap, job.scores,
+                                    job.polygons, job.simplify, job.min_area)
     total_crops = count_crops(segmenter, grid.height, grid.width)
     t0 = time.perf_counter()
+
+    def write(core: Box, pending, valid: np.ndarray) -> None:
+        arrays = pending.result()
+        products.add(core, arrays[0], arrays[1], arrays[2] if job.scores else None, valid)
+
     try:
-        for core, logits, valid in blocks:
-            probs = segmenter.probabilities(logits)
-            labels = segmenter.labels(probs).cpu().numpy()
-            confidence = quantise(probs.max(dim=0).values.cpu().numpy())
-            labels[~valid] = NODATA
-            confidence[~valid] = NODATA
-            class_raster.write(core, labels)
-            conf_raster.write(core, confidence)
-            if score_raster is not None:
-                scores = quantise(probs.cpu().numpy())
-                scores[:, ~valid] = NODATA
-                score_raster.write(core, scores)
+        with BackgroundWriter() as writer:
+            for core, logits, valid in blocks:
+                probs = segmenter.probabilities(logits)
+                outputs = [segmenter.labels(probs), quantise(probs.max(dim=0).values)]
+                if job.scores:
+                    outputs.append(quantise(probs))
+                writer.submit(write, core, download(outputs), valid)
+        model_s = time.perf_counter() - t0
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("cancelled")
+        counts, areas, n_polygons = products.close()
     finally:
-        for raster in (class_raster, conf_raster, score_raster):
-            if raster is not None:
-                raster.close()
-    model_s = time.perf_counter() - t0
-
-    if grid.resampled:  # back onto the source grid
-        for name in ("classes", "confidence", "scores"):
-            if (work / f"{name}.tif").exists():
-                resample_to_grid(work / f"{name}.tif", work / f"{name}_src.tif", source.height, source.width,
-                                 source.transform)
-                os.replace(work / f"{name}_src.tif", work / f"{name}.tif")
-
-    counts, areas, n_polygons = _statistics_and_polygons(job, source, work, paths, [c["name"] for c in classes],
-                                                         cancel)
+        products.close_rasters()
     for c in classes:
         c["pixels"] = int(counts[c["index"]])
         c["area_m2"] = None if areas is None else round(float(areas[c["index"]]), 3)
@@ -182,56 +172,6 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
         "timing": {"segmentation_s": round(model_s, 3), "crops_per_s": round(total_crops / max(model_s, 1e-9), 2)},
         "files": {k: p.name for k, p in paths.items()},
     }
-
-
-def _statistics_and_polygons(job: RasterJob, source: RasterSource, work: Path, paths: dict[str, Path],
-                             class_names: list[str], cancel: threading.Event | None):
-    """One pass over the source-grid class raster: pixel counts, areas per class, polygons."""
-    import rasterio
-    from rasterio.windows import Window
-
-    counts = np.zeros(256, dtype=np.int64)
-    writer = None
-    if job.polygons:
-        writer = PolygonWriter(work / "polygons.gpkg", source.transform, source.crs, source.height, source.width,
-                               class_names, job.simplify, job.min_area)
-    row_area = _row_pixel_area(source)
-    areas = None if row_area is None else np.zeros(256)
-    with rasterio.open(work / "classes.tif") as cls_ds, rasterio.open(work / "confidence.tif") as conf_ds:
-        for row in block_boxes(source.height, source.width, max(job.block, 512)):
-            for core in row:
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled("cancelled")
-                window = Window(core.x, core.y, core.w, core.h)
-                labels = cls_ds.read(1, window=window)
-                counts += np.bincount(labels.ravel(), minlength=256)
-                if areas is not None:
-                    per_row = np.stack([np.bincount(r, minlength=256) for r in labels])
-                    areas += (per_row * row_area[core.y:core.y + core.h, None]).sum(axis=0)
-                if writer is not None:
-                    writer.add_block(core, labels, conf_ds.read(1, window=window))
-    n_polygons = writer.close() if writer is not None else 0
-    return counts, areas, n_polygons
-
-
-def _row_pixel_area(source: RasterSource) -> np.ndarray | None:
-    """Area in m² of one source pixel on each row (rows differ on geographic CRSs), None without CRS."""
-    crs, t = source.crs, source.transform
-    if crs is None:
-        return None
-    if crs.is_geographic:
-        from pyproj import Geod
-        from shapely.geometry import box
-
-        geod = Geod(ellps="WGS84")
-        x0 = t.c
-        areas = []
-        for r in range(source.height):
-            y_top = t.f + r * t.e
-            areas.append(abs(geod.geometry_area_perimeter(box(x0, y_top + t.e, x0 + t.a, y_top))[0]))
-        return np.asarray(areas)
-    unit = linear_unit_metres(crs)
-    return np.full(source.height, abs(t.a * t.e) * unit * unit)
 
 
 def _publish(work: Path, paths: dict[str, Path], summary: dict) -> None:

@@ -1,11 +1,11 @@
-"""Raster outputs: block-wise temporary GeoTIFFs, resampling to the source grid, COG files.
+"""Raster outputs: block-wise temporary GeoTIFFs, COG files, quantised scores, GDAL's settings.
 
 Products (uint8, nodata 255):
 - classes:    class index per pixel, colour table, class names in the `FARSLIP_CLASSES` tag
 - confidence: probability of the chosen class × 254
 - scores:     one band per class, probability × 254 (band scale 1/254, so QGIS shows 0-1)
-Finished files are Cloud-Optimised GeoTIFFs (DEFLATE, 512 px blocks, overviews), written under a
-temporary name and renamed when complete.
+Temporary files use fast DEFLATE (level 1); finished files are Cloud-Optimised GeoTIFFs (DEFLATE,
+512 px blocks, overviews), written on all CPUs under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import torch
 import rasterio.shutil
-from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from engine import config
 from engine.boxes import Box
 
 NODATA = 255
@@ -27,8 +28,16 @@ SCORE_MAX = 254
 BLOCKSIZE = 512
 
 
-def quantise(probabilities: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(probabilities, 0.0, 1.0) * SCORE_MAX).astype(np.uint8)
+def quantise(probabilities: "torch.Tensor") -> "torch.Tensor":
+    """Probabilities → uint8 0-254 (rounded half to even), computed on the tensor's device."""
+    return torch.round(probabilities.clamp(0.0, 1.0) * SCORE_MAX).to(torch.uint8)
+
+
+def gdal_env() -> rasterio.Env:
+    """GDAL's settings while a raster is processed: a block cache of FARSLIP_GDAL_CACHE_MB (rasterio
+    passes a number straight to GDALSetCacheMax64, i.e. in bytes) and decoding and compression on
+    FARSLIP_GDAL_THREADS threads (default all CPUs)."""
+    return rasterio.Env(GDAL_CACHEMAX=config.gdal_cache_mb() * 1024 * 1024, GDAL_NUM_THREADS=config.gdal_threads())
 
 
 class TiledRaster:
@@ -40,7 +49,7 @@ class TiledRaster:
         self.path = path
         profile = dict(driver="GTiff", height=height, width=width, count=count, dtype=dtype, nodata=nodata,
                        transform=transform, crs=crs, tiled=True, blockxsize=BLOCKSIZE, blockysize=BLOCKSIZE,
-                       compress="deflate", BIGTIFF="IF_SAFER")
+                       compress="deflate", zlevel=1, BIGTIFF="IF_SAFER", num_threads=config.gdal_threads())
         if height < BLOCKSIZE or width < BLOCKSIZE:
             profile.update(tiled=False)
             profile.pop("blockxsize"), profile.pop("blockysize")
@@ -62,38 +71,13 @@ class TiledRaster:
             self.dataset.close()
 
 
-def resample_to_grid(src_path: Path, dst_path: Path, height: int, width: int, transform, block: int = 2048) -> None:
-    """Copy a working-grid raster onto the source grid (nearest neighbour, block by block)."""
-    with rasterio.open(src_path) as src:
-        profile = src.profile.copy()
-        profile.update(height=height, width=width, transform=transform)
-        if height >= BLOCKSIZE and width >= BLOCKSIZE:
-            profile.update(tiled=True, blockxsize=BLOCKSIZE, blockysize=BLOCKSIZE)
-        sy, sx = src.height / height, src.width / width
-        with rasterio.open(dst_path, "w", **profile) as dst:
-            dst.update_tags(**src.tags())
-            for band in range(1, src.count + 1):
-                dst.set_band_description(band, src.descriptions[band - 1] or "")
-            dst.scales = src.scales
-            if src.count == 1:
-                try:
-                    dst.write_colormap(1, src.colormap(1))
-                except ValueError:
-                    pass
-            for y in range(0, height, block):
-                for x in range(0, width, block):
-                    h, w = min(block, height - y), min(block, width - x)
-                    data = src.read(window=Window(x * sx, y * sy, w * sx, h * sy), out_shape=(src.count, h, w),
-                                    resampling=Resampling.nearest)
-                    dst.write(data, window=Window(x, y, w, h))
-
-
 def publish_cog(src_path: Path, final_path: Path, overview_resampling: str) -> None:
     """Write `src_path` as a COG next to `final_path` under a temporary name, then rename it."""
     partial = final_path.with_name(f".{final_path.name}.partial")
     try:
         rasterio.shutil.copy(src_path, partial, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=str(BLOCKSIZE),
-                             RESAMPLING=overview_resampling, BIGTIFF="IF_SAFER")
+                             RESAMPLING=overview_resampling, BIGTIFF="IF_SAFER",
+                             NUM_THREADS=config.gdal_threads())
         os.replace(partial, final_path)
     finally:
         if partial.exists():

@@ -11,24 +11,24 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from engine import __version__, config
+from engine import __version__
 from engine.dense import InferenceOptions, Segmenter
 from engine.dense.prompts import ClassLine, PromptSet
 from engine.dense.scenes import SceneClassifier
 from engine.errors import Cancelled, InputError
 from engine.geo.blocks import raster_blocks
 from engine.geo.pipeline import ProgressFn, make_workdir, publish_summary
-from engine.geo.rasters import TiledRaster, publish_cog, resample_to_grid
+from engine.geo.rasters import TiledRaster, gdal_env, publish_cog
 from engine.geo.regions import grid_cells, read_cells
 from engine.geo.scenes import cell_polygon
 from engine.geo.source import RasterSource
@@ -76,7 +76,6 @@ def search_paths(job: SearchJob) -> dict[str, Path]:
 
 def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | None = None,
                   cancel: threading.Event | None = None) -> dict:
-    import rasterio
     from torchvision.ops import nms
 
     started = time.perf_counter()
@@ -84,7 +83,7 @@ def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | Non
         raise InputError("top_k must be between 1 and 1000")
     prompts = query_prompts(job.query)
     paths = search_paths(job)
-    with rasterio.Env(GDAL_CACHEMAX=config.gdal_cache_mb()), \
+    with gdal_env(), \
             RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs) as source:
         work = make_workdir(job.out_dir)
         try:
@@ -134,19 +133,18 @@ def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | Non
 
 
 def _heatmap(job, model, prompts, source, work, paths, progress, cancel) -> None:
-    """Dense cosine similarity to the query, block by block, on the source grid."""
+    """Dense cosine similarity to the query, block by block (the blocks of `segment`), put back on
+    the source grid as each block is done."""
     segmenter = Segmenter(model, prompts, InferenceOptions(template_set="name"))
-    grid = source.grid
-    raster = TiledRaster(work / "heatmap.tif", grid.height, grid.width, 1, source.working_transform(), source.crs,
+    raster = TiledRaster(work / "heatmap.tif", source.height, source.width, 1, source.transform, source.crs,
                          ["cosine similarity"], {"FARSLIP_QUERY": job.query}, dtype="float32", nodata=HEATMAP_NODATA)
     try:
-        for core, logits, valid in raster_blocks(segmenter, source, job.block, progress, cancel):
-            values = logits[0].cpu().numpy().astype(np.float32)
-            values[~valid] = HEATMAP_NODATA
-            raster.write(core, values)
+        with closing(raster_blocks(segmenter, source, job.block, progress, cancel)) as blocks:
+            for core, logits, valid in blocks:
+                values = logits[0].float().cpu().numpy()
+                values[~valid] = HEATMAP_NODATA
+                rect, (values,) = source.to_source_grid(core, values)
+                raster.write(rect, values)
     finally:
         raster.close()
-    if grid.resampled:
-        resample_to_grid(work / "heatmap.tif", work / "heatmap_src.tif", source.height, source.width, source.transform)
-        os.replace(work / "heatmap_src.tif", work / "heatmap.tif")
     publish_cog(work / "heatmap.tif", paths["heatmap"], "AVERAGE")

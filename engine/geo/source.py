@@ -220,6 +220,28 @@ class RasterSource:
     def working_transform(self) -> Affine:
         return self.transform * Affine.scale(self.grid.scale_x, self.grid.scale_y)
 
+    def to_source_grid(self, core: Box, *arrays: np.ndarray) -> tuple[Box, list[np.ndarray]]:
+        """Working-grid block → (source-grid rectangle, the arrays [..., h, w] on it), nearest
+        neighbour: each source pixel takes the working pixel under its centre. The rectangles of a
+        partition of the working grid partition the source grid, so blocks go back one by one."""
+        if not self.grid.resampled:
+            return core, list(arrays)
+        rows, cols = self._source_to_working()
+        r0, r1 = np.searchsorted(rows, [core.y, core.y + core.h])
+        c0, c1 = np.searchsorted(cols, [core.x, core.x + core.w])
+        take_r, take_c = rows[r0:r1] - core.y, cols[c0:c1] - core.x
+        return (Box(int(r0), int(c0), int(r1 - r0), int(c1 - c0)),
+                [a.take(take_r, axis=-2).take(take_c, axis=-1) for a in arrays])
+
+    def _source_to_working(self) -> tuple[np.ndarray, np.ndarray]:
+        """For each source row and column, the working row and column under its centre (non-decreasing)."""
+        if getattr(self, "_nearest", None) is None:
+            g = self.grid
+            rows = np.minimum(((np.arange(self.height) + 0.5) / g.scale_y).astype(np.int64), g.height - 1)
+            cols = np.minimum(((np.arange(self.width) + 0.5) / g.scale_x).astype(np.int64), g.width - 1)
+            self._nearest = rows, cols
+        return self._nearest
+
     def source_window(self, rect: Box) -> Window:
         """The source window (fractional when resampled) under a working-grid rectangle."""
         g = self.grid
@@ -230,9 +252,24 @@ class RasterSource:
         """RGB float32 [h, w, 3] in 0-1 and a validity mask [h, w] for a working-grid rectangle."""
         return self.read_window(self.source_window(rect), rect.h, rect.w)
 
+    def read_pixels(self, rect: Box) -> tuple[np.ndarray, np.ndarray]:
+        """RGB [3, h, w] as the model takes it — uint8 (0-255) for uint8 rasters, else float32 0-1
+        after the stretch — and validity [h, w] of a working-grid rectangle. Invalid pixels keep
+        whatever value they hold: `engine.dense.sliding.normalise` blanks them on the device."""
+        return self.read_raw(self.source_window(rect), rect.h, rect.w)
+
     def read_window(self, window: Window, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """RGB float32 [height, width, 3] in 0-1 and validity [height, width] of a source window
-        (fractional allowed), resampled bilinearly when its size differs from the output's."""
+        (fractional allowed), resampled bilinearly when its size differs from the output's; invalid
+        pixels hold the CLIP mean colour."""
+        pixels, valid = self.read_raw(window, height, width)
+        rgb = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
+        rgb = np.ascontiguousarray(rgb.transpose(1, 2, 0))
+        rgb[~valid] = CLIP_MEAN_RGB
+        return rgb, valid
+
+    def read_raw(self, window: Window, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """`read_pixels` of a source window (see `read_window`)."""
         same_size = abs(window.width - width) < 1e-9 and abs(window.height - height) < 1e-9
         resampling = Resampling.nearest if same_size else Resampling.bilinear
         with self._reading():
@@ -240,16 +277,12 @@ class RasterSource:
             masks = self.dataset.read_masks(self.bands, window=window, out_shape=(3, height, width),
                                             resampling=Resampling.nearest)
         valid = (masks > 0).all(axis=0)
-        if self.stretch is None:
-            rgb = data.astype(np.float32) / 255.0
-        else:
-            lo, hi = self.stretch[:, 0, None, None], self.stretch[:, 1, None, None]
-            rgb = ((data.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
-            valid &= np.isfinite(rgb).all(axis=0)
-            rgb = np.clip(np.nan_to_num(rgb, nan=0.0), 0.0, 1.0)
-        rgb = np.ascontiguousarray(rgb.transpose(1, 2, 0))
-        rgb[~valid] = CLIP_MEAN_RGB
-        return rgb, valid
+        if self.stretch is None:  # uint8 (a mixed-type band set comes back widened: scale it the same way)
+            return (data, valid) if data.dtype == np.uint8 else (data.astype(np.float32) / 255.0, valid)
+        lo, hi = self.stretch[:, 0, None, None], self.stretch[:, 1, None, None]
+        rgb = ((data.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
+        valid &= np.isfinite(rgb).all(axis=0)
+        return np.clip(np.nan_to_num(rgb, nan=0.0), 0.0, 1.0), valid
 
     def probe(self) -> None:
         """Read the first and last pixels of the area: catches truncated and corrupt files early."""

@@ -32,6 +32,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     source: str = ""  # file the weights came from ("" for in-memory models)
+    dense_forward: object = field(default=None, repr=False)  # compiled dense forward (engine.dense.forward)
     _tokenizer: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

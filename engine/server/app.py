@@ -61,6 +61,7 @@ class ServerSettings:
     default_arch: str | None = None
     device: str | None = None
     precision: str | None = None
+    compile: bool = False  # torch.compile each model's dense forward (slow first job, faster after)
     max_upload_mb: float = 4096
     max_body_kb: float = 1024
     job_ttl_s: float = 24 * 3600
@@ -79,7 +80,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     store = JobStore(settings.data_dir, settings.job_ttl_s)
     watch = JobWatch()
     store.on_change(watch.notify)
-    pool = ModelPool(settings.device, settings.precision)
+    pool = ModelPool(settings.device, settings.precision, settings.compile)
     runner = JobRunner(store, {"segment": handlers.segment_handler(pool, store, settings),
                                "grid": handlers.grid_handler(pool), "search": handlers.search_handler(pool)},
                        settings.max_queue)

@@ -1,4 +1,5 @@
-"""Models the server has loaded, by (name, arch), loaded on first use and kept."""
+"""Models the server has loaded, by (name, arch), loaded on first use and kept (with `--compile`, each
+one's dense forward is compiled when it is loaded; compiling happens on its first job)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from engine.models import LoadedModel, load_model
 
 
 class ModelPool:
-    def __init__(self, device: str | None = None, precision: str | None = None):
-        self.device, self.precision = device, precision
+    def __init__(self, device: str | None = None, precision: str | None = None, compile: bool = False):
+        self.device, self.precision, self.compile = device, precision, compile
         self._models: dict[tuple[str, str | None], LoadedModel] = {}
         self._lock = threading.Lock()
 
@@ -17,7 +18,12 @@ class ModelPool:
         key = (name, arch)
         with self._lock:
             if key not in self._models:
-                self._models[key] = load_model(name, arch=arch, device=self.device, precision=self.precision)
+                model = load_model(name, arch=arch, device=self.device, precision=self.precision)
+                if self.compile:
+                    from engine.dense.forward import compile_dense
+
+                    compile_dense(model)
+                self._models[key] = model
             return self._models[key]
 
     def loaded(self) -> list[dict]:

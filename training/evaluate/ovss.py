@@ -52,7 +52,7 @@ def segmenter_for(model: LoadedModel, dataset: OVSSDataset, preset_name: str,
 
 def predict(segmenter: Segmenter, image: np.ndarray, label_shape: tuple[int, int]) -> np.ndarray:
     """Class indices at the label's size for one benchmark image."""
-    logits = segmenter.logits(prepare_image(resize_long_side(image)))
+    logits = segmenter.logits(prepare_image(resize_long_side(image), segmenter.model.device))
     logits = F.interpolate(logits[None], size=label_shape, mode="bilinear", align_corners=False)[0]
     return segmenter.labels(segmenter.probabilities(logits)).cpu().numpy()
 

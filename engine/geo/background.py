@@ -1,0 +1,77 @@
+"""Running reads ahead of, and writes behind, the compute on one block at a time.
+
+    for pixels in prefetched(readers, depth=2): ...      # reads run in a thread, ≤ 2 blocks ahead
+    with BackgroundWriter(depth=2) as writer:            # writes run in a thread, ≤ 2 blocks behind
+        writer.submit(write_block, core, arrays)
+
+Both keep memory bounded by a few blocks (bounded queues, never the raster), keep the order of the
+work, re-raise a failure of the background work in the caller's thread, and when the caller stops
+early (an error, a cancel, Ctrl-C) they drop the queued work and wait for the one item in progress,
+so nothing touches a file after its owner closed it. GDAL and torch release the GIL while they work,
+so reading, writing and computing overlap.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+def prefetched(tasks: Iterable[Callable[[], T]], depth: int = 2) -> Iterator[T]:
+    """The results of `tasks`, in order, each run in a background thread up to `depth` tasks ahead of
+    the consumer. Close the generator (or let it finish) to stop the thread."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farslip-read")
+    pending: deque[Future] = deque()
+    try:
+        for task in tasks:
+            pending.append(pool.submit(task))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
+
+
+class BackgroundWriter:
+    """Runs submitted calls in order in one background thread, at most `depth` waiting; `close()`
+    waits for all of them and re-raises the first failure."""
+
+    def __init__(self, depth: int = 2):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farslip-write")
+        self._pending: deque[Future] = deque()
+        self._depth = depth
+
+    def submit(self, fn: Callable, *args) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+        while len(self._pending) > self._depth:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        """Finish every submitted call (re-raising the first failure)."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Drop what has not started, wait for what has."""
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, exc_type, *_exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abandon()

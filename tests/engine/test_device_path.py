@@ -1,0 +1,175 @@
+"""The window path on the device: pixels uploaded once and normalised there, blocks read ahead and
+written behind, results put back on the source grid in one pass, GDAL's cache and threads, and
+`--compile` — each compared with a plain reference computation."""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+from contextlib import closing
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.warp import Resampling, reproject
+
+from engine.boxes import Box
+from engine.dense import InferenceOptions, Segmenter, prepare_image
+from engine.geo.background import BackgroundWriter, prefetched
+from engine.geo.blocks import block_boxes, raster_blocks
+from engine.geo.pipeline import RasterJob, segment_raster
+from engine.geo.rasters import gdal_env
+from engine.geo.source import RasterSource
+from tests.engine.rasters import scene, write_raster
+
+CLASSES = "water,river; grass; building,roof; road"
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_model):
+    return Segmenter(tiny_model, CLASSES)
+
+
+def _blocked(segmenter, path, block=256, **source_args) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits and validity of a whole raster assembled from `raster_blocks`."""
+    with RasterSource(path, **source_args) as source:
+        g = source.grid
+        logits = torch.zeros(len(segmenter.prompts.names), g.height, g.width)
+        valid = np.zeros((g.height, g.width), bool)
+        with closing(raster_blocks(segmenter, source, block)) as blocks:
+            for core, lg, ok in blocks:
+                logits[:, core.y:core.y + core.h, core.x:core.x + core.w] = lg.cpu()
+                valid[core.y:core.y + core.h, core.x:core.x + core.w] = ok
+    return logits, valid
+
+
+def _whole_image_reference(segmenter, path, **source_args) -> torch.Tensor:
+    """The same raster read at once as float RGB with nodata filled by the CLIP mean colour (the
+    engine's earlier CPU path), normalised on the CPU, one sliding pass."""
+    with RasterSource(path, **source_args) as source:
+        g = source.grid
+        rgb, _ = source.read_rgb(Box(0, 0, g.height, g.width))
+    return segmenter.logits(prepare_image(rgb)).cpu()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_blocks_uploaded_as_read_equal_one_pass_over_the_prepared_image(tmp_path, segmenter, dtype):
+    rgb, _ = scene(410, 530, seed=7)
+    data = np.maximum(rgb, 1) if dtype == "uint8" else rgb.astype(np.uint16) * 50 + 300  # uint16: stretched
+    data = data.copy()
+    data[:, :30, :] = 0  # a nodata border: no prediction there, and it must not colour its neighbours
+    data[:, 200:260, 300:330] = 0
+    path = write_raster(tmp_path / f"{dtype}.tif", data, nodata=0)
+    got, valid = _blocked(segmenter, path)
+    want = _whole_image_reference(segmenter, path)
+    assert not valid[:30].any() and valid[30:200].all()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-5)
+    labels_got = segmenter.labels(segmenter.probabilities(got))
+    labels_want = segmenter.labels(segmenter.probabilities(want))
+    top2 = torch.topk(want, 2, dim=0).values
+    clear = (top2[0] - top2[1]) > 1e-4  # pixels not at a tie between two names
+    assert torch.equal(labels_got[clear], labels_want[clear])
+
+
+@pytest.mark.parametrize("shape, res, gsd", [((301, 457), 0.25, 0.4), ((530, 610), 0.25, 0.35),
+                                             ((257, 300), 0.5, 0.3)], ids=["coarser", "coarser-odd", "finer"])
+def test_put_back_on_the_source_grid_is_gdals_nearest_neighbour(tmp_path, shape, res, gsd):
+    path = write_raster(tmp_path / "in.tif", scene(*shape)[0], res=res)
+    with RasterSource(path, gsd=gsd) as source:
+        g = source.grid
+        working = np.arange(g.height * g.width, dtype=np.int32).reshape(g.height, g.width)
+        ours = np.full((source.height, source.width), -1, dtype=np.int32)
+        for row in block_boxes(g.height, g.width, 96):
+            for core in row:
+                rect, (part,) = source.to_source_grid(core, working[core.y:core.y + core.h, core.x:core.x + core.w])
+                assert (ours[rect.y:rect.y + rect.h, rect.x:rect.x + rect.w] == -1).all()  # a partition
+                ours[rect.y:rect.y + rect.h, rect.x:rect.x + rect.w] = part
+        gdal = np.full_like(ours, -1)
+        reproject(working, gdal, src_transform=source.working_transform(), src_crs=source.crs,
+                  dst_transform=source.transform, dst_crs=source.crs, resampling=Resampling.nearest)
+    assert (ours >= 0).all()
+    assert (ours == gdal).mean() > 0.999  # GDAL may round a pixel centre exactly on a border either way
+    assert np.abs(ours // g.width - gdal // g.width).max() <= 1 and np.abs(ours % g.width - gdal % g.width).max() <= 1
+
+
+def test_resampled_run_equals_the_working_grid_classes_put_back(tmp_path, segmenter):
+    src = write_raster(tmp_path / "in.tif", scene(330, 410, seed=2)[0], res=0.25)
+    segment_raster(RasterJob(str(src), str(tmp_path / "out"), gsd=0.4, polygons=False), segmenter)
+    logits, valid = _blocked(segmenter, src, gsd=0.4)
+    labels = segmenter.labels(segmenter.probabilities(logits)).numpy()
+    with RasterSource(src, gsd=0.4) as source, rasterio.open(tmp_path / "out" / "in_classes.tif") as cls:
+        g = source.grid
+        rect, (expected,) = source.to_source_grid(Box(0, 0, g.height, g.width), labels)
+        assert (rect.h, rect.w) == (cls.height, cls.width) == (330, 410)
+        np.testing.assert_array_equal(cls.read(1), expected)
+
+
+def _gdal_cache_bytes() -> int:
+    """GDALGetCacheMax64 of the GDAL that rasterio runs on."""
+    import rasterio._env  # noqa: F401  (loads libgdal)
+
+    libs = glob.glob(os.path.join(os.path.dirname(rasterio.__file__), "..", "rasterio.libs", "libgdal*"))
+    gdal = ctypes.CDLL(libs[0]) if libs else ctypes.CDLL(None)
+    gdal.GDALGetCacheMax64.restype = ctypes.c_int64
+    return gdal.GDALGetCacheMax64()
+
+
+def test_gdal_cache_is_set_in_megabytes_and_threads_are_on(monkeypatch):
+    monkeypatch.setenv("FARSLIP_GDAL_CACHE_MB", "96")
+    with gdal_env():
+        assert _gdal_cache_bytes() == 96 * 1024 * 1024  # rasterio hands a number to GDAL as bytes
+        assert rasterio.env.getenv()["GDAL_NUM_THREADS"] == "ALL_CPUS"
+
+
+def test_reads_run_ahead_in_order_and_stop_when_the_consumer_stops():
+    ran = []
+
+    def task(k):
+        def read():
+            ran.append(k)
+            if k == 7:
+                raise OSError("block 7 is corrupt")
+            return k
+        return read
+
+    assert list(prefetched(task(k) for k in range(5))) == [0, 1, 2, 3, 4]
+    ran.clear()
+    with closing(prefetched(task(k) for k in range(100))) as reads:
+        assert next(reads) == 0
+    assert len(ran) <= 4  # at most `depth` + 1 blocks were read, then the reader stopped
+    with pytest.raises(OSError, match="block 7"):
+        list(prefetched(task(k) for k in range(20)))
+
+
+def test_a_failed_write_reaches_the_caller_and_later_writes_are_dropped():
+    written = []
+
+    def write(k):
+        if k == 2:
+            raise OSError("disk full")
+        written.append(k)
+
+    with pytest.raises(OSError, match="disk full"):
+        with BackgroundWriter(depth=2) as writer:
+            for k in range(50):
+                writer.submit(write, k)
+    assert written[:2] == [0, 1] and len(written) <= 4
+
+
+@pytest.mark.slow
+def test_compile_gives_the_same_classes(tmp_path, tiny_clip):
+    """`--compile` (torch.compile of the dense forward) changes speed, not results (~1-2 min on 2 CPUs)."""
+    from engine.models import wrap_model
+    from tests.engine.conftest import TINY
+
+    src = write_raster(tmp_path / "in.tif", scene(300, 380, seed=4)[0])
+    plain = Segmenter(wrap_model(tiny_clip, TINY, device="cpu"), CLASSES)
+    compiled = Segmenter(wrap_model(tiny_clip, TINY, device="cpu"), CLASSES, InferenceOptions(compile=True))
+    assert compiled.model.dense_forward is not None and plain.model.dense_forward is None
+    a = segment_raster(RasterJob(str(src), str(tmp_path / "a"), scores=True, polygons=False), plain)
+    b = segment_raster(RasterJob(str(src), str(tmp_path / "b"), scores=True, polygons=False), compiled)
+    with rasterio.open(tmp_path / "a" / "in_scores.tif") as x, rasterio.open(tmp_path / "b" / "in_scores.tif") as y:
+        assert np.abs(x.read().astype(int) - y.read().astype(int)).max() <= 1
+    assert [c["pixels"] for c in a["classes"]] == pytest.approx([c["pixels"] for c in b["classes"]], abs=20)
