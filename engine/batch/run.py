@@ -156,13 +156,17 @@ def _publish(job: RasterJob, status: dict, segmenter, manifest: Manifest, cancel
             for j, core in enumerate(row):
                 if cancel.is_set():
                     raise Cancelled("cancelled")
-                parts = []
+                parts, own = [], None
                 for s in sources_of(i, j):
                     part = manifest.load_part(job.name, s, (i, j))
-                    if part is not None:
-                        box, t, c = part
+                    if part is None:
+                        continue
+                    box, t, c = part
+                    if s == (i, j):
+                        own = (torch.from_numpy(t), torch.from_numpy(c))
+                    else:
                         parts.append((box, torch.from_numpy(t), torch.from_numpy(c)))
-                logits = assemble_block(core, parts, len(segmenter.prompts.names), segmenter.model.device)
+                logits = assemble_block(core, parts, len(segmenter.prompts.names), segmenter.model.device, own)
                 yield core, logits, source.read_valid(core)
 
     try:

@@ -37,6 +37,7 @@ def compute_unit(segmenter, unit: Unit, pixels: tuple[np.ndarray, np.ndarray]) -
     """The unit's contributions to its block and neighbours (from `read_unit`'s pixels and validity),
     as numpy arrays on the CPU."""
     device = segmenter.model.device
-    image = normalise(*(upload(pinned(a), device) for a in pixels))
+    rgb, valid = pixels
+    image = normalise(upload(pinned(rgb), device), None if valid.all() else upload(pinned(valid), device))
     parts = block_contributions(segmenter, unit.height, unit.width, unit.block, unit.i, unit.j, image)
     return [(target, box, t.float().cpu().numpy(), c.float().cpu().numpy()) for target, box, t, c in parts]

@@ -107,11 +107,11 @@ ProgressFn = Callable[[int, int], None]  # (crops done, crops total); may raise 
 def normalise(pixels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """RGB pixels [3, H, W] — uint8 (0-255) or float (0-1) — → CLIP-normalised float32 [3, H, W] on
     the same device. Pixels where `valid` [H, W] is False become the CLIP mean colour (0 after
-    normalising), so they weigh nothing in the crops around them."""
-    x = pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels.float()
-    mean = _cached(("mean", str(x.device)), lambda: _MEAN.to(x.device))
-    std = _cached(("std", str(x.device)), lambda: _STD.to(x.device))
-    x = (x - mean) / std
+    normalising), so they weigh nothing in the crops around them; pass None when all are valid."""
+    device, raw = pixels.device, pixels.dtype == torch.uint8
+    scale = _cached(("scale", raw, str(device)), lambda: (1 / (_STD * (255.0 if raw else 1.0))).to(device))
+    shift = _cached(("shift", str(device)), lambda: (-_MEAN / _STD).to(device))
+    x = torch.addcmul(shift, pixels.float(), scale)  # (p / 255 − mean) / std in one pass
     if valid is not None:
         x = x.masked_fill_(~valid.to(x.device, torch.bool)[None], 0.0)
     return x
@@ -237,24 +237,46 @@ def _row_placement(xs: tuple[int, ...], b: int, pw: int, w: int, width: int, dev
     return _cached(("row", xs, b, pw, w, width, str(device)), make)
 
 
-def _add_maps(maps: torch.Tensor, padded: tuple[int, int], boxes: list[Box], region: Box,
-              total: torch.Tensor, count: torch.Tensor) -> None:
-    """Add the up-sampled logit maps [B, N, a, b] of same-size `boxes` (up-sampled to `padded`, cut to
-    the box size) to total [N, region.h, region.w] and their coverage to count [1, region.h, region.w]."""
-    _, n, a, b = maps.shape
-    h, w = boxes[0].h, boxes[0].w
-    uy = _interpolation(a, padded[0], h, maps.device)  # [h, a]
-    for start, stop in _row_runs(boxes):
-        y = boxes[start].y
-        y0, y1 = max(y, region.y), min(y + h, region.y + region.h)
-        if y1 <= y0:
-            continue
-        xs = tuple(box.x - region.x for box in boxes[start:stop])
-        placement, coverage = _row_placement(xs, b, padded[1], w, region.w, maps.device)
-        side_by_side = maps[start:stop].permute(1, 2, 0, 3).reshape(n, a, len(xs) * b)
-        strip = side_by_side @ placement  # [N, a, region.w]
-        total[:, y0 - region.y:y1 - region.y] += uy[y0 - y:y1 - y] @ strip
-        count[:, y0 - region.y:y1 - region.y] += coverage
+class _RowStrips:
+    """The logits of each crop row, up-sampled horizontally and summed side by side into a strip
+    [N, a, region.w] (one patch-grid high) as batches arrive; `add_to` then up-samples each strip
+    vertically once and adds it to the sum (a row split across batches costs one vertical pass)."""
+
+    def __init__(self, region: Box):
+        self.region = region
+        self.strips: dict[int, list[torch.Tensor]] = {}  # crop row y → [strip, coverage]
+        self.shape: tuple[int, int, int] | None = None  # (a, padded height, crop height)
+
+    def add(self, maps: torch.Tensor, padded: tuple[int, int], boxes: list[Box]) -> None:
+        """Logit maps [B, N, a, b] of same-size `boxes`, up-sampled to `padded` and cut to the box size."""
+        _, n, a, b = maps.shape
+        h, w = boxes[0].h, boxes[0].w
+        self.shape = (a, padded[0], h)
+        region = self.region
+        for start, stop in _row_runs(boxes):
+            y = boxes[start].y
+            if y >= region.y + region.h or y + h <= region.y:
+                continue
+            xs = tuple(box.x - region.x for box in boxes[start:stop])
+            placement, coverage = _row_placement(xs, b, padded[1], w, region.w, maps.device)
+            strip = maps[start:stop].permute(1, 2, 0, 3).reshape(n, a, len(xs) * b) @ placement
+            if y in self.strips:
+                self.strips[y][0] += strip
+                self.strips[y][1] += coverage
+            else:
+                self.strips[y] = [strip, coverage.clone()]
+
+    def add_to(self, total: torch.Tensor, count: torch.Tensor) -> None:
+        """Up-sample every strip vertically and add it to total [N, region.h, region.w]; coverage to count."""
+        if self.shape is None:
+            return
+        a, ph, h = self.shape
+        region = self.region
+        uy = _interpolation(a, ph, h, total.device)  # [h, a]
+        for y, (strip, coverage) in self.strips.items():
+            y0, y1 = max(y, region.y), min(y + h, region.y + region.h)
+            total[:, y0 - region.y:y1 - region.y] += uy[y0 - y:y1 - y] @ strip
+            count[:, y0 - region.y:y1 - region.y] += coverage
 
 
 def _row_runs(boxes: list[Box]) -> Iterator[tuple[int, int]]:
@@ -281,9 +303,7 @@ def accumulate_crops(model: LoadedModel, image: torch.Tensor, text: torch.Tensor
     where it overlaps the region. On a GPU that runs out of memory the batch is halved (and remembered).
     """
     image = image.to(model.device)
-    n = text.shape[0]
-    total = torch.zeros(n, region.h, region.w, dtype=torch.float32, device=model.device)
-    count = torch.zeros(1, region.h, region.w, dtype=torch.float32, device=model.device)
+    rows = _RowStrips(region)
     size = min(batch_size, _batch_limits.get(str(model.device), batch_size))
     done, pending = 0, list(boxes)
     while pending:
@@ -298,11 +318,14 @@ def accumulate_crops(model: LoadedModel, image: torch.Tensor, text: torch.Tensor
             torch.cuda.empty_cache()
             log.warning("out of device memory: batch lowered to %d crops", size)
             continue
-        _add_maps(maps, padded, batch, region, total, count)
+        rows.add(maps, padded, batch)
         pending = pending[len(batch):]
         done += len(batch)
         if progress is not None:
             progress(done, len(boxes))
+    total = torch.zeros(text.shape[0], region.h, region.w, dtype=torch.float32, device=model.device)
+    count = torch.zeros(1, region.h, region.w, dtype=torch.float32, device=model.device)
+    rows.add_to(total, count)
     return total, count
 
 

@@ -108,17 +108,22 @@ def sources_of(i: int, j: int) -> list[tuple[int, int]]:
 
 
 def assemble_block(core: Box, parts: list[tuple[Box, torch.Tensor, torch.Tensor]], n_names: int,
-                   device) -> torch.Tensor:
-    """Mean logits [N, h, w] of a block from its parts, summed in the order given (callers give them
-    in `sources_of` order, so every way of computing a raster adds the same numbers in the same order)."""
-    summed = torch.zeros(n_names, core.h, core.w, device=device)
-    covered = torch.zeros(1, core.h, core.w, device=device)
+                   device, own: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean logits [N, h, w] of a block from its own part (sums and counts over its whole core, from
+    the crops it owns; summed into in place) and its neighbours' `parts`, added in the order given.
+    Callers give the parts in `sources_of` order, so every way of computing a raster (`segment`,
+    `segment-batch` in-process or on Ray) adds the same numbers in the same order."""
+    if own is not None:
+        summed, covered = own[0].to(device), own[1].to(device)
+    else:  # a block that owns no crop (a sliver at the raster's edge)
+        summed = torch.zeros(n_names, core.h, core.w, device=device)
+        covered = torch.zeros(1, core.h, core.w, device=device)
     for part, t, c in parts:
         ys = slice(part.y - core.y, part.y - core.y + part.h)
         xs = slice(part.x - core.x, part.x - core.x + part.w)
         summed[:, ys, xs] += t.to(device)
         covered[:, ys, xs] += c.to(device)
-    return summed / covered
+    return summed.div_(covered)
 
 
 def _delta_reporter(on_crops: CropProgressFn | None):
@@ -154,7 +159,10 @@ def raster_blocks(segmenter: Segmenter, source, block: int, progress: Callable[[
 
     def reader(extent: Box | None, core: Box):
         def read():
-            pixels = None if extent is None else [pinned(a) for a in source.read_pixels(extent)]
+            pixels = None
+            if extent is not None:
+                rgb, ok = source.read_pixels(extent)
+                pixels = pinned(rgb), None if ok.all() else pinned(ok)
             return pixels, source.read_valid(core)
         return read
 
@@ -170,10 +178,15 @@ def raster_blocks(segmenter: Segmenter, source, block: int, progress: Callable[[
     pending: dict[tuple[int, int], list[tuple[Box, torch.Tensor, torch.Tensor]]] = {}
     with closing(prefetched(reader(extent, core) for _, _, core, extent in plan)) as reads:
         for (i, j, core, _extent), (pixels, valid) in zip(plan, reads):
+            own = None
             if pixels is not None:
-                image = normalise(upload(pixels[0], device), upload(pixels[1], device))
+                rgb, ok = pixels
+                image = normalise(upload(rgb, device), None if ok is None else upload(ok, device))
                 for target, part, t, c in block_contributions(segmenter, height, width, block, i, j, image,
                                                               on_crops):
-                    pending.setdefault(target, []).append((part, t, c))
+                    if target == (i, j):
+                        own = (t, c)
+                    else:
+                        pending.setdefault(target, []).append((part, t, c))
                 del image
-            yield core, assemble_block(core, pending.pop((i, j), []), len(segmenter.prompts.names), device), valid
+            yield core, assemble_block(core, pending.pop((i, j), []), len(segmenter.prompts.names), device, own), valid

@@ -133,14 +133,18 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
     t0 = time.perf_counter()
 
     def write(core: Box, pending, valid: np.ndarray) -> None:
-        arrays = pending.result()
-        products.add(core, arrays[0], arrays[1], arrays[2] if job.scores else None, valid)
+        arrays = iter(pending.result())
+        labels = next(arrays)
+        confidence = next(arrays) if job.polygons else None
+        products.add(core, labels, confidence, next(arrays) if job.scores else None, valid)
 
     try:
         with BackgroundWriter() as writer:
             for core, logits, valid in blocks:
                 probs = segmenter.probabilities(logits)
-                outputs = [segmenter.labels(probs), quantise(probs.max(dim=0).values)]
+                outputs = [segmenter.labels(probs)]
+                if job.polygons:  # the polygons' mean score
+                    outputs.append(quantise(probs.max(dim=0).values))
                 if job.scores:
                     outputs.append(quantise(probs))
                 writer.submit(write, core, download(outputs), valid)

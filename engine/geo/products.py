@@ -36,22 +36,24 @@ class SegmentationProducts:
         self.row_area = row_pixel_area(source)
         self.areas = None if self.row_area is None else np.zeros(256)
 
-    def add(self, core: Box, labels: np.ndarray, confidence: np.ndarray, scores: np.ndarray | None,
+    def add(self, core: Box, labels: np.ndarray, confidence: np.ndarray | None, scores: np.ndarray | None,
             valid: np.ndarray) -> None:
-        """One working-grid block: uint8 labels and confidence [h, w], scores [C, h, w] or None."""
-        labels[~valid] = NODATA
-        confidence[~valid] = NODATA
-        arrays = [labels, confidence]
-        if scores is not None:
-            scores[:, ~valid] = NODATA
-            arrays.append(scores)
+        """One working-grid block: uint8 labels [h, w], confidence [h, w] (for the polygons) and
+        scores [C, h, w], each None when not made."""
+        invalid = None if valid.all() else ~valid
+        arrays = [a for a in (labels, confidence, scores) if a is not None]
+        if invalid is not None:
+            for a in arrays:
+                a[..., invalid] = NODATA
         rect, arrays = self.source.to_source_grid(core, *arrays)
         if rect.h == 0 or rect.w == 0:
             return
-        labels, confidence = arrays[0], arrays[1]
+        arrays = iter(arrays)
+        labels = next(arrays)
+        confidence = next(arrays) if confidence is not None else None
         self.classes.write(rect, labels)
-        if self.scores is not None:
-            self.scores.write(rect, arrays[2])
+        if scores is not None:
+            self.scores.write(rect, next(arrays))
         self._count(rect, labels)
         if self.polygons is not None:
             self.polygons.add_block(rect, labels, confidence)
