@@ -47,7 +47,7 @@ class Download:
             for host, t in zip(self._host, tensors):
                 host.copy_(t, non_blocking=True)
             self._event = torch.cuda.Event()
-            self._event.record()
+            self._event.record(torch.cuda.current_stream(tensors[0].device))
         else:
             self._host = [t.cpu() for t in tensors]
 
