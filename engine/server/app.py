@@ -20,6 +20,7 @@ Routes (all under /v1, all but /v1/health need `Authorization: Bearer <token>`):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -109,14 +110,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.exception_handler(FarSLIPError)
     async def user_error(_request: Request, exc: FarSLIPError):
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return JSONResponse(json_safe({"detail": str(exc)}), status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}".strip(": "),
-                             "errors": jsonable(exc.errors())}, status_code=422)
+        # The errors echo the input: NaN, Infinity or a lone surrogate there cannot be written as JSON.
+        return JSONResponse(json_safe({"detail": f"{where}: {first.get('msg', 'invalid request')}".strip(": "),
+                                       "errors": exc.errors()}), status_code=422)
 
     bearer = HTTPBearer(auto_error=False)
 
@@ -295,6 +297,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
     return app
 
 
-def jsonable(errors: list) -> list:
-    return [{k: (v if isinstance(v, (str, int, float, list, type(None))) else str(v)) for k, v in e.items()}
-            for e in errors]
+def json_safe(value):
+    """`value` with everything strict JSON cannot hold made text: NaN and infinities become 'nan'/'inf',
+    lone surrogates `\\udXXX` escapes, other objects their str()."""
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {json_safe(str(k)): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return json_safe(str(value))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi import HTTPException
 
-from engine.errors import FarSLIPError, InputError
+from engine.errors import FarSLIPError, InputError, first_line
 from engine.server.schemas import GridRequest, InputRef, LabelRequest, SearchRequest, SegmentRequest
 
 
@@ -31,21 +31,26 @@ def raster_info(path: Path) -> dict:
 def allowed_path(raw: str, settings, what: str = "input") -> Path:
     """Resolve `..` and symlinks first, then apply the folder policy: 403 outside allowed roots.
     `~` is not expanded: the engine's home folder means nothing to a client."""
+    if "\x00" in raw:
+        raise HTTPException(400, f"{what} path contains a NUL byte")
     path = Path(raw)
     if not path.is_absolute():
         raise HTTPException(400, f"{what} path must be absolute (got '{raw[:200]}')")
-    real = path.resolve(strict=False)
-    roots = [r.resolve() for r in settings.allow_roots]
-    if roots:
-        if not any(real == r or real.is_relative_to(r) for r in roots):
-            raise HTTPException(403, f"{what} path is outside the folders this engine serves (--allow-root)")
-    elif settings.remote:
-        raise HTTPException(403, f"this engine serves no folders (remote mode without --allow-root): upload the "
-                                 f"{what} instead")
-    if not real.exists():
-        raise HTTPException(404, f"{what} not found: {raw}")
-    if not real.is_file():
-        raise HTTPException(400, f"{what} is not a file: {raw}")
+    try:
+        real = path.resolve(strict=False)
+        roots = [r.resolve() for r in settings.allow_roots]
+        if roots:
+            if not any(real == r or real.is_relative_to(r) for r in roots):
+                raise HTTPException(403, f"{what} path is outside the folders this engine serves (--allow-root)")
+        elif settings.remote:
+            raise HTTPException(403, f"this engine serves no folders (remote mode without --allow-root): upload "
+                                     f"the {what} instead")
+        if not real.exists():
+            raise HTTPException(404, f"{what} not found: {raw}")
+        if not real.is_file():
+            raise HTTPException(400, f"{what} is not a file: {raw}")
+    except OSError as exc:  # a name or path too long, a loop of links, ...
+        raise HTTPException(400, f"{what} path cannot be used: {exc.strerror or first_line(exc)}") from None
     return real
 
 
@@ -90,14 +95,32 @@ def check_upsampler(raw: str, model: str, arch: str | None, settings) -> str:
     arch = arch or (release.arch if release else None)
     try:
         state = read_state(path)
+    except FarSLIPError:
+        raise HTTPException(400, f"up-sampler: {path.name} is not readable up-sampler weights (a JBU .ckpt)") from None
+    except Exception as exc:  # noqa: BLE001 - unpickling any other file fails in many ways (KeyError, EOFError, ...)
+        raise HTTPException(400, f"up-sampler: {path.name} is not readable up-sampler weights (a JBU .ckpt): "
+                                 f"{type(exc).__name__}") from None
+    try:
         dim = int(arch_config(arch)["embed_dim"]) if arch else feature_dim_of(state, path.name)
         build_upsampler(state, dim, source=path.name)
     except FarSLIPError as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise HTTPException(400, f"up-sampler: {exc}") from None
     return str(path)
 
 
+MAX_COORDINATE = 1e15  # far beyond any CRS's extent; larger values overflow when mapped to pixels
+
+
+def check_coordinates(values, what: str) -> None:
+    """A 400 for coordinates no raster can hold (pydantic already refused NaN and infinities)."""
+    if any(abs(v) > MAX_COORDINATE for v in values):
+        shown = ", ".join(f"{v:g}" for v in values[:8])
+        raise HTTPException(400, f"{what} [{shown}] has coordinates beyond ±{MAX_COORDINATE:g}: no raster lies there")
+
+
 def _area(body) -> dict:
+    if body.bbox:
+        check_coordinates(body.bbox, "bbox")
     return {"bands": tuple(body.bands) if body.bands else None, "window": tuple(body.window) if body.window else None,
             "bbox": tuple(body.bbox) if body.bbox else None, "bbox_crs": body.bbox_crs}
 
@@ -207,6 +230,8 @@ def label(body: LabelRequest, pool, store, settings) -> dict:
     from engine.geo.source import RasterSource
 
     started = time.perf_counter()
+    for i, r in enumerate(body.regions):
+        check_coordinates(r.bbox or [v for p in r.polygon or () for v in p], f"regions.{i}")
     path = resolve_input(body.input, store, settings)
     model_name = resolve_model(body.model, settings)
     arch = body.arch or (settings.default_arch if model_name == settings.default_model else None)

@@ -9,8 +9,43 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 MAX_CLASS_LINES = 1000  # the parser refuses more than 254 with a clear message; beyond this, 422
 
 
+def lone_surrogate_at(value, where: str = "") -> str | None:
+    """Where in a decoded JSON value a string (or key) holds a lone UTF-16 surrogate (JSON allows the
+    escape `"\\ud800"`, but it is no Unicode text: paths, prompts and answers could not encode it)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "body"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str) and lone_surrogate_at(key) is not None:
+                return (where or "body") + " (a key)"
+            found = lone_surrogate_at(item, name)
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = lone_surrogate_at(item, f"{where}.{i}" if where else str(i))
+            if found is not None:
+                return found
+    return None
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Every request body: no unknown fields, no NaN or infinite numbers, no lone surrogates in text."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def valid_unicode(cls, data):
+        where = lone_surrogate_at(data)
+        if where is not None:
+            raise ValueError(f"{where} holds a lone surrogate (\\ud800-\\udfff escape): not valid Unicode text")
+        return data
 
 
 class InputRef(Strict):

@@ -1,0 +1,135 @@
+"""Hostile request bodies get a clear 4xx with a JSON `detail` naming the problem: never a 5xx.
+
+Each was a 500 once: NaN/Infinity (the 422 answer echoed them and could not be written as JSON),
+a bbox of ±1e308 (overflow mapping it to pixels), lone surrogates (no UTF-8 for them), NUL bytes and
+over-long names in paths, and an up-sampler path naming a file that holds no weights.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.engine.api_helpers import AUTH, make_app
+from tests.engine.rasters import scene, write_raster
+
+JSON = {**AUTH, "content-type": "application/json"}
+
+
+@pytest.fixture
+def root(tmp_path):
+    return tmp_path
+
+
+@pytest.fixture
+def client(root):
+    with TestClient(make_app(root)) as c:
+        yield c
+
+
+@pytest.fixture
+def src(root):
+    return write_raster(root / "in.tif", scene(100, 100)[0])
+
+
+def _post_raw(client, url: str, raw: str):
+    """Send `raw` as the body byte for byte: NaN, Infinity and `\\ud800` escapes are not what `json=` writes."""
+    return client.post(url, headers=JSON, content=raw.encode("utf-8"))
+
+
+def _detail(response, status: int) -> str:
+    assert response.status_code == status, (response.status_code, response.text[:400])
+    body = json.loads(response.text, parse_constant=lambda c: pytest.fail(f"{c} in the answer: not strict JSON"))
+    assert isinstance(body["detail"], str) and body["detail"]
+    return body["detail"]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("threshold", "NaN"), ("gsd", "Infinity"), ("global_bias", "-Infinity"), ("min_area", "NaN"),
+    ("bbox", "[0, 0, NaN, 1]"), ("window", "[0, 0, Infinity, 1]"), ("classes", "NaN"), ("scores", "Infinity"),
+    ("no_such_field", "NaN"),
+])
+def test_non_finite_numbers_get_a_422_in_valid_json(client, src, field, value):
+    got = _post_raw(client, "/v1/jobs/segment",
+                    f'{{"input": {{"path": "{src}"}}, "classes": ["water"], "{field}": {value}}}')
+    assert field in _detail(got, 422)
+
+
+def test_non_finite_numbers_in_region_labels_get_a_422(client, src):
+    got = _post_raw(client, "/v1/regions/label",
+                    f'{{"input": {{"path": "{src}"}}, "classes": "a", "regions": [{{"bbox": [0, 0, NaN, 4]}}]}}')
+    assert "regions.0.bbox" in _detail(got, 422)
+
+
+@pytest.mark.parametrize("url, extra", [
+    ("/v1/jobs/segment", {"classes": ["water"]}),
+    ("/v1/jobs/segment", {"classes": ["water"], "bbox_crs": "EPSG:4326"}),
+    ("/v1/jobs/grid", {"classes": ["water"], "cell_px": 32}),
+    ("/v1/jobs/search", {"query": "water"}),
+])
+def test_a_huge_bbox_gets_a_400_naming_it(client, src, url, extra):
+    got = client.post(url, headers=AUTH, json={"input": {"path": str(src)}, "bbox": [-1e308, -1e308, 1e308, 1e308],
+                                               **extra})
+    assert "bbox" in _detail(got, 400)
+
+
+def test_huge_region_coordinates_get_a_400(client, src):
+    body = {"input": {"path": str(src)}, "classes": "a", "regions": [{"bbox": [-1e308, -1e308, 1e308, 1e308]}]}
+    assert "regions.0" in _detail(client.post("/v1/regions/label", headers=AUTH, json=body), 400)
+    body["regions"] = [{"polygon": [[0, 0], [1e308, 0], [0, -1e308]]}]
+    assert "regions.0" in _detail(client.post("/v1/regions/label", headers=AUTH, json=body), 400)
+
+
+@pytest.mark.parametrize("url, body, where", [
+    ("/v1/prompts", '{"classes": ["a\\ud800b"]}', "classes.0"),
+    ("/v1/prompts", '{"classes": "a\\udfff; b"}', "classes"),
+    ("/v1/jobs/segment", '{"input": {"path": "SRC"}, "classes": ["a\\ud800b"]}', "classes.0"),
+    ("/v1/jobs/segment", '{"input": {"path": "SRC\\ud800"}, "classes": ["a"]}', "input.path"),
+    ("/v1/jobs/segment", '{"input": {"path": "SRC"}, "classes": ["a"], "model": "/m\\ud800.pt"}', "model"),
+    ("/v1/jobs/segment", '{"input": {"path": "SRC"}, "classes": ["a"], "\\ud800": 1}', "key"),
+    ("/v1/jobs/grid", '{"input": {"path": "SRC"}, "classes": "a\\ud800", "cell_px": 32}', "classes"),
+    ("/v1/jobs/search", '{"input": {"path": "SRC"}, "query": "a\\ud800b"}', "query"),
+    ("/v1/regions/label", '{"input": {"path": "SRC"}, "classes": "a\\ud800", "regions": [{"bbox": [0, 0, 4, 4]}]}',
+     "classes"),
+])
+def test_lone_surrogates_get_a_422(client, src, url, body, where):
+    detail = _detail(_post_raw(client, url, body.replace("SRC", str(src))), 422)
+    assert where in detail and "surrogate" in detail
+
+
+@pytest.mark.parametrize("field", ["input", "model", "upsampler"])
+def test_a_nul_byte_in_a_path_gets_a_400(client, root, src, field):
+    bad = f"{root}/x\x00.pt"
+    body = {"input": {"path": bad if field == "input" else str(src)}, "classes": ["water"]}
+    if field != "input":
+        body[field] = bad
+    assert "NUL byte" in _detail(client.post("/v1/jobs/segment", headers=AUTH, json=body), 400)
+
+
+@pytest.mark.parametrize("field", ["input", "model", "upsampler"])
+def test_a_file_name_too_long_gets_a_400(client, root, src, field):
+    bad = f"{root}/{'x' * 300}.pt"
+    body = {"input": {"path": bad if field == "input" else str(src)}, "classes": ["water"]}
+    if field != "input":
+        body[field] = bad
+    assert "too long" in _detail(client.post("/v1/jobs/segment", headers=AUTH, json=body), 400)
+
+
+def test_a_nul_byte_in_a_region_label_input_gets_a_400(client, root):
+    body = {"input": {"path": f"{root}/x\x00.tif"}, "classes": "a", "regions": [{"bbox": [0, 0, 4, 4]}]}
+    assert "NUL byte" in _detail(client.post("/v1/regions/label", headers=AUTH, json=body), 400)
+
+
+@pytest.mark.parametrize("name", ["in.tif", "notes.txt", "empty.ckpt"])
+def test_an_upsampler_that_is_no_weights_gets_a_400(client, root, src, name):
+    (root / "notes.txt").write_text("no weights here\n")
+    (root / "empty.ckpt").write_bytes(b"")
+    body = {"input": {"path": str(src)}, "classes": ["water"], "upsampler": str(root / name)}
+    detail = _detail(client.post("/v1/jobs/segment", headers=AUTH, json=body), 400)
+    assert "up-sampler" in detail and name in detail
+
+
+def test_get_on_a_post_only_job_path_is_a_4xx(client):
+    assert _detail(client.get("/v1/jobs/segment", headers=AUTH), 404)
