@@ -33,3 +33,20 @@ def tiny_clip():
 @pytest.fixture(scope="session")
 def tiny_model(tiny_clip):
     return wrap_model(tiny_clip, TINY, name="tiny", device="cpu")
+
+
+@pytest.fixture
+def root(tmp_path):
+    """The folder an API test's engine serves (its --allow-root)."""
+    return tmp_path
+
+
+@pytest.fixture
+def client(root):
+    """A TestClient of an engine serving `root` with a tiny default model (tests.engine.api_helpers)."""
+    from fastapi.testclient import TestClient
+
+    from tests.engine.api_helpers import make_app
+
+    with TestClient(make_app(root)) as c:
+        yield c

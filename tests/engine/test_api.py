@@ -16,17 +16,6 @@ from tests.engine.rasters import scene, write_raster
 CLASSES = ["water,river", "grass", "building,roof", "road"]
 
 
-@pytest.fixture
-def root(tmp_path):
-    return tmp_path
-
-
-@pytest.fixture
-def client(root):
-    with TestClient(make_app(root)) as c:
-        yield c
-
-
 def _segment(client, path, **extra):
     return client.post("/v1/jobs/segment", headers=AUTH, json={"input": {"path": str(path)}, "classes": CLASSES, **extra})
 
