@@ -38,7 +38,7 @@ from starlette.requests import ClientDisconnect
 
 from engine import __version__, config
 from engine.errors import FarSLIPError
-from engine.server import handlers
+from engine.server import handlers, raster_policy
 from engine.server.auth import token_matches
 from engine.server.limits import RequestLimitsAndLog
 from engine.server.models_pool import ModelPool
@@ -170,7 +170,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                     fh.write(chunk)
             if size == 0:
                 raise HTTPException(400, "empty upload: send the GeoTIFF bytes as the request body")
-            info = handlers.raster_info(partial)
+            info = raster_policy.raster_info(partial)
             os.replace(partial, final)
             store.add_upload(upload_id, final, size)
         except ClientDisconnect:

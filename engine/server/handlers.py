@@ -3,29 +3,13 @@ with the same pipeline code as the CLI."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 from fastapi import HTTPException
 
 from engine.errors import FarSLIPError, InputError, first_line
+from engine.server.raster_policy import check_input
 from engine.server.schemas import GridRequest, InputRef, LabelRequest, SearchRequest, SegmentRequest
-
-
-def raster_info(path: Path) -> dict:
-    """Basic facts of a raster, or a 400 when GDAL cannot read it."""
-    import rasterio
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with rasterio.open(path) as ds:
-                if ds.width < 1 or ds.height < 1 or ds.count < 1:
-                    raise HTTPException(400, "the raster holds no pixels")
-                return {"width": ds.width, "height": ds.height, "count": ds.count,
-                        "crs": ds.crs.to_string() if ds.crs else None}
-    except rasterio.errors.RasterioError:
-        raise HTTPException(400, "not a raster GDAL can read (corrupt or unsupported file)") from None
 
 
 def allowed_path(raw: str, settings, what: str = "input") -> Path:
@@ -60,7 +44,9 @@ def resolve_input(ref: InputRef, store, settings) -> str:
         if path is None:
             raise HTTPException(404, f"no upload {ref.upload_id} (expired or never finished)")
         return str(path)
-    return str(allowed_path(ref.path, settings))
+    path = allowed_path(ref.path, settings)
+    check_input(path, settings, allowed_path)
+    return str(path)
 
 
 def resolve_model(name: str | None, settings) -> str:

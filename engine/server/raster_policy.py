@@ -1,0 +1,97 @@
+"""Which rasters a client may make the engine open: the folder policy carried through to GDAL.
+
+A path inside an allowed folder (or an upload) is not enough: several GDAL formats are recipes that
+read other files or URLs when opened — a VRT names source files (anywhere, or `/vsicurl/` URLs), a
+WMS/WMTS XML file names a server. So the service opens client rasters only with the drivers of
+self-contained formats, and a VRT (by path only, never as an upload) only after its XML has been read
+— before GDAL sees it — and every source it names has passed the same folder policy as the VRT itself
+(nested VRTs likewise). URLs and `/vsi…` paths in a VRT are refused: the engine makes no request for a
+client. The command line, run by the user on their own files, opens anything GDAL opens.
+"""
+
+from __future__ import annotations
+
+import warnings
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+from fastapi import HTTPException
+
+SELF_CONTAINED = ("GTiff", "PNG", "JPEG", "JP2OpenJPEG", "WEBP", "BMP", "GIF", "HFA")
+FORMATS = "GeoTIFF/COG, PNG, JPEG, JPEG 2000, WebP, BMP, GIF or Erdas Imagine"
+_MAX_VRT_BYTES = 50 * 1024 * 1024
+_MAX_DEPTH = 8
+
+
+def raster_info(path: Path, drivers: tuple[str, ...] = SELF_CONTAINED) -> dict:
+    """Basic facts of a raster that one of `drivers` opens (no other driver is tried), or a 400."""
+    import rasterio
+
+    for driver in drivers:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with rasterio.open(path, driver=driver) as ds:
+                    if ds.width < 1 or ds.height < 1 or ds.count < 1:
+                        raise HTTPException(400, "the raster holds no pixels")
+                    return {"width": ds.width, "height": ds.height, "count": ds.count,
+                            "crs": ds.crs.to_string() if ds.crs else None}
+        except rasterio.errors.RasterioError:
+            continue
+    raise HTTPException(400, f"not a raster this engine serves: {FORMATS} (a VRT by path only, with its sources "
+                             f"in the served folders), or a corrupt file")
+
+
+def check_input(path: Path, settings, allowed_path, depth: int = 0) -> None:
+    """A 4xx unless `path` (already inside the folder policy) is a self-contained raster, or a VRT whose
+    sources all pass `allowed_path` (the same policy) and are themselves acceptable."""
+    if not _is_vrt(path):
+        raster_info(path)
+        return
+    if depth >= _MAX_DEPTH:
+        raise HTTPException(400, f"{path.name}: VRTs nested more than {_MAX_DEPTH} deep")
+    for source in _vrt_sources(path):
+        if source.startswith("/vsi") or "://" in source:
+            raise HTTPException(400, f"{path.name} reads '{source[:200]}': this engine opens no URLs or /vsi "
+                                     f"paths for a client")
+        target = Path(source)
+        try:
+            real = allowed_path(str(target), settings, what="VRT source")
+        except HTTPException as exc:
+            raise HTTPException(exc.status_code, f"{path.name}: {exc.detail}") from None
+        check_input(real, settings, allowed_path, depth + 1)
+    raster_info(path, SELF_CONTAINED + ("VRT",))
+
+
+def _is_vrt(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(1024)
+    return b"<VRTDataset" in head
+
+
+def _vrt_sources(path: Path) -> list[str]:
+    """The files a VRT reads (absolute; relative ones resolved against the VRT's folder)."""
+    if path.stat().st_size > _MAX_VRT_BYTES:
+        raise HTTPException(400, f"{path.name}: a VRT larger than {_MAX_VRT_BYTES // 2**20} MB")
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as exc:
+        raise HTTPException(400, f"{path.name} is not a valid VRT: {exc}") from None
+    sources = []
+    for element in root.iter():
+        if element.tag not in ("SourceFilename", "SourceDataset"):
+            continue
+        name = (element.text or "").strip()
+        if element.get("relativeToVRT") == "1" or element.get("relativetoVRT") == "1":
+            name = str(path.parent / name)
+        sources.append(name)
+    if any(e.tag == "PixelFunctionCode" for e in root.iter()):
+        raise HTTPException(400, f"{path.name}: a VRT with code in it")
+    if not sources and any(e.tag not in _PLAIN_TAGS for e in root.iter()):
+        raise HTTPException(400, f"{path.name}: a VRT of a kind this engine does not open")
+    return sources
+
+
+# Elements of a VRT that read nothing by themselves (a VRT without sources may only hold these).
+_PLAIN_TAGS = {"VRTDataset", "SRS", "GeoTransform", "Metadata", "MDI", "VRTRasterBand", "ColorInterp",
+               "NoDataValue", "Description", "OverviewList", "BlockXSize", "BlockYSize"}

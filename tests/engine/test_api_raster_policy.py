@@ -1,0 +1,90 @@
+"""The folder policy reaches into GDAL: a VRT or an XML recipe cannot make the service read files
+outside the served folders or make requests for a client; VRTs inside the policy still work."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+
+import pytest
+
+from tests.engine.api_helpers import AUTH
+from tests.engine.rasters import scene, write_raster
+
+
+def _vrt(path, source: str, relative: bool = False, size=(64, 64)):
+    """A one-band-per-colour VRT reading `source` (as written, relative to the VRT when `relative`)."""
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource>'
+        f'<SourceFilename relativeToVRT="{int(relative)}">{source}</SourceFilename>'
+        f'<SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>' for b in (1, 2, 3))
+    path.write_text(f'<VRTDataset rasterXSize="{size[1]}" rasterYSize="{size[0]}">{bands}</VRTDataset>')
+    return path
+
+
+@pytest.fixture
+def listener():
+    """A local HTTP server counting the requests it gets (the engine must make none)."""
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        do_HEAD = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    server.shutdown()
+
+
+def _segment(client, path):
+    return client.post("/v1/jobs/segment", headers=AUTH, json={"input": {"path": str(path)}, "classes": ["water"]})
+
+
+def test_a_vrt_reading_a_file_outside_the_served_folder_is_refused(client, root, tmp_path_factory):
+    outside = write_raster(tmp_path_factory.mktemp("elsewhere") / "secret.tif", scene(64, 64)[0])
+    for vrt in (_vrt(root / "absolute.vrt", str(outside)),
+                _vrt(root / "relative.vrt", f"../{outside.parent.name}/{outside.name}", relative=True),
+                _vrt(root / "passwd.vrt", "/etc/passwd")):
+        response = _segment(client, vrt)
+        assert response.status_code == 403, (vrt.name, response.text)
+        assert vrt.name in response.json()["detail"] and "outside" in response.json()["detail"]
+
+
+def test_a_vrt_inside_the_served_folder_is_served(client, root):
+    (root / "tiles").mkdir()
+    write_raster(root / "tiles" / "a.tif", scene(64, 64)[0])
+    inner = _vrt(root / "inner.vrt", "tiles/a.tif", relative=True)
+    outer = _vrt(root / "outer.vrt", str(inner))  # nested, both inside the policy
+    for vrt in (inner, outer):
+        assert _segment(client, vrt).status_code == 202, vrt.name
+
+
+def test_no_request_is_made_for_a_url_in_a_vrt_or_a_wms_file(client, root, listener):
+    url, hits = listener
+    for vrt in (_vrt(root / "curl.vrt", f"/vsicurl/{url}/a.tif"), _vrt(root / "http.vrt", f"{url}/a.tif")):
+        response = _segment(client, vrt)
+        assert response.status_code == 400 and "URL" in response.json()["detail"], response.text
+    wms = root / "service.xml"
+    wms.write_text(f"<GDAL_WMS><Service name=\"TMS\"><ServerUrl>{url}/${{z}}/${{x}}/${{y}}.png</ServerUrl>"
+                   f"</Service><DataWindow><UpperLeftX>-20037508.34</UpperLeftX><UpperLeftY>20037508.34"
+                   f"</UpperLeftY><LowerRightX>20037508.34</LowerRightX><LowerRightY>-20037508.34</LowerRightY>"
+                   f"<TileLevel>1</TileLevel><TileCountX>1</TileCountX><TileCountY>1</TileCountY></DataWindow>"
+                   f"<BandsCount>3</BandsCount></GDAL_WMS>")
+    response = _segment(client, wms)
+    assert response.status_code == 400 and "not a raster this engine serves" in response.json()["detail"]
+    assert hits == []
+
+
+def test_an_uploaded_vrt_is_refused(client, tmp_path_factory):
+    outside = write_raster(tmp_path_factory.mktemp("elsewhere") / "secret.tif", scene(64, 64)[0])
+    body = _vrt(tmp_path_factory.mktemp("client") / "up.vrt", str(outside)).read_bytes()
+    response = client.post("/v1/uploads", headers=AUTH, content=body)
+    assert response.status_code == 400 and "not a raster this engine serves" in response.json()["detail"]
