@@ -2,8 +2,8 @@
 
 Each spec: split folders under the dataset root, file suffixes, how labels map to class indices
 (`reduce_zero_label`: 0 → ignored, k → k-1), the class lines (commas = synonyms), and the
-background index and probability threshold of SegEarth-OV's improvement preset. Facts from
-`../shared/EVAL_PROTOCOL.md`.
+background index and probability threshold of SegEarth-OV's improvement preset, as SegEarth-OV's
+dataset configs (github.com/likyoo/SegEarth-OV, `configs/`) define them.
 """
 
 from __future__ import annotations
