@@ -24,10 +24,17 @@ def class_probabilities(logits: torch.Tensor, name_to_class: list[int], logit_sc
                         else probs[r].amax(dim=0) for r in (rows[c] for c in range(len(rows)))])
 
 
-def class_map(probs: torch.Tensor, prob_threshold: float = 0.0, background_index: int | None = None) -> torch.Tensor:
-    """[C, ...] probabilities → uint8 [...] class indices, thresholded to background / NO_CLASS."""
+def class_map_and_best(probs: torch.Tensor, prob_threshold: float = 0.0,
+                       background_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[C, ...] probabilities → (uint8 [...] class indices, thresholded to background / NO_CLASS; the
+    best class probability [...], from the same max)."""
     best, index = probs.max(dim=0)
     if prob_threshold > 0:
         fill = NO_CLASS if background_index is None else background_index
         index = torch.where(best < prob_threshold, torch.full_like(index, fill), index)
-    return index.to(torch.uint8)
+    return index.to(torch.uint8), best
+
+
+def class_map(probs: torch.Tensor, prob_threshold: float = 0.0, background_index: int | None = None) -> torch.Tensor:
+    """[C, ...] probabilities → uint8 [...] class indices, thresholded to background / NO_CLASS."""
+    return class_map_and_best(probs, prob_threshold, background_index)[0]

@@ -20,7 +20,7 @@ from engine.boxes import Box
 from engine.dense.forward import compile_dense
 from engine.dense.options import DEFAULT_PRESET, InferenceOptions, preset
 from engine.dense.prompts import PromptSet
-from engine.dense.scoring import class_map, class_probabilities
+from engine.dense.scoring import class_map, class_map_and_best, class_probabilities
 from engine.dense.sliding import ProgressFn, normalise, sliding_logits
 from engine.dense.text import embed_prompts
 from engine.errors import InputError
@@ -154,6 +154,10 @@ class Segmenter:
 
     def labels(self, probs: torch.Tensor) -> torch.Tensor:
         return class_map(probs, self.options.prob_threshold, self.background_index)
+
+    def labels_and_best(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`labels` and the best class probability per pixel, from one max over the classes."""
+        return class_map_and_best(probs, self.options.prob_threshold, self.background_index)
 
     def segment(self, image: np.ndarray, progress: ProgressFn | None = None) -> SegmentationResult:
         probs = self.probabilities(self.logits(prepare_image(image, self.model.device), progress=progress))

@@ -182,16 +182,6 @@ def crop_maps(model: LoadedModel, crops: torch.Tensor, text: torch.Tensor, crop:
     return maps, padded
 
 
-def crop_logits(model: LoadedModel, crops: torch.Tensor, text: torch.Tensor, crop: int,
-                global_bias: float = 0.0, upsampler: nn.Module | None = None) -> torch.Tensor:
-    """Cosine logits [B, N, h, w] at pixel resolution for a batch of same-size normalised crops."""
-    maps, (ph, pw) = crop_maps(model, crops, text, crop, global_bias, upsampler)
-    h, w = crops.shape[-2:]
-    uy = _interpolation(maps.shape[2], ph, h, maps.device)
-    ux = _interpolation(maps.shape[3], pw, w, maps.device)
-    return uy @ maps @ ux.T
-
-
 _cache: OrderedDict = OrderedDict()  # small device tensors reused block after block
 _cache_lock = threading.RLock()  # a maker may use the cache itself
 

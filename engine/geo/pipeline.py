@@ -142,9 +142,10 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
         with BackgroundWriter() as writer:
             for core, logits, valid in blocks:
                 probs = segmenter.probabilities(logits)
-                outputs = [segmenter.labels(probs)]
+                labels, best = segmenter.labels_and_best(probs)
+                outputs = [labels]
                 if job.polygons:  # the polygons' mean score
-                    outputs.append(quantise(probs.max(dim=0).values))
+                    outputs.append(quantise(best))
                 if job.scores:
                     outputs.append(quantise(probs))
                 writer.submit(write, core, download(outputs), valid)

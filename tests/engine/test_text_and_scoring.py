@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from engine.dense import InferenceOptions, PromptSet, Segmenter, prepare_image
 from engine.dense.prompts import NO_CLASS, templates
 from engine.dense.scoring import class_map, class_probabilities
-from engine.dense.sliding import crop_logits
+from engine.dense.sliding import crop_maps
 from engine.dense.text import embed_names
 
 
@@ -60,8 +60,8 @@ def test_global_bias_subtracts_lambda_times_the_image_level_score(tiny_model):
     torch.manual_seed(4)
     text = F.normalize(torch.randn(5, 32), dim=-1)  # constructed name embeddings
     crops = prepare_image(np.random.default_rng(4).integers(0, 256, (224, 224, 3), dtype=np.uint8))[None]
-    plain = crop_logits(tiny_model, crops, text, 224, global_bias=0.0)
-    biased = crop_logits(tiny_model, crops, text, 224, global_bias=0.3)
+    plain, _ = crop_maps(tiny_model, crops, text, 224, global_bias=0.0)  # patch-level logit maps
+    biased, _ = crop_maps(tiny_model, crops, text, 224, global_bias=0.3)
     image_level = tiny_model.encode_image(crops) @ text.T  # standard CLS embedding, normalised
     torch.testing.assert_close(plain - biased, (0.3 * image_level)[:, :, None, None].expand_as(plain),
                                rtol=1e-4, atol=1e-5)
