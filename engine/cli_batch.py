@@ -68,11 +68,16 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     executor.close()
+    replaced = [s["name"] for s in summary["per_input"] if s.get("replaces") and s["status"] == "done"]
+    if replaced:
+        print(f"farslip: replaced the earlier outputs of {len(replaced)} input(s) made with other settings: "
+              f"{', '.join(replaced[:5])}{' ...' if len(replaced) > 5 else ''}", file=sys.stderr)
     for failure in summary["failures"]:
         print(f"farslip: failed: {failure['input']}: {failure['error']}", file=sys.stderr)
     if not args.quiet:
         w = summary["windows"]
-        print(f"  {summary['done']} done, {summary['done_earlier']} done earlier, {summary['failed']} failed; "
+        print(f"  {summary['done']} done ({summary['replaced']} replacing other settings' outputs), "
+              f"{summary['done_earlier']} done earlier with the same settings, {summary['failed']} failed; "
               f"{w['computed']} windows computed ({w['resumed']} resumed), "
               f"{summary['throughput']['windows_per_s']} windows/s")
         for name, area in summary["area_m2_per_class"].items():

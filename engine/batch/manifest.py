@@ -6,7 +6,11 @@ options and settings, so a run with other settings never reuses these results):
   published input (`{"input", "published": true}`), appended after the data it records is on disk;
 - `parts/<input>/<i>_<j>.npz`: the block's contributions (logit sums and counts per target block),
   written under a temporary name and renamed, removed once that input's outputs are published.
-A finished input is one whose summary JSON (written last by `segment`'s publishing) exists.
+A finished input is one whose summary JSON (written last by `segment`'s publishing) exists and whose
+outputs these settings made: `<out>/.farslip-batch/outputs/<input>` names the fingerprint of the run
+that published the outputs now in the folder. It is removed before a run with other settings
+replaces them and written after, so a rerun with other classes or options always recomputes, and
+"done earlier" means "done earlier with exactly these settings".
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ class Manifest:
     """Finished blocks and inputs of one run configuration in one output folder."""
 
     def __init__(self, out_dir: Path, settings: dict):
-        self.root = Path(out_dir) / STATE_DIR / fingerprint(settings)
+        self.fingerprint = fingerprint(settings)
+        self.root = Path(out_dir) / STATE_DIR / self.fingerprint
+        self.owners = Path(out_dir) / STATE_DIR / "outputs"
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "settings.json").write_text(json.dumps(settings, indent=2, default=str), encoding="utf-8")
         self.path = self.root / "manifest.jsonl"
@@ -81,9 +87,24 @@ class Manifest:
                 return None
             return Box(*(int(v) for v in data[f"{key}_box"])), data[f"{key}_sum"], data[f"{key}_count"]
 
+    def made_outputs(self, name: str) -> bool:
+        """Whether the outputs of `name` in the folder were published by a run with these settings."""
+        try:
+            return (self.owners / name).read_text(encoding="utf-8").strip() == self.fingerprint
+        except OSError:
+            return False
+
+    def disown(self, name: str) -> None:
+        """Before outputs of `name` are replaced: no run's settings own them until published again."""
+        (self.owners / name).unlink(missing_ok=True)
+
     def mark_published(self, name: str) -> None:
         self._append({"input": name, "published": True})
         self.published.add(name)
+        self.owners.mkdir(parents=True, exist_ok=True)
+        partial = self.owners / f".{name}.partial"
+        partial.write_text(self.fingerprint, encoding="utf-8")
+        os.replace(partial, self.owners / name)
         self._blocks.pop(name, None)
         shutil.rmtree(self.root / "parts" / name, ignore_errors=True)
 

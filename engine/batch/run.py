@@ -4,7 +4,9 @@
 
 1. Each input is opened and probed (a missing, corrupt or non-raster input fails here, alone) and
    split into the same blocks and crops (windows) as `segment`; blocks that the manifest records
-   as finished are skipped, and inputs whose outputs exist are not touched.
+   as finished are skipped, and inputs whose outputs a run with the same settings made are not
+   touched ("done earlier"); outputs made with other settings are recomputed and replaced
+   (`replaces` in the input's status, `replaced` in the summary).
 2. The blocks of all inputs go to the executor (in-process or Ray): windows, not files, are the
    unit of work, so one huge raster spreads over every worker. Each finished block is saved and
    recorded in the manifest at once.
@@ -34,7 +36,8 @@ from engine.batch.units import RasterSpec, Unit
 from engine.batch.work import plan_units
 from engine.errors import Cancelled, FarSLIPError
 from engine.geo.blocks import assemble_block, block_boxes, sources_of
-from engine.geo.pipeline import DEFAULT_BLOCK, RasterJob, output_paths, publish_summary, segment_raster
+from engine.geo.pipeline import (DEFAULT_BLOCK, RasterJob, output_paths, publish_summary, remove_stale_outputs,
+                                  segment_raster)
 
 SUMMARY = "batch_summary.json"
 
@@ -83,8 +86,10 @@ def run_batch(inputs: list[str], settings: BatchSettings, segmenter, executor,
     resumed_windows = 0
     for r, (path, job) in enumerate(zip(inputs, jobs)):
         if output_paths(job)["summary"].exists():
-            status[r]["status"] = "done earlier"
-            continue
+            if manifest.made_outputs(job.name):
+                status[r]["status"] = "done earlier"
+                continue
+            status[r]["replaces"] = True  # outputs of a run with other settings (or of `segment`)
         try:
             source, units = plan_units(r, RasterSpec(path, settings.bands, settings.gsd), segmenter, settings.block)
             source.close()
@@ -169,6 +174,7 @@ def _publish(job: RasterJob, status: dict, segmenter, manifest: Manifest, cancel
                 logits = assemble_block(core, parts, len(segmenter.prompts.names), segmenter.model.device, own)
                 yield core, logits, source.read_valid(core)
 
+    manifest.disown(job.name)  # from here until published the folder's outputs belong to no settings
     try:
         summary = segment_raster(job, segmenter, cancel=cancel, blocks=blocks)
     except Cancelled:
@@ -176,6 +182,7 @@ def _publish(job: RasterJob, status: dict, segmenter, manifest: Manifest, cancel
     except FarSLIPError as exc:
         status.update(status="failed", error=str(exc))
         return
+    remove_stale_outputs(job)
     manifest.mark_published(job.name)
     status.update(status="done")
     _result_fields(status, summary)
@@ -206,6 +213,7 @@ def _summary(out: Path, status: list[dict], merged: list[str], executor, total: 
         "inputs": len(status),
         "done": sum(s["status"] == "done" for s in status),
         "done_earlier": sum(s["status"] == "done earlier" for s in status),
+        "replaced": sum(bool(s.get("replaces")) and s["status"] == "done" for s in status),
         "failed": sum(s["status"] == "failed" for s in status),
         "windows": {"to_compute": total, "computed": computed, "resumed": resumed},
         "area_m2_per_class": {k: round(v, 3) for k, v in areas.items()},

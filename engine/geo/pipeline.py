@@ -81,6 +81,26 @@ def output_paths(job: RasterJob) -> dict[str, Path]:
     return paths
 
 
+def all_output_paths(job: RasterJob) -> dict[str, Path]:
+    """Every product a run under this job's name may write, whether or not this job writes it."""
+    stem = job.name or Path(job.input).stem
+    out = Path(job.out_dir)
+    return {"classes": out / f"{stem}_classes.tif", "scores": out / f"{stem}_scores.tif",
+            "polygons": out / f"{stem}_polygons.gpkg", "summary": out / f"{stem}_summary.json"}
+
+
+def remove_stale_outputs(job: RasterJob) -> list[Path]:
+    """Remove products of an earlier run under this name that this job does not write (e.g. the
+    polygons of a run with polygons, after a run without): one name never mixes two runs' outputs."""
+    wanted = set(output_paths(job).values())
+    removed = []
+    for path in all_output_paths(job).values():
+        if path not in wanted and path.exists():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 def make_workdir(out_dir: str) -> Path:
     """A temporary folder inside the output folder (same file system, so renames are atomic)."""
     out = Path(out_dir)

@@ -1,0 +1,72 @@
+"""`segment-batch` reruns: other classes or options recompute and say they replace the outputs;
+"done earlier" only for identical settings; one output name never mixes two runs' products."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import rasterio
+import torch
+
+from engine.cli import main
+from tests.engine.conftest import TINY, make_clip
+from tests.engine.rasters import scene, write_raster
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rerun")
+    checkpoint = root / "tiny.pt"
+    torch.save({"epoch": 1, "name": "tiny", "state_dict": make_clip().state_dict()}, checkpoint)
+    raster = write_raster(root / "tile.tif", scene(120, 150, seed=1)[0])
+    return checkpoint, raster
+
+
+def _batch(inputs, out, classes, *extra):
+    checkpoint, raster = inputs
+    return main(["segment-batch", str(raster), "--classes", classes, "-o", str(out), "--block", "256",
+                 "--model", str(checkpoint), "--arch", TINY, "-q", *extra])
+
+
+def _state(out):
+    summary = json.loads((out / "batch_summary.json").read_text())
+    with rasterio.open(out / "tile_classes.tif") as ds:
+        names = [c["name"] for c in json.loads(ds.tags()["FARSLIP_CLASSES"])]
+    return summary, names
+
+
+def test_a_rerun_with_other_settings_recomputes_and_says_it_replaces(inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _batch(inputs, out, "water; grass") == 0
+    assert _state(out)[1] == ["water", "grass"]
+
+    capsys.readouterr()
+    assert _batch(inputs, out, "building; road; tree") == 0  # other classes: a new result
+    summary, names = _state(out)
+    assert names == ["building", "road", "tree"]
+    assert summary["done"] == 1 and summary["replaced"] == 1 and summary["done_earlier"] == 0
+    assert summary["windows"]["computed"] > 0
+    assert "replaced the earlier outputs" in capsys.readouterr().err
+    tile = json.loads((out / "tile_summary.json").read_text())
+    assert tile["prompts"] == "building; road; tree"
+
+    assert _batch(inputs, out, "building; road; tree") == 0  # identical settings: nothing to do
+    summary, _ = _state(out)
+    assert summary["done_earlier"] == 1 and summary["windows"]["computed"] == 0
+
+    assert _batch(inputs, out, "water; grass") == 0  # back to the first settings: their old state is stale
+    summary, names = _state(out)
+    assert names == ["water", "grass"] and summary["replaced"] == 1 and summary["done_earlier"] == 0
+
+    assert _batch(inputs, out, "water; grass", "--threshold", "0.9") == 0  # an option changes too
+    assert _state(out)[0]["replaced"] == 1
+
+
+def test_a_rerun_without_polygons_removes_the_earlier_polygons(inputs, tmp_path):
+    out = tmp_path / "out"
+    assert _batch(inputs, out, "water; grass", "--scores") == 0
+    assert (out / "tile_polygons.gpkg").exists() and (out / "tile_scores.tif").exists()
+    assert _batch(inputs, out, "water; grass", "--no-polygons") == 0
+    assert not (out / "tile_polygons.gpkg").exists() and not (out / "tile_scores.tif").exists()
+    assert (out / "tile_classes.tif").exists()
