@@ -2,7 +2,8 @@
 
 A prompt set is a list of class lines. A class line holds one or more names separated by commas
 (synonyms): "building,roof; road; tree,forest" is three classes, the first and last with two names.
-Lines are separated by ';' or newlines. Each name is embedded with a template set (the 80 OpenAI
+Lines are separated by ';' or newlines, wherever the classes come from (--classes text, an @file,
+a list of lines from the API or the plugin: ';' splits a list item too). Each name is embedded with a template set (the 80 OpenAI
 ImageNet templates by default); a class scores the max over its names' probabilities.
 """
 
@@ -60,14 +61,14 @@ class PromptSet:
         if isinstance(spec, PromptSet):
             return spec
         if isinstance(spec, str):
-            lines = [part for chunk in spec.splitlines() for part in chunk.split(";")]
-            lines = [line for line in lines if line.strip()]
-        elif isinstance(spec, (list, tuple)):
-            if not all(isinstance(line, str) for line in spec):
-                raise InputError("class lines must be strings")
-            lines = list(spec)
-        else:
+            spec = [spec]
+        elif not isinstance(spec, (list, tuple)):
             raise InputError("classes must be text ('building,roof; road') or a list of class lines")
+        if not all(isinstance(line, str) for line in spec):
+            raise InputError("class lines must be strings")
+        # the same separators everywhere (--classes, @file, the API's list): ';' and new lines
+        lines = [part for item in spec for chunk in item.splitlines() for part in chunk.split(";")]
+        lines = [line for line in lines if line.strip()]
         if not lines:
             raise InputError("no classes given: name at least one class, e.g. 'building; road; tree'")
         classes = []
@@ -90,7 +91,8 @@ class PromptSet:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "PromptSet":
-        """One class line per line of a text file (lines starting with # are comments)."""
+        """Class lines from a text file, with `parse`'s separators: new lines and ';' between classes,
+        ',' between synonyms; lines starting with # are comments."""
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
