@@ -130,7 +130,7 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
             with closing(logits):
                 summary = _run(job, segmenter, source, work, paths, logits, cancel)
             summary["timing"]["total_s"] = round(time.perf_counter() - started, 3)
-            _publish(work, paths, summary)
+            _publish(work, paths, summary, cancel)
             return summary
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -178,7 +178,7 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
     for c in classes:
         c["pixels"] = int(counts[c["index"]])
         c["area_m2"] = None if areas is None else round(float(areas[c["index"]]), 3)
-    bounds = source.dataset.window_bounds(source.window)
+    bounds = source.bounds
     return {
         "farslip_version": __version__,
         "input": str(Path(job.input).resolve()) if not job.input.startswith("/vsi") else job.input,
@@ -199,11 +199,19 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
     }
 
 
-def _publish(work: Path, paths: dict[str, Path], summary: dict) -> None:
-    """Move every finished product into place; the summary (the completion marker) goes last."""
+def _publish(work: Path, paths: dict[str, Path], summary: dict, cancel: threading.Event | None = None) -> None:
+    """Move every finished product into place; the summary (the completion marker) goes last. A
+    cancel before a step stops here (the files already moved stay without a summary: an unfinished run)."""
+    def check() -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("cancelled")
+
+    check()
     publish_cog(work / "classes.tif", paths["classes"], "MODE")
     if "scores" in paths:
+        check()
         publish_cog(work / "scores.tif", paths["scores"], "AVERAGE")
+    check()
     if "polygons" in paths:
         os.replace(work / "polygons.gpkg", paths["polygons"])
     publish_summary(work, paths["summary"], summary)

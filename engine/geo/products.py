@@ -26,12 +26,12 @@ class SegmentationProducts:
     def __init__(self, source: RasterSource, work: Path, class_names: list[str], tags: dict[str, str],
                  colormap: dict[int, tuple], scores: bool, polygons: bool, simplify: float, min_area: float):
         self.source = source
-        h, w, transform, crs = source.height, source.width, source.transform, source.crs
+        h, w, transform, crs = source.height, source.width, source.raster_transform, source.crs
         self.classes = TiledRaster(work / "classes.tif", h, w, 1, transform, crs, ["class"], tags, colormap)
         self.scores = (TiledRaster(work / "scores.tif", h, w, len(class_names), transform, crs, class_names, tags,
                                    scale=1 / SCORE_MAX) if scores else None)
-        self.polygons = (PolygonWriter(work / "polygons.gpkg", transform, crs, h, w, class_names, simplify, min_area)
-                         if polygons else None)
+        self.polygons = (PolygonWriter(work / "polygons.gpkg", source.transform, crs, h, w, class_names, simplify,
+                                       min_area) if polygons else None)
         self.counts = np.zeros(256, dtype=np.int64)
         self.row_area = row_pixel_area(source)
         self.areas = None if self.row_area is None else np.zeros(256)

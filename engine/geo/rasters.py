@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,19 +42,24 @@ def gdal_env() -> rasterio.Env:
 
 
 class TiledRaster:
-    """A tiled GeoTIFF (uint8 unless told otherwise) written block by block."""
+    """A tiled GeoTIFF (uint8 unless told otherwise) written block by block; `transform` None writes
+    no geotransform (the outputs of a raster without one)."""
 
     def __init__(self, path: Path, height: int, width: int, count: int, transform, crs,
                  descriptions: list[str], tags: dict[str, str], colormap: dict[int, tuple] | None = None,
                  scale: float | None = None, dtype: str = "uint8", nodata: float = NODATA):
         self.path = path
         profile = dict(driver="GTiff", height=height, width=width, count=count, dtype=dtype, nodata=nodata,
-                       transform=transform, crs=crs, tiled=True, blockxsize=BLOCKSIZE, blockysize=BLOCKSIZE,
+                       crs=crs, tiled=True, blockxsize=BLOCKSIZE, blockysize=BLOCKSIZE,
                        compress="deflate", zlevel=1, BIGTIFF="IF_SAFER", num_threads=config.gdal_threads())
+        if transform is not None:  # None: no geotransform at all, like an input without geo-reference
+            profile["transform"] = transform
         if height < BLOCKSIZE or width < BLOCKSIZE:
             profile.update(tiled=False)
             profile.pop("blockxsize"), profile.pop("blockysize")
-        self.dataset = rasterio.open(path, "w", **profile)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            self.dataset = rasterio.open(path, "w", **profile)
         for band, text in enumerate(descriptions, start=1):
             self.dataset.set_band_description(band, text)
         if scale is not None:
@@ -75,9 +81,11 @@ def publish_cog(src_path: Path, final_path: Path, overview_resampling: str) -> N
     """Write `src_path` as a COG next to `final_path` under a temporary name, then rename it."""
     partial = final_path.with_name(f".{final_path.name}.partial")
     try:
-        rasterio.shutil.copy(src_path, partial, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=str(BLOCKSIZE),
-                             RESAMPLING=overview_resampling, BIGTIFF="IF_SAFER",
-                             NUM_THREADS=config.gdal_threads())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            rasterio.shutil.copy(src_path, partial, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=str(BLOCKSIZE),
+                                 RESAMPLING=overview_resampling, BIGTIFF="IF_SAFER",
+                                 NUM_THREADS=config.gdal_threads())
         os.replace(partial, final_path)
     finally:
         if partial.exists():

@@ -136,7 +136,7 @@ def _heatmap(job, model, prompts, source, work, paths, progress, cancel) -> None
     """Dense cosine similarity to the query, block by block (the blocks of `segment`), put back on
     the source grid as each block is done."""
     segmenter = Segmenter(model, prompts, InferenceOptions(template_set="name"))
-    raster = TiledRaster(work / "heatmap.tif", source.height, source.width, 1, source.transform, source.crs,
+    raster = TiledRaster(work / "heatmap.tif", source.height, source.width, 1, source.raster_transform, source.crs,
                          ["cosine similarity"], {"FARSLIP_QUERY": job.query}, dtype="float32", nodata=HEATMAP_NODATA)
     try:
         with closing(raster_blocks(segmenter, source, job.block, progress, cancel)) as blocks:

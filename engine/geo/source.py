@@ -26,7 +26,7 @@ import rasterio
 from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioIOError
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 
 from engine.boxes import Box
 from engine.errors import InputError, first_line
@@ -35,6 +35,7 @@ DEFAULT_GSD = 0.5  # metres per pixel; see README "Working resolution"
 STRETCH_PERCENTILES = (2.0, 98.0)
 _STATS_MAX_SIDE = 1024
 CLIP_MEAN_RGB = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+PIXEL_SPACE = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # QGIS's frame for a raster without geotransform
 
 
 def parse_bands(text: str | None) -> tuple[int, int, int] | None:
@@ -75,6 +76,17 @@ def _pixel_metres(crs, transform: Affine, width: int, height: int) -> float | No
     return (rx + ry) / 2 * linear_unit_metres(crs)
 
 
+def bounds_of(transform: Affine, width: float, height: float) -> tuple[float, float, float, float]:
+    """(minx, miny, maxx, maxy) of a grid's four corners."""
+    xs, ys = zip(*(transform * (c, r) for c in (0, width) for r in (0, height)))
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def format_coordinate(value: float) -> str:
+    """A coordinate as people write it: -2832800.5, 13.404954 (no exponent, no trailing zeros)."""
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
 def linear_unit_metres(crs) -> float:
     """Metres per unit of a projected CRS."""
     return crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
@@ -104,11 +116,16 @@ class RasterSource:
         if not Path(self.path).exists() and not self.path.startswith("/vsi"):
             raise InputError(f"input raster not found: {self.path}")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", rasterio.errors.NotGeoreferencedWarning)
                 self.dataset = rasterio.open(self.path)
+                dataset_transform = self.dataset.transform
         except RasterioIOError:
             raise InputError(f"{self.path} is not a raster GDAL can read") from None
+        # GDAL has no geotransform for it (a PNG tile, a plain TIFF): QGIS draws such a raster with
+        # x = column and y = -row, so that is its pixel space here too (bbox, masks, polygons)
+        self.georeferenced = not any(issubclass(w.category, rasterio.errors.NotGeoreferencedWarning) for w in caught)
+        self.dataset_transform = dataset_transform if self.georeferenced else PIXEL_SPACE
         try:
             self._setup(bands, gsd, window, bbox, bbox_crs)
         except Exception:
@@ -122,7 +139,7 @@ class RasterSource:
         self.bands = self._choose_bands(bands)
         self.crs = ds.crs
         self.window = self._choose_window(window, bbox, bbox_crs)
-        self.transform = ds.window_transform(self.window)
+        self.transform = self.dataset_transform * Affine.translation(self.window.col_off, self.window.row_off)
         self.height, self.width = int(self.window.height), int(self.window.width)
         self.source_gsd = _pixel_metres(self.crs, self.transform, self.width, self.height)
         self.working_gsd, self.grid = self._working_grid(gsd)
@@ -168,17 +185,15 @@ class RasterSource:
 
             src_crs = self.user_crs(bbox_crs, "a bbox")
             minx, miny, maxx, maxy = transform_bounds(src_crs, self.crs, minx, miny, maxx, maxy)
-        win = from_bounds(minx, miny, maxx, maxy, ds.transform)
-        win = win.round_offsets(op="floor").round_lengths(op="ceil")
-        try:
-            win = win.intersection(full)
-        except rasterio.errors.WindowError:
-            win = None
-        if win is None or win.width < 1 or win.height < 1:
-            b = ds.bounds
-            raise InputError(f"bbox lies outside the raster (raster bounds {b.left:.6g},{b.bottom:.6g},"
-                             f"{b.right:.6g},{b.top:.6g} in {self.crs or 'pixel space'})")
-        return Window(int(win.col_off), int(win.row_off), int(win.width), int(win.height))
+        inverse = ~self.dataset_transform  # the pixels under the box's corners (any rotation or flip)
+        cols, rows = zip(*(inverse * (x, y) for x in (minx, maxx) for y in (miny, maxy)))
+        col0, row0 = max(0, math.floor(min(cols) + 1e-9)), max(0, math.floor(min(rows) + 1e-9))
+        col1, row1 = min(ds.width, math.ceil(max(cols) - 1e-9)), min(ds.height, math.ceil(max(rows) - 1e-9))
+        if col1 <= col0 or row1 <= row0:
+            b = bounds_of(self.dataset_transform, ds.width, ds.height)
+            raise InputError(f"bbox lies outside the raster (raster bounds {','.join(map(format_coordinate, b))} "
+                             f"in {self.crs or 'pixel space: x = column, y = -row, as QGIS shows it'})")
+        return Window(col0, row0, col1 - col0, row1 - row0)
 
     def _working_grid(self, gsd: float | None) -> tuple[float | None, WorkingGrid]:
         native = self.source_gsd
@@ -215,6 +230,19 @@ class RasterSource:
             lo, hi = np.percentile(values, STRETCH_PERCENTILES)
             lows_highs.append((float(lo), float(hi) if hi > lo else float(lo) + 1.0))
         return np.array(lows_highs)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(minx, miny, maxx, maxy) of the area in the raster's CRS (pixel space without one)."""
+        return bounds_of(self.transform, self.width, self.height)
+
+    @property
+    def raster_transform(self) -> Affine | None:
+        """The geotransform to give outputs on the area's grid: None (none at all, like the input) for
+        a whole raster without geo-reference, so that they overlay it in QGIS and GDAL tools alike."""
+        if not self.georeferenced and self.window.col_off == 0 and self.window.row_off == 0:
+            return None
+        return self.transform
 
     # --- reading -------------------------------------------------------------------------------
     def working_transform(self) -> Affine:
@@ -324,8 +352,7 @@ class RasterSource:
             raise InputError("the mask must be a Polygon or MultiPolygon")
         if crs is not None:
             geom = self.to_raster_crs(geom, crs, "a mask")
-        left, bottom, right, top = self.dataset.window_bounds(self.window)
-        if not geom.intersects(shapely.box(min(left, right), min(bottom, top), max(left, right), max(bottom, top))):
+        if not geom.intersects(shapely.box(*self.bounds)):
             raise InputError("the mask does not overlap the raster area")
         self.mask_geometry = geom
 
