@@ -6,7 +6,8 @@
 - Values: uint8 is used as it is (0-255). Any other type gets one linear stretch for the whole
   raster: per band, the 2nd-98th percentiles of the valid pixels of a decimated read (GDAL uses the
   overviews when present) map to 0-1. Never per tile, so tiles match.
-- Validity: GDAL's per-band masks (nodata, alpha band, internal masks) of the chosen bands.
+- Validity: GDAL's per-band masks (nodata, alpha band, internal masks) of the chosen bands, and on
+  floating-point rasters every NaN or ±inf pixel (whatever nodata value the file declares).
   Invalid pixels are filled with the CLIP mean colour and get no prediction.
 - Working resolution: `gsd` metres per pixel (resampled on read, bilinear); default
   max(native GSD, DEFAULT_GSD). Windows at fractional source offsets are read with GDAL's
@@ -143,6 +144,7 @@ class RasterSource:
         self.height, self.width = int(self.window.height), int(self.window.width)
         self.source_gsd = _pixel_metres(self.crs, self.transform, self.width, self.height)
         self.working_gsd, self.grid = self._working_grid(gsd)
+        self.floating = any(np.dtype(ds.dtypes[b - 1]).kind in "fc" for b in self.bands)
         self.stretch = self._stretch() if ds.dtypes[self.bands[0] - 1] != "uint8" else None
 
     # --- choices -------------------------------------------------------------------------------
@@ -305,6 +307,8 @@ class RasterSource:
             masks = self.dataset.read_masks(self.bands, window=window, out_shape=(3, height, width),
                                             resampling=Resampling.nearest)
         valid = (masks > 0).all(axis=0)
+        if self.floating:
+            valid &= np.isfinite(data).all(axis=0)
         if self.stretch is None:  # uint8 (a mixed-type band set comes back widened: scale it the same way)
             return (data, valid) if data.dtype == np.uint8 else (data.astype(np.float32) / 255.0, valid)
         lo, hi = self.stretch[:, 0, None, None], self.stretch[:, 1, None, None]
@@ -363,6 +367,11 @@ class RasterSource:
             masks = self.dataset.read_masks(self.bands, window=self.source_window(rect),
                                             out_shape=(3, rect.h, rect.w), resampling=Resampling.nearest)
         valid = (masks > 0).all(axis=0)
+        if self.floating:  # NaN and ±inf are nodata, whatever nodata value the file declares
+            with self._reading():
+                data = self.dataset.read(self.bands, window=self.source_window(rect), out_shape=(3, rect.h, rect.w),
+                                         resampling=Resampling.nearest)
+            valid &= np.isfinite(data).all(axis=0)
         if getattr(self, "mask_geometry", None) is not None:
             from rasterio.features import geometry_mask
 
