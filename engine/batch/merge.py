@@ -1,7 +1,8 @@
 """Run-level products of a batch: a VRT mosaic of the class rasters and one merged polygon GeoPackage.
 
 Inputs are grouped by CRS (a run may mix CRSs and resolutions): one VRT per CRS (at the finest
-resolution of its rasters; class rasters keep their own files, the VRT only points at them) and one
+resolution of its north-up rasters; class rasters keep their own files, the VRT only points at them;
+rotated and south-up rasters are left out of it, their polygons are merged all the same) and one
 GeoPackage layer per CRS, each polygon tagged with the input it came from. One CRS gives
 `mosaic_classes.vrt` and layer `polygons`; several give `mosaic_classes_<CRS>.vrt` and
 `polygons_<CRS>`. Both files are written under temporary names and renamed when complete.
@@ -50,6 +51,10 @@ def _group(products: list[Product]) -> dict[str, list[tuple[Product, rasterio.Da
     return groups
 
 
+def _north_up(transform) -> bool:
+    return transform.b == 0 and transform.d == 0 and transform.a > 0 and transform.e < 0
+
+
 def _suffix(key: str, several: bool) -> str:
     return "_" + re.sub(r"[^A-Za-z0-9]+", "_", key).strip("_") if several else ""
 
@@ -65,8 +70,10 @@ def write_merged(out_dir: Path, products: list[Product]) -> list[Path]:
         any_layer = False
         for key, members in groups.items():
             vrt = out_dir / f"{MOSAIC}{_suffix(key, several)}.vrt"
-            _write_vrt(vrt, members)
-            written.append(vrt)
+            north_up = [(p, ds) for p, ds in members if _north_up(ds.transform)]
+            if north_up:  # a VRT places sources by offset only: rotated and south-up rasters stay out
+                _write_vrt(vrt, north_up)
+                written.append(vrt)
             layer = f"polygons{_suffix(key, several)}"
             for p, ds in members:
                 if p.polygons is not None and p.polygons.exists():

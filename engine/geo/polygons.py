@@ -22,7 +22,7 @@ from shapely.geometry import shape
 
 from engine.boxes import Box
 from engine.geo.rasters import NODATA, SCORE_MAX
-from engine.geo.source import linear_unit_metres
+from engine.geo.source import linear_unit_metres, pixel_sides
 from engine.geo.vectors import write_features
 
 _FLUSH_EVERY = 20_000
@@ -37,7 +37,7 @@ class PolygonWriter:
         self.transform, self.crs = transform, crs
         self.height, self.width = height, width
         self.class_names = class_names
-        self.tolerance = simplify_px * (abs(transform.a) + abs(transform.e)) / 2
+        self.tolerance = simplify_px * pixel_sides(transform)
         self.min_area = min_area
         self._seam: dict[int, list[tuple[shapely.Polygon, float, int]]] = defaultdict(list)
         self._rows: list[tuple[shapely.Geometry, int, float, float | None]] = []

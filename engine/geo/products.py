@@ -83,20 +83,20 @@ class SegmentationProducts:
 
 
 def row_pixel_area(source: RasterSource) -> np.ndarray | None:
-    """Area in m² of one source pixel on each row (rows differ on geographic CRSs), None without CRS."""
+    """Area in m² of one source pixel on each row (rows differ on geographic CRSs), None without CRS:
+    the true area of the pixel's parallelogram (|det| of the transform), so rotated grids count right."""
     crs, t = source.crs, source.transform
     if crs is None:
         return None
     if crs.is_geographic:
         from pyproj import Geod
-        from shapely.geometry import box
+        from shapely.geometry import Polygon
 
         geod = Geod(ellps="WGS84")
-        x0 = t.c
-        areas = []
-        for r in range(source.height):
-            y_top = t.f + r * t.e
-            areas.append(abs(geod.geometry_area_perimeter(box(x0, y_top + t.e, x0 + t.a, y_top))[0]))
+        c = source.width / 2  # a pixel of the row's middle (rows run along parallels unless rotated)
+        areas = [abs(geod.geometry_area_perimeter(Polygon([t * (c, r), t * (c + 1, r), t * (c + 1, r + 1),
+                                                           t * (c, r + 1)]))[0])
+                 for r in range(source.height)]
         return np.asarray(areas)
     unit = linear_unit_metres(crs)
-    return np.full(source.height, abs(t.a * t.e) * unit * unit)
+    return np.full(source.height, abs(t.a * t.e - t.b * t.d) * unit * unit)

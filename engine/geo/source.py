@@ -62,19 +62,24 @@ def parse_numbers(text: str, count: int, what: str) -> tuple[float, ...]:
 
 
 def _pixel_metres(crs, transform: Affine, width: int, height: int) -> float | None:
-    """Ground size of one pixel in metres (mean of x and y), or None without a CRS."""
+    """Ground size of one pixel in metres (mean of x and y), or None without a CRS. The sides are the
+    lengths of the transform's column vectors, so a rotated grid has its true pixel size."""
     if crs is None:
         return None
-    rx, ry = abs(transform.a), abs(transform.e)
     if crs.is_geographic:
         from pyproj import Geod
 
         lon, lat = transform @ (width / 2, height / 2)
         geod = Geod(ellps="WGS84")
-        _, _, dx = geod.inv(lon, lat, lon + rx, lat)
-        _, _, dy = geod.inv(lon, lat, lon, lat + ry)
+        _, _, dx = geod.inv(lon, lat, lon + transform.a, lat + transform.d)
+        _, _, dy = geod.inv(lon, lat, lon + transform.b, lat + transform.e)
         return (abs(dx) + abs(dy)) / 2
-    return (rx + ry) / 2 * linear_unit_metres(crs)
+    return pixel_sides(transform) * linear_unit_metres(crs)
+
+
+def pixel_sides(transform: Affine) -> float:
+    """Mean length of a pixel's two sides in CRS units (rotation and flips included)."""
+    return (math.hypot(transform.a, transform.d) + math.hypot(transform.b, transform.e)) / 2
 
 
 def bounds_of(transform: Affine, width: float, height: float) -> tuple[float, float, float, float]:

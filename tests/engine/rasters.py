@@ -12,10 +12,11 @@ from training.data.synthetic import scene  # noqa: F401  (re-exported for the te
 
 
 def write_raster(path: Path, data: np.ndarray, crs: str | None = "EPSG:32633", origin=(500000.0, 5200000.0),
-                 res: float = 0.5, nodata=None, colorinterp=None) -> Path:
+                 res: float = 0.5, nodata=None, colorinterp=None, transform=None) -> Path:
+    """A GeoTIFF of `data` [bands, h, w]: north-up at `origin`/`res`, or on any `transform` (rotated, south-up)."""
     count, height, width = data.shape
     profile = dict(driver="GTiff", height=height, width=width, count=count, dtype=data.dtype.name,
-                   transform=from_origin(origin[0], origin[1], res, res), nodata=nodata)
+                   transform=transform or from_origin(origin[0], origin[1], res, res), nodata=nodata)
     if crs is not None:
         profile["crs"] = crs
     with rasterio.open(path, "w", **profile) as dst:
