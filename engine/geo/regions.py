@@ -80,7 +80,17 @@ class Cell:
     col: int
     x0: float  # source-area pixel coordinates
     y0: float
-    size: float
+    size: float  # the square's side
+    w: float | None = None  # the part inside the raster, for an edge cell clipped to it
+    h: float | None = None
+
+    @property
+    def width(self) -> float:
+        return self.size if self.w is None else self.w
+
+    @property
+    def height(self) -> float:
+        return self.size if self.h is None else self.h
 
 
 def grid_cells(source: RasterSource, cell_px: float, stride_px: float | None = None) -> list[Cell]:
@@ -102,9 +112,34 @@ def grid_cells(source: RasterSource, cell_px: float, stride_px: float | None = N
             for c, x in enumerate(starts(source.width))]
 
 
+def tile_cells(source: RasterSource, cell_px: float) -> list[Cell]:
+    """Square cells of `cell_px` source pixels tiling the area from its top-left corner, never
+    overlapping; the last column and row are clipped to the raster (narrower or shorter cells)."""
+    if cell_px < 1:
+        raise InputError("the cell is smaller than one pixel")
+
+    def starts(length: int) -> list[float]:
+        return list(np.arange(0.0, length - 1e-9, cell_px))
+
+    return [Cell(r, c, x, y, cell_px, min(cell_px, source.width - x), min(cell_px, source.height - y))
+            for r, y in enumerate(starts(source.height)) for c, x in enumerate(starts(source.width))]
+
+
 def read_cells(source: RasterSource, cells: list[Cell], size: int) -> Iterator[tuple[Cell, np.ndarray, float]]:
-    """(cell, RGB crop [size, size, 3], fraction of valid pixels) for each cell."""
+    """(cell, RGB crop [size, size, 3], fraction of valid pixels) for each cell. A clipped edge cell is
+    read at its square's scale into the crop's top-left part, the rest filled with the CLIP mean
+    colour (the model sees ground at the same scale as in every other cell); its valid fraction
+    counts the part inside the raster."""
     for cell in cells:
-        window = Window(source.window.col_off + cell.x0, source.window.row_off + cell.y0, cell.size, cell.size)
-        rgb, valid = source.read_window(window, size, size)
+        window = Window(source.window.col_off + cell.x0, source.window.row_off + cell.y0, cell.width, cell.height)
+        if cell.width == cell.size and cell.height == cell.size:
+            rgb, valid = source.read_window(window, size, size)
+            yield cell, rgb, float(valid.mean())
+            continue
+        h = max(1, round(size * cell.height / cell.size))
+        w = max(1, round(size * cell.width / cell.size))
+        part, valid = source.read_window(window, h, w)
+        rgb = np.empty((size, size, 3), dtype=np.float32)
+        rgb[:] = CLIP_MEAN_RGB
+        rgb[:h, :w] = part
         yield cell, rgb, float(valid.mean())

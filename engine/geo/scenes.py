@@ -3,8 +3,10 @@
     label_regions(source, regions, classifier)            → probabilities per region (synchronous, small)
     classify_grid(GridJob(...), classifier)               → <name>_grid.gpkg + <name>_grid_summary.json
 
-Grid cells are squares of `cell_m` metres (or `cell_px` source pixels without a CRS); a cell with
-less than half its pixels valid gets no class.
+Grid cells are squares of `cell_m` metres (or `cell_px` source pixels without a CRS) tiling the
+area from its top-left corner without overlap; the last column and row are clipped to the raster
+(their polygons are the clipped rectangles, so cell areas add up to the raster's). A cell with less
+than half its pixels (inside the raster) valid gets no class.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from engine.dense.scenes import SceneClassifier
 from engine.errors import Cancelled, InputError
 from engine.geo.colours import class_colour, hex_colour
 from engine.geo.pipeline import ProgressFn, make_workdir, publish_summary
-from engine.geo.regions import MAX_REGIONS, Region, grid_cells, read_cells, read_region, to_pixel_geometry
+from engine.geo.regions import MAX_REGIONS, Region, read_cells, read_region, tile_cells, to_pixel_geometry
 from engine.geo.source import RasterSource
 from engine.geo.vectors import write_features
 
@@ -81,8 +83,8 @@ def cell_size_px(source: RasterSource, cell_m: float | None, cell_px: float | No
 
 def cell_polygon(source: RasterSource, cell) -> shapely.Polygon:
     t = source.transform
-    corners = [t @ (cell.x0, cell.y0), t @ (cell.x0 + cell.size, cell.y0),
-               t @ (cell.x0 + cell.size, cell.y0 + cell.size), t @ (cell.x0, cell.y0 + cell.size)]
+    x1, y1 = cell.x0 + cell.width, cell.y0 + cell.height
+    corners = [t @ (cell.x0, cell.y0), t @ (x1, cell.y0), t @ (x1, y1), t @ (cell.x0, y1)]
     return shapely.Polygon(corners)
 
 
@@ -91,7 +93,7 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
     started = time.perf_counter()
     paths = grid_paths(job)
     with RasterSource(job.input, job.bands, None, job.window, job.bbox, job.bbox_crs) as source:
-        cells = grid_cells(source, cell_size_px(source, job.cell_m, job.cell_px))
+        cells = tile_cells(source, cell_size_px(source, job.cell_m, job.cell_px))
         work = make_workdir(job.out_dir)
         try:
             rows, probs_all = [], []
