@@ -84,7 +84,7 @@ def evaluate_ovss(model: LoadedModel, dataset: OVSSDataset, root: str | Path, pr
     if state is not None:
         _save_state(state, cm, done)
     iou = cm.iou()
-    return {"dataset": dataset.name, "preset": run, "model": model.name, "images": len(done),
+    return {"dataset": dataset.name, "preset": run, "model": model.name, "images": len(done), "units": "percent",
             "upsampler": Path(upsampler).name if upsampler else None,
             "miou": 100 * cm.miou(), "pixel_accuracy": 100 * cm.pixel_accuracy(),
             "per_class_iou": {c.split(",")[0]: (None if np.isnan(v) else 100 * float(v))

@@ -59,12 +59,19 @@ def _retrieval_table(folder: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def percent(result: dict, key: str) -> float:
+    """A result's figure in percent, the paper's unit (results say their unit; `eval ovss` has always
+    written percent, a result marked "fraction" is scaled)."""
+    value = float(result[key])
+    return 100 * value if result.get("units") == "fraction" else value
+
+
 def _ovss_table(folder: Path) -> str:
-    """OVSS: one row per (model, preset) measured here, then the paper's rows."""
+    """OVSS: one row per (model, preset) measured here, then the paper's rows, all in percent."""
     rows: dict[tuple[str, str], dict[str, float]] = {}
     for path in sorted(folder.glob("ovss_*.json")):
         result = json.loads(path.read_text(encoding="utf-8"))
-        rows.setdefault((result["model"], result["preset"]), {})[result["dataset"]] = result["miou"]
+        rows.setdefault((result["model"], result["preset"]), {})[result["dataset"]] = percent(result, "miou")
     header = "| model | preset | " + " | ".join(ORDER) + " | mean |\n|" + "---|" * (len(ORDER) + 3) + "\n"
     lines = []
     for (model, preset_name), values in rows.items():
