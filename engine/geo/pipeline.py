@@ -63,6 +63,7 @@ class RasterJob:
     name: str | None = None  # output file stem (default: the input's)
     mask_wkt: str | None = None  # only segment inside this (Multi)Polygon
     mask_crs: str | None = None  # its CRS (default: the raster's)
+    nodata: float | None = None  # a value that is no data where every chosen band holds it (--nodata)
 
 
 ProgressFn = Callable[[int, int], None]  # (crops done, crops total)
@@ -120,7 +121,8 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
     if job.min_area < 0 or job.simplify < 0:
         raise InputError("--min-area and --simplify must not be negative")
     paths = output_paths(job)
-    with gdal_env(), RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs) as source:
+    with gdal_env(), RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs,
+                                      nodata=job.nodata) as source:
         if job.mask_wkt:
             source.restrict_to(job.mask_wkt, job.mask_crs)
         work = make_workdir(job.out_dir)
@@ -190,7 +192,7 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
         "crs": source.crs.to_string() if source.crs else None,
         "bounds": list(bounds), "width": source.width, "height": source.height,
         "window": [int(source.window.col_off), int(source.window.row_off), source.width, source.height],
-        "bands": list(source.bands),
+        "bands": list(source.bands), "nodata_value": source.nodata, "notes": list(source.notes),
         "source_gsd_m": source.source_gsd, "working_gsd_m": source.working_gsd,
         "working_size": [grid.width, grid.height],
         "crops": total_crops, "polygons": n_polygons,
@@ -200,21 +202,27 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
 
 
 def _publish(work: Path, paths: dict[str, Path], summary: dict, cancel: threading.Event | None = None) -> None:
-    """Move every finished product into place; the summary (the completion marker) goes last. A
-    cancel before a step stops here (the files already moved stay without a summary: an unfinished run)."""
-    def check() -> None:
+    """Move every finished product into place; the summary (the completion marker) goes last. All or
+    nothing: a cancel between steps, an error or Ctrl-C removes the products already moved."""
+    moved: list[Path] = []
+
+    def step(publish, final: Path) -> None:
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled")
+        publish()
+        moved.append(final)
 
-    check()
-    publish_cog(work / "classes.tif", paths["classes"], "MODE")
-    if "scores" in paths:
-        check()
-        publish_cog(work / "scores.tif", paths["scores"], "AVERAGE")
-    check()
-    if "polygons" in paths:
-        os.replace(work / "polygons.gpkg", paths["polygons"])
-    publish_summary(work, paths["summary"], summary)
+    try:
+        step(lambda: publish_cog(work / "classes.tif", paths["classes"], "MODE"), paths["classes"])
+        if "scores" in paths:
+            step(lambda: publish_cog(work / "scores.tif", paths["scores"], "AVERAGE"), paths["scores"])
+        if "polygons" in paths:
+            step(lambda: os.replace(work / "polygons.gpkg", paths["polygons"]), paths["polygons"])
+        step(lambda: publish_summary(work, paths["summary"], summary), paths["summary"])
+    except BaseException:
+        for path in moved:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def publish_summary(work: Path, path: Path, summary: dict) -> None:

@@ -7,7 +7,11 @@
   raster: per band, the 2nd-98th percentiles of the valid pixels of a decimated read (GDAL uses the
   overviews when present) map to 0-1. Never per tile, so tiles match.
 - Validity: GDAL's per-band masks (nodata, alpha band, internal masks) of the chosen bands, and on
-  floating-point rasters every NaN or ±inf pixel (whatever nodata value the file declares).
+  floating-point rasters every NaN or ±inf pixel (whatever nodata value the file declares); `nodata`
+  (--nodata) adds a value that is no data where every chosen band holds it (as GDAL's NODATA_VALUES).
+- Notes (`notes`, one line each, for the user): the bands used when they were guessed (no colour
+  interpretation), and a warning when a large edge frame of one constant value borders a raster
+  that declares no nodata (`engine.geo.frames`).
   Invalid pixels are filled with the CLIP mean colour and get no prediction.
 - Working resolution: `gsd` metres per pixel (resampled on read, bilinear); default
   max(native GSD, DEFAULT_GSD). Windows at fractional source offsets are read with GDAL's
@@ -98,6 +102,9 @@ def linear_unit_metres(crs) -> float:
     return crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
 
 
+MAX_GRID_SIDE = 2**31 - 1  # GDAL's raster size limit
+
+
 @dataclass(frozen=True)
 class WorkingGrid:
     """The grid the model sees: the source area resampled to `height` × `width` pixels."""
@@ -117,8 +124,11 @@ class RasterSource:
 
     def __init__(self, path: str | Path, bands: tuple[int, int, int] | None = None, gsd: float | None = None,
                  window: tuple[int, int, int, int] | None = None,
-                 bbox: tuple[float, float, float, float] | None = None, bbox_crs: str | None = None):
+                 bbox: tuple[float, float, float, float] | None = None, bbox_crs: str | None = None,
+                 nodata: float | None = None):
         self.path = str(path)
+        self.nodata = None if nodata is None else float(nodata)
+        self.notes: list[str] = []  # one line each, for the user: the choices made for this raster
         if not Path(self.path).exists() and not self.path.startswith("/vsi"):
             raise InputError(f"input raster not found: {self.path}")
         try:
@@ -150,7 +160,9 @@ class RasterSource:
         self.source_gsd = _pixel_metres(self.crs, self.transform, self.width, self.height)
         self.working_gsd, self.grid = self._working_grid(gsd)
         self.floating = any(np.dtype(ds.dtypes[b - 1]).kind in "fc" for b in self.bands)
-        self.stretch = self._stretch() if ds.dtypes[self.bands[0] - 1] != "uint8" else None
+        overview = self._overview_read()
+        self.stretch = self._stretch(*overview) if ds.dtypes[self.bands[0] - 1] != "uint8" else None
+        self._check_edge_frame(overview[0])
 
     # --- choices -------------------------------------------------------------------------------
     def _choose_bands(self, bands) -> tuple[int, int, int]:
@@ -168,7 +180,11 @@ class RasterSource:
         if len(colour_bands) < 3:
             raise InputError(f"{Path(self.path).name} has {len(colour_bands)} colour band(s); an RGB model "
                              f"needs 3: pass --bands (e.g. --bands 1,1,1 for a single-band image)")
-        return tuple(colour_bands[:3])  # type: ignore[return-value]
+        chosen = tuple(colour_bands[:3])
+        self.notes.append(f"{Path(self.path).name}: no red/green/blue colour interpretation; bands "
+                          f"{','.join(map(str, chosen))} of {ds.count} used as red, green, blue "
+                          f"(--bands chooses others)")
+        return chosen  # type: ignore[return-value]
 
     def _choose_window(self, window, bbox, bbox_crs) -> Window:
         ds = self.dataset
@@ -215,22 +231,60 @@ class RasterSource:
         if target is None or abs(target / native - 1.0) < 1e-6:
             return native, WorkingGrid(self.height, self.width, 1.0, 1.0)
         factor = target / native
+        if max(self.width, self.height) / factor > MAX_GRID_SIDE:
+            raise InputError(f"--gsd {target:g} m/px would make the working grid over {MAX_GRID_SIDE:,} pixels a "
+                             f"side (the limit; the raster's pixels are {native:.3g} m): choose a coarser gsd")
         width = max(1, round(self.width / factor))
         height = max(1, round(self.height / factor))
         return target, WorkingGrid(height, width, self.height / height, self.width / width)
 
-    def _stretch(self) -> np.ndarray:
-        """[3, 2] (low, high) per chosen band, from a decimated read of the whole area."""
+    def _overview_read(self) -> tuple[np.ndarray, np.ndarray]:
+        """The chosen bands of the whole area, decimated to at most _STATS_MAX_SIDE pixels a side (GDAL
+        uses overviews when present), and their validity [3, h, w] (each band's mask, NaN, --nodata)."""
         long_side = max(self.height, self.width)
         factor = max(1.0, long_side / _STATS_MAX_SIDE)
         shape = (max(1, round(self.height / factor)), max(1, round(self.width / factor)))
-        data = self.dataset.read(self.bands, window=self.window, out_shape=(3, *shape),
-                                 resampling=Resampling.nearest).astype(np.float64)
-        valid = self.dataset.read_masks(self.bands, window=self.window, out_shape=(3, *shape),
-                                        resampling=Resampling.nearest) > 0
+        with self._reading():
+            data = self.dataset.read(self.bands, window=self.window, out_shape=(3, *shape),
+                                     resampling=Resampling.nearest)
+            valid = self.dataset.read_masks(self.bands, window=self.window, out_shape=(3, *shape),
+                                            resampling=Resampling.nearest) > 0
+        return data, valid & self._value_valid(data)[None]
+
+    def _value_valid(self, data: np.ndarray) -> np.ndarray:
+        """Validity [h, w] from the values of the chosen bands [3, h, w]: NaN/±inf in any band, or
+        --nodata in every band (as GDAL's NODATA_VALUES), are no data."""
+        valid = np.ones(data.shape[1:], dtype=bool)
+        if self.floating:
+            valid &= np.isfinite(data).all(axis=0)
+        if self.nodata is not None:
+            valid &= ~(data == self.nodata).all(axis=0)
+        return valid
+
+    def _check_edge_frame(self, data: np.ndarray) -> None:
+        """A note when a large frame of one constant value borders a raster that declares no data."""
+        from rasterio.enums import MaskFlags
+
+        from engine.geo.frames import LARGE_FRAME, edge_frame
+
+        if self.nodata is not None or any(MaskFlags.all_valid not in self.dataset.mask_flag_enums[b - 1]
+                                          for b in self.bands):
+            return
+        value, fraction = edge_frame(data)
+        if value is None or fraction < LARGE_FRAME:
+            return
+        shown = format_coordinate(value[0]) if len(set(value)) == 1 else ",".join(map(format_coordinate, value))
+        self.notes.append(f"warning: {fraction:.0%} of {Path(self.path).name} is an edge frame of value {shown} "
+                          f"and the file declares no nodata: it is classified and skews the contrast stretch; "
+                          f"pass --nodata {format_coordinate(value[0])} if it is no data")
+
+    def _stretch(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """[3, 2] (low, high) per chosen band, from the decimated read of the whole area."""
+        data = data.astype(np.float64)
+        valid = valid & np.isfinite(data)
         lows_highs = []
         for band, ok in zip(data, valid):
-            values = band[ok & np.isfinite(band)]
+            values = band[ok]
             if values.size == 0:
                 lows_highs.append((0.0, 1.0))
                 continue
@@ -312,8 +366,9 @@ class RasterSource:
             masks = self.dataset.read_masks(self.bands, window=window, out_shape=(3, height, width),
                                             resampling=Resampling.nearest)
         valid = (masks > 0).all(axis=0)
-        if self.floating:
-            valid &= np.isfinite(data).all(axis=0)
+        if self.floating or self.nodata is not None:  # values decide on the unresampled pixels
+            exact = data if same_size else self._read_nearest(window, height, width)
+            valid &= self._value_valid(exact)
         if self.stretch is None:  # uint8 (a mixed-type band set comes back widened: scale it the same way)
             return (data, valid) if data.dtype == np.uint8 else (data.astype(np.float32) / 255.0, valid)
         lo, hi = self.stretch[:, 0, None, None], self.stretch[:, 1, None, None]
@@ -372,17 +427,19 @@ class RasterSource:
             masks = self.dataset.read_masks(self.bands, window=self.source_window(rect),
                                             out_shape=(3, rect.h, rect.w), resampling=Resampling.nearest)
         valid = (masks > 0).all(axis=0)
-        if self.floating:  # NaN and ±inf are nodata, whatever nodata value the file declares
-            with self._reading():
-                data = self.dataset.read(self.bands, window=self.source_window(rect), out_shape=(3, rect.h, rect.w),
-                                         resampling=Resampling.nearest)
-            valid &= np.isfinite(data).all(axis=0)
+        if self.floating or self.nodata is not None:  # NaN/±inf (whatever the file declares), --nodata
+            valid &= self._value_valid(self._read_nearest(self.source_window(rect), rect.h, rect.w))
         if getattr(self, "mask_geometry", None) is not None:
             from rasterio.features import geometry_mask
 
             transform = self.working_transform() * Affine.translation(rect.x, rect.y)
             valid &= geometry_mask([self.mask_geometry], out_shape=(rect.h, rect.w), transform=transform, invert=True)
         return valid
+
+    def _read_nearest(self, window: Window, height: int, width: int) -> np.ndarray:
+        with self._reading():
+            return self.dataset.read(self.bands, window=window, out_shape=(3, height, width),
+                                     resampling=Resampling.nearest)
 
     @contextmanager
     def _reading(self):

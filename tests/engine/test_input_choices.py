@@ -1,0 +1,79 @@
+"""Choices made for an input are said, not silent: the bands used when guessed, a large constant edge
+frame without a nodata tag (a warning), and `nodata` (--nodata VALUE) to declare it no data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.enums import ColorInterp
+
+from engine.dense import Segmenter
+from engine.geo.pipeline import RasterJob, segment_raster
+from engine.geo.source import RasterSource
+from tests.engine.rasters import scene, write_raster
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_model):
+    return Segmenter(tiny_model, "water; grass; building; road")
+
+
+def _bands_notes(source):
+    return [n for n in source.notes if "used as red, green, blue" in n]
+
+
+def test_guessed_bands_are_said_in_one_line(tmp_path):
+    data = np.concatenate([scene(64, 64)[0].astype(np.uint16) * 40, np.full((1, 64, 64), 9000, np.uint16)])
+    plain = write_raster(tmp_path / "four.tif", data,
+                         colorinterp=[ColorInterp.gray, ColorInterp.undefined, ColorInterp.undefined,
+                                      ColorInterp.undefined])
+    with RasterSource(plain) as source:
+        assert source.bands == (1, 2, 3)
+        assert _bands_notes(source) == ["four.tif: no red/green/blue colour interpretation; bands 1,2,3 of 4 used "
+                                        "as red, green, blue (--bands chooses others)"]
+    rgb = write_raster(tmp_path / "rgb.tif", data[:3], colorinterp=[ColorInterp.red, ColorInterp.green,
+                                                                    ColorInterp.blue])
+    with RasterSource(rgb) as source, RasterSource(plain, bands=(3, 2, 1)) as chosen:
+        assert not _bands_notes(source) and not _bands_notes(chosen)
+
+
+def _framed(tmp_path, frame=40, size=200):
+    rgb = scene(size, size, seed=6)[0]
+    rgb = np.maximum(rgb, 1)  # the image itself holds no pure zero
+    rgb[:, :frame], rgb[:, -frame:], rgb[:, :, :frame], rgb[:, :, -frame:] = 0, 0, 0, 0
+    return write_raster(tmp_path / "framed.tif", rgb), frame
+
+
+def test_a_large_untagged_zero_frame_is_warned_about(tmp_path, segmenter):
+    src, frame = _framed(tmp_path)
+    summary = segment_raster(RasterJob(str(src), str(tmp_path / "out")), segmenter)
+    warnings = [n for n in summary["notes"] if n.startswith("warning:")]
+    assert len(warnings) == 1 and "64% of framed.tif is an edge frame of value 0" in warnings[0]
+    assert "--nodata 0" in warnings[0]
+    assert summary["nodata_pixels"] == 0  # as the user was warned: classified
+    tagged = write_raster(tmp_path / "tagged.tif", rasterio.open(src).read(), nodata=0)
+    with RasterSource(tagged) as source, RasterSource(src, nodata=0) as declared:
+        assert not source.notes and not declared.notes
+    small, _ = _framed(tmp_path, frame=1)
+    with RasterSource(small) as source:
+        assert not source.notes  # a 1-pixel frame (2 %) is not worth a word
+
+
+def test_nodata_value_blanks_the_frame_and_keeps_the_stretch_clean(tmp_path, segmenter):
+    src, frame = _framed(tmp_path)
+    summary = segment_raster(RasterJob(str(src), str(tmp_path / "out"), nodata=0, gsd=0.7), segmenter)
+    with rasterio.open(tmp_path / "out" / "framed_classes.tif") as ds:
+        labels = ds.read(1)
+    inner = np.zeros(labels.shape, dtype=bool)
+    inner[frame:-frame, frame:-frame] = True
+    assert np.all(labels[~inner] == 255)
+    assert np.all(labels[frame + 2:-frame - 2, frame + 2:-frame - 2] != 255)
+    assert summary["nodata_value"] == 0 and summary["notes"] == []
+
+    data = rasterio.open(src).read().astype(np.uint16) * 50  # 16-bit: the stretch ignores the frame
+    wide = write_raster(tmp_path / "wide.tif", data)
+    with RasterSource(wide) as with_frame, RasterSource(wide, nodata=0) as without:
+        inside = data[:, frame:-frame, frame:-frame].reshape(3, -1)
+        assert without.stretch[:, 0] == pytest.approx(np.percentile(inside, 2, axis=1))
+        assert with_frame.stretch[0, 0] == 0.0
