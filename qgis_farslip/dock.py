@@ -1,25 +1,37 @@
-"""The "FarSLIP segmentation" dock: engine, prompts, input and scope, run with progress and cancel."""
+"""The "FarSLIP segmentation" dock: two tabs that fit a narrow panel (≤ 400 px) — "Segment" (classes
+with a live legend, input and scope, run with progress and cancel) and "Engine" (`engine_panel.py`)."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from qgis.core import QgsApplication, QgsMapLayerProxyModel, QgsRectangle, QgsVectorLayer
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
-from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
-                                 QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListWidget, QListWidgetItem,
-                                 QPlainTextEdit, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget)
+from qgis.PyQt.QtWidgets import (QAction, QCheckBox, QComboBox, QDockWidget, QDoubleSpinBox, QFileDialog, QFormLayout,
+                                 QGroupBox, QHBoxLayout, QInputDialog, QListWidget, QListWidgetItem, QMenu,
+                                 QPlainTextEdit, QProgressBar, QPushButton, QScrollArea, QTabWidget, QToolButton,
+                                 QVBoxLayout, QWidget)
 
 from qgis_farslip import prompt_sets
-from qgis_farslip.client import EngineClient, EngineError
-from qgis_farslip.jobs import SegmentationRequest
-from qgis_farslip.settings import engine_settings, save_engine_settings
+from qgis_farslip.background import run_async
+from qgis_farslip.client import EngineError
+from qgis_farslip.engine_panel import UI_TIMEOUT_S, EnginePanel
+from qgis_farslip.jobs import SegmentationRequest, check_request
+from qgis_farslip.outputs import default_output_folder
 from qgis_farslip.tasks import SegmentTask
 
 SCOPES = ("Visible map extent", "Whole layer", "Selected polygons")
-UI_TIMEOUT_S = 3.0  # calls made on the UI thread (status, legend) give up quickly; jobs run in a QgsTask
+MAX_WIDTH = 400  # the dock's content must fit a panel this wide
+LEGEND_DELAY_MS = 500
+
+
+def _scrolled(widget: QWidget) -> QScrollArea:
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setWidget(widget)
+    return scroll
 
 
 class FarSLIPDock(QDockWidget):
@@ -30,9 +42,12 @@ class FarSLIPDock(QDockWidget):
         self.notify = notify or (lambda level, text: None)  # (level "info"/"warning"/"critical", text)
         self.task: SegmentTask | None = None
         self.last_error: str | None = None
+        self.engine_panel = EnginePanel(self._notify_from_engine)
+        for name in ("status_light", "status_text", "check_button", "url_edit", "token_edit", "model_combo",
+                     "command_edit", "engine_button"):
+            setattr(self, name, getattr(self.engine_panel, name))
         body = QWidget()
         layout = QVBoxLayout(body)
-        layout.addWidget(self._engine_box())
         layout.addWidget(self._prompt_box())
         layout.addWidget(self._input_box())
         run_row = QHBoxLayout()
@@ -41,71 +56,75 @@ class FarSLIPDock(QDockWidget):
         self.cancel_button.setEnabled(False)
         self.label_button = QPushButton("Label a region…")
         self.label_button.setCheckable(True)
-        self.label_button.setToolTip("Draw a rectangle on the map: the engine ranks the classes above for it")
+        self.label_button.setToolTip("Draw a rectangle on the map (or click a polygon): the engine ranks the classes")
         run_row.addWidget(self.run_button)
         run_row.addWidget(self.cancel_button)
         run_row.addWidget(self.label_button)
         layout.addLayout(run_row)
         self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
         layout.addWidget(self.progress)
         layout.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(body)
-        self.setWidget(scroll)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(_scrolled(body), "Segment")
+        self.tabs.addTab(_scrolled(self.engine_panel), "Engine")
+        self.setWidget(self.tabs)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.label_button.toggled.connect(self.toggle_label_tool)
         self.label_tool = None
+        self.engine_panel.on_online.append(self.update_legend)
+        self._legend_asked = 0
+        self._default_folder = self.folder_widget.filePath()
+        from qgis.core import QgsProject
+
+        QgsProject.instance().homePathChanged.connect(self._project_moved)
+        QTimer.singleShot(0, self.check_engine)
+
+    def _project_moved(self) -> None:
+        """A project saved or opened: results follow it unless the user chose another folder."""
+        if self.folder_widget.filePath() == self._default_folder:
+            self._default_folder = default_output_folder()
+            self.folder_widget.setFilePath(self._default_folder)
+
+    def _notify_from_engine(self, level: str, text: str) -> None:
+        if level != "info":
+            self.last_error = text
+        self.notify(level, text)
+
+    @property
+    def engine_process(self):
+        return self.engine_panel.engine_process
+
+    @property
+    def online(self) -> bool:
+        return self.engine_panel.online
 
     # --- sections ------------------------------------------------------------------------------
-    def _engine_box(self) -> QGroupBox:
-        box = QGroupBox("Engine")
-        form = QFormLayout(box)
-        settings = engine_settings()
-        self.status_light = QLabel("●")
-        self.status_text = QLabel("not checked")
-        status_row = QHBoxLayout()
-        status_row.addWidget(self.status_light)
-        status_row.addWidget(self.status_text, 1)
-        self.check_button = QPushButton("Check")
-        status_row.addWidget(self.check_button)
-        form.addRow("Status", status_row)
-        self.url_edit = QLineEdit(settings["url"])
-        form.addRow("URL", self.url_edit)
-        self.token_edit = QLineEdit(settings["token"])
-        self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)
-        form.addRow("Token", self.token_edit)
-        self.model_combo = QComboBox()
-        self.model_combo.setEditable(True)
-        self.model_combo.setEditText(settings["model"])
-        form.addRow("Model", self.model_combo)
-        self.command_edit = QLineEdit(settings["command"])
-        self.command_edit.setToolTip("How to start a local engine, e.g. '/path/to/.venv/bin/farslip serve'")
-        self.engine_button = QPushButton("Start local engine")
-        command_row = QHBoxLayout()
-        command_row.addWidget(self.command_edit, 1)
-        command_row.addWidget(self.engine_button)
-        form.addRow("Local engine", command_row)
-        self.check_button.clicked.connect(self.check_engine)
-        self.engine_button.clicked.connect(self.toggle_local_engine)
-        self.engine_process = None
-        return box
-
     def _prompt_box(self) -> QGroupBox:
-        box = QGroupBox("Classes (one per line, commas for synonyms)")
+        box = QGroupBox("Classes")
+        box.setToolTip("One class per line; commas separate synonyms of a class (building, roof)")
         layout = QVBoxLayout(box)
         row = QHBoxLayout()
         self.set_combo = QComboBox()
+        self.set_combo.setMinimumContentsLength(10)
         self._fill_sets()
         row.addWidget(self.set_combo, 1)
-        for label, slot in (("Save", self.save_set), ("Delete", self.delete_set), ("Import", self.import_set),
-                            ("Export", self.export_set)):
-            button = QPushButton(label)
-            button.clicked.connect(slot)
-            row.addWidget(button)
+        self.sets_button = QToolButton()
+        self.sets_button.setText("Sets")
+        self.sets_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        menu = QMenu(self.sets_button)
+        for label, slot in (("Save as…", self.save_set), ("Delete", self.delete_set), ("Import…", self.import_set),
+                            ("Export…", self.export_set)):
+            action = QAction(label, menu)
+            action.triggered.connect(lambda _checked=False, slot=slot: slot())
+            menu.addAction(action)
+        self.sets_button.setMenu(menu)
+        row.addWidget(self.sets_button)
         layout.addLayout(row)
         self.prompt_edit = QPlainTextEdit(prompt_sets.BUILT_IN["Urban land cover"])
+        self.prompt_edit.setMinimumHeight(80)
+        self.prompt_edit.setPlaceholderText("one class per line, commas for synonyms:\nbuilding, roof\nroad")
         layout.addWidget(self.prompt_edit)
         self.legend = QListWidget()
         self.legend.setMaximumHeight(110)
@@ -115,127 +134,93 @@ class FarSLIPDock(QDockWidget):
         self.threshold_spin.setRange(0.0, 0.99)
         self.threshold_spin.setSingleStep(0.05)
         self.threshold_spin.setSpecialValueText("off")
-        form.addRow("Background threshold", self.threshold_spin)
+        self.threshold_spin.setToolTip("Pixels whose best class is less likely than this get no class (background)")
+        form.addRow("Threshold", self.threshold_spin)
         layout.addLayout(form)
         self.set_combo.activated.connect(self._load_set)
-        from qgis.PyQt.QtCore import QTimer
-
         self._legend_timer = QTimer(self)
         self._legend_timer.setSingleShot(True)
-        self._legend_timer.setInterval(700)
+        self._legend_timer.setInterval(LEGEND_DELAY_MS)
         self._legend_timer.timeout.connect(self._refresh_legend_if_online)
         self.prompt_edit.textChanged.connect(self._legend_timer.start)
-        self._online = False
         return box
 
     def _input_box(self) -> QGroupBox:
         box = QGroupBox("Input")
-        form = QFormLayout(box)
+        outer = QVBoxLayout(box)
+        form = QFormLayout()
+        outer.addLayout(form)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.layer_combo = QgsMapLayerComboBox()
         self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
+        self.layer_combo.setMinimumContentsLength(10)
         form.addRow("Raster", self.layer_combo)
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(SCOPES)
         form.addRow("Area", self.scope_combo)
         self.mask_combo = QgsMapLayerComboBox()
         self.mask_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
+        self.mask_combo.setMinimumContentsLength(10)
         form.addRow("Polygons", self.mask_combo)
         self.gsd_spin = QDoubleSpinBox()
         self.gsd_spin.setRange(0.0, 10000.0)
         self.gsd_spin.setDecimals(2)
-        self.gsd_spin.setSpecialValueText("engine default (≥ 0.5 m)")
+        self.gsd_spin.setSpecialValueText("default (≥ 0.5 m)")
         self.gsd_spin.setSuffix(" m/px")
         form.addRow("Resolution", self.gsd_spin)
         self.folder_widget = QgsFileWidget()
         self.folder_widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
-        self.folder_widget.setFilePath(str(Path(tempfile.gettempdir()) / "farslip"))
+        self.folder_widget.setFilePath(default_output_folder())
+        self.folder_widget.setToolTip("Results go here (default: a 'farslip' folder beside the saved project)")
         form.addRow("Save to", self.folder_widget)
-        self.scores_check = QCheckBox("Also a per-class score raster")
-        form.addRow("", self.scores_check)
-        self.upload_check = QCheckBox("Send a copy of the image (needed for remote engines; automatic for web layers)")
-        form.addRow("", self.upload_check)
+        self.scores_check = QCheckBox("Per-class score raster")
+        outer.addWidget(self.scores_check)
+        self.upload_check = QCheckBox("Send a copy of the image")
+        self.upload_check.setToolTip("Needed for remote engines; automatic for web and database layers")
+        outer.addWidget(self.upload_check)
         return box
 
     # --- engine --------------------------------------------------------------------------------
-    def client(self, timeout: float = 30.0) -> EngineClient:
-        save_engine_settings(self.url_edit.text().strip(), self.token_edit.text().strip(),
-                             self.model_combo.currentText().strip())
-        return EngineClient(self.url_edit.text().strip(), self.token_edit.text().strip() or None, timeout=timeout)
+    def client(self, timeout: float = 30.0):
+        return self.engine_panel.client(timeout)
 
-    def check_engine(self) -> bool:
-        try:
-            client = self.client(timeout=UI_TIMEOUT_S)
-            health = client.health()
-            models = client.models()
-        except EngineError as exc:
-            self._set_status(False, str(exc))
-            return False
-        self._set_status(True, f"{health['version']} on {health['device']}, {health['queue_length']} queued")
-        current = self.model_combo.currentText()
-        self.model_combo.clear()
-        self.model_combo.addItems([models["default"]] + [r["name"] for r in models["releases"]
-                                                         if r["name"] != models["default"]])
-        if current:
-            self.model_combo.setEditText(current)
-        self.update_legend()
-        return True
+    def check_engine(self) -> None:
+        """Ask the engine (off the UI thread); the status light and the model list follow its answer."""
+        self.engine_panel.check()
 
     def toggle_local_engine(self) -> None:
-        """Start the configured engine command as a child process of QGIS, or stop the one started."""
-        import shlex
-
-        from qgis.PyQt.QtCore import QProcess
-
-        from qgis_farslip.settings import save_engine_command
-
-        if self.engine_process is not None and self.engine_process.state() != QProcess.ProcessState.NotRunning:
-            self.engine_process.terminate()
-            if not self.engine_process.waitForFinished(10_000):
-                self.engine_process.kill()
-            self.engine_process = None
-            self.engine_button.setText("Start local engine")
-            self._set_status(False, "local engine stopped")
-            return
-        command = shlex.split(self.command_edit.text().strip())
-        if not command:
-            self._fail("set the command that starts the engine (e.g. '/path/to/.venv/bin/farslip serve')")
-            return
-        save_engine_command(self.command_edit.text().strip())
-        process = QProcess(self)
-        process.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
-        process.start(command[0], command[1:])
-        if not process.waitForStarted(10_000):
-            self._fail(f"cannot start the engine: {process.errorString()}")
-            return
-        self.engine_process = process
-        self.engine_button.setText("Stop local engine")
-        self._set_status(False, "local engine starting…")
+        self.engine_panel.toggle_local_engine()
 
     def _refresh_legend_if_online(self) -> None:
-        if self._online:
+        if self.online:
             self.update_legend()
 
     def _set_status(self, ok: bool, text: str) -> None:
-        self._online = ok
-        self.status_light.setStyleSheet(f"color: {'#2a2' if ok else '#c22'}")
-        self.status_text.setText(text)
+        self.engine_panel.set_status(ok, text)
 
     def update_legend(self) -> None:
-        """Show the classes as the engine reads them, with their colours."""
-        self.legend.clear()
+        """Show the classes as the engine reads them, with their colours (asked off the UI thread)."""
         lines = prompt_sets.class_lines(self.prompt_edit.toPlainText())
         if not lines:
+            self.legend.clear()
             return
-        try:
-            classes = self.client(timeout=UI_TIMEOUT_S).prompts(lines)
-        except EngineError as exc:
-            self.legend.addItem(str(exc))
+        self._legend_asked += 1
+        asked = self._legend_asked
+        client = self.client(timeout=UI_TIMEOUT_S)
+        run_async(lambda: client.prompts(lines), lambda classes: self._show_legend(asked, classes),
+                  lambda exc: self._show_legend(asked, None, str(exc)), owner=self)
+
+    def _show_legend(self, asked: int, classes, error: str | None = None) -> None:
+        if asked != self._legend_asked:  # the user typed on since: a newer answer is coming
+            return
+        self.legend.clear()
+        if classes is None:
+            self.legend.addItem(error)
             return
         for c in classes:
             swatch = QPixmap(14, 14)
             swatch.fill(QColor(c["colour"]))
-            item = QListWidgetItem(QIcon(swatch), ", ".join(c["synonyms"]))
-            self.legend.addItem(item)
+            self.legend.addItem(QListWidgetItem(QIcon(swatch), ", ".join(c["synonyms"])))
 
     # --- prompt sets ---------------------------------------------------------------------------
     def _fill_sets(self) -> None:
@@ -333,31 +318,41 @@ class FarSLIPDock(QDockWidget):
         self.last_error = None
         try:
             request = self.build_request()
+            check_request(self.url_edit.text().strip(), request)
         except EngineError as exc:
             self._fail(str(exc))
             return None
         title = ", ".join(line.split(",")[0] for line in request.classes[:4])
         self.task = SegmentTask(self.client(), request, self.folder_widget.filePath(), title, on_done=self._finished)
         self.task.progressChanged.connect(lambda p: self.progress.setValue(int(p)))
+        self.task.message.connect(lambda text: self.progress.setFormat(f"%p% — {text}"))
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setValue(0)
+        self.progress.setFormat("%p% — starting…")
         QgsApplication.taskManager().addTask(self.task)
         return self.task
 
     def cancel(self) -> None:
         if self.task is not None:
+            self.progress.setFormat("%p% — cancelling…")
             self.task.cancel()
 
     def _finished(self, task: SegmentTask) -> None:
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-        if task.error:
+        if task.error == "cancelled":
+            self.progress.setFormat("cancelled")
+            self.last_error = "cancelled"
+            self.notify("info", f"{task.title}: cancelled")
+        elif task.error:
+            self.progress.setFormat("failed")
             self._fail(task.error)
         else:
             self.progress.setValue(100)
+            self.progress.setFormat(f"done: {task.group_title}")
             self.notify("info", f"{task.title}: done")
 
     def _fail(self, text: str) -> None:
         self.last_error = text
-        self.notify("warning" if text == "cancelled" else "critical", text)
+        self.notify("critical", text)

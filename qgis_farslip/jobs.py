@@ -61,8 +61,8 @@ def render_to_geotiff(layer: QgsRasterLayer, extent: QgsRectangle, resolution: f
     """Write what QGIS reads for `extent` (layer CRS) at `resolution` (layer units / px) as a GeoTIFF."""
     width = max(1, int(round(extent.width() / resolution)))
     height = max(1, int(round(extent.height() / resolution)))
-    if width * height > 400_000_000:
-        raise EngineError("the area is too large to send at this resolution; zoom in or coarsen the resolution")
+    if width * height > MAX_RENDER_PIXELS:
+        check_render_size(extent, resolution)
     path = os.path.join(folder, "farslip_input.tif")
     pipe = QgsRasterPipe()
     if not pipe.set(layer.dataProvider().clone()):
@@ -74,26 +74,63 @@ def render_to_geotiff(layer: QgsRasterLayer, extent: QgsRectangle, resolution: f
     return path
 
 
+MAX_RENDER_PIXELS = 40_000_000  # what QGIS renders and uploads in one go (about 6300 × 6300 px)
+DEFAULT_GSD_M = 0.5  # the engine's default working resolution: no need to render finer
+
+
+def render_plan(layer: QgsRasterLayer, extent: QgsRectangle | None, gsd: float | None) -> tuple[QgsRectangle, float]:
+    """(area in the layer CRS, resolution in layer units per pixel) QGIS renders for the engine."""
+    area = extent or layer.extent()
+    resolution = layer.rasterUnitsPerPixelX() if layer.rasterUnitsPerPixelX() > 0 else area.width() / 2048
+    if layer.crs().mapUnits() == 0:  # metres: no need to send finer pixels than the working GSD
+        resolution = max(resolution, gsd or DEFAULT_GSD_M)
+    return area, resolution
+
+
+def check_render_size(area: QgsRectangle, resolution: float) -> None:
+    """Refuse, before anything is rendered, an area that would take QGIS minutes and gigabytes."""
+    width, height = int(round(area.width() / resolution)), int(round(area.height() / resolution))
+    if width * height > MAX_RENDER_PIXELS:
+        raise EngineError(f"the area is {width:,} × {height:,} px at this resolution, more than "
+                          f"{MAX_RENDER_PIXELS // 1_000_000} million: zoom in and choose Area → Visible map extent, "
+                          "or set a coarser Resolution")
+
+
+def needs_upload(client_url: str, layer: QgsRasterLayer, force_upload: bool) -> bool:
+    return force_upload or layer_file(layer) is None or not is_local_engine(client_url)
+
+
+def clip_extent(layer: QgsRasterLayer, extent: QgsRectangle | None,
+                extent_crs: QgsCoordinateReferenceSystem) -> QgsRectangle | None:
+    if extent is None:
+        return None
+    extent = to_layer_crs(extent, extent_crs, layer).intersect(layer.extent())
+    if extent.isEmpty():
+        raise EngineError("the chosen extent does not overlap the layer")
+    return extent
+
+
 def area_payload(client: EngineClient, layer: QgsRasterLayer, extent: QgsRectangle | None,
                  extent_crs: QgsCoordinateReferenceSystem, gsd: float | None, scratch: str,
                  force_upload: bool = False) -> dict:
     """`input` (a path the engine reads, or an upload of a rendered copy) and the `bbox` to process."""
-    if extent is not None:
-        extent = to_layer_crs(extent, extent_crs, layer).intersect(layer.extent())
-        if extent.isEmpty():
-            raise EngineError("the chosen extent does not overlap the layer")
-    path = layer_file(layer)
-    if path is not None and is_local_engine(client.url) and not force_upload:
-        payload: dict = {"input": {"path": os.path.abspath(path)}}
+    extent = clip_extent(layer, extent, extent_crs)
+    if not needs_upload(client.url, layer, force_upload):
+        payload: dict = {"input": {"path": os.path.abspath(layer_file(layer))}}
         if extent is not None:
             payload["bbox"] = [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()]
             payload["bbox_crs"] = layer.crs().authid() or layer.crs().toWkt()
         return payload
-    area = extent or layer.extent()
-    resolution = layer.rasterUnitsPerPixelX() if layer.rasterUnitsPerPixelX() > 0 else area.width() / 2048
-    if gsd and layer.crs().mapUnits() == 0:  # metres: no need to send finer pixels than the GSD
-        resolution = max(resolution, gsd)
+    area, resolution = render_plan(layer, extent, gsd)
+    check_render_size(area, resolution)
     return {"input": {"upload_id": client.upload(render_to_geotiff(layer, area, resolution, scratch))}}
+
+
+def check_request(client_url: str, request: "SegmentationRequest") -> None:
+    """The quick checks of a request on the UI thread (overlap, render size) before a task starts."""
+    extent = clip_extent(request.layer, request.extent, request.extent_crs)
+    if needs_upload(client_url, request.layer, request.upload):
+        check_render_size(*render_plan(request.layer, extent, request.gsd))
 
 
 def build_payload(client: EngineClient, request: SegmentationRequest, scratch: str) -> dict:
@@ -109,8 +146,12 @@ def build_payload(client: EngineClient, request: SegmentationRequest, scratch: s
 
 def run_job(client: EngineClient, kind: str, payload: dict, out_folder: str,
             on_progress: Callable[[float, str], None] | None = None,
-            is_cancelled: Callable[[], bool] | None = None) -> tuple[dict, Path]:
+            is_cancelled: Callable[[], bool] | None = None,
+            on_stage: Callable[[str], None] | None = None) -> tuple[dict, Path]:
     """Submit, follow and download an engine job; returns (summary, folder with the files)."""
+    stage = on_stage or (lambda text: None)
+    if is_cancelled is not None and is_cancelled():
+        raise EngineError("cancelled")
     job_id = client.submit(kind, payload)
     status = client.wait(job_id, on_progress, is_cancelled)
     if status["state"] == "cancelled":
@@ -118,7 +159,12 @@ def run_job(client: EngineClient, kind: str, payload: dict, out_folder: str,
     if status["state"] != "done":
         raise EngineError(f"engine: {status['message']}")
     folder = Path(out_folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EngineError(f"cannot create the results folder {folder} ({exc.strerror}); choose another "
+                          "folder under Save to") from None
+    stage("downloading the results…")
     for name in status["files"]:
         client.download(job_id, name, folder)
     summary = dict(status["summary"])
@@ -128,7 +174,10 @@ def run_job(client: EngineClient, kind: str, payload: dict, out_folder: str,
 
 def run_segmentation(client: EngineClient, request: SegmentationRequest, out_folder: str,
                      on_progress: Callable[[float, str], None] | None = None,
-                     is_cancelled: Callable[[], bool] | None = None) -> tuple[dict, Path]:
+                     is_cancelled: Callable[[], bool] | None = None,
+                     on_stage: Callable[[str], None] | None = None) -> tuple[dict, Path]:
+    if on_stage is not None and needs_upload(client.url, request.layer, request.upload):
+        on_stage("rendering and sending the image…")
     with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
         payload = build_payload(client, request, scratch)
-    return run_job(client, "segment", payload, out_folder, on_progress, is_cancelled)
+    return run_job(client, "segment", payload, out_folder, on_progress, is_cancelled, on_stage)

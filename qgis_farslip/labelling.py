@@ -1,11 +1,13 @@
-"""Region labelling: draw a rectangle → the engine ranks the candidate classes → accepting writes the
-label into the "FarSLIP labels" layer (class, score, model, timestamp), the raw material for retraining.
+"""Region labelling: draw a rectangle → the engine ranks the candidate classes (off the UI thread) →
+accepting writes the label into the "FarSLIP labels" layer (class, score, model, timestamp), a
+GeoPackage in the project's results folder kept at the top of the Layers panel: material for retraining.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from pathlib import Path
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeature, QgsField, QgsGeometry, QgsProject,
                        QgsRasterLayer, QgsRectangle, QgsVectorLayer)
@@ -13,8 +15,10 @@ from qgis.gui import QgsMapToolExtent
 from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QLabel, QListWidget, QVBoxLayout
 
+from qgis_farslip.background import run_async
 from qgis_farslip.client import EngineClient, EngineError
-from qgis_farslip.jobs import is_local_engine, layer_file, render_to_geotiff, to_layer_crs
+from qgis_farslip.jobs import check_render_size, is_local_engine, layer_file, render_to_geotiff, to_layer_crs
+from qgis_farslip.outputs import default_output_folder
 
 LABELS_LAYER = "FarSLIP labels"
 
@@ -44,6 +48,7 @@ class RegionLabeller:
         else:  # the engine cannot read this layer: send a rendered copy of the rectangle
             with tempfile.TemporaryDirectory(prefix="farslip-label-") as scratch:
                 resolution = max(box.width(), box.height()) / 448
+                check_render_size(box, resolution)
                 upload = self.client.upload(render_to_geotiff(self.layer, box, resolution, scratch))
             payload.update(input={"upload_id": upload}, crs="pixel",
                            regions=[{"bbox": [0, 0, round(box.width() / resolution), round(box.height() / resolution)]}])
@@ -60,8 +65,11 @@ class RegionLabeller:
         else:
             geometry = QgsGeometry.fromRect(to_layer_crs(rect, crs, self.layer))
         feature.setGeometry(geometry)
-        feature.setAttributes([label, float(score), self.model or "engine default", time.strftime("%Y-%m-%dT%H:%M:%S")])
-        layer.dataProvider().addFeatures([feature])
+        for name, value in (("class", label), ("score", float(score)), ("model", self.model or "engine default"),
+                            ("timestamp", time.strftime("%Y-%m-%dT%H:%M:%S"))):
+            feature[name] = value
+        if not layer.dataProvider().addFeatures([feature])[0]:
+            raise EngineError(f"cannot write the label into {layer.source().split('|')[0]}")
         layer.updateExtents()
         layer.triggerRepaint()
         return layer
@@ -77,17 +85,38 @@ def polygon_ring(polygon: QgsGeometry, crs: QgsCoordinateReferenceSystem,
     return [[p.x(), p.y()] for p in ring]
 
 
+def labels_path(project: QgsProject | None = None) -> Path:
+    return Path(default_output_folder(project)) / "farslip_labels.gpkg"
+
+
 def labels_layer(crs: QgsCoordinateReferenceSystem, project: QgsProject | None = None) -> QgsVectorLayer:
-    """The project's "FarSLIP labels" layer, created (polygons; class, score, model, timestamp) if missing."""
+    """The project's "FarSLIP labels" layer: the GeoPackage in the results folder (created when missing:
+    polygons; class, score, model, timestamp), added at the top of the Layers panel."""
     project = project or QgsProject.instance()
     found = project.mapLayersByName(LABELS_LAYER)
     if found:
         return found[0]
-    layer = QgsVectorLayer(f"Polygon?crs={crs.authid() or crs.toWkt()}", LABELS_LAYER, "memory")
-    layer.dataProvider().addAttributes([QgsField("class", QVariant.String), QgsField("score", QVariant.Double),
-                                        QgsField("model", QVariant.String), QgsField("timestamp", QVariant.String)])
-    layer.updateFields()
-    project.addMapLayer(layer)
+    path = labels_path(project)
+    if not path.exists():
+        from qgis.core import QgsCoordinateTransformContext, QgsFields, QgsVectorFileWriter, QgsWkbTypes
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fields = QgsFields()
+        for field in (QgsField("class", QVariant.String), QgsField("score", QVariant.Double),
+                      QgsField("model", QVariant.String), QgsField("timestamp", QVariant.String)):
+            fields.append(field)
+        options = QgsVectorFileWriter.SaveVectorOptions()
+        options.driverName, options.layerName = "GPKG", "labels"
+        writer = QgsVectorFileWriter.create(str(path), fields, QgsWkbTypes.Type.Polygon, crs,
+                                            QgsCoordinateTransformContext(), options)
+        if writer is None or writer.hasError() != QgsVectorFileWriter.WriterError.NoError:
+            raise EngineError(f"cannot create {path}; save the project in a folder you can write to")
+        del writer
+    layer = QgsVectorLayer(f"{path}|layername=labels", LABELS_LAYER, "ogr")
+    if not layer.isValid():
+        raise EngineError(f"cannot open {path}")
+    project.addMapLayer(layer, False)
+    project.layerTreeRoot().insertLayer(0, layer)
     return layer
 
 
@@ -121,6 +150,8 @@ class LabelMapTool(QgsMapToolExtent):
         super().__init__(canvas)
         self.make_labeller, self.notify = make_labeller, notify
         self.polygon_layer = polygon_layer or (lambda: None)
+        self.pending = False
+        self.dialog = None
         self.extentChanged.connect(self.on_rectangle)
 
     def canvasReleaseEvent(self, event):  # noqa: N802 (Qt's name)
@@ -152,16 +183,36 @@ class LabelMapTool(QgsMapToolExtent):
         self.label(rect, polygon)
 
     def label(self, rect: QgsRectangle, polygon: QgsGeometry | None = None) -> None:
+        """Ask the engine off the UI thread; the ranking opens in a dialog when it arrives."""
         crs = self.canvas().mapSettings().destinationCrs()
         try:
             labeller = self.make_labeller()
-            ranking = labeller.rank(rect, crs, polygon)
         except EngineError as exc:
             self.notify("critical", str(exc))
             return
-        dialog = RankingDialog(ranking, self.canvas())
-        if dialog.exec():
-            name, score = dialog.chosen()
-            labeller.accept(rect, crs, name, score, polygon=polygon)
-            self.notify("info", f"labelled {name} ({score:.0%})")
+        self.pending = True
+        self.notify("info", "asking the engine for this region's classes…")
+        run_async(lambda: labeller.rank(rect, crs, polygon),
+                  lambda ranking: self._ranked(labeller, rect, crs, polygon, ranking), self._failed, owner=self)
+
+    def _failed(self, exc: EngineError) -> None:
+        self.pending = False
         self.clearRubberBand()
+        self.notify("critical", str(exc))
+
+    def _ranked(self, labeller, rect, crs, polygon, ranking) -> None:
+        self.pending = False
+        self.dialog = dialog = RankingDialog(ranking, self.canvas())
+
+        def accepted() -> None:
+            name, score = dialog.chosen()
+            try:
+                labeller.accept(rect, crs, name, score, polygon=polygon)
+            except EngineError as exc:
+                self.notify("critical", str(exc))
+                return
+            self.notify("info", f"labelled {name} ({score:.0%})")
+
+        dialog.accepted.connect(accepted)
+        dialog.finished.connect(lambda _result: self.clearRubberBand())
+        dialog.open()

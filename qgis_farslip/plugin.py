@@ -1,8 +1,14 @@
-"""The plugin object QGIS loads: registers the Processing provider (the dock and map tools hang off it)."""
+"""The plugin object QGIS loads: the Processing provider, the dock, and a toolbar button plus a
+Plugins → FarSLIP and Raster → FarSLIP menu entry that show (or hide) the dock."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qgis.core import QgsApplication
+
+ICON = str(Path(__file__).resolve().parent / "icon.png")
+MENU = "&FarSLIP"
 
 
 class FarSLIPPlugin:
@@ -11,6 +17,8 @@ class FarSLIPPlugin:
     def __init__(self, iface):
         self.iface = iface
         self.provider = None
+        self.dock = None
+        self.action = None
 
     def initProcessing(self):  # noqa: N802 (QGIS's name)
         from qgis_farslip.processing_provider.provider import FarSLIPProvider
@@ -23,6 +31,8 @@ class FarSLIPPlugin:
         if self.iface is None:
             return
         from qgis.PyQt.QtCore import Qt
+        from qgis.PyQt.QtGui import QIcon
+        from qgis.PyQt.QtWidgets import QAction
 
         from qgis_farslip.dock import FarSLIPDock
 
@@ -32,12 +42,27 @@ class FarSLIPPlugin:
 
         self.dock = FarSLIPDock(self.iface.mapCanvas(), notify, self.iface.mainWindow())
         self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
+        self.action = QAction(QIcon(ICON), "FarSLIP segmentation", self.iface.mainWindow())
+        self.action.setObjectName("FarSLIPShowDock")
+        self.action.setToolTip("Show or hide the FarSLIP segmentation panel")
+        self.action.setCheckable(True)
+        self.action.setChecked(True)
+        self.action.toggled.connect(self.dock.setVisible)
+        self.dock.visibilityChanged.connect(self.action.setChecked)
+        self.iface.addToolBarIcon(self.action)
+        self.iface.addPluginToMenu(MENU, self.action)
+        self.iface.addPluginToRasterMenu(MENU, self.action)
 
     def unload(self):
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
-        if getattr(self, "dock", None) is not None:
+        if self.action is not None:
+            self.iface.removeToolBarIcon(self.action)
+            self.iface.removePluginMenu(MENU, self.action)
+            self.iface.removePluginRasterMenu(MENU, self.action)
+            self.action = None
+        if self.dock is not None:
             if self.dock.engine_process is not None:
                 self.dock.toggle_local_engine()  # stop the engine this QGIS started
             self.iface.removeDockWidget(self.dock)

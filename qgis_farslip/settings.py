@@ -9,7 +9,7 @@ from qgis_farslip.client import DEFAULT_URL, read_local_token
 PREFIX = "farslip/"
 
 
-DEFAULT_ENGINE_COMMAND = "farslip serve"
+DEFAULT_ENGINE_COMMAND = ""  # empty: the dock finds an installed engine or offers the set-up
 
 
 def engine_settings() -> dict:

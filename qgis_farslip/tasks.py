@@ -1,5 +1,6 @@
-"""Background segmentation as a QgsTask: progress in QGIS's task manager, a cancel that stops the
-engine job, layers added (on the main thread) only when every file has arrived."""
+"""Background segmentation as a QgsTask: progress and what is happening ("loading the model…") in the
+dock and the task manager, a cancel that stops the engine job and is reported as cancelled, layers
+added (on the main thread) only when every file has arrived."""
 
 from __future__ import annotations
 
@@ -8,34 +9,65 @@ from pathlib import Path
 from typing import Callable
 
 from qgis.core import Qgis, QgsMessageLog, QgsTask
+from qgis.PyQt.QtCore import pyqtSignal
 
 from qgis_farslip.client import EngineClient, EngineError
 from qgis_farslip.jobs import SegmentationRequest, run_segmentation
 from qgis_farslip.layers import add_result_group, segmentation_layers
+from qgis_farslip.outputs import run_folder_name, run_title
 
 LOG_TAG = "FarSLIP"
+# QGIS 3.26+: no operating-system "Task failed" notification for a task the user cancelled
+_FLAGS = QgsTask.Flag.CanCancel | getattr(QgsTask.Flag, "Silent", QgsTask.Flag(0))
+
+
+def describe(progress: float, message: str) -> str:
+    """The engine's job status in words a user understands."""
+    if message in ("", "queued"):
+        return "waiting for the engine…"
+    if message == "starting" or (progress == 0 and message.endswith(" crops") and message.startswith("0/")):
+        return "loading the model…"
+    if message.endswith(" crops"):
+        return f"segmenting ({message})"
+    return message
 
 
 class SegmentTask(QgsTask):
+    message = pyqtSignal(str)  # what is happening now, for the dock
+
     def __init__(self, client: EngineClient, request: SegmentationRequest, out_folder: str, title: str,
                  on_done: Callable[["SegmentTask"], None] | None = None):
-        super().__init__(f"FarSLIP: {title}", QgsTask.Flag.CanCancel)
+        super().__init__(f"FarSLIP: {title}", _FLAGS)
         self.client, self.request, self.title = client, request, title
-        self.out_folder = str(Path(out_folder) / time.strftime("farslip_%Y%m%d_%H%M%S"))
+        self.started = time.time()
+        raster = request.layer.name()
+        self.out_folder = str(Path(out_folder) / run_folder_name(raster, request.classes, self.started))
+        self.group_title = run_title(raster, request.classes, self.started)
         self.on_done = on_done
         self.summary: dict | None = None
         self.folder: Path | None = None
         self.error: str | None = None
+        self.cancelled = False
         self.group = None
 
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.setDescription(f"{self.description()} — cancelled")
+        super().cancel()
+
     def run(self) -> bool:  # worker thread: no GUI here
+        def on_progress(p: float, msg: str) -> None:
+            self.setProgress(100 * p)
+            self.message.emit(describe(p, msg))
+
         try:
+            self.message.emit("preparing the request…")
             self.summary, self.folder = run_segmentation(
-                self.client, self.request, self.out_folder,
-                on_progress=lambda p, msg: self.setProgress(100 * p), is_cancelled=self.isCanceled)
+                self.client, self.request, self.out_folder, on_progress=on_progress, is_cancelled=self.isCanceled,
+                on_stage=self.message.emit)
             return True
         except EngineError as exc:
-            self.error = str(exc)
+            self.error = "cancelled" if self.isCanceled() else str(exc)
         except Exception as exc:  # never let a traceback reach the user; keep it in the log
             self.error = f"unexpected error: {exc}"
             QgsMessageLog.logMessage(repr(exc), LOG_TAG, Qgis.MessageLevel.Critical)
@@ -44,13 +76,14 @@ class SegmentTask(QgsTask):
     def finished(self, result: bool) -> None:  # main thread
         if result and self.summary is not None:
             try:
-                layers = segmentation_layers(self.folder, self.summary)
-                self.group = add_result_group(f"FarSLIP {self.title} {time.strftime('%H:%M')}", layers)
+                layers = segmentation_layers(self.folder, self.summary, self.request.layer.name(), self.started)
+                self.group = add_result_group(self.group_title, layers)
             except ValueError as exc:
                 self.error = str(exc)
         elif self.error is None and self.isCanceled():
             self.error = "cancelled"
         if self.error:
-            QgsMessageLog.logMessage(self.error, LOG_TAG, Qgis.MessageLevel.Warning)
+            level = Qgis.MessageLevel.Info if self.error == "cancelled" else Qgis.MessageLevel.Warning
+            QgsMessageLog.logMessage(f"{self.title}: {self.error}", LOG_TAG, level)
         if self.on_done is not None:
             self.on_done(self)

@@ -16,6 +16,7 @@ def dock(qgis_app, qtbot, engine, folder, tmp_path):
     from qgis_farslip.settings import save_engine_settings
 
     QgsProject.instance().clear()
+    QgsProject.instance().setFileName(str(tmp_path / "project.qgz"))  # results and labels go beside it
     save_engine_settings(engine.url, engine.token)
     canvas = QgsMapCanvas()
     messages = []
@@ -27,7 +28,6 @@ def dock(qgis_app, qtbot, engine, folder, tmp_path):
     widget.layer_combo.setLayer(layer)
     canvas.setDestinationCrs(layer.crs())
     canvas.setExtent(layer.extent())
-    widget.folder_widget.setFilePath(str(tmp_path / "results"))
     widget.scope_combo.setCurrentText("Whole layer")
     return widget
 
@@ -54,12 +54,20 @@ def test_prompt_sets_fill_save_export_and_import(dock, tmp_path):
     assert "sports" not in prompt_sets.all_sets()
 
 
-def test_engine_check_turns_green_and_the_legend_shows_engine_colours(dock):
-    dock.prompt_edit.setPlainText("building, roof\nwater")
-    assert dock.check_engine()
-    assert "cpu" in dock.status_text.text()
+def _legend(dock) -> list[str]:
+    return [dock.legend.item(i).text() for i in range(dock.legend.count())]
+
+
+def test_engine_check_turns_green_and_the_legend_follows_typing(dock, qtbot):
+    dock.check_engine()
+    qtbot.waitUntil(lambda: dock.online, timeout=20_000)
+    assert "cpu" in dock.status_text.text() and dock.status_light.styleSheet().endswith("#2a2")
     assert dock.model_combo.count() >= 5
-    assert [dock.legend.item(i).text() for i in range(dock.legend.count())] == ["building, roof", "water"]
+    assert dock.engine_panel.models_list.item(0).text().endswith("not downloaded")  # no release in the test cache
+    dock.prompt_edit.setPlainText("building, roof\nwater")  # no Check pressed: the legend follows the typing
+    qtbot.waitUntil(lambda: _legend(dock) == ["building, roof", "water"], timeout=20_000)
+    dock.prompt_edit.setPlainText("tree\nbare soil, sand\nroad")
+    qtbot.waitUntil(lambda: _legend(dock) == ["tree", "bare soil, sand", "road"], timeout=20_000)
 
 
 def test_scopes_give_the_right_extent_and_crs(dock, folder):
@@ -104,19 +112,34 @@ def test_scopes_give_the_right_extent_and_crs(dock, folder):
     assert crs.authid() == "EPSG:32633" and extent.width() == pytest.approx(30) and extent.height() == pytest.approx(20)
 
 
-def test_a_run_adds_a_styled_group(dock, qtbot):
+def test_a_run_adds_a_styled_group_named_after_the_run(dock, qtbot, tmp_path):
+    import re
+
     from qgis.core import QgsProject
 
-    dock.prompt_edit.setPlainText("water, river\ngrass\nbuilding, roof")
+    assert dock.folder_widget.filePath() == str(tmp_path / "farslip")  # the project's folder, not /tmp
+    dock.prompt_edit.setPlainText("water, river\ngrass\nbuilding, roof\nroad\ntree, forest\nbare soil")
+    dock.scores_check.setChecked(True)
     task = dock.run()
     assert task is not None and not dock.run_button.isEnabled()
     _wait(qtbot, dock)
     assert dock.last_error is None, dock.last_error
     group = QgsProject.instance().layerTreeRoot().children()[0]
-    assert group.name().startswith("FarSLIP water, grass, building")
+    assert re.fullmatch(r"small — water, grass, building, road, tree, bare soil \(\d\d:\d\d:\d\d\)", group.name())
     layers = [node.layer() for node in group.findLayers()]
-    assert [lyr.name() for lyr in layers] == ["FarSLIP polygons", "FarSLIP classes"]
-    assert [c.label for c in layers[1].renderer().classes()] == ["water", "grass", "building"]
+    names = [lyr.name() for lyr in layers]
+    assert names[0].startswith("Polygons · small ") and names[-1].startswith("Classes · small ")
+    assert names[1:-1] == ["Score: water", "Score: grass", "Score: building", "Score: road", "Score: tree",
+                           "Score: bare soil"]  # one band per class, above the opaque class raster
+    visible = [node.layer().name() for node in group.findLayers() if node.isVisible()]
+    assert "Score: water" in visible and "Score: grass" not in visible
+    scores = layers[1:-1]
+    assert [s.renderer().band() for s in scores] == [1, 2, 3, 4, 5, 6]
+    assert scores[0].renderer().type() == "singlebandpseudocolor"
+    assert [c.label for c in layers[-1].renderer().classes()] == ["water", "grass", "building", "road", "tree",
+                                                                  "bare soil"]
+    folder = layers[-1].source()
+    assert folder.startswith(str(tmp_path / "farslip" / "small_water-grass-building_")), folder
     assert dock.progress.value() == 100 and dock.messages[-1][0] == "info"
 
 
@@ -131,7 +154,8 @@ def test_cancel_stops_the_job_and_adds_nothing(dock, qtbot, folder, engine):
     qtbot.waitUntil(lambda: dock.progress.value() > 0, timeout=60_000)
     dock.cancel()
     _wait(qtbot, dock)
-    assert dock.last_error == "cancelled"
+    assert dock.last_error == "cancelled" and dock.messages[-1][0] == "info"  # not an error
+    assert dock.progress.text() == "cancelled"
     assert len(QgsProject.instance().layerTreeRoot().children()) == before
     assert engine.jobs()[0]["state"] == "cancelled"
 
@@ -140,8 +164,9 @@ def test_a_dead_engine_gives_a_message_not_a_traceback(dock, qtbot):
     from qgis.core import QgsProject
 
     dock.url_edit.setText("http://127.0.0.1:9")
-    assert not dock.check_engine()
-    assert "not answering" in dock.status_text.text()
+    dock.check_engine()
+    qtbot.waitUntil(lambda: "not answering" in dock.status_text.text(), timeout=20_000)
+    assert "press Start engine" in dock.status_text.text() and not dock.online
     before = len(QgsProject.instance().layerTreeRoot().children())
     dock.run()
     _wait(qtbot, dock)
@@ -175,7 +200,7 @@ def test_an_engine_killed_mid_job_leaves_no_half_layer(qgis_app, qtbot, folder, 
     victim.stop()
 
 
-def test_labelling_a_rectangle_writes_a_feature(dock):
+def test_labelling_a_rectangle_writes_a_feature_into_a_geopackage_kept_on_top(dock, qtbot, tmp_path):
     from qgis.core import QgsProject, QgsRectangle
 
     from qgis_farslip.labelling import LABELS_LAYER, RankingDialog
@@ -196,6 +221,22 @@ def test_labelling_a_rectangle_writes_a_feature(dock):
     feature = next(labels.getFeatures())
     assert feature["class"] == ranking[1][0] and feature["score"] == pytest.approx(ranking[1][1])
     assert feature.geometry().boundingBox() == rect and feature["timestamp"]
+    assert labels.source().split("|")[0] == str(tmp_path / "farslip" / "farslip_labels.gpkg")  # kept on disk
+    root = QgsProject.instance().layerTreeRoot()
+    assert root.children()[0].name() == LABELS_LAYER
+    # the map tool: a rectangle drawn → the ranking arrives (asked off the UI thread) → OK writes a label
+    from qgis_farslip.labelling import LabelMapTool
+
+    tool = LabelMapTool(dock.canvas, dock.labeller, dock.notify)
+    tool.label(rect)
+    qtbot.waitUntil(lambda: tool.dialog is not None, timeout=30_000)
+    tool.dialog.accept()
+    assert labels.featureCount() == 2 and dock.messages[-1][1].startswith("labelled ")
+    # a later run's group goes below the labels layer
+    dock.prompt_edit.setPlainText("water\ngrass")
+    dock.run()
+    _wait(qtbot, dock)
+    assert [n.name() for n in root.children()][0] == LABELS_LAYER and root.children()[1].name().startswith("small — ")
     dock.label_button.setChecked(True)
     assert dock.canvas.mapTool() is dock.label_tool
     dock.label_button.setChecked(False)
@@ -249,11 +290,15 @@ def test_the_dock_starts_and_stops_a_local_engine(qgis_app, qtbot, folder, tmp_p
     dock.command_edit.setText(f"{ENGINE_PYTHON} -m engine.cli serve --port {port} --data-dir {tmp_path / 'data'} "
                               f"--model {folder / 'tiny.pt'} --arch tiny-vit-16 --device cpu")
     dock.toggle_local_engine()
-    assert dock.engine_button.text() == "Stop local engine"
-    qtbot.waitUntil(lambda: dock.check_engine(), timeout=60_000)
-    assert dock.status_light.styleSheet().endswith("#2a2")
+    assert dock.engine_button.text() == "Stop engine" and "starting" in dock.status_text.text()
+    qtbot.waitUntil(lambda: dock.engine_panel.local.state == "ready", timeout=90_000)
+    qtbot.waitUntil(lambda: dock.model_combo.count() >= 5, timeout=20_000)  # ready → checked: models listed
+    assert dock.status_light.styleSheet().endswith("#2a2") and dock.online
+    assert any("farslip engine on" in line for line in dock.engine_panel.local.log)  # its log is shown
     dock.toggle_local_engine()
-    assert dock.engine_process is None and not dock.check_engine()
+    assert dock.engine_process is None and dock.engine_button.text() == "Start engine"
+    dock.check_engine()
+    qtbot.waitUntil(lambda: "not answering" in dock.status_text.text(), timeout=20_000)
 
 
 def test_clicking_a_polygon_labels_that_polygon(dock):

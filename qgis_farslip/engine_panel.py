@@ -1,0 +1,260 @@
+"""The dock's "Engine" tab: status light, URL and token, the local engine (set up, start/stop, log),
+models (downloaded or not, download with progress). Every engine call runs off the UI thread.
+"""
+
+from __future__ import annotations
+
+import shlex
+from urllib.parse import urlparse
+
+from qgis.core import QgsApplication
+from qgis.PyQt.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
+                                 QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
+
+from qgis_farslip.background import run_async
+from qgis_farslip.client import EngineClient, EngineError
+from qgis_farslip.local_engine import LocalEngine
+from qgis_farslip.settings import engine_settings, save_engine_command, save_engine_settings
+
+UI_TIMEOUT_S = 5.0
+COLOURS = {True: "#2a2", False: "#c22", None: "#d90"}  # online, offline, starting
+
+
+def serve_command(engine_command: str, url: str) -> str:
+    port = urlparse(url).port or 8765
+    return f"{shlex.quote(engine_command)} serve --port {port}"
+
+
+def engine_prefix(command: str) -> list[str]:
+    """The part of a start command before `serve` (the engine's command line itself)."""
+    argv = shlex.split(command)
+    return argv[:argv.index("serve")] if "serve" in argv else argv[:1]
+
+
+class EnginePanel(QWidget):
+    def __init__(self, notify, parent=None):
+        super().__init__(parent)
+        self.notify = notify
+        self.online = False
+        self.checking = False
+        self.models: dict | None = None
+        self.on_online = []  # callbacks when the engine answers
+        settings = engine_settings()
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.status_light = QLabel("●")
+        self.status_text = QLabel("not checked")
+        self.status_text.setWordWrap(True)
+        self.check_button = QPushButton("Check")
+        status_row = QHBoxLayout()
+        status_row.addWidget(self.status_light)
+        status_row.addWidget(self.status_text, 1)
+        status_row.addWidget(self.check_button)
+        form.addRow("Status", status_row)
+        self.url_edit = QLineEdit(settings["url"])
+        form.addRow("URL", self.url_edit)
+        self.token_edit = QLineEdit(settings["token"])
+        self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        form.addRow("Token", self.token_edit)
+        self.model_combo = QComboBox()
+        self.model_combo.setEditable(True)
+        self.model_combo.setEditText(settings["model"])
+        self.model_combo.setMinimumContentsLength(12)
+        form.addRow("Model", self.model_combo)
+        layout.addLayout(form)
+        self.models_list = QListWidget()
+        self.models_list.setMaximumHeight(100)
+        layout.addWidget(self.models_list)
+        download_row = QHBoxLayout()
+        self.download_button = QPushButton("Download model")
+        self.download_button.setToolTip("Download the model selected above into this computer's model cache")
+        self.download_progress = QProgressBar()
+        download_row.addWidget(self.download_button)
+        download_row.addWidget(self.download_progress, 1)
+        layout.addLayout(download_row)
+        local = QFormLayout()
+        self.command_edit = QLineEdit(settings["command"])
+        self.command_edit.setPlaceholderText("found or installed by Set up…")
+        self.command_edit.setToolTip("How the local engine is started, e.g. '/path/to/farslip serve --port 8765'")
+        local.addRow("Local engine", self.command_edit)
+        layout.addLayout(local)
+        row = QHBoxLayout()
+        self.setup_button = QPushButton("Set up…")
+        self.setup_button.setToolTip("Find an installed engine, or install one in its own environment")
+        self.engine_button = QPushButton("Start engine")
+        self.log_button = QPushButton("Show log")
+        self.log_button.setCheckable(True)
+        for button in (self.setup_button, self.engine_button, self.log_button):
+            row.addWidget(button)
+        layout.addLayout(row)
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(2000)
+        self.log_view.setVisible(False)
+        layout.addWidget(self.log_view, 1)
+        layout.addStretch(0)
+        self.local = LocalEngine(self)
+        self.local.stateChanged.connect(self._local_state)
+        self.local.logged.connect(self.log_view.appendPlainText)
+        self.check_button.clicked.connect(self.check)
+        self.engine_button.clicked.connect(self.toggle_local_engine)
+        self.setup_button.clicked.connect(self.open_setup)
+        self.log_button.toggled.connect(self.log_view.setVisible)
+        self.download_button.clicked.connect(self.download_model)
+        self.download_task = None
+        self.setup_dialog = None
+
+    # --- settings and client -------------------------------------------------------------------
+    def client(self, timeout: float = 30.0) -> EngineClient:
+        save_engine_settings(self.url_edit.text().strip(), self.token_edit.text().strip(),
+                             self.model_combo.currentText().strip())
+        return EngineClient(self.url_edit.text().strip(), self.token_edit.text().strip() or None, timeout=timeout)
+
+    def set_status(self, ok: bool | None, text: str) -> None:
+        self.online = bool(ok)
+        self.status_light.setStyleSheet(f"color: {COLOURS[ok]}")
+        self.status_text.setText(text)
+
+    # --- checking (async) ----------------------------------------------------------------------
+    def check(self) -> None:
+        """Ask the engine for its health and models off the UI thread; the status follows the answer."""
+        client = self.client(timeout=UI_TIMEOUT_S)
+        self.checking = True
+        if not self.online:
+            self.status_text.setText("checking…")
+        run_async(lambda: (client.health(), client.models()), self._checked, self._check_failed, owner=self)
+
+    def _checked(self, answer) -> None:
+        health, models = answer
+        self.checking = False
+        self.set_status(True, f"{health['version']} on {health['device']}, {health['queue_length']} queued")
+        self.models = models
+        current = self.model_combo.currentText()
+        self.model_combo.clear()
+        self.model_combo.addItems([models["default"]] + [r["name"] for r in models["releases"]
+                                                         if r["name"] != models["default"]])
+        if current:
+            self.model_combo.setEditText(current)
+        self.models_list.clear()
+        for release in models["releases"]:
+            state = "downloaded" if release["cached"] else "not downloaded"
+            item = QListWidgetItem(f"{release['name']} — {state}")
+            item.setData(256, release["name"])  # Qt.UserRole
+            item.setToolTip(release.get("description", ""))
+            self.models_list.addItem(item)
+        for callback in self.on_online:
+            callback()
+
+    def _check_failed(self, exc: EngineError) -> None:
+        self.checking = False
+        if self.local.state == "starting":
+            return
+        text = str(exc)
+        if "not answering" in text and not self.local.running():
+            text += " — press Start engine (or Set up… the first time)"
+        self.set_status(False, text)
+
+    # --- local engine --------------------------------------------------------------------------
+    @property
+    def engine_process(self):
+        return self.local.process if self.local.running() else None
+
+    def toggle_local_engine(self) -> None:
+        if self.local.running():
+            self.local.stop()
+            return
+        command = self.command_edit.text().strip()
+        if not command or command == "farslip serve":
+            from qgis_farslip.engine_setup import find_engine
+
+            self.set_status(None, "looking for an installed engine…")
+            run_async(lambda: find_engine(), self._start_found, owner=self)
+            return
+        self.start(command)
+
+    def _start_found(self, engine) -> None:
+        if engine is None:
+            self.set_status(False, "no engine installed yet: press Set up… to install it")
+            self.open_setup()
+            return
+        self.use_engine(engine, start=True)
+
+    def use_engine(self, engine, start: bool = False) -> None:
+        """Take an engine found or installed by the set-up; start it when asked."""
+        self.command_edit.setText(serve_command(engine.command, self.url_edit.text().strip()))
+        save_engine_command(self.command_edit.text())
+        if start:
+            self.start(self.command_edit.text())
+
+    def start(self, command: str) -> None:
+        save_engine_command(command)
+        self.log_button.setChecked(True)
+        self.local.start(shlex.split(command), self.url_edit.text().strip())
+
+    def _local_state(self, state: str, text: str) -> None:
+        self.engine_button.setText("Stop engine" if state in ("starting", "ready") else "Start engine")
+        if state == "starting":
+            self.set_status(None, text)
+        elif state == "ready":
+            if not self.token_edit.text().strip():
+                from qgis_farslip.client import read_local_token
+
+                self.token_edit.setText(read_local_token())
+            self.set_status(True, text)
+            self.check()
+        else:
+            self.set_status(False, text)
+            if state in ("died", "failed"):
+                self.notify("critical", text)
+
+    def open_setup(self):
+        from qgis_farslip.setup_dialog import EngineSetupDialog
+
+        configured = engine_prefix(self.command_edit.text())[0] if self.command_edit.text().strip() else None
+        self.setup_dialog = EngineSetupDialog(configured, self)
+        self.setup_dialog.engineReady.connect(lambda engine: self.use_engine(engine))
+        self.setup_dialog.show()
+        return self.setup_dialog
+
+    # --- models --------------------------------------------------------------------------------
+    def selected_model(self) -> str:
+        item = self.models_list.currentItem()
+        return item.data(256) if item is not None else self.model_combo.currentText().strip()
+
+    def download_model(self, name: str | None = None):
+        from qgis_farslip.models_task import ModelDownloadTask
+
+        name = name or self.selected_model()
+        command = self.command_edit.text().strip()
+        if not name:
+            self.notify("warning", "choose a model in the list first")
+            return None
+        if not command:
+            self.notify("critical", "downloading needs the local engine: press Set up… first")
+            return None
+        self.download_task = task = ModelDownloadTask(engine_prefix(command), name)
+        task.line.connect(self.log_view.appendPlainText)
+        task.progressChanged.connect(lambda p: self.download_progress.setValue(int(p)))
+        task.taskCompleted.connect(lambda: self._downloaded(task))
+        task.taskTerminated.connect(lambda: self._download_failed(task))
+        self.download_button.setEnabled(False)
+        self.download_progress.setValue(0)
+        self.download_progress.setFormat(f"{name}: %p%")
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _downloaded(self, task) -> None:
+        self.download_button.setEnabled(True)
+        self.download_progress.setValue(100)
+        self.notify("info", f"model {task.name} downloaded")
+        self.check()
+
+    def _download_failed(self, task) -> None:
+        self.download_button.setEnabled(True)
+        self.download_progress.setFormat("%p%")
+        self.download_progress.setValue(0)
+        if task.error == "cancelled":
+            self.notify("info", f"download of {task.name} cancelled")
+        else:
+            self.notify("critical", task.error or f"cannot download {task.name}")

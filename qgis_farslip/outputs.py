@@ -1,0 +1,44 @@
+"""Where results go and what they are called: the project's folder by default, names that say which
+raster, which classes and when (so two runs never look alike in the Layers panel or on disk)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from qgis.core import QgsProject
+
+MAX_TITLE = 60
+
+
+def default_output_folder(project: QgsProject | None = None) -> str:
+    """`<project folder>/farslip` for a saved project, else `~/FarSLIP` (never a temporary folder)."""
+    home = (project or QgsProject.instance()).homePath()
+    return str(Path(home) / "farslip") if home else str(Path.home() / "FarSLIP")
+
+
+def class_title(classes: list[str], limit: int = MAX_TITLE) -> str:
+    """"building, road, tree +2": the first name of each class, whole names only, the rest counted."""
+    names = [line.split(",")[0].strip() for line in classes]
+    shown: list[str] = []
+    for name in names:
+        if shown and len(", ".join(shown + [name])) > limit:
+            break
+        shown.append(name)
+    rest = len(names) - len(shown)
+    return ", ".join(shown) + (f" +{rest}" if rest else "")
+
+
+def run_title(raster: str, classes: list[str], when: float | None = None) -> str:
+    """The group name of a run: "ortho — building, road, tree (14:05:31)"."""
+    return f"{raster} — {class_title(classes)} ({time.strftime('%H:%M:%S', time.localtime(when))})"
+
+
+def run_folder_name(raster: str, classes: list[str], when: float | None = None) -> str:
+    """A file-system-safe folder for one run: "ortho_building-road-tree_20261126-140531"."""
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:40] or "x"
+
+    first = "-".join(safe(line.split(",")[0]) for line in classes[:3])
+    return f"{safe(raster)}_{first}_{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}"
