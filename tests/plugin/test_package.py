@@ -14,9 +14,13 @@ def test_metadata_has_what_qgis_needs():
     meta = configparser.ConfigParser()
     meta.read(ROOT / "metadata.txt", encoding="utf-8")
     general = meta["general"]
-    for key in ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email"):
+    for key in ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email", "homepage",
+                "tracker", "repository", "icon"):
         assert general.get(key), key
     assert general["qgisMinimumVersion"] == "3.22"
+    assert (ROOT / "qgis_farslip" / general["icon"]).is_file()  # shipped in the zip's plugin folder
+    for key in ("homepage", "tracker", "repository"):
+        assert general[key].startswith("https://"), key
 
 
 def test_plugin_loads_in_qgis_python_without_torch(qgis_app):

@@ -18,7 +18,7 @@ def test_zip_installs_into_a_fresh_profile_and_loads(tmp_path):
     with zipfile.ZipFile(archive) as zf:
         names = zf.namelist()
         assert "qgis_farslip/metadata.txt" in names and "qgis_farslip/__init__.py" in names
-        assert "qgis_farslip/processing_provider/segment.py" in names
+        assert "qgis_farslip/processing_provider/segment.py" in names and "qgis_farslip/icon.png" in names
         assert not any("__pycache__" in n or n.endswith("packaging.py") for n in names)
         plugins = tmp_path / "profile" / "profiles" / "default" / "python" / "plugins"
         zf.extractall(plugins)
