@@ -62,7 +62,8 @@ ProgressFn = Callable[[int, int], None]  # (windows done, windows to do) in this
 def _job(settings: BatchSettings, path: str, name: str) -> RasterJob:
     return RasterJob(input=path, out_dir=settings.out_dir, bands=settings.bands, gsd=settings.gsd,
                      block=settings.block, scores=settings.scores, polygons=settings.polygons,
-                     min_area=settings.min_area, simplify=settings.simplify, name=name)
+                     min_area=settings.min_area, simplify=settings.simplify, name=name,
+                     overwrite=True)  # the manifest decides what is done: outputs of other settings are replaced
 
 
 def run_settings(settings: BatchSettings, segmenter) -> dict:

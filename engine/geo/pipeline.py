@@ -9,6 +9,10 @@ probabilities, class map, confidence, scores as uint8 → a writer thread puts e
 source grid and writes class/score GeoTIFFs, polygons and statistics in the same pass, beside the
 compute of the next block → COGs, GeoPackage and JSON summary, each renamed into place only when
 complete. Any failure or interruption removes the temporary folder and leaves no partial output.
+
+Outputs of an earlier run under the same name: refused unless `overwrite`; with it, all of them
+(including products this run does not make, e.g. polygons before `--no-polygons`) are removed just
+before the new ones are moved into place, so one name never holds two runs' outputs.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class RasterJob:
     mask_wkt: str | None = None  # only segment inside this (Multi)Polygon
     mask_crs: str | None = None  # its CRS (default: the raster's)
     nodata: float | None = None  # a value that is no data where every chosen band holds it (--nodata)
+    overwrite: bool = False  # replace an earlier run's outputs under this name (else refuse to start)
 
 
 ProgressFn = Callable[[int, int], None]  # (crops done, crops total)
@@ -88,6 +93,14 @@ def all_output_paths(job: RasterJob) -> dict[str, Path]:
     out = Path(job.out_dir)
     return {"classes": out / f"{stem}_classes.tif", "scores": out / f"{stem}_scores.tif",
             "polygons": out / f"{stem}_polygons.gpkg", "summary": out / f"{stem}_summary.json"}
+
+
+def refuse_earlier_outputs(job: RasterJob) -> None:
+    """An InputError naming the outputs an earlier run left under this job's name, if any."""
+    existing = [p for p in all_output_paths(job).values() if p.exists()]
+    if existing:
+        raise InputError(f"{existing[0]} and the other outputs of an earlier run are in the output folder: "
+                         f"pass --overwrite to replace them, or choose another output folder or --name")
 
 
 def remove_stale_outputs(job: RasterJob) -> list[Path]:
@@ -121,6 +134,8 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
     if job.min_area < 0 or job.simplify < 0:
         raise InputError("--min-area and --simplify must not be negative")
     paths = output_paths(job)
+    if not job.overwrite:
+        refuse_earlier_outputs(job)
     with gdal_env(), RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs,
                                       nodata=job.nodata) as source:
         if job.mask_wkt:
@@ -132,6 +147,10 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
             with closing(logits):
                 summary = _run(job, segmenter, source, work, paths, logits, cancel)
             summary["timing"]["total_s"] = round(time.perf_counter() - started, 3)
+            if not job.overwrite:
+                refuse_earlier_outputs(job)  # another run may have published there meanwhile
+            for path in all_output_paths(job).values():  # the earlier run's outputs go first, all of them
+                path.unlink(missing_ok=True)
             _publish(work, paths, summary, cancel)
             return summary
         finally:
