@@ -67,7 +67,7 @@ def _label_file(args, classifier, area) -> int:
     from engine.geo.vectors import write_features
 
     try:
-        meta, _, wkb, _ = read(args.regions)
+        meta, _, wkb, columns = read(args.regions)
     except Exception as exc:
         raise InputError(f"cannot read regions from {args.regions}: {first_line(exc)}") from None
     geoms = list(shapely.from_wkb(wkb))
@@ -82,9 +82,13 @@ def _label_file(args, classifier, area) -> int:
         labels = label_regions(source, regions, classifier, crs=crs or ("pixel" if source.crs is None else None))
         out = Path(args.out) / f"{args.name or Path(args.regions).stem}_labels.gpkg"
         partial = out.with_name(f".partial-{out.name}")
-        fields = {"class": np.array([lb["best"] for lb in labels], dtype=object),
-                  "score": np.array([lb["score"] for lb in labels]),
-                  "probabilities": np.array([json.dumps(lb["probabilities"]) for lb in labels], dtype=object)}
+        ours = {"class": np.array([lb["best"] for lb in labels], dtype=object),
+                "score": np.array([lb["score"] for lb in labels]),
+                "probabilities": np.array([json.dumps(lb["probabilities"]) for lb in labels], dtype=object)}
+        # the input's own attributes first, so results join back (a clashing name gets an "input_" prefix)
+        fields = {(f"input_{name}" if name in ours else name): values
+                  for name, values in zip(meta["fields"], columns)}
+        fields.update(ours)
         from rasterio.crs import CRS
 
         write_features(partial, geoms, fields, CRS.from_user_input(crs) if crs else source.crs, "labels")

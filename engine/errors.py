@@ -9,6 +9,9 @@ def first_line(exc: BaseException) -> str:
     """The first line of an error's message (its type name when the message is empty): what a
     one-line report quotes of a library's exception."""
     text = str(exc).strip()
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and "see previous exception" in text.lower():  # rasterio's "Read failed. See
+        return first_line(cause)  # previous exception for details": the previous one says what failed
     return text.splitlines()[0] if text else type(exc).__name__
 
 

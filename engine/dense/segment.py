@@ -26,6 +26,14 @@ from engine.dense.text import embed_prompts
 from engine.errors import InputError
 from engine.models import LoadedModel
 
+def _host_tensor(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor sharing `array`'s memory, or a copy of it when that memory is read-only (a PIL
+    image, a memory map) or not contiguous: torch warns about, and must not write to, read-only arrays."""
+    if not (array.flags.writeable and array.flags.c_contiguous):
+        array = np.array(array, order="C")
+    return torch.from_numpy(array)
+
+
 def prepare_image(image: np.ndarray, device: "torch.device | str" = "cpu") -> torch.Tensor:
     """H×W×3 RGB (uint8 0-255, or float 0-1) → CLIP-normalised float32 tensor [3, H, W] on `device`
     (the pixels travel as they are, uint8 stays uint8, and are normalised there)."""
@@ -36,13 +44,13 @@ def prepare_image(image: np.ndarray, device: "torch.device | str" = "cpu") -> to
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise InputError("image is empty")
     if image.dtype == np.uint8:
-        pixels = torch.from_numpy(np.ascontiguousarray(image))
+        pixels = _host_tensor(image)
     elif np.issubdtype(image.dtype, np.floating):
         if not np.isfinite(image).all():
             raise InputError("image holds NaN or infinite values")
         if image.min() < -1e-3 or image.max() > 1.0 + 1e-3:
             raise InputError("float images must hold values in [0, 1]")
-        pixels = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).clamp_(0, 1)
+        pixels = _host_tensor(image.astype(np.float32, copy=False)).clamp(0, 1)  # the caller's array untouched
     else:
         raise InputError(f"image dtype {image.dtype} not supported: pass uint8 (0-255) or float (0-1)")
     return normalise(pixels.permute(2, 0, 1).to(device))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ def write_features(path: Path, geoms: list, fields: dict[str, np.ndarray], crs, 
 
     geoms = [shapely.force_2d(g) for g in geoms]
     geoms = [shapely.MultiPolygon([g]) if g.geom_type == "Polygon" else g for g in geoms]
-    write(str(path), np.array(shapely.to_wkb(geoms), dtype=object) if geoms else np.array([], dtype=object),
-          list(fields.values()), list(fields.keys()), layer=layer, driver="GPKG", geometry_type="MultiPolygon",
-          crs=crs.to_wkt() if crs else None, append=append)
+    with warnings.catch_warnings():  # no CRS (pixel space) is meant, not forgotten: no "'crs' was not provided"
+        warnings.filterwarnings("ignore", message=".*'crs' was not provided.*")
+        write(str(path), np.array(shapely.to_wkb(geoms), dtype=object) if geoms else np.array([], dtype=object),
+              list(fields.values()), list(fields.keys()), layer=layer, driver="GPKG", geometry_type="MultiPolygon",
+              crs=crs.to_wkt() if crs else None, append=append)
