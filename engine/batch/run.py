@@ -54,6 +54,7 @@ class BatchSettings:
     polygons: bool = True
     min_area: float = 0.0
     simplify: float = 1.0
+    nodata: float | None = None  # a value that is no data where every chosen band holds it (--nodata)
 
 
 ProgressFn = Callable[[int, int], None]  # (windows done, windows to do) in this run
@@ -62,7 +63,7 @@ ProgressFn = Callable[[int, int], None]  # (windows done, windows to do) in this
 def _job(settings: BatchSettings, path: str, name: str) -> RasterJob:
     return RasterJob(input=path, out_dir=settings.out_dir, bands=settings.bands, gsd=settings.gsd,
                      block=settings.block, scores=settings.scores, polygons=settings.polygons,
-                     min_area=settings.min_area, simplify=settings.simplify, name=name,
+                     min_area=settings.min_area, simplify=settings.simplify, name=name, nodata=settings.nodata,
                      overwrite=True)  # the manifest decides what is done: outputs of other settings are replaced
 
 
@@ -70,7 +71,8 @@ def run_settings(settings: BatchSettings, segmenter) -> dict:
     """Everything that changes a result: the manifest is kept per distinct value of this."""
     return {"version": __version__, "model": segmenter.model.name, "arch": segmenter.model.arch,
             "prompts": segmenter.prompts.as_text(), "options": vars(segmenter.options),
-            **{k: v for k, v in asdict(settings).items() if k != "out_dir"}}
+            **{k: v for k, v in asdict(settings).items()
+               if k != "out_dir" and not (k == "nodata" and v is None)}}  # (runs before nodata keep their hash)
 
 
 def run_batch(inputs: list[str], settings: BatchSettings, segmenter, executor,
@@ -92,7 +94,7 @@ def run_batch(inputs: list[str], settings: BatchSettings, segmenter, executor,
                 continue
             status[r]["replaces"] = True  # outputs of a run with other settings (or of `segment`)
         try:
-            source, units = plan_units(r, RasterSpec(path, settings.bands, settings.gsd), segmenter, settings.block)
+            source, units = plan_units(r, RasterSpec(path, settings.bands, settings.gsd, settings.nodata), segmenter, settings.block)
             source.close()
         except FarSLIPError as exc:
             status[r].update(status="failed", error=str(exc))

@@ -28,6 +28,7 @@ class RasterSpec:
     path: str
     bands: tuple[int, int, int] | None = None
     gsd: float | None = None
+    nodata: float | None = None
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ Result = tuple[Unit, list[NumpyPart] | None, str | None]  # what executors yield
 
 @lru_cache(maxsize=8)
 def _open(spec: RasterSpec) -> RasterSource:
-    return RasterSource(spec.path, spec.bands, spec.gsd)
+    return RasterSource(spec.path, spec.bands, spec.gsd, nodata=spec.nodata)
 
 
 def read_unit(unit: Unit) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ from engine.geo.source import RasterSource
 def plan_units(raster: int, spec: RasterSpec, segmenter, block: int) -> tuple[RasterSource, list[Unit]]:
     """Open and probe a raster (raises FarSLIPError on a bad one) and list its blocks that own crops.
     The caller closes the returned source."""
-    source = RasterSource(spec.path, spec.bands, spec.gsd)
+    source = RasterSource(spec.path, spec.bands, spec.gsd, nodata=spec.nodata)
     try:
         source.probe()
         h, w = source.grid.height, source.grid.width

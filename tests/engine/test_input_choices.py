@@ -77,3 +77,16 @@ def test_nodata_value_blanks_the_frame_and_keeps_the_stretch_clean(tmp_path, seg
         inside = data[:, frame:-frame, frame:-frame].reshape(3, -1)
         assert without.stretch[:, 0] == pytest.approx(np.percentile(inside, 2, axis=1))
         assert with_frame.stretch[0, 0] == 0.0
+
+
+def test_segment_batch_takes_the_nodata_value_too(tmp_path, segmenter):
+    from engine.batch.local import LocalExecutor
+    from engine.batch.run import BatchSettings, run_batch
+
+    src, frame = _framed(tmp_path)
+    summary = run_batch([str(src)], BatchSettings(str(tmp_path / "out"), nodata=0), segmenter,
+                        LocalExecutor(segmenter))
+    assert summary["done"] == 1
+    with rasterio.open(tmp_path / "out" / "framed_classes.tif") as ds:
+        labels = ds.read(1)
+    assert np.all(labels[:frame] == 255) and np.all(labels[frame:-frame, frame:-frame] != 255)
