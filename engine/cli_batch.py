@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from engine.cli import EXIT_INTERRUPTED
-from engine.cli_segment import (_check_writable, _classes, add_inference_arguments, add_model_arguments,
-                                add_output_arguments, inference_options, progress_bar)
+from engine.cli_segment import (_check_writable, add_inference_arguments, add_model_arguments,
+                                add_output_arguments, inference_options, progress_bar, segment_settings)
 from engine.errors import InputError
 
 EXIT_FAILURES = 1
@@ -22,10 +22,7 @@ EXIT_FAILURES = 1
 def _cmd_segment_batch(args: argparse.Namespace) -> int:
     from engine.batch.inputs import expand_inputs
     from engine.batch.run import BatchSettings, run_batch
-    from engine.geo.source import parse_bands
 
-    if args.block < 256:
-        raise InputError("--block must be at least 256 pixels")
     if args.workers is not None and args.workers < 1:
         raise InputError("--workers must be at least 1")
     if args.workers is not None and args.ray is None:
@@ -34,12 +31,12 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
         from engine.batch.ray_backend import import_ray
 
         import_ray()  # a missing Ray is reported before any work
-    prompts = _classes(args.classes)
-    options = inference_options(args)
+    job = segment_settings(args)
+    options = inference_options(job, args)
     inputs = expand_inputs(args.inputs)
-    settings = BatchSettings(out_dir=args.out, bands=parse_bands(args.bands), gsd=args.gsd, block=args.block,
-                             scores=args.scores, polygons=not args.no_polygons, min_area=args.min_area,
-                             simplify=args.simplify)
+    settings = BatchSettings(out_dir=args.out, bands=tuple(job.bands) if job.bands else None, gsd=job.gsd,
+                             block=job.block, scores=job.scores, polygons=job.polygons, min_area=job.min_area,
+                             simplify=job.simplify)
     _check_writable(Path(args.out))
 
     from engine.dense import Segmenter
@@ -47,7 +44,7 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
 
     driver_device = "cpu" if args.ray is not None else args.device
     model = load_model(args.model, arch=args.arch, device=driver_device, precision=args.precision)
-    segmenter = Segmenter(model, prompts, options)
+    segmenter = Segmenter(model, job.prompts, options)
     if args.ray is None:
         from engine.batch.local import LocalExecutor
 

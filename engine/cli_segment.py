@@ -13,12 +13,36 @@ from engine import config
 from engine.errors import InputError
 
 
-def _classes(text: str):
+def class_spec(text: str) -> str:
+    """The class list a command line names: the text itself, or the classes of `@file`."""
     from engine.dense import PromptSet
 
-    if text.startswith("@"):
-        return PromptSet.from_file(text[1:])
-    return PromptSet.parse(text)
+    return PromptSet.from_file(text[1:]).as_text() if text.startswith("@") else text
+
+
+def _classes(text: str):
+    """The prompt set a command line names (`--classes` text or `@file`)."""
+    from engine.dense import PromptSet
+
+    return PromptSet.parse(class_spec(text))
+
+
+def segment_settings(args: argparse.Namespace):
+    """The run's settings from `segment`/`segment-batch` arguments, validated by the same model as an
+    API job (`engine.job.SegmentSettings`): a bad value is one line naming its option."""
+    from engine.geo.source import parse_bands, parse_numbers
+    from engine.job import SegmentSettings
+
+    bands = parse_bands(args.bands)
+    window = getattr(args, "window", None)
+    bbox = getattr(args, "bbox", None)
+    return SegmentSettings.from_fields(
+        classes=class_spec(args.classes), model=args.model, arch=args.arch, bands=list(bands) if bands else None,
+        gsd=args.gsd, window=[int(v) for v in parse_numbers(window, 4, "--window")] if window else None,
+        bbox=list(parse_numbers(bbox, 4, "--bbox")) if bbox else None, bbox_crs=getattr(args, "bbox_crs", None),
+        preset=args.preset, threshold=args.threshold, background=args.background, global_bias=args.global_bias,
+        upsampler=args.upsampler, scores=args.scores, polygons=not args.no_polygons, min_area=args.min_area,
+        simplify=args.simplify, block=args.block)
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,30 +81,19 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
                         "hf://owner/repo/file); default: none (bilinear logits)")
 
 
-def inference_options(args: argparse.Namespace):
-    from engine.dense import preset
-
-    return preset(args.preset).with_overrides(prob_threshold=args.threshold, background=args.background,
-                                              global_bias=args.global_bias, batch_size=args.batch_size,
-                                              upsampler=args.upsampler, compile=args.compile or None)
+def inference_options(settings, args: argparse.Namespace):
+    """The settings' inference options plus what only this machine decides (batch size, compile)."""
+    return settings.inference_options(batch_size=args.batch_size, compile=args.compile or None)
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from engine.geo.pipeline import RasterJob, output_paths, segment_raster
-    from engine.geo.source import RasterSource, parse_bands, parse_numbers
+    from engine.geo.pipeline import output_paths, segment_raster
 
-    prompts = _classes(args.classes)
-    options = inference_options(args)
-    window = tuple(int(v) for v in parse_numbers(args.window, 4, "--window")) if args.window else None
-    bbox = parse_numbers(args.bbox, 4, "--bbox") if args.bbox else None
-    if args.block < 256:
-        raise InputError("--block must be at least 256 pixels")
-    job = RasterJob(input=args.input, out_dir=args.out, bands=parse_bands(args.bands), gsd=args.gsd,
-                    window=window, bbox=bbox, bbox_crs=args.bbox_crs, block=args.block, scores=args.scores,
-                    polygons=not args.no_polygons, min_area=args.min_area, simplify=args.simplify,
-                    name=args.name)
+    settings = segment_settings(args)
+    options = inference_options(settings, args)
+    job = settings.raster_job(args.input, args.out, args.name)
     # Check the input and the output folder before spending time on loading the model.
-    with RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs) as source:
+    with settings.open_source(args.input) as source:
         source.probe()
         if source.crs is None:
             print(f"farslip: warning: {Path(args.input).name} has no CRS; outputs are in pixel space and "
@@ -92,7 +105,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from engine.models import load_model
 
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
-    segmenter = Segmenter(model, prompts, options)
+    segmenter = Segmenter(model, settings.prompts, options)
     bar, progress = progress_bar(args.quiet, f"segment {Path(args.input).name} @ {gsd_note}")
     try:
         summary = segment_raster(job, segmenter, progress=progress)

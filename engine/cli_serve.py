@@ -32,7 +32,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                               data_dir=Path(args.data_dir) if args.data_dir else config.data_dir(),
                               default_model=args.model, default_arch=args.arch, device=args.device,
                               precision=args.precision, compile=args.compile, max_upload_mb=args.max_upload_mb,
-                              job_ttl_s=args.job_ttl_hours * 3600, max_queue=args.max_queue)
+                              max_uploads_mb=args.max_uploads_mb, job_ttl_s=args.job_ttl_hours * 3600,
+                              max_queue=args.max_queue, max_pixels=args.max_mpx * 1e6 if args.max_mpx else None,
+                              allowed_hosts=args.allowed_host)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     print(f"farslip engine on http://{args.host}:{args.port}  (token file: {token_path()})", file=sys.stderr)
     if settings.remote and not roots:
@@ -50,7 +52,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-root", action="append", metavar="DIR",
                    help="folder whose rasters clients may name by path (repeatable)")
     p.add_argument("--data-dir", help=f"jobs and results folder (default {config.data_dir()})")
-    p.add_argument("--max-upload-mb", type=float, default=4096)
+    p.add_argument("--max-upload-mb", type=float, default=4096, help="largest single upload")
+    p.add_argument("--max-uploads-mb", type=float, default=16384,
+                   help="all uploads on record together (DELETE /v1/uploads/{id} frees room)")
+    p.add_argument("--max-mpx", type=float, default=2000,
+                   help="largest working grid of one segmentation job, in megapixels (0: no limit; default "
+                        "2000 = 1,000 km² at 0.7 m)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="Host header value to answer (repeatable; default: loopback names on a loopback "
+                        "address, any name in remote mode)")
     p.add_argument("--job-ttl-hours", type=float, default=24, help="jobs and their files expire after this")
     p.add_argument("--max-queue", type=int, default=8, help="waiting jobs before new ones get 429")
     add_model_arguments(p)

@@ -21,8 +21,9 @@ _WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a checkpoint file and return its (unwrapped, unprefixed) tensor state dict."""
+def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Load a checkpoint file and return its (unwrapped, unprefixed) tensor state dict. `mmap`: map the
+    tensors instead of reading them (a quick look at names and shapes; files torch saved as zip)."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"checkpoint file not found: {path}")
@@ -32,10 +33,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             raw = load_file(str(path), device="cpu")
         else:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+            raw = _torch_load(path, mmap)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as exc:
         raise ModelError(f"{path.name} is not a readable checkpoint ({first_line(exc)})") from None
     return unwrap_state_dict(raw, source=path.name)
+
+
+def _torch_load(path: Path, mmap: bool):
+    if mmap and zipfile.is_zipfile(path):
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def unwrap_state_dict(raw: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:

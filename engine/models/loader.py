@@ -145,6 +145,26 @@ def build_from_state_dict(state: dict[str, torch.Tensor], arch: str, source: str
     return clip
 
 
+def check_checkpoint(model: str, arch: str | None = None) -> str:
+    """Check, without building the network, that `model` names a release or a checkpoint file that
+    fits an architecture (`arch` or the one its tensors show); returns that architecture. Raises
+    ModelError naming the problem. A release is not downloaded here."""
+    release = find_release(model)
+    if release is not None:
+        if arch and arch != release.arch:
+            raise ModelError(f"{release.name} is a {release.arch} model, not {arch}")
+        return release.arch
+    path, arch = resolve_checkpoint(model, arch)
+    state = checkpoint.read_state_dict(path, mmap=True)
+    arch = arch or guess_arch(state)
+    with torch.device("meta"):
+        expected = build_clip(arch, long_clip=checkpoint.is_long_clip(state)).state_dict()
+    problem = checkpoint.key_mismatch(expected, state)
+    if problem:
+        raise ModelError(f"{path.name} does not fit architecture {arch}: {problem}")
+    return arch
+
+
 def load_model(model: str, arch: str | None = None, device: str | None = None,
                precision: str | None = None, offline: bool | None = None) -> LoadedModel:
     """Load a release (`farslip2-vit-b-16`) or a local `.pt`/`.safetensors` file for inference."""

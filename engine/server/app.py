@@ -1,9 +1,10 @@
 """The FastAPI application: routes, auth, limits, request log. `create_app(settings)` builds it.
 
-Routes (all under /v1, all but /v1/health need `Authorization: Bearer <token>`):
+Routes (all but /v1/health need `Authorization: Bearer <token>`, /openapi.json included):
   GET  /v1/health                      version, device, loaded models, queue length (no token)
   GET  /v1/models                      releases (cached or not) and loaded models
-  POST /v1/uploads                     raw GeoTIFF body, streamed to disk (size cap) → upload_id
+  POST /v1/uploads                     raw GeoTIFF body, streamed to disk (size cap, total quota) → upload_id
+  DELETE /v1/uploads/{id}              remove an upload now (they also expire with the jobs)
   POST /v1/jobs/segment                segmentation job from a path or an upload → 202 job id
   POST /v1/jobs/grid                   scene classification on a grid of cells (job)
   POST /v1/jobs/search                 text search: heat map + top-k boxes (job)
@@ -15,6 +16,12 @@ Routes (all under /v1, all but /v1/health need `Authorization: Bearer <token>`):
   POST /v1/jobs/{id}/cancel            stop a queued or running job (within one batch)
   DELETE /v1/jobs/{id}                 cancel and forget a job and its files
   GET  /v1/jobs/{id}/files/{name}      a result file (only once the job is done)
+  GET  /openapi.json                   the OpenAPI description of all this
+
+A loopback engine answers only requests whose Host header names a loopback address (a web page that
+rebinds its own name to 127.0.0.1 cannot reach it); a remote one takes the hosts given to it.
+A full data folder answers 507, one that cannot be written 503, naming the folder; nothing is
+half-written and the same request succeeds once the folder can take it again.
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ import logging
 import math
 import os
 import threading
-import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -34,10 +40,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
+from starlette.routing import compile_path
 
 from engine import __version__, config
 from engine.errors import FarSLIPError
+from engine.job import describe
 from engine.server import handlers, raster_policy
 from engine.server.auth import token_matches
 from engine.server.limits import RequestLimitsAndLog
@@ -45,7 +56,7 @@ from engine.server.models_pool import ModelPool
 from engine.server.runner import JobRunner, QueueFull
 from engine.server.schemas import (Error, GridRequest, Health, JobCreated, JobStatus, LabelRequest, LabelResponse,
                                    PromptsRequest, SearchRequest, SegmentRequest, UploadCreated)
-from engine.server.store import JobStore
+from engine.server.store import JobStore, StorageUnavailable, storage_errors
 from engine.server.watch import MAX_WAIT_S, JobWatch, status_events, wait_for_change
 
 log = logging.getLogger("farslip.api")
@@ -64,17 +75,37 @@ class ServerSettings:
     precision: str | None = None
     compile: bool = False  # torch.compile each model's dense forward (slow first job, faster after)
     max_upload_mb: float = 4096
+    max_uploads_mb: float = 16384  # all uploads on record together
     max_body_kb: float = 1024
     job_ttl_s: float = 24 * 3600
     max_queue: int = 8
+    max_pixels: float | None = 2e9  # working-grid pixels of one segmentation job (None: no limit)
+    allowed_hosts: list[str] | None = None  # Host header values answered (default: loopback names, or any when remote)
 
     @property
     def remote(self) -> bool:
-        return self.host not in ("127.0.0.1", "localhost", "::1")
+        return self.host not in LOOPBACK_HOSTS
+
+    def hosts(self) -> list[str]:
+        if self.allowed_hosts is not None:
+            return list(self.allowed_hosts)
+        return ["*"] if self.remote else list(LOOPBACK_HOSTS)
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+class ValidationProblem(BaseModel):
+    """A request body or parameter that does not fit the schema: the first problem in one line, then all."""
+
+    detail: str
+    errors: list[dict]
 
 
 ERRORS = {400: {"model": Error}, 401: {"model": Error}, 403: {"model": Error}, 404: {"model": Error},
-          409: {"model": Error}, 413: {"model": Error}, 429: {"model": Error}}
+          409: {"model": Error}, 413: {"model": Error}, 422: {"model": ValidationProblem}, 429: {"model": Error},
+          503: {"model": Error}, 507: {"model": Error}}
+JOB_KINDS = ("segment", "grid", "search")  # POST /v1/jobs/{kind}: not job ids
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -82,14 +113,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
     watch = JobWatch()
     store.on_change(watch.notify)
     pool = ModelPool(settings.device, settings.precision, settings.compile)
-    runner = JobRunner(store, {"segment": handlers.segment_handler(pool, store, settings),
+    runner = JobRunner(store, {"segment": handlers.segment_handler(pool),
                                "grid": handlers.grid_handler(pool), "search": handlers.search_handler(pool)},
                        settings.max_queue)
     stop_expiry = threading.Event()
 
     def expire_loop() -> None:
         while not stop_expiry.wait(60):
-            store.expire()
+            try:
+                store.expire()
+            except StorageUnavailable as exc:
+                log.warning("expiry skipped: %s", exc)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -102,23 +136,30 @@ def create_app(settings: ServerSettings) -> FastAPI:
         stop_expiry.set()
 
     app = FastAPI(title="FarSLIP engine", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None,  # served below, behind the token
                   description="Open-vocabulary segmentation of remote-sensing imagery by typed class names.")
     app.state.store, app.state.runner, app.state.pool, app.state.settings = store, runner, pool, settings
     app.state.watch = watch
     app.add_middleware(RequestLimitsAndLog, max_body=int(settings.max_body_kb * 1024),
                        unlimited_paths=("/v1/uploads",))
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.hosts())  # outermost: checked first
 
     @app.exception_handler(FarSLIPError)
     async def user_error(_request: Request, exc: FarSLIPError):
-        return JSONResponse(json_safe({"detail": str(exc)}), status_code=400)
+        status = exc.status if isinstance(exc, StorageUnavailable) else 400
+        return JSONResponse(json_safe({"detail": str(exc)}), status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405 and exc.detail == "Method Not Allowed":  # Starlette's, not one of ours
+            headers["Allow"] = ", ".join(allowed_methods(request.url.path))
+        return JSONResponse({"detail": json_safe(str(exc.detail))}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         # The errors echo the input: NaN, Infinity or a lone surrogate there cannot be written as JSON.
-        return JSONResponse(json_safe({"detail": f"{where}: {first.get('msg', 'invalid request')}".strip(": "),
-                                       "errors": exc.errors()}), status_code=422)
+        return JSONResponse(json_safe({"detail": describe(exc), "errors": exc.errors()}), status_code=422)
 
     bearer = HTTPBearer(auto_error=False)
 
@@ -127,15 +168,29 @@ def create_app(settings: ServerSettings) -> FastAPI:
         if not token_matches(settings.token, header):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    @app.get("/v1/health", response_model=Health, tags=["engine"])
-    def health() -> Health:
+    def allowed_methods(path: str) -> list[str]:
+        """Every method some route takes at `path` (Starlette's 405 names only the first route's)."""
+        methods = {"GET"} if path == "/openapi.json" else set()
+        for template, operations in app.openapi()["paths"].items():
+            if compile_path(template)[0].match(path):
+                methods.update(method.upper() for method in operations)
+        return sorted(methods)
+
+    device = settings.device or config.default_device()
+    if device == "auto":
         import torch
 
-        device = settings.device or config.default_device()
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    @app.get("/v1/health", response_model=Health, tags=["engine"])
+    async def health() -> Health:
+        """Answered on the event loop itself: no worker thread is needed, however busy the engine is."""
         return Health(version=__version__, device=device, models_loaded=pool.loaded(),
                       queue_length=runner.queue_length, running=runner.running)
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_token)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=ERRORS)
 
@@ -157,28 +212,47 @@ def create_app(settings: ServerSettings) -> FastAPI:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
             raise HTTPException(413, f"upload larger than the {settings.max_upload_mb:g} MB limit")
+        quota = int(settings.max_uploads_mb * 1024 * 1024)
+        held = await run_in_threadpool(store.uploads_size)
+        room = quota - held
+        if room <= 0 or (declared is not None and declared.isdigit() and int(declared) > room):
+            raise HTTPException(413, f"the engine holds {held / 2**20:,.0f} MB of uploads, its quota is "
+                                     f"{settings.max_uploads_mb:g} MB: delete uploads no longer needed "
+                                     f"(DELETE /v1/uploads/{{id}}) or wait for them to expire")
         upload_id = uuid.uuid4().hex
         partial = store.uploads_dir / f".{upload_id}.partial"
         final = store.uploads_dir / f"{upload_id}.tif"
         size = 0
         try:
-            with open(partial, "wb") as fh:
+            with storage_errors(store.data_dir), open(partial, "wb") as fh:
                 async for chunk in request.stream():
                     size += len(chunk)
-                    if size > cap:
-                        raise HTTPException(413, f"upload larger than the {settings.max_upload_mb:g} MB limit")
+                    if size > min(cap, room):
+                        raise HTTPException(413, f"upload larger than the {settings.max_upload_mb:g} MB limit"
+                                            if size > cap else "upload larger than the room left in the "
+                                                               "engine's upload quota")
                     fh.write(chunk)
             if size == 0:
                 raise HTTPException(400, "empty upload: send the GeoTIFF bytes as the request body")
             info = raster_policy.raster_info(partial)
-            os.replace(partial, final)
-            store.add_upload(upload_id, final, size)
+            with storage_errors(store.data_dir):
+                os.replace(partial, final)
+                try:
+                    store.add_upload(upload_id, final, size)
+                except BaseException:
+                    final.unlink(missing_ok=True)
+                    raise
         except ClientDisconnect:
             log.info("upload %s: client disconnected after %d bytes", upload_id, size)
             raise HTTPException(400, "client disconnected during the upload") from None
         finally:
             partial.unlink(missing_ok=True)
         return UploadCreated(upload_id=upload_id, size=size, **info)
+
+    @api.delete("/uploads/{upload_id}", status_code=204, tags=["inputs"])
+    def delete_upload(upload_id: str) -> None:
+        if not store.delete_upload(upload_id):
+            raise HTTPException(404, f"no upload {upload_id[:64]}")
 
     def submit(kind: str, prepared: dict) -> JSONResponse:
         try:
@@ -191,17 +265,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @api.post("/jobs/segment", status_code=202, response_model=JobCreated, tags=["jobs"])
     def create_segment_job(body: SegmentRequest) -> JSONResponse:
         """Segment a raster by class names: class COG, optional scores, polygons, summary."""
-        return submit("segment", handlers.prepare_segment(body, store, settings))
+        return submit("segment", handlers.prepare_segment(body, store, settings, pool))
 
     @api.post("/jobs/grid", status_code=202, response_model=JobCreated, tags=["jobs"])
     def create_grid_job(body: GridRequest) -> JSONResponse:
         """Zero-shot scene classification on a grid of square cells: a polygon grid with class and score."""
-        return submit("grid", handlers.prepare_grid(body, store, settings))
+        return submit("grid", handlers.prepare_grid(body, store, settings, pool))
 
     @api.post("/jobs/search", status_code=202, response_model=JobCreated, tags=["jobs"])
     def create_search_job(body: SearchRequest) -> JSONResponse:
         """Free-text search: a similarity heat-map raster and the top-k boxes."""
-        return submit("search", handlers.prepare_search(body, store, settings))
+        return submit("search", handlers.prepare_search(body, store, settings, pool))
 
     @api.post("/prompts", tags=["engine"])
     def parse_prompts(body: PromptsRequest) -> dict:
@@ -222,10 +296,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
     def list_jobs() -> list[JobStatus]:
         return [status(job) for job in store.list()]
 
+    def no_job(job_id: str) -> HTTPException:
+        if job_id in JOB_KINDS:  # `GET /v1/jobs/segment`: that path takes POST, to create a job
+            return HTTPException(405, f"/v1/jobs/{job_id} takes POST (to create a {job_id} job)",
+                                 headers={"Allow": "POST"})
+        return HTTPException(404, f"no job {job_id[:64]}")
+
     def get_job(job_id: str):
         job = store.get(job_id)
         if job is None:
-            raise HTTPException(404, f"no job {job_id}")
+            raise no_job(job_id)
         return job
 
     def status(job) -> JobStatus:
@@ -251,7 +331,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         """The job's status; with `wait`, once it ends or changes (no thread is held while waiting)."""
         job = await wait_for_change(watch, read_job, job_id, wait, since)
         if job is None:
-            raise HTTPException(404, f"no job {job_id}")
+            raise no_job(job_id)
         return status(job)
 
     @api.get("/jobs/{job_id}/events", tags=["jobs"], response_class=StreamingResponse,
@@ -261,7 +341,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def job_events(job_id: str) -> StreamingResponse:
         """Server-sent events of the job's status, from now until it is done, failed or cancelled."""
         if await read_job(job_id) is None:
-            raise HTTPException(404, f"no job {job_id}")
+            raise no_job(job_id)
         events = status_events(watch, read_job, job_id, lambda job: status(job).model_dump())
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Job-Id": job_id})
@@ -275,13 +355,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @api.delete("/jobs/{job_id}", status_code=204, tags=["jobs"])
     def delete_job(job_id: str) -> None:
-        job = get_job(job_id)
-        if job.state in ("queued", "running"):
-            runner.cancel(job_id)
-            deadline = time.monotonic() + 30
-            while store.get(job_id).state in ("queued", "running") and time.monotonic() < deadline:
-                time.sleep(0.05)
-        store.delete(job_id)
+        """Forget the job and its files now; a running job is cancelled and stops within one batch."""
+        if not runner.delete(job_id):
+            raise no_job(job_id)
 
     @api.get("/jobs/{job_id}/files/{name}", tags=["jobs"],
              responses={200: {"content": {"application/octet-stream": {}}}})

@@ -8,6 +8,7 @@ from pathlib import Path
 from fastapi import HTTPException
 
 from engine.errors import FarSLIPError, InputError, first_line
+from engine.job import MAX_COORDINATE, check_pixel_budget
 from engine.server.raster_policy import check_input
 from engine.server.schemas import GridRequest, InputRef, LabelRequest, SearchRequest, SegmentRequest
 
@@ -49,23 +50,26 @@ def resolve_input(ref: InputRef, store, settings) -> str:
     return str(path)
 
 
-def resolve_model(name: str | None, settings) -> str:
+def resolve_model(name: str | None, arch: str | None, settings, pool=None) -> tuple[str, str | None]:
+    """(model, arch) a job runs with: the server's own default model is always allowed (the operator
+    chose it); a release name; or a checkpoint file under the folder policy that fits an architecture
+    (checked now from its tensor names and shapes, so a wrong file is a 400, not a failed job)."""
+    from engine.models.loader import check_checkpoint
     from engine.models.registry import find_release
 
-    name = name or settings.default_model
+    if name is None or name == settings.default_model:
+        return settings.default_model, arch or settings.default_arch
     if find_release(name) is not None:
-        return name
-    if "/" in name or name.endswith((".pt", ".pth", ".bin", ".safetensors")):
-        return str(allowed_path(name, settings, what="model"))
-    raise HTTPException(400, f"unknown model '{name}'")
-
-
-def _options(body, upsampler: str | None = None):
-    """Inference options of a request; `upsampler` is the checked path (see `check_upsampler`)."""
-    from engine.dense import preset
-
-    return preset(body.preset).with_overrides(prob_threshold=body.threshold, background=body.background,
-                                              global_bias=body.global_bias, upsampler=upsampler)
+        return name, arch
+    if "/" not in name and not name.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        raise HTTPException(400, f"unknown model '{name[:200]}': not a release name or a checkpoint path")
+    path = str(allowed_path(name, settings, what="model"))
+    if pool is None or not pool.has(path, arch):
+        try:
+            check_checkpoint(path, arch)
+        except FarSLIPError as exc:
+            raise HTTPException(400, f"model: {exc}") from None
+    return path, arch
 
 
 def check_upsampler(raw: str, model: str, arch: str | None, settings) -> str:
@@ -94,9 +98,6 @@ def check_upsampler(raw: str, model: str, arch: str | None, settings) -> str:
     return str(path)
 
 
-MAX_COORDINATE = 1e15  # far beyond any CRS's extent; larger values overflow when mapped to pixels
-
-
 def check_coordinates(values, what: str) -> None:
     """A 400 for coordinates no raster can hold (pydantic already refused NaN and infinities)."""
     if any(abs(v) > MAX_COORDINATE for v in values):
@@ -105,78 +106,65 @@ def check_coordinates(values, what: str) -> None:
 
 
 def _area(body) -> dict:
-    if body.bbox:
-        check_coordinates(body.bbox, "bbox")
     return {"bands": tuple(body.bands) if body.bands else None, "window": tuple(body.window) if body.window else None,
             "bbox": tuple(body.bbox) if body.bbox else None, "bbox_crs": body.bbox_crs}
 
 
-def _check_source(path: str, body, gsd=None, mask_wkt=None, mask_crs=None):
-    from engine.geo.source import RasterSource
-
-    area = _area(body)
-    with RasterSource(path, area["bands"], gsd, area["window"], area["bbox"], area["bbox_crs"]) as source:
-        source.probe()
-        if mask_wkt:
-            source.restrict_to(mask_wkt, mask_crs)
-
-
-def _prepared(body, store, settings, check) -> dict:
-    """Run `check` (raising FarSLIPError on bad input → 400), resolve input and model paths."""
+def _stored(body, store, settings, pool, check) -> dict:
+    """Resolve the input and the model (folder policy), run `check(path)` on the raster (FarSLIPError
+    → 400) and return what the store keeps and the worker runs: the validated body as JSON and the
+    resolved paths."""
+    path = resolve_input(body.input, store, settings)
     try:
-        path = resolve_input(body.input, store, settings)
         check(path)
     except FarSLIPError as exc:
         raise HTTPException(400, str(exc)) from None
-    model = resolve_model(body.model, settings)
-    request = body.model_dump()
-    request.update(resolved_input=path, resolved_model=model,
-                   arch=body.arch or (settings.default_arch if model == settings.default_model else None))
-    return request
+    model, arch = resolve_model(body.model, body.arch, settings, pool)
+    return {"body": body.model_dump(mode="json"), "input": path, "model": model, "arch": arch}
 
 
-def prepare_segment(body: SegmentRequest, store, settings) -> dict:
-    """Check everything that can be checked without the model; return the request the worker runs."""
-    from engine.dense import PromptSet
-
-    def check(path):
-        PromptSet.parse(body.classes)
-        _options(body)
-        _check_source(path, body, body.gsd, body.mask_wkt, body.mask_crs)
-
+def prepare_segment(body: SegmentRequest, store, settings, pool=None) -> dict:
+    """Check everything that can be checked without the model — the raster opened once, with the
+    job's area, and its working grid held against the pixel budget; return what the worker runs."""
     upsampler = body.upsampler
-    body = body.model_copy(update={"upsampler": None})  # checked below, under the folder policy
-    request = _prepared(body, store, settings, check)
-    if upsampler:
-        request.update(upsampler=upsampler, resolved_upsampler=check_upsampler(
-            upsampler, request["resolved_model"], request["arch"], settings))
-    return request
-
-
-def prepare_grid(body: GridRequest, store, settings) -> dict:
-    from engine.dense import PromptSet
+    plain = body.model_copy(update={"upsampler": None})  # the up-sampler is checked below, under the folder policy
 
     def check(path):
-        PromptSet.parse(body.classes)
+        plain.inference_options()
+        with plain.open_source(path) as source:
+            check_pixel_budget(source, settings.max_pixels)
+            source.probe()
+
+    stored = _stored(plain, store, settings, pool, check)
+    stored["body"]["upsampler"] = upsampler
+    stored["upsampler"] = check_upsampler(upsampler, stored["model"], stored["arch"], settings) if upsampler else None
+    return stored
+
+
+def _check_source(path: str, body, gsd=None) -> None:
+    from engine.geo.source import RasterSource
+
+    with RasterSource(path, gsd=gsd, **_area(body)) as source:
+        source.probe()
+
+
+def prepare_grid(body: GridRequest, store, settings, pool=None) -> dict:
+    def check(path):
         if body.cell_m is None and body.cell_px is None:
             raise InputError("give cell_m (metres) or cell_px (pixels)")
         _check_source(path, body)
 
-    return _prepared(body, store, settings, check)
+    return _stored(body, store, settings, pool, check)
 
 
-def prepare_search(body: SearchRequest, store, settings) -> dict:
+def prepare_search(body: SearchRequest, store, settings, pool=None) -> dict:
     from engine.geo.search import query_prompts
 
     def check(path):
         query_prompts(body.query)
         _check_source(path, body, body.gsd)
 
-    return _prepared(body, store, settings, check)
-
-
-def _body(model_cls, request: dict):
-    return model_cls(**{k: v for k, v in request.items() if not k.startswith("resolved_")})
+    return _stored(body, store, settings, pool, check)
 
 
 def grid_handler(pool):
@@ -184,9 +172,9 @@ def grid_handler(pool):
         from engine.dense.scenes import SceneClassifier
         from engine.geo.scenes import GridJob, classify_grid
 
-        body = _body(GridRequest, request)
-        classifier = SceneClassifier(pool.get(request["resolved_model"], request.get("arch")), body.classes)
-        job = GridJob(input=request["resolved_input"], out_dir=str(ctx.out_dir), cell_m=body.cell_m,
+        body = GridRequest.model_validate(request["body"])
+        classifier = SceneClassifier(pool.get(request["model"], request["arch"]), body.classes)
+        job = GridJob(input=request["input"], out_dir=str(ctx.out_dir), cell_m=body.cell_m,
                       cell_px=body.cell_px, name="result", **_area(body))
         return classify_grid(job, classifier, progress=ctx.progress, cancel=ctx.cancel)
 
@@ -197,10 +185,10 @@ def search_handler(pool):
     def run(request: dict, ctx) -> dict:
         from engine.geo.search import SearchJob, search_raster
 
-        body = _body(SearchRequest, request)
-        job = SearchJob(input=request["resolved_input"], out_dir=str(ctx.out_dir), query=body.query,
+        body = SearchRequest.model_validate(request["body"])
+        job = SearchJob(input=request["input"], out_dir=str(ctx.out_dir), query=body.query,
                         top_k=body.top_k, gsd=body.gsd, heatmap=body.heatmap, name="result", **_area(body))
-        return search_raster(job, pool.get(request["resolved_model"], request.get("arch")), progress=ctx.progress,
+        return search_raster(job, pool.get(request["model"], request["arch"]), progress=ctx.progress,
                              cancel=ctx.cancel)
 
     return run
@@ -219,8 +207,7 @@ def label(body: LabelRequest, pool, store, settings) -> dict:
     for i, r in enumerate(body.regions):
         check_coordinates(r.bbox or [v for p in r.polygon or () for v in p], f"regions.{i}")
     path = resolve_input(body.input, store, settings)
-    model_name = resolve_model(body.model, settings)
-    arch = body.arch or (settings.default_arch if model_name == settings.default_model else None)
+    model_name, arch = resolve_model(body.model, body.arch, settings, pool)
     try:
         regions = [Region(bbox=tuple(r.bbox) if r.bbox else None,
                           polygon=tuple(tuple(p[:2]) for p in r.polygon) if r.polygon else None) for r in body.regions]
@@ -235,22 +222,15 @@ def label(body: LabelRequest, pool, store, settings) -> dict:
             "seconds": round(time.perf_counter() - started, 4)}
 
 
-def segment_handler(pool, store, settings):
+def segment_handler(pool):
     def run(request: dict, ctx) -> dict:
         from engine.dense import Segmenter
-        from engine.geo.pipeline import RasterJob, segment_raster
+        from engine.geo.pipeline import segment_raster
 
-        body = SegmentRequest(**{k: v for k, v in request.items() if not k.startswith("resolved_")})
-        model = pool.get(request["resolved_model"], request.get("arch"))
-        segmenter = Segmenter(model, body.classes, _options(body, request.get("resolved_upsampler")))
-        job = RasterJob(input=request["resolved_input"], out_dir=str(ctx.out_dir),
-                        bands=tuple(body.bands) if body.bands else None, gsd=body.gsd,
-                        window=tuple(body.window) if body.window else None,
-                        bbox=tuple(body.bbox) if body.bbox else None, bbox_crs=body.bbox_crs, block=body.block,
-                        scores=body.scores, polygons=body.polygons, min_area=body.min_area,
-                        simplify=body.simplify, name="result", mask_wkt=body.mask_wkt, mask_crs=body.mask_crs)
-        if ctx.cancel.is_set():
-            raise InputError("cancelled")
-        return segment_raster(job, segmenter, progress=ctx.progress, cancel=ctx.cancel)
+        body = SegmentRequest.model_validate(request["body"])
+        segmenter = Segmenter(pool.get(request["model"], request["arch"]), body.prompts,
+                              body.inference_options(upsampler=request["upsampler"]))
+        return segment_raster(body.raster_job(request["input"], str(ctx.out_dir), name="result"), segmenter,
+                              progress=ctx.progress, cancel=ctx.cancel)
 
     return run

@@ -26,6 +26,10 @@ class ModelPool:
                 self._models[key] = model
             return self._models[key]
 
+    def has(self, name: str, arch: str | None = None) -> bool:
+        with self._lock:
+            return (name, arch) in self._models
+
     def loaded(self) -> list[dict]:
         with self._lock:
             return [{"name": m.name, "arch": m.arch, "device": str(m.device), "dtype": str(m.dtype).replace("torch.", "")}

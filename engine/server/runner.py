@@ -1,21 +1,24 @@
 """Runs queued jobs one at a time per device, with progress, cancel and result bookkeeping.
 
 The queue is bounded: a full queue refuses new jobs (the API answers 429). Cancelling sets the
-job's event, which the pipeline checks after every batch of crops, so a running job stops within
-one batch. A job's files appear in its folder only when complete, and the job turns `done` after
-its last file.
+job's event, which the pipeline checks after every batch of crops and before each file it publishes,
+so a running job stops within one batch. Deleting a job forgets it at once (the request never waits
+for the job to stop); a running one is cancelled, and its folder is removed again when it has
+stopped. A job's files appear in its folder only when complete, and the job turns `done` after its
+last file.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import threading
 import time
 from typing import Callable
 
 from engine.errors import Cancelled, FarSLIPError
-from engine.server.store import JobStore
+from engine.server.store import FULL_ERRNOS, JobStore
 
 log = logging.getLogger("farslip.api")
 
@@ -68,14 +71,25 @@ class JobRunner:
         return job.id
 
     def cancel(self, job_id: str) -> bool:
-        """Ask a job to stop; True when it was queued or running."""
-        event = self._cancel.get(job_id)
+        """Ask a job to stop; True when it was queued or running. Safe to call from any number of
+        requests at once, and on a job that another request has just deleted."""
         if self.store.set_state_if(job_id, ("queued",), "cancelled", "cancelled before it started"):
             return True
-        if event is not None and self.store.get(job_id).state == "running":
+        event = self._cancel.get(job_id)
+        job = self.store.get(job_id)
+        if event is not None and job is not None and job.state == "running":
             event.set()
             return True
         return False
+
+    def delete(self, job_id: str) -> bool:
+        """Forget a job now, cancelling it when queued or running (its folder is removed again once it
+        has stopped); True when it existed."""
+        self.cancel(job_id)
+        event = self._cancel.get(job_id)
+        if event is not None:
+            event.set()
+        return self.store.delete(job_id)
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -85,9 +99,13 @@ class JobRunner:
                 continue
             try:
                 self._run(job_id)
+            except Exception:  # the store could not record the outcome (a full disk): keep serving
+                log.exception("job %s: its outcome could not be recorded", job_id)
             finally:
                 self._cancel.pop(job_id, None)
                 self.running = None
+                if self.store.get(job_id) is None:  # deleted while it ran: remove what it wrote since
+                    shutil.rmtree(self.store.job_dir(job_id), ignore_errors=True)
 
     def _run(self, job_id: str) -> None:
         job = self.store.get(job_id)
@@ -104,10 +122,14 @@ class JobRunner:
                 self.store.update(job_id, state="cancelled", message="cancelled")
             elif isinstance(exc, FarSLIPError):
                 self.store.update(job_id, state="failed", message=str(exc))
+            elif isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+                self.store.update(job_id, state="failed", message=f"no space left for the results in "
+                                                                  f"{self.store.data_dir}: free space and resubmit")
             else:
                 log.exception("job %s failed", job_id)
                 self.store.update(job_id, state="failed", message=f"internal error: {type(exc).__name__}: {exc}")
-            log.info("job %s %s after %.2f s", job_id, self.store.get(job_id).state, time.perf_counter() - started)
+            ended = self.store.get(job_id)
+            log.info("job %s %s after %.2f s", job_id, ended.state if ended else "deleted", time.perf_counter() - started)
             return
         files = sorted(p.name for p in context.out_dir.iterdir()) if context.out_dir.exists() else []
         self.store.update(job_id, summary=summary, files=files, progress=1.0, message="done", state="done")

@@ -11,6 +11,8 @@ store's listeners (`on_change`), which is how clients waiting on a job are woken
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import shutil
 import sqlite3
@@ -21,7 +23,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from engine.errors import FarSLIPError
+
 ACTIVE = ("queued", "running")
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class StorageUnavailable(FarSLIPError):
+    """The data folder cannot take a write: full (`status` 507) or read-only / not writable (503).
+    Nothing was half-written; the same request succeeds once the folder can be written again."""
+
+    def __init__(self, folder: Path, full: bool, detail: str):
+        self.status = 507 if full else 503
+        what = "is full" if full else "cannot be written"
+        super().__init__(f"the engine's data folder {folder} {what} ({detail}); free space or fix its "
+                         f"permissions, then retry")
+
+
+@contextlib.contextmanager
+def storage_errors(folder: Path):
+    """Turn a failed write under `folder` (a file or the job database) into StorageUnavailable."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        text = str(exc)
+        if "full" in text:
+            raise StorageUnavailable(folder, True, text) from None
+        if "readonly" in text or "read-only" in text or "unable to open" in text or "disk I/O" in text:
+            raise StorageUnavailable(folder, False, text) from None
+        raise
+    except OSError as exc:
+        if exc.errno in FULL_ERRNOS or exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR):
+            raise StorageUnavailable(folder, exc.errno in FULL_ERRNOS, exc.strerror or str(exc)) from None
+        raise
+
 FINAL = ("done", "failed", "cancelled")
 
 _SCHEMA = """
@@ -58,16 +93,22 @@ class JobStore:
         self.ttl_s = ttl_s
         self.jobs_dir = data_dir / "jobs"
         self.uploads_dir = data_dir / "uploads"
-        for folder in (data_dir, self.jobs_dir, self.uploads_dir):
-            folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(data_dir / "engine.sqlite", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
-        if "revision" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
-            self._db.execute("ALTER TABLE jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")  # older data folder
         self._listeners: list[Callable[[str], None]] = []
-        self._recover()
+        with storage_errors(data_dir):  # a read-only or full data folder: one line at start, no traceback
+            for folder in (data_dir, self.jobs_dir, self.uploads_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(data_dir / "engine.sqlite", check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+            if "revision" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")  # older folder
+            self._recover()
+
+    def _write(self, sql: str, parameters=()) -> sqlite3.Cursor:
+        """One write to the job database under the lock; a full or read-only folder → StorageUnavailable."""
+        with self._lock, storage_errors(self.data_dir):
+            return self._db.execute(sql, parameters)
 
     def on_change(self, listener: Callable[[str], None]) -> None:
         """Call `listener(job_id)` after every change to a job (from whichever thread made it)."""
@@ -94,10 +135,8 @@ class JobStore:
     def create(self, kind: str, request: dict) -> JobRecord:
         now = time.time()
         job_id = uuid.uuid4().hex
-        with self._lock:
-            self._db.execute("INSERT INTO jobs (id, kind, state, created, updated, expires, request) "
-                             "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-                             (job_id, kind, now, now, now + self.ttl_s, json.dumps(request)))
+        self._write("INSERT INTO jobs (id, kind, state, created, updated, expires, request) "
+                    "VALUES (?, ?, 'queued', ?, ?, ?, ?)", (job_id, kind, now, now, now + self.ttl_s, json.dumps(request)))
         return self.get(job_id)
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -121,26 +160,24 @@ class JobStore:
             fields["files"] = json.dumps(fields["files"])
         fields["updated"] = time.time()
         columns = ", ".join(f"{k} = ?" for k in fields)
-        with self._lock:
-            self._db.execute(f"UPDATE jobs SET {columns}, revision = revision + 1 WHERE id = ?",
-                             (*fields.values(), job_id))
+        self._write(f"UPDATE jobs SET {columns}, revision = revision + 1 WHERE id = ?", (*fields.values(), job_id))
         self._changed(job_id)
 
     def set_state_if(self, job_id: str, expected: tuple[str, ...], state: str, message: str = "") -> bool:
         """Atomically move a job to `state` if it is in one of `expected`; True when it moved."""
-        with self._lock:
-            cur = self._db.execute(f"UPDATE jobs SET state = ?, message = ?, updated = ?, revision = revision + 1 "
-                                   f"WHERE id = ? AND state IN ({','.join('?' * len(expected))})",
-                                   (state, message, time.time(), job_id, *expected))
+        cur = self._write(f"UPDATE jobs SET state = ?, message = ?, updated = ?, revision = revision + 1 "
+                          f"WHERE id = ? AND state IN ({','.join('?' * len(expected))})",
+                          (state, message, time.time(), job_id, *expected))
         if cur.rowcount == 1:
             self._changed(job_id)
         return cur.rowcount == 1
 
-    def delete(self, job_id: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+    def delete(self, job_id: str) -> bool:
+        """Forget a job and remove its folder; True when it existed (deleting twice is harmless)."""
+        cur = self._write("DELETE FROM jobs WHERE id = ?", (job_id,))
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
         self._changed(job_id)
+        return cur.rowcount == 1
 
     def count_active(self) -> int:
         with self._lock:
@@ -149,9 +186,23 @@ class JobStore:
     # --- uploads -------------------------------------------------------------------------------
     def add_upload(self, upload_id: str, path: Path, size: int) -> None:
         now = time.time()
+        self._write("INSERT INTO uploads (id, path, size, created, expires) VALUES (?, ?, ?, ?, ?)",
+                    (upload_id, str(path), size, now, now + self.ttl_s))
+
+    def uploads_size(self) -> int:
+        """Bytes held by the uploads on record."""
         with self._lock:
-            self._db.execute("INSERT INTO uploads (id, path, size, created, expires) VALUES (?, ?, ?, ?, ?)",
-                             (upload_id, str(path), size, now, now + self.ttl_s))
+            return int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM uploads").fetchone()[0])
+
+    def delete_upload(self, upload_id: str) -> bool:
+        """Forget an upload and remove its file; True when it existed."""
+        with self._lock:
+            row = self._db.execute("SELECT path FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        if row is None:
+            return False
+        self._write("DELETE FROM uploads WHERE id = ?", (upload_id,))
+        Path(row[0]).unlink(missing_ok=True)
+        return True
 
     def upload_path(self, upload_id: str) -> Path | None:
         with self._lock:
@@ -162,7 +213,7 @@ class JobStore:
     def expire(self, now: float | None = None) -> int:
         """Remove finished jobs and uploads past their expiry time (and their files)."""
         now = now or time.time()
-        with self._lock:
+        with self._lock, storage_errors(self.data_dir):
             jobs = [r[0] for r in self._db.execute(
                 f"SELECT id FROM jobs WHERE expires < ? AND state IN {FINAL}", (now,))]
             uploads = self._db.execute("SELECT id, path FROM uploads WHERE expires < ?", (now,)).fetchall()

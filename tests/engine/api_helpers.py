@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from engine.server.app import ServerSettings, create_app
+from engine.server.app import LOOPBACK_HOSTS, ServerSettings, create_app
 from tests.engine.conftest import TINY, make_clip
 
 FINAL = ("done", "failed", "cancelled")
@@ -24,7 +24,8 @@ def write_checkpoint(folder: Path) -> Path:
 
 def make_app(root: Path, **overrides):
     values = dict(token=TOKEN, data_dir=root / "engine-data", allow_roots=[root],
-                  default_model=str(write_checkpoint(root)), default_arch=TINY, device="cpu")
+                  default_model=str(write_checkpoint(root)), default_arch=TINY, device="cpu",
+                  allowed_hosts=[*LOOPBACK_HOSTS, "testserver"])  # TestClient's Host
     values.update(overrides)
     settings = ServerSettings(**values)
     return create_app(settings)

@@ -103,11 +103,15 @@ def test_remote_mode_serves_no_paths_without_allow_root(root):
         assert got.status_code == 403 and "upload" in got.json()["detail"]
 
 
+# What the job model refuses by itself is a 422 (the body does not fit the schema); what depends on the
+# raster or the engine's files is a 400.
 @pytest.mark.parametrize("extra, code, message", [
-    ({"classes": []}, 400, "no classes given"),
-    ({"classes": [f"class {i}" for i in range(1000)]}, 400, "at most 254"),
-    ({"classes": " ;, ; "}, 400, "holds no name"),
-    ({"window": [0, 0, 0, 10]}, 400, "at least 1 pixel"),
+    ({"classes": []}, 422, "no classes given"),
+    ({"classes": [f"class {i}" for i in range(1000)]}, 422, "at most 254"),
+    ({"classes": " ;, ; "}, 422, "holds no name"),
+    ({"window": [0, 0, 0, 10]}, 422, "at least 1 pixel"),
+    ({"window": [0, 0, 10, 10], "bbox": [0, 0, 1, 1]}, 422, "either a window or a bbox"),
+    ({"mask_crs": "EPSG:4326"}, 422, "mask_crs given without mask_wkt"),
     ({"window": [500, 500, 10, 10]}, 400, "outside the raster"),
     ({"bbox": [0, 0, 1, 1]}, 400, "bbox lies outside"),
     ({"model": "farslip7"}, 400, "unknown model"),

@@ -57,10 +57,10 @@ def test_non_finite_numbers_in_region_labels_get_a_422(client, src):
     ("/v1/jobs/grid", {"classes": ["water"], "cell_px": 32}),
     ("/v1/jobs/search", {"query": "water"}),
 ])
-def test_a_huge_bbox_gets_a_400_naming_it(client, src, url, extra):
+def test_a_huge_bbox_gets_a_422_naming_it(client, src, url, extra):
     got = client.post(url, headers=AUTH, json={"input": {"path": str(src)}, "bbox": [-1e308, -1e308, 1e308, 1e308],
                                                **extra})
-    assert "bbox" in _detail(got, 400)
+    assert "bbox" in _detail(got, 422)
 
 
 def test_huge_region_coordinates_get_a_400(client, src):
@@ -112,5 +112,7 @@ def test_an_upsampler_that_is_no_weights_gets_a_400(client, root, src, name):
     assert "up-sampler" in detail and name in detail
 
 
-def test_get_on_a_post_only_job_path_is_a_4xx(client):
-    assert _detail(client.get("/v1/jobs/segment", headers=AUTH), 404)
+def test_get_on_a_post_only_job_path_is_a_405_naming_post(client):
+    for kind in ("segment", "grid", "search"):
+        got = client.get(f"/v1/jobs/{kind}", headers=AUTH)
+        assert "POST" in _detail(got, 405) and got.headers["allow"] == "POST"

@@ -21,7 +21,7 @@ from tests.engine.rasters import scene, write_raster
 
 _ROOT = Path(tempfile.mkdtemp(prefix="farslip-fuzz-"))
 app = make_app(_ROOT, max_queue=2)
-schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=AUTH)  # the spec needs the token too
 
 
 @schema.parametrize()

@@ -138,3 +138,36 @@ def test_a_killed_engine_never_serves_a_half_written_result(engine, tmp_path):
     again = engine.client.post("/v1/jobs/segment", json={"input": {"path": str(src)}, "classes": "a; b",
                                                          "window": [0, 0, 300, 300]}).json()["id"]
     assert engine.wait(again)["state"] == "done"  # the restarted engine works
+
+
+def test_concurrent_deletes_of_a_running_job_never_fail_and_the_engine_stays_responsive(engine, tmp_path):
+    src = write_raster(tmp_path / "big.tif", scene(1600, 1600)[0])
+    body = {"input": {"path": str(src)}, "classes": "a; b; c", "block": 256, "gsd": 0.5}
+    job_id = engine.client.post("/v1/jobs/segment", json=body).json()["id"]
+    engine.wait(job_id, states=("running",))
+    answers: list[int] = []
+    health_ms: list[float] = []
+
+    def delete():
+        with httpx.Client(base_url=engine.url, headers=engine.client.headers, timeout=60) as c:
+            answers.append(c.delete(f"/v1/jobs/{job_id}").status_code)
+
+    def health():
+        with httpx.Client(base_url=engine.url, timeout=60) as c:
+            for _ in range(5):
+                started = time.perf_counter()
+                assert c.get("/v1/health").status_code == 200
+                health_ms.append((time.perf_counter() - started) * 1000)
+
+    threads = [threading.Thread(target=delete) for _ in range(45)] + [threading.Thread(target=health)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(set(answers)) == [204, 404] and answers.count(204) == 1, answers  # one forgets it, no 500
+    assert engine.client.get(f"/v1/jobs/{job_id}").status_code == 404
+    assert max(health_ms) < 5000, health_ms  # answered while 45 deletes arrived (it took 30 s before)
+    # The engine stopped the job: the next one runs, and the deleted job's folder is gone.
+    after = engine.client.post("/v1/jobs/segment", json={**body, "window": [0, 0, 200, 200], "block": 1024}).json()
+    assert engine.wait(after["id"])["state"] == "done"
+    assert not (engine.folder / "data" / "jobs" / job_id).exists()

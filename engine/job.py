@@ -1,0 +1,260 @@
+"""The settings of a segmentation run, validated in one place for every way a run is asked for.
+
+`SegmentSettings` holds what a user chooses — classes, area, working resolution, inference options,
+outputs, model — and refuses what no run could use: unknown fields, NaN or infinite numbers, lone
+surrogates in text, out-of-range values, an empty or malformed class list (parsed here, once, by the
+one prompt parser), a window or bbox no raster can hold. The same model is
+
+- the body of `POST /v1/jobs/segment` (`engine.server.schemas.SegmentRequest` adds where the imagery
+  is) and stored as JSON with the job, read back by the worker;
+- built from the arguments of `farslip segment` and `farslip segment-batch` (`from_fields`: the first
+  problem becomes one line naming the option);
+- what the QGIS plugin's payload builder is tested against (the request's JSON Schema, exported by
+  `python -m engine.server.schemas`).
+
+What depends on the raster (bands that exist, a bbox that overlaps it, the size of the working grid)
+is checked when it is opened: `open_source` is the one place a run's area is applied, and
+`check_pixel_budget` the one place a run's size is held against a limit.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from engine.errors import InputError
+
+if TYPE_CHECKING:
+    from engine.dense import InferenceOptions, PromptSet
+    from engine.geo.pipeline import RasterJob
+    from engine.geo.source import RasterSource
+
+MAX_CLASS_LINES = 1000  # the parser refuses more than 254 with a clear message; beyond this, 422
+MAX_COORDINATE = 1e15  # far beyond any CRS's extent; larger values overflow when mapped to pixels
+
+
+def lone_surrogate_at(value, where: str = "") -> str | None:
+    """Where in a decoded JSON value a string (or key) holds a lone UTF-16 surrogate (JSON allows the
+    escape `"\\ud800"`, but it is no Unicode text: paths, prompts and answers could not encode it)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "body"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str) and lone_surrogate_at(key) is not None:
+                return (where or "body") + " (a key)"
+            found = lone_surrogate_at(item, name)
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = lone_surrogate_at(item, f"{where}.{i}" if where else str(i))
+            if found is not None:
+                return found
+    return None
+
+
+class Strict(BaseModel):
+    """Every settings object and request body: no unknown fields, no NaN or infinite numbers, no lone
+    surrogates in text."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def valid_unicode(cls, data):
+        where = lone_surrogate_at(data)
+        if where is not None:
+            raise ValueError(f"{where} holds a lone surrogate (\\ud800-\\udfff escape): not valid Unicode text")
+        return data
+
+
+Classes = list[str] | str
+
+
+def parse_classes(value):
+    """The one prompt parser, run once per settings object: a bad list fails validation."""
+    from engine.dense import PromptSet
+
+    if isinstance(value, list) and len(value) > MAX_CLASS_LINES:
+        raise ValueError(f"at most {MAX_CLASS_LINES} class lines")
+    try:
+        PromptSet.parse(value)
+    except InputError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+class ModelChoice(Strict):
+    model: str | None = Field(None, min_length=1, max_length=4096,
+                              description="release name or checkpoint path (default: the engine's)")
+    arch: str | None = Field(None, min_length=1, max_length=64)
+
+
+class Area(Strict):
+    """Which pixels of the raster, and which bands as red, green, blue."""
+
+    window: list[int] | None = Field(None, min_length=4, max_length=4, description="col,row,width,height (pixels)")
+    bbox: list[float] | None = Field(None, min_length=4, max_length=4, description="minx,miny,maxx,maxy")
+    bbox_crs: str | None = Field(None, min_length=1, max_length=200, description="CRS of bbox (default: the raster's)")
+    bands: list[int] | None = Field(None, min_length=3, max_length=3, description="1-based band numbers for R,G,B")
+
+    @field_validator("window")
+    @classmethod
+    def window_fits_a_raster(cls, value):
+        if value is not None:
+            col, row, width, height = value
+            if col < 0 or row < 0:
+                raise ValueError("window col,row must not be negative")
+            if width < 1 or height < 1:
+                raise ValueError("window width and height must be at least 1 pixel")
+            if max(value) > 2**31 - 1:
+                raise ValueError("window values must be below 2^31")
+        return value
+
+    @field_validator("bbox")
+    @classmethod
+    def bbox_is_a_box(cls, value):
+        if value is not None:
+            if any(abs(v) > MAX_COORDINATE for v in value):
+                shown = ", ".join(f"{v:g}" for v in value)
+                raise ValueError(f"bbox [{shown}] has coordinates beyond ±{MAX_COORDINATE:g}: no raster lies there")
+            if not (value[2] > value[0] and value[3] > value[1]):
+                raise ValueError("bbox must be minx,miny,maxx,maxy with max > min")
+        return value
+
+    @field_validator("bands")
+    @classmethod
+    def bands_are_numbers(cls, value):
+        if value is not None and any(b < 1 for b in value):
+            raise ValueError("band numbers start at 1")
+        return value
+
+    @model_validator(mode="after")
+    def one_area(self):
+        if self.window is not None and self.bbox is not None:
+            raise ValueError("give either a window or a bbox, not both")
+        return self
+
+
+class SegmentSettings(ModelChoice, Area):
+    """Everything about a segmentation run except where the imagery is and where outputs go."""
+
+    classes: Classes = Field(..., description="class lines ('building,roof') or one 'a,b; c' string "
+                                              "(';' or new lines between classes, ',' between synonyms)")
+    gsd: float | None = Field(None, gt=0, le=10000, description="working resolution, metres per pixel "
+                                                                "(default: max(native, 0.5))")
+    mask_wkt: str | None = Field(None, min_length=1, max_length=500_000,
+                                 description="segment only inside this (Multi)Polygon")
+    mask_crs: str | None = Field(None, min_length=1, max_length=200, description="CRS of mask_wkt (default: the raster's)")
+    # inference
+    preset: Literal["paper", "enhanced"] = "paper"
+    threshold: float | None = Field(None, ge=0.0, lt=1.0, description="below this best-class probability: background")
+    background: str | None = Field(None, min_length=1, max_length=200, description="background class name")
+    global_bias: float | None = Field(None, ge=0.0, le=1.0, description="λ of the global-bias subtraction")
+    upsampler: str | None = Field(None, min_length=1, max_length=4096,
+                                  description="learned feature up-sampler weights (SegEarth-OV's SimFeatUp JBU "
+                                              ".ckpt): an absolute path on the engine machine")
+    # outputs
+    scores: bool = Field(False, description="also write per-class probabilities (uint8)")
+    polygons: bool = Field(True, description="also write polygons (GeoPackage)")
+    min_area: float = Field(0.0, ge=0, le=1e12, description="drop polygons smaller than this many m²")
+    simplify: float = Field(1.0, ge=0, le=100, description="polygon simplification tolerance in pixels")
+    block: int = Field(1024, ge=256, le=8192, description="working-grid block size in pixels (memory bound)")
+
+    _prompts: "PromptSet | None" = PrivateAttr(None)
+
+    @field_validator("classes")
+    @classmethod
+    def classes_parse(cls, value):
+        return parse_classes(value)
+
+    @model_validator(mode="after")
+    def mask_crs_needs_mask(self):
+        if self.mask_crs is not None and self.mask_wkt is None:
+            raise ValueError("mask_crs given without mask_wkt")
+        return self
+
+    @classmethod
+    def from_fields(cls, **fields) -> "SegmentSettings":
+        """Build from a command line's values (None: not given); the first problem is one InputError
+        line naming the option as the command line spells it (`--gsd: ...`)."""
+        try:
+            return cls(**{k: v for k, v in fields.items() if v is not None})
+        except ValidationError as exc:
+            raise InputError(describe(exc, option_style=True)) from None
+
+    # --- what a run is made of -----------------------------------------------------------------
+    @property
+    def prompts(self) -> "PromptSet":
+        from engine.dense import PromptSet
+
+        if self._prompts is None:
+            self._prompts = PromptSet.parse(self.classes)
+        return self._prompts
+
+    def inference_options(self, upsampler: str | None = None, **local) -> "InferenceOptions":
+        """The inference options of this run; `upsampler` overrides the field (a checked path), `local`
+        adds what only the machine that runs it decides (batch_size, compile)."""
+        from engine.dense import preset
+
+        return preset(self.preset).with_overrides(prob_threshold=self.threshold, background=self.background,
+                                                  global_bias=self.global_bias,
+                                                  upsampler=upsampler or self.upsampler, **local)
+
+    def area_arguments(self) -> dict:
+        return {"bands": tuple(self.bands) if self.bands else None, "gsd": self.gsd,
+                "window": tuple(self.window) if self.window else None,
+                "bbox": tuple(self.bbox) if self.bbox else None, "bbox_crs": self.bbox_crs}
+
+    def open_source(self, path: str) -> "RasterSource":
+        """The raster area this run reads (bands, working GSD, window or bbox, mask applied); the
+        caller closes it."""
+        from engine.geo.source import RasterSource
+
+        source = RasterSource(path, **self.area_arguments())
+        try:
+            if self.mask_wkt:
+                source.restrict_to(self.mask_wkt, self.mask_crs)
+        except BaseException:
+            source.close()
+            raise
+        return source
+
+    def raster_job(self, input: str, out_dir: str, name: str | None = None) -> "RasterJob":
+        from engine.geo.pipeline import RasterJob
+
+        return RasterJob(input=input, out_dir=out_dir, name=name, block=self.block, scores=self.scores,
+                         polygons=self.polygons, min_area=self.min_area, simplify=self.simplify,
+                         mask_wkt=self.mask_wkt, mask_crs=self.mask_crs, **self.area_arguments())
+
+
+def check_pixel_budget(source: "RasterSource", max_pixels: float | None) -> None:
+    """Refuse a run whose working grid holds more than `max_pixels` pixels (None: no limit), naming
+    the grid, the limit and what brings it under."""
+    if max_pixels is None:
+        return
+    grid = source.grid
+    pixels = grid.width * grid.height
+    if pixels > max_pixels:
+        gsd = f" at {source.working_gsd:.4g} m/px" if source.working_gsd else ""
+        raise InputError(f"the area is {grid.width} x {grid.height} = {pixels / 1e6:,.0f} Mpx to process{gsd}, over "
+                         f"this engine's limit of {max_pixels / 1e6:,.0f} Mpx: choose a coarser gsd or a smaller "
+                         f"bbox/window")
+
+
+def describe(exc, option_style: bool = False) -> str:
+    """The first problem of a pydantic (or FastAPI request) validation error in one line: where, then
+    what (`gsd: Input should be greater than 0`)."""
+    first = exc.errors()[0] if exc.errors() else {}
+    parts = [str(p) for p in first.get("loc", ()) if p != "body"]
+    where = ".".join(parts)
+    if option_style and parts:
+        where = "--" + parts[0].replace("_", "-")
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
