@@ -1,22 +1,37 @@
-"""The plugin's engine settings in QgsSettings (URL, token, model), with local defaults."""
+"""The plugin's engine settings: URL, model and start command in QgsSettings; the token in QGIS's
+authentication database (`auth.py`), only its config id in QgsSettings; a local engine's token is read
+from its token file. A token left in clear text by an older version is moved on the first read with the
+database unlocked (never a master-password question just for reading settings)."""
 
 from __future__ import annotations
 
 from qgis.core import QgsSettings
 
+from qgis_farslip import auth
 from qgis_farslip.client import DEFAULT_URL, read_local_token
 
 PREFIX = "farslip/"
-
-
 DEFAULT_ENGINE_COMMAND = ""  # empty: the dock finds an installed engine or offers the set-up
+_saved: dict[str, str] = {}  # token last stored per auth config (no database write on every call)
+
+
+def _token(s: QgsSettings, url: str) -> str:
+    plain = s.value(PREFIX + "token", "") or ""
+    if plain:  # an older version kept it in QGIS3.ini: moved into the auth database once it is unlocked
+        authcfg = auth.store_token(plain, url, s.value(PREFIX + "authcfg", "") or "", prompt=False)
+        if authcfg:
+            s.setValue(PREFIX + "authcfg", authcfg)
+            s.remove(PREFIX + "token")
+        return plain
+    authcfg = s.value(PREFIX + "authcfg", "") or ""
+    return (auth.load_token(authcfg) if authcfg else "") or read_local_token()
 
 
 def engine_settings() -> dict:
     s = QgsSettings()
     url = s.value(PREFIX + "engine_url", DEFAULT_URL) or DEFAULT_URL
-    token = s.value(PREFIX + "token", "") or read_local_token()
-    return {"url": url, "token": token, "model": s.value(PREFIX + "model", "") or "",
+    return {"url": url, "token": _token(s, url), "model": s.value(PREFIX + "model", "") or "",
+            "authcfg": s.value(PREFIX + "authcfg", "") or "",
             "command": s.value(PREFIX + "engine_command", DEFAULT_ENGINE_COMMAND) or DEFAULT_ENGINE_COMMAND}
 
 
@@ -25,7 +40,21 @@ def save_engine_command(command: str) -> None:
 
 
 def save_engine_settings(url: str, token: str = "", model: str = "") -> None:
+    """URL and model in QgsSettings; a token other than the local engine's in the auth database."""
     s = QgsSettings()
     s.setValue(PREFIX + "engine_url", url)
-    s.setValue(PREFIX + "token", token)
     s.setValue(PREFIX + "model", model)
+    s.remove(PREFIX + "token")  # never in clear text
+    authcfg = s.value(PREFIX + "authcfg", "") or ""
+    if not token or token == read_local_token():
+        if authcfg:
+            auth.remove(authcfg)
+            s.remove(PREFIX + "authcfg")
+            _saved.pop(authcfg, None)
+        return
+    if authcfg and _saved.get(authcfg) == token:
+        return
+    authcfg = auth.store_token(token, url, authcfg)
+    if authcfg:
+        s.setValue(PREFIX + "authcfg", authcfg)
+        _saved[authcfg] = token

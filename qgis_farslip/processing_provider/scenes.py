@@ -13,15 +13,11 @@ from qgis.core import (QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsProce
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 from qgis.PyQt.QtCore import QVariant
 
-from qgis_farslip.client import EngineClient, EngineError
+from qgis_farslip.client import EngineError
 from qgis_farslip.jobs import area_payload, run_job
+from qgis_farslip.processing_provider import styles
+from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client
 from qgis_farslip.processing_provider.segment import split_classes
-from qgis_farslip.settings import engine_settings
-
-
-def _client() -> tuple[EngineClient, dict]:
-    settings = engine_settings()
-    return EngineClient(settings["url"], settings["token"] or None), settings
 
 
 class _EngineJobAlgorithm(QgsProcessingAlgorithm):
@@ -36,7 +32,7 @@ class _EngineJobAlgorithm(QgsProcessingAlgorithm):
         extent = self.parameterAsExtent(parameters, "EXTENT", context, layer.crs()) if parameters.get("EXTENT") else None
         folder = Path(self.parameterAsString(parameters, "OUTPUT_FOLDER", context)) / time.strftime(
             f"farslip_{self.kind}_%Y%m%d_%H%M%S")
-        client, settings = _client()
+        client, settings = engine_client(self, parameters, context)
         try:
             with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
                 payload = area_payload(client, layer, extent, layer.crs(), extra.get("gsd"), scratch)
@@ -54,6 +50,7 @@ class _EngineJobAlgorithm(QgsProcessingAlgorithm):
 
     def _folder_parameter(self) -> None:
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT_FOLDER", "Output folder"))
+        add_engine_parameters(self)
 
 
 class ClassifyGridAlgorithm(_EngineJobAlgorithm):
@@ -85,7 +82,9 @@ class ClassifyGridAlgorithm(_EngineJobAlgorithm):
         summary, folder = self._run(parameters, context, feedback,
                                     {"classes": classes, "cell_m": self.parameterAsDouble(parameters, "CELL", context)})
         grid = str(folder / summary["files"]["grid"])
-        context.addLayerToLoadOnCompletion(grid, context.LayerDetails("FarSLIP scene grid", context.project(), "GRID"))
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        styles.load_styled(context, grid, f"Scene grid · {layer.name()} {time.strftime('%H:%M:%S')}", "GRID",
+                           styles.categorized(summary["classes"], "grid"))
         return {"GRID": grid, "OUTPUT_FOLDER": str(folder)}
 
 
@@ -122,9 +121,9 @@ class SearchAlgorithm(_EngineJobAlgorithm):
         outputs = {"OUTPUT_FOLDER": str(folder), "BOXES": str(folder / summary["files"]["boxes"])}
         if "heatmap" in summary["files"]:
             outputs["HEATMAP"] = str(folder / summary["files"]["heatmap"])
-        for key, name in (("HEATMAP", "FarSLIP heat map"), ("BOXES", "FarSLIP search boxes")):
+        for key, name, style in (("HEATMAP", "Heat map", styles.heatmap), ("BOXES", "Search boxes", styles.boxes)):
             if key in outputs:
-                context.addLayerToLoadOnCompletion(outputs[key], context.LayerDetails(name, context.project(), key))
+                styles.load_styled(context, outputs[key], f"{name} · “{query}” {time.strftime('%H:%M:%S')}", key, style)
         return outputs
 
 
@@ -148,6 +147,7 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterString("CLASSES", "Candidate classes (one per line)", multiLine=True,
                                                        defaultValue="car\ntruck\nship\nbuilding"))
         self.addParameter(QgsProcessingParameterFeatureSink("OUTPUT", "Labelled regions"))
+        add_engine_parameters(self)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
@@ -160,7 +160,7 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
         fields.append(QgsField("farslip_class", QVariant.String))
         fields.append(QgsField("farslip_score", QVariant.Double))
         sink, dest = self.parameterAsSink(parameters, "OUTPUT", context, fields, source.wkbType(), source.sourceCrs())
-        client, settings = _client()
+        client, settings = engine_client(self, parameters, context)
         regions = []
         for f in features:
             geom = f.geometry()
@@ -188,4 +188,13 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
             out.setGeometry(feature.geometry())
             out.setAttributes(feature.attributes() + [label["best"], label["score"]])
             sink.addFeature(out, QgsFeatureSink.FastInsert)
+        if context.willLoadLayerOnCompletion(dest):
+            try:
+                colours = [{"name": c["name"], "colour": c["colour"]} for c in client.prompts(classes)]
+            except EngineError:
+                colours = []
+            if colours:
+                post = styles._Style(styles.categorized_memory(colours, "farslip_class"))
+                styles._LIVE.append(post)
+                context.layerToLoadOnCompletionDetails(dest).setPostProcessor(post)
         return {"OUTPUT": dest}

@@ -5,40 +5,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException,
-                       QgsProcessingLayerPostProcessorInterface, QgsProcessingOutputRasterLayer,
+from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingOutputRasterLayer,
                        QgsProcessingOutputVectorLayer, QgsProcessingParameterBoolean, QgsProcessingParameterExtent,
                        QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsRasterLayer)
 
-from qgis_farslip.client import EngineClient, EngineError
+from qgis_farslip.client import EngineError
 from qgis_farslip.jobs import SegmentationRequest, run_segmentation
-from qgis_farslip.layers import class_raster_layer, polygon_layer
-from qgis_farslip.settings import engine_settings
+from qgis_farslip.outputs import class_title, run_folder_name
+from qgis_farslip.processing_provider import styles
+from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client
 
 
 def split_classes(text: str) -> list[str]:
     """Class lines from the dialog's text: ';' or new lines between classes (the engine checks them)."""
     return [line.strip() for chunk in text.splitlines() for line in chunk.split(";") if line.strip()]
-
-
-class _Style(QgsProcessingLayerPostProcessorInterface):
-    """Applies the class colours and names to an output layer once Processing has loaded it."""
-
-    def __init__(self, classes: list[dict], kind: str):
-        super().__init__()
-        self.classes, self.kind = classes, kind
-
-    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
-        styled = (class_raster_layer(Path(layer.source()), layer.name(), self.classes) if self.kind == "raster"
-                  else polygon_layer(Path(layer.source().split("|")[0]), layer.name(), self.classes))
-        layer.setRenderer(styled.renderer().clone())
-        layer.triggerRepaint()
-
-
-# Processing runs a clone of the algorithm and drops it before loading the outputs, so the style
-# post-processors must be kept alive here (the last few runs are plenty).
-_LIVE_STYLES: list[_Style] = []
 
 
 class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
@@ -73,7 +54,9 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(self.MIN_AREA, "Drop polygons smaller than (m²)",
                                                        QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Output folder"))
+        add_engine_parameters(self)
         self.addOutput(QgsProcessingOutputRasterLayer("CLASSES_RASTER", "Classes"))
+        self.addOutput(QgsProcessingOutputRasterLayer("SCORES", "Scores (one band per class)"))
         self.addOutput(QgsProcessingOutputVectorLayer("POLYGONS", "Polygons", QgsProcessing.SourceType.TypeVectorPolygon))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -88,10 +71,9 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
         gsd = self.parameterAsDouble(parameters, self.GSD, context) or None
         threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context) or None
-        folder = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)) / time.strftime(
-            "farslip_%Y%m%d_%H%M%S")
-        settings = engine_settings()
-        client = EngineClient(settings["url"], settings["token"] or None)
+        folder = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)) / run_folder_name(
+            layer.name(), classes)
+        client, settings = engine_client(self, parameters, context)
         request = SegmentationRequest(layer=layer, classes=classes, extent=extent, extent_crs=layer.crs(), gsd=gsd,
                                       model=settings["model"] or None, threshold=threshold,
                                       scores=self.parameterAsBool(parameters, self.SCORES, context),
@@ -104,17 +86,18 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
         except EngineError as exc:
             raise QgsProcessingException(str(exc)) from None
         outputs = {self.OUTPUT_FOLDER: str(folder), "CLASSES_RASTER": str(folder / summary["files"]["classes"])}
-        details = [("CLASSES_RASTER", "FarSLIP classes", "raster")]
-        if "polygons" in summary["files"]:
-            outputs["POLYGONS"] = str(folder / summary["files"]["polygons"])
-            details.insert(0, ("POLYGONS", "FarSLIP polygons", "vector"))
-        for key, name, kind in details:
-            if context.project() is not None:
-                details = QgsProcessingContext.LayerDetails(name, context.project(), key)
-                style = _Style(summary["classes"], kind)
-                _LIVE_STYLES.append(style)
-                del _LIVE_STYLES[:-20]
-                details.setPostProcessor(style)
-                context.addLayerToLoadOnCompletion(outputs[key], details)
+        files, found = summary["files"], summary["classes"]
+        suffix = f"{layer.name()} — {class_title(classes)} ({time.strftime('%H:%M:%S')})"
+        # loaded bottom first: classes, then the first class's score band, polygons on top
+        styles.load_styled(context, outputs["CLASSES_RASTER"], f"Classes · {suffix}", "CLASSES_RASTER",
+                           styles.classes_raster(found))
+        if "scores" in files:
+            outputs["SCORES"] = str(folder / files["scores"])
+            styles.load_styled(context, outputs["SCORES"], f"Score: {found[0]['name']} · {suffix}", "SCORES",
+                               styles.scores(found))
+        if "polygons" in files:
+            outputs["POLYGONS"] = str(folder / files["polygons"])
+            styles.load_styled(context, outputs["POLYGONS"], f"Polygons · {suffix}", "POLYGONS",
+                               styles.categorized(found, "polygons"))
         feedback.pushInfo(", ".join(f"{c['name']}: {c['pixels']} px" for c in summary["classes"]))
         return outputs

@@ -9,13 +9,21 @@ qgis_core = pytest.importorskip("qgis.core", reason="plugin tests run in the QGI
 _APP = None
 
 
+MASTER_PASSWORD = "farslip-tests"
+
+
 @pytest.fixture(scope="session")
-def qgis_app():
-    """One offscreen QgsApplication for the whole session (QGIS allows only one)."""
+def qgis_app(tmp_path_factory):
+    """One offscreen QgsApplication for the whole session (QGIS allows only one), with its own
+    authentication database, unlocked with a test master password (QGIS would ask the user)."""
     global _APP
     if _APP is None:
+        import os
+
+        os.environ["QGIS_AUTH_DB_DIR_PATH"] = str(tmp_path_factory.mktemp("qgis-auth"))
         _APP = qgis_core.QgsApplication([], False)
         _APP.initQgis()
+        assert qgis_core.QgsApplication.authManager().setMasterPassword(MASTER_PASSWORD, True)
     return _APP
 
 

@@ -38,27 +38,36 @@ def _params(folder: Path, layer, out: Path, **extra):
     return {"INPUT": layer, "CLASSES": "water, river\ngrass\nbuilding, roof; road", "OUTPUT_FOLDER": str(out), **extra}
 
 
+def _loaded(prefix: str) -> list:
+    from qgis.core import QgsProject
+
+    return [lyr for lyr in QgsProject.instance().mapLayers().values() if lyr.name().startswith(prefix)]
+
+
 def test_algorithm_segments_and_loads_styled_layers(qgis_app, processing, use_engine, folder, tmp_path):
     from qgis.core import QgsProject, QgsRasterLayer
 
+    QgsProject.instance().clear()
     layer = QgsRasterLayer(str(folder / "small.tif"), "small")
     assert layer.isValid()
     QgsProject.instance().addMapLayer(layer)
-    result = processing.runAndLoadResults("farslip:segment", _params(folder, layer, tmp_path))
+    result = processing.runAndLoadResults("farslip:segment", _params(folder, layer, tmp_path, SCORES=True))
     classes_path = Path(result["CLASSES_RASTER"])
     assert classes_path.exists() and Path(result["POLYGONS"]).exists()
-    loaded = {lyr.name(): lyr for lyr in QgsProject.instance().mapLayers().values()}
-    raster = loaded["FarSLIP classes"]
+    assert classes_path.parent.name.startswith("small_water-grass-building_")
+    [raster] = _loaded("Classes · small — water, grass, building, road (")
     assert raster.renderer().type() == "paletted"
     legend = [c.label for c in raster.renderer().classes()]
     assert legend == ["water", "grass", "building", "road"]
     assert raster.renderer().classes()[0].color.name() == "#1e64dc"  # water's colour
     assert raster.crs() == layer.crs() and raster.extent() == layer.extent()
-    polygons = loaded["FarSLIP polygons"]
+    [polygons] = _loaded("Polygons · small — ")
     assert polygons.renderer().type() == "categorizedSymbol"
     colours = {cat.value(): cat.symbol().color().name() for cat in polygons.renderer().categories()}
     assert colours["water"] == "#1e64dc" and set(colours) == set(legend)
     assert polygons.featureCount() > 0
+    [scores] = _loaded("Score: water · small")  # scores are loaded too, the first class's band on a ramp
+    assert scores.renderer().type() == "singlebandpseudocolor" and scores.renderer().band() == 1
 
 
 def test_extent_limits_the_area(qgis_app, processing, use_engine, folder, tmp_path):
@@ -98,20 +107,48 @@ def test_cancel_stops_the_engine_job(qgis_app, processing, use_engine, folder, t
     assert use_engine.jobs()[0]["state"] == "cancelled"
 
 
-def test_grid_search_and_label_algorithms(qgis_app, processing, use_engine, folder, tmp_path):
-    from qgis.core import QgsRasterLayer, QgsVectorLayer
+def test_grid_search_and_label_algorithms_load_styled_layers(qgis_app, processing, use_engine, folder, tmp_path):
+    from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
 
+    QgsProject.instance().clear()
     layer = QgsRasterLayer(str(folder / "small.tif"), "small")
-    grid = processing.run("farslip:classify_grid", {"INPUT": layer, "CLASSES": "water\ngrass", "CELL": 40.0,
-                                                    "OUTPUT_FOLDER": str(tmp_path)})
+    grid = processing.runAndLoadResults("farslip:classify_grid", {"INPUT": layer, "CLASSES": "water\ngrass",
+                                                                  "CELL": 40.0, "OUTPUT_FOLDER": str(tmp_path)})
     cells = QgsVectorLayer(grid["GRID"], "grid")
     assert cells.featureCount() == 4 * 3 - 0 and {f["class"] for f in cells.getFeatures()} <= {"water", "grass"}
-    found = processing.run("farslip:search", {"INPUT": layer, "QUERY": "a lake", "TOP_K": 2,
-                                              "OUTPUT_FOLDER": str(tmp_path)})
+    [loaded_grid] = _loaded("Scene grid · small")
+    assert loaded_grid.renderer().type() == "categorizedSymbol"
+    assert [c.value() for c in loaded_grid.renderer().categories()] == ["water", "grass"]
+    found = processing.runAndLoadResults("farslip:search", {"INPUT": layer, "QUERY": "a lake", "TOP_K": 2,
+                                                            "OUTPUT_FOLDER": str(tmp_path)})
     assert QgsRasterLayer(found["HEATMAP"], "h").crs() == layer.crs()
     assert 1 <= QgsVectorLayer(found["BOXES"], "b").featureCount() <= 2
-    labelled = processing.run("farslip:label_regions", {"INPUT": layer, "REGIONS": cells, "CLASSES": "water\ngrass",
-                                                        "OUTPUT": "memory:"})["OUTPUT"]
-    assert labelled.featureCount() == cells.featureCount()
-    assert all(f["farslip_class"] in ("water", "grass") and 0 < f["farslip_score"] <= 1
-               for f in labelled.getFeatures())
+    [heat] = _loaded("Heat map · “a lake”")
+    assert heat.renderer().type() == "singlebandpseudocolor"
+    [boxes] = _loaded("Search boxes · “a lake”")
+    assert boxes.renderer().symbol().symbolLayer(0).properties()["style"] == "no"  # outlines over the image
+    labelled = processing.runAndLoadResults("farslip:label_regions", {"INPUT": layer, "REGIONS": cells,
+                                                                      "CLASSES": "water\ngrass", "OUTPUT": "TEMPORARY_OUTPUT"})
+    out = QgsProject.instance().mapLayer(labelled["OUTPUT"])
+    assert out.featureCount() == cells.featureCount()
+    assert all(f["farslip_class"] in ("water", "grass") and 0 < f["farslip_score"] <= 1 for f in out.getFeatures())
+    assert out.renderer().type() == "categorizedSymbol" and out.renderer().classAttribute() == "farslip_class"
+
+
+def test_engine_url_and_token_from_an_auth_config(qgis_app, processing, engine, folder, tmp_path):
+    from qgis.core import QgsRasterLayer
+
+    from qgis_farslip.auth import store_token
+    from qgis_farslip.settings import save_engine_settings
+
+    save_engine_settings("http://127.0.0.1:9", "")  # the plugin's own settings point nowhere
+    authcfg = store_token(engine.token, engine.url)
+    layer = QgsRasterLayer(str(folder / "small.tif"), "small")
+    result = processing.run("farslip:segment", _params(folder, layer, tmp_path, ENGINE_URL=engine.url,
+                                                       ENGINE_AUTH=authcfg))
+    assert Path(result["CLASSES_RASTER"]).exists()
+    from qgis.core import QgsProcessingException
+
+    wrong = store_token("not-the-token", engine.url)
+    with pytest.raises(QgsProcessingException, match="refused the token"):
+        processing.run("farslip:segment", _params(folder, layer, tmp_path, ENGINE_URL=engine.url, ENGINE_AUTH=wrong))
