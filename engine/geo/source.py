@@ -39,6 +39,7 @@ from engine.errors import InputError, first_line
 DEFAULT_GSD = 0.5  # metres per pixel; see README "Working resolution"
 STRETCH_PERCENTILES = (2.0, 98.0)
 _STATS_MAX_SIDE = 1024
+_CHEAP_READ_PIXELS = 4096 * 4096  # an area read whole in well under a second
 CLIP_MEAN_RGB = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 PIXEL_SPACE = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # QGIS's frame for a raster without geotransform
 
@@ -160,9 +161,12 @@ class RasterSource:
         self.source_gsd = _pixel_metres(self.crs, self.transform, self.width, self.height)
         self.working_gsd, self.grid = self._working_grid(gsd)
         self.floating = any(np.dtype(ds.dtypes[b - 1]).kind in "fc" for b in self.bands)
-        overview = self._overview_read()
-        self.stretch = self._stretch(*overview) if ds.dtypes[self.bands[0] - 1] != "uint8" else None
-        self._check_edge_frame(overview[0])
+        needs_stretch = ds.dtypes[self.bands[0] - 1] != "uint8"
+        cheap = self.height * self.width <= _CHEAP_READ_PIXELS or bool(ds.overviews(self.bands[0]))
+        overview = self._overview_read() if needs_stretch or cheap else None
+        self.stretch = self._stretch(*overview) if needs_stretch else None
+        if overview is not None:  # (a large uint8 raster without overviews is not read whole for this)
+            self._check_edge_frame(overview[0])
 
     # --- choices -------------------------------------------------------------------------------
     def _choose_bands(self, bands) -> tuple[int, int, int]:
