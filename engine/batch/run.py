@@ -199,7 +199,7 @@ def _read_result(status: dict, path: Path) -> None:
 
 
 def _result_fields(status: dict, summary: dict) -> None:
-    status.update(crs=summary.get("crs"), windows=summary.get("crops"),
+    status.update(crs=summary.get("crs"), windows=summary.get("crops"), notes=summary.get("notes", []),
                   classes={c["name"]: {"pixels": c["pixels"], "area_m2": c["area_m2"]} for c in summary["classes"]})
 
 

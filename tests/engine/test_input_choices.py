@@ -86,7 +86,9 @@ def test_segment_batch_takes_the_nodata_value_too(tmp_path, segmenter):
     src, frame = _framed(tmp_path)
     summary = run_batch([str(src)], BatchSettings(str(tmp_path / "out"), nodata=0), segmenter,
                         LocalExecutor(segmenter))
-    assert summary["done"] == 1
+    assert summary["done"] == 1 and summary["per_input"][0]["notes"] == []
     with rasterio.open(tmp_path / "out" / "framed_classes.tif") as ds:
         labels = ds.read(1)
     assert np.all(labels[:frame] == 255) and np.all(labels[frame:-frame, frame:-frame] != 255)
+    untagged = run_batch([str(src)], BatchSettings(str(tmp_path / "plain")), segmenter, LocalExecutor(segmenter))
+    assert "edge frame of value 0" in untagged["per_input"][0]["notes"][0]  # the warning reaches batch runs
