@@ -79,7 +79,9 @@ def _label_file(args, classifier, area) -> int:
         regions.append(Region(polygon=tuple(poly.exterior.coords)))
     crs = meta.get("crs") if isinstance(meta, dict) else None
     with RasterSource(args.input, area["bands"], None, area["window"], area["bbox"], area["bbox_crs"]) as source:
-        labels = label_regions(source, regions, classifier, crs=crs or ("pixel" if source.crs is None else None))
+        # a file without CRS is in the raster's own frame: its geotransform, or QGIS's pixel frame
+        # (x = column, y = -row) for a raster without one, as the regions were drawn over it
+        labels = label_regions(source, regions, classifier, crs=crs)
         out = Path(args.out) / f"{args.name or Path(args.regions).stem}_labels.gpkg"
         partial = out.with_name(f".partial-{out.name}")
         ours = {"class": np.array([lb["best"] for lb in labels], dtype=object),

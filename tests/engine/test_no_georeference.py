@@ -90,3 +90,32 @@ def test_a_bbox_on_a_png_tile_is_in_qgis_pixel_space(png):
     with RasterSource(png, bbox=(10, -60, 80, -20)) as source:  # as read off QGIS's canvas
         w = source.window
         assert (w.col_off, w.row_off, w.width, w.height) == (10, 20, 70, 40)
+
+
+def test_regions_drawn_over_a_png_tile_in_qgis_are_labelled_where_they_are(tmp_path, png, tiny_model):
+    import torch
+
+    from engine.cli import main
+    from engine.dense.scenes import SceneClassifier
+    from engine.geo.regions import Region
+    from engine.geo.scenes import label_regions
+    from engine.geo.vectors import write_features
+    from tests.engine.conftest import TINY, make_clip
+
+    boxes = [shapely.box(5, -60, 45, -20), shapely.box(60, -85, 110, -40)]  # as drawn on QGIS's canvas
+    regions = tmp_path / "drawn.gpkg"
+    write_features(regions, boxes, {"id": np.array([1, 2], dtype=np.int32)}, None, "drawn")
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save({"epoch": 1, "name": "tiny", "state_dict": make_clip().state_dict()}, checkpoint)
+    classes = "water; grass; building; road"
+    assert main(["classify", str(png), "--classes", classes, "--regions", str(regions), "-o", str(tmp_path / "out"),
+                 "--model", str(checkpoint), "--arch", TINY, "-q"]) == 0
+    from pyogrio.raw import read
+
+    meta, _, _, columns = read(tmp_path / "out" / "drawn_labels.gpkg")
+    got = dict(zip(meta["fields"], columns))
+    with RasterSource(png) as source:  # the same boxes in (column, row)
+        want = label_regions(source, [Region(bbox=(5, 20, 45, 60)), Region(bbox=(60, 40, 110, 85))],
+                             SceneClassifier(tiny_model, classes), crs="pixel")
+    assert list(got["class"]) == [w["best"] for w in want]
+    assert list(got["score"]) == pytest.approx([w["score"] for w in want], abs=1e-5)
