@@ -36,8 +36,7 @@ from engine.batch.units import RasterSpec, Unit
 from engine.batch.work import plan_units
 from engine.errors import Cancelled, FarSLIPError
 from engine.geo.blocks import assemble_block, block_boxes, sources_of
-from engine.geo.pipeline import (DEFAULT_BLOCK, RasterJob, output_paths, publish_summary, remove_stale_outputs,
-                                  segment_raster)
+from engine.geo.pipeline import DEFAULT_BLOCK, RasterJob, output_paths, publish_summary, segment_raster
 
 SUMMARY = "batch_summary.json"
 
@@ -185,7 +184,6 @@ def _publish(job: RasterJob, status: dict, segmenter, manifest: Manifest, cancel
     except FarSLIPError as exc:
         status.update(status="failed", error=str(exc))
         return
-    remove_stale_outputs(job)
     manifest.mark_published(job.name)
     status.update(status="done")
     _result_fields(status, summary)

@@ -103,18 +103,6 @@ def refuse_earlier_outputs(job: RasterJob) -> None:
                          f"pass --overwrite to replace them, or choose another output folder or --name")
 
 
-def remove_stale_outputs(job: RasterJob) -> list[Path]:
-    """Remove products of an earlier run under this name that this job does not write (e.g. the
-    polygons of a run with polygons, after a run without): one name never mixes two runs' outputs."""
-    wanted = set(output_paths(job).values())
-    removed = []
-    for path in all_output_paths(job).values():
-        if path not in wanted and path.exists():
-            path.unlink()
-            removed.append(path)
-    return removed
-
-
 def make_workdir(out_dir: str) -> Path:
     """A temporary folder inside the output folder (same file system, so renames are atomic)."""
     out = Path(out_dir)
