@@ -13,7 +13,8 @@ from pathlib import Path
 
 from engine.cli import EXIT_INTERRUPTED
 from engine.cli_segment import (_check_writable, add_inference_arguments, add_model_arguments,
-                                add_output_arguments, inference_options, progress_bar, segment_settings)
+                                add_output_arguments, inference_options, print_notes, progress_bar,
+                                segment_settings)
 from engine.errors import InputError
 
 EXIT_FAILURES = 1
@@ -36,7 +37,7 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
     inputs = expand_inputs(args.inputs)
     settings = BatchSettings(out_dir=args.out, bands=tuple(job.bands) if job.bands else None, gsd=job.gsd,
                              block=job.block, scores=job.scores, polygons=job.polygons, min_area=job.min_area,
-                             simplify=job.simplify)
+                             simplify=job.simplify, nodata=job.nodata)
     _check_writable(Path(args.out))
 
     from engine.dense import Segmenter
@@ -69,6 +70,8 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
     if replaced:
         print(f"farslip: replaced the earlier outputs of {len(replaced)} input(s) made with other settings: "
               f"{', '.join(replaced[:5])}{' ...' if len(replaced) > 5 else ''}", file=sys.stderr)
+    for entry in summary["per_input"]:
+        print_notes(entry.get("notes", []))
     for failure in summary["failures"]:
         print(f"farslip: failed: {failure['input']}: {failure['error']}", file=sys.stderr)
     if not args.quiet:

@@ -42,7 +42,7 @@ def segment_settings(args: argparse.Namespace):
         bbox=list(parse_numbers(bbox, 4, "--bbox")) if bbox else None, bbox_crs=getattr(args, "bbox_crs", None),
         preset=args.preset, threshold=args.threshold, background=args.background, global_bias=args.global_bias,
         upsampler=args.upsampler, scores=args.scores, polygons=not args.no_polygons, min_area=args.min_area,
-        simplify=args.simplify, block=args.block)
+        simplify=args.simplify, block=args.block, nodata=args.nodata)
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,6 +60,9 @@ def add_output_arguments(p: argparse.ArgumentParser, block_help: str) -> None:
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this many m²")
     p.add_argument("--simplify", type=float, default=1.0, help="polygon simplification tolerance in pixels")
     p.add_argument("--block", type=int, default=1024, help=block_help)
+    p.add_argument("--nodata", type=float, metavar="VALUE",
+                   help="a value that is no data where every chosen band holds it (e.g. 0 for a black border the "
+                        "file does not declare); NaN, masks and the file's own nodata are always no data")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or report")
 
 
@@ -91,10 +94,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     settings = segment_settings(args)
     options = inference_options(settings, args)
-    job = settings.raster_job(args.input, args.out, args.name)
+    job = settings.raster_job(args.input, args.out, args.name, overwrite=args.overwrite)
     # Check the input and the output folder before spending time on loading the model.
     with settings.open_source(args.input) as source:
         source.probe()
+        print_notes(source.notes)
         if source.crs is None:
             print(f"farslip: warning: {Path(args.input).name} has no CRS; outputs are in pixel space and "
                   f"areas are not computed", file=sys.stderr)
@@ -120,11 +124,18 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_notes(notes: list[str]) -> None:
+    """The choices the engine made for a raster (bands guessed, a nodata frame suspected), one line each."""
+    for note in notes:
+        kind, text = ("warning", note.removeprefix("warning: ")) if note.startswith("warning:") else ("note", note)
+        print(f"farslip: {kind}: {text}", file=sys.stderr)
+
+
 def progress_bar(quiet: bool, label: str):
     """A tqdm bar (tiles/s) and the (done, total) callback that drives it."""
     from tqdm import tqdm
 
-    bar = tqdm(total=None, unit="tile", desc=label, disable=quiet, dynamic_ncols=True)
+    bar = tqdm(total=None, unit="tile", desc=label, disable=quiet, dynamic_ncols=True, delay=0.5)
 
     def progress(done: int, total: int) -> None:
         bar.total = total
@@ -154,6 +165,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    help="'building,roof; road; tree' (';' between classes, ',' between synonyms) or @file.txt")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--name", help="output file stem (default: the input's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's outputs of the same name in the output folder (else refused)")
     p.add_argument("--bands", help="three 1-based band numbers for R,G,B, e.g. 3,2,1 (default: from colour "
                                    "interpretation, else 1,2,3)")
     p.add_argument("--gsd", type=float, help="working resolution in metres per pixel (default: max(native, 0.5))")

@@ -2,8 +2,8 @@
 
 `SegmentSettings` holds what a user chooses — classes, area, working resolution, inference options,
 outputs, model — and refuses what no run could use: unknown fields, NaN or infinite numbers, lone
-surrogates in text, out-of-range values, an empty or malformed class list (parsed here, once, by the
-one prompt parser), a window or bbox no raster can hold. The same model is
+surrogates in text, out-of-range values, a class list the one prompt parser cannot read, a window or
+bbox no raster can hold. The same model is
 
 - the body of `POST /v1/jobs/segment` (`engine.server.schemas.SegmentRequest` adds where the imagery
   is) and stored as JSON with the job, read back by the worker;
@@ -12,16 +12,19 @@ one prompt parser), a window or bbox no raster can hold. The same model is
 - what the QGIS plugin's payload builder is tested against (the request's JSON Schema, exported by
   `python -m engine.server.schemas`).
 
-What depends on the raster (bands that exist, a bbox that overlaps it, the size of the working grid)
-is checked when it is opened: `open_source` is the one place a run's area is applied, and
-`check_pixel_budget` the one place a run's size is held against a limit.
+The JSON Schema says all it can (so a client can check a body before sending it); `check()` says the
+rest — the class list as the prompt parser reads it, max > min in a bbox — as an InputError (a 400
+from the API: the body fitted the schema). What depends on the raster (bands that exist, a bbox that
+overlaps it, the size of the working grid) is checked when it is opened: `open_source` is the one
+place a run's area is applied, and `check_pixel_budget` the one place a run's size is held against a
+limit.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from engine.errors import InputError
 
@@ -74,20 +77,16 @@ class Strict(BaseModel):
         return data
 
 
-Classes = list[str] | str
-
-
-def parse_classes(value):
-    """The one prompt parser, run once per settings object: a bad list fails validation."""
-    from engine.dense import PromptSet
-
-    if isinstance(value, list) and len(value) > MAX_CLASS_LINES:
-        raise ValueError(f"at most {MAX_CLASS_LINES} class lines")
-    try:
-        PromptSet.parse(value)
-    except InputError as exc:
-        raise ValueError(str(exc)) from None
-    return value
+NO_CLASSES = "no classes given: name at least one class, e.g. 'building; road; tree'"
+# The schema says what it can (non-empty text with a name in it, at most 1,000 lines); the parser says
+# the rest (duplicate names, more than 254 classes) when a run is checked: a 400, not a 422.
+ClassText = Annotated[str, Field(min_length=1, max_length=200_000, pattern=r"[^\s;,]")]
+ClassLine = Annotated[str, Field(min_length=1, max_length=10_000, pattern=r"[^\s,]")]
+Classes = ClassText | Annotated[list[ClassLine], Field(min_length=1, max_length=MAX_CLASS_LINES)]
+Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
+Offset = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Length = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Band = Annotated[int, Field(ge=1, le=65535)]
 
 
 class ModelChoice(Strict):
@@ -99,47 +98,18 @@ class ModelChoice(Strict):
 class Area(Strict):
     """Which pixels of the raster, and which bands as red, green, blue."""
 
-    window: list[int] | None = Field(None, min_length=4, max_length=4, description="col,row,width,height (pixels)")
-    bbox: list[float] | None = Field(None, min_length=4, max_length=4, description="minx,miny,maxx,maxy")
+    window: tuple[Offset, Offset, Length, Length] | None = Field(None, description="col,row,width,height (pixels)")
+    bbox: tuple[Coordinate, Coordinate, Coordinate, Coordinate] | None = Field(
+        None, description="minx,miny,maxx,maxy (max > min)")
     bbox_crs: str | None = Field(None, min_length=1, max_length=200, description="CRS of bbox (default: the raster's)")
-    bands: list[int] | None = Field(None, min_length=3, max_length=3, description="1-based band numbers for R,G,B")
+    bands: tuple[Band, Band, Band] | None = Field(None, description="1-based band numbers for R,G,B")
 
-    @field_validator("window")
-    @classmethod
-    def window_fits_a_raster(cls, value):
-        if value is not None:
-            col, row, width, height = value
-            if col < 0 or row < 0:
-                raise ValueError("window col,row must not be negative")
-            if width < 1 or height < 1:
-                raise ValueError("window width and height must be at least 1 pixel")
-            if max(value) > 2**31 - 1:
-                raise ValueError("window values must be below 2^31")
-        return value
-
-    @field_validator("bbox")
-    @classmethod
-    def bbox_is_a_box(cls, value):
-        if value is not None:
-            if any(abs(v) > MAX_COORDINATE for v in value):
-                shown = ", ".join(f"{v:g}" for v in value)
-                raise ValueError(f"bbox [{shown}] has coordinates beyond ±{MAX_COORDINATE:g}: no raster lies there")
-            if not (value[2] > value[0] and value[3] > value[1]):
-                raise ValueError("bbox must be minx,miny,maxx,maxy with max > min")
-        return value
-
-    @field_validator("bands")
-    @classmethod
-    def bands_are_numbers(cls, value):
-        if value is not None and any(b < 1 for b in value):
-            raise ValueError("band numbers start at 1")
-        return value
-
-    @model_validator(mode="after")
-    def one_area(self):
+    def check_area(self) -> None:
+        """What the schema cannot say about an area (InputError: a 400 from the API)."""
         if self.window is not None and self.bbox is not None:
-            raise ValueError("give either a window or a bbox, not both")
-        return self
+            raise InputError("give either a window or a bbox, not both")
+        if self.bbox is not None and not (self.bbox[2] > self.bbox[0] and self.bbox[3] > self.bbox[1]):
+            raise InputError("bbox must be minx,miny,maxx,maxy with max > min")
 
 
 class SegmentSettings(ModelChoice, Area):
@@ -152,6 +122,9 @@ class SegmentSettings(ModelChoice, Area):
     mask_wkt: str | None = Field(None, min_length=1, max_length=500_000,
                                  description="segment only inside this (Multi)Polygon")
     mask_crs: str | None = Field(None, min_length=1, max_length=200, description="CRS of mask_wkt (default: the raster's)")
+    nodata: float | None = Field(None, ge=-1e300, le=1e300,
+                                 description="a value that is no data where every chosen band holds it (besides "
+                                             "the file's own nodata, masks, and NaN)")
     # inference
     preset: Literal["paper", "enhanced"] = "paper"
     threshold: float | None = Field(None, ge=0.0, lt=1.0, description="below this best-class probability: background")
@@ -169,25 +142,34 @@ class SegmentSettings(ModelChoice, Area):
 
     _prompts: "PromptSet | None" = PrivateAttr(None)
 
-    @field_validator("classes")
-    @classmethod
-    def classes_parse(cls, value):
-        return parse_classes(value)
+    def check(self) -> "SegmentSettings":
+        """What the schema cannot say: the class list as the prompt parser reads it, the area, the
+        inference options. Raises InputError (a 400 from the API, one line from the CLI)."""
+        from engine.dense import PromptSet
 
-    @model_validator(mode="after")
-    def mask_crs_needs_mask(self):
+        try:
+            self._prompts = PromptSet.parse(self.classes)
+        except InputError as exc:
+            raise InputError(f"classes: {exc}") from None
+        self.check_area()
         if self.mask_crs is not None and self.mask_wkt is None:
-            raise ValueError("mask_crs given without mask_wkt")
+            raise InputError("mask_crs given without mask_wkt")
+        self.inference_options()
         return self
 
     @classmethod
     def from_fields(cls, **fields) -> "SegmentSettings":
-        """Build from a command line's values (None: not given); the first problem is one InputError
-        line naming the option as the command line spells it (`--gsd: ...`)."""
+        """Build from a command line's values (None: not given) and check; the first problem is one
+        InputError line naming the option as the command line spells it (`--gsd: ...`)."""
         try:
-            return cls(**{k: v for k, v in fields.items() if v is not None})
+            settings = cls(**{k: v for k, v in fields.items() if v is not None})
         except ValidationError as exc:
             raise InputError(describe(exc, option_style=True)) from None
+        try:
+            return settings.check()
+        except InputError as exc:
+            text = str(exc)
+            raise InputError(f"--{text}" if text.startswith("classes: ") else text) from None
 
     # --- what a run is made of -----------------------------------------------------------------
     @property
@@ -210,7 +192,7 @@ class SegmentSettings(ModelChoice, Area):
     def area_arguments(self) -> dict:
         return {"bands": tuple(self.bands) if self.bands else None, "gsd": self.gsd,
                 "window": tuple(self.window) if self.window else None,
-                "bbox": tuple(self.bbox) if self.bbox else None, "bbox_crs": self.bbox_crs}
+                "bbox": tuple(self.bbox) if self.bbox else None, "bbox_crs": self.bbox_crs, "nodata": self.nodata}
 
     def open_source(self, path: str) -> "RasterSource":
         """The raster area this run reads (bands, working GSD, window or bbox, mask applied); the
@@ -226,10 +208,13 @@ class SegmentSettings(ModelChoice, Area):
             raise
         return source
 
-    def raster_job(self, input: str, out_dir: str, name: str | None = None) -> "RasterJob":
+    def raster_job(self, input: str, out_dir: str, name: str | None = None, overwrite: bool = False) -> "RasterJob":
+        """The pipeline's run of this on `input` into `out_dir`; `overwrite` replaces an earlier run's
+        outputs of the same name there (else the run refuses to start)."""
         from engine.geo.pipeline import RasterJob
 
-        return RasterJob(input=input, out_dir=out_dir, name=name, block=self.block, scores=self.scores,
+        return RasterJob(input=input, out_dir=out_dir, name=name, overwrite=overwrite, block=self.block,
+                         scores=self.scores,
                          polygons=self.polygons, min_area=self.min_area, simplify=self.simplify,
                          mask_wkt=self.mask_wkt, mask_crs=self.mask_crs, **self.area_arguments())
 
@@ -257,4 +242,6 @@ def describe(exc, option_style: bool = False) -> str:
     if option_style and parts:
         where = "--" + parts[0].replace("_", "-")
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    if "classes" in parts[:1] and first.get("type") in ("string_pattern_mismatch", "string_too_short", "too_short"):
+        message = NO_CLASSES
     return f"{where}: {message}" if where else message

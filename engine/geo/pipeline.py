@@ -181,7 +181,7 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
         model_s = time.perf_counter() - t0
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled")
-        counts, areas, n_polygons = products.close()
+        counts, areas, n_polygons = products.close(cancel)
     finally:
         products.close_rasters()
     for c in classes:

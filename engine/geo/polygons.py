@@ -10,6 +10,7 @@ Polygons are simplified (tolerance in pixels) and those under `min_area` m² dro
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from scipy import ndimage
 from shapely.geometry import shape
 
 from engine.boxes import Box
+from engine.errors import Cancelled
 from engine.geo.rasters import NODATA, SCORE_MAX
 from engine.geo.source import linear_unit_metres, pixel_sides
 from engine.geo.vectors import write_features
@@ -102,8 +104,10 @@ class PolygonWriter:
         if len(self._rows) >= _FLUSH_EVERY:
             self._flush()
 
-    def _merge_seams(self) -> None:
+    def _merge_seams(self, cancel: threading.Event | None = None) -> None:
         for class_index, parts in self._seam.items():
+            if cancel is not None and cancel.is_set():  # each class's merge is one union: stop between them
+                raise Cancelled("cancelled")
             merged = shapely.unary_union([p for p, _, _ in parts])
             pieces = list(getattr(merged, "geoms", [merged]))
             tree = shapely.STRtree(pieces)
@@ -132,8 +136,9 @@ class PolygonWriter:
         self._written += len(self._rows)
         self._rows.clear()
 
-    def close(self) -> int:
-        """Merge the regions across block borders, write what is left; returns the polygon count."""
-        self._merge_seams()
+    def close(self, cancel: threading.Event | None = None) -> int:
+        """Merge the regions across block borders, write what is left; returns the polygon count. A
+        cancel stops it between classes (Cancelled)."""
+        self._merge_seams(cancel)
         self._flush(force=self._written == 0)  # an empty layer is still a valid GeoPackage
         return self._written

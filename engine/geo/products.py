@@ -10,6 +10,7 @@ It runs in the pipeline's writer thread, beside the compute of the next block.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -70,10 +71,11 @@ class SegmentationProducts:
             per_row = np.stack([np.bincount(r, minlength=256) for r in labels])
             self.areas += (per_row * rows[:, None]).sum(axis=0)
 
-    def close(self) -> tuple[np.ndarray, np.ndarray | None, int]:
-        """Finish the files; (pixel counts per class value, areas in m² or None, polygon count)."""
+    def close(self, cancel: threading.Event | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """Finish the files; (pixel counts per class value, areas in m² or None, polygon count). A cancel
+        stops the polygons' final merge between classes."""
         self.close_rasters()
-        n_polygons = self.polygons.close() if self.polygons is not None else 0
+        n_polygons = self.polygons.close(cancel) if self.polygons is not None else 0
         return self.counts, self.areas, n_polygons
 
     def close_rasters(self) -> None:

@@ -170,11 +170,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     def allowed_methods(path: str) -> list[str]:
         """Every method some route takes at `path` (Starlette's 405 names only the first route's)."""
-        methods = {"GET"} if path == "/openapi.json" else set()
-        for template, operations in app.openapi()["paths"].items():
-            if compile_path(template)[0].match(path):
-                methods.update(method.upper() for method in operations)
-        return sorted(methods)
+        if path == "/openapi.json":
+            return ["GET"]
+        paths = app.openapi()["paths"]
+        if path in paths:  # a fixed path (POST /v1/jobs/segment) wins over a template (/v1/jobs/{job_id})
+            return sorted(method.upper() for method in paths[path])
+        return sorted({method.upper() for template, operations in paths.items()
+                       if compile_path(template)[0].match(path) for method in operations})
 
     device = settings.device or config.default_device()
     if device == "auto":

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import HTTPException
 
 from engine.errors import FarSLIPError, InputError, first_line
-from engine.job import MAX_COORDINATE, check_pixel_budget
+from engine.job import check_pixel_budget
 from engine.server.raster_policy import check_input
 from engine.server.schemas import GridRequest, InputRef, LabelRequest, SearchRequest, SegmentRequest
 
@@ -98,13 +98,6 @@ def check_upsampler(raw: str, model: str, arch: str | None, settings) -> str:
     return str(path)
 
 
-def check_coordinates(values, what: str) -> None:
-    """A 400 for coordinates no raster can hold (pydantic already refused NaN and infinities)."""
-    if any(abs(v) > MAX_COORDINATE for v in values):
-        shown = ", ".join(f"{v:g}" for v in values[:8])
-        raise HTTPException(400, f"{what} [{shown}] has coordinates beyond ±{MAX_COORDINATE:g}: no raster lies there")
-
-
 def _area(body) -> dict:
     return {"bands": tuple(body.bands) if body.bands else None, "window": tuple(body.window) if body.window else None,
             "bbox": tuple(body.bbox) if body.bbox else None, "bbox_crs": body.bbox_crs}
@@ -128,9 +121,12 @@ def prepare_segment(body: SegmentRequest, store, settings, pool=None) -> dict:
     job's area, and its working grid held against the pixel budget; return what the worker runs."""
     upsampler = body.upsampler
     plain = body.model_copy(update={"upsampler": None})  # the up-sampler is checked below, under the folder policy
+    try:
+        plain.check()
+    except FarSLIPError as exc:
+        raise HTTPException(400, str(exc)) from None
 
     def check(path):
-        plain.inference_options()
         with plain.open_source(path) as source:
             check_pixel_budget(source, settings.max_pixels)
             source.probe()
@@ -149,7 +145,11 @@ def _check_source(path: str, body, gsd=None) -> None:
 
 
 def prepare_grid(body: GridRequest, store, settings, pool=None) -> dict:
+    from engine.dense import PromptSet
+
     def check(path):
+        PromptSet.parse(body.classes)
+        body.check_area()
         if body.cell_m is None and body.cell_px is None:
             raise InputError("give cell_m (metres) or cell_px (pixels)")
         _check_source(path, body)
@@ -162,6 +162,7 @@ def prepare_search(body: SearchRequest, store, settings, pool=None) -> dict:
 
     def check(path):
         query_prompts(body.query)
+        body.check_area()
         _check_source(path, body, body.gsd)
 
     return _stored(body, store, settings, pool, check)
@@ -204,15 +205,11 @@ def label(body: LabelRequest, pool, store, settings) -> dict:
     from engine.geo.source import RasterSource
 
     started = time.perf_counter()
-    for i, r in enumerate(body.regions):
-        check_coordinates(r.bbox or [v for p in r.polygon or () for v in p], f"regions.{i}")
     path = resolve_input(body.input, store, settings)
     model_name, arch = resolve_model(body.model, body.arch, settings, pool)
     try:
         regions = [Region(bbox=tuple(r.bbox) if r.bbox else None,
                           polygon=tuple(tuple(p[:2]) for p in r.polygon) if r.polygon else None) for r in body.regions]
-        if any(r.polygon and any(len(p) < 2 for p in r.polygon) for r in body.regions):
-            raise InputError("polygon points need two coordinates")
         classifier = SceneClassifier(pool.get(model_name, arch), body.classes, template_set=body.template_set)
         with RasterSource(path, tuple(body.bands) if body.bands else None) as source:
             labels = label_regions(source, regions, classifier, crs=body.crs)

@@ -62,6 +62,10 @@ class RequestLimitsAndLog:
         except _TooLarge:
             if state["status"] == 0:
                 await self._too_large(send, state)
+        except BaseException:
+            if state["status"] == 0:  # the server's error handler answers 500 after this: log it as such
+                state["status"] = 500
+            raise
         finally:
             self._log(scope, state, started)
 

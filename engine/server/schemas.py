@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine.job import Area, Classes, ModelChoice, SegmentSettings, Strict, parse_classes
+from engine.job import Area, Classes, Coordinate, ModelChoice, SegmentSettings, Strict
+
+
+def _one_of_path_or_upload(schema: dict) -> None:
+    """The schema of InputRef says what its validator enforces: exactly one of the two, never null."""
+    for name, spec in schema["properties"].items():
+        spec.update(next(option for option in spec.pop("anyOf") if option.get("type") != "null"))
+        spec.pop("default", None)
+    schema["oneOf"] = [{"required": ["path"]}, {"required": ["upload_id"]}]
 
 
 class InputRef(Strict):
     """Where the imagery is: a raster file on the engine's machine, or an uploaded one."""
+
+    model_config = ConfigDict(json_schema_extra=_one_of_path_or_upload)
 
     path: str | None = Field(None, max_length=4096, description="absolute path on the engine machine")
     upload_id: str | None = Field(None, max_length=64, pattern=r"^[0-9a-f]{32}$")
@@ -31,11 +41,6 @@ class SegmentRequest(SegmentSettings):
 class WithClasses(Strict):
     classes: Classes
 
-    @field_validator("classes")
-    @classmethod
-    def classes_parse(cls, value):
-        return parse_classes(value)
-
 
 class GridRequest(ModelChoice, Area, WithClasses):
     input: InputRef
@@ -51,9 +56,12 @@ class SearchRequest(ModelChoice, Area):
     heatmap: bool = True
 
 
+Point = Annotated[list[Coordinate], Field(min_length=2, max_length=3)]
+
+
 class RegionIn(Strict):
-    bbox: list[float] | None = Field(None, min_length=4, max_length=4)
-    polygon: list[list[float]] | None = Field(None, min_length=3, max_length=10000)
+    bbox: tuple[Coordinate, Coordinate, Coordinate, Coordinate] | None = Field(None, description="minx,miny,maxx,maxy")
+    polygon: list[Point] | None = Field(None, min_length=3, max_length=10000, description="x,y points of the ring")
 
 
 class LabelRequest(ModelChoice, WithClasses):
@@ -79,7 +87,7 @@ class LabelResponse(BaseModel):
 
 
 class PromptsRequest(Strict):
-    classes: Classes  # parsed by the route itself, which answers its problems with a 400
+    classes: Classes
 
 
 class JobCreated(BaseModel):

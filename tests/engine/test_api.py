@@ -103,15 +103,17 @@ def test_remote_mode_serves_no_paths_without_allow_root(root):
         assert got.status_code == 403 and "upload" in got.json()["detail"]
 
 
-# What the job model refuses by itself is a 422 (the body does not fit the schema); what depends on the
-# raster or the engine's files is a 400.
+# A body that does not fit the published schema is a 422; one that fits it but cannot be run (the class
+# list as the parser reads it, the raster it names, the engine's files) is a 400.
 @pytest.mark.parametrize("extra, code, message", [
-    ({"classes": []}, 422, "no classes given"),
-    ({"classes": [f"class {i}" for i in range(1000)]}, 422, "at most 254"),
-    ({"classes": " ;, ; "}, 422, "holds no name"),
-    ({"window": [0, 0, 0, 10]}, 422, "at least 1 pixel"),
-    ({"window": [0, 0, 10, 10], "bbox": [0, 0, 1, 1]}, 422, "either a window or a bbox"),
-    ({"mask_crs": "EPSG:4326"}, 422, "mask_crs given without mask_wkt"),
+    ({"classes": []}, 422, "classes"),
+    ({"classes": " ;, ; "}, 422, "classes"),
+    ({"classes": [f"class {i}" for i in range(1000)]}, 400, "at most 254"),
+    ({"classes": "water; Water"}, 400, "appears in class 1 and class 2"),
+    ({"window": [0, 0, 0, 10]}, 422, "window.2: Input should be greater than or equal to 1"),
+    ({"window": [0, 0, 10, 10], "bbox": [0, 0, 1, 1]}, 400, "either a window or a bbox"),
+    ({"bbox": [5, 0, 1, 1]}, 400, "max > min"),
+    ({"mask_crs": "EPSG:4326"}, 400, "mask_crs given without mask_wkt"),
     ({"window": [500, 500, 10, 10]}, 400, "outside the raster"),
     ({"bbox": [0, 0, 1, 1]}, 400, "bbox lies outside"),
     ({"model": "farslip7"}, 400, "unknown model"),
@@ -192,7 +194,7 @@ def test_prompts_are_parsed_with_stable_colours(client):
     assert classes[1]["colour"] == "#1e64dc"
     again = client.post("/v1/prompts", headers=AUTH, json={"classes": ["my odd class"]}).json()["classes"][0]
     assert again["colour"] == classes[2]["colour"]
-    assert client.post("/v1/prompts", headers=AUTH, json={"classes": " ; "}).status_code == 400
+    assert client.post("/v1/prompts", headers=AUTH, json={"classes": " ; "}).status_code == 422  # no name in it: the schema refuses it
 
 
 def test_jobs_and_uploads_expire_with_their_files(root):

@@ -133,3 +133,35 @@ def test_ctrl_c_leaves_no_output(tmp_path, checkpoint):
     assert proc.returncode == 130, err
     assert "interrupted" in err.strip().splitlines()[-1]
     assert list(out.iterdir()) == []
+
+
+def test_a_rerun_into_the_same_folder_needs_overwrite_and_then_replaces_everything(tmp_path, capsys, checkpoint):
+    src = write_raster(tmp_path / "tile.tif", scene(96, 96)[0])
+    out = tmp_path / "out"
+    first = run_cli(capsys, "segment", str(src), "--classes", "water; grass", "-o", str(out), *_model_args(checkpoint))
+    assert first[0] == 0, first[2]
+    assert (out / "tile_polygons.gpkg").exists()
+    code, _, err = run_cli(capsys, "segment", str(src), "--classes", "tree; road", "-o", str(out), "--no-polygons",
+                           *_model_args(checkpoint))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--overwrite" in err
+    assert json.loads((out / "tile_summary.json").read_text())["prompts"] == "water; grass"  # untouched
+    code, _, err = run_cli(capsys, "segment", str(src), "--classes", "tree; road", "-o", str(out), "--no-polygons",
+                           "--overwrite", *_model_args(checkpoint))
+    assert code == 0, err
+    assert json.loads((out / "tile_summary.json").read_text())["prompts"] == "tree; road"
+    assert not (out / "tile_polygons.gpkg").exists()  # no old polygons beside the new class map
+
+
+def test_nodata_value_on_the_command_line_blanks_an_undeclared_border(tmp_path, capsys, checkpoint):
+    data = scene(128, 128)[0]
+    data[:, :, :16] = 0  # a black border the file does not declare
+    src = write_raster(tmp_path / "framed.tif", data)
+    code, _, err = run_cli(capsys, "segment", str(src), "--classes", "water; grass", "-o", str(tmp_path / "a"),
+                           "--gsd", "0.5", *_model_args(checkpoint))
+    assert code == 0 and "warning:" in err and "--nodata 0" in err  # the engine says what it noticed
+    code, _, err = run_cli(capsys, "segment", str(src), "--classes", "water; grass", "-o", str(tmp_path / "b"),
+                           "--gsd", "0.5", "--nodata", "0", *_model_args(checkpoint))
+    assert code == 0, err
+    with rasterio.open(tmp_path / "b" / "framed_classes.tif") as classes:
+        labels = classes.read(1)
+        assert (labels[:, :16] == classes.nodata).all() and (labels[:, 16:] != classes.nodata).all()

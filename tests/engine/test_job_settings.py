@@ -45,7 +45,8 @@ def test_the_command_line_and_an_api_body_make_the_same_run(tmp_path):
     ("--gsd", "nan", "--gsd: Input should be a finite number"),
     ("--block", "100", "--block: Input should be greater than or equal to 256"),
     ("--threshold", "1.5", "--threshold: Input should be less than 1"),
-    ("--window", "0,0,0,5", "--window: window width and height must be at least 1 pixel"),
+    ("--window", "0,0,0,5", "--window: Input should be greater than or equal to 1"),
+    ("--bbox", "10,0,5,5", "bbox must be minx,miny,maxx,maxy with max > min"),
     ("--classes", " ; ", "--classes: no classes given"),
     ("--min-area", "-3", "--min-area: Input should be greater than or equal to 0"),
 ])
