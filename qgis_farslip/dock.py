@@ -19,7 +19,7 @@ from qgis_farslip.background import run_async
 from qgis_farslip.client import EngineError
 from qgis_farslip.engine_panel import UI_TIMEOUT_S, EnginePanel
 from qgis_farslip.jobs import SegmentationRequest, check_request
-from qgis_farslip.outputs import default_output_folder
+from qgis_farslip.outputs import class_title, default_output_folder
 from qgis_farslip.tasks import SegmentTask
 
 SCOPES = ("Visible map extent", "Whole layer", "Selected polygons")
@@ -322,7 +322,7 @@ class FarSLIPDock(QDockWidget):
         except EngineError as exc:
             self._fail(str(exc))
             return None
-        title = ", ".join(line.split(",")[0] for line in request.classes[:4])
+        title = class_title(request.classes)
         self.task = SegmentTask(self.client(), request, self.folder_widget.filePath(), title, on_done=self._finished)
         self.task.progressChanged.connect(lambda p: self.progress.setValue(int(p)))
         self.task.message.connect(lambda text: self.progress.setFormat(f"%p% — {text}"))

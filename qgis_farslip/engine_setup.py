@@ -52,10 +52,24 @@ def env_python(env_dir: str | Path) -> Path:
     return Path(env_dir) / _BIN / f"python{_EXE}"
 
 
+def _interpreter(command: Path) -> Path | None:
+    """The Python a `farslip` script runs on: the one beside it (symlinks followed), else its #! line."""
+    beside = command.resolve().parent / f"python{_EXE}"
+    if beside.exists():
+        return beside
+    try:
+        with open(command, "rb") as fh:
+            first = fh.readline(300).decode("utf-8", "replace")
+    except OSError:
+        return None
+    path = Path(first[2:].strip().split(" ")[0]) if first.startswith("#!") else None
+    return path if path is not None and path.name.startswith("python") and path.exists() else None
+
+
 def _version_beside(command: Path) -> tuple[str | None, str | None]:
     """(python, farslip version) of the environment a `farslip` script lives in; fast, imports no torch."""
-    python = command.parent / f"python{_EXE}"
-    if not python.exists():
+    python = _interpreter(command)
+    if python is None:
         return None, None
     try:
         out = subprocess.run([str(python), "-I", "-c", "import importlib.metadata as m; print(m.version('farslip'))"],

@@ -115,9 +115,28 @@ def labels_layer(crs: QgsCoordinateReferenceSystem, project: QgsProject | None =
     layer = QgsVectorLayer(f"{path}|layername=labels", LABELS_LAYER, "ogr")
     if not layer.isValid():
         raise EngineError(f"cannot open {path}")
+    style_labels(layer)
     project.addMapLayer(layer, False)
     project.layerTreeRoot().insertLayer(0, layer)
     return layer
+
+
+def style_labels(layer: QgsVectorLayer) -> None:
+    """Outlines with the class written inside: the image under a label stays visible."""
+    from qgis.core import (QgsFillSymbol, QgsPalLayerSettings, QgsSingleSymbolRenderer, QgsTextBufferSettings,
+                           QgsTextFormat, QgsVectorLayerSimpleLabeling)
+
+    layer.setRenderer(QgsSingleSymbolRenderer(QgsFillSymbol.createSimple(
+        {"style": "no", "outline_color": "#ffd400", "outline_width": "0.8"})))
+    text = QgsTextFormat()
+    buffer = QgsTextBufferSettings()
+    buffer.setEnabled(True)
+    text.setBuffer(buffer)
+    settings = QgsPalLayerSettings()
+    settings.fieldName = "class"
+    settings.setFormat(text)
+    layer.setLabeling(QgsVectorLayerSimpleLabeling(settings))
+    layer.setLabelsEnabled(True)
 
 
 class RankingDialog(QDialog):

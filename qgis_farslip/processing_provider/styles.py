@@ -23,6 +23,25 @@ class _Style(QgsProcessingLayerPostProcessorInterface):
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802
         self.apply(layer)
         layer.triggerRepaint()
+        move_to_top(layer, context.project())
+
+
+def move_to_top(layer, project) -> None:
+    """Put a loaded output at the top of the Layers panel (under the labels layer, which stays first), so
+    it is not hidden under an earlier opaque class raster."""
+    from qgis_farslip.labelling import LABELS_LAYER
+
+    if project is None:
+        return
+    root = project.layerTreeRoot()
+    node = root.findLayer(layer.id())
+    if node is None:
+        return
+    parent = node.parent()
+    clone = node.clone()
+    on_top = sum(1 for child in root.children() if child.name() == LABELS_LAYER)
+    root.insertChildNode(min(on_top, len(root.children())), clone)
+    parent.removeChildNode(node)
 
 
 def load_styled(context: QgsProcessingContext, path: str, name: str, output: str, apply) -> None:

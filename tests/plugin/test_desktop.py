@@ -1,4 +1,5 @@
-"""The desktop check: real QGIS under Xvfb, plugin installed from its zip, a segmentation, a screenshot."""
+"""The desktop check: real QGIS under Xvfb, plugin installed from its zip, engine found and started from the
+dock, a segmentation, a labelled region and a Processing grid, a screenshot of each step."""
 
 from __future__ import annotations
 
@@ -19,5 +20,9 @@ def test_real_qgis_runs_a_segmentation_and_saves_a_screenshot(tmp_path):
     assert "desktop check: ok" in out.stdout
     shot = tmp_path / "desktop" / "shot.png"
     assert shot.stat().st_size > 20_000  # a real window, not an empty image
-    results = list((tmp_path / "desktop" / "results").glob("farslip_*/result_classes.tif"))
-    assert len(results) == 1
+    steps = sorted(p.name for p in (tmp_path / "desktop").glob("[0-9][0-9]-*.png"))
+    assert steps == ["01-installed.png", "02-setup-found-engine.png", "03-engine-ready.png", "04-segmented.png",
+                     "05-label-dialog.png", "06-processing-grid.png"]
+    project = tmp_path / "desktop" / "project" / "farslip"
+    assert len(list(project.glob("*_building-road-tree_*/*classes.tif"))) == 1  # the run, in the project folder
+    assert (project / "farslip_labels.gpkg").exists()
