@@ -58,7 +58,8 @@ class EngineClient:
             raise EngineError(self._explain(exc)) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise EngineError(f"the FarSLIP engine is not answering at {self.url} ({reason})") from None
+            raise EngineError(f"the FarSLIP engine is not answering at {self.url} ({reason}); start it in the "
+                              "FarSLIP panel's Engine tab (Start engine) or correct its URL there") from None
 
     @staticmethod
     def _explain(exc: urllib.error.HTTPError) -> str:
@@ -67,7 +68,8 @@ class EngineClient:
         except (ValueError, AttributeError, OSError):
             detail = None
         if exc.code == 401:
-            return "the engine refused the token (check the token in the FarSLIP settings)"
+            return ("the engine refused the token: paste the engine's token into the FarSLIP panel's Engine tab "
+                    "(Token), or leave it empty for the engine started on this computer")
         return f"engine: {detail}" if isinstance(detail, str) else f"engine answered HTTP {exc.code}"
 
     def _json(self, method: str, path: str, payload: dict | None = None):

@@ -1,5 +1,6 @@
-"""The "FarSLIP segmentation" dock: two tabs that fit a narrow panel (≤ 400 px) — "Segment" (classes
-with a live legend, input and scope, run with progress and cancel) and "Engine" (`engine_panel.py`)."""
+"""The "FarSLIP segmentation" dock: tabs that fit a narrow panel (≤ 400 px) — "Segment" (classes with a
+live legend, input and scope, run with progress and cancel), "Scenes" (grid classification and text
+search, `scenes_panel.py`) and "Engine" (`engine_panel.py`)."""
 
 from __future__ import annotations
 
@@ -66,8 +67,13 @@ class FarSLIPDock(QDockWidget):
         layout.addWidget(self.progress)
         layout.addStretch(1)
         self.tabs = QTabWidget()
+        from qgis_farslip.scenes_panel import ScenesPanel
+
+        self.scenes_panel = ScenesPanel(self)
         self.tabs.addTab(_scrolled(body), "Segment")
+        self.tabs.addTab(_scrolled(self.scenes_panel), "Scenes")
         self.tabs.addTab(_scrolled(self.engine_panel), "Engine")
+        self.tabs.setTabToolTip(1, "Scene classification on a grid and text search, on the Segment tab's raster")
         self.setWidget(self.tabs)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)

@@ -151,8 +151,9 @@ class EnginePanel(QWidget):
         if self.local.state == "starting":
             return
         text = str(exc)
-        if "not answering" in text and not self.local.running():
-            text += " — press Start engine (or Set up… the first time)"
+        if "not answering" in text:
+            text = (f"not answering at {self.url_edit.text().strip()}: press Start engine (Set up… the first "
+                    "time), or correct the URL")
         self.set_status(False, text)
 
     # --- local engine --------------------------------------------------------------------------

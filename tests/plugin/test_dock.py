@@ -171,6 +171,7 @@ def test_a_dead_engine_gives_a_message_not_a_traceback(dock, qtbot):
     dock.run()
     _wait(qtbot, dock)
     assert "not answering" in dock.last_error and dock.messages[-1][0] == "critical"
+    assert "Engine tab (Start engine)" in dock.last_error  # the fix, in GUI words
     assert len(QgsProject.instance().layerTreeRoot().children()) == before
 
 
@@ -327,3 +328,29 @@ def test_clicking_a_polygon_labels_that_polygon(dock):
     labels = labeller.accept(hit.boundingBox(), layer.crs(), ranking[0][0], ranking[0][1], polygon=hit)
     written = [g.geometry() for g in labels.getFeatures()][-1]
     assert labels.name() == LABELS_LAYER and written.equals(field)
+
+
+def test_grid_and_search_from_the_dock_load_styled_layers(dock, qtbot):
+    from qgis.core import QgsProject
+
+    dock.prompt_edit.setPlainText("water\ngrass")
+    panel = dock.scenes_panel
+    panel.cell_spin.setValue(40.0)
+    task = panel.classify_grid()
+    assert task is not None
+    qtbot.waitUntil(lambda: panel.grid_button.isEnabled(), timeout=120_000)
+    assert task.error is None, task.error
+    group = QgsProject.instance().layerTreeRoot().children()[0]
+    assert group.name().startswith("small — grid of water, grass (")
+    [grid] = [n.layer() for n in group.findLayers()]
+    assert grid.renderer().type() == "categorizedSymbol" and grid.featureCount() == 12
+    panel.query_edit.setText("a lake")
+    panel.top_spin.setValue(2)
+    task = panel.search()
+    qtbot.waitUntil(lambda: panel.search_button.isEnabled(), timeout=120_000)
+    assert task.error is None, task.error
+    group = QgsProject.instance().layerTreeRoot().children()[0]
+    assert group.name().startswith("small — search “a lake” (")
+    boxes, heat = [n.layer() for n in group.findLayers()]
+    assert 1 <= boxes.featureCount() <= 2 and heat.renderer().type() == "singlebandpseudocolor"
+    assert dock.messages[-1] == ("info", f"{task.title}: done")

@@ -33,7 +33,7 @@ def test_the_dock_needs_at_most_400_px_and_shows_every_button_at_that_width(dock
         for button in body.findChildren(QPushButton):
             right = button.mapTo(scroll.viewport(), button.rect().topRight()).x()
             assert right <= scroll.viewport().width(), (dock.tabs.tabText(index), button.text(), right)
-    assert [dock.tabs.tabText(i) for i in range(dock.tabs.count())] == ["Segment", "Engine"]
+    assert [dock.tabs.tabText(i) for i in range(dock.tabs.count())] == ["Segment", "Scenes", "Engine"]
 
 
 class _Iface:
