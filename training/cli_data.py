@@ -1,6 +1,7 @@
 """`farslip data`: build training datasets (registered through the `farslip.commands` entry point).
 
     farslip data build-mgrs --source dota:/data/DOTA --source dior:/data/DIOR --source coco:/data/x.json -o out/
+    farslip data shards --images photos/ --captions captions.csv -o shards/     # stage-1 webdataset shards
 """
 
 from __future__ import annotations
@@ -31,6 +32,23 @@ def _cmd_build_mgrs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_shards(args: argparse.Namespace) -> int:
+    from engine.cli_segment import progress_bar
+    from training.data.shards import write_shards
+
+    bar, progress = progress_bar(args.quiet, "shards")
+    try:
+        result = write_shards(args.images, args.captions, args.out, args.per_shard, args.image_key, args.caption_key,
+                              progress)
+    finally:
+        bar.close()
+    if not args.quiet:
+        print(f"  {result['samples']} samples in {result['shards']} shard(s), {result['skipped']} skipped "
+              f"(image missing or not {'/'.join(('jpg', 'png', 'webp', 'tif'))})")
+    print(f"  train with: --data '{result['spec']}' --samples {result['samples']}")
+    return 0
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("data", help="build training datasets")
     sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -44,3 +62,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     b.add_argument("--captioner", help="module:function of a captioner (default: template captions)")
     b.add_argument("-q", "--quiet", action="store_true")
     b.set_defaults(func=_cmd_build_mgrs)
+    w = sub.add_parser("shards", help="stage-1 webdataset shards from an image folder + captions (CSV or JSON)")
+    w.add_argument("--images", required=True, help="image folder (paths in the captions file are relative to it)")
+    w.add_argument("--captions", required=True,
+                   help="CSV/TSV with a header (filepath|image|filename + caption|title|text) or JSON "
+                        "(a list of such records, or {image: caption})")
+    w.add_argument("-o", "--out", required=True, help="output folder: 00000.tar, 00001.tar, ... + sizes.json")
+    w.add_argument("--per-shard", type=int, default=10000, help="samples per shard (default 10000)")
+    w.add_argument("--image-key", help="the image column/key when not one of the usual names")
+    w.add_argument("--caption-key", help="the caption column/key when not one of the usual names")
+    w.add_argument("-q", "--quiet", action="store_true")
+    w.set_defaults(func=_cmd_shards)

@@ -89,7 +89,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="eval_command", required=True, metavar="TASK")
     o = sub.add_parser("ovss", help="open-vocabulary semantic segmentation mIoU")
     o.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
-    o.add_argument("--root", required=True, help="dataset folder (the public layout, see EVAL_PROTOCOL)")
+    o.add_argument("--root", required=True, help="dataset folder (the public layout, see training/evaluate/ovss_datasets.py)")
     o.add_argument("--preset", default="paper", choices=["paper", "enhanced"])
     o.add_argument("--upsampler", metavar="PATH", help="learned feature up-sampler weights (SegEarth-OV's "
                    "SimFeatUp JBU .ckpt, or hf://owner/repo/file) on top of the preset; results: <preset>+jbu")

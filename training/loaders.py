@@ -1,8 +1,9 @@
 """Per-rank data loaders with a fixed number of steps per epoch (every rank must take the same number
 of steps, or DDP waits forever).
 
-Stage 1 reads webdataset shards split over ranks and workers; each rank takes exactly
-samples // (batch × world) batches per epoch, cycling over its shards if they run short.
+Stage 1 reads webdataset shards (`training.data.stream`: seeded shard shuffle, shuffle buffer, split
+over ranks and workers); each rank takes exactly samples // (batch × world) batches per epoch, cycling
+over its shards if they run short; a resumed epoch continues with the next unseen sample.
 Stage 2 reads MGRS with a DistributedSampler (shuffled per epoch, ragged tail dropped); a resumed run
 skips the batches of the epoch that were already trained on without loading them.
 """
@@ -16,9 +17,11 @@ from typing import Callable, Iterator
 import torch
 
 from engine.errors import InputError
-from training.batches import Collate, Stage1Sample, Stage2Samples
+from training.batches import Collate, Stage1Sample, Stage2Samples, augmentation
 from training.config import TrainConfig
-from training.data.readers import MGRSDataset, count_samples, expand_shards, rs5m_dataset
+from training.data.readers import MGRSDataset, expand_shards
+from training.data.shards import count_samples
+from training.data.stream import ShardStream
 
 
 @dataclass
@@ -34,28 +37,37 @@ def _loader(dataset, cfg: TrainConfig, collate, sampler=None) -> torch.utils.dat
                                        persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 
+def _count(cfg: TrainConfig, shards: list[str], world: int) -> int:
+    """`--samples`, else `sizes.json` or a scan — on the main rank only, the others are told."""
+    if cfg.samples:
+        return cfg.samples
+    import torch.distributed as dist
+
+    if world > 1 and dist.is_initialized():
+        box = [count_samples(shards) if dist.get_rank() == 0 else 0]
+        dist.broadcast_object_list(box, src=0)
+        return int(box[0])
+    return count_samples(shards)
+
+
 def stage1_data(cfg: TrainConfig, size: int, tokenizer, context: int, rank: int, world: int) -> EpochData:
     shards = expand_shards(cfg.data)
     readers = world * max(cfg.workers, 1)
     if len(shards) < readers:
         raise InputError(f"{len(shards)} shard(s) for {world} rank(s) × {max(cfg.workers, 1)} worker(s): "
                          "give at least one shard per reader (or fewer --workers)")
-    samples = cfg.samples or count_samples(shards)
+    samples = _count(cfg, shards, world)
     steps = samples // (cfg.batch_size * world)
     if steps < 1:
         raise InputError(f"{samples} samples are fewer than one global batch ({cfg.batch_size} × {world})")
-    transform = Stage1Sample(size, cfg.max_boxes, cfg.crop_scale, cfg.crop_ratio)
+    transform = Stage1Sample(size, cfg.max_boxes, cfg.crop_scale, cfg.crop_ratio, augment=augmentation(cfg))
     collate = Collate(1, tokenizer, context, cfg.max_boxes)
 
     def batches(epoch: int, first: int) -> Iterator:
-        def endless():
-            for rerun in itertools.count():
-                seed = ((cfg.seed * 1_000_003 + epoch) * 1009 + rerun) * 101 + rank
-                dataset = rs5m_dataset(cfg.data, shuffle=1000, seed=seed).map(transform)
-                yield from _loader(dataset, cfg, collate)
-
-        # Shard streams cannot seek: a resumed epoch reads on from the start of its shards.
-        return itertools.islice(endless(), steps - first)
+        stream = ShardStream(shards, transform, rank=rank, world=world, seed=cfg.seed, epoch=epoch,
+                             buffer=cfg.shuffle_buffer, shard_shuffle=cfg.shard_shuffle,
+                             batch_size=cfg.batch_size, skip_batches=first)
+        return itertools.islice(iter(_loader(stream, cfg, collate)), steps - first)
 
     return EpochData(steps, batches, samples)
 
@@ -76,7 +88,7 @@ class _SkipSampler(torch.utils.data.Sampler):
 def stage2_data(cfg: TrainConfig, size: int, tokenizer, context: int, rank: int, world: int) -> EpochData:
     records = MGRSDataset(cfg.data, cfg.data_root or None, max_boxes=cfg.max_boxes, min_size=cfg.min_box,
                           max_size=cfg.max_box, caption_key=cfg.caption_key, seed=cfg.seed)
-    dataset = Stage2Samples(records, size)
+    dataset = Stage2Samples(records, size, augmentation(cfg), cfg.own_caption)
     steps = len(dataset) // (cfg.batch_size * world)
     if steps < 1:
         raise InputError(f"{len(dataset)} records are fewer than one global batch ({cfg.batch_size} × {world})")

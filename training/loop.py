@@ -63,7 +63,11 @@ class Run:
         self.name = cfg.name or f"FarSLIP{cfg.stage}_{self.arch}"
         self.clip = clip.to(world.device).train()
         self.teacher = Teacher(self.clip, cfg.teacher if cfg.stage == 1 else "active", cfg.ema_momentum)
-        self.trainer = FarSLIPTrainer(self.clip, cfg.stage)
+        if cfg.stage == 2 and self.clip.long_clip and cfg.long_clip_frozen_pe:
+            # published `load_from_clip`: the stretched 248-position table stays as it is, the residual
+            # table (positions 20-247 through mask2) trains
+            self.clip.positional_embedding.requires_grad_(False)
+        self.trainer = FarSLIPTrainer(self.clip, cfg.stage, teacher_grad=cfg.teacher_grad)
         self.module = self.trainer
         if world.size > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -106,6 +110,21 @@ class Run:
         if self.world.main:
             save_checkpoint(self.state(), self.out, self.cfg.keep_checkpoints)
 
+    def validate(self, epoch: int) -> None:
+        """Zero-shot validation on the main rank (the others wait), logged with the step."""
+        if self.world.main:
+            from training.validate import zero_shot_validation
+
+            record = {"step": self.step, "epoch": epoch,
+                      **zero_shot_validation(self.clip, self.arch, self.cfg, self.out, self.world.device, self.step)}
+            self.log.write(record)
+            if not getattr(self, "quiet", False):
+                print(f"validation after epoch {epoch + 1}: top-1 {record['val/top1']:.2f}%  "
+                      f"top-5 {record['val/top5']:.2f}%  ({record['val/images']} images)", flush=True)
+        from training.distributed import barrier
+
+        barrier(self.world)
+
     def train_step(self, batch: dict) -> dict[str, float]:
         cfg = self.cfg
         batch = to_device(batch, self.world.device)
@@ -143,6 +162,7 @@ def train(cfg: TrainConfig, world: World, quiet: bool = False, on_step: Callable
     `on_step(step)` is called after each optimiser step (a KeyboardInterrupt raised there, like Ctrl-C,
     saves the step and stops)."""
     run = Run(cfg, world)
+    run.quiet = quiet
     if world.main:
         run.out.mkdir(parents=True, exist_ok=True)
         (run.out / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2), encoding="utf-8")
@@ -181,7 +201,13 @@ def train(cfg: TrainConfig, world: World, quiet: bool = False, on_step: Callable
                 if run.step >= run.total:
                     break
             run.save()
+            if cfg.val_data and (run.step % run.data.steps == 0 or run.step >= run.total) \
+                    and (epoch + 1) % cfg.val_every == 0:
+                run.validate(epoch)
     except KeyboardInterrupt:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C (torchrun forwards one) must not cut the save
         run.save()
         raise
     finally:

@@ -5,7 +5,8 @@
                                                 from open_clip's download cache — needs them there or a network
     random:ViT-B-16                             random initialisation (smoke runs and tests)
 
-Stage 2 with `long_clip` turns a 77-position text tower into Long-CLIP (248 positions, DESIGN.md).
+Stage 2 with `long_clip` turns a 77-position text tower into Long-CLIP (248 positions: the first 20
+kept, the rest linearly stretched 4×, as the published `load_from_clip` does).
 """
 
 from __future__ import annotations
@@ -13,6 +14,15 @@ from __future__ import annotations
 from engine.errors import ModelError, first_line
 from engine.models.clip import FarSLIPCLIP, build_clip, to_long_clip
 from engine.models.loader import build_from_state_dict, load_clip
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    """`text` cut to at most `limit` characters at a word boundary, with "…" when cut."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:.(")
+    return (cut or text[:limit]) + " …"
 
 
 def _pretrained(tag: str, arch: str) -> FarSLIPCLIP:
@@ -28,7 +38,7 @@ def _pretrained(tag: str, arch: str) -> FarSLIPCLIP:
         reference = open_clip.create_model(arch, pretrained=tag, force_quick_gelu=True)
     except Exception as exc:  # open_clip raises RuntimeError/OSError/HF errors for missing weights
         raise ModelError(f"cannot get open_clip weights {arch} '{tag}' (not in the local cache and not "
-                         f"downloadable: {first_line(exc)[:160]}); pass a local checkpoint with --model") from None
+                         f"downloadable: {shorten(first_line(exc))}); pass a local checkpoint with --model") from None
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)

@@ -2,14 +2,15 @@
 
 `FarSLIPTrainer` is the module DDP wraps: its forward computes every feature the stage's losses need
 in one call (so DDP sees all parameter use in one forward), and `stage_losses` turns them into the
-weighted losses (DESIGN.md):
+weighted losses (the published method, NJU-LHRS/FarSLIP):
 
     stage 1:  L = w_g · CLIP(image CLS, caption) + w_d · distill(RoIAlign(student dense map, box), teacher crop)
     stage 2:  L = w_g · CLIP(image CLS, long caption) + w_r · region(object CLS, category text)
 
 The student's dense map and the image's CLS come from one pass (`dense_features(with_cls=True)`):
 the first L−1 blocks are shared. The teacher encodes each crop on its own through the same dense
-path; "active" uses the model being trained (no gradient), "ema"/"frozen" a separate copy.
+path; "active" uses the model being trained (with gradient as published, `teacher_grad`; without
+under the revised recipe), "ema"/"frozen" a separate copy (never with gradient).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from training.losses.region import region_loss
 
 
 class FarSLIPTrainer(nn.Module):
-    def __init__(self, clip: nn.Module, stage: int):
+    def __init__(self, clip: nn.Module, stage: int, teacher_grad: bool = True):
         super().__init__()
-        self.clip, self.stage = clip, stage
+        self.clip, self.stage, self.teacher_grad = clip, stage, teacher_grad
         self.patch = clip.patch
 
     def forward(self, batch: dict, teacher: nn.Module | None = None) -> dict:
@@ -38,6 +39,9 @@ class FarSLIPTrainer(nn.Module):
         if self.stage == 1:
             dense, out["image"] = dense_features(clip.visual, batch["images"], with_cls=True)
             out["student"] = student_region_embeddings(dense, list(batch["boxes"]), self.patch)
+            if teacher is None and self.teacher_grad:  # published "active": the crops' features keep their gradient
+                out["teacher"] = teacher_region_embeddings(dense_features(clip.visual, batch["crops"]), detach=False)
+                return out
             with torch.no_grad():
                 visual = clip.visual if teacher is None else teacher.visual
                 out["teacher"] = teacher_region_embeddings(dense_features(visual, batch["crops"]))
@@ -56,7 +60,7 @@ class FarSLIPTrainer(nn.Module):
 def stage_losses(features: dict, batch: dict, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """The stage's losses (float32) and their weighted sum under 'total'."""
     f = {k: v.float() if torch.is_tensor(v) else v for k, v in features.items()}
-    losses = {"global": clip_loss(f["image"], f["text"], f["logit_scale"])}
+    losses = {"global": clip_loss(f["image"], f["text"], f["logit_scale"], cfg.gather_with_grad)}
     total = cfg.global_weight * losses["global"]
     if cfg.stage == 1:
         losses["distill"] = distill_loss(f["student"], f["teacher"])

@@ -1,12 +1,15 @@
 """Train FarSLIP (stage 1 or 2) on one process or under `torchrun` (DDP).
 
-    torchrun --nproc_per_node=4 -m training.train --stage 1 --data 'rs5m/{0000..0031}.tar' \\
-        --model openai:ViT-B-16 -o runs/stage1
-    torchrun --nproc_per_node=4 -m training.train --stage 2 --data mgrs/text_info.json \\
-        --model runs/stage1/FarSLIP1_ViT-B-16.pt --long-clip -o runs/stage2
-    python -m training.train --config stage2.yaml --set lr=1e-8 --set teacher=ema
+    python -m training.torchrun --nproc_per_node=4 -m training.train --stage 1 \\
+        --data 'rs5m/{pub11,rs3}-train-{0000..0031}.tar' --samples 5070186 -o runs/stage1
+    python -m training.torchrun --nproc_per_node=4 -m training.train --stage 2 --data mgrs/text_info.json \\
+        --model openai:ViT-B-16 -o runs/stage2
+    python -m training.train --stage 2 --print-config          # effective settings, one JSON object
 
-Settings: the stage's published defaults < `--config FILE` (YAML/TOML/JSON) < flags and `--set key=value`.
+Settings: the stage's published defaults < `--recipe` (published | revised) < `--config FILE`
+(YAML/TOML/JSON) < flags and `--set key=value`. Both stages start from `--model openai:ViT-B-16`
+as the published configuration does; `--model runs/stage1/FarSLIP1_ViT-B-16.pt` chains stage 2 onto
+stage 1 instead.
 Rerunning a command resumes from `OUT/checkpoints/latest.pt`. Bad settings or data end with one line
 on stderr and exit status 2.
 """
@@ -26,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML/TOML/JSON file of settings (see training/config.py)")
     p.add_argument("--data", help="stage 1: shards ('rs5m/{0000..0031}.tar'); stage 2: MGRS text_info.json")
     p.add_argument("--data-root", help="stage 2: image folder (default: beside text_info.json)")
+    p.add_argument("--samples", type=int, help="stage 1: samples in the shards (skips counting; RS5M 5070186)")
+    p.add_argument("--recipe", choices=("published", "revised"), help="method choices (default: published)")
+    p.add_argument("--val-data", help="zero-shot validation CSV (filepath, label) run after each epoch")
+    p.add_argument("--print-config", action="store_true", help="print the effective settings as JSON and exit")
     p.add_argument("--model", help="start: release name, .pt file, openai:ViT-B-16 or random:ARCH")
     p.add_argument("--arch", help="architecture when the model file does not say")
     p.add_argument("-o", "--out", help="run folder (logs, checkpoints, final model)")
@@ -46,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_FLAG_FIELDS = ("stage", "data", "data_root", "model", "arch", "out", "epochs", "max_steps", "batch_size", "lr",
+_FLAG_FIELDS = ("stage", "data", "data_root", "samples", "recipe", "val_data", "model", "arch", "out", "epochs", "max_steps", "batch_size", "lr",
                 "warmup", "teacher", "long_clip", "precision", "grad_clip", "workers", "resume")
 
 
@@ -70,7 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = parse_assignments(args.set)
         overrides.update({k: getattr(args, k) for k in _FLAG_FIELDS if getattr(args, k) is not None})
-        cfg = build_config(args.stage, args.config, overrides)
+        cfg = build_config(args.stage, args.config, overrides, need_data=not args.print_config)
+        if args.print_config:
+            import json
+
+            from training.config import effective_settings
+
+            print(json.dumps(effective_settings(cfg)))
+            return 0
         from training.loop import train
 
         world = init_world(args.device)

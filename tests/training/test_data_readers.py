@@ -9,7 +9,8 @@ import pytest
 import rasterio
 import torch
 
-from training.data.readers import MGRSDataset, count_samples, expand_shards, local_crop_boxes, rs5m_dataset
+from training.data.readers import MGRSDataset, expand_shards, local_crop_boxes
+from training.data.shards import count_samples, decode_sample, tar_samples
 from training.data.synthetic import SCENE_CLASSES, random_scene, write_scene_dataset
 
 
@@ -41,7 +42,7 @@ def test_mgrs_reader_round_trip(written):
     assert sample["texts"][0] == f"a satellite image of {sample['categories'][0]}"
     for crop, box in zip(sample["crops"], sample["boxes"]):
         assert crop.size == (round(float(box[2])) - round(float(box[0])), round(float(box[3])) - round(float(box[1])))
-    small = MGRSDataset(written["mgrs"], min_size=64)  # DESIGN: objects under 64² px are dropped
+    small = MGRSDataset(written["mgrs"], min_size=64)  # published: objects under 64² px are dropped
     assert all(((s["bbox"]["x2"] - s["bbox"]["x1"]) * (s["bbox"]["y2"] - s["bbox"]["y1"])) >= 64 ** 2
                for i in range(len(small)) for s in small.objects(i))
     orders = set()
@@ -58,7 +59,7 @@ def test_shards_expand_count_and_decode(written):
     urls = expand_shards(spec)
     assert [u.rsplit("/", 1)[1] for u in urls] == ["0000.tar", "0001.tar"]
     assert count_samples(urls) == 12
-    pairs = list(rs5m_dataset(spec))
+    pairs = [decode_sample(s) for u in urls for s in tar_samples(u)]
     assert len(pairs) == 12 and pairs[0][0].size == (192, 192) and isinstance(pairs[0][1], str)
 
 

@@ -1,7 +1,13 @@
 """The real training step under DDP: two gloo processes, each holding half of the global batch, give the
 losses and parameter gradients of one process on the whole batch — for stage 1 (contrastive +
-patch-to-patch distillation) and stage 2 (contrastive + region alignment, with the two ranks holding
-different numbers of objects)."""
+patch-to-patch distillation, the active teacher with gradient) and stage 2 (contrastive + region
+alignment, with the two ranks holding different numbers of objects), for both contrastive gathers:
+
+    gather_with_grad=True    exactly the single-process gradient
+    gather_with_grad=False   (published, open_clip's) the single-process loss values; the gradient is the
+                             mean over ranks r of the single-process gradient with the contrastive
+                             loss's features of every other rank detached
+"""
 
 from __future__ import annotations
 
@@ -34,43 +40,56 @@ def _samples(stage: int, data: str) -> list[dict]:
     return [samples[i] for i in range(GLOBAL_BATCH)]
 
 
-def _step(stage: int, samples: list[dict]):
-    """Loss values and gradients of one step (the module DDP-wrapped when a process group exists)."""
-    cfg = TrainConfig(stage=stage, data="-", max_boxes=MAX_BOXES)
-    trainer = FarSLIPTrainer(make_clip(TINY, seed=5).train(), stage)
+def _step(stage: int, samples: list[dict], gather_with_grad: bool, world: int = 2):
+    """Loss values and gradients of one step (the module DDP-wrapped when a process group exists; in one
+    process, the reference that DDP with `world` ranks must reproduce)."""
+    cfg = TrainConfig(stage=stage, data="-", max_boxes=MAX_BOXES, gather_with_grad=gather_with_grad)
+    trainer = FarSLIPTrainer(make_clip(TINY, seed=5).train(), stage, teacher_grad=True)
     module = torch.nn.parallel.DistributedDataParallel(trainer) if dist.is_initialized() else trainer
     batch = Collate(stage, tokenizer_for(TINY), 77, cfg.max_boxes)(samples)
-    losses = stage_losses(module(batch), batch, cfg)
-    losses["total"].backward()
+    features = module(batch)
+    losses = stage_losses(features, batch, cfg)
+    total = losses["total"]
+    if not gather_with_grad and not dist.is_initialized():
+        rows = len(features["image"]) // world
+        shares = []
+        for r in range(world):
+            live = torch.zeros(len(features["image"]), 1, dtype=torch.bool)
+            live[r * rows:(r + 1) * rows] = True
+            f = {**features, **{k: torch.where(live, features[k], features[k].detach()) for k in ("image", "text")}}
+            shares.append(stage_losses(f, batch, cfg)["global"])
+        total = total + cfg.global_weight * (sum(shares) / world - losses["global"])
+    total.backward()
     values = torch.stack([losses[k].detach() for k in sorted(losses)])
     grads = {n: p.grad.detach().clone() for n, p in trainer.named_parameters() if p.grad is not None}
     return values, grads, int(batch.get("valid", torch.ones(0)).sum())
 
 
-def _worker(rank: int, world: int, port: int, stage: int, data: str, queue) -> None:
+def _worker(rank: int, world: int, port: int, stage: int, gather_with_grad: bool, data: str, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         samples = _samples(stage, data)
         half = GLOBAL_BATCH // world
-        values, grads, objects = _step(stage, samples[rank * half:(rank + 1) * half])
+        values, grads, objects = _step(stage, samples[rank * half:(rank + 1) * half], gather_with_grad)
         dist.all_reduce(values)  # logged losses are the mean over ranks
         queue.put((rank, (values / world).tolist(), {k: v.tolist() for k, v in grads.items()}, objects))
     finally:
         dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("gather_with_grad", [True, False], ids=["exact-gather", "published-gather"])
 @pytest.mark.parametrize("stage", [1, 2])
-def test_two_gloo_processes_equal_one_process_on_the_global_batch(stage, scene_dataset):
+def test_two_gloo_processes_equal_one_process_on_the_global_batch(stage, gather_with_grad, scene_dataset):
     data = str(scene_dataset["mgrs"])
-    want_values, want_grads, _ = _step(stage, _samples(stage, data))
+    want_values, want_grads, _ = _step(stage, _samples(stage, data), gather_with_grad)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(rank, 2, port, stage, data, queue)) for rank in range(2)]
+    procs = [ctx.Process(target=_worker, args=(rank, 2, port, stage, gather_with_grad, data, queue)) for rank in range(2)]
     for p in procs:
         p.start()
     results = sorted(queue.get(timeout=300) for _ in procs)

@@ -1,11 +1,11 @@
-"""Training-time readers: the MGRS `text_info.json` dataset (stage 2), RS5M-style webdataset shards
-(stage 1) and the random local-crop views of stage 1's patch-to-patch distillation."""
+"""Training-time readers: the MGRS `text_info.json` dataset (stage 2), shard-spec expansion (stage 1;
+the shards themselves: `training.data.shards` and `.stream`) and the random local-crop views of
+stage 1's patch-to-patch distillation."""
 
 from __future__ import annotations
 
 import json
 import random
-import tarfile
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ REGION_PROMPT = templates("region")[0]  # "a satellite image of {}": stage 2's t
 class MGRSDataset(torch.utils.data.Dataset):
     """Stage-2 samples: the global image and its scene caption, plus up to `max_boxes` objects (in a
     random order that changes with the epoch) each cropped from the original image, with box and
-    category. Objects with an area under `min_size`² or over `max_size`² px are left out (DESIGN.md)."""
+    category. Objects with an area under `min_size`² or over `max_size`² px are left out (the published rule)."""
 
     def __init__(self, text_info: str | Path, root: str | Path | None = None, max_boxes: int = 4,
                  min_size: int = 64, max_size: int = 1024, caption_key: str = "global_caption", seed: int = 0):
@@ -79,31 +79,6 @@ def expand_shards(spec: str) -> list[str]:
     if not urls:
         raise InputError(f"no shards in '{spec}'")
     return urls
-
-
-def count_samples(urls: list[str]) -> int:
-    """Samples in local tar shards (members sharing a key count once)."""
-    total = 0
-    for url in urls:
-        try:
-            with tarfile.open(url) as tar:
-                total += len({m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()})
-        except (OSError, tarfile.TarError) as exc:
-            raise InputError(f"cannot read shard {url}: {exc}") from None
-    return total
-
-
-def rs5m_dataset(spec: str, shuffle: int = 0, seed: int | None = None):
-    """(PIL image, caption) pairs from RS5M-style shards (`.jpg`/`.png` + `.txt`), with brace expansion;
-    `shuffle` > 0 keeps a shuffle buffer of that many samples (seeded: the same order on every run).
-    Split over ranks/workers by webdataset."""
-    import webdataset as wds
-
-    dataset = wds.WebDataset(expand_shards(spec), shardshuffle=False, nodesplitter=wds.split_by_node,
-                             workersplitter=wds.split_by_worker, empty_check=False)
-    if shuffle:
-        dataset = dataset.shuffle(shuffle, seed=seed)
-    return dataset.decode("pil").to_tuple("jpg;png;jpeg", "txt")
 
 
 def local_crop_boxes(width: int, height: int, count: int = 4, scale=(0.3, 0.7), ratio=(3 / 4, 4 / 3),

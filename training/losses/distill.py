@@ -5,7 +5,9 @@ For each image and each local crop box b (pixels):
              RoIAlign(P, b / patch, output = (gh, gw), spatial_scale 1, sampling_ratio −1, aligned=True),
              mean over the output cells, L2-normalised  → s_b
     teacher: the crop resized to the model's input and encoded on its own with the same dense path,
-             its patch tokens averaged, L2-normalised  → t_b   (no gradient through the teacher)
+             its patch tokens averaged, L2-normalised  → t_b
+             (the published "active" teacher keeps t_b's gradient: the student is pulled from both sides;
+             `detach` stops it, as the EMA and frozen teachers always do)
     L = mean over all boxes of (1 − <s_b, t_b>)
 """
 
@@ -26,9 +28,11 @@ def student_region_embeddings(dense: torch.Tensor, boxes: list[torch.Tensor], pa
     return F.normalize(pooled.mean(dim=(2, 3)), dim=-1)
 
 
-def teacher_region_embeddings(dense_crops: torch.Tensor) -> torch.Tensor:
-    """dense [ΣK, gh, gw, D] of the crops encoded on their own → [ΣK, D] unit vectors (no gradient)."""
-    return F.normalize(dense_crops.detach().mean(dim=(1, 2)), dim=-1)
+def teacher_region_embeddings(dense_crops: torch.Tensor, detach: bool = True) -> torch.Tensor:
+    """dense [ΣK, gh, gw, D] of the crops encoded on their own → [ΣK, D] unit vectors."""
+    if detach:
+        dense_crops = dense_crops.detach()
+    return F.normalize(dense_crops.mean(dim=(1, 2)), dim=-1)
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,222 @@
+"""Stage 1's webdataset shards: the layouts met in practice, counting their samples, writing new ones.
+
+A sample is the tar members that share a key (the member path up to the first dot of its file name).
+Layouts read:
+
+    RS5M      img_content (encoded image bytes) + caption (UTF-8); img_name is ignored
+    common    jpg | jpeg | png | webp | tif | tiff  +  txt (the caption) or json ({"caption"|"text"|"title"})
+
+A sample in any other layout stops the run with one line naming the keys it holds.
+
+Counting: `sizes.json` beside the shards ({shard file name: samples}, the file open_clip reads and
+`write_shards` writes) when it names every shard, else the local tars are scanned; `--samples N`
+skips both (RS5M: 5,070,186).
+
+Writing (`farslip data shards`): an image folder + captions from a CSV or JSON → `{00000..}.tar`
+(`{key}.{ext}` holding the image file's own bytes + `{key}.txt`) and `sizes.json`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+from PIL import Image
+
+from engine.errors import InputError
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff")
+IMAGE_KEYS = ("img_content",) + IMAGE_EXTENSIONS
+JSON_CAPTION_KEYS = ("caption", "text", "title")
+IMAGE_COLUMNS = ("filepath", "image", "filename", "file", "path", "img_name", "global_filepath")
+CAPTION_COLUMNS = ("caption", "title", "text", "sentence", "global_caption")
+
+
+def tar_samples(url: str) -> Iterator[dict]:
+    """Raw samples {"__key__", "__url__", extension: bytes} of one shard, in tar order (local paths,
+    `pipe:` commands and URLs, through webdataset's opener)."""
+    from webdataset import gopen
+
+    try:
+        stream = gopen(url, "rb")
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            sample: dict = {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                folder, base = os.path.split(member.name)
+                stem, _, ext = base.partition(".")
+                key = f"{folder}/{stem}" if folder else stem
+                if sample and sample["__key__"] != key:
+                    yield sample
+                    sample = {}
+                if not sample:
+                    sample = {"__key__": key, "__url__": url}
+                sample[ext.lower()] = tar.extractfile(member).read()
+            if sample:
+                yield sample
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        raise InputError(f"cannot read shard {url}: {exc}") from None
+
+
+def layout_error(sample: dict) -> InputError:
+    keys = sorted(k for k in sample if not k.startswith("__"))
+    return InputError(f"{sample.get('__url__', 'shard')}: sample '{sample.get('__key__')}' holds keys "
+                      f"{', '.join(keys) or '(none)'}; readable layouts: img_content + caption (RS5M), "
+                      f"{'/'.join(IMAGE_EXTENSIONS)} + txt or json")
+
+
+def _caption(sample: dict) -> str | None:
+    for key in ("caption", "txt"):
+        if key in sample:
+            return sample[key].decode("utf-8", errors="replace").strip()
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"])
+        except ValueError:
+            return None
+        if isinstance(meta, str):
+            return meta
+        if isinstance(meta, dict):
+            return next((str(meta[k]) for k in JSON_CAPTION_KEYS if meta.get(k)), None)
+    return None
+
+
+def decode_sample(sample: dict) -> tuple[Image.Image, str]:
+    """(RGB PIL image, caption) of a raw sample in any readable layout."""
+    image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+    caption = _caption(sample)
+    if image_key is None or caption is None:
+        raise layout_error(sample)
+    try:
+        with Image.open(io.BytesIO(sample[image_key])) as im:
+            image = im.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{sample.get('__url__')}: sample '{sample.get('__key__')}': cannot decode its "
+                         f"{image_key} image ({exc.__class__.__name__})") from None
+    return image, caption
+
+
+def count_samples(urls: list[str]) -> int:
+    """Samples in the shards: from `sizes.json` beside them when it names every shard, else by reading
+    each local tar's member list (a sample counts once however many files it holds)."""
+    from_sizes = _sizes_json_total(urls)
+    if from_sizes is not None:
+        return from_sizes
+    total = 0
+    for url in urls:
+        try:
+            with tarfile.open(url) as tar:
+                total += len({m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()})
+        except (OSError, tarfile.TarError) as exc:
+            raise InputError(f"cannot count the samples of {url} ({exc}); pass --samples N") from None
+    return total
+
+
+def _sizes_json_total(urls: list[str]) -> int | None:
+    folders = {os.path.dirname(u) for u in urls}
+    if len(folders) != 1 or "://" in next(iter(folders)):
+        return None
+    path = Path(next(iter(folders)) or ".") / "sizes.json"
+    try:
+        sizes = json.loads(path.read_text(encoding="utf-8"))
+        return sum(int(sizes[os.path.basename(u)]) for u in urls)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _column(header: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, source: str) -> str:
+    if wanted:
+        if wanted not in header:
+            raise InputError(f"{source}: no '{wanted}' column/key (found: {', '.join(header)})")
+        return wanted
+    found = next((c for c in candidates if c in header), None)
+    if found is None:
+        raise InputError(f"{source}: no {what} column/key (tried {', '.join(candidates)}; found: {', '.join(header)})")
+    return found
+
+
+def read_captions(path: str | Path, image_key: str | None = None, caption_key: str | None = None) -> list[tuple[str, str]]:
+    """(image path relative to the image folder, caption) pairs from a CSV (header row) or a JSON list of
+    records or {image: caption} mapping."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputError(f"cannot read captions {path}: {exc.strerror or exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise InputError(f"cannot parse {path.name}: {exc}") from None
+        if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
+            return [(str(k), v) for k, v in data.items()]
+        if not isinstance(data, list) or not data or not all(isinstance(r, dict) for r in data):
+            raise InputError(f"{path.name}: expected a list of records or an {{image: caption}} mapping")
+        rows = data
+    else:
+        dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
+        rows = list(csv.DictReader(io.StringIO(text), dialect=dialect))
+        if not rows:
+            raise InputError(f"{path.name}: no rows under a header")
+    header = list(rows[0].keys())
+    image_col = _column(header, image_key, IMAGE_COLUMNS, "image", path.name)
+    caption_col = _column(header, caption_key, CAPTION_COLUMNS, "caption", path.name)
+    return [(str(r[image_col]), str(r[caption_col]).strip()) for r in rows if r.get(image_col) and r.get(caption_col)]
+
+
+def write_shards(images: str | Path, captions: str | Path, out: str | Path, per_shard: int = 10000,
+                 image_key: str | None = None, caption_key: str | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> dict:
+    """Shards `out/{00000..}.tar` + `out/sizes.json`; returns {"shards", "samples", "skipped", "spec"}.
+    Images that are missing or not of a readable type are skipped (counted)."""
+    if per_shard < 1:
+        raise InputError("--per-shard must be at least 1")
+    images, out = Path(images), Path(out)
+    if not images.is_dir():
+        raise InputError(f"image folder not found: {images}")
+    pairs = read_captions(captions, image_key, caption_key)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes: dict[str, int] = {}
+    skipped, tar, written = 0, None, 0
+    try:
+        for n, (name, caption) in enumerate(pairs):
+            file = images / name
+            ext = file.suffix.lower().lstrip(".")
+            if ext not in IMAGE_EXTENSIONS or not file.is_file():
+                skipped += 1
+                continue
+            if written % per_shard == 0:
+                if tar is not None:
+                    tar.close()
+                shard = f"{written // per_shard:05d}.tar"
+                tar = tarfile.open(out / f"{shard}.partial", "w")
+                sizes[shard] = 0
+            key = f"{written:09d}"
+            for suffix, payload in ((ext, file.read_bytes()), ("txt", caption.encode("utf-8"))):
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+            sizes[shard] += 1
+            written += 1
+            if progress is not None:
+                progress(n + 1, len(pairs))
+    finally:
+        if tar is not None:
+            tar.close()
+    if not written:
+        raise InputError(f"no image of {captions} was found in {images} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    for shard in sizes:
+        os.replace(out / f"{shard}.partial", out / shard)
+    (out / "sizes.json").write_text(json.dumps(sizes, indent=1), encoding="utf-8")
+    last = len(sizes) - 1
+    spec = str(out / (f"{{00000..{last:05d}}}.tar" if last else "00000.tar"))
+    return {"shards": len(sizes), "samples": written, "skipped": skipped, "spec": spec}
+
+
+__all__ = ["count_samples", "decode_sample", "read_captions", "tar_samples", "write_shards", "layout_error"]
