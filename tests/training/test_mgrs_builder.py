@@ -95,7 +95,7 @@ def test_every_format_round_trips_with_problems_counted(tmp_path):
     records = json.loads((out / "text_info.json").read_text())
     categories = {s["category"] for r in records for s in r["segment"]}
     assert categories == {"harbor", "toll station", "storage tank"}  # names normalised through the synonym table
-    for r in records:  # the schema of DESIGN.md
+    for r in records:  # MGRS-200k's schema
         assert set(r) >= {"global_filepath", "global_caption", "detailed_caption", "brief_caption", "segment"}
         assert (out / r["global_filepath"]).exists()
         for s in r["segment"]:
@@ -146,3 +146,33 @@ def test_cli_build_mgrs_and_bad_sources(tmp_path, capsys, dota):
     assert "unknown source" in capsys.readouterr().err
     assert main(["data", "build-mgrs", "--source", f"dota:{tmp_path / 'nothing'}", "-o", str(tmp_path / "o3")]) == 2
     assert "expected" in capsys.readouterr().err
+
+
+def test_dota_names_with_spaces_card_counts_what_training_uses_and_captions_inflect(tmp_path):
+    root = tmp_path / "DOTA"
+    (root / "images").mkdir(parents=True)
+    (root / "labelTxt").mkdir()
+    Image.fromarray(scene(600, 600, seed=4)[0].transpose(1, 2, 0)).save(root / "images" / "P0002.png")
+
+    def quad(x1, y1, x2, y2):
+        return f"{x1} {y1} {x2} {y1} {x2} {y2} {x1} {y2}"
+
+    lines = [f"{quad(10, 10, 110, 110)} solar panel 0", f"{quad(200, 10, 300, 110)} solar panel 1",
+             f"{quad(10, 200, 40, 230)} Boeing 737 1",  # 30 px: under stage 2's 64² px
+             *(f"{quad(100 + 80 * i, 300, 170 + 80 * i, 370)} trees 0" for i in range(5))]
+    (root / "labelTxt" / "P0002.txt").write_text("\n".join(lines))
+    card = build_mgrs([f"dota:{root}"], tmp_path / "out", BuildOptions(tile=1024))
+    assert card["categories"] == {"solar panel": 2, "boeing 737": 1, "trees": 5}
+    assert card["objects"] == 8 and card["objects_in_size_range"] == 7
+    assert card["objects_per_epoch"] == 4  # one image: at most 4 objects an epoch
+    assert card["categories_in_size_range"] == {"solar panel": 2, "trees": 5}
+    md = (tmp_path / "out" / "card.md").read_text()
+    assert "7 within stage 2's 64²–1024² px area range, 4 used per epoch" in md
+    (record,) = json.loads((tmp_path / "out" / "text_info.json").read_text())
+    assert "five trees, two solar panels and one boeing 737" in record["brief_caption"]
+
+    from training.data.captions import _count_phrase
+
+    assert [_count_phrase(c, n) for c, n in (("trees", 1), ("tree", 2), ("solar panel", 2), ("ferry", 3),
+                                             ("bus", 2), ("glass", 1), ("aircraft", 2))] == [
+        "one tree", "two trees", "two solar panels", "three ferries", "two buses", "one glass", "two aircraft"]

@@ -19,10 +19,45 @@ from engine.errors import InputError
 Captioner = Callable[[object, list[dict]], dict]
 
 
-def _plural(word: str, n: int) -> str:
-    if n == 1:
-        return word
-    return word + ("es" if word.endswith(("s", "sh", "ch", "x")) else "s")
+IRREGULAR = {"person": "people", "man": "men", "woman": "women", "child": "children", "bus": "buses",
+             "leaf": "leaves", "foot": "feet", "mouse": "mice"}
+UNCHANGED = {"aircraft", "sheep", "fish", "series", "species", "equipment", "grass", "water", "farmland",
+             "vegetation", "debris", "cattle", "barren", "bareland", "cropland", "rangeland"}
+SINGULAR = {v: k for k, v in IRREGULAR.items()}
+
+
+def _singular(word: str) -> str:
+    """The singular of a category's last word ("trees" → "tree", "ferries" → "ferry")."""
+    if word in SINGULAR or word in UNCHANGED:
+        return SINGULAR.get(word, word)
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("sses", "shes", "ches", "xes", "zes")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")) and len(word) > 3:
+        return word[:-1]
+    return word
+
+
+def _plural_word(word: str) -> str:
+    if word in IRREGULAR or word in UNCHANGED:
+        return IRREGULAR.get(word, word)
+    if word.endswith("y") and len(word) > 1 and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    if word.endswith(("s", "sh", "ch", "x", "z")):
+        return word + "es"
+    return word + "s"
+
+
+def _plural(category: str, n: int) -> str:
+    """A category name inflected for a count: its last word singular for 1, plural otherwise, whether
+    the dataset named it in the singular or the plural ("one tree", "two solar panels")."""
+    words = category.split()
+    if not words:
+        return category
+    last = _singular(words[-1])
+    words[-1] = last if n == 1 else _plural_word(last)
+    return " ".join(words)
 
 
 def _count_phrase(category: str, n: int) -> str:

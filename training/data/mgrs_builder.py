@@ -2,11 +2,12 @@
 
     farslip data build-mgrs --source dota:/data/DOTA --source dior:/data/DIOR --source coco:/data/x.json -o out/
 
-Output (DESIGN.md's schema): `out/text_info.json` — a list of records
+Output (MGRS-200k's schema): `out/text_info.json` — a list of records
     {"global_filepath": "images/<tile>.png", "brief_caption", "detailed_caption", "global_caption",
      "segment": [{"bbox": {"x1", "y1", "x2", "y2", "W", "H"}, "category", "category_id"}], "source"}
-plus `out/images/`, and a dataset card (`card.json`, `card.md`: images, objects per category, caption
-lengths, every problem counted). Large images are cut into tiles of at most `tile` px; a box keeps
+plus `out/images/`, and a dataset card (`card.json`, `card.md`: images, objects per category, how many
+of them stage 2 will use — area within 64²–1024² px, at most 4 per image an epoch —, caption lengths,
+every problem counted). Large images are cut into tiles of at most `tile` px; a box keeps
 at least half its area in a tile or is dropped there; boxes smaller than `min_box` px, outside the
 image or without a category are dropped and counted. Category ids follow the sorted category names.
 Deterministic (no randomness); resumable: each finished source image is appended to
@@ -29,6 +30,11 @@ from engine.errors import InputError
 from training.data.captions import Captioner, TemplateCaptioner
 from training.data.categories import CategoryTable
 from training.data.sources import SourceImage, read_source
+
+from training.config import TrainConfig
+
+# stage 2's defaults, for the card's count of the objects training will use
+TRAIN_MIN_BOX, TRAIN_MAX_BOX, TRAIN_MAX_BOXES = TrainConfig.min_box, TrainConfig.max_box, TrainConfig.max_boxes
 
 Image.MAX_IMAGE_PIXELS = None  # remote-sensing scenes are large; they are tiled below
 
@@ -157,6 +163,20 @@ def build_mgrs(sources: list[str], out_dir: str | Path, options: BuildOptions | 
     return _finish(out, [done[k] for k in done if k in seen], sources, duplicates)
 
 
+def _trainable(records: list[dict]) -> dict:
+    """What stage 2 will use of the objects under its default settings: those with an area within
+    min_box²–max_box² px, and of those at most max_boxes per image each epoch."""
+    in_range: Counter = Counter()
+    per_epoch = 0
+    for r in records:
+        kept = [s for s in r["segment"] if TRAIN_MIN_BOX ** 2 <= (s["bbox"]["x2"] - s["bbox"]["x1"])
+                * (s["bbox"]["y2"] - s["bbox"]["y1"]) <= TRAIN_MAX_BOX ** 2]
+        in_range.update(s["category"] for s in kept)
+        per_epoch += min(len(kept), TRAIN_MAX_BOXES)
+    return {"objects_in_size_range": sum(in_range.values()), "objects_per_epoch": per_epoch,
+            "categories_in_size_range": dict(sorted(in_range.items()))}
+
+
 def _finish(out: Path, entries: list[dict], sources: list[str], duplicates: int = 0) -> dict:
     records = [r for e in entries for r in e["records"]]
     names = sorted({s["category"] for r in records for s in r["segment"]})
@@ -173,21 +193,25 @@ def _finish(out: Path, entries: list[dict], sources: list[str], duplicates: int 
     if duplicates:
         problems["duplicated image id"] += duplicates
     per_category = Counter(s["category"] for r in records for s in r["segment"])
+    trainable = _trainable(records)
     lengths = [len(r["detailed_caption"].split()) for r in records]
     card = {"sources": sources, "source_images": len(entries), "images": len(records),
             "objects": sum(per_category.values()), "categories": dict(sorted(per_category.items())),
-            "category_ids": ids,
+            "category_ids": ids, **trainable,
             "caption_words": {"mean": float(np.mean(lengths)) if lengths else 0.0,
                               "min": min(lengths, default=0), "max": max(lengths, default=0)},
             "problems": dict(sorted(problems.items()))}
     (out / "card.json").write_text(json.dumps(card, indent=2), encoding="utf-8")
     lines = ["# MGRS-style dataset card", "", f"Sources: {', '.join(sources)}", "",
              f"- source images: {card['source_images']}", f"- images (tiles with objects): {card['images']}",
-             f"- objects: {card['objects']}",
+             f"- objects: {card['objects']}; {card['objects_in_size_range']} within stage 2's "
+             f"{TRAIN_MIN_BOX}²–{TRAIN_MAX_BOX}² px area range, {card['objects_per_epoch']} used per epoch "
+             f"(at most {TRAIN_MAX_BOXES} per image)",
              f"- detailed caption words: mean {card['caption_words']['mean']:.1f}, "
              f"min {card['caption_words']['min']}, max {card['caption_words']['max']}", "",
-             "| category | id | objects |", "|---|---|---|"]
-    lines += [f"| {c} | {ids[c]} | {n} |" for c, n in sorted(per_category.items())]
+             "| category | id | objects | in size range |", "|---|---|---|---|"]
+    lines += [f"| {c} | {ids[c]} | {n} | {card['categories_in_size_range'].get(c, 0)} |"
+              for c, n in sorted(per_category.items())]
     lines += ["", "Problems (counted and skipped):", ""]
     lines += [f"- {p}: {n}" for p, n in sorted(problems.items())] or ["- none"]
     (out / "card.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -63,6 +63,16 @@ def _find_image(folder_candidates: list[Path], stem: str) -> Path | None:
     return None
 
 
+def _dota_category(tokens: list[str]) -> str:
+    """The words after a DOTA line's 8 coordinates: the category, then (usually) the difficulty flag
+    0/1/2; a category may hold spaces ("solar panel 0" → "solar panel", "Boeing 737 1" → "Boeing 737")."""
+    if len(tokens) > 1 and tokens[-1] in ("0", "1", "2"):
+        tokens = tokens[:-1]
+    if not tokens:
+        raise IndexError("no category")
+    return " ".join(tokens)
+
+
 def read_dota(root: str) -> Iterator[SourceImage]:
     root_path = Path(root)
     labels = root_path / "labelTxt"
@@ -81,7 +91,7 @@ def read_dota(root: str) -> Iterator[SourceImage]:
             try:
                 xs = [float(v) for v in parts[0:8:2]]
                 ys = [float(v) for v in parts[1:8:2]]
-                category = parts[8]
+                category = _dota_category(parts[8:])
             except (ValueError, IndexError):
                 item.problems.append("line that is no box")
                 continue
