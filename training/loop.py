@@ -90,7 +90,13 @@ class Run:
         self.log = RunLog(self.out, world.main, cfg.tensorboard)
 
     def _restore(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError:
+            from engine.errors import InputError
+
+            raise InputError("cannot resume: the checkpoint trained a different set of weights (a setting such as "
+                             "recipe or long_clip_frozen_pe changed); use the same settings, or --resume never") from None
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -165,3 +166,27 @@ def test_a_resumed_stream_continues_with_the_next_unseen_sample(tmp_path):
     assert len({c for b in straight for c in b}) == 12  # no repeats within the epoch
     assert caption_batches(3) == straight[3:]
     assert caption_batches(4) == straight[4:]
+
+
+def test_each_pass_holds_every_sample_once_even_with_a_buffer_larger_than_the_data(tmp_path):
+    urls = [str(rs5m_shard(tmp_path / f"{i}.tar", 4, start=10 * i)) for i in range(2)]
+    stream = ShardStream(urls, lambda x: x, rank=0, world=1, seed=0, epoch=0, buffer=5000, shard_shuffle=True,
+                         batch_size=2)
+    keys = _keys(stream, n=16)
+    assert len(set(keys[:8])) == 8 and sorted(keys[:8]) == sorted(keys[8:])  # pass 1, then pass 2 reshuffled
+    assert keys[:8] != keys[8:]
+
+
+def test_a_resumed_stage_1_run_reads_on_from_where_it_stopped(scene_dataset, tmp_path):
+    from tests.engine.conftest import TINY
+    from training.config import build_config
+    from training.distributed import World
+    from training.loop import Run
+
+    cfg = build_config(1, overrides=dict(data=str(scene_dataset["shards"] / "{0000..0001}.tar"), model=f"random:{TINY}",
+                                         out=str(tmp_path / "o"), batch_size=2, workers=2, tensorboard=False))
+    run = Run(cfg, World())
+    straight = [b["tokens"] for b in run.data.batches(0, 0)]
+    assert len(straight) == 8  # 16 samples / batch 2
+    resumed = [b["tokens"] for b in run.data.batches(0, 5)]
+    assert len(resumed) == 3 and all(torch.equal(a, b) for a, b in zip(resumed, straight[5:]))

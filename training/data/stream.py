@@ -5,8 +5,8 @@
              of those (at least one shard per worker, checked by the loader)
     samples  read in tar order through a shuffle buffer (`buffer` samples, 5,000 published; it starts
              yielding once 1,000 are held, as webdataset's does), seeded per (seed, epoch, rank, worker)
-    endless  a worker whose shards run out reads them again in a new order, so every rank takes the
-             same number of steps (DDP needs that)
+    endless  a worker whose shards run out reads them again in a new order (a new pass, its buffer
+             drained first), so every rank takes the same number of steps (DDP needs that)
 
 Resuming mid-epoch: the DataLoader hands out batch j from worker j mod W, so after `skip_batches` = k
 batches worker w has produced len(range(w, k, W)) of them; a resumed loader starts again at worker 0,
@@ -77,21 +77,22 @@ class ShardStream(torch.utils.data.IterableDataset):
             random.Random(_mix(self.seed, self.epoch, rerun)).shuffle(order)
         return order[self.rank::self.world][worker::workers]
 
-    def raw(self, worker: int, workers: int) -> Iterator[dict]:
-        for rerun in itertools.count():
-            shards = self.shards(worker, workers, rerun)
-            read = 0
-            for url in shards:
-                for sample in tar_samples(url):
-                    read += 1
-                    yield sample
-            if not read:
-                raise InputError(f"no samples in shard(s) {', '.join(shards) or '(none)'}")
+    def one_pass(self, worker: int, workers: int, rerun: int) -> Iterator[dict]:
+        for url in self.shards(worker, workers, rerun):
+            yield from tar_samples(url)
 
     def samples(self, worker: int = 0, workers: int = 1) -> Iterator[dict]:
-        """This worker's raw samples in training order (after the shuffle buffer, before skipping)."""
-        rng = random.Random(_mix(self.seed, self.epoch, self.rank, worker, 7))
-        return buffered_shuffle(self.raw(worker, workers), self.buffer, rng)
+        """This worker's raw samples in training order (before skipping): pass after pass over its
+        shards, each pass through its own seeded shuffle buffer (drained at the pass's end, as the
+        published loader's buffer is when its shards run out)."""
+        for rerun in itertools.count():
+            rng = random.Random(_mix(self.seed, self.epoch, self.rank, worker, rerun, 7))
+            read = 0
+            for sample in buffered_shuffle(self.one_pass(worker, workers, rerun), self.buffer, rng):
+                read += 1
+                yield sample
+            if not read:
+                raise InputError(f"no samples in shard(s) {', '.join(self.shards(worker, workers, rerun)) or '(none)'}")
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
