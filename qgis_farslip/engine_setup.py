@@ -155,10 +155,17 @@ def source_tree() -> Path | None:
     return None
 
 
+def shipped_wheel() -> Path | None:
+    """The engine wheel the plugin zip carries (`engine_wheel/farslip-*.whl`), newest version first."""
+    wheels = sorted((Path(__file__).resolve().parent / "engine_wheel").glob("farslip-*.whl"), reverse=True)
+    return wheels[0] if wheels else None
+
+
 def default_source() -> str:
-    """What to install: the source tree beside the plugin, else `farslip` from the package index."""
-    tree = source_tree()
-    return str(tree) if tree is not None else "farslip"
+    """What to install: the source tree beside the plugin, else the wheel shipped in the plugin, else
+    `farslip` from the package index."""
+    found = source_tree() or shipped_wheel()
+    return str(found) if found is not None else "farslip"
 
 
 @dataclass

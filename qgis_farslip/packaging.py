@@ -3,14 +3,18 @@
     python3 -m qgis_farslip.packaging            # → dist/qgis_farslip-<version>.zip
 
 The zip holds one folder, `qgis_farslip/`, with the plugin's modules, `metadata.txt` (copied from
-the repository root, its single source) and the licence: what QGIS's "Install from ZIP" expects.
+the repository root, its single source), the licence and `engine_wheel/farslip-<version>-py3-none-any.whl`:
+the engine package itself (pure Python, under 1 MB; its dependencies, torch included, come from the
+package index when the plugin's Engine → Set up… installs it). `--no-engine` leaves the wheel out.
 Tests, caches and this builder are left out.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import configparser
+import hashlib
 import os
 import zipfile
 from pathlib import Path
@@ -27,7 +31,51 @@ def metadata_version(path: Path = ROOT / "metadata.txt") -> str:
     return meta["general"]["version"]
 
 
-def build(out_dir: Path) -> Path:
+def _record_line(name: str, data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={digest},{len(data)}\n"
+
+
+def engine_wheel(out_dir: Path, root: Path = ROOT) -> Path:
+    """A wheel of the engine (the `engine*` and `training*` packages, dependencies and commands as
+    pyproject.toml declares them), written without a build backend: no network, no setuptools."""
+    import tomllib
+
+    project = tomllib.loads((root / "pyproject.toml").read_text("utf-8"))["project"]
+    name, version = project["name"], project["version"]
+    info = f"{name}-{version}.dist-info"
+    meta = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", f"Summary: {project['description']}",
+            f"Requires-Python: {project['requires-python']}", f"License: {project.get('license', '')}"]
+    meta += [f"Requires-Dist: {dep}" for dep in project["dependencies"]]
+    for extra, deps in project.get("optional-dependencies", {}).items():
+        meta.append(f"Provides-Extra: {extra}")
+        meta += [f'Requires-Dist: {dep}; extra == "{extra}"' for dep in deps]
+    points = ["[console_scripts]"] + [f"{k} = {v}" for k, v in project.get("scripts", {}).items()]
+    for group, entries in project.get("entry-points", {}).items():
+        points += ["", f"[{group}]"] + [f"{k} = {v}" for k, v in entries.items()]
+    files: dict[str, bytes] = {}
+    for package in ("engine", "training"):
+        for folder, dirs, names in os.walk(root / package):
+            dirs[:] = sorted(d for d in dirs if d not in EXCLUDE_DIRS)
+            for file in sorted(names):
+                if not file.endswith((".pyc", ".pyo")):
+                    path = Path(folder) / file
+                    files[path.relative_to(root).as_posix()] = path.read_bytes()
+    files[f"{info}/METADATA"] = ("\n".join(meta) + "\n").encode()
+    files[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: qgis_farslip.packaging\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files[f"{info}/entry_points.txt"] = ("\n".join(points) + "\n").encode()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
+        record = ""
+        for file, data in files.items():
+            zf.writestr(file, data)
+            record += _record_line(file, data)
+        zf.writestr(f"{info}/RECORD", record + f"{info}/RECORD,,\n")
+    return target
+
+
+def build(out_dir: Path, with_engine: bool = True) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"qgis_farslip-{metadata_version()}.zip"
     partial = target.with_name(f".{target.name}.partial")
@@ -41,6 +89,10 @@ def build(out_dir: Path) -> Path:
                 zf.write(path, Path("qgis_farslip") / path.relative_to(PACKAGE))
         zf.write(ROOT / "metadata.txt", "qgis_farslip/metadata.txt")
         zf.write(ROOT / "LICENSE", "qgis_farslip/LICENSE")
+        if with_engine:
+            wheel = engine_wheel(out_dir / ".engine-wheel")
+            zf.write(wheel, f"qgis_farslip/engine_wheel/{wheel.name}")
+            wheel.unlink()
     os.replace(partial, target)
     return target
 
@@ -48,7 +100,9 @@ def build(out_dir: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "dist"), help="output folder (default: dist/)")
-    print(build(Path(parser.parse_args().out)))
+    parser.add_argument("--no-engine", action="store_true", help="leave the engine wheel out of the zip")
+    args = parser.parse_args()
+    print(build(Path(args.out), with_engine=not args.no_engine))
 
 
 if __name__ == "__main__":

@@ -45,3 +45,35 @@ print('loaded', qgis_farslip.__file__)
                          env={"QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stdout + out.stderr
     assert "loaded" in out.stdout
+
+
+def test_the_zip_ships_the_engine_wheel_that_the_setup_installs(tmp_path):
+    from qgis_farslip.packaging import build
+
+    with zipfile.ZipFile(build(tmp_path / "dist")) as zf:
+        wheels = [n for n in zf.namelist() if n.startswith("qgis_farslip/engine_wheel/")]
+        assert wheels == ["qgis_farslip/engine_wheel/farslip-0.1.0-py3-none-any.whl"]
+        zf.extractall(tmp_path / "plugins")
+    wheel = tmp_path / "plugins" / wheels[0]
+    assert wheel.stat().st_size < 2_000_000
+    # the installed plugin (no source tree beside it) offers its own wheel as the package to install
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from qgis_farslip.engine_setup import default_source; "
+            "print(default_source())")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "plugins")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == str(wheel), out.stderr
+    # pip takes it (dependencies left out here: no network in tests) and makes the `farslip` command
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True, timeout=120)
+    pip = subprocess.run([sys.executable, "-m", "pip", "--python", str(env / "bin" / "python"), "install",
+                          "--no-deps", "--no-index", str(wheel)], capture_output=True, text=True, timeout=300)
+    if "no such option: --python" in pip.stderr:  # pip < 22.3: install with the venv's own pip
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(env)], check=True, timeout=120)
+        pip = subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--no-index",
+                              str(wheel)], capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    assert (env / "bin" / "farslip").exists()
+    site = next((env / "lib").glob("python3*/site-packages"))
+    assert (site / "engine" / "cli.py").exists() and (site / "training" / "evaluate" / "published.json").exists()
+    metadata = next(site.glob("farslip-0.1.0.dist-info")) / "METADATA"
+    assert "Requires-Dist: torch>=2.1" in metadata.read_text()
