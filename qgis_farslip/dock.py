@@ -80,6 +80,9 @@ class FarSLIPDock(QDockWidget):
         self.label_button.toggled.connect(self.toggle_label_tool)
         self.label_tool = None
         self.engine_panel.on_online.append(self.update_legend)
+        self.engine_panel.on_online.append(self._engine_online)
+        self.engine_panel.local.stateChanged.connect(self._engine_state)
+        self.run_when_ready = False
         self._legend_asked = 0
         self._default_folder = self.folder_widget.filePath()
         from qgis.core import QgsProject
@@ -328,6 +331,9 @@ class FarSLIPDock(QDockWidget):
         except EngineError as exc:
             self._fail(str(exc))
             return None
+        if not self.online and self.engine_panel.can_start_for():
+            self._start_engine_then_run()
+            return None
         title = class_title(request.classes)
         self.task = SegmentTask(self.client(), request, self.folder_widget.filePath(), title, on_done=self._finished)
         self.task.progressChanged.connect(lambda p: self.progress.setValue(int(p)))
@@ -339,7 +345,36 @@ class FarSLIPDock(QDockWidget):
         QgsApplication.taskManager().addTask(self.task)
         return self.task
 
+    def _start_engine_then_run(self) -> None:
+        """On demand: the local engine is started, and the run begins once it answers."""
+        self.run_when_ready = True
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        self.progress.setFormat("starting the engine…")
+        self.engine_panel.toggle_local_engine()
+
+    def _engine_online(self) -> None:
+        if self.run_when_ready:
+            self.run_when_ready = False
+            self.run_button.setEnabled(True)
+            self.run()
+
+    def _engine_state(self, state: str, _text: str) -> None:
+        if self.run_when_ready and state in ("died", "failed", "stopped"):
+            self.run_when_ready = False
+            self.run_button.setEnabled(True)
+            self.cancel_button.setEnabled(False)
+            self.progress.setFormat("the engine did not start")
+
     def cancel(self) -> None:
+        if self.run_when_ready:
+            self.run_when_ready = False
+            self.engine_panel.local.stop()
+            self.run_button.setEnabled(True)
+            self.cancel_button.setEnabled(False)
+            self.progress.setFormat("cancelled")
+            return
         if self.task is not None:
             self.progress.setFormat("%p% — cancelling…")
             self.task.cancel()

@@ -13,6 +13,7 @@ from qgis.PyQt.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QL
 
 from qgis_farslip.background import run_async
 from qgis_farslip.client import EngineClient, EngineError
+from qgis_farslip.jobs import LOCAL_HOSTS
 from qgis_farslip.local_engine import LocalEngine
 from qgis_farslip.settings import engine_settings, save_engine_command, save_engine_settings
 
@@ -37,6 +38,7 @@ class EnginePanel(QWidget):
         self.notify = notify
         self.online = False
         self.checking = False
+        self.unreachable = False
         self.models: dict | None = None
         self.on_online = []  # callbacks when the engine answers
         settings = engine_settings()
@@ -128,6 +130,7 @@ class EnginePanel(QWidget):
     def _checked(self, answer) -> None:
         health, models = answer
         self.checking = False
+        self.unreachable = False
         self.set_status(True, f"{health['version']} on {health['device']}, {health['queue_length']} queued")
         self.models = models
         current = self.model_combo.currentText()
@@ -146,8 +149,20 @@ class EnginePanel(QWidget):
         for callback in self.on_online:
             callback()
 
+    def can_start_for(self) -> bool:
+        """Whether pressing Segment may start the local engine first: it is configured for this URL's port,
+        not running, and the last check found nothing answering there."""
+        command = self.command_edit.text().strip()
+        url = urlparse(self.url_edit.text().strip())
+        if not command or self.local.running() or not self.unreachable or url.hostname not in LOCAL_HOSTS:
+            return False
+        argv = shlex.split(command)
+        port = argv[argv.index("--port") + 1] if "--port" in argv[:-1] else "8765"
+        return port == str(url.port or 8765)
+
     def _check_failed(self, exc: EngineError) -> None:
         self.checking = False
+        self.unreachable = "not answering" in str(exc)
         if self.local.state == "starting":
             return
         text = str(exc)

@@ -170,6 +170,7 @@ class LabelMapTool(QgsMapToolExtent):
         self.make_labeller, self.notify = make_labeller, notify
         self.polygon_layer = polygon_layer or (lambda: None)
         self.pending = False
+        self._asked = 0
         self.dialog = None
         self.extentChanged.connect(self.on_rectangle)
 
@@ -210,9 +211,29 @@ class LabelMapTool(QgsMapToolExtent):
             self.notify("critical", str(exc))
             return
         self.pending = True
-        self.notify("info", "asking the engine for this region's classes…")
+        self._asked += 1
+        asked = self._asked
+        self.notify("info", "asking the engine for this region's classes… (Esc cancels)")
         run_async(lambda: labeller.rank(rect, crs, polygon),
-                  lambda ranking: self._ranked(labeller, rect, crs, polygon, ranking), self._failed, owner=self)
+                  lambda ranking: asked == self._asked and self._ranked(labeller, rect, crs, polygon, ranking),
+                  lambda exc: asked == self._asked and self._failed(exc), owner=self)
+
+    def cancel(self) -> None:
+        """Esc: forget the question in flight (its answer is dropped) and say so."""
+        if self.pending:
+            self._asked += 1
+            self.pending = False
+            self.clearRubberBand()
+            self.notify("info", "labelling cancelled")
+
+    def keyPressEvent(self, event):  # noqa: N802 (Qt's name)
+        from qgis.PyQt.QtCore import Qt
+
+        if event.key() == Qt.Key.Key_Escape and self.pending:
+            self.cancel()
+            event.accept()
+            return
+        super().keyPressEvent(event)
 
     def _failed(self, exc: EngineError) -> None:
         self.pending = False

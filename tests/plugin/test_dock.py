@@ -354,3 +354,55 @@ def test_grid_and_search_from_the_dock_load_styled_layers(dock, qtbot):
     boxes, heat = [n.layer() for n in group.findLayers()]
     assert 1 <= boxes.featureCount() <= 2 and heat.renderer().type() == "singlebandpseudocolor"
     assert dock.messages[-1] == ("info", f"{task.title}: done")
+
+
+def test_segment_starts_the_local_engine_on_demand(qgis_app, qtbot, folder, tmp_path, monkeypatch):
+    from qgis.core import QgsProject, QgsRasterLayer
+    from qgis.gui import QgsMapCanvas
+
+    from qgis_farslip.dock import FarSLIPDock
+    from tests.plugin.engine_process import ENGINE_PYTHON, ROOT, free_port
+
+    monkeypatch.setenv("FARSLIP_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    QgsProject.instance().clear()
+    QgsProject.instance().setFileName(str(tmp_path / "project.qgz"))
+    port = free_port()
+    dock = FarSLIPDock(QgsMapCanvas(), lambda level, text: None)
+    qtbot.addWidget(dock)
+    dock.url_edit.setText(f"http://127.0.0.1:{port}")
+    dock.token_edit.setText("")
+    dock.command_edit.setText(f"{ENGINE_PYTHON} -m engine.cli serve --port {port} --data-dir {tmp_path / 'data'} "
+                              f"--model {folder / 'tiny.pt'} --arch tiny-vit-16 --device cpu")
+    dock.check_engine()
+    qtbot.waitUntil(lambda: dock.engine_panel.unreachable, timeout=20_000)
+    layer = QgsRasterLayer(str(folder / "small.tif"), "small")
+    QgsProject.instance().addMapLayer(layer)
+    dock.layer_combo.setLayer(layer)
+    dock.scope_combo.setCurrentText("Whole layer")
+    dock.prompt_edit.setPlainText("water\ngrass")
+    assert dock.run() is None  # no engine yet: it is started first
+    assert dock.progress.text() == "starting the engine…" and dock.engine_button.text() == "Stop engine"
+    qtbot.waitUntil(lambda: dock.task is not None and dock.run_button.isEnabled(), timeout=120_000)
+    assert dock.last_error is None, dock.last_error
+    assert QgsProject.instance().layerTreeRoot().children()[0].name().startswith("small — water, grass (")
+    dock.toggle_local_engine()
+    assert dock.engine_process is None
+
+
+def test_escape_cancels_a_region_question_in_flight(dock, qtbot):
+    from qgis.core import QgsRectangle
+    from qgis.PyQt.QtCore import QEvent, Qt
+    from qgis.PyQt.QtGui import QKeyEvent
+
+    from qgis_farslip.labelling import LabelMapTool
+
+    dock.prompt_edit.setPlainText("water\ngrass")
+    tool = LabelMapTool(dock.canvas, dock.labeller, dock.notify)
+    e = dock.layer_combo.currentLayer().extent()
+    tool.label(QgsRectangle(e.xMinimum() + 5, e.yMinimum() + 5, e.xMinimum() + 40, e.yMinimum() + 40))
+    assert tool.pending
+    tool.keyPressEvent(QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_Escape, Qt.KeyboardModifier.NoModifier))
+    assert not tool.pending and dock.messages[-1] == ("info", "labelling cancelled")
+    qtbot.wait(3000)  # the engine's late answer is dropped: no dialog opens
+    assert tool.dialog is None
