@@ -8,8 +8,8 @@ from pathlib import Path
 
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import pyqtSignal
-from qgis.PyQt.QtWidgets import (QComboBox, QDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit,
-                                 QProgressBar, QPushButton, QVBoxLayout)
+from qgis.PyQt.QtWidgets import (QComboBox, QDialog, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+                                 QPlainTextEdit, QProgressBar, QPushButton, QToolButton, QVBoxLayout)
 
 from qgis_farslip.background import run_async
 from qgis_farslip.engine_setup import (TORCH_CHOICES, Engine, SetupPlan, default_env_dir, default_source, find_engine,
@@ -46,12 +46,14 @@ class EngineSetupDialog(QDialog):
         self.python_combo = QComboBox()
         self.python_combo.setEditable(True)
         self.python_combo.addItems(find_pythons())
-        form.addRow("Python", self.python_combo)
+        form.addRow("Python", self._with_browse(self.python_combo, "Choose a Python 3.10+ interpreter",
+                                                 self.python_combo.setEditText))
         self.folder_edit = QLineEdit(str(default_env_dir()))
         form.addRow("Install into", self.folder_edit)
         self.source_edit = QLineEdit(default_source())
         self.source_edit.setToolTip("A source folder, a wheel file, or a name on the package index ('farslip')")
-        form.addRow("Engine package", self.source_edit)
+        form.addRow("Engine package", self._with_browse(self.source_edit, "Choose the engine wheel",
+                                                         self.source_edit.setText, "Wheels (*.whl)"))
         self.torch_combo = QComboBox()
         for choice in TORCH_CHOICES:
             self.torch_combo.addItem(TORCH_LABELS[choice], choice)
@@ -80,6 +82,18 @@ class EngineSetupDialog(QDialog):
         close.clicked.connect(self.reject)
         self.error: str | None = None
         run_async(lambda: (find_engine(configured), has_cuda()), self._found, owner=self)
+
+    def _with_browse(self, field, title: str, set_value, filters: str = ""):
+        """`field` with a "…" button that picks a file for it."""
+        row = QHBoxLayout()
+        row.addWidget(field, 1)
+        button = QToolButton()
+        button.setText("…")
+        button.setToolTip(title)
+        button.clicked.connect(lambda: (lambda path: path and set_value(path))(
+            QFileDialog.getOpenFileName(self, title, "", filters)[0]))
+        row.addWidget(button)
+        return row
 
     def _found(self, result) -> None:
         engine, cuda = result

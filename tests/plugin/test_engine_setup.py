@@ -52,7 +52,7 @@ def test_the_setup_dialog_creates_the_engine_environment_from_a_local_package(qg
     assert not str(engine.python).startswith(sys.prefix)
 
 
-def test_a_failed_install_names_the_step_and_cancel_is_reported_as_cancelled(qgis_app, qtbot, tmp_path):
+def test_a_failed_install_names_the_step(qgis_app, qtbot, tmp_path):
     from qgis_farslip.setup_dialog import EngineSetupDialog
 
     dialog = EngineSetupDialog()
@@ -66,6 +66,25 @@ def test_a_failed_install_names_the_step_and_cancel_is_reported_as_cancelled(qgi
     qtbot.waitUntil(lambda: dialog.error is not None, timeout=120_000)
     assert dialog.error.startswith("engine set-up failed while trying to install the engine from")
     assert dialog.install_button.isEnabled()
+
+
+def test_cancelling_the_setup_stops_the_running_step_and_says_cancelled(qgis_app, qtbot, tmp_path):
+    from qgis_farslip.setup_dialog import EngineSetupDialog
+
+    slow = tmp_path / "python3"  # answers the version check, then takes its time creating the environment
+    slow.write_text("#!/bin/sh\nif [ \"$1\" = -c ]; then echo 3.11; exit 0; fi\necho creating; sleep 60\n")
+    slow.chmod(0o755)
+    dialog = EngineSetupDialog()
+    qtbot.addWidget(dialog)
+    dialog.python_combo.setEditText(str(slow))
+    dialog.folder_edit.setText(str(tmp_path / "env"))
+    dialog.install_button.click()
+    qtbot.waitUntil(lambda: "creating" in dialog.log_view.toPlainText(), timeout=30_000)
+    started = __import__("time").monotonic()
+    dialog.cancel_button.click()
+    qtbot.waitUntil(lambda: dialog.error is not None, timeout=15_000)
+    assert dialog.error == "cancelled" and __import__("time").monotonic() - started < 10
+    assert dialog.install_button.isEnabled() and not dialog.cancel_button.isEnabled()
 
 
 def test_a_python_that_cannot_make_environments_is_explained(tmp_path):
