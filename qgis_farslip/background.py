@@ -37,12 +37,19 @@ class _Call(QRunnable):
         try:
             result = self.fn()
         except EngineError as exc:
-            self.relay.failed.emit(exc)
+            self._emit(self.relay, "failed", exc)
         except Exception as exc:  # never a traceback for the user; keep it in the log
             QgsMessageLog.logMessage(repr(exc), "FarSLIP", Qgis.MessageLevel.Critical)
-            self.relay.failed.emit(EngineError(f"unexpected error: {exc}"))
+            self._emit(self.relay, "failed", EngineError(f"unexpected error: {exc}"))
         else:
-            self.relay.done.emit(result)
+            self._emit(self.relay, "done", result)
+
+    @staticmethod
+    def _emit(relay, name: str, value) -> None:
+        try:
+            getattr(relay, name).emit(value)
+        except RuntimeError:  # QGIS is closing and took the relay with it: nobody is waiting any more
+            pass
 
 
 def run_async(fn, on_done=None, on_error=None, owner: QObject | None = None) -> None:

@@ -48,12 +48,13 @@ class EnginePanel(QWidget):
         self.status_light = QLabel("●")
         self.status_text = QLabel("not checked")
         self.status_text.setWordWrap(True)
+        self.status_text.setMinimumWidth(120)
         self.check_button = QPushButton("Check")
         status_row = QHBoxLayout()
         status_row.addWidget(self.status_light)
         status_row.addWidget(self.status_text, 1)
         status_row.addWidget(self.check_button)
-        form.addRow("Status", status_row)
+        layout.addLayout(status_row)  # full width: a wrapped status line keeps its own height
         self.url_edit = QLineEdit(settings["url"])
         form.addRow("URL", self.url_edit)
         self.token_edit = QLineEdit(settings["token"])
@@ -167,8 +168,7 @@ class EnginePanel(QWidget):
             return
         text = str(exc)
         if "not answering" in text:
-            text = (f"not answering at {self.url_edit.text().strip()}: press Start engine (Set up… the first "
-                    "time), or correct the URL")
+            text = "not answering: press Start engine (Set up… the first time) or correct the URL"
         self.set_status(False, text)
 
     # --- local engine --------------------------------------------------------------------------

@@ -14,6 +14,11 @@ from qgis.PyQt.QtWidgets import (QComboBox, QDialog, QFileDialog, QFormLayout, Q
 from qgis_farslip.background import run_async
 from qgis_farslip.engine_setup import (TORCH_CHOICES, Engine, SetupPlan, default_env_dir, default_source, find_engine,
                                        find_pythons, has_cuda, python_version)
+
+
+def usable_pythons() -> list[str]:
+    """The interpreters found that can create the engine's environment (checked off the UI thread)."""
+    return [python for python in find_pythons() if not python_version(python)[1]]
 from qgis_farslip.setup_task import EngineSetupTask
 
 TORCH_LABELS = {"auto": "automatic", "cpu": "CPU", "cuda": "CUDA (NVIDIA GPU)", "none": "from the package source"}
@@ -45,7 +50,7 @@ class EngineSetupDialog(QDialog):
         form = QFormLayout()
         self.python_combo = QComboBox()
         self.python_combo.setEditable(True)
-        self.python_combo.addItems(find_pythons())
+        self.python_combo.lineEdit().setPlaceholderText("looking for Python 3.10+…")
         form.addRow("Python", self._with_browse(self.python_combo, "Choose a Python 3.10+ interpreter",
                                                  self.python_combo.setEditText))
         self.folder_edit = QLineEdit(str(default_env_dir()))
@@ -81,7 +86,7 @@ class EngineSetupDialog(QDialog):
         self.use_button.clicked.connect(self.use_found)
         close.clicked.connect(self.reject)
         self.error: str | None = None
-        run_async(lambda: (find_engine(configured), has_cuda()), self._found, owner=self)
+        run_async(lambda: (find_engine(configured), has_cuda(), usable_pythons()), self._found, owner=self)
 
     def _with_browse(self, field, title: str, set_value, filters: str = ""):
         """`field` with a "…" button that picks a file for it."""
@@ -96,7 +101,12 @@ class EngineSetupDialog(QDialog):
         return row
 
     def _found(self, result) -> None:
-        engine, cuda = result
+        engine, cuda, pythons = result
+        typed = self.python_combo.currentText()
+        self.python_combo.addItems(pythons)
+        self.python_combo.setEditText(typed or (pythons[0] if pythons else ""))
+        if not pythons:
+            self.python_combo.lineEdit().setPlaceholderText("no Python 3.10+ found: choose one with …")
         self.torch_combo.setItemText(0, f"automatic ({'CUDA' if cuda else 'CPU'} on this computer)")
         self.found = engine
         if engine is None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Desktop check: the real QGIS application under Xvfb, with the plugin installed from its zip into a
-# fresh profile: Engine tab → Set up… finds the engine → Start engine → segment → label a region →
-# Processing grid, a screenshot of each step (NN-step.png) and checks of what a user sees.
+# fresh profile: Engine tab → Set up… installs an engine environment from a local wheel (no network), then
+# finds the real engine → Start engine → segment → label a region → Processing grid, a screenshot of
+# each step (NN-step.png) and checks of what a user sees.
 #   tests/desktop/check.sh [raster.tif] [output-folder]
 # Needs: apt-get install qgis xvfb xauth (setup.sh installs them) and the engine env .venv.
 set -euo pipefail
@@ -31,6 +32,9 @@ PORT=$(.venv/bin/python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1
 mkdir -p "$OUT/bin"; ln -sf "$ROOT/.venv/bin/farslip" "$OUT/bin/farslip"
 export FARSLIP_CONFIG_DIR="$OUT/config"
 export FARSLIP_DESKTOP_ENGINE="$OUT/bin/farslip" FARSLIP_DESKTOP_PORT="$PORT"
+# the local package the set-up installs in the check (the stand-in engine wheel of the plugin tests)
+export FARSLIP_DESKTOP_WHEEL=$(python3 -c "import sys; from pathlib import Path; from tests.plugin.stub_engine import build_wheel; print(build_wheel(Path(sys.argv[1])))" "$OUT/wheels")
+export FARSLIP_DESKTOP_PYTHON=$(command -v python3)
 export FARSLIP_DESKTOP_ENGINE_ARGS="--data-dir $OUT/data --model $OUT/tiny.pt --arch tiny-vit-16 --device cpu --allow-root /"
 # a fresh QGIS profile with the plugin installed from its zip and enabled
 ZIP=$(python3 -m qgis_farslip.packaging --out "$OUT/dist")

@@ -1,11 +1,12 @@
 """Runs inside the real QGIS desktop (qgis --code): the plugin installed from its zip is driven as a user
-would — Engine tab → Set up… finds the engine → Start engine → models listed → segment → label a
-region → Processing grid — a screenshot after each step, then what a user sees is checked and written
+would — Engine tab → Set up… installs an engine environment from a local wheel, then finds the real
+engine → Start engine → models listed → segment → label a region → Processing grid — a screenshot after each step, then what a user sees is checked and written
 to `<shot>.status` ("ok" or the first problem) before QGIS quits.
 
 Environment: FARSLIP_DESKTOP_RASTER (input), FARSLIP_DESKTOP_SHOT (final PNG; step shots beside it),
 FARSLIP_DESKTOP_OUT (project folder), FARSLIP_DESKTOP_ENGINE (the engine's `farslip`),
-FARSLIP_DESKTOP_ENGINE_ARGS (extra `serve` arguments: tiny test model), FARSLIP_DESKTOP_PORT.
+FARSLIP_DESKTOP_ENGINE_ARGS (extra `serve` arguments: tiny test model), FARSLIP_DESKTOP_PORT,
+FARSLIP_DESKTOP_PYTHON and FARSLIP_DESKTOP_WHEEL (the Python and local package the set-up installs from).
 """
 
 import os
@@ -26,7 +27,10 @@ steps = []
 
 def snap(name: str) -> None:
     QCoreApplication.processEvents()
-    iface.mainWindow().grab().save(str(shot.with_name(f"{len(steps) + 1:02d}-{name}.png")))
+    from qgis.PyQt.QtWidgets import QApplication
+
+    screen = QApplication.primaryScreen().grabWindow(0)  # the whole screen: dialogs too
+    screen.save(str(shot.with_name(f"{len(steps) + 1:02d}-{name}.png")))
     steps.append(name)
 
 
@@ -86,9 +90,32 @@ def step_installed() -> None:
     iface.mapCanvas().setExtent(layer.extent())
     dock.layer_combo.setLayer(layer)
     snap("installed")
-    dock.tabs.setCurrentIndex(1)
+    dock.tabs.setCurrentIndex(2)
+    # 1. the set-up creates an engine environment from a local package (the stand-in engine wheel: no network)
     dialog = dock.engine_panel.open_setup()
-    wait_for(lambda: dialog.use_button.isEnabled(), lambda: step_setup(dialog), "the set-up to find the engine", 60)
+    dialog.python_combo.setEditText(os.environ["FARSLIP_DESKTOP_PYTHON"])
+    dialog.folder_edit.setText(str(out.parent / "engine-env"))
+    dialog.source_edit.setText(os.environ["FARSLIP_DESKTOP_WHEEL"])
+    dialog.torch_combo.setCurrentIndex(dialog.torch_combo.findData("none"))
+    dialog.pip_edit.setText("--no-index")
+    dialog.install_button.click()
+    wait_for(lambda: dialog.found_label.text().startswith("Installed:") or dialog.error,
+             lambda: step_installed_env(dialog), "the engine set-up", 180)
+
+
+def step_installed_env(dialog) -> None:
+    check(dialog.error is None, f"set-up failed: {dialog.error}")
+    check(dialog.progress.value() == 100 and "[3/3] check the engine" in dialog.log_view.toPlainText(),
+          "set-up log incomplete")
+    check(str(out.parent / "engine-env") in dock.engine_panel.command_edit.text(), dock.engine_panel.command_edit.text())
+    snap("setup-installed")
+    dialog.close()
+    # 2. the real engine for the rest of the check: found on PATH by a fresh set-up dialog
+    dock.engine_panel.command_edit.clear()
+    found = dock.engine_panel.open_setup()
+    wait_for(lambda: found.use_button.isEnabled() and found.found is not None
+             and found.found.command == os.environ["FARSLIP_DESKTOP_ENGINE"],
+             lambda: step_setup(found), "the set-up to find the engine", 60)
 
 
 def step_setup(dialog) -> None:

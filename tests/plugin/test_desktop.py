@@ -21,8 +21,9 @@ def test_real_qgis_runs_a_segmentation_and_saves_a_screenshot(tmp_path):
     shot = tmp_path / "desktop" / "shot.png"
     assert shot.stat().st_size > 20_000  # a real window, not an empty image
     steps = sorted(p.name for p in (tmp_path / "desktop").glob("[0-9][0-9]-*.png"))
-    assert steps == ["01-installed.png", "02-setup-found-engine.png", "03-engine-ready.png", "04-segmented.png",
-                     "05-label-dialog.png", "06-processing-grid.png"]
+    assert steps == ["01-installed.png", "02-setup-installed.png", "03-setup-found-engine.png",
+                     "04-engine-ready.png", "05-segmented.png", "06-label-dialog.png", "07-processing-grid.png"]
+    assert (tmp_path / "desktop" / "engine-env" / "bin" / "farslip").exists()  # made by the set-up in QGIS
     project = tmp_path / "desktop" / "project" / "farslip"
     assert len(list(project.glob("*_building-road-tree_*/*classes.tif"))) == 1  # the run, in the project folder
     assert (project / "farslip_labels.gpkg").exists()
