@@ -92,11 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="architecture of a local file (guessed when omitted)")
     p.set_defaults(func=_cmd_models_verify)
 
-    from engine import cli_batch, cli_scenes, cli_segment, cli_serve
+    from engine import cli_accuracy, cli_batch, cli_classes, cli_scenes, cli_segment, cli_serve
 
     cli_segment.add_commands(commands)
     cli_batch.add_commands(commands)
     cli_scenes.add_commands(commands)
+    cli_classes.add_commands(commands)
+    cli_accuracy.add_commands(commands)
     cli_serve.add_commands(commands)
     _add_entry_point_commands(commands)
     return parser

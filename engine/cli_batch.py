@@ -94,7 +94,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                                         "batch_summary.json. Reruns resume.")
     p.add_argument("inputs", nargs="+", help="rasters, globs, GDAL paths (/vsis3/...), VRTs, or .txt lists of them")
     p.add_argument("--classes", required=True,
-                   help="'building,roof; road; tree' (';' between classes, ',' between synonyms) or @file.txt")
+                   help="'building,roof; road; tree' (';' between classes, ',' between synonyms), @file.txt, or "
+                        "@SITE.classes.json (classes taught from labels: farslip classes learn)")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--ray", metavar="auto|local|ADDRESS",
                    help="run on Ray: local (start one here), auto (join the running cluster) or an address")

@@ -14,9 +14,13 @@ from engine.errors import InputError
 
 
 def class_spec(text: str) -> str:
-    """The class list a command line names: the text itself, or the classes of `@file`."""
+    """The class list a command line names: the text itself, the classes of `@file`, or
+    `@/absolute/SITE.classes.json` (classes taught from labels, read when the run is checked)."""
     from engine.dense import PromptSet
+    from engine.dense.taught import is_taught_file
 
+    if is_taught_file(text):
+        return "@" + str(config.user_path(text[1:]).absolute())
     return PromptSet.from_file(text[1:]).as_text() if text.startswith("@") else text
 
 
@@ -24,6 +28,9 @@ def _classes(text: str):
     """The prompt set a command line names (`--classes` text or `@file`)."""
     from engine.dense import PromptSet
 
+    if text.endswith(".classes.json"):
+        raise InputError("classes taught from labels work with segment and segment-batch (their prototypes are "
+                         "dense features); name the classes here")
     return PromptSet.parse(class_spec(text))
 
 
@@ -162,7 +169,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                                         "score COG, polygons (GeoPackage) and a JSON summary.")
     p.add_argument("input", help="raster file (or GDAL path such as /vsicurl/...)")
     p.add_argument("--classes", required=True,
-                   help="'building,roof; road; tree' (';' between classes, ',' between synonyms) or @file.txt")
+                   help="'building,roof; road; tree' (';' between classes, ',' between synonyms), @file.txt, or "
+                        "@SITE.classes.json (classes taught from labels: farslip classes learn)")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--name", help="output file stem (default: the input's)")
     p.add_argument("--overwrite", action="store_true",

@@ -30,6 +30,7 @@ from engine.errors import InputError
 
 if TYPE_CHECKING:
     from engine.dense import InferenceOptions, PromptSet
+    from engine.dense.taught import TaughtClasses
     from engine.geo.pipeline import RasterJob
     from engine.geo.source import RasterSource
 
@@ -116,7 +117,8 @@ class SegmentSettings(ModelChoice, Area):
     """Everything about a segmentation run except where the imagery is and where outputs go."""
 
     classes: Classes = Field(..., description="class lines ('building,roof') or one 'a,b; c' string "
-                                              "(';' or new lines between classes, ',' between synonyms)")
+                                              "(';' or new lines between classes, ',' between synonyms), or "
+                                              "'@/abs/path/SITE.classes.json': classes taught from labels")
     gsd: float | None = Field(None, gt=0, le=10000, description="working resolution, metres per pixel "
                                                                 "(default: max(native, 0.5))")
     mask_wkt: str | None = Field(None, min_length=1, max_length=500_000,
@@ -140,15 +142,13 @@ class SegmentSettings(ModelChoice, Area):
     simplify: float = Field(1.0, ge=0, le=100, description="polygon simplification tolerance in pixels")
     block: int = Field(1024, ge=256, le=8192, description="working-grid block size in pixels (memory bound)")
 
-    _prompts: "PromptSet | None" = PrivateAttr(None)
+    _prompts: "PromptSet | TaughtClasses | None" = PrivateAttr(None)
 
     def check(self) -> "SegmentSettings":
         """What the schema cannot say: the class list as the prompt parser reads it, the area, the
         inference options. Raises InputError (a 400 from the API, one line from the CLI)."""
-        from engine.dense import PromptSet
-
         try:
-            self._prompts = PromptSet.parse(self.classes)
+            self._prompts = read_run_classes(self.classes)
         except InputError as exc:
             raise InputError(f"classes: {exc}") from None
         self.check_area()
@@ -173,11 +173,10 @@ class SegmentSettings(ModelChoice, Area):
 
     # --- what a run is made of -----------------------------------------------------------------
     @property
-    def prompts(self) -> "PromptSet":
-        from engine.dense import PromptSet
-
+    def prompts(self) -> "PromptSet | TaughtClasses":
+        """The classes as the segmenter takes them: a prompt set, or classes taught from labels."""
         if self._prompts is None:
-            self._prompts = PromptSet.parse(self.classes)
+            self._prompts = read_run_classes(self.classes)
         return self._prompts
 
     def inference_options(self, upsampler: str | None = None, **local) -> "InferenceOptions":
@@ -217,6 +216,18 @@ class SegmentSettings(ModelChoice, Area):
                          scores=self.scores,
                          polygons=self.polygons, min_area=self.min_area, simplify=self.simplify,
                          mask_wkt=self.mask_wkt, mask_crs=self.mask_crs, **self.area_arguments())
+
+
+def read_run_classes(classes) -> "PromptSet | TaughtClasses":
+    """A class list, or `@SITE.classes.json` (classes taught from labels: `farslip classes learn`). No
+    other file is read here: a command line turns `@file.txt` into its text before this, and the API
+    applies its folder policy to a taught-classes path before this."""
+    from engine.dense import PromptSet
+    from engine.dense.taught import TaughtClasses, is_taught_file
+
+    if isinstance(classes, str) and is_taught_file(classes):
+        return TaughtClasses.load(classes[1:])
+    return PromptSet.parse(classes)
 
 
 def check_pixel_budget(source: "RasterSource", max_pixels: float | None) -> None:

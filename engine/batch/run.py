@@ -68,8 +68,9 @@ def _job(settings: BatchSettings, path: str, name: str) -> RasterJob:
 
 def run_settings(settings: BatchSettings, segmenter) -> dict:
     """Everything that changes a result: the manifest is kept per distinct value of this."""
+    taught = {"taught": segmenter.taught.digest()} if segmenter.taught is not None else {}
     return {"version": __version__, "model": segmenter.model.name, "arch": segmenter.model.arch,
-            "prompts": segmenter.prompts.as_text(), "options": vars(segmenter.options),
+            "prompts": segmenter.prompts.as_text(), "options": vars(segmenter.options), **taught,
             **{k: v for k, v in asdict(settings).items()
                if k != "out_dir" and not (k == "nodata" and v is None)}}  # (runs before nodata keep their hash)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from engine.dense.sliding import ProgressFn, normalise, sliding_logits
 from engine.dense.text import embed_prompts
 from engine.errors import InputError
 from engine.models import LoadedModel
+
+if TYPE_CHECKING:
+    from engine.dense.taught import TaughtClasses
 
 def _host_tensor(array: np.ndarray) -> torch.Tensor:
     """A CPU tensor sharing `array`'s memory, or a copy of it when that memory is read-only (a PIL
@@ -90,11 +94,15 @@ class SegmentationResult:
 class Segmenter:
     """A model, a prompt set and options, ready to segment images or pieces of a large one."""
 
-    def __init__(self, model: LoadedModel, prompts: "str | list[str] | PromptSet",
+    def __init__(self, model: LoadedModel, prompts: "str | list[str] | PromptSet | TaughtClasses",
                  options: InferenceOptions | None = None):
+        from engine.dense.taught import TaughtClasses
+
         self.model = model
         self.options = (options or preset(DEFAULT_PRESET)).validate()
-        prompts = PromptSet.parse(prompts)
+        taught = prompts if isinstance(prompts, TaughtClasses) else None
+        self.taught = taught
+        prompts = PromptSet.parse(taught.prompts if taught else prompts)
         self.background_index: int | None = None
         if self.options.background:
             prompts, self.background_index = prompts.with_background(self.options.background)
@@ -106,7 +114,9 @@ class Segmenter:
         self.batch_size = self._batch_size()
         self._compile()
         self.upsampler = self._load_upsampler() if self.options.upsampler else None
-        self.text = embed_prompts(model, prompts, self.options.template_set)
+        # text embeddings per name, mixed with the prototypes of classes taught from labels
+        self.text = (taught.rows(model, prompts, self.options.template_set) if taught
+                     else embed_prompts(model, prompts, self.options.template_set))
 
     def _batch_size(self) -> int:
         return self.options.batch_size or default_batch_size(self.model, self.crop, len(self.prompts.names))

@@ -1,4 +1,5 @@
-"""Writing vector layers (GeoPackage) with pyogrio: the one place features reach disk."""
+"""Vector layers with pyogrio: writing results (GeoPackage), the one place features reach disk, and
+reading labelled polygons (teaching classes, checking accuracy)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import shapely
+
+from engine.errors import InputError, first_line
 
 
 def write_features(path: Path, geoms: list, fields: dict[str, np.ndarray], crs, layer: str,
@@ -21,3 +24,21 @@ def write_features(path: Path, geoms: list, fields: dict[str, np.ndarray], crs, 
         write(str(path), np.array(shapely.to_wkb(geoms), dtype=object) if geoms else np.array([], dtype=object),
               list(fields.values()), list(fields.keys()), layer=layer, driver="GPKG", geometry_type="MultiPolygon",
               crs=crs.to_wkt() if crs else None, append=append)
+
+
+def read_labels(path: str, field: str) -> tuple[list, list[str], str | None]:
+    """(geometries, label per geometry, CRS or None) of a vector file."""
+    from pyogrio.raw import read
+
+    try:
+        meta, _, wkb, columns = read(path)
+    except Exception as exc:  # noqa: BLE001 - pyogrio raises many kinds for unreadable files
+        raise InputError(f"cannot read labels from {path}: {first_line(exc)}") from None
+    names = list(meta.get("fields", []))
+    if field not in names:
+        raise InputError(f"{path} has no field '{field}' (fields: {', '.join(map(str, names)) or 'none'})")
+    values = ["" if v is None else str(v).strip() for v in columns[names.index(field)]]
+    geoms = list(shapely.from_wkb(wkb))
+    if not geoms:
+        raise InputError(f"{path} holds no features")
+    return geoms, values, meta.get("crs")

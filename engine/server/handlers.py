@@ -119,6 +119,11 @@ def _stored(body, store, settings, pool, check) -> dict:
 def prepare_segment(body: SegmentRequest, store, settings, pool=None) -> dict:
     """Check everything that can be checked without the model — the raster opened once, with the
     job's area, and its working grid held against the pixel budget; return what the worker runs."""
+    from engine.dense.taught import is_taught_file
+
+    if isinstance(body.classes, str) and is_taught_file(body.classes):  # classes taught from labels: a file
+        body = body.model_copy(update={"classes": "@" + str(allowed_path(body.classes[1:], settings,
+                                                                          what="taught classes"))})
     upsampler = body.upsampler
     plain = body.model_copy(update={"upsampler": None})  # the up-sampler is checked below, under the folder policy
     try:

@@ -1,0 +1,177 @@
+"""Accuracy of a class raster against the user's own reference polygons.
+
+    report = check_accuracy("out/ortho_classes.tif", "reference.gpkg", "class", "out/accuracy/")
+
+The reference polygons (in their CRS, or the raster's when they have none) are burnt onto the class
+raster's own grid, window by window; each polygon's label is matched to the raster's classes by name
+or synonym (case-insensitive; the raster's `FARSLIP_CLASSES` tag lists them). The confusion matrix
+counts every labelled pixel: rows the reference class, columns the class the raster gives it (plus
+"no class" for nodata / below-threshold pixels). From it: per-class IoU, precision and recall, their
+means, overall accuracy and Cohen's kappa — written as `accuracy.json`, `confusion.csv` and
+`confusion.png` (row-normalised, numbers in the cells).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.features import rasterize
+from rasterio.windows import Window
+
+from engine.errors import InputError
+from engine.geo.vectors import read_labels
+
+ROWS_PER_WINDOW = 1024
+
+
+def raster_classes(dataset) -> list[dict]:
+    """The classes a FarSLIP class raster holds (index, name, synonyms), from its tags."""
+    try:
+        classes = json.loads(dataset.tags().get("FARSLIP_CLASSES", ""))
+        return [{"index": int(c["index"]), "name": str(c["name"]), "synonyms": list(c.get("synonyms", []))}
+                for c in classes]
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{Path(dataset.name).name} is not a FarSLIP class raster (no FARSLIP_CLASSES tag)") from None
+
+
+def _match(label: str, classes: list[dict]) -> int | None:
+    key = label.strip().lower()
+    for c in classes:
+        if key in (n.lower() for n in [c["name"], *c["synonyms"]]):
+            return c["index"]
+    return None
+
+
+def confusion_matrix(class_raster: str, reference: str, field: str) -> tuple[np.ndarray, list[dict], dict]:
+    """([K, K+1] pixel counts: reference class × predicted class or 'no class' last), the classes, and
+    the reference labels that named no class (with their polygon counts)."""
+    import shapely
+    from shapely.ops import transform as reproject
+
+    geoms, values, crs = read_labels(reference, field)
+    with rasterio.open(class_raster) as ds:
+        classes = raster_classes(ds)
+        position = {c["index"]: i for i, c in enumerate(classes)}
+        shapes, skipped = [], {}
+        for geom, value in zip(geoms, values):
+            index = _match(value, classes) if value else None
+            if index is None or geom is None or geom.is_empty:
+                skipped[value or "(empty)"] = skipped.get(value or "(empty)", 0) + 1
+                continue
+            shapes.append((geom, position[index]))
+        if not shapes:
+            raise InputError(f"no reference polygon names a class of {Path(class_raster).name} "
+                             f"({', '.join(c['name'] for c in classes)})")
+        if crs is not None and ds.crs is not None:
+            from pyproj import CRS, Transformer
+
+            if CRS.from_user_input(crs) != CRS.from_user_input(ds.crs.to_wkt()):
+                move = Transformer.from_crs(CRS.from_user_input(crs), CRS.from_user_input(ds.crs.to_wkt()),
+                                            always_xy=True).transform
+                shapes = [(reproject(move, g), k) for g, k in shapes]
+        k = len(classes)
+        matrix = np.zeros((k, k + 1), dtype=np.int64)
+        lookup = np.full(256, k, dtype=np.int64)  # a raster value → its column; NODATA and unknown: 'no class'
+        for c in classes:
+            lookup[c["index"]] = position[c["index"]]
+        bounds = shapely.GeometryCollection([g for g, _ in shapes]).bounds
+        for row in range(0, ds.height, ROWS_PER_WINDOW):
+            window = Window(0, row, ds.width, min(ROWS_PER_WINDOW, ds.height - row))
+            left, bottom, right, top = rasterio.windows.bounds(window, ds.transform)
+            if bounds[2] < min(left, right) or bounds[0] > max(left, right) or \
+                    bounds[3] < min(bottom, top) or bounds[1] > max(bottom, top):
+                continue
+            truth = rasterize(shapes, out_shape=(int(window.height), ds.width), fill=255, dtype="uint8",
+                              transform=ds.window_transform(window))
+            labelled = truth != 255
+            if not labelled.any():
+                continue
+            predicted = lookup[ds.read(1, window=window)[labelled]]
+            np.add.at(matrix, (truth[labelled].astype(np.int64), predicted), 1)
+    return matrix, classes, skipped
+
+
+def scores(matrix: np.ndarray, classes: list[dict]) -> dict:
+    """IoU, precision, recall per class (over the classes the reference holds), their means, overall
+    accuracy and Cohen's kappa, from a [K, K+1] confusion matrix."""
+    k = len(classes)
+    square = matrix[:, :k]
+    total = int(matrix.sum())
+    tp = np.diag(square).astype(float)
+    reference = matrix.sum(axis=1).astype(float)  # every labelled pixel of the class, whatever it got
+    predicted = square.sum(axis=0).astype(float)  # labelled pixels the raster gave the class
+    per_class = {}
+    for i, c in enumerate(classes):
+        if reference[i] == 0:
+            continue
+        union = reference[i] + predicted[i] - tp[i]
+        per_class[c["name"]] = {
+            "iou": round(tp[i] / union, 4) if union else 0.0,
+            "precision": round(tp[i] / predicted[i], 4) if predicted[i] else 0.0,
+            "recall": round(tp[i] / reference[i], 4),
+            "reference_pixels": int(reference[i]), "predicted_pixels": int(predicted[i]),
+            "correct_pixels": int(tp[i]),
+        }
+    observed = tp.sum() / total if total else 0.0
+    expected = float((reference * predicted).sum()) / total**2 if total else 0.0  # agreement by chance
+    present = list(per_class.values())
+    return {
+        "miou": round(float(np.mean([v["iou"] for v in present])), 4),
+        "mean_precision": round(float(np.mean([v["precision"] for v in present])), 4),
+        "mean_recall": round(float(np.mean([v["recall"] for v in present])), 4),
+        "overall_accuracy": round(float(observed), 4),
+        "kappa": round((observed - expected) / (1 - expected), 4) if expected < 1 else 0.0,
+        "labelled_pixels": total, "no_class_pixels": int(matrix[:, k].sum()),
+        "per_class": per_class,
+    }
+
+
+def write_confusion_png(matrix: np.ndarray, names: list[str], path: Path) -> None:
+    """Row-normalised confusion matrix as an image: reference down, prediction across, the share of each
+    reference class in its cell (darker = more), diagonal outlined."""
+    from PIL import Image, ImageDraw
+
+    cell, margin = 56, 150
+    k = matrix.shape[0]
+    columns = [*names, "no class"]
+    rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    image = Image.new("RGB", (margin + cell * len(columns) + 10, margin + cell * k + 30), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((margin, 8), "predicted class →", fill="black")
+    draw.text((8, margin - 20), "reference ↓", fill="black")
+    for j, name in enumerate(columns):
+        label = Image.new("RGB", (margin - 30, 14), "white")
+        ImageDraw.Draw(label).text((0, 0), name[:22], fill="black")
+        image.paste(label.rotate(90, expand=True), (margin + j * cell + cell // 2 - 7, 28))
+    for i in range(k):
+        draw.text((8, margin + i * cell + cell // 2 - 6), names[i][:22], fill="black")
+        for j in range(len(columns)):
+            share = float(rows[i, j])
+            shade = int(255 - 200 * share)
+            box = [margin + j * cell, margin + i * cell, margin + (j + 1) * cell - 1, margin + (i + 1) * cell - 1]
+            draw.rectangle(box, fill=(shade, shade, 255), outline="black" if i == j else (200, 200, 200),
+                           width=3 if i == j else 1)
+            draw.text((box[0] + 8, box[1] + cell // 2 - 6), f"{share:.0%}", fill="white" if share > 0.6 else "black")
+    image.save(path)
+
+
+def check_accuracy(class_raster: str, reference: str, field: str, out_dir: str) -> dict:
+    """Write accuracy.json, confusion.csv and confusion.png into `out_dir`; returns the report."""
+    matrix, classes, skipped = confusion_matrix(class_raster, reference, field)
+    report = {"class_raster": str(class_raster), "reference": str(reference), "field": field,
+              **scores(matrix, classes), "skipped_labels": skipped}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [c["name"] for c in classes]
+    (out / "accuracy.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    with open(out / "confusion.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["reference \\ predicted", *names, "no class"])
+        for name, row in zip(names, matrix):
+            writer.writerow([name, *map(int, row)])
+    write_confusion_png(matrix, names, out / "confusion.png")
+    return report

@@ -1,0 +1,177 @@
+"""Teaching classes from a few labelled polygons, and checking accuracy against reference polygons,
+as a user runs them: `classes learn` → `segment --classes @site.classes.json` → `accuracy`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from rasterio.features import shapes
+from rasterio.transform import from_origin
+
+from engine.cli import main
+from engine.geo.vectors import write_features
+from tests.engine.conftest import TINY, make_clip
+from tests.engine.rasters import scene, write_raster
+from training.data.synthetic import LABELS
+
+CLASSES = "; ".join(LABELS)  # water; grass; roof; road — names a random network cannot read
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A 512 x 384 px scene (0.5 m), its exact labels, a tiny random checkpoint, and polygons of the
+    true classes: at most 5 per class from the top half (to teach) and all of the bottom half (to check)."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("site")
+    data, truth = scene(512, 384, seed=3, road_spacing=128)
+    raster = write_raster(folder / "site.tif", data)
+    checkpoint = folder / "tiny.pt"
+    torch.save({"state_dict": make_clip(seed=1).state_dict()}, checkpoint)
+    with rasterio.open(raster) as ds:
+        transform, crs = ds.transform, ds.crs
+    half = truth.shape[0] // 2
+
+    def polygons(rows: slice, per_class: int | None):
+        mask = np.zeros_like(truth, dtype=bool)
+        mask[rows] = True
+        found: dict[int, list] = {}
+        for geom, value in shapes(truth, mask=mask, transform=transform):
+            found.setdefault(int(value), []).append(shapely.geometry.shape(geom))
+        geoms, names = [], []
+        for value, polys in found.items():
+            polys = sorted(polys, key=lambda p: -p.area)[:per_class] if per_class else polys
+            for poly in polys:
+                inner = poly.buffer(-1.0) if per_class else poly  # labels drawn a little inside the edges
+                if not inner.is_empty:
+                    geoms.append(inner)
+                    names.append(LABELS[value])
+        return geoms, names
+
+    def write(name: str, geoms, names) -> Path:
+        path = folder / name
+        fields = {"class": np.array(names, dtype=object)}
+        write_features(path, geoms, fields, crs, "labels")
+        return path
+
+    labels = write("labels.gpkg", *polygons(slice(0, half), per_class=5))
+    reference = write("reference.gpkg", *polygons(slice(half, None), per_class=None))
+    return {"folder": folder, "raster": raster, "checkpoint": checkpoint, "labels": labels, "reference": reference,
+            "truth": truth}
+
+
+def _model(site):
+    return ["--model", str(site["checkpoint"]), "--arch", TINY, "-q"]
+
+
+def _miou(site, capsys, classes: str, name: str) -> dict:
+    folder = site["folder"]
+    assert main(["segment", str(site["raster"]), "--classes", classes, "-o", str(folder / name), "--gsd", "0.5",
+                 "--no-polygons", *_model(site)]) == 0, capsys.readouterr().err
+    assert main(["accuracy", str(folder / name / "site_classes.tif"), "--reference", str(site["reference"]),
+                 "-o", str(folder / name / "accuracy"), "-q"]) == 0, capsys.readouterr().err
+    return json.loads((folder / name / "accuracy" / "accuracy.json").read_text())
+
+
+def test_a_few_labelled_polygons_teach_classes_the_names_alone_miss(site, capsys):
+    taught = site["folder"] / "site.classes.json"
+    code = main(["classes", "learn", str(site["raster"]), "--classes", CLASSES, "--labels", str(site["labels"]),
+                 "--field", "class", "-o", str(taught), "--gsd", "0.5", *_model(site)])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads(taught.read_text())
+    assert set(saved["prototypes"]) == set(LABELS) and max(saved["made"]["polygons"].values()) <= 5
+    text_only = _miou(site, capsys, CLASSES, "text")
+    with_labels = _miou(site, capsys, f"@{taught}", "taught")
+    # held out: the bottom half of the raster, which no label touched
+    assert with_labels["miou"] >= 0.5, with_labels
+    assert with_labels["miou"] >= text_only["miou"] + 0.2, (text_only["miou"], with_labels["miou"])
+    assert saved["alpha"] > 0  # the labels were given weight because they helped on held-out labels
+
+
+def test_taught_classes_from_another_model_are_refused_in_one_line(site, capsys, tmp_path):
+    import torch
+
+    taught = site["folder"] / "other.classes.json"
+    assert main(["classes", "learn", str(site["raster"]), "--classes", CLASSES, "--labels", str(site["labels"]),
+                 "-o", str(taught), *_model(site)]) == 0
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": make_clip(seed=7).state_dict()}, other)
+    capsys.readouterr()
+    code = main(["segment", str(site["raster"]), "--classes", f"@{taught}", "-o", str(tmp_path / "out"),
+                 "--model", str(other), "--arch", TINY, "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "made with model" in err[0] and "teach them again" in err[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_accuracy_matches_the_confusion_of_the_pixels_themselves(tmp_path, capsys):
+    """A hand-made class raster and reference polygons; every figure is recomputed here from the pixels."""
+    rng = np.random.default_rng(0)
+    truth = np.zeros((60, 90), dtype=np.uint8)
+    truth[:, 30:60], truth[:, 60:] = 1, 2
+    predicted = truth.copy()
+    flip = rng.random(truth.shape) < 0.2
+    predicted[flip] = rng.integers(0, 3, flip.sum())
+    predicted[:5, :5] = 255  # no class
+    transform = from_origin(500000.0, 5200000.0, 1.0, 1.0)
+    classes = [{"index": i, "name": n, "synonyms": [n, f"{n} area"]} for i, n in enumerate(["water", "grass", "roof"])]
+    raster = tmp_path / "m_classes.tif"
+    with rasterio.open(raster, "w", driver="GTiff", width=90, height=60, count=1, dtype="uint8", crs="EPSG:32633",
+                       transform=transform, nodata=255) as ds:
+        ds.write(predicted, 1)
+        ds.update_tags(FARSLIP_CLASSES=json.dumps(classes))
+    geoms = [shapely.box(*rasterio.transform.array_bounds(60, 30, transform * rasterio.Affine.translation(30 * i, 0)))
+             for i in range(3)]
+    write_features(tmp_path / "ref.gpkg", [*geoms, shapely.box(500000, 5199990, 500001, 5199991)],
+                   {"class": np.array(["WATER", "grass area", "roof", "cloud"], dtype=object)},
+                   rasterio.crs.CRS.from_epsg(32633), "ref")
+    assert main(["accuracy", str(raster), "--reference", str(tmp_path / "ref.gpkg"), "-o", str(tmp_path / "acc"),
+                 "-q"]) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "acc" / "accuracy.json").read_text())
+    labelled = truth.size
+    for i, c in enumerate(classes):
+        tp = np.sum((truth == i) & (predicted == i))
+        union = np.sum(truth == i) + np.sum(predicted == i) - tp
+        assert report["per_class"][c["name"]]["iou"] == pytest.approx(tp / union, abs=1e-4)
+        assert report["per_class"][c["name"]]["recall"] == pytest.approx(tp / np.sum(truth == i), abs=1e-4)
+    oa = np.mean(truth == predicted)
+    chance = sum(np.sum(truth == i) * np.sum(predicted == i) for i in range(3)) / labelled**2
+    assert report["overall_accuracy"] == pytest.approx(oa, abs=1e-4)
+    assert report["kappa"] == pytest.approx((oa - chance) / (1 - chance), abs=1e-4)
+    assert report["no_class_pixels"] == 25 and report["skipped_labels"] == {"cloud": 1}
+    rows = (tmp_path / "acc" / "confusion.csv").read_text().splitlines()
+    assert rows[0].split(",")[1:] == ["water", "grass", "roof", "no class"]
+    assert sum(int(v) for row in rows[1:] for v in row.split(",")[1:]) == labelled
+    from PIL import Image
+
+    assert Image.open(tmp_path / "acc" / "confusion.png").size[0] > 200
+
+
+def test_the_api_takes_taught_classes_by_path_under_its_folder_policy(site, tmp_path, capsys):
+    from fastapi.testclient import TestClient
+
+    from tests.engine.api_helpers import AUTH, make_app, wait_for, write_checkpoint
+
+    served = tmp_path / "served"
+    served.mkdir()
+    checkpoint = write_checkpoint(served)  # the engine's default model
+    taught = served / "site.classes.json"
+    assert main(["classes", "learn", str(site["raster"]), "--classes", CLASSES, "--labels", str(site["labels"]),
+                 "-o", str(taught), "--model", str(checkpoint), "--arch", TINY, "-q"]) == 0, capsys.readouterr().err
+    raster = served / "site.tif"
+    raster.write_bytes(site["raster"].read_bytes())
+    with TestClient(make_app(served)) as client:
+        job = client.post("/v1/jobs/segment", headers=AUTH,
+                          json={"input": {"path": str(raster)}, "classes": f"@{taught}", "polygons": False})
+        assert job.status_code == 202, job.text
+        status = wait_for(client, job.json()["id"])
+        assert status["state"] == "done", status
+        assert status["summary"]["prompts"] == CLASSES
+        outside = client.post("/v1/jobs/segment", headers=AUTH,
+                              json={"input": {"path": str(raster)}, "classes": f"@{site['folder'] / 'site.classes.json'}"})
+        assert outside.status_code == 403, outside.text
