@@ -22,6 +22,20 @@ class EngineError(Exception):
     """A problem talking to the engine, in one sentence for a message bar."""
 
 
+def in_gui_words(detail: str) -> str:
+    """The engine's message, with the fix said in the plugin's terms where the engine speaks CLI."""
+    import re
+
+    if "not in the local cache" in detail:
+        found = re.search(r"model (\S+?):", detail)
+        name = found.group(1) if found else "this model"
+        why = ("downloads are switched off (HF_HUB_OFFLINE)" if "HF_HUB_OFFLINE" in detail
+               else "huggingface.co cannot be reached")
+        return (f"the model {name} is not downloaded yet and {why}: in the FarSLIP panel's Engine tab select it "
+                "and press Download model, or type the path of a downloaded .pt file as Model")
+    return detail
+
+
 def default_token_path() -> Path:
     """Where a local engine keeps its token (the same rule as the engine's config folder)."""
     if os.environ.get("FARSLIP_CONFIG_DIR"):
@@ -70,7 +84,7 @@ class EngineClient:
         if exc.code == 401:
             return ("the engine refused the token: paste the engine's token into the FarSLIP panel's Engine tab "
                     "(Token), or leave it empty for the engine started on this computer")
-        return f"engine: {detail}" if isinstance(detail, str) else f"engine answered HTTP {exc.code}"
+        return f"engine: {in_gui_words(detail)}" if isinstance(detail, str) else f"engine answered HTTP {exc.code}"
 
     def _json(self, method: str, path: str, payload: dict | None = None):
         body = json.dumps(payload).encode("utf-8") if payload is not None else None

@@ -39,6 +39,7 @@ class EnginePanel(QWidget):
         self.online = False
         self.checking = False
         self.unreachable = False
+        self._asked = 0
         self.models: dict | None = None
         self.on_online = []  # callbacks when the engine answers
         settings = engine_settings()
@@ -124,9 +125,13 @@ class EnginePanel(QWidget):
         """Ask the engine for its health and models off the UI thread; the status follows the answer."""
         client = self.client(timeout=UI_TIMEOUT_S)
         self.checking = True
+        self._asked += 1
+        asked = self._asked
         if not self.online:
             self.status_text.setText("checking…")
-        run_async(lambda: (client.health(), client.models()), self._checked, self._check_failed, owner=self)
+        run_async(lambda: (client.health(), client.models()),
+                  lambda answer: asked == self._asked and self._checked(answer),  # only the latest check counts
+                  lambda exc: asked == self._asked and self._check_failed(exc), owner=self)
 
     def _checked(self, answer) -> None:
         health, models = answer

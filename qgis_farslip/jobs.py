@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject, QgsRasterFileWriter,
                        QgsRasterLayer, QgsRasterPipe, QgsRectangle)
 
-from qgis_farslip.client import EngineClient, EngineError
+from qgis_farslip.client import EngineClient, EngineError, in_gui_words
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -157,7 +157,7 @@ def run_job(client: EngineClient, kind: str, payload: dict, out_folder: str,
     if status["state"] == "cancelled":
         raise EngineError("cancelled")
     if status["state"] != "done":
-        raise EngineError(f"engine: {status['message']}")
+        raise EngineError(f"engine: {in_gui_words(status['message'])}")
     folder = Path(out_folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)

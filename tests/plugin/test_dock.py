@@ -406,3 +406,12 @@ def test_escape_cancels_a_region_question_in_flight(dock, qtbot):
     assert not tool.pending and dock.messages[-1] == ("info", "labelling cancelled")
     qtbot.wait(3000)  # the engine's late answer is dropped: no dialog opens
     assert tool.dialog is None
+
+
+def test_a_model_that_is_not_downloaded_says_where_to_download_it(dock, qtbot):
+    dock.prompt_edit.setPlainText("water\ngrass")
+    dock.model_combo.setEditText("farslip2-vit-b-32")  # a release this engine (offline) has not cached
+    dock.run()
+    _wait(qtbot, dock)
+    assert "farslip2-vit-b-32 is not downloaded" in dock.last_error, dock.last_error
+    assert "Engine tab select it and press Download model" in dock.last_error and "--model" not in dock.last_error
