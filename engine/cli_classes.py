@@ -19,7 +19,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     from engine.dense import Segmenter
     from engine.dense.taught import SUFFIX
     from engine.geo.source import parse_bands
-    from engine.geo.teach import teach
+    from engine.geo.teach import teach_from_file
     from engine.job import SegmentSettings
     from engine.models import load_model
 
@@ -38,7 +38,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     with settings.open_source(args.input) as source:
         source.probe()
         print_notes(source.notes)
-        taught = teach(segmenter, source, args.labels, args.field)
+        taught = teach_from_file(segmenter, source, args.labels, args.field)
     out = taught.save(args.out)
     if not args.quiet:
         scores = taught.made["held_out_miou_by_alpha"]

@@ -46,13 +46,14 @@ def _match(label: str, classes: list[dict]) -> int | None:
     return None
 
 
-def confusion_matrix(class_raster: str, reference: str, field: str) -> tuple[np.ndarray, list[dict], dict]:
+def confusion_matrix(class_raster: str, geoms: list, values: list[str], crs: str | None
+                     ) -> tuple[np.ndarray, list[dict], dict]:
     """([K, K+1] pixel counts: reference class × predicted class or 'no class' last), the classes, and
-    the reference labels that named no class (with their polygon counts)."""
+    the reference labels that named no class (with their polygon counts). The reference polygons are
+    `geoms` labelled `values`, in `crs` (None: the raster's)."""
     import shapely
     from shapely.ops import transform as reproject
 
-    geoms, values, crs = read_labels(reference, field)
     with rasterio.open(class_raster) as ds:
         classes = raster_classes(ds)
         position = {c["index"]: i for i, c in enumerate(classes)}
@@ -160,10 +161,18 @@ def write_confusion_png(matrix: np.ndarray, names: list[str], path: Path) -> Non
 
 
 def check_accuracy(class_raster: str, reference: str, field: str, out_dir: str) -> dict:
+    """`write_accuracy` for the polygons of a vector file and its `field`."""
+    geoms, values, crs = read_labels(reference, field)
+    return write_accuracy(class_raster, geoms, values, crs, out_dir,
+                          {"reference": str(reference), "field": field})
+
+
+def write_accuracy(class_raster: str, geoms: list, values: list[str], crs: str | None, out_dir: str,
+                   about: dict | None = None) -> dict:
     """Write accuracy.json, confusion.csv and confusion.png into `out_dir`; returns the report."""
-    matrix, classes, skipped = confusion_matrix(class_raster, reference, field)
-    report = {"class_raster": str(class_raster), "reference": str(reference), "field": field,
-              **scores(matrix, classes), "skipped_labels": skipped}
+    matrix, classes, skipped = confusion_matrix(class_raster, geoms, values, crs)
+    report = {"class_raster": str(class_raster), **(about or {}), **scores(matrix, classes),
+              "skipped_labels": skipped}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = [c["name"] for c in classes]

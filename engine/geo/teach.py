@@ -1,7 +1,7 @@
 """Teaching classes from labelled polygons on a raster: the pixel features inside each polygon, with
 segmentation's own crops, then `engine.dense.taught.TaughtClasses.learn`.
 
-    taught = teach(segmenter, source, "labels.gpkg", "class")
+    taught = teach_from_file(segmenter, source, "labels.gpkg", "class")
     taught.save("site.classes.json")
 
 The polygons (any vector file OGR reads; in its CRS, or the raster's when it has none) are mapped onto
@@ -94,10 +94,10 @@ def polygon_features(segmenter: Segmenter, source: RasterSource, geom, rng: np.r
     return np.concatenate(out)
 
 
-def teach(segmenter: Segmenter, source: RasterSource, labels: str, field: str, seed: int = 0) -> TaughtClasses:
-    """Taught classes from the polygons of `labels` whose `field` names one of the segmenter's classes
-    (any of its synonyms, case-insensitive)."""
-    geoms, values, crs = read_labels(labels, field)
+def teach(segmenter: Segmenter, source: RasterSource, geoms: list, values: list[str], crs: str | None,
+          made: dict | None = None, seed: int = 0) -> TaughtClasses:
+    """Taught classes from polygons (`geoms`, in `crs` or the raster's when None) whose label (`values`)
+    names one of the segmenter's classes (any of its synonyms, case-insensitive)."""
     prompts = segmenter.prompts
     rng = np.random.default_rng(seed)
     features: dict[int, list[np.ndarray]] = {}
@@ -110,7 +110,12 @@ def teach(segmenter: Segmenter, source: RasterSource, labels: str, field: str, s
         pixels = polygon_features(segmenter, source, _to_working_grid(source, geom, crs), rng)
         if len(pixels):
             features.setdefault(c, []).append(pixels)
-    made = {"raster": str(source.path), "labels": str(labels), "field": field,
-            "working_gsd_m": source.working_gsd, "template_set": segmenter.options.template_set,
-            "skipped_labels": skipped}
-    return TaughtClasses.learn(segmenter.model, prompts, features, segmenter.options.template_set, made)
+    record = {"raster": str(source.path), "working_gsd_m": source.working_gsd,
+              "template_set": segmenter.options.template_set, "skipped_labels": skipped, **(made or {})}
+    return TaughtClasses.learn(segmenter.model, prompts, features, segmenter.options.template_set, record)
+
+
+def teach_from_file(segmenter: Segmenter, source: RasterSource, labels: str, field: str) -> TaughtClasses:
+    """`teach` with the polygons of a vector file and its `field`."""
+    geoms, values, crs = read_labels(labels, field)
+    return teach(segmenter, source, geoms, values, crs, {"labels": str(labels), "field": field})

@@ -8,6 +8,8 @@ Routes (all but /v1/health need `Authorization: Bearer <token>`, /openapi.json i
   POST /v1/jobs/segment                segmentation job from a path or an upload → 202 job id
   POST /v1/jobs/grid                   scene classification on a grid of cells (job)
   POST /v1/jobs/search                 text search: heat map + top-k boxes (job)
+  POST /v1/jobs/teach                  classes taught from labelled polygons → result.classes.json (job)
+  POST /v1/jobs/accuracy               a segmentation job's classes against reference polygons (job)
   POST /v1/regions/label               candidate classes ranked for boxes/polygons (synchronous)
   POST /v1/prompts                     how a class list is read: names, synonyms, colours
   GET  /v1/jobs, /v1/jobs/{id}         state, progress 0-1, message, revision; files and summary when done
@@ -54,8 +56,9 @@ from engine.server.auth import token_matches
 from engine.server.limits import RequestLimitsAndLog
 from engine.server.models_pool import ModelPool
 from engine.server.runner import JobRunner, QueueFull
-from engine.server.schemas import (Error, GridRequest, Health, JobCreated, JobStatus, LabelRequest, LabelResponse,
-                                   PromptsRequest, SearchRequest, SegmentRequest, UploadCreated)
+from engine.server.schemas import (AccuracyRequest, Error, GridRequest, Health, JobCreated, JobStatus, LabelRequest,
+                                   LabelResponse, PromptsRequest, SearchRequest, SegmentRequest, TeachRequest,
+                                   UploadCreated)
 from engine.server.store import JobStore, StorageUnavailable, storage_errors
 from engine.server.watch import MAX_WAIT_S, JobWatch, status_events, wait_for_change
 
@@ -105,7 +108,7 @@ class ValidationProblem(BaseModel):
 ERRORS = {400: {"model": Error}, 401: {"model": Error}, 403: {"model": Error}, 404: {"model": Error},
           409: {"model": Error}, 413: {"model": Error}, 422: {"model": ValidationProblem}, 429: {"model": Error},
           503: {"model": Error}, 507: {"model": Error}}
-JOB_KINDS = ("segment", "grid", "search")  # POST /v1/jobs/{kind}: not job ids
+JOB_KINDS = ("segment", "grid", "search", "teach", "accuracy")  # POST /v1/jobs/{kind}: not job ids
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -114,7 +117,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     store.on_change(watch.notify)
     pool = ModelPool(settings.device, settings.precision, settings.compile)
     runner = JobRunner(store, {"segment": handlers.segment_handler(pool),
-                               "grid": handlers.grid_handler(pool), "search": handlers.search_handler(pool)},
+                               "grid": handlers.grid_handler(pool), "search": handlers.search_handler(pool),
+                               "teach": handlers.teach_handler(pool), "accuracy": handlers.accuracy_handler()},
                        settings.max_queue)
     stop_expiry = threading.Event()
 
@@ -278,6 +282,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
     def create_search_job(body: SearchRequest) -> JSONResponse:
         """Free-text search: a similarity heat-map raster and the top-k boxes."""
         return submit("search", handlers.prepare_search(body, store, settings, pool))
+
+    @api.post("/jobs/teach", status_code=202, response_model=JobCreated, tags=["jobs"])
+    def create_teach_job(body: TeachRequest) -> JSONResponse:
+        """Teach classes from labelled polygons: `result.classes.json`, used as `"classes": "@job:<id>"`."""
+        return submit("teach", handlers.prepare_teach(body, store, settings, pool))
+
+    @api.post("/jobs/accuracy", status_code=202, response_model=JobCreated, tags=["jobs"])
+    def create_accuracy_job(body: AccuracyRequest) -> JSONResponse:
+        """A finished segmentation job against reference polygons: accuracy.json, confusion.csv/.png."""
+        return submit("accuracy", handlers.prepare_accuracy(body, store, settings))
 
     @api.post("/prompts", tags=["engine"])
     def parse_prompts(body: PromptsRequest) -> dict:

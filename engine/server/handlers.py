@@ -10,7 +10,9 @@ from fastapi import HTTPException
 from engine.errors import FarSLIPError, InputError, first_line
 from engine.job import check_pixel_budget
 from engine.server.raster_policy import check_input
-from engine.server.schemas import GridRequest, InputRef, LabelRequest, SearchRequest, SegmentRequest
+from engine.geo.source import RasterSource
+from engine.server.schemas import (AccuracyRequest, GridRequest, InputRef, LabelRequest, SearchRequest, SegmentRequest,
+                                   TeachRequest)
 
 
 def allowed_path(raw: str, settings, what: str = "input") -> Path:
@@ -119,11 +121,8 @@ def _stored(body, store, settings, pool, check) -> dict:
 def prepare_segment(body: SegmentRequest, store, settings, pool=None) -> dict:
     """Check everything that can be checked without the model — the raster opened once, with the
     job's area, and its working grid held against the pixel budget; return what the worker runs."""
-    from engine.dense.taught import is_taught_file
-
-    if isinstance(body.classes, str) and is_taught_file(body.classes):  # classes taught from labels: a file
-        body = body.model_copy(update={"classes": "@" + str(allowed_path(body.classes[1:], settings,
-                                                                          what="taught classes"))})
+    if isinstance(body.classes, str) and body.classes.startswith("@"):  # classes taught from labels
+        body = body.model_copy(update={"classes": "@" + taught_classes_path(body.classes[1:], store, settings)})
     upsampler = body.upsampler
     plain = body.model_copy(update={"upsampler": None})  # the up-sampler is checked below, under the folder policy
     try:
@@ -140,6 +139,96 @@ def prepare_segment(body: SegmentRequest, store, settings, pool=None) -> dict:
     stored["body"]["upsampler"] = upsampler
     stored["upsampler"] = check_upsampler(upsampler, stored["model"], stored["arch"], settings) if upsampler else None
     return stored
+
+
+def taught_classes_path(ref: str, store, settings) -> str:
+    """The file of `@job:<id>` (a finished teach job of this engine) or `@/abs/SITE.classes.json`
+    (folder policy applied)."""
+    from engine.dense.taught import SUFFIX
+
+    if ref.startswith("job:"):
+        job = store.get(ref[4:])
+        if job is None or job.kind != "teach":
+            raise HTTPException(404, f"no teach job {ref[4:][:64]}")
+        if job.state != "done":
+            raise HTTPException(409, f"teach job {job.id} is {job.state}; its classes are ready once it is done")
+        return str(store.job_dir(job.id) / "out" / f"result{SUFFIX}")
+    if not ref.endswith(SUFFIX):
+        raise HTTPException(400, f"'@' names taught classes: '@job:<id>' or a path ending in {SUFFIX}")
+    return str(allowed_path(ref, settings, what="taught classes"))
+
+
+def _polygons(items, what: str) -> tuple[list, list[str]]:
+    import shapely
+
+    geoms = []
+    for i, item in enumerate(items):
+        try:
+            geom = shapely.from_wkt(item.wkt)
+        except shapely.errors.ShapelyError:
+            raise HTTPException(400, f"{what}.{i}.wkt is not valid WKT") from None
+        if geom.geom_type not in ("Polygon", "MultiPolygon") or geom.is_empty:
+            raise HTTPException(400, f"{what}.{i}.wkt must be a non-empty Polygon or MultiPolygon")
+        geoms.append(geom)
+    return geoms, [item.label for item in items]
+
+
+def prepare_teach(body: TeachRequest, store, settings, pool=None) -> dict:
+    from engine.dense import PromptSet
+
+    _polygons(body.labels, "labels")
+
+    def check(path):
+        PromptSet.parse(body.classes)
+        with RasterSource(path, gsd=body.gsd, bands=body.bands, nodata=body.nodata) as source:
+            source.probe()
+            if body.labels_crs:
+                source.user_crs(body.labels_crs, "the labels")
+
+    return _stored(body, store, settings, pool, check)
+
+
+def prepare_accuracy(body: AccuracyRequest, store, settings, pool=None) -> dict:
+    _polygons(body.reference, "reference")
+    job = store.get(body.job)
+    if job is None or job.kind != "segment":
+        raise HTTPException(404, f"no segmentation job {body.job}")
+    if job.state != "done":
+        raise HTTPException(409, f"segmentation job {body.job} is {job.state}; check it once it is done")
+    return {"body": body.model_dump(mode="json"), "class_raster": str(store.job_dir(job.id) / "out" /
+                                                                       "result_classes.tif")}
+
+
+def teach_handler(pool):
+    def run(request: dict, ctx) -> dict:
+        from engine.dense import Segmenter, preset
+        from engine.dense.taught import SUFFIX
+        from engine.geo.teach import teach
+
+        body = TeachRequest.model_validate(request["body"])
+        options = preset(body.preset).with_overrides(global_bias=body.global_bias)
+        segmenter = Segmenter(pool.get(request["model"], request["arch"]), body.classes, options)
+        geoms, values = _polygons(body.labels, "labels")
+        with RasterSource(request["input"], gsd=body.gsd, bands=body.bands, nodata=body.nodata) as source:
+            taught = teach(segmenter, source, geoms, values, body.labels_crs, {"labels": f"{len(geoms)} polygons"})
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        taught.save(ctx.out_dir / f"result{SUFFIX}")
+        return {"alpha": taught.alpha, "taught": sorted(taught.prototypes), **taught.made}
+
+    return run
+
+
+def accuracy_handler():
+    def run(request: dict, ctx) -> dict:
+        from engine.geo.accuracy import write_accuracy
+
+        body = AccuracyRequest.model_validate(request["body"])
+        geoms, values = _polygons(body.reference, "reference")
+        # (the engine's own path of the class raster means nothing to a client: the job names it)
+        return write_accuracy(request["class_raster"], geoms, values, body.reference_crs, str(ctx.out_dir),
+                              {"class_raster": f"result_classes.tif of job {body.job}", "job": body.job})
+
+    return run
 
 
 def _check_source(path: str, body, gsd=None) -> None:

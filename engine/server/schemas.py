@@ -72,6 +72,39 @@ class LabelRequest(ModelChoice, WithClasses):
     template_set: Literal["rs", "imagenet80", "name", "region"] = "rs"
 
 
+JobId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="a job of this engine")]
+
+
+class LabelledPolygon(Strict):
+    wkt: str = Field(..., min_length=1, max_length=200_000, description="a (Multi)Polygon as WKT")
+    label: str = Field(..., min_length=1, max_length=200, description="its class (a name or synonym)")
+
+
+class TeachRequest(ModelChoice):
+    """Teach classes from labelled polygons on a raster (`farslip classes learn`): the job's file
+    `result.classes.json` is what `classes: "@job:<id>"` of a segmentation job uses."""
+
+    input: InputRef
+    classes: Classes
+    labels: list[LabelledPolygon] = Field(..., min_length=1, max_length=2000)
+    labels_crs: str | None = Field(None, min_length=1, max_length=200, description="CRS of the labels (default: the raster's)")
+    gsd: float | None = Field(None, gt=0, le=10000)
+    bands: tuple[Annotated[int, Field(ge=1, le=65535)], Annotated[int, Field(ge=1, le=65535)],
+                 Annotated[int, Field(ge=1, le=65535)]] | None = None
+    nodata: float | None = Field(None, ge=-1e300, le=1e300)
+    preset: Literal["paper", "enhanced"] = "paper"
+    global_bias: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class AccuracyRequest(Strict):
+    """A finished segmentation job's class raster against reference polygons (`farslip accuracy`)."""
+
+    job: JobId
+    reference: list[LabelledPolygon] = Field(..., min_length=1, max_length=10000)
+    reference_crs: str | None = Field(None, min_length=1, max_length=200,
+                                      description="CRS of the reference (default: the raster's)")
+
+
 class RegionLabel(BaseModel):
     index: int
     best: str

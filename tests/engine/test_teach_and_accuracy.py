@@ -175,3 +175,40 @@ def test_the_api_takes_taught_classes_by_path_under_its_folder_policy(site, tmp_
         outside = client.post("/v1/jobs/segment", headers=AUTH,
                               json={"input": {"path": str(raster)}, "classes": f"@{site['folder'] / 'site.classes.json'}"})
         assert outside.status_code == 403, outside.text
+
+
+def test_teach_segment_and_check_accuracy_through_the_api(site, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from engine.geo.vectors import read_labels
+    from tests.engine.api_helpers import AUTH, make_app, wait_for
+
+    raster = tmp_path / "site.tif"
+    raster.write_bytes(site["raster"].read_bytes())
+
+    def polygons(path):
+        geoms, values, _ = read_labels(str(path), "class")
+        return [{"wkt": g.wkt, "label": v} for g, v in zip(geoms, values)]
+
+    with TestClient(make_app(tmp_path)) as client:
+        def run(kind: str, body: dict) -> dict:
+            got = client.post(f"/v1/jobs/{kind}", headers=AUTH, json=body)
+            assert got.status_code == 202, got.text
+            status = wait_for(client, got.json()["id"])
+            assert status["state"] == "done", status
+            return status
+
+        taught = run("teach", {"input": {"path": str(raster)}, "classes": CLASSES, "labels": polygons(site["labels"]),
+                               "gsd": 0.5})
+        assert taught["files"] == ["result.classes.json"] and set(taught["summary"]["taught"]) == set(LABELS)
+        segmented = run("segment", {"input": {"path": str(raster)}, "classes": f"@job:{taught['id']}", "gsd": 0.5,
+                                    "polygons": False})
+        checked = run("accuracy", {"job": segmented["id"], "reference": polygons(site["reference"])})
+        assert sorted(checked["files"]) == ["accuracy.json", "confusion.csv", "confusion.png"]
+        assert checked["summary"]["miou"] >= 0.5 and str(tmp_path) not in json.dumps(checked["summary"])
+        # what cannot run is refused at submit
+        assert client.post("/v1/jobs/segment", headers=AUTH, json={"input": {"path": str(raster)},
+                           "classes": f"@job:{segmented['id']}"}).status_code == 404  # not a teach job
+        bad = client.post("/v1/jobs/teach", headers=AUTH, json={"input": {"path": str(raster)}, "classes": CLASSES,
+                                                                "labels": [{"wkt": "POINT (1 2)", "label": "water"}]})
+        assert bad.status_code == 400 and "Polygon" in bad.json()["detail"]
