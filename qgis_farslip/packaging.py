@@ -44,7 +44,7 @@ def engine_wheel(out_dir: Path, root: Path = ROOT) -> Path:
     project = tomllib.loads((root / "pyproject.toml").read_text("utf-8"))["project"]
     name, version = project["name"], project["version"]
     info = f"{name}-{version}.dist-info"
-    meta = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", f"Summary: {project['description']}",
+    meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", f"Summary: {project['description']}",
             f"Requires-Python: {project['requires-python']}", f"License: {project.get('license', '')}"]
     meta += [f"Requires-Dist: {dep}" for dep in project["dependencies"]]
     for extra, deps in project.get("optional-dependencies", {}).items():
