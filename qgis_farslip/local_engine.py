@@ -103,6 +103,11 @@ class LocalEngine(QObject):
             return
         last = self.log[-1] if self.log else ""
         self._append(f"engine exited with code {code}")
+        if any("address already in use" in line.lower() for line in self.log[-20:]):
+            port = self.url.rsplit(":", 1)[-1]
+            self._set("died", f"port {port} is already in use (another engine already running?): press Check to "
+                              "use that one, or put another port in the URL and press Set up… → Use it")
+            return
         self._set("died", f"the engine stopped (exit code {code}): {last[:200]} — see Engine → Show log, then Start")
 
     # --- readiness -----------------------------------------------------------------------------

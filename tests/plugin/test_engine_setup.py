@@ -198,3 +198,18 @@ def test_an_engine_that_never_answers_times_out_with_a_message(qgis_app, qtbot):
     assert "did not answer within 2 s" in local.text and "Show log" in local.text and "hanging" in local.log
     local.stop()
     assert local.state == "stopped"
+
+
+def test_a_port_already_in_use_is_explained(panel, qtbot, stub_env):
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    panel.url_edit.setText(f"http://127.0.0.1:{port}")
+    panel.use_engine(stub_env, start=True)
+    qtbot.waitUntil(lambda: panel.local.state == "died", timeout=30_000)
+    busy.close()
+    assert f"port {port} is already in use" in panel.local.text and "press Check" in panel.local.text
+    assert panel.messages[-1] == ("critical", panel.local.text)
