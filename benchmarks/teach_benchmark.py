@@ -25,32 +25,14 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import rasterio  # noqa: E402
-import shapely  # noqa: E402
 import torch  # noqa: E402
-from rasterio.features import shapes  # noqa: E402
 
 from engine.cli import main as farslip  # noqa: E402
 from engine.geo.vectors import write_features  # noqa: E402
 from engine.models.clip import build_clip  # noqa: E402
-from training.data.synthetic import LABELS, scene_labels, write_scene_geotiff  # noqa: E402
+from training.data.synthetic import LABELS, class_polygons, scene_labels, write_scene_geotiff  # noqa: E402
 
 CLASSES = "; ".join(LABELS)
-
-
-def label_polygons(truth: np.ndarray, transform, rows: slice, per_class: int | None, shrink: float):
-    mask = np.zeros_like(truth, dtype=bool)
-    mask[rows] = True
-    found: dict[int, list] = {}
-    for geom, value in shapes(truth, mask=mask, transform=transform):
-        found.setdefault(int(value), []).append(shapely.geometry.shape(geom))
-    geoms, names = [], []
-    for value, polys in sorted(found.items()):
-        for poly in (sorted(polys, key=lambda p: -p.area)[:per_class] if per_class else polys):
-            inner = poly.buffer(-shrink) if shrink else poly
-            if not inner.is_empty:
-                geoms.append(inner)
-                names.append(LABELS[value])
-    return geoms, names
 
 
 def write_labels(path: Path, geoms, names, crs) -> Path:
@@ -86,16 +68,16 @@ def main() -> None:
         half = args.size // 2
 
         # 50 polygons over the whole raster: how long teaching takes
-        geoms, names = label_polygons(truth, transform, slice(0, args.size), per_class=None, shrink=1.0)
+        geoms, names = class_polygons(truth, transform, shrink=1.0)
         order = np.random.default_rng(0).permutation(len(geoms))[:50]
         fifty = write_labels(tmp / "fifty.gpkg", [geoms[i] for i in order], [names[i] for i in order], crs)
         learn_s = run("classes", "learn", str(raster), "--classes", CLASSES, "--labels", str(fifty), "-o",
                       str(tmp / "fifty.classes.json"), "--gsd", "0.5", *model)
 
         # at most 5 polygons per class in the top half; the bottom half is held out
-        labels = write_labels(tmp / "labels.gpkg", *label_polygons(truth, transform, slice(0, half), 5, 1.0), crs)
+        labels = write_labels(tmp / "labels.gpkg", *class_polygons(truth, transform, slice(0, half), 5, 1.0), crs)
         reference = write_labels(tmp / "reference.gpkg",
-                                 *label_polygons(truth, transform, slice(half, None), None, 0.0), crs)
+                                 *class_polygons(truth, transform, slice(half, None)), crs)
         taught = tmp / "site.classes.json"
         run("classes", "learn", str(raster), "--classes", CLASSES, "--labels", str(labels), "-o", str(taught),
             "--gsd", "0.5", *model)

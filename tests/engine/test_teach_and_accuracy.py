@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from rasterio.features import shapes
 from rasterio.transform import from_origin
 
 from engine.cli import main
 from engine.geo.vectors import write_features
 from tests.engine.conftest import TINY, make_clip
 from tests.engine.rasters import scene, write_raster
-from training.data.synthetic import LABELS
+from training.data.synthetic import LABELS, class_polygons
 
 CLASSES = "; ".join(LABELS)  # water; grass; roof; road — names a random network cannot read
 
@@ -37,30 +36,14 @@ def site(tmp_path_factory):
         transform, crs = ds.transform, ds.crs
     half = truth.shape[0] // 2
 
-    def polygons(rows: slice, per_class: int | None):
-        mask = np.zeros_like(truth, dtype=bool)
-        mask[rows] = True
-        found: dict[int, list] = {}
-        for geom, value in shapes(truth, mask=mask, transform=transform):
-            found.setdefault(int(value), []).append(shapely.geometry.shape(geom))
-        geoms, names = [], []
-        for value, polys in found.items():
-            polys = sorted(polys, key=lambda p: -p.area)[:per_class] if per_class else polys
-            for poly in polys:
-                inner = poly.buffer(-1.0) if per_class else poly  # labels drawn a little inside the edges
-                if not inner.is_empty:
-                    geoms.append(inner)
-                    names.append(LABELS[value])
-        return geoms, names
-
     def write(name: str, geoms, names) -> Path:
         path = folder / name
         fields = {"class": np.array(names, dtype=object)}
         write_features(path, geoms, fields, crs, "labels")
         return path
 
-    labels = write("labels.gpkg", *polygons(slice(0, half), per_class=5))
-    reference = write("reference.gpkg", *polygons(slice(half, None), per_class=None))
+    labels = write("labels.gpkg", *class_polygons(truth, transform, slice(0, half), per_class=5, shrink=1.0))
+    reference = write("reference.gpkg", *class_polygons(truth, transform, slice(half, None)))
     return {"folder": folder, "raster": raster, "checkpoint": checkpoint, "labels": labels, "reference": reference,
             "truth": truth}
 
@@ -212,3 +195,23 @@ def test_teach_segment_and_check_accuracy_through_the_api(site, tmp_path):
         bad = client.post("/v1/jobs/teach", headers=AUTH, json={"input": {"path": str(raster)}, "classes": CLASSES,
                                                                 "labels": [{"wkt": "POINT (1 2)", "label": "water"}]})
         assert bad.status_code == 400 and "Polygon" in bad.json()["detail"]
+
+
+def test_labels_leave_classes_alone_where_the_names_are_already_right(tiny_model):
+    """Pixels whose features already sit on their class's text embedding (what a model that reads the
+    names gives): every α scores the held-out labels perfectly, the tie goes to α = 0, and the rows
+    segmentation scores against are the text embeddings themselves — teaching cannot lower them."""
+    import torch
+
+    from engine.dense import PromptSet
+    from engine.dense.taught import TaughtClasses
+    from engine.dense.text import embed_prompts
+
+    prompts = PromptSet.parse(CLASSES)
+    text = embed_prompts(tiny_model, prompts, "imagenet80").float()
+    rng = np.random.default_rng(0)
+    features = {c: [(text[c].numpy() + rng.normal(0, 0.01, (200, text.shape[1]))).astype(np.float32)
+                    for _ in range(3)] for c in range(len(LABELS))}
+    taught = TaughtClasses.learn(tiny_model, prompts, features, "imagenet80")
+    assert taught.made["held_out_miou_by_alpha"]["0"] == 1.0 and taught.alpha == 0.0
+    assert torch.allclose(taught.rows(tiny_model, prompts, "imagenet80").float(), text, atol=1e-6)

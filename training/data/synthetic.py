@@ -61,6 +61,29 @@ def scene(height: int, width: int, seed: int = 0, **layout) -> tuple[np.ndarray,
     return render(labels, seed), labels
 
 
+def class_polygons(labels: np.ndarray, transform, rows: slice | None = None, per_class: int | None = None,
+                   shrink: float = 0.0) -> tuple[list, list[str]]:
+    """Polygons of the true classes of a scene's `labels` (in `transform`'s coordinates), within `rows`:
+    the `per_class` largest of each class (all when None), each shrunk by `shrink` units (labels drawn
+    a little inside the edges). Returns (geometries, class names)."""
+    import shapely
+    from rasterio.features import shapes
+
+    mask = np.zeros_like(labels, dtype=bool)
+    mask[rows or slice(None)] = True
+    found: dict[int, list] = {}
+    for geom, value in shapes(labels, mask=mask, transform=transform):
+        found.setdefault(int(value), []).append(shapely.geometry.shape(geom))
+    geoms, names = [], []
+    for value, polys in sorted(found.items()):
+        for poly in (sorted(polys, key=lambda p: -p.area)[:per_class] if per_class else polys):
+            inner = poly.buffer(-shrink) if shrink else poly
+            if not inner.is_empty:
+                geoms.append(inner)
+                names.append(LABELS[value])
+    return geoms, names
+
+
 def write_scene_geotiff(path: str | Path, height: int, width: int, res: float = 0.5, crs: str = "EPSG:32633",
                         origin: tuple[float, float] = (500000.0, 5200000.0), block: int = 2048, seed: int = 0,
                         **layout) -> Path:
