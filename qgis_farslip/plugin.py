@@ -19,6 +19,7 @@ class FarSLIPPlugin:
         self.provider = None
         self.dock = None
         self.action = None
+        self.setup_action = None
 
     def initProcessing(self):  # noqa: N802 (QGIS's name)
         from qgis_farslip.processing_provider.provider import FarSLIPProvider
@@ -49,9 +50,19 @@ class FarSLIPPlugin:
         self.action.setChecked(True)
         self.action.toggled.connect(self.dock.setVisible)
         self.dock.visibilityChanged.connect(self.action.setChecked)
+        self.setup_action = QAction("Set up the FarSLIP engine…", self.iface.mainWindow())
+        self.setup_action.setObjectName("FarSLIPSetup")
+        self.setup_action.triggered.connect(self.open_setup)
         self.iface.addToolBarIcon(self.action)
-        self.iface.addPluginToMenu(MENU, self.action)
-        self.iface.addPluginToRasterMenu(MENU, self.action)
+        for action in (self.action, self.setup_action):
+            self.iface.addPluginToMenu(MENU, action)
+            self.iface.addPluginToRasterMenu(MENU, action)
+
+    def open_setup(self):
+        """Plugins/Raster → FarSLIP → Set up the FarSLIP engine…: the dock's Engine tab and the set-up."""
+        self.dock.show()
+        self.dock.tabs.setCurrentIndex(self.dock.tabs.count() - 1)
+        return self.dock.engine_panel.open_setup()
 
     def unload(self):
         if self.provider is not None:
@@ -59,9 +70,10 @@ class FarSLIPPlugin:
             self.provider = None
         if self.action is not None:
             self.iface.removeToolBarIcon(self.action)
-            self.iface.removePluginMenu(MENU, self.action)
-            self.iface.removePluginRasterMenu(MENU, self.action)
-            self.action = None
+            for action in (self.action, self.setup_action):
+                self.iface.removePluginMenu(MENU, action)
+                self.iface.removePluginRasterMenu(MENU, action)
+            self.action = self.setup_action = None
         if self.dock is not None:
             if self.dock.engine_process is not None:
                 self.dock.toggle_local_engine()  # stop the engine this QGIS started

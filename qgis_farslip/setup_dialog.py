@@ -151,7 +151,7 @@ class EngineSetupDialog(QDialog):
         self.cancel_button.setEnabled(False)
         self.progress.setValue(100)
         self.found = self.task.engine
-        self.found_label.setText(f"Installed: {self.found.command}")
+        self.found_label.setText(f"Installed: {self.found.command} — close this and press Start engine")
         self.engineReady.emit(self.found)
 
     def _failed(self, text: str) -> None:

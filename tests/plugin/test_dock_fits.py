@@ -101,7 +101,11 @@ def test_a_closed_dock_comes_back_from_the_toolbar_and_the_raster_menu(qgis_app,
     assert len(button) == 1 and not button[0].icon().isNull()
     raster = [a for a in iface.menus["Raster"].actions() if a.text() == "&FarSLIP"][0].menu().actions()
     plugins = [a for a in iface.menus["Plugins"].actions() if a.text() == "&FarSLIP"][0].menu().actions()
-    assert [a.text() for a in raster] == ["FarSLIP segmentation"] == [a.text() for a in plugins]
+    assert [a.text() for a in raster] == ["FarSLIP segmentation", "Set up the FarSLIP engine…"] == [
+        a.text() for a in plugins]
+    raster[1].trigger()  # the set-up dialog opens, on the dock's Engine tab
+    assert plugin.dock.engine_panel.setup_dialog.isVisible() and plugin.dock.tabs.currentIndex() == 2
+    plugin.dock.engine_panel.setup_dialog.close()
     plugin.dock.close()  # the user closes the panel
     qtbot.waitUntil(lambda: not plugin.dock.isVisible(), timeout=5_000)
     assert not button[0].isChecked()
