@@ -46,7 +46,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
               f"{sum(taught.made['polygons'].values())} polygons; label weight α = {taught.alpha:g} (held-out "
               f"mIoU {scores[f'{taught.alpha:g}']:.3f}; text alone {scores['0']:.3f}, labels alone {scores['1']:.3f})")
         for label, n in taught.made["polygons"].items():
-            print(f"  {label:<24} {n:>4} polygon(s) {taught.made['pixels'][label]:>8} px")
+            print(f"  {label:<24} {n:>4} polygon(s) {taught.made['patches'][label]:>8} patches")
         skipped = taught.made["skipped_labels"]
         if skipped:
             print(f"  skipped (no such class): {', '.join(f'{k} ({v})' for k, v in skipped.items())}",

@@ -127,7 +127,7 @@ def _batches(items: list[Box], size: int) -> Iterator[list[Box]]:
         yield items[start:start + size]
 
 
-def _cut(image: torch.Tensor, boxes: list[Box]) -> torch.Tensor:
+def cut_crops(image: torch.Tensor, boxes: list[Box]) -> torch.Tensor:
     """Same-size crops [B, 3, h, w] of image [3, H, W], gathered in one indexing step from the view
     of all its h × w windows (the crop origins travel to the device without waiting for it)."""
     h, w = boxes[0].h, boxes[0].w
@@ -299,7 +299,7 @@ def accumulate_crops(model: LoadedModel, image: torch.Tensor, text: torch.Tensor
     while pending:
         batch = next(_batches(pending, size))
         try:
-            maps, padded = crop_maps(model, _cut(image, batch), text, crop, global_bias, upsampler)
+            maps, padded = crop_maps(model, cut_crops(image, batch), text, crop, global_bias, upsampler)
         except torch.OutOfMemoryError:
             if size == 1:
                 raise

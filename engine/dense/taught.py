@@ -1,17 +1,17 @@
 """Classes taught from a user's labelled polygons: a visual prototype per class beside its names.
 
-Segmentation scores a pixel against each class name by the cosine between the pixel's dense feature
-(the mean, over the crops covering it, of the network's normalised patch features) and the name's
-text embedding. A taught class adds a prototype in the same space — the normalised mean feature of
-the pixels inside the user's polygons of that class, computed with exactly the crops and features of
-segmentation — and each of its names is scored against
+Segmentation scores a pixel against each class name by the cosine between the network's normalised
+patch features (up-sampled and averaged over the crops covering the pixel) and the name's text
+embedding. A taught class adds a prototype in the same space — the normalised mean of the patch
+features inside the user's polygons of that class, from segmentation's own crops (see
+`engine.geo.teach`) — and each of its names is scored against
 
     row = normalise((1 − α) · text_embedding + α · prototype)
 
 so everything after (softmax over names, max over synonyms, threshold, arg-max) is segmentation's
 own. α = 0 is the text alone, α = 1 the labels alone (a class whose name means nothing to the model).
 α is chosen from the labels themselves: prototypes from one half of each class's polygons score the
-other half's pixels and the other way round, and the α with the best held-out mIoU wins (ties go to
+other half's patches and the other way round, and the α with the best held-out mIoU wins (ties go to
 less weight on the labels).
 
 A `.classes.json` file (`TaughtClasses.save`) holds the class lines, the prototypes, α, the model it
@@ -73,8 +73,8 @@ def mean_iou(truth: np.ndarray, predicted: np.ndarray, classes: list[int]) -> fl
 
 
 def _halves(polygons: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Two halves of a class's labelled pixels: by polygon when there are two or more, else the one
-    polygon's pixels split alternately."""
+    """Two halves of a class's labelled samples: by polygon when there are two or more, else the one
+    polygon's samples split alternately."""
     if len(polygons) >= 2:
         return (np.concatenate(polygons[0::2]), np.concatenate(polygons[1::2]))
     only = polygons[0]
@@ -97,11 +97,11 @@ class TaughtClasses:
     @classmethod
     def learn(cls, model, prompts: PromptSet, features: dict[int, list[np.ndarray]], template_set: str,
               made: dict | None = None) -> "TaughtClasses":
-        """Prototypes and α from `features`: per class index, one [P, D] array of pixel features per
+        """Prototypes and α from `features`: per class index, one [P, D] array of patch features per
         labelled polygon (segmentation's own, see `engine.geo.teach`)."""
         labelled = sorted(c for c, polys in features.items() if polys and sum(len(p) for p in polys) >= 2)
         if not labelled:
-            raise InputError("no labelled pixels: the labels do not overlap the raster, or no label names a class")
+            raise InputError("no labelled samples: the labels do not overlap the raster, or no label names a class")
         text = embed_prompts(model, prompts, template_set).float().cpu()
         name_to_class = prompts.name_to_class
         scores = {}
@@ -123,7 +123,7 @@ class TaughtClasses:
         best = max(ALPHAS, key=lambda a: (round(scores[a], 6), -a))
         prototypes = {prompts.classes[c].label: _prototype(np.concatenate(features[c])).numpy() for c in labelled}
         record = {"held_out_miou_by_alpha": {f"{a:g}": round(s, 4) for a, s in scores.items()},
-                  "pixels": {prompts.classes[c].label: int(sum(len(p) for p in features[c])) for c in labelled},
+                  "patches": {prompts.classes[c].label: int(sum(len(p) for p in features[c])) for c in labelled},
                   "polygons": {prompts.classes[c].label: len(features[c]) for c in labelled}, **(made or {})}
         return cls(prompts, prototypes, best, {"name": model.name, "arch": model.arch,
                                                "fingerprint": model_fingerprint(model)}, record)

@@ -5,12 +5,13 @@ segmentation's own crops, then `engine.dense.taught.TaughtClasses.learn`.
     taught.save("site.classes.json")
 
 The polygons (any vector file OGR reads; in its CRS, or the raster's when it has none) are mapped onto
-the working grid. For each polygon the crops of the raster's global crop grid (the ones segmentation
-runs) over the one or two grid cells holding most of it are run with the identity as the "text"
-matrix: the mean over the covering crops of the normalised patch features, per pixel — exactly the
-vector whose dot product with a text embedding is segmentation's logit there. Only a few crops per
-polygon run, so teaching costs seconds, not a whole-raster pass. Polygons whose label names no class
-are skipped (and counted).
+the working grid. For each polygon, the crops of the raster's global crop grid (the ones segmentation
+runs) over the one or two grid cells holding most of it are run through segmentation's own
+`crop_maps` with the identity as the "text" matrix: each patch's normalised feature (less λ × the
+crop's image-level feature under the global-bias preset), whose dot product with a text embedding is
+segmentation's logit for that patch before it is up-sampled and averaged over crops. The patches
+whose centres fall inside the polygon are its samples. Only a few crops per polygon run, so teaching
+costs seconds, not a whole-raster pass. Polygons whose label names no class are skipped (and counted).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import torch
 
 from engine.boxes import Box
 from engine.dense import Segmenter
-from engine.dense.sliding import CropGrid, normalise, sliding_logits
+from engine.dense.sliding import CropGrid, crop_maps, cut_crops, normalise
 from engine.dense.taught import TaughtClasses
 from engine.geo.source import RasterSource
 from engine.geo.vectors import read_labels
 
-MAX_PIXELS_PER_POLYGON = 4096  # a random sample of each polygon's pixels (fixed seed) keeps memory small
-MAX_CELLS_PER_POLYGON = 2  # crop-grid cells a polygon's pixels are taken from (each needs 4 crops)
+MAX_PIXELS_PER_POLYGON = 4096  # a random sample of each polygon's patches (fixed seed) keeps memory small
+MAX_CELLS_PER_POLYGON = 2  # crop-grid cells a polygon's patches are taken from (each needs 4 crops)
 
 
 def _to_working_grid(source: RasterSource, geom, crs: str | None):
@@ -39,12 +40,13 @@ def _to_working_grid(source: RasterSource, geom, crs: str | None):
     return affinity.scale(geom, 1 / source.grid.scale_x, 1 / source.grid.scale_y, origin=(0, 0))
 
 
-def _tile_features(segmenter: Segmenter, source: RasterSource, region: Box) -> torch.Tensor:
-    """[D, h, w] pixel features of a working-grid rectangle: the crops of the global grid touching it,
-    run with the identity as the text matrix (a pixel's feature · a text embedding = segmentation's
-    logit there)."""
+def _cell_patches(segmenter: Segmenter, source: RasterSource, cell: Box) -> tuple[torch.Tensor, np.ndarray]:
+    """The patch features of the crops of the global grid that cover a working-grid cell — [P, D]:
+    each patch's normalised feature (less λ × the crop's image-level feature under the global-bias
+    preset), the identity standing in for the text matrix in segmentation's own `crop_maps` — and
+    each patch's centre [P, 2] (row, col) on the working grid; patches centred on no data left out."""
     grid = source.grid
-    boxes = CropGrid(grid.height, grid.width, segmenter.crop, segmenter.stride).touching(region)
+    boxes = CropGrid(grid.height, grid.width, segmenter.crop, segmenter.stride).touching(cell)
     top, left = min(b.y for b in boxes), min(b.x for b in boxes)
     span = Box(top, left, max(b.y + b.h for b in boxes) - top, max(b.x + b.w for b in boxes) - left)
     pixels, valid = source.read_pixels(span)
@@ -52,18 +54,30 @@ def _tile_features(segmenter: Segmenter, source: RasterSource, region: Box) -> t
     image = normalise(torch.from_numpy(np.ascontiguousarray(pixels)).to(device),
                       None if valid.all() else torch.from_numpy(valid).to(device))
     identity = torch.eye(segmenter.text.shape[1], device=device)
-    return sliding_logits(segmenter.model, image, identity, segmenter.crop, segmenter.stride, segmenter.batch_size,
-                          segmenter.options.global_bias, boxes=[b.shifted(-top, -left) for b in boxes],
-                          region=region.shifted(-top, -left), upsampler=segmenter.upsampler)
+    features, centres = [], []
+    for size in {(b.h, b.w) for b in boxes}:  # crops at the raster's edges may be smaller
+        same = [b for b in boxes if (b.h, b.w) == size]
+        maps, (ph, pw) = crop_maps(segmenter.model, cut_crops(image, [b.shifted(-top, -left) for b in same]),
+                                   identity, segmenter.crop, segmenter.options.global_bias)
+        a, c = maps.shape[-2:]
+        ys = (np.arange(a) + 0.5) * ph / a
+        xs = (np.arange(c) + 0.5) * pw / c
+        for k, b in enumerate(same):
+            yy, xx = np.meshgrid(b.y + ys, b.x + xs, indexing="ij")
+            keep = (yy < b.y + b.h) & (xx < b.x + b.w)  # patches of the padding are not the crop's
+            keep &= valid[np.minimum(yy, b.y + b.h - 1).astype(int) - top,
+                          np.minimum(xx, b.x + b.w - 1).astype(int) - left]  # nor patches centred on no data
+            features.append(maps[k].permute(1, 2, 0)[torch.from_numpy(keep).to(maps.device)])
+            centres.append(np.stack([yy[keep], xx[keep]], axis=1))
+    return torch.cat(features).float().cpu(), np.concatenate(centres)
 
 
 def polygon_features(segmenter: Segmenter, source: RasterSource, geom, rng: np.random.Generator) -> np.ndarray:
-    """[P, D] features of (a sample of) the valid working-grid pixels inside `geom` (working-grid
-    coordinates). They are taken from the cells of the crop grid (stride × stride squares, each
-    covered by the same 2 × 2 crops wherever it lies) that hold most of the polygon, at most
-    MAX_CELLS_PER_POLYGON of them: a handful of crops per polygon, however large it is."""
-    from rasterio.features import geometry_mask
-    from rasterio.transform import Affine
+    """[P, D] features of the polygon `geom` (working-grid coordinates): the patches, of the crops that
+    cover the crop-grid cells (stride × stride squares) holding most of it, whose centres fall inside
+    it — at most MAX_CELLS_PER_POLYGON cells, so a handful of crops per polygon however large it is.
+    A polygon smaller than a patch gives the patches around its centre."""
+    import shapely
 
     grid, step = source.grid, segmenter.stride
     minx, miny, maxx, maxy = geom.bounds
@@ -71,27 +85,29 @@ def polygon_features(segmenter: Segmenter, source: RasterSource, geom, rng: np.r
     x1, y1 = min(grid.width, int(np.ceil(maxx))), min(grid.height, int(np.ceil(maxy)))
     if x1 <= x0 or y1 <= y0:
         return np.zeros((0, 0), np.float32)
-    region = Box(y0, x0, y1 - y0, x1 - x0)
-    inside = geometry_mask([geom], out_shape=(region.h, region.w), invert=True,
-                           transform=Affine.translation(region.x, region.y))
-    inside &= source.read_valid(region)
-    if not inside.any():
-        return np.zeros((0, 0), np.float32)
-    cells = [(int(inside[cy:cy + step, cx:cx + step].sum()), cy, cx)
-             for cy in range(0, region.h, step) for cx in range(0, region.w, step)]
-    cells = [c for c in sorted(cells, reverse=True)[:MAX_CELLS_PER_POLYGON] if c[0] > 0]
-    per_cell = MAX_PIXELS_PER_POLYGON // len(cells)
+    cells = []
+    for cy in range(y0, y1, step):
+        for cx in range(x0, x1, step):
+            box = shapely.box(cx, cy, min(cx + step, grid.width), min(cy + step, grid.height))
+            overlap = box.intersection(geom).area
+            if overlap > 0:
+                cells.append((overlap, cy, cx))
     out = []
-    for _, cy, cx in cells:
-        cell = Box(region.y + cy, region.x + cx, min(step, region.h - cy), min(step, region.w - cx))
-        rows, cols = np.nonzero(inside[cy:cy + cell.h, cx:cx + cell.w])
-        if len(rows) > per_cell:
-            keep = np.sort(rng.choice(len(rows), per_cell, replace=False))
-            rows, cols = rows[keep], cols[keep]
-        features = _tile_features(segmenter, source, cell)
-        picked = features[:, torch.from_numpy(rows).to(features.device), torch.from_numpy(cols).to(features.device)]
-        out.append(picked.T.float().cpu().numpy())
-    return np.concatenate(out)
+    for _, cy, cx in sorted(cells, reverse=True)[:MAX_CELLS_PER_POLYGON]:
+        cell = Box(cy, cx, min(step, grid.height - cy), min(step, grid.width - cx))
+        features, centres = _cell_patches(segmenter, source, cell)
+        points = shapely.points(centres[:, 1], centres[:, 0])
+        inside = shapely.contains(geom, points)
+        if not inside.any():  # a polygon smaller than a patch: the patches nearest its centre
+            distance = shapely.distance(geom.centroid, points)
+            inside = distance <= distance.min() + 1e-6
+        out.append(features[torch.from_numpy(inside)].numpy())
+    if not out:
+        return np.zeros((0, 0), np.float32)
+    pixels = np.concatenate(out)
+    if len(pixels) > MAX_PIXELS_PER_POLYGON:
+        pixels = pixels[np.sort(rng.choice(len(pixels), MAX_PIXELS_PER_POLYGON, replace=False))]
+    return pixels
 
 
 def teach(segmenter: Segmenter, source: RasterSource, geoms: list, values: list[str], crs: str | None,
