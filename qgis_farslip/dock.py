@@ -1,6 +1,7 @@
 """The "FarSLIP segmentation" dock: tabs that fit a narrow panel (≤ 400 px) — "Segment" (classes with a
 live legend, input and scope, run with progress and cancel), "Scenes" (grid classification and text
-search, `scenes_panel.py`) and "Engine" (`engine_panel.py`)."""
+search, `scenes_panel.py`), "Labels" (teach the classes from labelled polygons, check accuracy against
+reference polygons, `labels_panel.py`) and "Engine" (`engine_panel.py`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
 from qgis.PyQt.QtWidgets import (QAction, QCheckBox, QComboBox, QDockWidget, QDoubleSpinBox, QFileDialog, QFormLayout,
-                                 QGroupBox, QHBoxLayout, QInputDialog, QListWidget, QListWidgetItem, QMenu,
+                                 QGroupBox, QHBoxLayout, QInputDialog, QLabel, QListWidget, QListWidgetItem, QMenu,
                                  QPlainTextEdit, QProgressBar, QPushButton, QScrollArea, QTabWidget, QToolButton,
                                  QVBoxLayout, QWidget)
 
@@ -19,7 +20,7 @@ from qgis_farslip import prompt_sets
 from qgis_farslip.background import run_async
 from qgis_farslip.client import EngineError
 from qgis_farslip.engine_panel import UI_TIMEOUT_S, EnginePanel
-from qgis_farslip.jobs import SegmentationRequest, check_request
+from qgis_farslip.jobs import FORGOTTEN_TEACH, SegmentationRequest, check_request
 from qgis_farslip.outputs import class_title, default_output_folder
 from qgis_farslip.tasks import SegmentTask
 
@@ -43,6 +44,8 @@ class FarSLIPDock(QDockWidget):
         self.notify = notify or (lambda level, text: None)  # (level "info"/"warning"/"critical", text)
         self.task: SegmentTask | None = None
         self.last_error: str | None = None
+        self.taught = None  # teaching.Taught: classes taught from labels, used by the next segmentation
+        self.last_segmentation: dict | None = None  # {"job", "folder", "title"} of this session's last run
         self.engine_panel = EnginePanel(self._notify_from_engine)
         for name in ("status_light", "status_text", "check_button", "url_edit", "token_edit", "model_combo",
                      "command_edit", "engine_button"):
@@ -67,13 +70,17 @@ class FarSLIPDock(QDockWidget):
         layout.addWidget(self.progress)
         layout.addStretch(1)
         self.tabs = QTabWidget()
+        from qgis_farslip.labels_panel import LabelsPanel
         from qgis_farslip.scenes_panel import ScenesPanel
 
         self.scenes_panel = ScenesPanel(self)
+        self.labels_panel = LabelsPanel(self)
         self.tabs.addTab(_scrolled(body), "Segment")
         self.tabs.addTab(_scrolled(self.scenes_panel), "Scenes")
+        self.tabs.addTab(_scrolled(self.labels_panel), "Labels")
         self.tabs.addTab(_scrolled(self.engine_panel), "Engine")
         self.tabs.setTabToolTip(1, "Scene classification on a grid and text search, on the Segment tab's raster")
+        self.tabs.setTabToolTip(2, "Teach the classes from labelled polygons; check accuracy against a layer")
         self.setWidget(self.tabs)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
@@ -138,6 +145,19 @@ class FarSLIPDock(QDockWidget):
         self.legend = QListWidget()
         self.legend.setMaximumHeight(110)
         layout.addWidget(self.legend)
+        self.taught_row = QWidget()
+        taught_layout = QHBoxLayout(self.taught_row)
+        taught_layout.setContentsMargins(0, 0, 0, 0)
+        self.taught_label = QLabel()
+        self.taught_label.setWordWrap(True)
+        self.taught_label.setStyleSheet("color: #1a6b1a")
+        self.clear_taught_button = QPushButton("Clear")
+        self.clear_taught_button.setToolTip("Forget the taught classes: segment by the class names only")
+        taught_layout.addWidget(self.taught_label, 1)
+        taught_layout.addWidget(self.clear_taught_button)
+        self.taught_row.setVisible(False)
+        self.clear_taught_button.clicked.connect(self.clear_taught)
+        layout.addWidget(self.taught_row)
         form = QFormLayout()
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 0.99)
@@ -152,6 +172,7 @@ class FarSLIPDock(QDockWidget):
         self._legend_timer.setInterval(LEGEND_DELAY_MS)
         self._legend_timer.timeout.connect(self._refresh_legend_if_online)
         self.prompt_edit.textChanged.connect(self._legend_timer.start)
+        self.prompt_edit.textChanged.connect(self._classes_edited)
         return box
 
     def _input_box(self) -> QGroupBox:
@@ -230,6 +251,38 @@ class FarSLIPDock(QDockWidget):
             swatch = QPixmap(14, 14)
             swatch.fill(QColor(c["colour"]))
             self.legend.addItem(QListWidgetItem(QIcon(swatch), ", ".join(c["synonyms"])))
+
+    # --- classes taught from labels (Labels tab) -----------------------------------------------
+    def set_taught(self, taught) -> None:
+        """Taught classes: the next segmentation names them (`@job:<id>`); the class list becomes theirs."""
+        self.taught = taught
+        if prompt_sets.class_lines(self.prompt_edit.toPlainText()) != taught.classes:
+            self.prompt_edit.setPlainText("\n".join(taught.classes))
+        self.taught_label.setText(f"{taught.describe()} — used by Segment")
+        where = f"\nsaved as {taught.path}" if taught.path else ""
+        self.taught_label.setToolTip(f"engine job {taught.job_id}; classes taught: {', '.join(taught.taught)}{where}")
+        self.taught_row.setVisible(True)
+
+    def clear_taught(self) -> None:
+        """Back to the class names only."""
+        self.taught = None
+        self.taught_label.clear()
+        self.taught_row.setVisible(False)
+
+    def taught_job(self) -> str | None:
+        """The taught classes' job while the class list is still the one they were taught for."""
+        if self.taught is None:
+            return None
+        if prompt_sets.class_lines(self.prompt_edit.toPlainText()) != self.taught.classes:
+            return None
+        return self.taught.job_id
+
+    def _classes_edited(self) -> None:
+        if self.taught is None:
+            return
+        same = prompt_sets.class_lines(self.prompt_edit.toPlainText()) == self.taught.classes
+        self.taught_label.setText(f"{self.taught.describe()} — " + (
+            "used by Segment" if same else "not used: the classes above changed (teach again, or undo the edit)"))
 
     # --- prompt sets ---------------------------------------------------------------------------
     def _fill_sets(self) -> None:
@@ -321,7 +374,7 @@ class FarSLIPDock(QDockWidget):
                                    gsd=self.gsd_spin.value() or None, model=self.model_combo.currentText() or None,
                                    threshold=self.threshold_spin.value() or None, mask_wkt=mask_wkt,
                                    mask_crs=mask_crs, upload=self.upload_check.isChecked(),
-                                   scores=self.scores_check.isChecked())
+                                   scores=self.scores_check.isChecked(), taught_job=self.taught_job())
 
     def run(self) -> SegmentTask | None:
         self.last_error = None
@@ -388,10 +441,16 @@ class FarSLIPDock(QDockWidget):
             self.notify("info", f"{task.title}: cancelled")
         elif task.error:
             self.progress.setFormat("failed")
+            if task.error == FORGOTTEN_TEACH and self.taught is not None:
+                self.taught_label.setText(f"{self.taught.describe()} — gone from the engine (restarted?): "
+                                          "teach again, or Clear")
             self._fail(task.error)
         else:
             self.progress.setValue(100)
             self.progress.setFormat(f"done: {task.group_title}")
+            self.last_segmentation = {"job": task.summary.get("job_id"), "folder": str(task.folder),
+                                      "title": task.group_title}
+            self.labels_panel.show_last_segmentation()
             self.notify("info", f"{task.title}: done")
 
     def _fail(self, text: str) -> None:

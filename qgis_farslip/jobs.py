@@ -55,6 +55,7 @@ class SegmentationRequest:
     mask_wkt: str | None = None  # segment only inside (selected polygons), in `mask_crs`
     mask_crs: str | None = None
     upload: bool = False  # send a rendered copy even when a local engine could read the file
+    taught_job: str | None = None  # a finished teach job of this engine: its classes replace the names
 
 
 def render_to_geotiff(layer: QgsRasterLayer, extent: QgsRectangle, resolution: float, folder: str) -> str:
@@ -137,7 +138,8 @@ def build_payload(client: EngineClient, request: SegmentationRequest, scratch: s
     """The JSON body of a segmentation job."""
     payload = area_payload(client, request.layer, request.extent, request.extent_crs, request.gsd, scratch,
                            force_upload=request.upload)
-    payload.update(classes=request.classes, scores=request.scores, min_area=request.min_area)
+    classes = f"@job:{request.taught_job}" if request.taught_job else request.classes
+    payload.update(classes=classes, scores=request.scores, min_area=request.min_area)
     for key in ("gsd", "model", "threshold", "mask_wkt", "mask_crs"):
         if getattr(request, key) is not None:
             payload[key] = getattr(request, key)
@@ -168,8 +170,14 @@ def run_job(client: EngineClient, kind: str, payload: dict, out_folder: str,
     for name in status["files"]:
         client.download(job_id, name, folder)
     summary = dict(status["summary"])
-    summary["files"] = {key: name for key, name in summary["files"].items() if (folder / name).exists()}
+    if isinstance(summary.get("files"), dict):
+        summary["files"] = {key: name for key, name in summary["files"].items() if (folder / name).exists()}
+    summary["job_id"] = job_id  # what a later job names (taught classes, an accuracy check)
     return summary, folder
+
+
+FORGOTTEN_TEACH = ("the engine no longer has the taught classes (it was restarted, or they expired): teach them again "
+                   "(Labels tab → Teach from labels), or press Clear beside them to segment by the class names only")
 
 
 def run_segmentation(client: EngineClient, request: SegmentationRequest, out_folder: str,
@@ -180,4 +188,9 @@ def run_segmentation(client: EngineClient, request: SegmentationRequest, out_fol
         on_stage("rendering and sending the image…")
     with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
         payload = build_payload(client, request, scratch)
-    return run_job(client, "segment", payload, out_folder, on_progress, is_cancelled, on_stage)
+    try:
+        return run_job(client, "segment", payload, out_folder, on_progress, is_cancelled, on_stage)
+    except EngineError as exc:
+        if request.taught_job and "no teach job" in str(exc):
+            raise EngineError(FORGOTTEN_TEACH) from None
+        raise

@@ -87,3 +87,43 @@ class SegmentTask(QgsTask):
             QgsMessageLog.logMessage(f"{self.title}: {self.error}", LOG_TAG, level)
         if self.on_done is not None:
             self.on_done(self)
+
+
+class JobTask(QgsTask):
+    """A shorter engine job (teach, accuracy) as a QgsTask: `work(on_progress, is_cancelled, on_stage)` runs
+    on the worker thread and returns the result; `on_done(task)` runs on the main thread with `result` or
+    `error` ("cancelled" when the user cancelled)."""
+
+    message = pyqtSignal(str)
+
+    def __init__(self, title: str, work: Callable, on_done: Callable[["JobTask"], None] | None = None,
+                 doing: str = "working"):
+        super().__init__(f"FarSLIP: {title}", _FLAGS)
+        self.title, self.work, self.on_done, self.doing = title, work, on_done, doing
+        self.result = None
+        self.error: str | None = None
+
+    def run(self) -> bool:  # worker thread: no GUI here
+        def on_progress(p: float, msg: str) -> None:
+            self.setProgress(100 * p)
+            self.message.emit(describe(p, msg).replace("segmenting (", f"{self.doing} ("))
+
+        try:
+            self.message.emit("preparing the request…")
+            self.result = self.work(on_progress, self.isCanceled, self.message.emit)
+            return True
+        except EngineError as exc:
+            self.error = "cancelled" if self.isCanceled() else str(exc)
+        except Exception as exc:  # never let a traceback reach the user; keep it in the log
+            self.error = f"unexpected error: {exc}"
+            QgsMessageLog.logMessage(repr(exc), LOG_TAG, Qgis.MessageLevel.Critical)
+        return False
+
+    def finished(self, result: bool) -> None:  # main thread
+        if not result and self.error is None:
+            self.error = "cancelled" if self.isCanceled() else "failed"
+        if self.error:
+            level = Qgis.MessageLevel.Info if self.error == "cancelled" else Qgis.MessageLevel.Warning
+            QgsMessageLog.logMessage(f"{self.title}: {self.error}", LOG_TAG, level)
+        if self.on_done is not None:
+            self.on_done(self)

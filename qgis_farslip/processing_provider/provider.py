@@ -6,6 +6,7 @@ from qgis.core import QgsProcessingProvider
 
 from qgis_farslip.processing_provider.scenes import ClassifyGridAlgorithm, LabelRegionsAlgorithm, SearchAlgorithm
 from qgis_farslip.processing_provider.segment import SegmentRasterAlgorithm
+from qgis_farslip.processing_provider.teach import CheckAccuracyAlgorithm, TeachClassesAlgorithm
 
 
 class FarSLIPProvider(QgsProcessingProvider):
@@ -19,5 +20,6 @@ class FarSLIPProvider(QgsProcessingProvider):
         return "FarSLIP open-vocabulary segmentation"
 
     def loadAlgorithms(self) -> None:  # noqa: N802
-        for algorithm in (SegmentRasterAlgorithm(), ClassifyGridAlgorithm(), SearchAlgorithm(), LabelRegionsAlgorithm()):
+        for algorithm in (SegmentRasterAlgorithm(), ClassifyGridAlgorithm(), SearchAlgorithm(), LabelRegionsAlgorithm(),
+                          TeachClassesAlgorithm(), CheckAccuracyAlgorithm()):
             self.addAlgorithm(algorithm)

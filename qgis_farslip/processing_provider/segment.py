@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingOutputRasterLayer,
+                       QgsProcessingOutputString,
                        QgsProcessingOutputVectorLayer, QgsProcessingParameterBoolean, QgsProcessingParameterExtent,
                        QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsRasterLayer)
@@ -34,7 +35,8 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
 
     def shortHelpString(self) -> str:  # noqa: N802
         return ("Open-vocabulary semantic segmentation with FarSLIP. Type one class per line (or separate "
-                "classes with ';'); commas separate synonyms of one class, e.g. 'building, roof'. Runs on the "
+                "classes with ';'); commas separate synonyms of one class, e.g. 'building, roof'. Classes taught "
+                "from labels: type @job:<id> (the JOB_ID of 'Teach classes from labelled polygons'). Runs on the "
                 "FarSLIP engine configured in the plugin settings (a local engine by default).")
 
     def createInstance(self):  # noqa: N802
@@ -58,12 +60,15 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
         self.addOutput(QgsProcessingOutputRasterLayer("CLASSES_RASTER", "Classes"))
         self.addOutput(QgsProcessingOutputRasterLayer("SCORES", "Scores (one band per class)"))
         self.addOutput(QgsProcessingOutputVectorLayer("POLYGONS", "Polygons", QgsProcessing.SourceType.TypeVectorPolygon))
+        self.addOutput(QgsProcessingOutputString("JOB_ID", "Segmentation job id (for 'Check accuracy')"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         layer: QgsRasterLayer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException("no input raster layer")
-        classes = split_classes(self.parameterAsString(parameters, self.CLASSES, context))
+        text = self.parameterAsString(parameters, self.CLASSES, context).strip()
+        taught_job = text[len("@job:"):].strip() if text.startswith("@job:") else None
+        classes = [text] if taught_job else split_classes(text)
         if not classes:
             raise QgsProcessingException("type at least one class")
         extent = None
@@ -77,7 +82,8 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
         request = SegmentationRequest(layer=layer, classes=classes, extent=extent, extent_crs=layer.crs(), gsd=gsd,
                                       model=settings["model"] or None, threshold=threshold,
                                       scores=self.parameterAsBool(parameters, self.SCORES, context),
-                                      min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context))
+                                      min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+                                      taught_job=taught_job)
         try:
             summary, folder = run_segmentation(
                 client, request, str(folder),
@@ -85,7 +91,8 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
                 is_cancelled=feedback.isCanceled)
         except EngineError as exc:
             raise QgsProcessingException(str(exc)) from None
-        outputs = {self.OUTPUT_FOLDER: str(folder), "CLASSES_RASTER": str(folder / summary["files"]["classes"])}
+        outputs = {self.OUTPUT_FOLDER: str(folder), "CLASSES_RASTER": str(folder / summary["files"]["classes"]),
+                   "JOB_ID": summary["job_id"]}
         files, found = summary["files"], summary["classes"]
         suffix = f"{layer.name()} — {class_title(classes)} ({time.strftime('%H:%M:%S')})"
         # loaded bottom first: classes, then the first class's score band, polygons on top

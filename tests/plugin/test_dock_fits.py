@@ -17,9 +17,16 @@ def dock(qgis_app, qtbot):
     return widget
 
 
-def test_the_dock_needs_at_most_400_px_and_shows_every_button_at_that_width(dock, qgis_app):
+def test_the_dock_needs_at_most_400_px_and_shows_every_button_at_that_width(dock, qgis_app, tmp_path):
     from qgis.PyQt.QtWidgets import QPushButton
 
+    from qgis_farslip.teaching import Taught
+
+    # what appears after teaching and after an accuracy check fits too
+    dock.set_taught(Taught("0" * 32, ["building, roof", "road"], 12, 14, 0.7, ["building", "road"]))
+    report = {"miou": 0.61, "overall_accuracy": 0.8, "kappa": 0.7, "per_class": {
+        "a rather long class name, with synonyms": {"iou": 0.5, "precision": 0.75, "recall": 0.6}}}
+    dock.labels_panel.show_report(report, tmp_path / "a-long-folder-name-of-a-run_20261126-140531" / "accuracy_ref")
     assert dock.minimumSizeHint().width() <= 400
     dock.resize(400, 900)
     dock.show()
@@ -33,7 +40,7 @@ def test_the_dock_needs_at_most_400_px_and_shows_every_button_at_that_width(dock
         for button in body.findChildren(QPushButton):
             right = button.mapTo(scroll.viewport(), button.rect().topRight()).x()
             assert right <= scroll.viewport().width(), (dock.tabs.tabText(index), button.text(), right)
-    assert [dock.tabs.tabText(i) for i in range(dock.tabs.count())] == ["Segment", "Scenes", "Engine"]
+    assert [dock.tabs.tabText(i) for i in range(dock.tabs.count())] == ["Segment", "Scenes", "Labels", "Engine"]
 
 
 class _Iface:
@@ -104,7 +111,7 @@ def test_a_closed_dock_comes_back_from_the_toolbar_and_the_raster_menu(qgis_app,
     assert [a.text() for a in raster] == ["FarSLIP segmentation", "Set up the FarSLIP engine…"] == [
         a.text() for a in plugins]
     raster[1].trigger()  # the set-up dialog opens, on the dock's Engine tab
-    assert plugin.dock.engine_panel.setup_dialog.isVisible() and plugin.dock.tabs.currentIndex() == 2
+    assert plugin.dock.engine_panel.setup_dialog.isVisible() and plugin.dock.tabs.currentIndex() == 3
     plugin.dock.engine_panel.setup_dialog.close()
     plugin.dock.close()  # the user closes the panel
     qtbot.waitUntil(lambda: not plugin.dock.isVisible(), timeout=5_000)

@@ -152,3 +152,38 @@ def test_engine_url_and_token_from_an_auth_config(qgis_app, processing, engine, 
     wrong = store_token("not-the-token", engine.url)
     with pytest.raises(QgsProcessingException, match="refused the token"):
         processing.run("farslip:segment", _params(folder, layer, tmp_path, ENGINE_URL=engine.url, ENGINE_AUTH=wrong))
+
+
+def test_teach_segment_with_the_taught_classes_and_check_accuracy(qgis_app, processing, use_engine, folder, tmp_path):
+    import json
+    import re
+
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    from tests.plugin.label_polygons import LABELS, REFERENCE, memory_layer
+
+    layer = QgsRasterLayer(str(folder / "small.tif"), "small")
+    labels, reference = memory_layer("labels", LABELS), memory_layer("reference", REFERENCE, "truth")
+    QgsProject.instance().addMapLayers([labels, reference])
+    taught = processing.run("farslip:teach_classes", {
+        "INPUT": layer, "CLASSES": "water\ngrass\nroof, building\nroad", "LABELS": labels, "FIELD": "class",
+        "OUTPUT": str(tmp_path / "site")})
+    assert taught["OUTPUT"] == str(tmp_path / "site.classes.json")
+    made = json.loads(Path(taught["OUTPUT"]).read_text())
+    assert {"alpha", "model"} <= set(made) and re.fullmatch(r"[0-9a-f]{32}", taught["JOB_ID"])
+    assert 0.0 <= taught["ALPHA"] <= 1.0
+    segmented = processing.run("farslip:segment", {"INPUT": layer, "CLASSES": f"@job:{taught['JOB_ID']}",
+                                                   "OUTPUT_FOLDER": str(tmp_path)})
+    assert Path(segmented["CLASSES_RASTER"]).exists() and re.fullmatch(r"[0-9a-f]{32}", segmented["JOB_ID"])
+    checked = processing.run("farslip:check_accuracy", {"JOB": segmented["JOB_ID"], "REFERENCE": reference,
+                                                        "FIELD": "truth", "OUTPUT_FOLDER": str(tmp_path / "acc")})
+    for key, name in (("ACCURACY_JSON", "accuracy.json"), ("CONFUSION_CSV", "confusion.csv"),
+                      ("CONFUSION_PNG", "confusion.png")):
+        assert checked[key] == str(tmp_path / "acc" / name) and Path(checked[key]).stat().st_size > 0
+    report = json.loads(Path(checked["ACCURACY_JSON"]).read_text())
+    assert checked["MIOU"] == report["miou"] and set(report["per_class"]) <= {"water", "grass", "roof", "road"}
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match="no longer has the taught classes"):
+        processing.run("farslip:segment", {"INPUT": layer, "CLASSES": "@job:" + "f" * 32,
+                                           "OUTPUT_FOLDER": str(tmp_path)})

@@ -1,0 +1,119 @@
+"""Teaching classes from labelled polygons and checking a segmentation against reference polygons, as
+engine jobs (`POST /v1/jobs/teach`, `POST /v1/jobs/accuracy`): the polygons of a QGIS layer with a class
+field become WKT + label, the taught classes come back as `result.classes.json` (used by a segmentation
+job as `"classes": "@job:<id>"`), the check as accuracy.json, confusion.csv and confusion.png."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from qgis.core import QgsCoordinateReferenceSystem, QgsRasterLayer
+
+from qgis_farslip.client import EngineClient, EngineError
+from qgis_farslip.jobs import area_payload, needs_upload, run_job
+
+TAUGHT_FILE = "result.classes.json"
+ACCURACY_FILES = ("accuracy.json", "confusion.csv", "confusion.png")
+FORGOTTEN_SEGMENTATION = ("the engine no longer has the last segmentation (it was restarted, or it expired): "
+                          "press Segment again, then check accuracy")
+
+
+def crs_name(crs: QgsCoordinateReferenceSystem) -> str:
+    return crs.authid() or crs.toWkt()
+
+
+def labelled_polygons(layer, field: str, what: str = "labels", features=None) -> list[dict]:
+    """[{"wkt", "label"}] of the polygons of `layer` (a vector layer or a Processing feature source; or just
+    its `features`) whose `field` is filled."""
+    if layer is None:
+        raise EngineError(f"choose a polygon layer for the {what}")
+    name = layer.name() if hasattr(layer, "name") else layer.sourceName()
+    if not field or layer.fields().indexOf(field) < 0:
+        raise EngineError(f"the layer {name} has no field '{field}': choose the field that holds the class")
+    items = []
+    for feature in features if features is not None else layer.getFeatures():
+        geometry, value = feature.geometry(), feature[field]
+        if geometry is None or geometry.isEmpty() or value is None or str(value).strip() in ("", "NULL"):
+            continue
+        items.append({"wkt": geometry.asWkt(), "label": str(value).strip()})
+    if not items:
+        raise EngineError(f"the layer {name} has no polygons with a class in '{field}'")
+    return items
+
+
+@dataclass
+class TeachRequest:
+    layer: QgsRasterLayer
+    classes: list[str]
+    labels: list[dict]  # {"wkt", "label"}
+    labels_crs: str
+    gsd: float | None = None
+    model: str | None = None
+    upload: bool = False
+
+
+@dataclass
+class Taught:
+    """Classes taught on the engine: what a segmentation names (`@job:<job_id>`) and what the dock shows."""
+    job_id: str
+    classes: list[str]
+    polygons: int  # polygons that taught a class
+    sent: int  # polygons sent
+    alpha: float
+    taught: list[str]
+    path: Path | None = None  # the downloaded result.classes.json
+
+    def describe(self) -> str:
+        skipped = self.sent - self.polygons
+        more = f", {skipped} named no class" if skipped > 0 else ""
+        return f"classes taught from {self.polygons} polygons (α {self.alpha:.1f}{more})"
+
+
+def run_teach(client: EngineClient, request: TeachRequest, out_folder: str,
+              on_progress: Callable[[float, str], None] | None = None,
+              is_cancelled: Callable[[], bool] | None = None,
+              on_stage: Callable[[str], None] | None = None) -> Taught:
+    """Submit a teach job on the whole raster, follow it, download `result.classes.json` into `out_folder`."""
+    if on_stage is not None and needs_upload(client.url, request.layer, request.upload):
+        on_stage("rendering and sending the image…")
+    with tempfile.TemporaryDirectory(prefix="farslip-teach-") as scratch:
+        payload = area_payload(client, request.layer, None, request.layer.crs(), request.gsd, scratch,
+                               force_upload=request.upload)
+    payload.update(classes=request.classes, labels=request.labels, labels_crs=request.labels_crs)
+    for key in ("gsd", "model"):
+        if getattr(request, key) is not None:
+            payload[key] = getattr(request, key)
+    summary, folder = run_job(client, "teach", payload, out_folder, on_progress, is_cancelled, on_stage)
+    per_class = summary.get("polygons") if isinstance(summary.get("polygons"), dict) else {}
+    path = folder / TAUGHT_FILE
+    return Taught(job_id=summary["job_id"], classes=list(request.classes), polygons=sum(per_class.values()),
+                  sent=len(request.labels), alpha=float(summary.get("alpha", 0.0)),
+                  taught=list(summary.get("taught", [])), path=path if path.exists() else None)
+
+
+def run_accuracy(client: EngineClient, segment_job: str, reference: list[dict], reference_crs: str, out_folder: str,
+                 on_progress: Callable[[float, str], None] | None = None,
+                 is_cancelled: Callable[[], bool] | None = None,
+                 on_stage: Callable[[str], None] | None = None) -> tuple[dict, Path]:
+    """The accuracy report (mIoU, OA, kappa, per class) of a finished segmentation job, and its folder."""
+    payload = {"job": segment_job, "reference": reference, "reference_crs": reference_crs}
+    try:
+        return run_job(client, "accuracy", payload, out_folder, on_progress, is_cancelled, on_stage)
+    except EngineError as exc:
+        if "no segmentation job" in str(exc):
+            raise EngineError(FORGOTTEN_SEGMENTATION) from None
+        raise
+
+
+def report_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """(class, IoU, precision, recall) rows of a report, as the dock's table shows them."""
+    return [(name, f"{v['iou']:.2f}", f"{v['precision']:.2f}", f"{v['recall']:.2f}")
+            for name, v in report.get("per_class", {}).items()]
+
+
+def report_headline(report: dict) -> str:
+    return (f"mIoU {report['miou']:.2f} · overall accuracy {report['overall_accuracy']:.1%} · "
+            f"kappa {report['kappa']:.2f}")
