@@ -5,13 +5,14 @@ segmentation's own crops, then `engine.dense.taught.TaughtClasses.learn`.
     taught.save("site.classes.json")
 
 The polygons (any vector file OGR reads; in its CRS, or the raster's when it has none) are mapped onto
-the working grid. For each polygon, the crops of the raster's global crop grid (the ones segmentation
-runs) over the one or two grid cells holding most of it are run through segmentation's own
-`crop_maps` with the identity as the "text" matrix: each patch's normalised feature (less λ × the
-crop's image-level feature under the global-bias preset), whose dot product with a text embedding is
+the working grid. For each polygon, one or two crops of the raster's global crop grid (the ones
+segmentation runs: those centred inside it nearest to a point surely inside it) are run — in
+batches, each crop once however many polygons share it — through segmentation's own `crop_maps`
+with the identity as the "text" matrix: each patch's normalised feature (less λ × the crop's
+image-level feature under the global-bias preset), whose dot product with a text embedding is
 segmentation's logit for that patch before it is up-sampled and averaged over crops. The patches
-whose centres fall inside the polygon are its samples. Only a few crops per polygon run, so teaching
-costs seconds, not a whole-raster pass. Polygons whose label names no class are skipped (and counted).
+whose centres fall inside the polygon are its samples. So teaching costs about two crops per
+polygon, not a whole-raster pass. Polygons whose label names no class are skipped (and counted).
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import torch
 
 from engine.boxes import Box
 from engine.dense import Segmenter
-from engine.dense.sliding import CropGrid, crop_maps, cut_crops, normalise
+from engine.dense.sliding import CropGrid, crop_maps, normalise
 from engine.dense.taught import TaughtClasses
 from engine.geo.source import RasterSource
 from engine.geo.vectors import read_labels
 
-MAX_PIXELS_PER_POLYGON = 4096  # a random sample of each polygon's patches (fixed seed) keeps memory small
-MAX_CELLS_PER_POLYGON = 2  # crop-grid cells a polygon's patches are taken from (each needs 4 crops)
+MAX_SAMPLES_PER_POLYGON = 4096  # a random sample of each polygon's patches (fixed seed) keeps memory small
+CROPS_PER_POLYGON = 2  # crops of the global grid a polygon's patches are taken from
 
 
 def _to_working_grid(source: RasterSource, geom, crs: str | None):
@@ -40,74 +41,73 @@ def _to_working_grid(source: RasterSource, geom, crs: str | None):
     return affinity.scale(geom, 1 / source.grid.scale_x, 1 / source.grid.scale_y, origin=(0, 0))
 
 
-def _cell_patches(segmenter: Segmenter, source: RasterSource, cell: Box) -> tuple[torch.Tensor, np.ndarray]:
-    """The patch features of the crops of the global grid that cover a working-grid cell — [P, D]:
-    each patch's normalised feature (less λ × the crop's image-level feature under the global-bias
-    preset), the identity standing in for the text matrix in segmentation's own `crop_maps` — and
-    each patch's centre [P, 2] (row, col) on the working grid; patches centred on no data left out."""
-    grid = source.grid
-    boxes = CropGrid(grid.height, grid.width, segmenter.crop, segmenter.stride).touching(cell)
-    top, left = min(b.y for b in boxes), min(b.x for b in boxes)
-    span = Box(top, left, max(b.y + b.h for b in boxes) - top, max(b.x + b.w for b in boxes) - left)
-    pixels, valid = source.read_pixels(span)
-    device = segmenter.model.device
-    image = normalise(torch.from_numpy(np.ascontiguousarray(pixels)).to(device),
-                      None if valid.all() else torch.from_numpy(valid).to(device))
-    identity = torch.eye(segmenter.text.shape[1], device=device)
-    features, centres = [], []
-    for size in {(b.h, b.w) for b in boxes}:  # crops at the raster's edges may be smaller
-        same = [b for b in boxes if (b.h, b.w) == size]
-        maps, (ph, pw) = crop_maps(segmenter.model, cut_crops(image, [b.shifted(-top, -left) for b in same]),
-                                   identity, segmenter.crop, segmenter.options.global_bias)
-        a, c = maps.shape[-2:]
-        ys = (np.arange(a) + 0.5) * ph / a
-        xs = (np.arange(c) + 0.5) * pw / c
-        for k, b in enumerate(same):
-            yy, xx = np.meshgrid(b.y + ys, b.x + xs, indexing="ij")
-            keep = (yy < b.y + b.h) & (xx < b.x + b.w)  # patches of the padding are not the crop's
-            keep &= valid[np.minimum(yy, b.y + b.h - 1).astype(int) - top,
-                          np.minimum(xx, b.x + b.w - 1).astype(int) - left]  # nor patches centred on no data
-            features.append(maps[k].permute(1, 2, 0)[torch.from_numpy(keep).to(maps.device)])
-            centres.append(np.stack([yy[keep], xx[keep]], axis=1))
-    return torch.cat(features).float().cpu(), np.concatenate(centres)
-
-
-def polygon_features(segmenter: Segmenter, source: RasterSource, geom, rng: np.random.Generator) -> np.ndarray:
-    """[P, D] features of the polygon `geom` (working-grid coordinates): the patches, of the crops that
-    cover the crop-grid cells (stride × stride squares) holding most of it, whose centres fall inside
-    it — at most MAX_CELLS_PER_POLYGON cells, so a handful of crops per polygon however large it is.
-    A polygon smaller than a patch gives the patches around its centre."""
+def choose_crops(crops: list[Box], geom, per_polygon: int = CROPS_PER_POLYGON) -> list[Box]:
+    """The crops of the global grid a polygon's samples come from: those whose centres lie inside it,
+    nearest first to a point surely inside it (shapely's representative point); a polygon no crop
+    centre falls in (thin, or smaller than a crop) gets the crop centred nearest to that point."""
     import shapely
 
-    grid, step = source.grid, segmenter.stride
-    minx, miny, maxx, maxy = geom.bounds
-    x0, y0 = max(0, int(np.floor(minx)) // step * step), max(0, int(np.floor(miny)) // step * step)
-    x1, y1 = min(grid.width, int(np.ceil(maxx))), min(grid.height, int(np.ceil(maxy)))
-    if x1 <= x0 or y1 <= y0:
-        return np.zeros((0, 0), np.float32)
-    cells = []
-    for cy in range(y0, y1, step):
-        for cx in range(x0, x1, step):
-            box = shapely.box(cx, cy, min(cx + step, grid.width), min(cy + step, grid.height))
-            overlap = box.intersection(geom).area
-            if overlap > 0:
-                cells.append((overlap, cy, cx))
-    out = []
-    for _, cy, cx in sorted(cells, reverse=True)[:MAX_CELLS_PER_POLYGON]:
-        cell = Box(cy, cx, min(step, grid.height - cy), min(step, grid.width - cx))
-        features, centres = _cell_patches(segmenter, source, cell)
-        points = shapely.points(centres[:, 1], centres[:, 0])
-        inside = shapely.contains(geom, points)
-        if not inside.any():  # a polygon smaller than a patch: the patches nearest its centre
-            distance = shapely.distance(geom.centroid, points)
+    if not crops:
+        return []
+    centres = np.array([(b.x + b.w / 2, b.y + b.h / 2) for b in crops])
+    anchor = geom.representative_point()
+    distance = np.hypot(centres[:, 0] - anchor.x, centres[:, 1] - anchor.y)
+    inside = shapely.contains_xy(geom, centres[:, 0], centres[:, 1])
+    order = np.argsort(distance)
+    chosen = [crops[i] for i in order if inside[i]][:per_polygon]
+    return chosen or [crops[int(order[0])]]
+
+
+class CropFeatures:
+    """Patch features of crops of the global grid, computed in batches with segmentation's own
+    `crop_maps` (the identity standing in for the text matrix: each patch's normalised feature, less
+    λ × the crop's image-level feature under the global-bias preset), each crop once."""
+
+    def __init__(self, segmenter: Segmenter, source: RasterSource):
+        self.segmenter, self.source = segmenter, source
+        self.cache: dict[Box, tuple[torch.Tensor, np.ndarray]] = {}
+
+    def compute(self, boxes: list[Box]) -> None:
+        todo = list(dict.fromkeys(b for b in boxes if b not in self.cache))
+        size = max(1, self.segmenter.batch_size)
+        for shape in {(b.h, b.w) for b in todo}:  # crops at the raster's edges may be smaller
+            same = [b for b in todo if (b.h, b.w) == shape]
+            for start in range(0, len(same), size):
+                self._batch(same[start:start + size])
+
+    def _batch(self, boxes: list[Box]) -> None:
+        seg, device = self.segmenter, self.segmenter.model.device
+        images, valids = [], []
+        for b in boxes:
+            pixels, valid = self.source.read_pixels(b)
+            images.append(normalise(torch.from_numpy(np.ascontiguousarray(pixels)).to(device),
+                                    None if valid.all() else torch.from_numpy(valid).to(device)))
+            valids.append(valid)
+        identity = torch.eye(seg.text.shape[1], device=device)
+        maps, (ph, pw) = crop_maps(seg.model, torch.stack(images), identity, seg.crop, seg.options.global_bias)
+        a, c = maps.shape[-2:]
+        ys, xs = (np.arange(a) + 0.5) * ph / a, (np.arange(c) + 0.5) * pw / c
+        for k, b in enumerate(boxes):
+            yy, xx = np.meshgrid(ys, xs, indexing="ij")
+            keep = (yy < b.h) & (xx < b.w)  # patches of the padding are not the crop's
+            keep &= valids[k][np.minimum(yy, b.h - 1).astype(int), np.minimum(xx, b.w - 1).astype(int)]
+            features = maps[k].permute(1, 2, 0)[torch.from_numpy(keep).to(maps.device)].float().cpu()
+            self.cache[b] = features, np.stack([b.y + yy[keep], b.x + xx[keep]], axis=1)  # centres (row, col)
+
+    def inside(self, boxes: list[Box], geom) -> np.ndarray:
+        """[P, D] features of the patches of `boxes` whose centres lie inside `geom` (else, for a polygon
+        smaller than a patch, the patches nearest to it)."""
+        import shapely
+
+        features = torch.cat([self.cache[b][0] for b in boxes])
+        centres = np.concatenate([self.cache[b][1] for b in boxes])
+        if not len(centres):
+            return np.zeros((0, 0), np.float32)
+        inside = shapely.contains_xy(geom, centres[:, 1], centres[:, 0])
+        if not inside.any():
+            distance = shapely.distance(geom, shapely.points(centres[:, 1], centres[:, 0]))
             inside = distance <= distance.min() + 1e-6
-        out.append(features[torch.from_numpy(inside)].numpy())
-    if not out:
-        return np.zeros((0, 0), np.float32)
-    pixels = np.concatenate(out)
-    if len(pixels) > MAX_PIXELS_PER_POLYGON:
-        pixels = pixels[np.sort(rng.choice(len(pixels), MAX_PIXELS_PER_POLYGON, replace=False))]
-    return pixels
+        return features[torch.from_numpy(inside)].numpy()
 
 
 def teach(segmenter: Segmenter, source: RasterSource, geoms: list, values: list[str], crs: str | None,
@@ -115,18 +115,34 @@ def teach(segmenter: Segmenter, source: RasterSource, geoms: list, values: list[
     """Taught classes from polygons (`geoms`, in `crs` or the raster's when None) whose label (`values`)
     names one of the segmenter's classes (any of its synonyms, case-insensitive)."""
     prompts = segmenter.prompts
-    rng = np.random.default_rng(seed)
-    features: dict[int, list[np.ndarray]] = {}
+    grid = source.grid
+    crops = CropGrid(grid.height, grid.width, segmenter.crop, segmenter.stride)
     skipped: dict[str, int] = {}
+    plan: list[tuple[int, object, list[Box]]] = []
     for geom, value in zip(geoms, values):
         c = prompts.index_of(value) if value else None
         if c is None or geom is None or geom.is_empty:
             skipped[value or "(empty)"] = skipped.get(value or "(empty)", 0) + 1
             continue
-        pixels = polygon_features(segmenter, source, _to_working_grid(source, geom, crs), rng)
-        if len(pixels):
-            features.setdefault(c, []).append(pixels)
-    record = {"raster": str(source.path), "working_gsd_m": source.working_gsd,
+        pixel_geom = _to_working_grid(source, geom, crs)
+        minx, miny, maxx, maxy = pixel_geom.bounds
+        x0, y0 = max(0, int(np.floor(minx))), max(0, int(np.floor(miny)))
+        x1, y1 = min(grid.width, int(np.ceil(maxx))), min(grid.height, int(np.ceil(maxy)))
+        if x1 <= x0 or y1 <= y0:
+            skipped[f"{value} (outside the raster)"] = skipped.get(f"{value} (outside the raster)", 0) + 1
+            continue
+        plan.append((c, pixel_geom, choose_crops(crops.touching(Box(y0, x0, y1 - y0, x1 - x0)), pixel_geom)))
+    computed = CropFeatures(segmenter, source)
+    computed.compute([b for *_, boxes in plan for b in boxes])
+    rng = np.random.default_rng(seed)
+    features: dict[int, list[np.ndarray]] = {}
+    for c, pixel_geom, boxes in plan:
+        samples = computed.inside(boxes, pixel_geom)
+        if len(samples) > MAX_SAMPLES_PER_POLYGON:
+            samples = samples[np.sort(rng.choice(len(samples), MAX_SAMPLES_PER_POLYGON, replace=False))]
+        if len(samples):
+            features.setdefault(c, []).append(samples)
+    record = {"raster": str(source.path), "working_gsd_m": source.working_gsd, "crops": len(computed.cache),
               "template_set": segmenter.options.template_set, "skipped_labels": skipped, **(made or {})}
     return TaughtClasses.learn(segmenter.model, prompts, features, segmenter.options.template_set, record)
 
