@@ -17,7 +17,9 @@ from qgis.PyQt.QtGui import QPixmap
 from qgis.PyQt.QtWidgets import (QAbstractItemView, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
                                  QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from qgis_farslip import prompt_sets
 from qgis_farslip.client import EngineError
+from qgis_farslip.jobs import check_render_size, needs_upload, render_plan
 from qgis_farslip.labelling import LABELS_LAYER
 from qgis_farslip.outputs import class_title, run_folder_name
 from qgis_farslip.tasks import JobTask
@@ -191,18 +193,32 @@ class LabelsPanel(QWidget):
         self.progress.setValue(100)
         return True
 
+    def teach_request(self) -> TeachRequest:
+        """The Segment tab's raster (all of it), classes, resolution and model, with the chosen labels."""
+        dock = self.dock
+        raster = dock.layer_combo.currentLayer()
+        if raster is None:
+            raise EngineError("choose a raster layer in the Segment tab")
+        classes = prompt_sets.class_lines(dock.prompt_edit.toPlainText())
+        if not classes:
+            raise EngineError("type the classes to teach in the Segment tab (one per line)")
+        layer = self.teach_layer_combo.currentLayer()
+        labels = labelled_polygons(layer, self.teach_field_combo.currentField(), "labels")
+        request = TeachRequest(layer=raster, classes=classes, labels=labels, labels_crs=crs_name(layer.crs()),
+                               gsd=dock.gsd_spin.value() or None, model=dock.model_combo.currentText() or None,
+                               upload=dock.upload_check.isChecked())
+        if needs_upload(dock.url_edit.text().strip(), raster, request.upload):  # the whole raster is sent
+            check_render_size(*render_plan(raster, None, request.gsd))
+        return request
+
     def teach(self) -> JobTask | None:
         try:
-            segmentation = self.dock.build_request()
-            layer = self.teach_layer_combo.currentLayer()
-            labels = labelled_polygons(layer, self.teach_field_combo.currentField(), "labels")
+            request = self.teach_request()
         except EngineError as exc:
             self.dock._fail(str(exc))
             return None
-        request = TeachRequest(layer=segmentation.layer, classes=segmentation.classes, labels=labels,
-                               labels_crs=crs_name(layer.crs()), gsd=segmentation.gsd, model=segmentation.model,
-                               upload=segmentation.upload)
-        raster = segmentation.layer.name()
+        layer = self.teach_layer_combo.currentLayer()
+        raster = request.layer.name()
         title = f"teach {class_title(request.classes)} on {raster} from {layer.name()}"
         folder = Path(self.dock.folder_widget.filePath()) / f"taught_{run_folder_name(raster, request.classes)}"
         client = self.dock.client()

@@ -58,10 +58,12 @@ def test_teach_from_the_labels_layer_segment_with_it_and_check_accuracy(dock, qt
     add_polygons(labels, LABELS)
     assert panel.teach_layer_combo.currentLayer() is labels and panel.teach_field_combo.currentField() == "class"
     assert panel.against_label.text().endswith("(none yet: press Segment first)")
-    # teach
+    # teach: on the whole raster, whatever area the Segment tab would segment
+    dock.scope_combo.setCurrentText("Selected polygons")  # nothing selected: a Segment run would refuse
     assert panel.teach() is not None and not panel.teach_button.isEnabled()
     qtbot.waitUntil(lambda: panel.teach_button.isEnabled(), timeout=120_000)
     assert dock.last_error is None, dock.last_error
+    dock.scope_combo.setCurrentText("Whole layer")
     assert dock.taught_row.isVisibleTo(dock) and dock.clear_taught_button.isVisibleTo(dock)
     assert re.fullmatch(r"classes taught from 8 polygons \(α \d\.\d\) — used by Segment", dock.taught_label.text())
     assert panel.progress.text().startswith("done: classes taught from 8 polygons")
@@ -134,3 +136,17 @@ def test_the_engine_no_longer_having_the_taught_classes_or_the_run_is_said_in_gu
     QgsProject.instance().addMapLayer(unlabelled)
     panel.teach_layer_combo.setLayer(unlabelled)
     assert panel.teach() is None and dock.last_error == "the layer unlabelled has no polygons with a class in 'class'"
+
+
+def test_cancelling_teaching_is_reported_as_cancelled_and_teaches_nothing(dock, qtbot):
+    from qgis.core import QgsProject
+
+    panel = dock.labels_panel
+    labels = memory_layer("my labels", LABELS)
+    QgsProject.instance().addMapLayer(labels)
+    panel.teach_layer_combo.setLayer(labels)
+    assert panel.teach() is not None and panel.cancel_button.isEnabled()
+    panel.cancel()
+    qtbot.waitUntil(lambda: panel.teach_button.isEnabled(), timeout=60_000)
+    assert panel.progress.text() == "cancelled" and dock.messages[-1][0] == "info"  # not an error
+    assert dock.taught is None and not dock.taught_row.isVisibleTo(dock) and isinstance(_payload_classes(dock), list)
