@@ -31,13 +31,18 @@ REPO = Path(__file__).resolve().parents[2]
 def _train(stage: int, data: str, model: Path, out: Path) -> Path:
     args = [sys.executable, "-m", "training.train", "--stage", str(stage), "--data", data, "--model", str(model),
             "-o", str(out), "--batch-size", "16", "--lr", "1e-3", "--warmup", "10", "--epochs", "16",
-            "--workers", "2", "--set", "weight_decay=0.1", "--set", "min_box=8", "--set", "log_every=32", "-q"]
+            "--workers", "2", "--set", "weight_decay=0.1", "--set", "min_box=8", "--set", "log_every=32", "-q",
+            # the synthetic classes are told apart by colour (blue water, green grass, red roofs): the
+            # published colour jitter / grayscale of stage 2 removes the very cue; every other published
+            # setting (active teacher with gradient, open_clip's gather) stays
+            "--set", "color_jitter_p=0", "--set", "grayscale_p=0"]
     result = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=1200)
     assert result.returncode == 0, result.stderr[-2000:]
     return out / f"FarSLIP{stage}_{TINY}.pt"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the published recipe back-propagates through the teacher crops; shared CPUs are slow
 def test_stage_1_then_stage_2_raise_segmentation_miou_and_region_accuracy(tmp_path):
     from training.data.synthetic import write_scene_dataset
 
