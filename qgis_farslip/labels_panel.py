@@ -34,23 +34,25 @@ def _is_labels_layer(layer) -> bool:
     return layer is not None and (layer.name() == LABELS_LAYER or "farslip_labels.gpkg" in layer.source())
 
 
-def _field_combo(layer_combo: QgsMapLayerComboBox) -> QgsFieldComboBox:
-    combo = QgsFieldComboBox()
-    combo.setFilters(QgsFieldProxyModel.Filter.String | QgsFieldProxyModel.Filter.Int
-                     | QgsFieldProxyModel.Filter.LongLong)
+class ClassFieldCombo(QgsFieldComboBox):
+    """The fields of the layer chosen in `layer_combo`, a class-like field ("class", "label", …) preselected.
+    Follows the layer through a bound slot, so Qt disconnects it when either widget goes."""
 
-    def follow(layer) -> None:
-        combo.setLayer(layer)
+    def __init__(self, layer_combo: QgsMapLayerComboBox, parent=None):
+        super().__init__(parent)
+        self.setFilters(QgsFieldProxyModel.Filter.String | QgsFieldProxyModel.Filter.Int
+                        | QgsFieldProxyModel.Filter.LongLong)
+        layer_combo.layerChanged.connect(self.follow)
+        self.follow(layer_combo.currentLayer())
+
+    def follow(self, layer) -> None:
+        self.setLayer(layer)
         names = [f.name() for f in layer.fields()] if layer is not None else []
         for wanted in CLASS_FIELDS:
             match = next((n for n in names if n.lower() == wanted), None)
             if match:
-                combo.setField(match)
+                self.setField(match)
                 return
-
-    layer_combo.layerChanged.connect(follow)
-    follow(layer_combo.currentLayer())
-    return combo
 
 
 def _safe(text: str) -> str:
@@ -93,7 +95,7 @@ class LabelsPanel(QWidget):
         self.teach_layer_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         self.teach_layer_combo.setMinimumContentsLength(10)
         form.addRow("Labels", self.teach_layer_combo)
-        self.teach_field_combo = _field_combo(self.teach_layer_combo)
+        self.teach_field_combo = ClassFieldCombo(self.teach_layer_combo)
         form.addRow("Class field", self.teach_field_combo)
         self.teach_button = QPushButton("Teach classes")
         self.teach_button.setToolTip("Uses the Segment tab's raster, classes, resolution and model")
@@ -109,7 +111,7 @@ class LabelsPanel(QWidget):
         self.reference_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         self.reference_combo.setMinimumContentsLength(10)
         form.addRow("Reference", self.reference_combo)
-        self.reference_field_combo = _field_combo(self.reference_combo)
+        self.reference_field_combo = ClassFieldCombo(self.reference_combo)
         form.addRow("Class field", self.reference_field_combo)
         self.against_label = QLabel()
         self.against_label.setWordWrap(True)
