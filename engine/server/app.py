@@ -3,6 +3,8 @@
 Routes (all but /v1/health need `Authorization: Bearer <token>`, /openapi.json included):
   GET  /v1/health                      version, device, loaded models, queue length (no token)
   GET  /v1/models                      releases (cached or not) and loaded models
+  POST /v1/models/{name}/download      fetch a release into the engine's HF cache (a "download" job,
+                                       run by its own worker: segmentation jobs go on meanwhile)
   POST /v1/uploads                     raw GeoTIFF body, streamed to disk (size cap, total quota) → upload_id
   DELETE /v1/uploads/{id}              remove an upload now (they also expire with the jobs)
   POST /v1/jobs/segment                segmentation job from a path or an upload → 202 job id
@@ -109,6 +111,7 @@ ERRORS = {400: {"model": Error}, 401: {"model": Error}, 403: {"model": Error}, 4
           409: {"model": Error}, 413: {"model": Error}, 422: {"model": ValidationProblem}, 429: {"model": Error},
           503: {"model": Error}, 507: {"model": Error}}
 JOB_KINDS = ("segment", "grid", "search", "teach", "accuracy")  # POST /v1/jobs/{kind}: not job ids
+MAX_DOWNLOADS_QUEUED = 4
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -120,6 +123,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
                                "grid": handlers.grid_handler(pool), "search": handlers.search_handler(pool),
                                "teach": handlers.teach_handler(pool), "accuracy": handlers.accuracy_handler()},
                        settings.max_queue)
+    # Downloads have their own worker and queue: minutes of network never hold up the compute jobs.
+    downloads = JobRunner(store, {"download": handlers.download_handler()}, MAX_DOWNLOADS_QUEUED,
+                          name="farslip-downloads")
+    downloading: dict[str, str] = {}  # release name → its queued or running download job
+    downloading_lock = threading.Lock()
     stop_expiry = threading.Event()
 
     def expire_loop() -> None:
@@ -143,6 +151,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                   openapi_url=None,  # served below, behind the token
                   description="Open-vocabulary segmentation of remote-sensing imagery by typed class names.")
     app.state.store, app.state.runner, app.state.pool, app.state.settings = store, runner, pool, settings
+    app.state.downloads = downloads
     app.state.watch = watch
     app.add_middleware(RequestLimitsAndLog, max_body=int(settings.max_body_kb * 1024),
                        unlimited_paths=("/v1/uploads",))
@@ -209,6 +218,32 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 "releases": [{"name": r.name, "arch": r.arch, "file": r.filename, "description": r.description,
                               "cached": hub.cached_path(r) is not None} for r in RELEASES.values()],
                 "loaded": pool.loaded()}
+
+    @api.post("/models/{name}/download", status_code=202, tags=["engine"],
+              responses={200: {"description": "already in the cache: `{\"id\": null, \"cached\": true}`"},
+                         202: {"description": "a download job: `{\"id\": \"<job id>\"}`"}})
+    def download_model(name: str) -> JSONResponse:
+        """Fetch a release into the engine's Hugging Face cache as a job of kind "download" (progress = bytes
+        done / total); answered at once, with no job, when it is already cached. Asking again while it
+        downloads answers the same job."""
+        from engine.models import hub
+        from engine.models.registry import RELEASES, find_release
+
+        release = find_release(name)
+        if release is None:
+            raise HTTPException(404, f"unknown model '{name[:200]}' (releases: {', '.join(RELEASES)})")
+        if hub.cached_path(release) is not None:
+            return JSONResponse({"id": None, "cached": True}, status_code=200)
+        with downloading_lock:
+            job = store.get(downloading.get(release.name, ""))
+            if job is None or job.state not in ("queued", "running"):
+                try:
+                    downloading[release.name] = downloads.submit("download", {"name": release.name})
+                except QueueFull:
+                    raise HTTPException(429, f"{MAX_DOWNLOADS_QUEUED} downloads are waiting already; try again "
+                                             f"later", headers={"Retry-After": "10"}) from None
+            job_id = downloading[release.name]
+        return JSONResponse({"id": job_id, "state": "queued"}, status_code=202, headers={"X-Job-Id": job_id})
 
     @api.post("/uploads", status_code=201, response_model=UploadCreated, tags=["inputs"],
               openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
@@ -362,17 +397,20 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Job-Id": job_id})
 
+    def runner_of(job) -> JobRunner:
+        return downloads if job is not None and job.kind == "download" else runner
+
     @api.post("/jobs/{job_id}/cancel", response_model=JobStatus, tags=["jobs"])
     def cancel_job(job_id: str) -> JobStatus:
         job = get_job(job_id)
         if job.state in ("queued", "running"):
-            runner.cancel(job_id)
+            runner_of(job).cancel(job_id)
         return status(get_job(job_id))
 
     @api.delete("/jobs/{job_id}", status_code=204, tags=["jobs"])
     def delete_job(job_id: str) -> None:
         """Forget the job and its files now; a running job is cancelled and stops within one batch."""
-        if not runner.delete(job_id):
+        if not runner_of(store.get(job_id)).delete(job_id):
             raise no_job(job_id)
 
     @api.get("/jobs/{job_id}/files/{name}", tags=["jobs"],

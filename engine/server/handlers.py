@@ -207,7 +207,7 @@ def teach_handler(pool):
 
         body = TeachRequest.model_validate(request["body"])
         options = preset(body.preset).with_overrides(global_bias=body.global_bias)
-        segmenter = Segmenter(pool.get(request["model"], request["arch"]), body.classes, options)
+        segmenter = Segmenter(job_model(pool, request, ctx), body.classes, options)
         geoms, values = _polygons(body.labels, "labels")
         with RasterSource(request["input"], gsd=body.gsd, bands=body.bands, nodata=body.nodata) as source:
             taught = teach(segmenter, source, geoms, values, body.labels_crs, {"labels": f"{len(geoms)} polygons"})
@@ -268,7 +268,7 @@ def grid_handler(pool):
         from engine.geo.scenes import GridJob, classify_grid
 
         body = GridRequest.model_validate(request["body"])
-        classifier = SceneClassifier(pool.get(request["model"], request["arch"]), body.classes)
+        classifier = SceneClassifier(job_model(pool, request, ctx), body.classes)
         job = GridJob(input=request["input"], out_dir=str(ctx.out_dir), cell_m=body.cell_m,
                       cell_px=body.cell_px, name="result", **_area(body))
         return classify_grid(job, classifier, progress=ctx.progress, cancel=ctx.cancel)
@@ -283,7 +283,7 @@ def search_handler(pool):
         body = SearchRequest.model_validate(request["body"])
         job = SearchJob(input=request["input"], out_dir=str(ctx.out_dir), query=body.query,
                         top_k=body.top_k, gsd=body.gsd, heatmap=body.heatmap, name="result", **_area(body))
-        return search_raster(job, pool.get(request["model"], request["arch"]), progress=ctx.progress,
+        return search_raster(job, job_model(pool, request, ctx), progress=ctx.progress,
                              cancel=ctx.cancel)
 
     return run
@@ -313,13 +313,48 @@ def label(body: LabelRequest, pool, store, settings) -> dict:
             "seconds": round(time.perf_counter() - started, 4)}
 
 
+def job_model(pool, request: dict, ctx):
+    """The job's model from the pool. On its first use the job says so ("loading model NAME…"), and a
+    release not yet in the HF cache is fetched first with the bytes in the message (cancellable)."""
+    name, arch = request["model"], request["arch"]
+    if pool.has(name, arch):
+        return pool.get(name, arch)
+    from engine import config
+    from engine.models import hub
+    from engine.models.registry import find_release
+
+    release = find_release(name)
+    shown = release.name if release else Path(name).name
+    if release is not None and arch in (None, release.arch) and not config.hub_offline() \
+            and hub.cached_path(release) is None:
+        hub.fetch(release, progress=lambda done, total: ctx.bytes_progress(
+            done, total, prefix=f"downloading model {shown}: ", fraction=False), cancel=ctx.cancel)
+    ctx.say(f"loading model {shown}…")
+    return pool.get(name, arch)
+
+
+def download_handler():
+    """A model download job: the release's file into the HF cache, bytes done / total as progress."""
+    def run(request: dict, ctx) -> dict:
+        from engine.models import hub
+        from engine.models.registry import find_release
+
+        release = find_release(request["name"])
+        if release is None:
+            raise InputError(f"unknown model '{request['name']}'")
+        path = hub.fetch(release, progress=ctx.bytes_progress, cancel=ctx.cancel)
+        return {"model": release.name, "file": release.filename, "bytes": path.stat().st_size}
+
+    return run
+
+
 def segment_handler(pool):
     def run(request: dict, ctx) -> dict:
         from engine.dense import Segmenter
         from engine.geo.pipeline import segment_raster
 
         body = SegmentRequest.model_validate(request["body"])
-        segmenter = Segmenter(pool.get(request["model"], request["arch"]), body.prompts,
+        segmenter = Segmenter(job_model(pool, request, ctx), body.prompts,
                               body.inference_options(upsampler=request["upsampler"]))
         return segment_raster(body.raster_job(request["input"], str(ctx.out_dir), name="result"), segmenter,
                               progress=ctx.progress, cancel=ctx.cancel)

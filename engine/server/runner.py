@@ -1,5 +1,7 @@
 """Runs queued jobs one at a time per device, with progress, cancel and result bookkeeping.
 
+A runner has one worker thread: the engine keeps one for the compute jobs and another for model
+downloads (kind "download"), both on the same job store, so a download never holds up a segmentation.
 The queue is bounded: a full queue refuses new jobs (the API answers 429). Cancelling sets the
 job's event, which the pipeline checks after every batch of crops and before each file it publishes,
 so a running job stops within one batch. Deleting a job forgets it at once (the request never waits
@@ -44,16 +46,38 @@ class JobContext:
             self.store.update(self.job_id, progress=round(done / max(total, 1), 4),
                               message=f"{done}/{total} crops")
 
+    def say(self, message: str) -> None:
+        """Set the job's message (progress unchanged): what it is doing before its first crop."""
+        self.store.update(self.job_id, message=message)
+
+    def bytes_progress(self, done: int, total: int | None, prefix: str = "", fraction: bool = True) -> None:
+        """A download's progress: message "312/600 MB" (after `prefix`) and, with `fraction`, progress =
+        bytes done / total; at most four changes a second."""
+        now = time.monotonic()
+        if now - self._last >= 0.25 or (total is not None and done >= total):
+            self._last = now
+            fields = {"message": prefix + (f"{megabytes(done, total)}/{megabytes(total, total)} MB" if total
+                                           else f"{megabytes(done, done)} MB")}
+            if total and fraction:
+                fields["progress"] = round(min(done / total, 1.0), 4)
+            self.store.update(self.job_id, **fields)
+
+
+def megabytes(value: int | None, scale: int | None) -> str:
+    """`value` bytes in MB (2**20), with a decimal or two when `scale` is small enough to need them."""
+    mb, whole = (value or 0) / 2**20, (scale or 0) / 2**20
+    return f"{mb:.0f}" if whole >= 10 else f"{mb:.1f}" if whole >= 1 else f"{mb:.2f}"
+
 
 class JobRunner:
-    def __init__(self, store: JobStore, handlers: dict[str, JobFn], max_queue: int):
+    def __init__(self, store: JobStore, handlers: dict[str, JobFn], max_queue: int, name: str = "farslip-jobs"):
         self.store = store
         self.handlers = handlers
         self._queue: queue.Queue[str] = queue.Queue(maxsize=max_queue)
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self.running: str | None = None
-        self._thread = threading.Thread(target=self._work, name="farslip-jobs", daemon=True)
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._stop = threading.Event()
         self._thread.start()
 

@@ -1,0 +1,279 @@
+"""Model downloads through the API (`POST /v1/models/{name}/download`), against a local fake Hub.
+
+huggingface_hub is pointed at a small HTTP server in the test (its endpoint, cache and offline switch
+are set the way `HF_ENDPOINT` / `HF_HUB_CACHE` / `HF_HUB_OFFLINE` would at import): the server answers the
+Hub's `/{repo}/resolve/{revision}/{filename}` with the headers hf_hub_download reads (X-Repo-Commit,
+ETag, Content-Length) and streams the file in small chunks, slowly, or stops half-way until the test
+lets it go on. The engine's own download code runs unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.models import hub, registry
+from tests.engine.api_helpers import AUTH, wait_for
+from tests.engine.conftest import TINY, make_clip
+from tests.engine.rasters import scene, write_raster
+
+CHUNK = 4096
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class FakeHub:
+    """Serves `files` ({repo/filename: bytes}) in the Hub's URL layout. `delay` seconds between chunks;
+    with `pause_at` bytes, the body stops there (`paused` is set) until `go_on` is set."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files, self.delay, self.pause_at = files, 0.0, None
+        self.paused, self.go_on = threading.Event(), threading.Event()
+        self.gets = 0
+        hub_ = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _headers(self) -> bytes | None:
+                match = re.fullmatch(r"/(.+)/resolve/([^/]+)/(.+)", self.path)
+                data = hub_.files.get(f"{match.group(1)}/{match.group(3)}") if match else None
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("X-Repo-Commit", COMMIT)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Type", "application/octet-stream")
+                self.end_headers()
+                return data
+
+            def do_HEAD(self):
+                self._headers()
+
+            def do_GET(self):
+                data = self._headers()
+                if data is None:
+                    return
+                hub_.gets += 1
+                try:
+                    for start in range(0, len(data), CHUNK):
+                        if hub_.pause_at is not None and start == hub_.pause_at:
+                            hub_.paused.set()
+                            hub_.go_on.wait(60)
+                        self.wfile.write(data[start:start + CHUNK])
+                        self.wfile.flush()
+                        time.sleep(hub_.delay)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.go_on.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _point_hub_at(monkeypatch, endpoint: str, cache: Path) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", CHUNK)
+
+
+@pytest.fixture
+def release(monkeypatch):
+    release = registry.Release("farslip-tiny-test", registry.HF_REPO, "FarSLIP_tiny.pt", TINY, "test release")
+    monkeypatch.setitem(registry.RELEASES, release.name, release)
+    return release
+
+
+@pytest.fixture
+def weights(release) -> bytes:
+    """The file the fake Hub serves: 256 KB (64 chunks)."""
+    return os.urandom(64 * CHUNK)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path, release, weights):
+    server = FakeHub({f"{release.repo_id}/{release.filename}": weights})
+    _point_hub_at(monkeypatch, server.url, tmp_path / "hf-cache")
+    yield server
+    server.close()
+
+
+def _download(client, name):
+    return client.post(f"/v1/models/{name}/download", headers=AUTH)
+
+
+def _cached(client, name) -> bool:
+    releases = client.get("/v1/models", headers=AUTH).json()["releases"]
+    return next(r["cached"] for r in releases if r["name"] == name)
+
+
+def _partials(cache: Path) -> list[Path]:
+    return [p for p in cache.rglob("*") if p.name.endswith(".incomplete")]
+
+
+def test_a_download_job_reports_bytes_and_the_model_is_cached_after(client, fake_hub, release, weights, tmp_path):
+    fake_hub.delay = 0.03  # ~2 s in all: several progress changes
+    assert not _cached(client, release.name)
+    created = _download(client, release.name)
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+    assert _download(client, release.name).json()["id"] == job_id  # asked again while it runs: the same job
+
+    seen, status = [], client.get(f"/v1/jobs/{job_id}", headers=AUTH).json()
+    assert status["kind"] == "download"
+    while status["state"] not in ("done", "failed", "cancelled"):
+        status = client.get(f"/v1/jobs/{job_id}", params={"wait": 30, "since": status["revision"]},
+                            headers=AUTH).json()
+        seen.append((status["progress"], status["message"]))
+    assert status["state"] == "done", status
+    assert status["summary"] == {"model": release.name, "file": release.filename, "bytes": len(weights)}
+    between = [(p, m) for p, m in seen if 0 < p < 1]
+    assert len({p for p, _ in between}) >= 2, seen
+    assert all(re.fullmatch(r"\d+\.\d\d/0\.25 MB", m) for _, m in between), between
+    assert sorted(p for p, _ in seen) == [p for p, _ in seen]  # never backwards
+
+    assert _cached(client, release.name)
+    assert hub.cached_path(release).read_bytes() == weights
+    again = _download(client, release.name)
+    assert again.status_code == 200 and again.json() == {"id": None, "cached": True}
+    assert not _partials(tmp_path / "hf-cache") and fake_hub.gets == 1
+
+
+def test_unknown_release_is_a_404_naming_the_releases(client, release):
+    response = _download(client, "farslip9-vit-x")
+    assert response.status_code == 404
+    assert response.json()["detail"].startswith("unknown model 'farslip9-vit-x' (releases: ")
+    assert release.name in response.json()["detail"]
+    assert client.post(f"/v1/models/{release.name}/download").status_code == 401  # the token is required
+
+
+def test_cancel_mid_download_leaves_nothing_cached(client, fake_hub, release, weights, tmp_path):
+    fake_hub.pause_at = 24 * CHUNK
+    job_id = _download(client, release.name).json()["id"]
+    assert fake_hub.paused.wait(30)
+    assert wait_for(client, job_id, states=("running",))["state"] == "running"
+    cancelled = client.post(f"/v1/jobs/{job_id}/cancel", headers=AUTH)
+    assert cancelled.status_code == 200
+    fake_hub.go_on.set()  # the next chunk reaches the download loop, which stops there
+    status = wait_for(client, job_id)
+    assert status["state"] == "cancelled", status
+
+    cache = tmp_path / "hf-cache"
+    assert hub.cached_path(release) is None and not _cached(client, release.name)
+    assert not _partials(cache)
+    assert not [p for p in cache.rglob("blobs/*")]  # no blob, whole or partial
+
+    fake_hub.pause_at = None  # a later download starts afresh and completes
+    retry = _download(client, release.name)
+    assert retry.status_code == 202 and retry.json()["id"] != job_id
+    assert wait_for(client, retry.json()["id"])["state"] == "done"
+    assert hub.cached_path(release).read_bytes() == weights
+
+
+def test_a_segmentation_job_runs_while_a_model_downloads(client, fake_hub, release, root):
+    fake_hub.pause_at = 8 * CHUNK
+    download = _download(client, release.name).json()["id"]
+    assert fake_hub.paused.wait(30)
+    src = write_raster(root / "ortho.tif", scene(96, 96)[0])
+    created = client.post("/v1/jobs/segment", headers=AUTH, json={"input": {"path": str(src)},
+                                                                  "classes": ["water", "grass"]})
+    assert created.status_code == 202, created.text
+    assert wait_for(client, created.json()["id"])["state"] == "done"
+    assert client.get(f"/v1/jobs/{download}", headers=AUTH).json()["state"] == "running"
+    assert client.get("/v1/health").json()["queue_length"] == 0
+    fake_hub.go_on.set()
+    assert wait_for(client, download)["state"] == "done"
+
+
+def test_unreachable_hub_fails_the_job_with_the_usual_line(client, monkeypatch, release, tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _point_hub_at(monkeypatch, f"http://127.0.0.1:{port}", tmp_path / "hf-cache")
+    status = wait_for(client, _download(client, release.name).json()["id"])
+    assert status["state"] == "failed"
+    assert status["message"].startswith(f"model {release.name}: the Hugging Face Hub cannot be reached and it is "
+                                        f"not in the local cache; ")
+    assert "\n" not in status["message"]
+
+
+def test_a_job_says_it_is_loading_its_model_the_first_time(client, root):
+    store = client.app.state.store
+    messages: list[str] = []
+    store.on_change(lambda job_id: messages.append(getattr(store.get(job_id), "message", "")))
+    src = write_raster(root / "ortho.tif", scene(64, 64)[0])
+    for _ in range(2):
+        job = client.post("/v1/jobs/segment", headers=AUTH, json={"input": {"path": str(src)}, "classes": ["water"]})
+        assert wait_for(client, job.json()["id"])["state"] == "done"
+    assert messages.count("loading model tiny.pt…") == 1, messages  # the second job finds it loaded
+
+
+def test_a_job_on_a_release_not_yet_cached_downloads_it_first(client, monkeypatch, tmp_path, release, root):
+    buffer = tmp_path / "ckpt.pt"
+    torch.save({"epoch": 1, "name": "tiny", "state_dict": make_clip().state_dict()}, buffer)
+    server = FakeHub({f"{release.repo_id}/{release.filename}": buffer.read_bytes()})
+    try:
+        _point_hub_at(monkeypatch, server.url, tmp_path / "hf-cache")
+        monkeypatch.setattr("huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE", 1 << 20)
+        store = client.app.state.store
+        messages: list[str] = []
+        store.on_change(lambda job_id: messages.append(getattr(store.get(job_id), "message", "")))
+        src = write_raster(root / "ortho.tif", scene(64, 64)[0])
+        job = client.post("/v1/jobs/segment", headers=AUTH,
+                          json={"input": {"path": str(src)}, "classes": ["water"], "model": release.name})
+        assert job.status_code == 202, job.text
+        assert wait_for(client, job.json()["id"])["state"] == "done"
+        assert any(m.startswith(f"downloading model {release.name}: ") and m.endswith(" MB") for m in messages)
+        assert f"loading model {release.name}…" in messages
+        assert _cached(client, release.name)
+    finally:
+        server.close()
+
+
+def test_partial_blobs_left_by_a_cancelled_download_are_removed_unless_in_use(monkeypatch, tmp_path, release):
+    """Older huggingface_hub versions keep `<etag>.incomplete` to resume: a cancelled job removes the
+    ones written since it started whose download lock is free, never another download's."""
+    from filelock import FileLock
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    folder = "models--" + release.repo_id.replace("/", "--")
+    blobs, locks = tmp_path / folder / "blobs", tmp_path / ".locks" / folder
+    blobs.mkdir(parents=True)
+    locks.mkdir(parents=True)
+    started = time.time()
+    ours, busy, older = (blobs / f"{c * 64}.incomplete" for c in "abc")
+    for partial in (ours, busy, older):
+        partial.write_bytes(b"x" * 100)
+    os.utime(older, (started - 3600, started - 3600))
+    with FileLock(str(locks / f"{'b' * 64}.lock")):
+        hub._drop_abandoned_partials(release.repo_id, started)
+    assert not ours.exists() and busy.exists() and older.exists()
