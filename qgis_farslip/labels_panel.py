@@ -134,7 +134,6 @@ class LabelsPanel(QWidget):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         for column in (1, 2, 3):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
-        self.accuracy_table.setMinimumHeight(120)
         layout.addWidget(self.accuracy_table)
         self.confusion_label = QLabel()
         self.confusion_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -270,6 +269,9 @@ class LabelsPanel(QWidget):
                 if c:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.accuracy_table.setItem(r, c, item)
+        table = self.accuracy_table  # as tall as its rows (up to 8 shown; more scroll)
+        shown = sum(table.rowHeight(r) for r in range(min(len(rows), 8)))
+        table.setFixedHeight(table.horizontalHeader().sizeHint().height() + shown + 2 * table.frameWidth())
         picture = QPixmap(str(folder / "confusion.png"))
         if not picture.isNull():
             picture = picture.scaledToWidth(min(PICTURE_WIDTH, picture.width()),
