@@ -213,9 +213,9 @@ class SegmentSettings(ModelChoice, Area):
         from engine.geo.pipeline import RasterJob
 
         return RasterJob(input=input, out_dir=out_dir, name=name, overwrite=overwrite, block=self.block,
-                         scores=self.scores,
-                         polygons=self.polygons, min_area=self.min_area, simplify=self.simplify,
-                         mask_wkt=self.mask_wkt, mask_crs=self.mask_crs, **self.area_arguments())
+                         scores=self.scores, polygons=self.polygons, min_area=self.min_area,
+                         simplify=self.simplify, mask_wkt=self.mask_wkt, mask_crs=self.mask_crs,
+                         **self.area_arguments())
 
 
 def read_run_classes(classes) -> "PromptSet | TaughtClasses":
