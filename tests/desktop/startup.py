@@ -90,7 +90,7 @@ def step_installed() -> None:
     iface.mapCanvas().setExtent(layer.extent())
     dock.layer_combo.setLayer(layer)
     snap("installed")
-    dock.tabs.setCurrentIndex(2)
+    dock.tabs.setCurrentIndex(dock.tabs.count() - 1)  # the Engine tab, last
     # 1. the set-up creates an engine environment from a local package (the stand-in engine wheel: no network)
     dialog = dock.engine_panel.open_setup()
     dialog.python_combo.setEditText(os.environ["FARSLIP_DESKTOP_PYTHON"])
