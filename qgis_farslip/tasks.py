@@ -32,6 +32,21 @@ def describe(progress: float, message: str) -> str:
     return message
 
 
+def run_guarded(task: QgsTask, work: Callable[[], None]) -> bool:
+    """A task's `run` on the worker thread: True when `work` finished; else `task.error` says why in one
+    line ("cancelled" when the user cancelled) and a traceback only reaches the log, never the user."""
+    try:
+        task.message.emit("preparing the request…")
+        work()
+        return True
+    except EngineError as exc:
+        task.error = "cancelled" if task.isCanceled() else str(exc)
+    except Exception as exc:  # noqa: BLE001
+        task.error = f"unexpected error: {exc}"
+        QgsMessageLog.logMessage(repr(exc), LOG_TAG, Qgis.MessageLevel.Critical)
+    return False
+
+
 class SegmentTask(QgsTask):
     message = pyqtSignal(str)  # what is happening now, for the dock
 
@@ -60,18 +75,12 @@ class SegmentTask(QgsTask):
             self.setProgress(100 * p)
             self.message.emit(describe(p, msg))
 
-        try:
-            self.message.emit("preparing the request…")
+        def work() -> None:
             self.summary, self.folder = run_segmentation(
                 self.client, self.request, self.out_folder, on_progress=on_progress, is_cancelled=self.isCanceled,
                 on_stage=self.message.emit)
-            return True
-        except EngineError as exc:
-            self.error = "cancelled" if self.isCanceled() else str(exc)
-        except Exception as exc:  # never let a traceback reach the user; keep it in the log
-            self.error = f"unexpected error: {exc}"
-            QgsMessageLog.logMessage(repr(exc), LOG_TAG, Qgis.MessageLevel.Critical)
-        return False
+
+        return run_guarded(self, work)
 
     def finished(self, result: bool) -> None:  # main thread
         if result and self.summary is not None:
@@ -108,16 +117,10 @@ class JobTask(QgsTask):
             self.setProgress(100 * p)
             self.message.emit(describe(p, msg).replace("segmenting (", f"{self.doing} ("))
 
-        try:
-            self.message.emit("preparing the request…")
+        def work() -> None:
             self.result = self.work(on_progress, self.isCanceled, self.message.emit)
-            return True
-        except EngineError as exc:
-            self.error = "cancelled" if self.isCanceled() else str(exc)
-        except Exception as exc:  # never let a traceback reach the user; keep it in the log
-            self.error = f"unexpected error: {exc}"
-            QgsMessageLog.logMessage(repr(exc), LOG_TAG, Qgis.MessageLevel.Critical)
-        return False
+
+        return run_guarded(self, work)
 
     def finished(self, result: bool) -> None:  # main thread
         if not result and self.error is None:
