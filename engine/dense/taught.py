@@ -96,13 +96,14 @@ class TaughtClasses:
     # --- learning --------------------------------------------------------------------------------
     @classmethod
     def learn(cls, model, prompts: PromptSet, features: dict[int, list[np.ndarray]], template_set: str,
-              made: dict | None = None) -> "TaughtClasses":
+              made: dict | None = None, text: torch.Tensor | None = None) -> "TaughtClasses":
         """Prototypes and α from `features`: per class index, one [P, D] array of patch features per
-        labelled polygon (segmentation's own, see `engine.geo.teach`)."""
+        labelled polygon (segmentation's own, see `engine.geo.teach`). `text`: the prompts' text
+        embeddings when already computed (a segmenter's), else they are embedded here."""
         labelled = sorted(c for c, polys in features.items() if polys and sum(len(p) for p in polys) >= 2)
         if not labelled:
             raise InputError("no labelled samples: the labels do not overlap the raster, or no label names a class")
-        text = embed_prompts(model, prompts, template_set).float().cpu()
+        text = (embed_prompts(model, prompts, template_set) if text is None else text).float().cpu()
         name_to_class = prompts.name_to_class
         scores = {}
         for alpha in ALPHAS:
