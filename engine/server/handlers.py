@@ -232,8 +232,6 @@ def accuracy_handler():
 
 
 def _check_source(path: str, body, gsd=None) -> None:
-    from engine.geo.source import RasterSource
-
     with RasterSource(path, gsd=gsd, **_area(body)) as source:
         source.probe()
 
@@ -296,7 +294,6 @@ def label(body: LabelRequest, pool, store, settings) -> dict:
     from engine.dense.scenes import SceneClassifier
     from engine.geo.regions import Region
     from engine.geo.scenes import label_regions
-    from engine.geo.source import RasterSource
 
     started = time.perf_counter()
     path = resolve_input(body.input, store, settings)
