@@ -50,3 +50,41 @@ def engine(folder, qgis_app):
     eng = EngineProcess(folder).start()
     yield eng
     eng.stop()
+
+
+@pytest.fixture
+def make_dock(qgis_app, qtbot, engine, folder, tmp_path):
+    """`make_dock(url=None)`: the dock as a user meets it — a fresh project saved in `tmp_path` (results and
+    labels go beside it), the engine at `url` (default: this module's engine), the small raster loaded and
+    chosen, the whole layer as the area, the map showing the raster; `dock.messages` collects what the
+    message bar would show."""
+    from qgis.core import QgsProject, QgsRasterLayer
+    from qgis.gui import QgsMapCanvas
+
+    from qgis_farslip.dock import FarSLIPDock
+    from qgis_farslip.settings import save_engine_settings
+
+    def make(url: str | None = None):
+        QgsProject.instance().clear()
+        QgsProject.instance().setFileName(str(tmp_path / "project.qgz"))
+        save_engine_settings(url or engine.url, engine.token)
+        canvas = QgsMapCanvas()
+        messages = []
+        widget = FarSLIPDock(canvas, lambda level, text: messages.append((level, text)))
+        widget.messages = messages
+        qtbot.addWidget(widget)
+        layer = QgsRasterLayer(str(folder / "small.tif"), "small")
+        QgsProject.instance().addMapLayer(layer)
+        widget.layer_combo.setLayer(layer)
+        canvas.setDestinationCrs(layer.crs())
+        canvas.setExtent(layer.extent())
+        widget.scope_combo.setCurrentText("Whole layer")
+        return widget
+
+    return make
+
+
+@pytest.fixture
+def dock(make_dock):
+    """The dock on this module's engine (see `make_dock`)."""
+    return make_dock()

@@ -7,31 +7,6 @@ import pytest
 from tests.plugin.engine_process import EngineProcess
 
 
-@pytest.fixture
-def dock(qgis_app, qtbot, engine, folder, tmp_path):
-    from qgis.core import QgsProject, QgsRasterLayer
-    from qgis.gui import QgsMapCanvas
-
-    from qgis_farslip.dock import FarSLIPDock
-    from qgis_farslip.settings import save_engine_settings
-
-    QgsProject.instance().clear()
-    QgsProject.instance().setFileName(str(tmp_path / "project.qgz"))  # results and labels go beside it
-    save_engine_settings(engine.url, engine.token)
-    canvas = QgsMapCanvas()
-    messages = []
-    widget = FarSLIPDock(canvas, lambda level, text: messages.append((level, text)))
-    widget.messages = messages
-    qtbot.addWidget(widget)
-    layer = QgsRasterLayer(str(folder / "small.tif"), "small")
-    QgsProject.instance().addMapLayer(layer)
-    widget.layer_combo.setLayer(layer)
-    canvas.setDestinationCrs(layer.crs())
-    canvas.setExtent(layer.extent())
-    widget.scope_combo.setCurrentText("Whole layer")
-    return widget
-
-
 def _wait(qtbot, dock, timeout=120_000):
     qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=timeout)
 

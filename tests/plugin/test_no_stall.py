@@ -75,26 +75,10 @@ class Heartbeat:
 
 
 @pytest.fixture
-def slow_dock(qgis_app, qtbot, engine, folder, tmp_path):
-    from qgis.core import QgsProject, QgsRasterLayer
-    from qgis.gui import QgsMapCanvas
-
-    from qgis_farslip.dock import FarSLIPDock
-    from qgis_farslip.settings import save_engine_settings
-
+def slow_dock(make_dock, engine):
+    """The shared dock (conftest), its engine behind a proxy that delays every answer."""
     proxy = DelayingProxy(engine.url, DELAY_S)
-    QgsProject.instance().clear()
-    QgsProject.instance().setFileName(str(tmp_path / "project.qgz"))
-    save_engine_settings(proxy.url, engine.token)
-    messages = []
-    dock = FarSLIPDock(QgsMapCanvas(), lambda level, text: messages.append((level, text)))
-    dock.messages = messages
-    qtbot.addWidget(dock)
-    layer = QgsRasterLayer(str(folder / "small.tif"), "small")
-    QgsProject.instance().addMapLayer(layer)
-    dock.layer_combo.setLayer(layer)
-    dock.scope_combo.setCurrentText("Whole layer")
-    yield dock
+    yield make_dock(proxy.url)
     proxy.close()
 
 

@@ -16,27 +16,10 @@ CLASSES = "water\ngrass\nroof, building\nroad"
 
 
 @pytest.fixture
-def dock(qgis_app, qtbot, engine, folder, tmp_path):
-    from qgis.core import QgsProject, QgsRasterLayer
-    from qgis.gui import QgsMapCanvas
-
-    from qgis_farslip.dock import FarSLIPDock
-    from qgis_farslip.settings import save_engine_settings
-
-    QgsProject.instance().clear()
-    QgsProject.instance().setFileName(str(tmp_path / "project.qgz"))
-    save_engine_settings(engine.url, engine.token)
-    canvas = QgsMapCanvas()
-    messages = []
-    widget = FarSLIPDock(canvas, lambda level, text: messages.append((level, text)))
-    widget.messages = messages
-    qtbot.addWidget(widget)
-    layer = QgsRasterLayer(str(folder / "small.tif"), "small")
-    QgsProject.instance().addMapLayer(layer)
-    widget.layer_combo.setLayer(layer)
-    widget.scope_combo.setCurrentText("Whole layer")
-    widget.prompt_edit.setPlainText(CLASSES)
-    return widget
+def dock(dock):
+    """The shared dock (conftest) with the classes the labels name."""
+    dock.prompt_edit.setPlainText(CLASSES)
+    return dock
 
 
 def _payload_classes(dock):
