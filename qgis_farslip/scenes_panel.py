@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsRasterLayer, QgsTask, QgsVectorLayer
+from qgis.core import QgsApplication, QgsRasterLayer, QgsVectorLayer
 from qgis.PyQt.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit, QProgressBar,
                                  QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
@@ -17,49 +17,34 @@ from qgis_farslip.jobs import area_payload, check_request, clip_extent, run_job
 from qgis_farslip.layers import add_result_group
 from qgis_farslip.outputs import class_title, run_folder_name
 from qgis_farslip.processing_provider import styles
+from qgis_farslip.tasks import PluginTask
 
 
-class EngineJobTask(QgsTask):
-    """A grid or search job: the area's payload, the job, its files; `finished` loads the layers."""
+class EngineJobTask(PluginTask):
+    """A grid or search job: the area's payload, the job, its files; when done the layers load."""
 
     def __init__(self, client, kind: str, request, extra: dict, out_folder: str, title: str, on_done):
-        super().__init__(f"FarSLIP: {title}", QgsTask.Flag.CanCancel)
+        super().__init__(title, on_done)
         self.client, self.kind, self.request, self.extra = client, kind, request, extra
-        self.out_folder, self.title, self.on_done = out_folder, title, on_done
-        self.summary = self.folder = self.error = self.group = None
+        self.out_folder = out_folder
+        self.summary = self.folder = self.group = None
 
-    def cancel(self) -> None:
-        self.setDescription(f"{self.description()} — cancelled")
-        super().cancel()
-
-    def run(self) -> bool:  # worker thread
+    def work(self) -> None:  # worker thread
         r = self.request
-        try:
-            extent = clip_extent(r.layer, r.extent, r.extent_crs)
-            with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
-                payload = area_payload(self.client, r.layer, extent, r.layer.crs(), r.gsd, scratch, r.upload)
-            if r.model:
-                payload["model"] = r.model
-            payload.update(self.extra)
-            self.summary, self.folder = run_job(self.client, self.kind, payload, self.out_folder,
-                                                lambda p, _m: self.setProgress(100 * p), self.isCanceled)
-            return True
-        except EngineError as exc:
-            self.error = "cancelled" if self.isCanceled() else str(exc)
-        except Exception as exc:  # no traceback for the user; kept in the log
-            self.error = f"unexpected error: {exc}"
-            QgsMessageLog.logMessage(repr(exc), "FarSLIP", Qgis.MessageLevel.Critical)
-        return False
+        extent = clip_extent(r.layer, r.extent, r.extent_crs)
+        with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
+            payload = area_payload(self.client, r.layer, extent, r.layer.crs(), r.gsd, scratch, r.upload)
+        if r.model:
+            payload["model"] = r.model
+        payload.update(self.extra)
+        self.summary, self.folder = run_job(self.client, self.kind, payload, self.out_folder,
+                                            lambda p, _m: self.setProgress(100 * p), self.isCanceled)
 
-    def finished(self, result: bool) -> None:  # main thread
-        if result:
-            try:
-                self.group = add_result_group(self.title, self.layers())
-            except ValueError as exc:
-                self.error = str(exc)
-        elif self.error is None:
-            self.error = "cancelled"
-        self.on_done(self)
+    def succeeded(self) -> None:  # main thread
+        try:
+            self.group = add_result_group(self.title, self.layers())
+        except ValueError as exc:
+            self.error = str(exc)
 
     def layers(self) -> list:
         files, stamp = self.summary["files"], time.strftime("%H:%M:%S")

@@ -139,13 +139,17 @@ class EngineSetupDialog(QDialog):
         if problem:
             self._failed(problem)
             return
-        self.task = EngineSetupTask(plan)
+        self.task = EngineSetupTask(plan, on_done=self._ended)
         self.task.line.connect(self.log_view.appendPlainText)
         self.task.progressChanged.connect(lambda p: self.progress.setValue(int(p)))
-        self.task.taskCompleted.connect(self._completed)
-        self.task.taskTerminated.connect(lambda: self._failed(self.task.error or "cancelled"))
         self.cancel_button.setEnabled(True)
         QgsApplication.taskManager().addTask(self.task)
+
+    def _ended(self, task: EngineSetupTask) -> None:
+        if task.error:
+            self._failed(task.error)
+        else:
+            self._completed()
 
     def _completed(self) -> None:
         self.cancel_button.setEnabled(False)

@@ -1,6 +1,6 @@
 """Engine set-up as a QgsTask: the commands of a `SetupPlan` run one after the other off the UI thread,
 every output line goes to a visible log (signal `line`), progress moves with the steps, Cancel kills
-the running command. Nothing is installed into QGIS's own Python.
+the running command (reported as cancelled, see `tasks.py`). Nothing is installed into QGIS's own Python.
 """
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ import os
 import subprocess
 import time
 
-from qgis.core import QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
+from qgis_farslip.client import EngineError
 from qgis_farslip.engine_setup import SetupPlan, engine_at, env_command
+from qgis_farslip.tasks import PluginTask
 
 
 def run_logged(argv: list[str], on_line, is_cancelled, env: dict | None = None) -> int:
@@ -49,23 +50,27 @@ def run_logged(argv: list[str], on_line, is_cancelled, env: dict | None = None) 
     return process.wait()
 
 
-class EngineSetupTask(QgsTask):
-    """Creates the engine's environment; `engine` is the installed engine once it succeeded."""
+class EngineSetupTask(PluginTask):
+    """Creates the engine's environment; `engine` is the installed engine once it succeeded, `error` says
+    why not ("cancelled" when the user cancelled)."""
 
     line = pyqtSignal(str)
 
-    def __init__(self, plan: SetupPlan):
-        super().__init__("FarSLIP: set up the engine", QgsTask.Flag.CanCancel)
+    def __init__(self, plan: SetupPlan, on_done=None):
+        super().__init__("set up the engine", on_done)
         self.plan = plan
         self.engine = None
-        self.error: str | None = None
         self.log: list[str] = []
 
     def _emit(self, text: str) -> None:
         self.log.append(text)
         self.line.emit(text)
 
-    def run(self) -> bool:  # worker thread
+    def _stop(self, text: str) -> None:
+        self._emit(text)
+        raise EngineError(text)
+
+    def work(self) -> None:  # worker thread
         steps = self.plan.steps()
         total = sum(s.weight for s in steps)
         done = 0.0
@@ -83,23 +88,15 @@ class EngineSetupTask(QgsTask):
             try:
                 code = run_logged(step.argv, on_line, self.isCanceled)
             except OSError as exc:
-                self.error = f"cannot run {step.argv[0]}: {exc}"
-                self._emit(self.error)
-                return False
+                self._stop(f"cannot run {step.argv[0]}: {exc}")
             if code == -1:
-                self.error = "cancelled"
-                self._emit("cancelled")
-                return False
+                self._stop("cancelled")
             if code != 0:
                 last = next((ln for ln in reversed(self.log) if ln.strip() and not ln.startswith("$")), "")
-                self.error = f"engine set-up failed while trying to {step.title}: {last.strip()[:300]}"
-                self._emit(self.error)
-                return False
+                self._stop(f"engine set-up failed while trying to {step.title}: {last.strip()[:300]}")
             done += step.weight
             self.setProgress(100 * done / total)
         self.engine = engine_at(env_command(self.plan.env_dir))
         if self.engine is None:
-            self.error = f"the set-up finished but no engine command is in {self.plan.env_dir}"
-            return False
+            self._stop(f"the set-up finished but no engine command is in {self.plan.env_dir}")
         self._emit(f"engine ready: {self.engine.command} (farslip {self.engine.version or '?'})")
-        return True

@@ -1,6 +1,12 @@
-"""Background segmentation as a QgsTask: progress and what is happening ("loading the model…") in the
-dock and the task manager, a cancel that stops the engine job and is reported as cancelled, layers
-added (on the main thread) only when every file has arrived."""
+"""The plugin's QgsTasks: one base (`PluginTask`) that runs its work off the UI thread with a one-line
+error ("cancelled" when the user cancelled, a traceback only in the log) and ends on the main thread;
+segmentation (`SegmentTask`: progress and what is happening — "loading the model…" — in the dock and the
+task manager, layers added only when every file has arrived) and the shorter engine jobs (`JobTask`).
+
+A cancel is never reported by QGIS as a failure: QGIS 3.26+ is told so by the Silent flag; before 3.26
+(no such flag) QGIS notifies "Task failed" for any terminated task that ran 5 s or more, so there a
+cancelled task ends as completed and the plugin says "cancelled" itself.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +23,9 @@ from qgis_farslip.layers import add_result_group, segmentation_layers
 from qgis_farslip.outputs import run_folder_name, run_title
 
 LOG_TAG = "FarSLIP"
-# QGIS 3.26+: no operating-system "Task failed" notification for a task the user cancelled
-_FLAGS = QgsTask.Flag.CanCancel | getattr(QgsTask.Flag, "Silent", QgsTask.Flag(0))
+CANCELLED = "cancelled"
+_SILENT = getattr(QgsTask.Flag, "Silent", None)  # QGIS 3.26+
+FLAGS = QgsTask.Flag.CanCancel | (_SILENT if _SILENT is not None else QgsTask.Flag(0))
 
 
 def describe(progress: float, message: str) -> str:
@@ -32,101 +39,96 @@ def describe(progress: float, message: str) -> str:
     return message
 
 
-def run_guarded(task: QgsTask, work: Callable[[], None]) -> bool:
-    """A task's `run` on the worker thread: True when `work` finished; else `task.error` says why in one
-    line ("cancelled" when the user cancelled) and a traceback only reaches the log, never the user."""
-    try:
-        task.message.emit("preparing the request…")
-        work()
-        return True
-    except EngineError as exc:
-        task.error = "cancelled" if task.isCanceled() else str(exc)
-    except Exception as exc:  # noqa: BLE001
-        task.error = f"unexpected error: {exc}"
-        QgsMessageLog.logMessage(repr(exc), LOG_TAG, Qgis.MessageLevel.Critical)
-    return False
+class PluginTask(QgsTask):
+    """`work()` runs on the worker thread; `succeeded()` (when it finished) and then `on_done(task)` on the
+    main thread, with `error` None, "cancelled", or one sentence for the message bar."""
 
-
-class SegmentTask(QgsTask):
     message = pyqtSignal(str)  # what is happening now, for the dock
 
+    def __init__(self, title: str, on_done: Callable | None = None):
+        super().__init__(f"FarSLIP: {title}", FLAGS)
+        self.title, self.on_done = title, on_done
+        self.error: str | None = None
+
+    def work(self) -> None:  # worker thread: no GUI here
+        raise NotImplementedError
+
+    def succeeded(self) -> None:  # main thread, after `work` finished; may set `error`
+        pass
+
+    def cancel(self) -> None:
+        self.setDescription(f"{self.description()} — {CANCELLED}")
+        super().cancel()
+
+    def run(self) -> bool:  # worker thread
+        try:
+            self.work()
+            return True
+        except EngineError as exc:
+            self.error = CANCELLED if self.isCanceled() else str(exc)
+        except Exception as exc:  # noqa: BLE001 — never a traceback for the user; it goes to the log
+            self.error = f"unexpected error: {exc}"
+            QgsMessageLog.logMessage(repr(exc), LOG_TAG, Qgis.MessageLevel.Critical)
+        return self.error == CANCELLED and _SILENT is None  # before 3.26: a cancel is not a failure to QGIS
+
+    def finished(self, result: bool) -> None:  # main thread
+        if result and self.error is None:
+            self.succeeded()
+        elif self.error is None:
+            self.error = CANCELLED if self.isCanceled() else "failed"
+        if self.error:
+            level = Qgis.MessageLevel.Info if self.error == CANCELLED else Qgis.MessageLevel.Warning
+            QgsMessageLog.logMessage(f"{self.title}: {self.error}", LOG_TAG, level)
+        if self.on_done is not None:
+            self.on_done(self)
+
+
+class SegmentTask(PluginTask):
     def __init__(self, client: EngineClient, request: SegmentationRequest, out_folder: str, title: str,
                  on_done: Callable[["SegmentTask"], None] | None = None):
-        super().__init__(f"FarSLIP: {title}", _FLAGS)
-        self.client, self.request, self.title = client, request, title
+        super().__init__(title, on_done)
+        self.client, self.request = client, request
         self.started = time.time()
         raster = request.layer.name()
         self.out_folder = str(Path(out_folder) / run_folder_name(raster, request.classes, self.started))
         self.group_title = run_title(raster, request.classes, self.started)
-        self.on_done = on_done
         self.summary: dict | None = None
         self.folder: Path | None = None
-        self.error: str | None = None
-        self.cancelled = False
         self.group = None
 
-    def cancel(self) -> None:
-        self.cancelled = True
-        self.setDescription(f"{self.description()} — cancelled")
-        super().cancel()
-
-    def run(self) -> bool:  # worker thread: no GUI here
+    def work(self) -> None:
         def on_progress(p: float, msg: str) -> None:
             self.setProgress(100 * p)
             self.message.emit(describe(p, msg))
 
-        def work() -> None:
-            self.summary, self.folder = run_segmentation(
-                self.client, self.request, self.out_folder, on_progress=on_progress, is_cancelled=self.isCanceled,
-                on_stage=self.message.emit)
+        self.message.emit("preparing the request…")
+        self.summary, self.folder = run_segmentation(
+            self.client, self.request, self.out_folder, on_progress=on_progress, is_cancelled=self.isCanceled,
+            on_stage=self.message.emit)
 
-        return run_guarded(self, work)
-
-    def finished(self, result: bool) -> None:  # main thread
-        if result and self.summary is not None:
-            try:
-                layers = segmentation_layers(self.folder, self.summary, self.request.layer.name(), self.started)
-                self.group = add_result_group(self.group_title, layers)
-            except ValueError as exc:
-                self.error = str(exc)
-        elif self.error is None and self.isCanceled():
-            self.error = "cancelled"
-        if self.error:
-            level = Qgis.MessageLevel.Info if self.error == "cancelled" else Qgis.MessageLevel.Warning
-            QgsMessageLog.logMessage(f"{self.title}: {self.error}", LOG_TAG, level)
-        if self.on_done is not None:
-            self.on_done(self)
+    def succeeded(self) -> None:
+        try:
+            layers = segmentation_layers(self.folder, self.summary, self.request.layer.name(), self.started)
+            self.group = add_result_group(self.group_title, layers)
+        except ValueError as exc:
+            self.error = str(exc)
 
 
-class JobTask(QgsTask):
-    """A shorter engine job (teach, accuracy) as a QgsTask: `work(on_progress, is_cancelled, on_stage)` runs
+class JobTask(PluginTask):
+    """A shorter engine job (teach, accuracy) as a QgsTask: `job(on_progress, is_cancelled, on_stage)` runs
     on the worker thread and returns the result; `on_done(task)` runs on the main thread with `result` or
     `error` ("cancelled" when the user cancelled)."""
 
-    message = pyqtSignal(str)
-
-    def __init__(self, title: str, work: Callable, on_done: Callable[["JobTask"], None] | None = None,
+    def __init__(self, title: str, job: Callable, on_done: Callable[["JobTask"], None] | None = None,
                  doing: str = "working"):
-        super().__init__(f"FarSLIP: {title}", _FLAGS)
-        self.title, self.work, self.on_done, self.doing = title, work, on_done, doing
+        super().__init__(title, on_done)
+        self.job, self.doing = job, doing
         self.result = None
-        self.error: str | None = None
 
-    def run(self) -> bool:  # worker thread: no GUI here
+    def work(self) -> None:
         def on_progress(p: float, msg: str) -> None:
             self.setProgress(100 * p)
             self.message.emit(describe(p, msg).replace("segmenting (", f"{self.doing} ("))
 
-        def work() -> None:
-            self.result = self.work(on_progress, self.isCanceled, self.message.emit)
-
-        return run_guarded(self, work)
-
-    def finished(self, result: bool) -> None:  # main thread
-        if not result and self.error is None:
-            self.error = "cancelled" if self.isCanceled() else "failed"
-        if self.error:
-            level = Qgis.MessageLevel.Info if self.error == "cancelled" else Qgis.MessageLevel.Warning
-            QgsMessageLog.logMessage(f"{self.title}: {self.error}", LOG_TAG, level)
-        if self.on_done is not None:
-            self.on_done(self)
+        self.message.emit("preparing the request…")
+        self.result = self.job(on_progress, self.isCanceled, self.message.emit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.plugin import task_status
 from tests.plugin.engine_process import EngineProcess
 
 
@@ -125,12 +126,12 @@ def test_cancel_stops_the_job_and_adds_nothing(dock, qtbot, folder, engine):
     QgsProject.instance().addMapLayer(big)
     dock.layer_combo.setLayer(big)
     before = len(QgsProject.instance().layerTreeRoot().children())
-    dock.run()
+    statuses = task_status.record(dock.run())
     qtbot.waitUntil(lambda: dock.progress.value() > 0, timeout=60_000)
     dock.cancel()
     _wait(qtbot, dock)
     assert dock.last_error == "cancelled" and dock.messages[-1][0] == "info"  # not an error
-    assert dock.progress.text() == "cancelled"
+    assert dock.progress.text() == "cancelled" and task_status.not_reported_as_failed(statuses), statuses
     assert len(QgsProject.instance().layerTreeRoot().children()) == before
     assert engine.jobs()[0]["state"] == "cancelled"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.plugin import task_status
 from tests.plugin.engine_process import free_port
 from tests.plugin.stub_engine import build_wheel
 
@@ -80,10 +81,12 @@ def test_cancelling_the_setup_stops_the_running_step_and_says_cancelled(qgis_app
     dialog.folder_edit.setText(str(tmp_path / "env"))
     dialog.install_button.click()
     qtbot.waitUntil(lambda: "creating" in dialog.log_view.toPlainText(), timeout=30_000)
+    statuses = task_status.record(dialog.task)
     started = __import__("time").monotonic()
     dialog.cancel_button.click()
     qtbot.waitUntil(lambda: dialog.error is not None, timeout=15_000)
     assert dialog.error == "cancelled" and __import__("time").monotonic() - started < 10
+    assert task_status.not_reported_as_failed(statuses), statuses
     assert dialog.install_button.isEnabled() and not dialog.cancel_button.isEnabled()
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.plugin import task_status
 from tests.plugin.label_polygons import LABELS, REFERENCE, add_polygons, memory_layer
 
 CLASSES = "water\ngrass\nroof, building\nroad"
@@ -128,8 +129,10 @@ def test_cancelling_teaching_is_reported_as_cancelled_and_teaches_nothing(dock, 
     labels = memory_layer("my labels", LABELS)
     QgsProject.instance().addMapLayer(labels)
     panel.teach_layer_combo.setLayer(labels)
-    assert panel.teach() is not None and panel.cancel_button.isEnabled()
+    statuses = task_status.record(panel.teach())
+    assert panel.cancel_button.isEnabled()
     panel.cancel()
     qtbot.waitUntil(lambda: panel.teach_button.isEnabled(), timeout=60_000)
     assert panel.progress.text() == "cancelled" and dock.messages[-1][0] == "info"  # not an error
+    assert task_status.not_reported_as_failed(statuses), statuses
     assert dock.taught is None and not dock.taught_row.isVisibleTo(dock) and isinstance(_payload_classes(dock), list)
