@@ -11,6 +11,7 @@ import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Callable
@@ -98,6 +99,11 @@ class EngineClient:
 
     def models(self) -> dict:
         return self._json("GET", "/v1/models")
+
+    def download_model(self, name: str) -> str | None:
+        """Start the engine's download of a release into its model cache: the job's id, or None when it is
+        there already."""
+        return self._json("POST", f"/v1/models/{urllib.parse.quote(name, safe='')}/download")["id"]
 
     def upload(self, path: str | Path) -> str:
         data = Path(path).read_bytes()

@@ -1,5 +1,6 @@
 """The dock's "Engine" tab: status light, URL and token, the local engine (set up, start/stop, log),
-models (downloaded or not, download with progress). Every engine call runs off the UI thread.
+models (downloaded or not; the engine downloads one, with progress and cancel, see `models_task.py`).
+Every engine call runs off the UI thread.
 """
 
 from __future__ import annotations
@@ -72,11 +73,16 @@ class EnginePanel(QWidget):
         layout.addWidget(self.models_list)
         download_row = QHBoxLayout()
         self.download_button = QPushButton("Download model")
-        self.download_button.setToolTip("Download the model selected above into this computer's model cache")
-        self.download_progress = QProgressBar()
+        self.download_button.setToolTip("The engine downloads the model selected above into its model cache "
+                                        "(on the computer it runs on)")
+        self.download_cancel_button = QPushButton("Cancel")
+        self.download_cancel_button.setEnabled(False)
         download_row.addWidget(self.download_button)
-        download_row.addWidget(self.download_progress, 1)
+        download_row.addWidget(self.download_cancel_button)
         layout.addLayout(download_row)
+        self.download_progress = QProgressBar()
+        self.download_progress.setTextVisible(True)
+        layout.addWidget(self.download_progress)
         local = QFormLayout()
         self.command_edit = QLineEdit(settings["command"])
         self.command_edit.setPlaceholderText("found or installed by Set up…")
@@ -105,8 +111,12 @@ class EnginePanel(QWidget):
         self.engine_button.clicked.connect(self.toggle_local_engine)
         self.setup_button.clicked.connect(self.open_setup)
         self.log_button.toggled.connect(self.log_view.setVisible)
-        self.download_button.clicked.connect(self.download_model)
+        self.download_button.clicked.connect(lambda: self.download_model())
+        self.download_cancel_button.clicked.connect(self.cancel_download)
         self.download_task = None
+        self.download_when_ready: str | None = None  # a model to download once the local engine answers
+        self.on_online.append(self._download_when_online)
+        self.local.stateChanged.connect(self._download_not_started)
         self.setup_dialog = None
 
     # --- settings and client -------------------------------------------------------------------
@@ -145,6 +155,7 @@ class EnginePanel(QWidget):
                                                          if r["name"] != models["default"]])
         if current:
             self.model_combo.setEditText(current)
+        chosen = self.models_list.currentItem().data(256) if self.models_list.currentItem() else None
         self.models_list.clear()
         for release in models["releases"]:
             state = "downloaded" if release["cached"] else "not downloaded"
@@ -152,6 +163,8 @@ class EnginePanel(QWidget):
             item.setData(256, release["name"])  # Qt.UserRole
             item.setToolTip(release.get("description", ""))
             self.models_list.addItem(item)
+            if release["name"] == chosen:  # the refreshed list keeps the user's choice
+                self.models_list.setCurrentItem(item)
         for callback in self.on_online:
             callback()
 
@@ -244,38 +257,72 @@ class EnginePanel(QWidget):
         return item.data(256) if item is not None else self.model_combo.currentText().strip()
 
     def download_model(self, name: str | None = None):
+        """Have the engine download the chosen release (local or remote engine alike); a local engine that
+        is not running yet is started first."""
+        from qgis_farslip.jobs import is_local_engine
         from qgis_farslip.models_task import ModelDownloadTask
 
         name = name or self.selected_model()
-        command = self.command_edit.text().strip()
-        if not name:
-            self.notify("warning", "choose a model in the list first")
+        releases = [r["name"] for r in (self.models or {}).get("releases", [])]
+        if not name or (releases and name not in releases):
+            self.notify("warning", "choose a model in the list above first (a model file of your own needs no "
+                                   "download)")
             return None
-        if not command:
-            self.notify("critical", "downloading needs the local engine: press Set up… first")
+        if not self.online and self.can_start_for():
+            self.download_when_ready = name
+            self._downloading(name, "starting the engine…")
+            self.toggle_local_engine()
             return None
-        self.download_task = task = ModelDownloadTask(engine_prefix(command), name)
-        task.line.connect(self.log_view.appendPlainText)
+        where = "this computer" if is_local_engine(self.url_edit.text().strip()) else "the engine's computer"
+        self.download_task = task = ModelDownloadTask(self.client(), name, where, on_done=self._download_ended)
         task.progressChanged.connect(lambda p: self.download_progress.setValue(int(p)))
-        task.taskCompleted.connect(lambda: self._downloaded(task))
-        task.taskTerminated.connect(lambda: self._download_failed(task))
-        self.download_button.setEnabled(False)
-        self.download_progress.setValue(0)
-        self.download_progress.setFormat(f"{name}: %p%")
+        task.message.connect(lambda text: self.download_progress.setFormat(f"{name}: %p% — {text}"))
+        self._downloading(name, "asking the engine…")
         QgsApplication.taskManager().addTask(task)
         return task
 
-    def _downloaded(self, task) -> None:
-        self.download_button.setEnabled(True)
-        self.download_progress.setValue(100)
-        self.notify("info", f"model {task.name} downloaded")
-        self.check()
-
-    def _download_failed(self, task) -> None:
-        self.download_button.setEnabled(True)
-        self.download_progress.setFormat("%p%")
+    def _downloading(self, name: str, text: str) -> None:
+        self.download_button.setEnabled(False)
+        self.download_cancel_button.setEnabled(True)
         self.download_progress.setValue(0)
+        self.download_progress.setFormat(f"{name}: {text}")
+
+    def _download_when_online(self) -> None:
+        name, self.download_when_ready = self.download_when_ready, None
+        if name:
+            self.download_model(name)
+
+    def _download_not_started(self, state: str, _text: str) -> None:
+        if self.download_when_ready and state in ("died", "failed", "stopped"):
+            self.download_when_ready = None
+            self._download_idle("the engine did not start")
+
+    def cancel_download(self) -> None:
+        if self.download_when_ready:
+            self.download_when_ready = None
+            self.local.stop()
+            self._download_idle("cancelled")
+        elif self.download_task is not None:
+            self.download_progress.setFormat("%p% — cancelling…")
+            self.download_task.cancel()
+
+    def _download_idle(self, text: str) -> None:
+        self.download_button.setEnabled(True)
+        self.download_cancel_button.setEnabled(False)
+        self.download_progress.setFormat(text)
+
+    def _download_ended(self, task) -> None:
+        self.download_task = None
         if task.error == "cancelled":
+            self.download_progress.setValue(0)
+            self._download_idle(f"{task.name}: cancelled")
             self.notify("info", f"download of {task.name} cancelled")
+        elif task.error:
+            self.download_progress.setValue(0)
+            self._download_idle(f"{task.name}: failed")
+            self.notify("critical", task.error)
         else:
-            self.notify("critical", task.error or f"cannot download {task.name}")
+            self.download_progress.setValue(100)
+            self._download_idle(f"{task.name}: downloaded")
+            self.notify("info", f"model {task.name} downloaded")
+        self.check()  # the list says which models are downloaded now

@@ -1,67 +1,73 @@
-"""Downloading a model release from QGIS: `farslip models download NAME` of the local engine's own
-environment, run in a QgsTask, its progress bar read from the output, failures put in GUI words.
-
-(The engine has no download endpoint yet; with one, a remote engine could be asked to download too.)
-"""
+"""Downloading a model release from QGIS through the engine (`POST /v1/models/{name}/download`): the
+engine fetches it into its own model cache — on this computer or on the one it runs on — as a job that a
+QgsTask follows (progress "0.12/0.25 MB", a cancel stops the job on the engine and keeps nothing);
+failures (offline, no disk space, a name the engine does not know) in GUI words."""
 
 from __future__ import annotations
 
 import re
 
-from qgis.core import QgsTask
-from qgis.PyQt.QtCore import pyqtSignal
+from qgis_farslip.client import EngineClient, EngineError
+from qgis_farslip.tasks import PluginTask
 
-from qgis_farslip.setup_task import run_logged
-
-_PERCENT = re.compile(r"(\d{1,3})%\|")
+_SIZE = re.compile(r"/(\d+(?:\.\d+)?) MB$")
 
 
-def explain_download_error(name: str, output: list[str]) -> str:
-    """One sentence for the message bar from the engine's output of a failed download."""
-    text = " ".join(output[-5:])
+def explain_download_error(name: str, message: str, where: str = "the engine's computer",
+                           size: str | None = None) -> str:
+    """One sentence for the message bar from the engine's message about a failed download (`where`: the
+    computer the engine runs on, in words; `size`: the file's size when known, "600 MB")."""
+    text = message.removeprefix("engine: ")
     if "HF_HUB_OFFLINE" in text:
-        return (f"cannot download {name}: downloads are switched off on this computer (HF_HUB_OFFLINE is set); "
-                "unset it and restart QGIS, or choose a downloaded .pt file as Model")
+        return (f"cannot download {name}: the engine was started with downloads switched off (HF_HUB_OFFLINE): "
+                "start it without that setting, or type the path of a downloaded .pt file as Model")
+    if "No space left" in text or "Errno 28" in text or "Disk quota" in text:
+        need = f" (it needs {size})" if size else ""
+        return (f"cannot download {name}: the disk of {where} is full{need}: free some space there and press "
+                "Download model again")
+    if "Permission denied" in text or "Read-only file system" in text:
+        return (f"cannot download {name}: the engine may not write its model cache on {where} (set HF_HOME to a "
+                "folder it can write and restart it)")
     if "cannot be reached" in text or "download failed" in text:
-        return (f"cannot download {name}: huggingface.co cannot be reached (no internet connection or a proxy); "
-                "connect and press Download again, or download the .pt file in a browser and choose it as Model")
+        return (f"cannot download {name}: {where} cannot reach huggingface.co (no internet connection, or a "
+                "proxy): connect it and press Download model again, or download the .pt file in a browser and "
+                "type its path as Model")
     if "unknown model" in text:
         return f"cannot download {name}: the engine does not know this model name; pick one from the list"
-    last = next((line for line in reversed(output) if line.strip()), "no output")
-    return f"cannot download {name}: {last.replace('farslip: error: ', '')[:300]}"
+    if "does not exist on the Hub" in text:
+        return f"cannot download {name}: its file is no longer on huggingface.co; update the plugin and the engine"
+    return f"cannot download {name}: {text.split('; ')[0][:300]}"
 
 
-class ModelDownloadTask(QgsTask):
-    """Downloads one release into the shared model cache; `error` is set when it failed."""
+class ModelDownloadTask(PluginTask):
+    """Has the engine download one release; `cached` afterwards, `error` when it failed ("cancelled" when the
+    user cancelled)."""
 
-    line = pyqtSignal(str)
+    def __init__(self, client: EngineClient, name: str, where: str = "the engine's computer", on_done=None):
+        super().__init__(f"download {name}", on_done)
+        self.client, self.name, self.where = client, name, where
+        self.size: str | None = None
+        self.cached = False
 
-    def __init__(self, engine_argv: list[str], name: str, env: dict | None = None):
-        """`engine_argv`: how the engine's command line is started (e.g. `[".../bin/farslip"]`)."""
-        super().__init__(f"FarSLIP: download {name}", QgsTask.Flag.CanCancel)
-        self.argv = [*engine_argv, "models", "download", name]
-        self.name, self.env = name, env
-        self.output: list[str] = []
-        self.error: str | None = None
+    def work(self) -> None:  # worker thread
+        def on_progress(p: float, msg: str) -> None:
+            found = _SIZE.search(msg)
+            if found:
+                self.size = f"{float(found.group(1)):g} MB"
+            self.setProgress(100 * p)
+            self.message.emit("waiting for the engine…" if msg in ("", "queued") else msg)
 
-    def run(self) -> bool:  # worker thread
-        def on_line(text: str) -> None:
-            self.output.append(text)
-            self.line.emit(text)
-            match = _PERCENT.search(text)
-            if match:
-                self.setProgress(min(99.0, float(match.group(1))))
-
+        self.message.emit("asking the engine…")
         try:
-            code = run_logged(self.argv, on_line, self.isCanceled, env=self.env)
-        except OSError as exc:
-            self.error = f"cannot run the engine ({exc}); use Engine → Set up…"
-            return False
-        if code == -1:
-            self.error = "cancelled"
-            return False
-        if code != 0:
-            self.error = explain_download_error(self.name, self.output)
-            return False
+            job = self.client.download_model(self.name)
+            status = self.client.wait(job, on_progress, self.isCanceled) if job else {"state": "done"}
+        except EngineError as exc:
+            if "not answering" in str(exc) or "refused the token" in str(exc):
+                raise
+            raise EngineError(explain_download_error(self.name, str(exc), self.where)) from None
+        if status["state"] == "cancelled":
+            raise EngineError("cancelled")
+        if status["state"] != "done":
+            raise EngineError(explain_download_error(self.name, status["message"], self.where, self.size))
+        self.cached = True
         self.setProgress(100)
-        return True

@@ -1,20 +1,14 @@
-"""Model downloads through the API (`POST /v1/models/{name}/download`), against a local fake Hub.
-
-huggingface_hub is pointed at a small HTTP server in the test (its endpoint, cache and offline switch
-are set the way `HF_ENDPOINT` / `HF_HUB_CACHE` / `HF_HUB_OFFLINE` would at import): the server answers the
-Hub's `/{repo}/resolve/{revision}/{filename}` with the headers hf_hub_download reads (X-Repo-Commit,
-ETag, Content-Length) and streams the file in small chunks, slowly, or stops half-way until the test
-lets it go on. The engine's own download code runs unchanged.
+"""Model downloads through the API (`POST /v1/models/{name}/download`), against a local fake Hub
+(`tests/fake_hub.py`, shared with the plugin's download tests): huggingface_hub is pointed at a small HTTP
+server in the test that streams the file in small chunks, slowly, or stops half-way until the test lets
+it go on. The engine's own download code runs unchanged.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,83 +18,7 @@ from engine.models import hub, registry
 from tests.engine.api_helpers import AUTH, wait_for
 from tests.engine.conftest import TINY, make_clip
 from tests.engine.rasters import scene, write_raster
-
-CHUNK = 4096
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-class FakeHub:
-    """Serves `files` ({repo/filename: bytes}) in the Hub's URL layout. `delay` seconds between chunks;
-    with `pause_at` bytes, the body stops there (`paused` is set) until `go_on` is set."""
-
-    def __init__(self, files: dict[str, bytes]):
-        self.files, self.delay, self.pause_at = files, 0.0, None
-        self.paused, self.go_on = threading.Event(), threading.Event()
-        self.gets = 0
-        hub_ = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _headers(self) -> bytes | None:
-                match = re.fullmatch(r"/(.+)/resolve/([^/]+)/(.+)", self.path)
-                data = hub_.files.get(f"{match.group(1)}/{match.group(3)}") if match else None
-                if data is None:
-                    self.send_response(404)
-                    self.send_header("X-Error-Code", "EntryNotFound")
-                    self.send_header("X-Repo-Commit", COMMIT)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return None
-                self.send_response(200)
-                self.send_header("X-Repo-Commit", COMMIT)
-                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("Content-Type", "application/octet-stream")
-                self.end_headers()
-                return data
-
-            def do_HEAD(self):
-                self._headers()
-
-            def do_GET(self):
-                data = self._headers()
-                if data is None:
-                    return
-                hub_.gets += 1
-                try:
-                    for start in range(0, len(data), CHUNK):
-                        if hub_.pause_at is not None and start == hub_.pause_at:
-                            hub_.paused.set()
-                            hub_.go_on.wait(60)
-                        self.wfile.write(data[start:start + CHUNK])
-                        self.wfile.flush()
-                        time.sleep(hub_.delay)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.go_on.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _point_hub_at(monkeypatch, endpoint: str, cache: Path) -> None:
-    from huggingface_hub import constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", CHUNK)
+from tests.fake_hub import CHUNK, FakeHub, point_hub_at
 
 
 @pytest.fixture
@@ -119,7 +37,7 @@ def weights(release) -> bytes:
 @pytest.fixture
 def fake_hub(monkeypatch, tmp_path, release, weights):
     server = FakeHub({f"{release.repo_id}/{release.filename}": weights})
-    _point_hub_at(monkeypatch, server.url, tmp_path / "hf-cache")
+    point_hub_at(server.url, tmp_path / "hf-cache", monkeypatch)
     yield server
     server.close()
 
@@ -217,7 +135,7 @@ def test_unreachable_hub_fails_the_job_with_the_usual_line(client, monkeypatch, 
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    _point_hub_at(monkeypatch, f"http://127.0.0.1:{port}", tmp_path / "hf-cache")
+    point_hub_at(f"http://127.0.0.1:{port}", tmp_path / "hf-cache", monkeypatch)
     status = wait_for(client, _download(client, release.name).json()["id"])
     assert status["state"] == "failed"
     assert status["message"].startswith(f"model {release.name}: the Hugging Face Hub cannot be reached and it is "
@@ -241,7 +159,7 @@ def test_a_job_on_a_release_not_yet_cached_downloads_it_first(client, monkeypatc
     torch.save({"epoch": 1, "name": "tiny", "state_dict": make_clip().state_dict()}, buffer)
     server = FakeHub({f"{release.repo_id}/{release.filename}": buffer.read_bytes()})
     try:
-        _point_hub_at(monkeypatch, server.url, tmp_path / "hf-cache")
+        point_hub_at(server.url, tmp_path / "hf-cache", monkeypatch)
         monkeypatch.setattr("huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE", 1 << 20)
         store = client.app.state.store
         messages: list[str] = []

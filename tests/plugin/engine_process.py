@@ -36,17 +36,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# an engine whose huggingface_hub downloads from a fake Hub (tests/fake_hub.py) into a cache of the test's
+_ON_FAKE_HUB = ("import sys; from tests.fake_hub import point_hub_at; point_hub_at(sys.argv[1], sys.argv[2]); "
+                "from engine.cli import main; sys.exit(main(sys.argv[3:]))")
+
+
 class EngineProcess:
-    def __init__(self, folder: Path):
+    """`farslip serve` on a free port; offline, or with `hub=(url, cache)` downloading from a fake Hub."""
+
+    def __init__(self, folder: Path, hub: tuple[str, Path] | None = None):
         self.folder = folder
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "FARSLIP_CONFIG_DIR": str(folder / "config"), "HF_HUB_OFFLINE": "1"}
+        self.hub = hub
         self.proc = None
 
     def start(self) -> "EngineProcess":
+        launch = ["-m", "engine.cli"] if self.hub is None else ["-c", _ON_FAKE_HUB, self.hub[0], str(self.hub[1])]
         self.proc = subprocess.Popen(
-            [ENGINE_PYTHON, "-m", "engine.cli", "serve", "--port", str(self.port), "--data-dir", str(self.folder / "data"),
+            [ENGINE_PYTHON, *launch, "serve", "--port", str(self.port), "--data-dir", str(self.folder / "data"),
              "--allow-root", str(self.folder), "--model", str(self.folder / "tiny.pt"), "--arch", "tiny-vit-16",
              "--device", "cpu"], cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL,
             stderr=open(self.folder / "engine.log", "ab"))

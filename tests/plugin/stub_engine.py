@@ -1,16 +1,14 @@
 """A stand-in engine *package* for the set-up tests: installs in seconds from a local wheel (no torch).
 
 It is what the plugin's set-up installs and starts in those tests (the component under test is the
-set-up, not the engine): a `farslip` command with `--version`, `serve --port P` (health and models on the
-standard library's HTTP server, answers delayed by `--delay`) and `models download NAME` (a tqdm-like
-progress bar; fails as the real engine does offline when FARSLIP_STUB_OFFLINE is set).
-Tests that need real results use the real engine (`engine_process.py`).
+set-up, not the engine): a `farslip` command with `--version` and `serve --port P` (health and models on the
+standard library's HTTP server, answers delayed by `--delay`). Tests that need real results (model
+downloads included) use the real engine (`engine_process.py`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import zipfile
@@ -19,17 +17,6 @@ from pathlib import Path
 
 VERSION = "0.0.1"
 RELEASES = ["farslip2-vit-b-16", "farslip2-vit-b-32"]
-
-
-def _cache() -> Path:
-    return Path(os.environ.get("FARSLIP_STUB_CACHE", Path.home() / ".farslip-stub-cache.json"))
-
-
-def _cached() -> list[str]:
-    try:
-        return json.loads(_cache().read_text())
-    except (OSError, ValueError):
-        return []
 
 
 def serve(port: int, delay: float) -> None:
@@ -41,7 +28,7 @@ def serve(port: int, delay: float) -> None:
             elif self.path == "/v1/models":
                 body = {"default": RELEASES[0], "loaded": [],
                         "releases": [{"name": n, "arch": "ViT-B-16", "file": f"{n}.pt", "description": "stub",
-                                      "cached": n in _cached()} for n in RELEASES]}
+                                      "cached": False} for n in RELEASES]}
             else:
                 self.send_error(404)
                 return
@@ -59,21 +46,6 @@ def serve(port: int, delay: float) -> None:
     ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 
-def download(name: str) -> int:
-    if os.environ.get("FARSLIP_STUB_OFFLINE"):
-        print(f"farslip: error: model {name}: the Hugging Face Hub cannot be reached and it is not in the local "
-              f"cache; download it yourself and pass it: --model /path/to/{name}.pt", file=sys.stderr)
-        return 2
-    for percent in range(0, 101, 10):
-        print(f"\r{name}.pt: {percent:3d}%|{'#' * (percent // 10):<10}| {percent * 6}M/600M", end="",
-              file=sys.stderr, flush=True)
-        time.sleep(0.05)
-    print(file=sys.stderr)
-    _cache().write_text(json.dumps(sorted(set(_cached()) | {name})))
-    print(f"{name}: /cache/{name}.pt")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--version"]:
@@ -84,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         delay = float(args[args.index("--delay") + 1]) if "--delay" in args else 0.0
         serve(port, delay)
         return 0
-    if args[:2] == ["models", "download"]:
-        return download(args[2])
     print(f"farslip: error: unknown command {args}", file=sys.stderr)
     return 2
 
