@@ -36,9 +36,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# an engine whose huggingface_hub downloads from a fake Hub (tests/fake_hub.py) into a cache of the test's
 _ON_FAKE_HUB = ("import sys; from tests.fake_hub import point_hub_at; point_hub_at(sys.argv[1], sys.argv[2]); "
                 "from engine.cli import main; sys.exit(main(sys.argv[3:]))")
+
+
+def engine_argv(hub: tuple[str, Path] | None = None) -> list[str]:
+    """The engine's command line (`farslip`), whose huggingface_hub downloads from a fake Hub
+    (tests/fake_hub.py) into a cache of the test's with `hub=(url, cache)`."""
+    if hub is None:
+        return [ENGINE_PYTHON, "-m", "engine.cli"]
+    return [ENGINE_PYTHON, "-c", _ON_FAKE_HUB, hub[0], str(hub[1])]
 
 
 class EngineProcess:
@@ -53,9 +60,8 @@ class EngineProcess:
         self.proc = None
 
     def start(self) -> "EngineProcess":
-        launch = ["-m", "engine.cli"] if self.hub is None else ["-c", _ON_FAKE_HUB, self.hub[0], str(self.hub[1])]
         self.proc = subprocess.Popen(
-            [ENGINE_PYTHON, *launch, "serve", "--port", str(self.port), "--data-dir", str(self.folder / "data"),
+            [*engine_argv(self.hub), "serve", "--port", str(self.port), "--data-dir", str(self.folder / "data"),
              "--allow-root", str(self.folder), "--model", str(self.folder / "tiny.pt"), "--arch", "tiny-vit-16",
              "--device", "cpu"], cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL,
             stderr=open(self.folder / "engine.log", "ab"))

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 
 import pytest
 
 from tests.fake_hub import CHUNK, FakeHub
 from tests.plugin import task_status
-from tests.plugin.engine_process import EngineProcess, free_port
+from tests.plugin.engine_process import ROOT, EngineProcess, engine_argv, free_port
 
 REPO = "ZhenShiL/FarSLIP"  # where the releases live (README, Models)
 FILES = {"farslip2-vit-b-32": "FarSLIP2_ViT-B-32.pt", "farslip1-vit-b-32": "FarSLIP1_ViT-B-32.pt"}
@@ -129,6 +130,37 @@ def test_an_engine_that_cannot_reach_the_hub_says_so_in_gui_words(folder, qtbot,
     assert text.startswith("cannot download farslip2-vit-b-16: this computer cannot reach huggingface.co"), text
     assert "press Download model again" in text and "--model" not in text and "--arch" not in text
     assert panel.download_progress.text() == "farslip2-vit-b-16: failed"
+
+
+def test_download_starts_the_local_engine_when_it_is_not_running(folder, hub, qtbot, qgis_app, tmp_path,
+                                                                   monkeypatch):
+    from qgis_farslip.engine_panel import EnginePanel
+
+    monkeypatch.setenv("FARSLIP_CONFIG_DIR", str(tmp_path / "cfg"))  # where the started engine puts its token
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    hub.delay, hub.pause_at = 0.0, None
+    port = free_port()
+    messages = []
+    panel = EnginePanel(lambda level, text: messages.append((level, text)))
+    qtbot.addWidget(panel)
+    panel.url_edit.setText(f"http://127.0.0.1:{port}")
+    panel.token_edit.setText("")
+    argv = engine_argv((hub.url, tmp_path / "hf-cache")) + [
+        "serve", "--port", str(port), "--data-dir", str(tmp_path / "data"), "--model", str(folder / "tiny.pt"),
+        "--arch", "tiny-vit-16", "--device", "cpu"]
+    panel.command_edit.setText(shlex.join(argv))
+    panel.check()
+    qtbot.waitUntil(lambda: panel.unreachable, timeout=20_000)  # nothing answers yet
+    try:
+        assert panel.download_model("farslip2-vit-b-32") is None  # the engine is started first
+        assert panel.download_progress.text() == "farslip2-vit-b-32: starting the engine…"
+        assert panel.engine_button.text() == "Stop engine" and panel.download_cancel_button.isEnabled()
+        qtbot.waitUntil(lambda: ("info", "model farslip2-vit-b-32 downloaded") in messages, timeout=120_000)
+        qtbot.waitUntil(lambda: panel.models_list.count() >= 4 and not panel.checking, timeout=30_000)
+        assert "farslip2-vit-b-32 — downloaded" in [panel.models_list.item(i).text()
+                                                   for i in range(panel.models_list.count())]
+    finally:
+        panel.local.stop()
 
 
 def test_a_full_disk_and_other_engine_failures_are_said_in_gui_words():
