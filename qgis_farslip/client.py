@@ -34,6 +34,18 @@ def in_gui_words(detail: str) -> str:
                else "huggingface.co cannot be reached")
         return (f"the model {name} is not downloaded yet and {why}: in the FarSLIP panel's Engine tab select it "
                 "and press Download model, or type the path of a downloaded .pt file as Model")
+    other = re.search(r"taught classes were made with model (.+?) \((.+?)\); this run uses (.+?) \((.+?)\):", detail)
+    if other:
+        made, arch, used, used_arch = (os.path.basename(other.group(1)), other.group(2),
+                                       os.path.basename(other.group(3)), other.group(4))
+        return (f"these taught classes were made with model {made} ({arch}) and this run uses {used} ({used_arch}): "
+                f"choose {made} as Model in the FarSLIP panel's Engine tab, or teach the classes again with {used} "
+                "(Labels tab → Teach from labels)")
+    if detail.startswith("taught classes path is outside"):
+        return ("the engine may not read that taught-classes file: it reads only the folders it was started for; "
+                "move the file into one of them, or teach the classes again (Labels tab → Teach from labels)")
+    if detail.startswith("taught classes not found"):
+        return "the taught-classes file is gone from its folder: choose another beside Taught, or press Clear"
     return detail
 
 

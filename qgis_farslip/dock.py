@@ -20,8 +20,10 @@ from qgis_farslip import prompt_sets
 from qgis_farslip.background import run_async
 from qgis_farslip.client import EngineError
 from qgis_farslip.engine_panel import UI_TIMEOUT_S, EnginePanel
-from qgis_farslip.jobs import FORGOTTEN_TEACH, SegmentationRequest, check_request
+from qgis_farslip.jobs import FORGOTTEN_TEACH, SegmentationRequest, check_request, is_local_engine
 from qgis_farslip.outputs import class_title, default_output_folder
+from qgis_farslip.taught_files import model_label
+from qgis_farslip.taught_picker import TaughtPicker
 from qgis_farslip.tasks import SegmentTask
 
 SCOPES = ("Visible map extent", "Whole layer", "Selected polygons")
@@ -92,6 +94,8 @@ class FarSLIPDock(QDockWidget):
         self.run_when_ready = False
         self._legend_asked = 0
         self._default_folder = self.folder_widget.filePath()
+        self.taught_picker.refresh()
+        self.model_combo.editTextChanged.connect(self._show_taught_state)
         from qgis.core import QgsProject
 
         QgsProject.instance().homePathChanged.connect(self._project_moved)
@@ -102,6 +106,7 @@ class FarSLIPDock(QDockWidget):
         if self.folder_widget.filePath() == self._default_folder:
             self._default_folder = default_output_folder()
             self.folder_widget.setFilePath(self._default_folder)
+        self.taught_picker.refresh()  # the taught-classes files of this project's folder
 
     def _notify_from_engine(self, level: str, text: str) -> None:
         if level != "info":
@@ -159,6 +164,9 @@ class FarSLIPDock(QDockWidget):
         self.clear_taught_button.clicked.connect(self.clear_taught)
         layout.addWidget(self.taught_row)
         form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.taught_picker = TaughtPicker(self)
+        form.addRow("Taught", self.taught_picker)
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 0.99)
         self.threshold_spin.setSingleStep(0.05)
@@ -252,37 +260,54 @@ class FarSLIPDock(QDockWidget):
             swatch.fill(QColor(c["colour"]))
             self.legend.addItem(QListWidgetItem(QIcon(swatch), ", ".join(c["synonyms"])))
 
-    # --- classes taught from labels (Labels tab) -----------------------------------------------
+    # --- classes taught from labels (Labels tab, or a .classes.json chosen beside Taught) -----------
     def set_taught(self, taught) -> None:
-        """Taught classes: the next segmentation names them (`@job:<id>`); the class list becomes theirs."""
+        """Taught classes: the next segmentation names them (`@job:<id>` or their file); the class list
+        becomes theirs."""
         self.taught = taught
         if prompt_sets.class_lines(self.prompt_edit.toPlainText()) != taught.classes:
             self.prompt_edit.setPlainText("\n".join(taught.classes))
-        self.taught_label.setText(f"{taught.describe()} — used by Segment")
         where = f"\nsaved as {taught.path}" if taught.path else ""
-        self.taught_label.setToolTip(f"engine job {taught.job_id}; classes taught: {', '.join(taught.taught)}{where}")
+        made = f"engine job {taught.job_id}" if taught.job_id else f"made with model {model_label(taught.model)}"
+        self.taught_label.setToolTip(f"{made}; classes taught: {', '.join(taught.taught)}{where}")
         self.taught_row.setVisible(True)
+        self.taught_picker.show_current(taught.path)
+        self._show_taught_state()
 
     def clear_taught(self) -> None:
         """Back to the class names only."""
         self.taught = None
         self.taught_label.clear()
         self.taught_row.setVisible(False)
+        self.taught_picker.show_current(None)
 
-    def taught_job(self) -> str | None:
-        """The taught classes' job while the class list is still the one they were taught for."""
-        if self.taught is None:
+    def taught_reference(self) -> str | None:
+        """What the next run names after '@' (a teach job, or a file), while the class list is still the one
+        the classes were taught for; an EngineError when this engine cannot read them."""
+        if self.taught is None or prompt_sets.class_lines(self.prompt_edit.toPlainText()) != self.taught.classes:
             return None
-        if prompt_sets.class_lines(self.prompt_edit.toPlainText()) != self.taught.classes:
-            return None
-        return self.taught.job_id
+        return self.taught.reference(is_local_engine(self.url_edit.text().strip()))
+
+    def current_model(self) -> str:
+        """The model a run uses: the Engine tab's Model, else the engine's default."""
+        return self.model_combo.currentText().strip() or (self.engine_panel.models or {}).get("default", "")
+
+    def _show_taught_state(self, _text: str = "") -> None:
+        taught = self.taught
+        if taught is None:
+            return
+        model = self.current_model()
+        if prompt_sets.class_lines(self.prompt_edit.toPlainText()) != taught.classes:
+            state = "not used: the classes above changed (teach again, or undo the edit)"
+        elif taught.model and model and taught.model != model:
+            state = (f"made with model {model_label(taught.model)}, not the Engine tab's {model_label(model)}: the "
+                     f"engine refuses them with another model — choose {model_label(taught.model)} as Model")
+        else:
+            state = "used by Segment"
+        self.taught_label.setText(f"{taught.describe()} — {state}")
 
     def _classes_edited(self) -> None:
-        if self.taught is None:
-            return
-        same = prompt_sets.class_lines(self.prompt_edit.toPlainText()) == self.taught.classes
-        self.taught_label.setText(f"{self.taught.describe()} — " + (
-            "used by Segment" if same else "not used: the classes above changed (teach again, or undo the edit)"))
+        self._show_taught_state()
 
     # --- prompt sets ---------------------------------------------------------------------------
     def _fill_sets(self) -> None:
@@ -321,7 +346,7 @@ class FarSLIPDock(QDockWidget):
     def labeller(self):
         from qgis_farslip.labelling import RegionLabeller
 
-        request = self.build_request()
+        request = self.build_request(taught=False)
         return RegionLabeller(self.client(), request.layer, request.classes, request.model)
 
     def toggle_label_tool(self, on: bool) -> None:
@@ -361,7 +386,9 @@ class FarSLIPDock(QDockWidget):
         union = QgsGeometry.unaryUnion([f.geometry() for f in layer.selectedFeatures()])
         return union.asWkt(), layer.crs().authid() or layer.crs().toWkt()
 
-    def build_request(self) -> SegmentationRequest:
+    def build_request(self, taught: bool = True) -> SegmentationRequest:
+        """The Segment tab's request; `taught=False` leaves taught classes out (grid, search, labelling use
+        the class names only)."""
         layer = self.layer_combo.currentLayer()
         if layer is None:
             raise EngineError("choose a raster layer")
@@ -374,7 +401,8 @@ class FarSLIPDock(QDockWidget):
                                    gsd=self.gsd_spin.value() or None, model=self.model_combo.currentText() or None,
                                    threshold=self.threshold_spin.value() or None, mask_wkt=mask_wkt,
                                    mask_crs=mask_crs, upload=self.upload_check.isChecked(),
-                                   scores=self.scores_check.isChecked(), taught_job=self.taught_job())
+                                   scores=self.scores_check.isChecked(),
+                                   taught=self.taught_reference() if taught else None)
 
     def run(self) -> SegmentTask | None:
         self.last_error = None

@@ -55,7 +55,7 @@ class SegmentationRequest:
     mask_wkt: str | None = None  # segment only inside (selected polygons), in `mask_crs`
     mask_crs: str | None = None
     upload: bool = False  # send a rendered copy even when a local engine could read the file
-    taught_job: str | None = None  # a finished teach job of this engine: its classes replace the names
+    taught: str | None = None  # taught classes replacing the names: "job:<id>" (a teach job) or a .classes.json path
 
 
 def render_to_geotiff(layer: QgsRasterLayer, extent: QgsRectangle, resolution: float, folder: str) -> str:
@@ -138,7 +138,7 @@ def build_payload(client: EngineClient, request: SegmentationRequest, scratch: s
     """The JSON body of a segmentation job."""
     payload = area_payload(client, request.layer, request.extent, request.extent_crs, request.gsd, scratch,
                            force_upload=request.upload)
-    classes = f"@job:{request.taught_job}" if request.taught_job else request.classes
+    classes = f"@{request.taught}" if request.taught else request.classes
     payload.update(classes=classes, scores=request.scores, min_area=request.min_area)
     for key in ("gsd", "model", "threshold", "mask_wkt", "mask_crs"):
         if getattr(request, key) is not None:
@@ -191,6 +191,6 @@ def run_segmentation(client: EngineClient, request: SegmentationRequest, out_fol
     try:
         return run_job(client, "segment", payload, out_folder, on_progress, is_cancelled, on_stage)
     except EngineError as exc:
-        if request.taught_job and "no teach job" in str(exc):
+        if request.taught and "no teach job" in str(exc):
             raise EngineError(FORGOTTEN_TEACH) from None
         raise

@@ -6,7 +6,6 @@ folder). Both run as QgsTasks with progress and cancel."""
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -21,8 +20,9 @@ from qgis_farslip import prompt_sets
 from qgis_farslip.client import EngineError
 from qgis_farslip.jobs import check_render_size, needs_upload, render_plan
 from qgis_farslip.labelling import LABELS_LAYER
-from qgis_farslip.outputs import class_title, run_folder_name
+from qgis_farslip.outputs import class_title, run_folder_name, safe_name
 from qgis_farslip.tasks import JobTask
+from qgis_farslip.taught_files import keep_as
 from qgis_farslip.teaching import (TeachRequest, crs_name, labelled_polygons, report_headline, report_rows,
                                    run_accuracy, run_teach)
 
@@ -53,10 +53,6 @@ class ClassFieldCombo(QgsFieldComboBox):
             if match:
                 self.setField(match)
                 return
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:30] or "x"
 
 
 class LabelsPanel(QWidget):
@@ -97,6 +93,12 @@ class LabelsPanel(QWidget):
         form.addRow("Labels", self.teach_layer_combo)
         self.teach_field_combo = ClassFieldCombo(self.teach_layer_combo)
         form.addRow("Class field", self.teach_field_combo)
+        self.teach_scope_label = QLabel()
+        self.teach_scope_label.setWordWrap(True)
+        form.addRow(self.teach_scope_label)
+        self._scope_layer = None
+        self.teach_layer_combo.layerChanged.connect(self._follow_teach_layer)
+        self._follow_teach_layer(self.teach_layer_combo.currentLayer())
         self.teach_button = QPushButton("Teach classes")
         self.teach_button.setToolTip("Uses the Segment tab's raster, classes, resolution and model")
         form.addRow(self.teach_button)
@@ -155,6 +157,29 @@ class LabelsPanel(QWidget):
         if labels is not None:
             self.teach_layer_combo.setLayer(labels)
 
+    def _follow_teach_layer(self, layer) -> None:
+        """The scope line follows the chosen labels layer and its selection (bound slots: Qt drops them when
+        the panel goes)."""
+        if self._scope_layer is not None:
+            try:
+                self._scope_layer.selectionChanged.disconnect(self._show_teach_scope)
+            except (TypeError, RuntimeError):  # not connected, or the layer is gone
+                pass
+        self._scope_layer = layer
+        if layer is not None:
+            layer.selectionChanged.connect(self._show_teach_scope)
+        self._show_teach_scope()
+
+    def _show_teach_scope(self, *_args) -> None:
+        layer = self.teach_layer_combo.currentLayer()
+        if layer is None:
+            self.teach_scope_label.setText("")
+        elif layer.selectedFeatureCount():
+            self.teach_scope_label.setText(f"uses the {layer.selectedFeatureCount()} selected polygons only (clear "
+                                           "the selection to use them all)")
+        else:
+            self.teach_scope_label.setText("uses all its polygons (select some to teach from those only)")
+
     def show_last_segmentation(self) -> None:
         last = self.dock.last_segmentation
         self.against_label.setText(f"against: {last['title']}" if last else
@@ -204,7 +229,15 @@ class LabelsPanel(QWidget):
         if not classes:
             raise EngineError("type the classes to teach in the Segment tab (one per line)")
         layer = self.teach_layer_combo.currentLayer()
-        labels = labelled_polygons(layer, self.teach_field_combo.currentField(), "labels")
+        field = self.teach_field_combo.currentField()
+        selected = layer.selectedFeatureCount() if layer is not None else 0
+        try:
+            labels = labelled_polygons(layer, field, "labels", layer.getSelectedFeatures() if selected else None)
+        except EngineError:
+            if not selected:
+                raise
+            raise EngineError(f"none of the {selected} selected polygons of {layer.name()} has a class in '{field}': "
+                              "select labelled polygons, or clear the selection to teach from all") from None
         request = TeachRequest(layer=raster, classes=classes, labels=labels, labels_crs=crs_name(layer.crs()),
                                gsd=dock.gsd_spin.value() or None, model=dock.model_combo.currentText() or None,
                                upload=dock.upload_check.isChecked())
@@ -220,11 +253,12 @@ class LabelsPanel(QWidget):
             return None
         layer = self.teach_layer_combo.currentLayer()
         raster = request.layer.name()
-        title = f"teach {class_title(request.classes)} on {raster} from {layer.name()}"
+        which = f"{layer.selectedFeatureCount()} selected polygons of " if layer.selectedFeatureCount() else ""
+        title = f"teach {class_title(request.classes)} on {raster} from {which}{layer.name()}"
         folder = Path(self.dock.folder_widget.filePath()) / f"taught_{run_folder_name(raster, request.classes)}"
         client = self.dock.client()
-        return self._start(title, lambda progress, cancelled, stage: run_teach(
-            client, request, str(folder), progress, cancelled, stage), self._taught, "teaching")
+        return self._start(title, lambda progress, cancelled, stage: keep_as(run_teach(
+            client, request, str(folder), progress, cancelled, stage), raster), self._taught, "teaching")
 
     def _taught(self, task: JobTask) -> None:
         if not self._ended(task):
@@ -245,7 +279,7 @@ class LabelsPanel(QWidget):
         except EngineError as exc:
             self.dock._fail(str(exc))
             return None
-        folder = Path(last["folder"]) / f"accuracy_{_safe(layer.name())}_{time.strftime('%Y%m%d-%H%M%S')}"
+        folder = Path(last["folder"]) / f"accuracy_{safe_name(layer.name(), 30)}_{time.strftime('%Y%m%d-%H%M%S')}"
         title = f"accuracy of {last['title']} against {layer.name()}"
         client, job, crs = self.dock.client(), last["job"], crs_name(layer.crs())
         return self._start(title, lambda progress, cancelled, stage: run_accuracy(

@@ -35,10 +35,12 @@ def run_title(raster: str, classes: list[str], when: float | None = None) -> str
     return f"{raster} — {class_title(classes)} ({time.strftime('%H:%M:%S', time.localtime(when))})"
 
 
+def safe_name(text: str, limit: int = 40) -> str:
+    """`text` as a part of a file name: letters and digits, '-' for anything else."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:limit] or "x"
+
+
 def run_folder_name(raster: str, classes: list[str], when: float | None = None) -> str:
     """A file-system-safe folder for one run: "ortho_building-road-tree_20261126-140531"."""
-    def safe(text: str) -> str:
-        return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:40] or "x"
-
-    first = "-".join(safe(line.split(",")[0]) for line in classes[:3])
-    return f"{safe(raster)}_{first}_{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}"
+    first = "-".join(safe_name(line.split(",")[0]) for line in classes[:3])
+    return f"{safe_name(raster)}_{first}_{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}"

@@ -117,7 +117,7 @@ class ScenesPanel(QWidget):
 
     def _start(self, kind: str, make) -> EngineJobTask | None:
         try:
-            request = self.dock.build_request()
+            request = self.dock.build_request(taught=False)
             check_request(self.dock.url_edit.text().strip(), request)
         except EngineError as exc:
             self.dock.notify("critical", str(exc))

@@ -64,12 +64,24 @@ class Taught:
     sent: int  # polygons sent
     alpha: float
     taught: list[str]
-    path: Path | None = None  # the downloaded result.classes.json
+    path: Path | None = None  # the downloaded result.classes.json, or the file chosen
+    model: str = ""  # the model they were made with, when read from a file
 
     def describe(self) -> str:
         skipped = self.sent - self.polygons
         more = f", {skipped} named no class" if skipped > 0 else ""
         return f"classes taught from {self.polygons} polygons (α {self.alpha:.1f}{more})"
+
+    def reference(self, local_engine: bool) -> str:
+        """What a run names after '@': the engine's teach job, else the file (read by an engine on this
+        computer; one elsewhere cannot read it)."""
+        if self.job_id:
+            return f"job:{self.job_id}"
+        if self.path is not None and local_engine:
+            return str(self.path.resolve())
+        raise EngineError(f"{self.path.name if self.path else 'the taught classes'} is a file on this computer and "
+                          "the engine runs on another one: teach the classes again with that engine (Labels tab → "
+                          "Teach from labels), or press Clear beside them to segment by the class names only")
 
 
 def run_teach(client: EngineClient, request: TeachRequest, out_folder: str,

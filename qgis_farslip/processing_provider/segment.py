@@ -36,7 +36,8 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
     def shortHelpString(self) -> str:  # noqa: N802
         return ("Open-vocabulary semantic segmentation with FarSLIP. Type one class per line (or separate "
                 "classes with ';'); commas separate synonyms of one class, e.g. 'building, roof'. Classes taught "
-                "from labels: type @job:<id> (the JOB_ID of 'Teach classes from labelled polygons'). Runs on the "
+                "from labels: type @job:<id> (the JOB_ID of 'Teach classes from labelled polygons') or, with an "
+                "engine on this computer, @/path/to/SITE.classes.json (the file it wrote). Runs on the "
                 "FarSLIP engine configured in the plugin settings (a local engine by default).")
 
     def createInstance(self):  # noqa: N802
@@ -67,8 +68,9 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
         if layer is None:
             raise QgsProcessingException("no input raster layer")
         text = self.parameterAsString(parameters, self.CLASSES, context).strip()
-        taught_job = text[len("@job:"):].strip() if text.startswith("@job:") else None
-        classes = [text] if taught_job else split_classes(text)
+        taught = text[1:].strip() if text.startswith("@job:") or (
+            text.startswith("@") and text.endswith(".classes.json")) else None
+        classes = [text] if taught else split_classes(text)
         if not classes:
             raise QgsProcessingException("type at least one class")
         extent = None
@@ -83,7 +85,7 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
                                       model=settings["model"] or None, threshold=threshold,
                                       scores=self.parameterAsBool(parameters, self.SCORES, context),
                                       min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
-                                      taught_job=taught_job)
+                                      taught=taught)
         try:
             summary, folder = run_segmentation(
                 client, request, str(folder),

@@ -17,6 +17,7 @@ from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingExcep
 from qgis_farslip.client import EngineError
 from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client
 from qgis_farslip.processing_provider.segment import split_classes
+from qgis_farslip.taught_files import remember
 from qgis_farslip.teaching import (ACCURACY_FILES, TAUGHT_FILE, TeachRequest, crs_name, labelled_polygons,
                                    report_headline, run_accuracy, run_teach)
 
@@ -82,7 +83,8 @@ class TeachClassesAlgorithm(QgsProcessingAlgorithm):
                 os.replace(Path(scratch) / TAUGHT_FILE, output)
         except EngineError as exc:
             raise QgsProcessingException(str(exc)) from None
-        feedback.pushInfo(f"{taught.describe()}; segment with classes @job:{taught.job_id}")
+        remember(output)  # listed beside Taught in the dock from now on
+        feedback.pushInfo(f"{taught.describe()}; segment with classes @job:{taught.job_id} or @{output}")
         return {self.OUTPUT: output, "JOB_ID": taught.job_id, "ALPHA": taught.alpha}
 
 

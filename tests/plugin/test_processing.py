@@ -158,7 +158,7 @@ def test_teach_segment_with_the_taught_classes_and_check_accuracy(qgis_app, proc
     import json
     import re
 
-    from qgis.core import QgsProject, QgsRasterLayer
+    from qgis.core import QgsProcessingException, QgsProject, QgsRasterLayer
 
     from tests.plugin.label_polygons import LABELS, REFERENCE, memory_layer
 
@@ -172,6 +172,17 @@ def test_teach_segment_with_the_taught_classes_and_check_accuracy(qgis_app, proc
     made = json.loads(Path(taught["OUTPUT"]).read_text())
     assert {"alpha", "model"} <= set(made) and re.fullmatch(r"[0-9a-f]{32}", taught["JOB_ID"])
     assert 0.0 <= taught["ALPHA"] <= 1.0
+    from qgis_farslip.taught_files import remembered
+
+    assert remembered()[0] == str(Path(taught["OUTPUT"]).resolve())  # listed beside Taught in the dock later
+    served = folder / "processing-site.classes.json"  # the file, where this engine may read it
+    served.write_bytes(Path(taught["OUTPUT"]).read_bytes())
+    by_file = processing.run("farslip:segment", {"INPUT": layer, "CLASSES": f"@{served}",
+                                                 "OUTPUT_FOLDER": str(tmp_path)})
+    assert Path(by_file["CLASSES_RASTER"]).exists()
+    with pytest.raises(QgsProcessingException, match="the engine may not read that taught-classes file"):
+        processing.run("farslip:segment", {"INPUT": layer, "CLASSES": f"@{taught['OUTPUT']}",
+                                           "OUTPUT_FOLDER": str(tmp_path)})
     segmented = processing.run("farslip:segment", {"INPUT": layer, "CLASSES": f"@job:{taught['JOB_ID']}",
                                                    "OUTPUT_FOLDER": str(tmp_path)})
     assert Path(segmented["CLASSES_RASTER"]).exists() and re.fullmatch(r"[0-9a-f]{32}", segmented["JOB_ID"])
@@ -182,8 +193,6 @@ def test_teach_segment_with_the_taught_classes_and_check_accuracy(qgis_app, proc
         assert checked[key] == str(tmp_path / "acc" / name) and Path(checked[key]).stat().st_size > 0
     report = json.loads(Path(checked["ACCURACY_JSON"]).read_text())
     assert checked["MIOU"] == report["miou"] and set(report["per_class"]) <= {"water", "grass", "roof", "road"}
-    from qgis.core import QgsProcessingException
-
     with pytest.raises(QgsProcessingException, match="no longer has the taught classes"):
         processing.run("farslip:segment", {"INPUT": layer, "CLASSES": "@job:" + "f" * 32,
                                            "OUTPUT_FOLDER": str(tmp_path)})

@@ -51,7 +51,7 @@ def test_teach_from_the_labels_layer_segment_with_it_and_check_accuracy(dock, qt
     assert dock.taught_row.isVisibleTo(dock) and dock.clear_taught_button.isVisibleTo(dock)
     assert re.fullmatch(r"classes taught from 8 polygons \(α \d\.\d\) — used by Segment", dock.taught_label.text())
     assert panel.progress.text().startswith("done: classes taught from 8 polygons")
-    [saved] = (tmp_path / "farslip").glob("taught_small_water-grass-roof_*/result.classes.json")
+    [saved] = (tmp_path / "farslip").glob("taught_small_water-grass-roof_*/small.classes.json")
     assert dock.taught.path == saved and dock.messages[-1][0] == "info"
     # the next segmentation names the taught classes
     assert _payload_classes(dock) == f"@job:{dock.taught.job_id}"
