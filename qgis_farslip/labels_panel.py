@@ -179,6 +179,7 @@ class LabelsPanel(QWidget):
                                            "the selection to use them all)")
         else:
             self.teach_scope_label.setText("uses all its polygons (select some to teach from those only)")
+        self.teach_scope_label.setVisible(layer is not None)
 
     def show_last_segmentation(self) -> None:
         last = self.dock.last_segmentation
@@ -236,8 +237,10 @@ class LabelsPanel(QWidget):
         except EngineError:
             if not selected:
                 raise
-            raise EngineError(f"none of the {selected} selected polygons of {layer.name()} has a class in '{field}': "
-                              "select labelled polygons, or clear the selection to teach from all") from None
+            none = (f"the selected polygon of {layer.name()} has no class" if selected == 1 else
+                    f"none of the {selected} selected polygons of {layer.name()} has a class")
+            raise EngineError(f"{none} in '{field}': select labelled polygons, or clear the selection to teach from "
+                              "all") from None
         request = TeachRequest(layer=raster, classes=classes, labels=labels, labels_crs=crs_name(layer.crs()),
                                gsd=dock.gsd_spin.value() or None, model=dock.model_combo.currentText() or None,
                                upload=dock.upload_check.isChecked())

@@ -60,6 +60,15 @@ def test_selected_labels_teach_and_the_file_is_used_again_after_a_restart(make_d
     first_of_each_class = [f.id() for f in labels.getFeatures()][0::2]
     labels.selectByIds(first_of_each_class)
     assert panel.teach_scope_label.text() == "uses the 4 selected polygons only (clear the selection to use them all)"
+    unlabelled = memory_layer("drafts", [("", 10, 20, 110, 100)])  # a selection with no class: said before any job
+    QgsProject.instance().addMapLayer(unlabelled)
+    panel.teach_layer_combo.setLayer(unlabelled)
+    unlabelled.selectAll()
+    assert panel.teach() is None and dock.last_error == (
+        "the selected polygon of drafts has no class in 'class': select labelled polygons, or clear the selection "
+        "to teach from all")
+    panel.teach_layer_combo.setLayer(labels)
+    dock.last_error = None
     assert panel.teach() is not None
     qtbot.waitUntil(lambda: panel.teach_button.isEnabled(), timeout=120_000)
     assert dock.last_error is None, dock.last_error
