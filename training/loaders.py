@@ -22,6 +22,7 @@ from training.config import TrainConfig
 from training.data.readers import MGRSDataset, expand_shards
 from training.data.shards import count_samples
 from training.data.stream import ShardStream
+from training.interrupt import ignore_in_data_workers
 
 
 @dataclass
@@ -34,6 +35,7 @@ class EpochData:
 def _loader(dataset, cfg: TrainConfig, collate, sampler=None) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
                                        num_workers=cfg.workers, drop_last=True,
+                                       worker_init_fn=ignore_in_data_workers if cfg.workers else None,
                                        persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 

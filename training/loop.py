@@ -4,7 +4,8 @@ schedule, EMA teacher updates, logs and checkpoints.
 A run writes into `out/`: `config.json` (the resolved settings), `log.jsonl` + `tensorboard/`,
 `checkpoints/step_N.pt` + `latest.pt` (full training state, for resuming) and, when it finishes,
 `{name}.pt` in the release layout (what `farslip segment --model` takes). Rerunning the same command
-resumes from `checkpoints/latest.pt`; Ctrl-C saves the current step first.
+resumes from `checkpoints/latest.pt`; Ctrl-C (or SIGTERM) stops every rank after the same step and
+saves it first (training/interrupt.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from engine.models.loader import build_from_state_dict, tokenizer_for
 from training.batches import to_device
 from training.checkpoints import find_resume, load_training_state, save_atomic, save_checkpoint, training_state
 from training.config import TrainConfig
-from training.distributed import World, mean_over_ranks
+from training.distributed import World, barrier, mean_over_ranks
+from training.interrupt import StopRequest
 from training.loaders import check_data, epoch_data
 from training.optim import make_optimizer, make_scheduler
 from training.run_log import RunLog
@@ -166,7 +168,8 @@ class Run:
 def train(cfg: TrainConfig, world: World, quiet: bool = False, on_step: Callable[[int], None] | None = None) -> dict:
     """Run (or resume) training to the end; returns the final record (also the last line of log.jsonl).
     `on_step(step)` is called after each optimiser step (a KeyboardInterrupt raised there, like Ctrl-C,
-    saves the step and stops)."""
+    saves the step and stops). Ctrl-C or SIGTERM stops all ranks after the same step, saves it and
+    raises KeyboardInterrupt."""
     run = Run(cfg, world)
     run.quiet = quiet
     if world.main:
@@ -176,7 +179,9 @@ def train(cfg: TrainConfig, world: World, quiet: bool = False, on_step: Callable
     record: dict = {"step": run.step}
     window_start, window_steps, sums = time.perf_counter(), 0, {}
     started = time.perf_counter()
+    stop = StopRequest(world)
     try:
+        stop.__enter__()
         for epoch in range(run.step // run.data.steps, cfg.epochs):
             if run.step >= run.total:
                 break
@@ -204,6 +209,8 @@ def train(cfg: TrainConfig, world: World, quiet: bool = False, on_step: Callable
                     run.save()
                 if on_step is not None:
                     on_step(run.step)
+                if stop.agreed():
+                    raise KeyboardInterrupt
                 if run.step >= run.total:
                     break
             run.save()
@@ -211,12 +218,11 @@ def train(cfg: TrainConfig, world: World, quiet: bool = False, on_step: Callable
                     and (epoch + 1) % cfg.val_every == 0:
                 run.validate(epoch)
     except KeyboardInterrupt:
-        import signal
-
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C (torchrun forwards one) must not cut the save
         run.save()
+        barrier(world)  # no rank exits (and makes torchrun stop the others) before the main rank saved
         raise
     finally:
+        stop.__exit__()
         run.log.close()
     final = run.out / f"{run.name}.pt"
     if world.main:
