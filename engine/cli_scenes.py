@@ -146,11 +146,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 def add_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("classify", help="classify a raster's grid cells, or given regions, by class names")
     _common(p)
-    p.add_argument("--classes", required=True, help="'residential; forest,woodland; farmland' or @file.txt")
+    p.add_argument("--classes", required=True, help="'residential; forest,woodland; farmland', @file.txt, or "
+                                                    "@SITE.classes.json (classes taught from labels: each cell's class "
+                                                    "is then the mean of its segmentation)")
     p.add_argument("--cell", type=float, help="grid cell size in metres")
     p.add_argument("--cell-px", type=float, help="grid cell size in pixels (rasters without CRS)")
     p.add_argument("--regions", help="vector file (GeoPackage, shapefile, GeoJSON) of regions to label")
-    p.add_argument("--templates", default="rs", choices=["rs", "imagenet80", "name", "region"], help="prompt templates")
+    p.add_argument("--templates", default="rs", choices=["rs", "imagenet80", "name", "region"],
+                   help="prompt templates (taught classes use those they were made with)")
     p.set_defaults(func=_cmd_classify)
     p = commands.add_parser("search", help="search a raster by free text: heat map and top-k boxes")
     _common(p)

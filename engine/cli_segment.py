@@ -25,13 +25,10 @@ def class_spec(text: str) -> str:
 
 
 def _classes(text: str):
-    """The prompt set a command line names (`--classes` text or `@file`)."""
-    from engine.dense import PromptSet
+    """The classes a command line names: `--classes` text, `@file.txt` or `@SITE.classes.json`."""
+    from engine.job import read_run_classes
 
-    if text.endswith(".classes.json"):
-        raise InputError("classes taught from labels work with segment and segment-batch (their prototypes are "
-                         "dense features); name the classes here")
-    return PromptSet.parse(class_spec(text))
+    return read_run_classes(class_spec(text))
 
 
 def segment_settings(args: argparse.Namespace):

@@ -149,6 +149,14 @@ class TaughtClasses:
                 text[names] = mix(text[names].float(), torch.from_numpy(prototype), self.alpha).to(text.dtype)
         return text
 
+    def segment_options(self) -> "InferenceOptions":
+        """The inference options the prototypes were made under (template set, global bias), on the
+        default preset: what a run that is not a segmentation (`classify`) scores the classes with."""
+        from engine.dense.options import DEFAULT_PRESET, preset
+
+        made = {k: self.made[k] for k in ("template_set", "global_bias") if self.made.get(k) is not None}
+        return preset(DEFAULT_PRESET).with_overrides(**made)
+
     def digest(self) -> str:
         """A short hash of what changes a result: classes, prototypes, α, model."""
         digest = hashlib.sha256(json.dumps([self.prompts.as_text(), self.alpha, self.model], sort_keys=True).encode())
@@ -194,12 +202,3 @@ class TaughtClasses:
 def is_taught_file(spec: str) -> bool:
     """Whether a `--classes @...` names a taught-classes file rather than a class list."""
     return spec.startswith("@") and spec.endswith(SUFFIX)
-
-
-def read_classes(spec: str) -> "PromptSet | TaughtClasses":
-    """`--classes` as the command line and the API take it: 'a,b; c', @file.txt, or @SITE.classes.json."""
-    if is_taught_file(spec):
-        return TaughtClasses.load(spec[1:])
-    if spec.startswith("@"):
-        return PromptSet.from_file(spec[1:])
-    return PromptSet.parse(spec)

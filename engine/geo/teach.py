@@ -143,7 +143,8 @@ def teach(segmenter: Segmenter, source: RasterSource, geoms: list, values: list[
         if len(samples):
             features.setdefault(c, []).append(samples)
     record = {"raster": str(source.path), "working_gsd_m": source.working_gsd, "crops": len(computed.cache),
-              "template_set": segmenter.options.template_set, "skipped_labels": skipped, **(made or {})}
+              "template_set": segmenter.options.template_set, "global_bias": segmenter.options.global_bias,
+              "skipped_labels": skipped, **(made or {})}
     return TaughtClasses.learn(segmenter.model, prompts, features, segmenter.options.template_set, record,
                                text=None if segmenter.taught is not None else segmenter.text)
 

@@ -330,11 +330,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @api.post("/prompts", tags=["engine"])
     def parse_prompts(body: PromptsRequest) -> dict:
-        """How the engine reads a class list: names, synonyms and each class's stable colour (or a 400)."""
+        """How the engine reads a class list, or the classes of a taught-classes file ('@job:<id>',
+        '@/abs/SITE.classes.json'): names, synonyms and each class's stable colour (or a 400)."""
         from engine.dense import PromptSet
         from engine.geo.colours import class_colour, hex_colour
 
-        prompts = PromptSet.parse(body.classes)
+        classes = handlers.run_classes(body.classes, store, settings)
+        prompts = classes if isinstance(classes, PromptSet) else classes.prompts
         return {"classes": [{"index": i, "name": c.label, "synonyms": list(c.names),
                              "colour": hex_colour(class_colour(c.names))} for i, c in enumerate(prompts.classes)]}
 

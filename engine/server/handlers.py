@@ -4,15 +4,20 @@ with the same pipeline code as the CLI."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import HTTPException
 
 from engine.errors import FarSLIPError, InputError, first_line
-from engine.job import check_pixel_budget
+from engine.job import check_pixel_budget, read_run_classes
 from engine.server.raster_policy import check_input
 from engine.geo.source import RasterSource
 from engine.server.schemas import (AccuracyRequest, GridRequest, InputRef, LabelRequest, SearchRequest, SegmentRequest,
                                    TeachRequest)
+
+if TYPE_CHECKING:
+    from engine.dense import PromptSet
+    from engine.dense.taught import TaughtClasses
 
 
 def allowed_path(raw: str, settings, what: str = "input") -> Path:
@@ -121,8 +126,7 @@ def _stored(body, store, settings, pool, check) -> dict:
 def prepare_segment(body: SegmentRequest, store, settings, pool=None) -> dict:
     """Check everything that can be checked without the model — the raster opened once, with the
     job's area, and its working grid held against the pixel budget; return what the worker runs."""
-    if isinstance(body.classes, str) and body.classes.startswith("@"):  # classes taught from labels
-        body = body.model_copy(update={"classes": "@" + taught_classes_path(body.classes[1:], store, settings)})
+    body = body.model_copy(update={"classes": taught_ref(body.classes, store, settings)})
     upsampler = body.upsampler
     plain = body.model_copy(update={"upsampler": None})  # the up-sampler is checked below, under the folder policy
     try:
@@ -139,6 +143,21 @@ def prepare_segment(body: SegmentRequest, store, settings, pool=None) -> dict:
     stored["body"]["upsampler"] = upsampler
     stored["upsampler"] = check_upsampler(upsampler, stored["model"], stored["arch"], settings) if upsampler else None
     return stored
+
+
+def taught_ref(classes, store, settings):
+    """`classes`, with an '@' reference to classes taught from labels made the file's path."""
+    if isinstance(classes, str) and classes.startswith("@"):
+        return "@" + taught_classes_path(classes[1:], store, settings)
+    return classes
+
+
+def run_classes(classes, store, settings) -> "PromptSet | TaughtClasses":
+    """The classes of a request as a run takes them (a bad list or taught-classes file: 400)."""
+    try:
+        return read_run_classes(taught_ref(classes, store, settings))
+    except FarSLIPError as exc:
+        raise HTTPException(400, str(exc)) from None
 
 
 def taught_classes_path(ref: str, store, settings) -> str:
@@ -237,10 +256,10 @@ def _check_source(path: str, body, gsd=None) -> None:
 
 
 def prepare_grid(body: GridRequest, store, settings, pool=None) -> dict:
-    from engine.dense import PromptSet
+    body = body.model_copy(update={"classes": taught_ref(body.classes, store, settings)})
 
     def check(path):
-        PromptSet.parse(body.classes)
+        read_run_classes(body.classes)
         body.check_area()
         if body.cell_m is None and body.cell_px is None:
             raise InputError("give cell_m (metres) or cell_px (pixels)")
@@ -266,7 +285,7 @@ def grid_handler(pool):
         from engine.geo.scenes import GridJob, classify_grid
 
         body = GridRequest.model_validate(request["body"])
-        classifier = SceneClassifier(job_model(pool, request, ctx), body.classes)
+        classifier = SceneClassifier(job_model(pool, request, ctx), read_run_classes(body.classes))
         job = GridJob(input=request["input"], out_dir=str(ctx.out_dir), cell_m=body.cell_m,
                       cell_px=body.cell_px, name="result", **_area(body))
         return classify_grid(job, classifier, progress=ctx.progress, cancel=ctx.cancel)
@@ -297,11 +316,12 @@ def label(body: LabelRequest, pool, store, settings) -> dict:
 
     started = time.perf_counter()
     path = resolve_input(body.input, store, settings)
+    classes = run_classes(body.classes, store, settings)
     model_name, arch = resolve_model(body.model, body.arch, settings, pool)
     try:
         regions = [Region(bbox=tuple(r.bbox) if r.bbox else None,
                           polygon=tuple(tuple(p[:2]) for p in r.polygon) if r.polygon else None) for r in body.regions]
-        classifier = SceneClassifier(pool.get(model_name, arch), body.classes, template_set=body.template_set)
+        classifier = SceneClassifier(pool.get(model_name, arch), classes, template_set=body.template_set)
         with RasterSource(path, tuple(body.bands) if body.bands else None) as source:
             labels = label_regions(source, regions, classifier, crs=body.crs)
     except FarSLIPError as exc:

@@ -76,6 +76,36 @@ def test_a_few_labelled_polygons_teach_classes_the_names_alone_miss(site, capsys
     assert saved["alpha"] > 0  # the labels were given weight because they helped on held-out labels
 
 
+def _grid_accuracy(site, capsys, classes: str, name: str) -> float:
+    """`farslip classify --cell-px 32`, then the share of the bottom half's cells (no label there)
+    whose class is the one most of their pixels truly are."""
+    from pyogrio.raw import read
+
+    out = site["folder"] / name
+    assert main(["classify", str(site["raster"]), "--classes", classes, "--cell-px", "32", "-o", str(out),
+                 *_model(site)]) == 0, capsys.readouterr().err
+    meta, _, _, columns = read(out / "site_grid.gpkg")
+    grid = dict(zip(meta["fields"], columns))
+    truth, half = site["truth"], site["truth"].shape[0] // 2
+    right = total = 0
+    for row, col, predicted in zip(grid["row"], grid["col"], grid["class"]):
+        if row * 32 < half:
+            continue
+        cell = truth[row * 32:(row + 1) * 32, col * 32:(col + 1) * 32]
+        right += predicted == LABELS[np.bincount(cell.ravel(), minlength=len(LABELS)).argmax()]
+        total += 1
+    return right / total
+
+
+def test_taught_classes_classify_grid_cells_the_names_alone_miss(site, capsys):
+    taught = site["folder"] / "grid.classes.json"
+    assert main(["classes", "learn", str(site["raster"]), "--classes", CLASSES, "--labels", str(site["labels"]),
+                 "-o", str(taught), "--gsd", "0.5", *_model(site)]) == 0, capsys.readouterr().err
+    names_only = _grid_accuracy(site, capsys, CLASSES, "grid_text")
+    with_labels = _grid_accuracy(site, capsys, f"@{taught}", "grid_taught")
+    assert with_labels >= 0.5 and with_labels >= names_only + 0.2, (names_only, with_labels)
+
+
 def test_taught_classes_from_another_model_are_refused_in_one_line(site, capsys, tmp_path):
     import torch
 
@@ -186,6 +216,10 @@ def test_teach_segment_and_check_accuracy_through_the_api(site, tmp_path):
         assert taught["files"] == ["result.classes.json"] and set(taught["summary"]["taught"]) == set(LABELS)
         segmented = run("segment", {"input": {"path": str(raster)}, "classes": f"@job:{taught['id']}", "gsd": 0.5,
                                     "polygons": False})
+        grid = run("grid", {"input": {"path": str(raster)}, "classes": f"@job:{taught['id']}", "cell_px": 64})
+        assert [c["name"] for c in grid["summary"]["classes"]] == list(LABELS)
+        shown = client.post("/v1/prompts", headers=AUTH, json={"classes": f"@job:{taught['id']}"})
+        assert [c["name"] for c in shown.json()["classes"]] == list(LABELS), shown.text
         checked = run("accuracy", {"job": segmented["id"], "reference": polygons(site["reference"])})
         assert sorted(checked["files"]) == ["accuracy.json", "confusion.csv", "confusion.png"]
         assert checked["summary"]["miou"] >= 0.5 and str(tmp_path) not in json.dumps(checked["summary"])
