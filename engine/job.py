@@ -118,7 +118,8 @@ class SegmentSettings(ModelChoice, Area):
 
     classes: Classes = Field(..., description="class lines ('building,roof') or one 'a,b; c' string "
                                               "(';' or new lines between classes, ',' between synonyms), or "
-                                              "'@/abs/path/SITE.classes.json': classes taught from labels")
+                                              "classes taught from labels: '@/abs/path/SITE.classes.json', "
+                                              "'@job:<teach job id>' or '@upload:<id>' (sent with POST /v1/classes)")
     gsd: float | None = Field(None, gt=0, le=10000, description="working resolution, metres per pixel "
                                                                 "(default: max(native, 0.5))")
     mask_wkt: str | None = Field(None, min_length=1, max_length=500_000,

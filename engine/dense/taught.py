@@ -141,6 +141,9 @@ class TaughtClasses:
         class's prototype where the class was taught (`prompts` may add a background class)."""
         self.check_model(model)
         text = embed_prompts(model, prompts, template_set)
+        if any(len(p) != text.shape[1] for p in self.prototypes.values()):
+            raise InputError(f"these taught classes hold {len(next(iter(self.prototypes.values())))}-long "
+                             f"prototypes; model {model.name} gives {text.shape[1]}-long features")
         name_to_class = prompts.name_to_class
         for c, line in enumerate(prompts.classes):
             prototype = self.prototypes.get(line.label)
@@ -179,23 +182,33 @@ class TaughtClasses:
     def load(cls, path: str | Path) -> "TaughtClasses":
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise InputError(f"cannot read taught classes {path}: {exc.strerror or exc}") from None
         except ValueError:
-            raise InputError(f"{path.name} is not a taught-classes file (not JSON)") from None
+            raise InputError(f"{path.name} is not a taught-classes file (not UTF-8 text)") from None
+        return cls.from_json(text, path.name)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, name: str = "the taught classes") -> "TaughtClasses":
+        """A taught-classes file's content, checked (a file, or one sent to the engine)."""
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            raise InputError(f"{name} is not a taught-classes file (not JSON)") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise InputError(f"{path.name} is not a taught-classes file ({FORMAT}); make one with farslip classes learn")
+            raise InputError(f"{name} is not a taught-classes file ({FORMAT}); make one with farslip classes learn")
         try:
             prompts = PromptSet.parse(data["classes"])
             prototypes = {str(k): np.asarray(v, dtype=np.float32) for k, v in data["prototypes"].items()}
             alpha = float(data["alpha"])
             model = dict(data["model"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{path.name}: a taught-classes file with a missing or malformed entry ({exc})") from None
+            raise InputError(f"{name}: a taught-classes file with a missing or malformed entry ({exc})") from None
         unknown = set(prototypes) - set(prompts.labels)
-        if unknown or not 0.0 <= alpha <= 1.0 or len({len(p) for p in prototypes.values()}) > 1:
-            raise InputError(f"{path.name}: prototypes do not match its classes, or α is outside 0-1")
+        if unknown or not 0.0 <= alpha <= 1.0 or len({p.shape for p in prototypes.values()}) > 1 \
+                or not all(p.ndim == 1 and p.size and np.isfinite(p).all() for p in prototypes.values()):
+            raise InputError(f"{name}: prototypes do not match its classes, or α is outside 0-1")
         return cls(prompts, prototypes, alpha, model, dict(data.get("made", {})))
 
 

@@ -6,6 +6,8 @@ Routes (all but /v1/health need `Authorization: Bearer <token>`, /openapi.json i
   POST /v1/models/{name}/download      fetch a release into the engine's HF cache (a "download" job,
                                        run by its own worker: segmentation jobs go on meanwhile)
   POST /v1/uploads                     raw GeoTIFF body, streamed to disk (size cap, total quota) → upload_id
+  POST /v1/classes                     a taught-classes file (JSON body), kept like an upload → upload_id;
+                                       jobs take it as "classes": "@upload:<id>" (for remote engines)
   DELETE /v1/uploads/{id}              remove an upload now (they also expire with the jobs)
   POST /v1/jobs/segment                segmentation job from a path or an upload → 202 job id
   POST /v1/jobs/grid                   scene classification on a grid of cells (job)
@@ -60,7 +62,7 @@ from engine.server.models_pool import ModelPool
 from engine.server.runner import JobRunner, QueueFull
 from engine.server.schemas import (AccuracyRequest, Error, GridRequest, Health, JobCreated, JobStatus, LabelRequest,
                                    LabelResponse, PromptsRequest, SearchRequest, SegmentRequest, TeachRequest,
-                                   UploadCreated)
+                                   UploadCreated, ClassesUploaded)
 from engine.server.store import JobStore, StorageUnavailable, storage_errors
 from engine.server.watch import MAX_WAIT_S, JobWatch, status_events, wait_for_change
 
@@ -245,6 +247,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
             job_id = downloading[release.name]
         return JSONResponse({"id": job_id, "state": "queued"}, status_code=202, headers={"X-Job-Id": job_id})
 
+    def over_quota(held: int) -> HTTPException:
+        return HTTPException(413, f"the engine holds {held / 2**20:,.0f} MB of uploads, its quota is "
+                                  f"{settings.max_uploads_mb:g} MB: delete uploads no longer needed "
+                                  f"(DELETE /v1/uploads/{{id}}) or wait for them to expire")
+
     @api.post("/uploads", status_code=201, response_model=UploadCreated, tags=["inputs"],
               openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
                   "type": "string", "format": "binary"}}}, "required": True}})
@@ -257,9 +264,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         held = await run_in_threadpool(store.uploads_size)
         room = quota - held
         if room <= 0 or (declared is not None and declared.isdigit() and int(declared) > room):
-            raise HTTPException(413, f"the engine holds {held / 2**20:,.0f} MB of uploads, its quota is "
-                                     f"{settings.max_uploads_mb:g} MB: delete uploads no longer needed "
-                                     f"(DELETE /v1/uploads/{{id}}) or wait for them to expire")
+            raise over_quota(held)
         upload_id = uuid.uuid4().hex
         partial = store.uploads_dir / f".{upload_id}.partial"
         final = store.uploads_dir / f"{upload_id}.tif"
@@ -289,6 +294,42 @@ def create_app(settings: ServerSettings) -> FastAPI:
         finally:
             partial.unlink(missing_ok=True)
         return UploadCreated(upload_id=upload_id, size=size, **info)
+
+    @api.post("/classes", status_code=201, response_model=ClassesUploaded, tags=["inputs"],
+              openapi_extra={"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}},
+                                             "required": True}})
+    async def upload_classes(request: Request) -> ClassesUploaded:
+        """A taught-classes file (`farslip classes learn`, the plugin's Teach from labels) for an engine
+        that cannot read the client's files: checked, then kept like an upload (quota, expiry,
+        DELETE /v1/uploads/{id}); jobs name it `"classes": "@upload:<upload_id>"`."""
+        from engine.dense.taught import SUFFIX, TaughtClasses
+
+        try:
+            body = await request.body()
+        except ClientDisconnect:
+            raise HTTPException(400, "client disconnected while sending the classes") from None
+        if not body:
+            raise HTTPException(400, "empty body: send the content of a .classes.json file")
+        taught = TaughtClasses.from_json(body, "the body")  # a FarSLIPError: 400 naming the problem
+        held = await run_in_threadpool(store.uploads_size)
+        if held + len(body) > settings.max_uploads_mb * 1024 * 1024:
+            raise over_quota(held)
+        upload_id = uuid.uuid4().hex
+        final = store.uploads_dir / f"{upload_id}{SUFFIX}"
+        partial = store.uploads_dir / f".{upload_id}.partial"
+        try:
+            with storage_errors(store.data_dir):
+                partial.write_bytes(body)
+                os.replace(partial, final)
+                try:
+                    store.add_upload(upload_id, final, len(body))
+                except BaseException:
+                    final.unlink(missing_ok=True)
+                    raise
+        finally:
+            partial.unlink(missing_ok=True)
+        return ClassesUploaded(upload_id=upload_id, size=len(body), classes=taught.prompts.labels,
+                               model=taught.model)
 
     @api.delete("/uploads/{upload_id}", status_code=204, tags=["inputs"])
     def delete_upload(upload_id: str) -> None:

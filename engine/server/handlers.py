@@ -51,6 +51,9 @@ def resolve_input(ref: InputRef, store, settings) -> str:
         path = store.upload_path(ref.upload_id)
         if path is None:
             raise HTTPException(404, f"no upload {ref.upload_id} (expired or never finished)")
+        if path.name.endswith(".classes.json"):  # engine.dense.taught.SUFFIX (torch-free here)
+            raise HTTPException(400, f"upload {ref.upload_id} holds taught classes, not a raster: "
+                                     f'name it in "classes": "@upload:{ref.upload_id}"')
         return str(path)
     path = allowed_path(ref.path, settings)
     check_input(path, settings, allowed_path)
@@ -161,10 +164,18 @@ def run_classes(classes, store, settings) -> "PromptSet | TaughtClasses":
 
 
 def taught_classes_path(ref: str, store, settings) -> str:
-    """The file of `@job:<id>` (a finished teach job of this engine) or `@/abs/SITE.classes.json`
-    (folder policy applied)."""
+    """The file of `@job:<id>` (a finished teach job of this engine), `@upload:<id>` (a file sent with
+    POST /v1/classes) or `@/abs/SITE.classes.json` (folder policy applied)."""
     from engine.dense.taught import SUFFIX
 
+    if ref.startswith("upload:"):
+        path = store.upload_path(ref[7:])
+        if path is None:
+            raise HTTPException(404, f"no upload {ref[7:][:64]} (expired, deleted or never sent)")
+        if not path.name.endswith(SUFFIX):
+            raise HTTPException(400, f"upload {ref[7:]} is a raster, not taught classes (send those with "
+                                     "POST /v1/classes)")
+        return str(path)
     if ref.startswith("job:"):
         job = store.get(ref[4:])
         if job is None or job.kind != "teach":
@@ -173,7 +184,7 @@ def taught_classes_path(ref: str, store, settings) -> str:
             raise HTTPException(409, f"teach job {job.id} is {job.state}; its classes are ready once it is done")
         return str(store.job_dir(job.id) / "out" / f"result{SUFFIX}")
     if not ref.endswith(SUFFIX):
-        raise HTTPException(400, f"'@' names taught classes: '@job:<id>' or a path ending in {SUFFIX}")
+        raise HTTPException(400, f"'@' names taught classes: '@job:<id>', '@upload:<id>' or a path ending in {SUFFIX}")
     return str(allowed_path(ref, settings, what="taught classes"))
 
 

@@ -152,6 +152,13 @@ class UploadCreated(BaseModel):
     crs: str | None
 
 
+class ClassesUploaded(BaseModel):
+    upload_id: str = Field(..., description='jobs name these classes "classes": "@upload:<upload_id>"')
+    size: int
+    classes: list[str]
+    model: dict
+
+
 class Health(BaseModel):
     version: str
     device: str

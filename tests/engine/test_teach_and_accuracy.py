@@ -190,6 +190,46 @@ def test_the_api_takes_taught_classes_by_path_under_its_folder_policy(site, tmp_
         assert outside.status_code == 403, outside.text
 
 
+def test_a_client_sends_its_taught_classes_to_an_engine_that_cannot_read_its_files(site, tmp_path, capsys):
+    """A remote engine: the taught file lives on the client; POST /v1/classes, then "@upload:<id>"."""
+    from fastapi.testclient import TestClient
+
+    from tests.engine.api_helpers import AUTH, make_app, wait_for, write_checkpoint
+
+    served = tmp_path / "served"
+    served.mkdir()
+    checkpoint = write_checkpoint(served)
+    mine = tmp_path / "client" / "site.classes.json"  # outside the engine's folders
+    mine.parent.mkdir()
+    assert main(["classes", "learn", str(site["raster"]), "--classes", CLASSES, "--labels", str(site["labels"]),
+                 "-o", str(mine), "--model", str(checkpoint), "--arch", TINY, "-q"]) == 0, capsys.readouterr().err
+    raster = served / "site.tif"
+    raster.write_bytes(site["raster"].read_bytes())
+    with TestClient(make_app(served)) as client:
+        sent = client.post("/v1/classes", headers=AUTH, content=mine.read_bytes())
+        assert sent.status_code == 201 and sent.json()["classes"] == list(LABELS), sent.text
+        ref = f"@upload:{sent.json()['upload_id']}"
+        job = client.post("/v1/jobs/segment", headers=AUTH,
+                          json={"input": {"path": str(raster)}, "classes": ref, "polygons": False})
+        assert job.status_code == 202, job.text
+        assert wait_for(client, job.json()["id"])["state"] == "done"
+        # what is not taught classes is refused naming the problem, never a 500
+        for bad, words in ((b"not json", "not JSON"), (b'{"format": "x"}', "not a taught-classes file"),
+                           (b"[" * 100_000, "not JSON"), (b"", "empty body")):
+            got = client.post("/v1/classes", headers=AUTH, content=bad)
+            assert got.status_code == 400 and words in got.json()["detail"], got.text
+        upload = client.post("/v1/uploads", headers=AUTH, content=raster.read_bytes()).json()["upload_id"]
+        as_classes = client.post("/v1/jobs/segment", headers=AUTH,
+                                 json={"input": {"path": str(raster)}, "classes": f"@upload:{upload}"})
+        assert as_classes.status_code == 400 and "not taught classes" in as_classes.json()["detail"]
+        as_raster = client.post("/v1/jobs/segment", headers=AUTH,
+                                json={"input": {"upload_id": sent.json()["upload_id"]}, "classes": "water"})
+        assert as_raster.status_code == 400 and "not a raster" in as_raster.json()["detail"]
+        assert client.delete(f"/v1/uploads/{sent.json()['upload_id']}", headers=AUTH).status_code == 204
+        gone = client.post("/v1/jobs/segment", headers=AUTH, json={"input": {"path": str(raster)}, "classes": ref})
+        assert gone.status_code == 404
+
+
 def test_teach_segment_and_check_accuracy_through_the_api(site, tmp_path):
     from fastapi.testclient import TestClient
 
