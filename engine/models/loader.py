@@ -64,12 +64,19 @@ class LoadedModel:
 
     @torch.inference_mode()
     def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-        """Normalised text embeddings [len(texts), D] in float32 on the model's device."""
-        out = []
-        for start in range(0, len(texts), batch_size):
-            tokens = self.tokenize(texts[start:start + batch_size]).to(self.device)
-            out.append(self.clip.encode_text(tokens, normalize=True).float())
-        return torch.cat(out)
+        """Normalised text embeddings [len(texts), D] in float32 on the model's device. Texts of the
+        same token length go through together (`FarSLIPCLIP.encode_text` cuts the padding after the
+        longest of a batch, so no batch carries padding); the order of `texts` is kept."""
+        tokens = self.tokenize(texts)
+        lengths = tokens.argmax(dim=-1)  # the end-of-text token has the highest id
+        rows, parts = [], []
+        for length in lengths.unique().tolist():
+            same = (lengths == length).nonzero().flatten()
+            for start in range(0, len(same), batch_size):
+                rows.append(same[start:start + batch_size])
+                parts.append(self.clip.encode_text(tokens[rows[-1]].to(self.device), normalize=True).float())
+        order = torch.cat(rows).argsort().to(self.device)
+        return torch.cat(parts)[order]
 
     @torch.inference_mode()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
