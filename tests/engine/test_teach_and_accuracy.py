@@ -271,6 +271,55 @@ def test_teach_segment_and_check_accuracy_through_the_api(site, tmp_path):
         assert bad.status_code == 400 and "Polygon" in bad.json()["detail"]
 
 
+def _network_that_reads(site, names: tuple[str, ...], prototypes: dict[str, list[float]], path: Path) -> Path:
+    """The site's tiny network with its text projection refitted (least squares over all template
+    texts) so that `names` are embedded on their classes' visual prototypes and the other names stay
+    where they were: a network that already reads some class names on this site."""
+    import torch
+
+    from engine.dense.prompts import templates
+    from engine.models import load_model
+
+    clip = make_clip(seed=1)
+    tokens = load_model(str(site["checkpoint"]), arch=TINY, device="cpu").tokenize(
+        [t.format(n) for n in LABELS for t in templates("imagenet80")])
+    per_name = len(templates("imagenet80"))
+    with torch.no_grad():
+        projection = clip.text_projection.detach().clone()
+        clip.text_projection = None
+        pooled = clip.encode_text(tokens)  # the text tower's output before its projection
+        clip.text_projection = torch.nn.Parameter(projection)
+        wanted = pooled @ projection
+        for i in range(len(wanted)):
+            name = LABELS[i // per_name]
+            if name in names:
+                wanted[i] = torch.tensor(prototypes[name]) * wanted[i].norm()
+        clip.text_projection.copy_(torch.linalg.lstsq(pooled, wanted).solution)
+    torch.save({"state_dict": clip.state_dict()}, path)
+    return path
+
+
+def test_teaching_keeps_the_classes_a_network_already_reads(site, capsys, tmp_path):
+    """A network whose text already gets water and grass right on this site (and not roof, road):
+    labels of all four classes raise the held-out mIoU and lower no class the names got right."""
+    first = tmp_path / "random.classes.json"
+    assert main(["classes", "learn", str(site["raster"]), "--classes", CLASSES, "--labels", str(site["labels"]),
+                 "-o", str(first), "--gsd", "0.5", *_model(site)]) == 0, capsys.readouterr().err
+    reader = _network_that_reads(site, ("water", "grass"), json.loads(first.read_text())["prototypes"],
+                                 tmp_path / "reader.pt")
+    reading = {**site, "checkpoint": reader, "folder": tmp_path}
+    text_only = _miou(reading, capsys, CLASSES, "text")
+    right = [c for c, v in text_only["per_class"].items() if v["iou"] >= 0.5]
+    assert set(right) >= {"water"} and text_only["per_class"]["roof"]["iou"] < 0.5, text_only["per_class"]
+    taught = tmp_path / "reader.classes.json"
+    assert main(["classes", "learn", str(site["raster"]), "--classes", CLASSES, "--labels", str(site["labels"]),
+                 "-o", str(taught), "--gsd", "0.5", *_model(reading)]) == 0, capsys.readouterr().err
+    with_labels = _miou(reading, capsys, f"@{taught}", "taught")
+    for c in right:  # a pixel or two may change hands at class borders
+        assert with_labels["per_class"][c]["iou"] >= text_only["per_class"][c]["iou"] - 0.01, (c, with_labels)
+    assert with_labels["miou"] >= text_only["miou"] + 0.1, (text_only["miou"], with_labels["miou"])
+
+
 def test_labels_leave_classes_alone_where_the_names_are_already_right(tiny_model):
     """Pixels whose features already sit on their class's text embedding (what a model that reads the
     names gives): every α scores the held-out labels perfectly, the tie goes to α = 0, and the rows
