@@ -210,7 +210,7 @@ def prepare_teach(body: TeachRequest, store, settings, pool=None) -> dict:
 
     def check(path):
         PromptSet.parse(body.classes)
-        with RasterSource(path, gsd=body.gsd, bands=body.bands, nodata=body.nodata) as source:
+        with body.open_source(path) as source:
             source.probe()
             if body.labels_crs:
                 source.user_crs(body.labels_crs, "the labels")
@@ -239,7 +239,7 @@ def teach_handler(pool):
         options = preset(body.preset).with_overrides(global_bias=body.global_bias)
         segmenter = Segmenter(job_model(pool, request, ctx), body.classes, options)
         geoms, values = _polygons(body.labels, "labels")
-        with RasterSource(request["input"], gsd=body.gsd, bands=body.bands, nodata=body.nodata) as source:
+        with body.open_source(request["input"]) as source:
             taught = teach(segmenter, source, geoms, values, body.labels_crs, {"labels": f"{len(geoms)} polygons"})
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         taught.save(ctx.out_dir / f"result{SUFFIX}")

@@ -95,6 +95,12 @@ class TeachRequest(ModelChoice):
     preset: Literal["paper", "enhanced"] = "paper"
     global_bias: float | None = Field(None, ge=0.0, le=1.0)
 
+    def open_source(self, path: str):
+        """The raster as teaching reads it (bands, working GSD, nodata); the caller closes it."""
+        from engine.geo.source import RasterSource
+
+        return RasterSource(path, gsd=self.gsd, bands=self.bands, nodata=self.nodata)
+
 
 class AccuracyRequest(Strict):
     """A finished segmentation job's class raster against reference polygons (`farslip accuracy`)."""
