@@ -20,7 +20,12 @@ DEFAULT_URL = "http://127.0.0.1:8765"
 
 
 class EngineError(Exception):
-    """A problem talking to the engine, in one sentence for a message bar."""
+    """A problem talking to the engine, in one sentence for a message bar; `status` is the engine's HTTP
+    status when it answered with an error."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 def in_gui_words(detail: str) -> str:
@@ -82,7 +87,7 @@ class EngineClient:
         try:
             return urllib.request.urlopen(request, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as exc:
-            raise EngineError(self._explain(exc)) from None
+            raise EngineError(self._explain(exc), exc.code) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise EngineError(f"the FarSLIP engine is not answering at {self.url} ({reason}); start it in the "
@@ -121,6 +126,15 @@ class EngineClient:
         data = Path(path).read_bytes()
         with self._request("POST", "/v1/uploads", data, "application/octet-stream", timeout=600) as response:
             return json.loads(response.read())["upload_id"]
+
+    def send_classes(self, path: str | Path) -> dict:
+        """A taught-classes file sent to the engine (`POST /v1/classes`): `{"upload_id", "classes", "model"}`;
+        jobs then name it `"@upload:<upload_id>"`."""
+        with self._request("POST", "/v1/classes", Path(path).read_bytes()) as response:
+            return json.loads(response.read())
+
+    def delete_upload(self, upload_id: str) -> None:
+        self._request("DELETE", f"/v1/uploads/{urllib.parse.quote(upload_id, safe='')}").close()
 
     def submit(self, kind: str, payload: dict) -> str:
         return self._json("POST", f"/v1/jobs/{kind}", payload)["id"]

@@ -20,11 +20,12 @@ from qgis_farslip import prompt_sets
 from qgis_farslip.background import run_async
 from qgis_farslip.client import EngineError
 from qgis_farslip.engine_panel import UI_TIMEOUT_S, EnginePanel
-from qgis_farslip.jobs import FORGOTTEN_TEACH, SegmentationRequest, check_request, is_local_engine
+from qgis_farslip.jobs import SegmentationRequest, check_request
 from qgis_farslip.outputs import class_title, default_output_folder
 from qgis_farslip.taught_files import model_label
 from qgis_farslip.taught_picker import TaughtPicker
 from qgis_farslip.tasks import SegmentTask
+from qgis_farslip.taught_refs import FORGOTTEN_TEACH
 
 SCOPES = ("Visible map extent", "Whole layer", "Selected polygons")
 MAX_WIDTH = 400  # the dock's content must fit a panel this wide
@@ -282,11 +283,11 @@ class FarSLIPDock(QDockWidget):
         self.taught_picker.show_current(None)
 
     def taught_reference(self) -> str | None:
-        """What the next run names after '@' (a teach job, or a file), while the class list is still the one
-        the classes were taught for; an EngineError when this engine cannot read them."""
+        """What the next run names after '@' (a file, sent to the engine, or a teach job), while the class list
+        is still the one the classes were taught for."""
         if self.taught is None or prompt_sets.class_lines(self.prompt_edit.toPlainText()) != self.taught.classes:
             return None
-        return self.taught.reference(is_local_engine(self.url_edit.text().strip()))
+        return self.taught.reference()
 
     def current_model(self) -> str:
         """The model a run uses: the Engine tab's Model, else the engine's default."""
@@ -303,7 +304,7 @@ class FarSLIPDock(QDockWidget):
             state = (f"made with model {model_label(taught.model)}, not the Engine tab's {model_label(model)}: the "
                      f"engine refuses them with another model — choose {model_label(taught.model)} as Model")
         else:
-            state = "used by Segment"
+            state = "used by Segment, Classify grid and Label a region"
         self.taught_label.setText(f"{taught.describe()} — {state}")
 
     def _classes_edited(self) -> None:
@@ -346,8 +347,8 @@ class FarSLIPDock(QDockWidget):
     def labeller(self):
         from qgis_farslip.labelling import RegionLabeller
 
-        request = self.build_request(taught=False)
-        return RegionLabeller(self.client(), request.layer, request.classes, request.model)
+        request = self.build_request()
+        return RegionLabeller(self.client(), request.layer, request.classes, request.model, request.taught)
 
     def toggle_label_tool(self, on: bool) -> None:
         from qgis_farslip.labelling import LabelMapTool
@@ -386,9 +387,8 @@ class FarSLIPDock(QDockWidget):
         union = QgsGeometry.unaryUnion([f.geometry() for f in layer.selectedFeatures()])
         return union.asWkt(), layer.crs().authid() or layer.crs().toWkt()
 
-    def build_request(self, taught: bool = True) -> SegmentationRequest:
-        """The Segment tab's request; `taught=False` leaves taught classes out (grid, search, labelling use
-        the class names only)."""
+    def build_request(self) -> SegmentationRequest:
+        """The Segment tab's request (Segment, Classify grid and Label a region use its taught classes)."""
         layer = self.layer_combo.currentLayer()
         if layer is None:
             raise EngineError("choose a raster layer")
@@ -402,7 +402,7 @@ class FarSLIPDock(QDockWidget):
                                    threshold=self.threshold_spin.value() or None, mask_wkt=mask_wkt,
                                    mask_crs=mask_crs, upload=self.upload_check.isChecked(),
                                    scores=self.scores_check.isChecked(),
-                                   taught=self.taught_reference() if taught else None)
+                                   taught=self.taught_reference())
 
     def run(self) -> SegmentTask | None:
         self.last_error = None

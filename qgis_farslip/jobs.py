@@ -18,6 +18,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, Qgs
                        QgsRasterLayer, QgsRasterPipe, QgsRectangle)
 
 from qgis_farslip.client import EngineClient, EngineError, in_gui_words
+from qgis_farslip.taught_refs import classes_value, with_taught
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -56,6 +57,7 @@ class SegmentationRequest:
     mask_crs: str | None = None
     upload: bool = False  # send a rendered copy even when a local engine could read the file
     taught: str | None = None  # taught classes replacing the names: "job:<id>" (a teach job) or a .classes.json path
+    #                            (sent to the engine, see taught_refs.py)
 
 
 def render_to_geotiff(layer: QgsRasterLayer, extent: QgsRectangle, resolution: float, folder: str) -> str:
@@ -138,7 +140,7 @@ def build_payload(client: EngineClient, request: SegmentationRequest, scratch: s
     """The JSON body of a segmentation job."""
     payload = area_payload(client, request.layer, request.extent, request.extent_crs, request.gsd, scratch,
                            force_upload=request.upload)
-    classes = f"@{request.taught}" if request.taught else request.classes
+    classes = classes_value(client, request.taught) if request.taught else request.classes
     payload.update(classes=classes, scores=request.scores, min_area=request.min_area)
     for key in ("gsd", "model", "threshold", "mask_wkt", "mask_crs"):
         if getattr(request, key) is not None:
@@ -176,10 +178,6 @@ def run_job(client: EngineClient, kind: str, payload: dict, out_folder: str,
     return summary, folder
 
 
-FORGOTTEN_TEACH = ("the engine no longer has the taught classes (it was restarted, or they expired): teach them again "
-                   "(Labels tab → Teach from labels), or press Clear beside them to segment by the class names only")
-
-
 def run_segmentation(client: EngineClient, request: SegmentationRequest, out_folder: str,
                      on_progress: Callable[[float, str], None] | None = None,
                      is_cancelled: Callable[[], bool] | None = None,
@@ -188,9 +186,5 @@ def run_segmentation(client: EngineClient, request: SegmentationRequest, out_fol
         on_stage("rendering and sending the image…")
     with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
         payload = build_payload(client, request, scratch)
-    try:
-        return run_job(client, "segment", payload, out_folder, on_progress, is_cancelled, on_stage)
-    except EngineError as exc:
-        if request.taught and "no teach job" in str(exc):
-            raise EngineError(FORGOTTEN_TEACH) from None
-        raise
+    return with_taught(client, request.taught, payload, lambda body: run_job(
+        client, "segment", body, out_folder, on_progress, is_cancelled, on_stage))

@@ -19,15 +19,18 @@ from qgis_farslip.background import run_async
 from qgis_farslip.client import EngineClient, EngineError
 from qgis_farslip.jobs import check_render_size, is_local_engine, layer_file, render_to_geotiff, to_layer_crs
 from qgis_farslip.outputs import default_output_folder
+from qgis_farslip.taught_refs import with_taught
 
 LABELS_LAYER = "FarSLIP labels"
 
 
 class RegionLabeller:
-    """Asks the engine for the best classes of a rectangle, and records accepted labels."""
+    """Asks the engine for the best classes of a rectangle (by their names, or by the classes taught from labels
+    `taught` names: see `taught_refs.py`), and records accepted labels."""
 
-    def __init__(self, client: EngineClient, layer: QgsRasterLayer, classes: list[str], model: str | None = None):
-        self.client, self.layer, self.classes, self.model = client, layer, classes, model
+    def __init__(self, client: EngineClient, layer: QgsRasterLayer, classes: list[str], model: str | None = None,
+                 taught: str | None = None):
+        self.client, self.layer, self.classes, self.model, self.taught = client, layer, classes, model, taught
 
     def rank(self, rect: QgsRectangle, crs: QgsCoordinateReferenceSystem,
              polygon: QgsGeometry | None = None) -> list[tuple[str, float]]:
@@ -52,7 +55,7 @@ class RegionLabeller:
                 upload = self.client.upload(render_to_geotiff(self.layer, box, resolution, scratch))
             payload.update(input={"upload_id": upload}, crs="pixel",
                            regions=[{"bbox": [0, 0, round(box.width() / resolution), round(box.height() / resolution)]}])
-        region = self.client.label(payload)["regions"][0]
+        region = with_taught(self.client, self.taught, payload, self.client.label)["regions"][0]
         return list(region["probabilities"].items())
 
     def accept(self, rect: QgsRectangle, crs: QgsCoordinateReferenceSystem, label: str, score: float,

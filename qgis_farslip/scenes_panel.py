@@ -1,6 +1,7 @@
 """The dock's "Scenes & search" tab: scene classification on a grid of cells and text search, on the raster,
-area and classes chosen in the Segment tab. Each run is a QgsTask (progress, cancel reported as
-cancelled); results load styled in a group named after the run, on top of earlier results."""
+area and classes chosen in the Segment tab (the grid with its taught classes, when a taught file or teach
+job is in use there). Each run is a QgsTask (progress, cancel reported as cancelled); results load styled
+in a group named after the run, on top of earlier results."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from qgis_farslip.layers import add_result_group
 from qgis_farslip.outputs import class_title, run_folder_name
 from qgis_farslip.processing_provider import styles
 from qgis_farslip.tasks import PluginTask
+from qgis_farslip.taught_refs import with_taught
 
 
 class EngineJobTask(PluginTask):
@@ -37,8 +39,9 @@ class EngineJobTask(PluginTask):
         if r.model:
             payload["model"] = r.model
         payload.update(self.extra)
-        self.summary, self.folder = run_job(self.client, self.kind, payload, self.out_folder,
-                                            lambda p, _m: self.setProgress(100 * p), self.isCanceled)
+        taught = r.taught if "classes" in payload else None  # a search has no classes
+        self.summary, self.folder = with_taught(self.client, taught, payload, lambda body: run_job(
+            self.client, self.kind, body, self.out_folder, lambda p, _m: self.setProgress(100 * p), self.isCanceled))
 
     def succeeded(self) -> None:  # main thread
         try:
@@ -70,7 +73,8 @@ class ScenesPanel(QWidget):
         self.task: EngineJobTask | None = None
         layout = QVBoxLayout(self)
         grid_box = QGroupBox("Classify scenes on a grid")
-        grid_box.setToolTip("Each cell gets the most likely of the classes in the Segment tab")
+        grid_box.setToolTip("Each cell gets the most likely of the classes in the Segment tab (taught from labels, "
+                            "when a taught file is chosen there)")
         grid_form = QFormLayout(grid_box)
         self.cell_spin = QDoubleSpinBox()
         self.cell_spin.setRange(1.0, 100_000.0)
@@ -104,8 +108,9 @@ class ScenesPanel(QWidget):
         self.cancel_button.clicked.connect(lambda: self.task is not None and self.task.cancel())
 
     def classify_grid(self) -> EngineJobTask | None:
-        return self._start("grid", lambda request: ({"classes": request.classes, "cell_m": self.cell_spin.value()},
-                                                    f"grid of {class_title(request.classes)}"))
+        return self._start("grid", lambda request: (
+            {"classes": request.classes, "cell_m": self.cell_spin.value()},
+            f"grid of {class_title(request.classes)}{' (taught)' if request.taught else ''}"))
 
     def search(self) -> EngineJobTask | None:
         query = self.query_edit.text().strip()
@@ -117,7 +122,7 @@ class ScenesPanel(QWidget):
 
     def _start(self, kind: str, make) -> EngineJobTask | None:
         try:
-            request = self.dock.build_request(taught=False)
+            request = self.dock.build_request()
             check_request(self.dock.url_edit.text().strip(), request)
         except EngineError as exc:
             self.dock.notify("critical", str(exc))

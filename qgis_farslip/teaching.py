@@ -57,7 +57,7 @@ class TeachRequest:
 
 @dataclass
 class Taught:
-    """Classes taught on the engine: what a segmentation names (`@job:<job_id>`) and what the dock shows."""
+    """Classes taught from labels: what a run names (their file, else `@job:<job_id>`) and what the dock shows."""
     job_id: str
     classes: list[str]
     polygons: int  # polygons that taught a class
@@ -72,16 +72,15 @@ class Taught:
         more = f", {skipped} named no class" if skipped > 0 else ""
         return f"classes taught from {self.polygons} polygons (α {self.alpha:.1f}{more})"
 
-    def reference(self, local_engine: bool) -> str:
-        """What a run names after '@': the engine's teach job, else the file (read by an engine on this
-        computer; one elsewhere cannot read it)."""
+    def reference(self) -> str:
+        """What a run names after '@': the file (sent to the engine, whichever computer it runs on), else
+        the engine's teach job."""
+        if self.path is not None and self.path.is_file():
+            return str(self.path.resolve())
         if self.job_id:
             return f"job:{self.job_id}"
-        if self.path is not None and local_engine:
-            return str(self.path.resolve())
-        raise EngineError(f"{self.path.name if self.path else 'the taught classes'} is a file on this computer and "
-                          "the engine runs on another one: teach the classes again with that engine (Labels tab → "
-                          "Teach from labels), or press Clear beside them to segment by the class names only")
+        raise EngineError(f"{self.path.name if self.path else 'the taught classes'} is gone from its folder: "
+                          "choose another beside Taught, or press Clear beside them")
 
 
 def run_teach(client: EngineClient, request: TeachRequest, out_folder: str,

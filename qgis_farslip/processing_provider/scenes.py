@@ -17,7 +17,8 @@ from qgis_farslip.client import EngineError
 from qgis_farslip.jobs import area_payload, run_job
 from qgis_farslip.processing_provider import styles
 from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client
-from qgis_farslip.processing_provider.segment import split_classes
+from qgis_farslip.processing_provider.segment import TAUGHT_HELP, split_classes, taught_in
+from qgis_farslip.taught_refs import classes_value, with_taught
 
 
 class _EngineJobAlgorithm(QgsProcessingAlgorithm):
@@ -25,7 +26,7 @@ class _EngineJobAlgorithm(QgsProcessingAlgorithm):
 
     kind = ""
 
-    def _run(self, parameters, context, feedback, extra: dict) -> tuple[dict, Path]:
+    def _run(self, parameters, context, feedback, extra: dict, taught: str | None = None) -> tuple[dict, Path]:
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
         if layer is None:
             raise QgsProcessingException("no input raster layer")
@@ -39,8 +40,8 @@ class _EngineJobAlgorithm(QgsProcessingAlgorithm):
             if settings["model"]:
                 payload["model"] = settings["model"]
             payload.update(extra)
-            return run_job(client, self.kind, payload, str(folder), lambda p, m: feedback.setProgress(100 * p),
-                           feedback.isCanceled)
+            return with_taught(client, taught, payload, lambda body: run_job(
+                client, self.kind, body, str(folder), lambda p, m: feedback.setProgress(100 * p), feedback.isCanceled))
         except EngineError as exc:
             raise QgsProcessingException(str(exc)) from None
 
@@ -63,7 +64,8 @@ class ClassifyGridAlgorithm(_EngineJobAlgorithm):
         return "Classify scenes on a grid"
 
     def shortHelpString(self):  # noqa: N802
-        return "Zero-shot scene classification of square cells: a polygon grid with the best class and its score."
+        return ("Zero-shot scene classification of square cells: a polygon grid with the best class and its score. "
+                + TAUGHT_HELP)
 
     def createInstance(self):  # noqa: N802
         return ClassifyGridAlgorithm()
@@ -78,9 +80,10 @@ class ClassifyGridAlgorithm(_EngineJobAlgorithm):
         self.addOutput(QgsProcessingOutputVectorLayer("GRID", "Grid", QgsProcessing.SourceType.TypeVectorPolygon))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        classes = split_classes(self.parameterAsString(parameters, "CLASSES", context))
+        text = self.parameterAsString(parameters, "CLASSES", context)
         summary, folder = self._run(parameters, context, feedback,
-                                    {"classes": classes, "cell_m": self.parameterAsDouble(parameters, "CELL", context)})
+                                    {"classes": split_classes(text),
+                                     "cell_m": self.parameterAsDouble(parameters, "CELL", context)}, taught_in(text))
         grid = str(folder / summary["files"]["grid"])
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
         styles.load_styled(context, grid, f"Scene grid · {layer.name()} {time.strftime('%H:%M:%S')}", "GRID",
@@ -136,7 +139,7 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
 
     def shortHelpString(self):  # noqa: N802
         return ("Ranks the candidate classes for every polygon of a layer (each cropped and encoded on its own) "
-                "and writes the best class and its probability.")
+                "and writes the best class and its probability. " + TAUGHT_HELP)
 
     def createInstance(self):  # noqa: N802
         return LabelRegionsAlgorithm()
@@ -152,7 +155,8 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
         source = self.parameterAsSource(parameters, "REGIONS", context)
-        classes = split_classes(self.parameterAsString(parameters, "CLASSES", context))
+        text = self.parameterAsString(parameters, "CLASSES", context)
+        classes, taught = split_classes(text), taught_in(text)
         features = list(source.getFeatures())
         if not features:
             raise QgsProcessingException("the regions layer has no features")
@@ -174,13 +178,19 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
             payload.update(classes=classes, regions=regions, crs=source.sourceCrs().authid())
             if settings["model"]:
                 payload["model"] = settings["model"]
-            labels = []
-            for start in range(0, len(regions), 256):
-                if feedback.isCanceled():
-                    break
-                chunk = dict(payload, regions=regions[start:start + 256])
-                labels += client.label(chunk)["regions"]
-                feedback.setProgress(100 * len(labels) / len(regions))
+
+            def label_all(body: dict) -> list[dict]:
+                labels = []
+                for start in range(0, len(regions), 256):
+                    if feedback.isCanceled():
+                        break
+                    labels += client.label(dict(body, regions=regions[start:start + 256]))["regions"]
+                    feedback.setProgress(100 * len(labels) / len(regions))
+                return labels
+
+            labels = with_taught(client, taught, payload, label_all)
+            if taught:  # the legend: the taught file's classes, as the engine reads them
+                classes = classes_value(client, taught)
         except EngineError as exc:
             raise QgsProcessingException(str(exc)) from None
         for feature, label in zip(features, labels):

@@ -16,11 +16,25 @@ from qgis_farslip.jobs import SegmentationRequest, run_segmentation
 from qgis_farslip.outputs import class_title, run_folder_name
 from qgis_farslip.processing_provider import styles
 from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client
+from qgis_farslip.taught_files import read_taught
 
 
 def split_classes(text: str) -> list[str]:
     """Class lines from the dialog's text: ';' or new lines between classes (the engine checks them)."""
     return [line.strip() for chunk in text.splitlines() for line in chunk.split(";") if line.strip()]
+
+
+TAUGHT_HELP = ("Classes taught from labels: type @/path/to/SITE.classes.json (the file 'Teach classes from labelled "
+               "polygons' wrote; it is sent to the engine, on this computer or another) or @job:<id> (that "
+               "algorithm's JOB_ID, on the engine that taught them).")
+
+
+def taught_in(text: str) -> str | None:
+    """The taught classes a CLASSES text names, without the '@': "job:<id>" or a .classes.json path."""
+    text = text.strip()
+    if text.startswith("@job:") or (text.startswith("@") and text.endswith(".classes.json")):
+        return text[1:].strip()
+    return None
 
 
 class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
@@ -35,10 +49,8 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
 
     def shortHelpString(self) -> str:  # noqa: N802
         return ("Open-vocabulary semantic segmentation with FarSLIP. Type one class per line (or separate "
-                "classes with ';'); commas separate synonyms of one class, e.g. 'building, roof'. Classes taught "
-                "from labels: type @job:<id> (the JOB_ID of 'Teach classes from labelled polygons') or, with an "
-                "engine on this computer, @/path/to/SITE.classes.json (the file it wrote). Runs on the "
-                "FarSLIP engine configured in the plugin settings (a local engine by default).")
+                "classes with ';'); commas separate synonyms of one class, e.g. 'building, roof'. " + TAUGHT_HELP
+                + " Runs on the FarSLIP engine configured in the plugin settings (a local engine by default).")
 
     def createInstance(self):  # noqa: N802
         return SegmentRasterAlgorithm()
@@ -68,9 +80,13 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
         if layer is None:
             raise QgsProcessingException("no input raster layer")
         text = self.parameterAsString(parameters, self.CLASSES, context).strip()
-        taught = text[1:].strip() if text.startswith("@job:") or (
-            text.startswith("@") and text.endswith(".classes.json")) else None
+        taught = taught_in(text)
         classes = [text] if taught else split_classes(text)
+        if taught and Path(taught).expanduser().is_file():  # named after the file's classes; checked before a job
+            try:
+                classes = read_taught(Path(taught).expanduser()).classes
+            except EngineError as exc:
+                raise QgsProcessingException(str(exc)) from None
         if not classes:
             raise QgsProcessingException("type at least one class")
         extent = None

@@ -175,14 +175,21 @@ def test_teach_segment_with_the_taught_classes_and_check_accuracy(qgis_app, proc
     from qgis_farslip.taught_files import remembered
 
     assert remembered()[0] == str(Path(taught["OUTPUT"]).resolve())  # listed beside Taught in the dock later
-    served = folder / "processing-site.classes.json"  # the file, where this engine may read it
-    served.write_bytes(Path(taught["OUTPUT"]).read_bytes())
-    by_file = processing.run("farslip:segment", {"INPUT": layer, "CLASSES": f"@{served}",
-                                                 "OUTPUT_FOLDER": str(tmp_path)})
+    # the file, outside the folders this engine reads: sent to it (as to an engine on another computer)
+    by_file = processing.runAndLoadResults("farslip:segment", {"INPUT": layer, "CLASSES": f"@{taught['OUTPUT']}",
+                                                               "OUTPUT_FOLDER": str(tmp_path)})
     assert Path(by_file["CLASSES_RASTER"]).exists()
-    with pytest.raises(QgsProcessingException, match="the engine may not read that taught-classes file"):
-        processing.run("farslip:segment", {"INPUT": layer, "CLASSES": f"@{taught['OUTPUT']}",
-                                           "OUTPUT_FOLDER": str(tmp_path)})
+    assert _loaded("Classes · small — water, grass, roof, road (")  # named after the file's classes
+    names = ["water", "grass", "roof", "road"]
+    grid = processing.runAndLoadResults("farslip:classify_grid", {"INPUT": layer, "CLASSES": f"@{taught['OUTPUT']}",
+                                                                  "CELL": 40.0, "OUTPUT_FOLDER": str(tmp_path)})
+    [loaded_grid] = [lyr for lyr in _loaded("Scene grid · small") if lyr.source().split("|")[0] == grid["GRID"]]
+    assert [c.value() for c in loaded_grid.renderer().categories()] == names  # the taught classes
+    labelled = processing.runAndLoadResults("farslip:label_regions", {
+        "INPUT": layer, "REGIONS": grid["GRID"], "CLASSES": f"@{taught['OUTPUT']}", "OUTPUT": "TEMPORARY_OUTPUT"})
+    out = QgsProject.instance().mapLayer(labelled["OUTPUT"])
+    assert {f["farslip_class"] for f in out.getFeatures()} <= set(names)
+    assert [c.value() for c in out.renderer().categories()] == names
     segmented = processing.run("farslip:segment", {"INPUT": layer, "CLASSES": f"@job:{taught['JOB_ID']}",
                                                    "OUTPUT_FOLDER": str(tmp_path)})
     assert Path(segmented["CLASSES_RASTER"]).exists() and re.fullmatch(r"[0-9a-f]{32}", segmented["JOB_ID"])

@@ -1,13 +1,19 @@
 """Classes taught from labels outlive the QGIS session: the file Teach from labels writes (SITE.classes.json)
 is listed again after a restart (remembered, and found in the project's folder) and, chosen beside Taught,
-is what Segment uses; a file made with another model is refused in GUI words, as is a file that is no
-taught classes at all, or one an engine on another computer cannot read. Teach from labels uses only the
-selected polygons when the labels layer has a selection, and says so."""
+is what Segment, Classify grid and Label a region use — sent to the engine (POST /v1/classes), so an engine
+that cannot read the file (another computer, other folders) uses it too, sent again when it changed or the
+engine no longer has it; a file made with another model is refused in GUI words by all three, as is a file
+that is no taught classes at all. Teach from labels uses only the selected polygons when the labels layer
+has a selection, and says so."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import uuid
+
+import pytest
 
 from tests.plugin.label_polygons import LABELS, memory_layer
 
@@ -87,8 +93,8 @@ def test_selected_labels_teach_and_the_file_is_used_again_after_a_restart(make_d
     assert dock.prompt_edit.toPlainText() == CLASSES  # the file's classes
     assert dock.taught_row.isVisibleTo(dock)
     assert dock.taught_label.text().startswith("classes taught from 4 polygons (α ")
-    assert dock.taught_label.text().endswith(" — used by Segment")
-    assert _payload_classes(dock) == f"@{saved.resolve()}"
+    assert dock.taught_label.text().endswith(" — used by Segment, Classify grid and Label a region")
+    assert re.fullmatch(r"@upload:[0-9a-f]{32}", _payload_classes(dock))  # the file, sent to the engine
     dock.run()
     qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=120_000)
     assert dock.last_error is None, dock.last_error
@@ -111,6 +117,8 @@ def _other_model_file(path):
 
 
 def test_files_that_cannot_be_used_are_said_in_gui_words(make_dock, qtbot, folder):
+    from qgis_farslip.client import EngineError
+
     dock = make_dock()
     qtbot.waitUntil(lambda: dock.online, timeout=30_000)
     other = _other_model_file(folder / "elsewhere" / f"other-{uuid.uuid4().hex[:6]}.classes.json")
@@ -133,11 +141,97 @@ def test_files_that_cannot_be_used_are_said_in_gui_words(make_dock, qtbot, folde
                                              "Labels → Teach from labels")
     assert dock.taught.path == other  # nothing changed
 
-    dock.url_edit.setText("http://engine.example.org:8765")  # an engine on another computer cannot read the file
-    assert dock.run() is None
-    assert dock.last_error.startswith(f"{other.name} is a file on this computer and the engine runs on another one")
+    panel = dock.scenes_panel  # Classify grid and Label a region say the same
+    panel.cell_spin.setValue(40.0)
+    assert panel.classify_grid() is not None
+    qtbot.waitUntil(lambda: panel.grid_button.isEnabled(), timeout=120_000)
+    assert dock.messages[-1][0] == "critical" and dock.messages[-1][1].startswith(
+        "engine: these taught classes were made with model farslip1-vit-b-32 (ViT-B-32) and this run uses tiny.pt")
+    layer = dock.layer_combo.currentLayer()
+    with pytest.raises(EngineError, match=r"^engine: these taught classes were made with model farslip1-vit-b-32 "
+                                          r".*choose farslip1-vit-b-32 as Model in the FarSLIP panel's Engine tab"):
+        dock.labeller().rank(layer.extent(), layer.crs())
 
     again = make_dock()  # a later session lists the file chosen (remembered), though not in its project folder
     stem = other.name[:-len(".classes.json")]
     assert any(text.startswith(f"{stem} — water, grass, roof") for text in _listed(again)), _listed(again)
     assert not any(text.startswith("notes") for text in _listed(again))
+
+
+@pytest.fixture(scope="module")
+def site_file(engine, folder, tmp_path_factory, qgis_app):
+    """Classes taught with the test engine's model, in a folder the engine may not read (as a file on another
+    computer would be)."""
+    from qgis.core import QgsRasterLayer
+
+    from qgis_farslip.client import EngineClient
+    from qgis_farslip.teaching import TeachRequest, crs_name, labelled_polygons, run_teach
+
+    labels = memory_layer("labels", LABELS)
+    request = TeachRequest(layer=QgsRasterLayer(str(folder / "small.tif"), "small"), classes=CLASSES.splitlines(),
+                           labels=labelled_polygons(labels, "class"), labels_crs=crs_name(labels.crs()))
+    client_folder = tmp_path_factory.mktemp("client-computer")
+    taught = run_teach(EngineClient(engine.url, engine.token), request, str(client_folder))
+    return taught.path.replace(client_folder / "site.classes.json")
+
+
+def test_a_file_the_engine_cannot_read_is_sent_and_used_by_segment_grid_and_labelling(make_dock, qtbot, site_file):
+    from qgis.core import QgsLayerTreeGroup, QgsProject
+
+    from qgis_farslip.client import EngineError
+    from qgis_farslip.labelling import LabelMapTool, RegionLabeller
+
+    dock = make_dock()
+    qtbot.waitUntil(lambda: dock.online, timeout=30_000)
+    client = dock.client()
+    with pytest.raises(EngineError, match="may not read that taught-classes file"):
+        client.prompts(f"@{site_file}")  # by its path, this engine cannot use the file
+    assert dock.taught_picker.browse(str(site_file))
+    assert dock.taught_label.text().endswith(" — used by Segment, Classify grid and Label a region")
+    sent = _payload_classes(dock)
+    assert re.fullmatch(r"@upload:[0-9a-f]{32}", sent) and _payload_classes(dock) == sent  # sent once
+
+    def groups():
+        return [n for n in QgsProject.instance().layerTreeRoot().children() if isinstance(n, QgsLayerTreeGroup)]
+
+    dock.run()
+    qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=120_000)
+    assert dock.last_error is None, dock.last_error
+    assert groups()[0].name().startswith("small — water, grass, roof, road (")
+
+    # Classify grid: the cells get the taught classes, the legend names them
+    panel = dock.scenes_panel
+    panel.cell_spin.setValue(40.0)
+    task = panel.classify_grid()
+    qtbot.waitUntil(lambda: panel.grid_button.isEnabled(), timeout=120_000)
+    assert task.error is None, task.error
+    assert groups()[0].name().startswith("small — grid of water, grass, roof, road (taught) (")
+    [grid] = [n.layer() for n in groups()[0].findLayers()]
+    assert [c.value() for c in grid.renderer().categories()] == ["water", "grass", "roof", "road"]
+    assert {f["class"] for f in grid.getFeatures()} <= {"water", "grass", "roof", "road"}
+
+    # Label a region: the taught classes ranked
+    tool = LabelMapTool(dock.canvas, dock.labeller, dock.notify)
+    layer = dock.layer_combo.currentLayer()
+    tool.label(layer.extent())
+    qtbot.waitUntil(lambda: tool.dialog is not None, timeout=60_000)
+    assert sorted(name for name, _ in tool.dialog.ranking) == ["grass", "road", "roof", "water"]
+    names_only = RegionLabeller(client, layer, CLASSES.splitlines()).rank(layer.extent(), layer.crs())
+    assert dict(names_only) != dict(tool.dialog.ranking)  # ranked by what the labels taught, not the names
+    tool.dialog.reject()
+
+    # the engine no longer has the file (restarted, expired): sent again, the run goes on
+    client.delete_upload(sent.split(":", 1)[1])
+    dock.run()
+    qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=120_000)
+    assert dock.last_error is None, dock.last_error
+    again = _payload_classes(dock)
+    assert again != sent and re.fullmatch(r"@upload:[0-9a-f]{32}", again)
+
+    # the file changed: sent anew, its old copy removed from the engine
+    stat = site_file.stat()
+    os.utime(site_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    changed = _payload_classes(dock)
+    assert changed not in (sent, again)
+    with pytest.raises(EngineError, match="no upload"):
+        client.delete_upload(again.split(":", 1)[1])

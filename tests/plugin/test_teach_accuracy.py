@@ -49,16 +49,17 @@ def test_teach_from_the_labels_layer_segment_with_it_and_check_accuracy(dock, qt
     assert dock.last_error is None, dock.last_error
     dock.scope_combo.setCurrentText("Whole layer")
     assert dock.taught_row.isVisibleTo(dock) and dock.clear_taught_button.isVisibleTo(dock)
-    assert re.fullmatch(r"classes taught from 8 polygons \(α \d\.\d\) — used by Segment", dock.taught_label.text())
+    assert re.fullmatch(r"classes taught from 8 polygons \(α \d\.\d\) — used by Segment, Classify grid and Label a "
+                        r"region", dock.taught_label.text())
     assert panel.progress.text().startswith("done: classes taught from 8 polygons")
     [saved] = (tmp_path / "farslip").glob("taught_small_water-grass-roof_*/small.classes.json")
     assert dock.taught.path == saved and dock.messages[-1][0] == "info"
-    # the next segmentation names the taught classes
-    assert _payload_classes(dock) == f"@job:{dock.taught.job_id}"
+    # the next segmentation names the taught classes: their file, sent to the engine
+    assert re.fullmatch(r"@upload:[0-9a-f]{32}", _payload_classes(dock))
     dock.prompt_edit.setPlainText(CLASSES + "\ntree")  # other classes: the taught ones no longer apply
     assert "not used" in dock.taught_label.text() and isinstance(_payload_classes(dock), list)
     dock.prompt_edit.setPlainText(CLASSES)
-    assert dock.taught_label.text().endswith("used by Segment")
+    assert dock.taught_label.text().endswith("used by Segment, Classify grid and Label a region")
     dock.run()
     qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=120_000)
     assert dock.last_error is None, dock.last_error
