@@ -186,7 +186,12 @@ def test_a_resumed_stage_1_run_reads_on_from_where_it_stopped(scene_dataset, tmp
     cfg = build_config(1, overrides=dict(data=str(scene_dataset["shards"] / "{0000..0001}.tar"), model=f"random:{TINY}",
                                          out=str(tmp_path / "o"), batch_size=2, workers=2, tensorboard=False))
     run = Run(cfg, World())
-    straight = [b["tokens"] for b in run.data.batches(0, 0)]
+    straight = list(run.data.batches(0, 0))
     assert len(straight) == 8  # 16 samples / batch 2
-    resumed = [b["tokens"] for b in run.data.batches(0, 5)]
-    assert len(resumed) == 3 and all(torch.equal(a, b) for a, b in zip(resumed, straight[5:]))
+    resumed = list(run.data.batches(0, 5))
+    assert len(resumed) == 3
+    for a, b in zip(resumed, straight[5:]):  # the same samples, with the same random local crops
+        for key in ("tokens", "images", "boxes", "crops"):
+            assert torch.equal(a[key], b[key]), key
+    again = list(run.data.batches(0, 0))
+    assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(again, straight))

@@ -13,6 +13,8 @@ batches worker w has produced len(range(w, k, W)) of them; a resumed loader star
 so its worker w takes the part of worker (w + k) mod W, replays that one's seeded stream and drops
 the samples already trained on before decoding them, so a resumed epoch continues with the
 next unseen sample instead of training on the epoch's first batches again.
+Each sample's random local crops and augmentation are drawn from (seed, epoch, rank, worker role,
+place in the stream), so a resumed epoch gives every sample the crops it had in the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -101,8 +103,13 @@ class ShardStream(torch.utils.data.IterableDataset):
         # part worker (w + k) mod W had in the uninterrupted epoch
         role = (worker + self.skip_batches) % workers
         skip = len(range(role, self.skip_batches, workers)) * self.batch_size
-        for sample in itertools.islice(self.samples(role, workers), skip, None):
-            yield self.transform(decode_sample(sample))
+        for n, sample in enumerate(itertools.islice(self.samples(role, workers), skip, None), start=skip):
+            # random crops and augmentation drawn from (seed, epoch, rank, role, n): a resumed epoch
+            # gives each sample the crops it had in the uninterrupted one
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_mix(self.seed, self.epoch, self.rank, role, n, 11))
+                item = self.transform(decode_sample(sample))
+            yield item
 
 
 __all__ = ["ShardStream", "buffered_shuffle"]
