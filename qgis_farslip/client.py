@@ -46,6 +46,8 @@ def in_gui_words(detail: str) -> str:
         return (f"these taught classes were made with model {made} ({arch}) and this run uses {used} ({used_arch}): "
                 f"choose {made} as Model in the FarSLIP panel's Engine tab, or teach the classes again with {used} "
                 "(Labels tab → Teach from labels)")
+    if "make one with farslip classes learn" in detail:
+        return detail.replace("make one with farslip classes learn", "make one with Labels → Teach from labels")
     if detail.startswith("taught classes path is outside"):
         return ("the engine may not read that taught-classes file: it reads only the folders it was started for; "
                 "move the file into one of them, or teach the classes again (Labels tab → Teach from labels)")

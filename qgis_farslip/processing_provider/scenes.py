@@ -17,7 +17,7 @@ from qgis_farslip.client import EngineError
 from qgis_farslip.jobs import area_payload, run_job
 from qgis_farslip.processing_provider import styles
 from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client
-from qgis_farslip.processing_provider.segment import TAUGHT_HELP, split_classes, taught_in
+from qgis_farslip.processing_provider.segment import TAUGHT_HELP, parse_classes
 from qgis_farslip.taught_refs import classes_value, with_taught
 
 
@@ -80,10 +80,10 @@ class ClassifyGridAlgorithm(_EngineJobAlgorithm):
         self.addOutput(QgsProcessingOutputVectorLayer("GRID", "Grid", QgsProcessing.SourceType.TypeVectorPolygon))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        text = self.parameterAsString(parameters, "CLASSES", context)
+        classes, taught = parse_classes(self.parameterAsString(parameters, "CLASSES", context))
         summary, folder = self._run(parameters, context, feedback,
-                                    {"classes": split_classes(text),
-                                     "cell_m": self.parameterAsDouble(parameters, "CELL", context)}, taught_in(text))
+                                    {"classes": classes, "cell_m": self.parameterAsDouble(parameters, "CELL", context)},
+                                    taught)
         grid = str(folder / summary["files"]["grid"])
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
         styles.load_styled(context, grid, f"Scene grid · {layer.name()} {time.strftime('%H:%M:%S')}", "GRID",
@@ -155,8 +155,7 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
         source = self.parameterAsSource(parameters, "REGIONS", context)
-        text = self.parameterAsString(parameters, "CLASSES", context)
-        classes, taught = split_classes(text), taught_in(text)
+        classes, taught = parse_classes(self.parameterAsString(parameters, "CLASSES", context))
         features = list(source.getFeatures())
         if not features:
             raise QgsProcessingException("the regions layer has no features")

@@ -29,12 +29,21 @@ TAUGHT_HELP = ("Classes taught from labels: type @/path/to/SITE.classes.json (th
                "algorithm's JOB_ID, on the engine that taught them).")
 
 
-def taught_in(text: str) -> str | None:
-    """The taught classes a CLASSES text names, without the '@': "job:<id>" or a .classes.json path."""
+def parse_classes(text: str) -> tuple[list[str], str | None]:
+    """(class lines, taught classes) of a CLASSES text; the taught classes without the '@' ("job:<id>" or a
+    .classes.json path). A taught file on this computer is read here: its classes name the run, and a file
+    that is not taught classes is refused before any job."""
     text = text.strip()
-    if text.startswith("@job:") or (text.startswith("@") and text.endswith(".classes.json")):
-        return text[1:].strip()
-    return None
+    if not (text.startswith("@job:") or (text.startswith("@") and text.endswith(".classes.json"))):
+        return split_classes(text), None
+    taught = text[1:].strip()
+    path = Path(taught).expanduser()
+    if not path.is_file():  # a teach job, or a file on the engine's computer
+        return [text], taught
+    try:
+        return read_taught(path).classes, taught
+    except EngineError as exc:
+        raise QgsProcessingException(str(exc)) from None
 
 
 class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
@@ -79,14 +88,7 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
         layer: QgsRasterLayer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException("no input raster layer")
-        text = self.parameterAsString(parameters, self.CLASSES, context).strip()
-        taught = taught_in(text)
-        classes = [text] if taught else split_classes(text)
-        if taught and Path(taught).expanduser().is_file():  # named after the file's classes; checked before a job
-            try:
-                classes = read_taught(Path(taught).expanduser()).classes
-            except EngineError as exc:
-                raise QgsProcessingException(str(exc)) from None
+        classes, taught = parse_classes(self.parameterAsString(parameters, self.CLASSES, context))
         if not classes:
             raise QgsProcessingException("type at least one class")
         extent = None

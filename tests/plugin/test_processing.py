@@ -190,6 +190,11 @@ def test_teach_segment_with_the_taught_classes_and_check_accuracy(qgis_app, proc
     out = QgsProject.instance().mapLayer(labelled["OUTPUT"])
     assert {f["farslip_class"] for f in out.getFeatures()} <= set(names)
     assert [c.value() for c in out.renderer().categories()] == names
+    notes = tmp_path / "notes.classes.json"
+    notes.write_text("{}")
+    with pytest.raises(QgsProcessingException, match="^notes.classes.json is not a taught-classes file: choose one"):
+        processing.run("farslip:classify_grid", {"INPUT": layer, "CLASSES": f"@{notes}", "CELL": 40.0,
+                                                 "OUTPUT_FOLDER": str(tmp_path)})
     segmented = processing.run("farslip:segment", {"INPUT": layer, "CLASSES": f"@job:{taught['JOB_ID']}",
                                                    "OUTPUT_FOLDER": str(tmp_path)})
     assert Path(segmented["CLASSES_RASTER"]).exists() and re.fullmatch(r"[0-9a-f]{32}", segmented["JOB_ID"])

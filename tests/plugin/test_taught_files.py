@@ -151,6 +151,15 @@ def test_files_that_cannot_be_used_are_said_in_gui_words(make_dock, qtbot, folde
     with pytest.raises(EngineError, match=r"^engine: these taught classes were made with model farslip1-vit-b-32 "
                                           r".*choose farslip1-vit-b-32 as Model in the FarSLIP panel's Engine tab"):
         dock.labeller().rank(layer.extent(), layer.crs())
+    damaged = folder / "elsewhere" / f"damaged-{uuid.uuid4().hex[:6]}.classes.json"  # spoiled after it was chosen
+    damaged.write_bytes(other.read_bytes())
+    assert dock.taught_picker.browse(str(damaged))
+    damaged.write_text('{"format": "something else"}')
+    dock.run()
+    qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=60_000)
+    assert dock.last_error == (f"engine: {damaged.name} is not a taught-classes file (farslip-taught-classes/1); "
+                               "make one with Labels → Teach from labels"), dock.last_error
+    assert dock.taught_picker.browse(str(other))
 
     again = make_dock()  # a later session lists the file chosen (remembered), though not in its project folder
     stem = other.name[:-len(".classes.json")]
