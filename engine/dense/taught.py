@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from engine.dense.prompts import PromptSet
 from engine.dense.text import embed_prompts
 from engine.errors import InputError
+from engine.taught_format import FORMAT, TaughtFile
 
-FORMAT = "farslip-taught-classes/1"
 SUFFIX = ".classes.json"
 ALPHAS = tuple(round(i / 10, 1) for i in range(11))
 
@@ -192,24 +192,26 @@ class TaughtClasses:
     @classmethod
     def from_json(cls, text: str | bytes, name: str = "the taught classes") -> "TaughtClasses":
         """A taught-classes file's content, checked (a file, or one sent to the engine)."""
+        from pydantic import ValidationError
+
         try:
-            data = json.loads(text)
-        except (ValueError, RecursionError):
-            raise InputError(f"{name} is not a taught-classes file (not JSON)") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise InputError(f"{name} is not a taught-classes file ({FORMAT}); make one with farslip classes learn")
-        try:
-            prompts = PromptSet.parse(data["classes"])
-            prototypes = {str(k): np.asarray(v, dtype=np.float32) for k, v in data["prototypes"].items()}
-            alpha = float(data["alpha"])
-            model = dict(data["model"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{name}: a taught-classes file with a missing or malformed entry ({exc})") from None
-        unknown = set(prototypes) - set(prompts.labels)
-        if unknown or not 0.0 <= alpha <= 1.0 or len({p.shape for p in prototypes.values()}) > 1 \
-                or not all(p.ndim == 1 and p.size and np.isfinite(p).all() for p in prototypes.values()):
-            raise InputError(f"{name}: prototypes do not match its classes, or α is outside 0-1")
-        return cls(prompts, prototypes, alpha, model, dict(data.get("made", {})))
+            data = TaughtFile.model_validate_json(text)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            if error["type"] == "json_invalid":
+                raise InputError(f"{name} is not a taught-classes file (not JSON)") from None
+            if error["loc"][:1] == ("format",) or error["type"] == "model_type":
+                raise InputError(f"{name} is not a taught-classes file ({FORMAT}); make one with farslip "
+                                 "classes learn") from None
+            where = ".".join(str(p) for p in error["loc"])
+            raise InputError(f"{name}: a taught-classes file whose {where or 'content'} is wrong "
+                             f"({error['msg']})") from None
+        prompts = PromptSet.parse(data.classes)
+        prototypes = {k: np.asarray(v, dtype=np.float32) for k, v in data.prototypes.items()}
+        if set(prototypes) - set(prompts.labels) or len({p.shape for p in prototypes.values()}) > 1 \
+                or not all(np.isfinite(p).all() for p in prototypes.values()):
+            raise InputError(f"{name}: its prototypes do not match its classes")
+        return cls(prompts, prototypes, data.alpha, data.model, data.made)
 
 
 def is_taught_file(spec: str) -> bool:

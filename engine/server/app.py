@@ -64,6 +64,7 @@ from engine.server.schemas import (AccuracyRequest, Error, GridRequest, Health, 
                                    LabelResponse, PromptsRequest, SearchRequest, SegmentRequest, TeachRequest,
                                    UploadCreated, ClassesUploaded)
 from engine.server.store import JobStore, StorageUnavailable, storage_errors
+from engine.taught_format import TaughtFile
 from engine.server.watch import MAX_WAIT_S, JobWatch, status_events, wait_for_change
 
 log = logging.getLogger("farslip.api")
@@ -296,8 +297,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return UploadCreated(upload_id=upload_id, size=size, **info)
 
     @api.post("/classes", status_code=201, response_model=ClassesUploaded, tags=["inputs"],
-              openapi_extra={"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}},
-                                             "required": True}})
+              openapi_extra={"requestBody": {"content": {"application/json": {
+                  "schema": TaughtFile.model_json_schema()}}, "required": True}})
     async def upload_classes(request: Request) -> ClassesUploaded:
         """A taught-classes file (`farslip classes learn`, the plugin's Teach from labels) for an engine
         that cannot read the client's files: checked, then kept like an upload (quota, expiry,

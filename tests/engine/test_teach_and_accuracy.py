@@ -215,7 +215,11 @@ def test_a_client_sends_its_taught_classes_to_an_engine_that_cannot_read_its_fil
         assert wait_for(client, job.json()["id"])["state"] == "done"
         # what is not taught classes is refused naming the problem, never a 500
         for bad, words in ((b"not json", "not JSON"), (b'{"format": "x"}', "not a taught-classes file"),
-                           (b"[" * 100_000, "not JSON"), (b"", "empty body")):
+                           (b"[" * 100_000, "not JSON"), (b"", "empty body"),
+                           (b'{"format": "farslip-taught-classes/1", "classes": ["a"], "alpha": false, '
+                            b'"model": {}, "prototypes": {"a": [1]}}', "alpha"),
+                           (b'{"format": "farslip-taught-classes/1", "classes": ["a"], "alpha": 0.5, '
+                            b'"model": {}, "prototypes": {"b": [1]}}', "do not match its classes")):
             got = client.post("/v1/classes", headers=AUTH, content=bad)
             assert got.status_code == 400 and words in got.json()["detail"], got.text
         upload = client.post("/v1/uploads", headers=AUTH, content=raster.read_bytes()).json()["upload_id"]
