@@ -3,13 +3,13 @@ passed on, and an older engine that ignores `wait` still followed, with a pause 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
 from qgis_farslip.client import EngineClient
+from tests.plugin.older_engine import reply, serving
 
 
 class RecordingClient(EngineClient):
@@ -63,28 +63,18 @@ class _OlderEngine(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         self.seen.append(time.monotonic())
         state = self.answers[min(len(self.seen), len(self.answers)) - 1]
-        body = json.dumps({"id": "x", "kind": "segment", "state": state, "progress": 1.0 if state == "done" else 0.5,
-                           "message": state, "files": [], "summary": None}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply(self, 200, {"id": "x", "kind": "segment", "state": state, "progress": 1.0 if state == "done" else 0.5,
+                          "message": state, "files": [], "summary": None})
 
     def log_message(self, *args):
         pass
 
 
 def test_an_engine_without_long_poll_is_polled_with_a_pause():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _OlderEngine)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        client = EngineClient(f"http://127.0.0.1:{server.server_address[1]}", "token")
+    with serving(_OlderEngine) as url:
+        client = EngineClient(url, "token")
         reported: list[str] = []
         status = client.wait("x", on_progress=lambda _p, msg: reported.append(msg), poll_s=0.2)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert status["state"] == "done" and reported == _OlderEngine.answers
     gaps = [b - a for a, b in zip(_OlderEngine.seen, _OlderEngine.seen[1:])]
     assert all(gap >= 0.19 for gap in gaps), gaps  # it slept between answers rather than asking again at once

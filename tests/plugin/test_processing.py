@@ -214,20 +214,16 @@ def test_an_engine_too_old_to_receive_taught_classes_is_said_in_one_line(qgis_ap
     """An engine from before POST /v1/classes: a stand-in answering 404 "Not Found" to every POST, as the
     engine's web framework does for a route it lacks (the plugin, not the engine, is under test here)."""
     import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     from qgis.core import QgsProcessingException, QgsRasterLayer
+
+    from tests.plugin.older_engine import reply, serving
 
     class OlderEngine(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = b'{"detail": "Not Found"}'
-            self.send_response(404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            reply(self, 404, {"detail": "Not Found"})
 
         def log_message(self, *args):
             pass
@@ -236,15 +232,9 @@ def test_an_engine_too_old_to_receive_taught_classes_is_said_in_one_line(qgis_ap
     site.write_text(json.dumps({"format": "farslip-taught-classes/1", "classes": ["water", "grass"], "alpha": 0.5,
                                 "model": {"name": "tiny.pt", "arch": "tiny-vit-16"}, "made": {"polygons": {"water": 1}},
                                 "prototypes": {"water": [1.0, 0.0]}}))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), OlderEngine)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with pytest.raises(QgsProcessingException) as raised:
-            processing.run("farslip:classify_grid", {
-                "INPUT": QgsRasterLayer(str(folder / "small.tif"), "small"), "CLASSES": f"@{site}", "CELL": 40.0,
-                "OUTPUT_FOLDER": str(tmp_path), "ENGINE_URL": f"http://127.0.0.1:{server.server_port}"})
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(OlderEngine) as url, pytest.raises(QgsProcessingException) as raised:
+        processing.run("farslip:classify_grid", {
+            "INPUT": QgsRasterLayer(str(folder / "small.tif"), "small"), "CLASSES": f"@{site}", "CELL": 40.0,
+            "OUTPUT_FOLDER": str(tmp_path), "ENGINE_URL": url})
     assert str(raised.value) == ("this engine cannot receive site.classes.json (an older version): update the "
                                  "engine, or teach the classes again with it (Labels tab → Teach from labels)")
