@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 FORMAT = "farslip-taught-classes/1"
+SUFFIX = ".classes.json"  # how `--classes @FILE` and the API tell taught classes from a class list
 
 
 class TaughtFile(BaseModel):

@@ -33,9 +33,8 @@ import torch.nn.functional as F
 from engine.dense.prompts import PromptSet
 from engine.dense.text import embed_prompts
 from engine.errors import InputError
-from engine.taught_format import FORMAT, TaughtFile
+from engine.taught_format import FORMAT, SUFFIX, TaughtFile
 
-SUFFIX = ".classes.json"
 ALPHAS = tuple(round(i / 10, 1) for i in range(11))
 
 

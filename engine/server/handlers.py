@@ -14,6 +14,7 @@ from engine.server.raster_policy import check_input
 from engine.geo.source import RasterSource
 from engine.server.schemas import (AccuracyRequest, GridRequest, InputRef, LabelRequest, SearchRequest, SegmentRequest,
                                    TeachRequest)
+from engine.taught_format import SUFFIX as TAUGHT_SUFFIX
 
 if TYPE_CHECKING:
     from engine.dense import PromptSet
@@ -51,7 +52,7 @@ def resolve_input(ref: InputRef, store, settings) -> str:
         path = store.upload_path(ref.upload_id)
         if path is None:
             raise HTTPException(404, f"no upload {ref.upload_id} (expired or never finished)")
-        if path.name.endswith(".classes.json"):  # engine.dense.taught.SUFFIX (torch-free here)
+        if path.name.endswith(TAUGHT_SUFFIX):
             raise HTTPException(400, f"upload {ref.upload_id} holds taught classes, not a raster: "
                                      f'name it in "classes": "@upload:{ref.upload_id}"')
         return str(path)
@@ -166,13 +167,11 @@ def run_classes(classes, store, settings) -> "PromptSet | TaughtClasses":
 def taught_classes_path(ref: str, store, settings) -> str:
     """The file of `@job:<id>` (a finished teach job of this engine), `@upload:<id>` (a file sent with
     POST /v1/classes) or `@/abs/SITE.classes.json` (folder policy applied)."""
-    from engine.dense.taught import SUFFIX
-
     if ref.startswith("upload:"):
         path = store.upload_path(ref[7:])
         if path is None:
             raise HTTPException(404, f"no upload {ref[7:][:64]} (expired, deleted or never sent)")
-        if not path.name.endswith(SUFFIX):
+        if not path.name.endswith(TAUGHT_SUFFIX):
             raise HTTPException(400, f"upload {ref[7:]} is a raster, not taught classes (send those with "
                                      "POST /v1/classes)")
         return str(path)
@@ -182,9 +181,10 @@ def taught_classes_path(ref: str, store, settings) -> str:
             raise HTTPException(404, f"no teach job {ref[4:][:64]}")
         if job.state != "done":
             raise HTTPException(409, f"teach job {job.id} is {job.state}; its classes are ready once it is done")
-        return str(store.job_dir(job.id) / "out" / f"result{SUFFIX}")
-    if not ref.endswith(SUFFIX):
-        raise HTTPException(400, f"'@' names taught classes: '@job:<id>', '@upload:<id>' or a path ending in {SUFFIX}")
+        return str(store.job_dir(job.id) / "out" / f"result{TAUGHT_SUFFIX}")
+    if not ref.endswith(TAUGHT_SUFFIX):
+        raise HTTPException(400, f"'@' names taught classes: '@job:<id>', '@upload:<id>' or a path ending in "
+                                 f"{TAUGHT_SUFFIX}")
     return str(allowed_path(ref, settings, what="taught classes"))
 
 
@@ -232,7 +232,6 @@ def prepare_accuracy(body: AccuracyRequest, store, settings, pool=None) -> dict:
 def teach_handler(pool):
     def run(request: dict, ctx) -> dict:
         from engine.dense import Segmenter, preset
-        from engine.dense.taught import SUFFIX
         from engine.geo.teach import teach
 
         body = TeachRequest.model_validate(request["body"])
@@ -242,7 +241,7 @@ def teach_handler(pool):
         with body.open_source(request["input"]) as source:
             taught = teach(segmenter, source, geoms, values, body.labels_crs, {"labels": f"{len(geoms)} polygons"})
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
-        taught.save(ctx.out_dir / f"result{SUFFIX}")
+        taught.save(ctx.out_dir / f"result{TAUGHT_SUFFIX}")
         return {"alpha": taught.alpha, "taught": sorted(taught.prototypes), **taught.made}
 
     return run
