@@ -24,7 +24,7 @@ from qgis_farslip.jobs import SegmentationRequest, check_request
 from qgis_farslip.outputs import class_title, default_output_folder
 from qgis_farslip.taught_files import model_label
 from qgis_farslip.taught_picker import TaughtPicker
-from qgis_farslip.tasks import SegmentTask
+from qgis_farslip.tasks import SegmentTask, show_progress
 from qgis_farslip.taught_refs import FORGOTTEN_TEACH
 
 SCOPES = ("Visible map extent", "Whole layer", "Selected polygons")
@@ -417,12 +417,9 @@ class FarSLIPDock(QDockWidget):
             return None
         title = class_title(request.classes)
         self.task = SegmentTask(self.client(), request, self.folder_widget.filePath(), title, on_done=self._finished)
-        self.task.progressChanged.connect(lambda p: self.progress.setValue(int(p)))
-        self.task.message.connect(lambda text: self.progress.setFormat(f"%p% — {text}"))
+        show_progress(self.task, self.progress)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.progress.setValue(0)
-        self.progress.setFormat("%p% — starting…")
         QgsApplication.taskManager().addTask(self.task)
         return self.task
 

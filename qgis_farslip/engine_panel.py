@@ -17,6 +17,7 @@ from qgis_farslip.client import EngineClient, EngineError
 from qgis_farslip.jobs import LOCAL_HOSTS
 from qgis_farslip.local_engine import LocalEngine
 from qgis_farslip.settings import engine_settings, save_engine_command, save_engine_settings
+from qgis_farslip.tasks import show_progress
 
 UI_TIMEOUT_S = 5.0
 COLOURS = {True: "#2a2", False: "#c22", None: "#d90"}  # online, offline, starting
@@ -275,8 +276,7 @@ class EnginePanel(QWidget):
             return None
         where = "this computer" if is_local_engine(self.url_edit.text().strip()) else "the engine's computer"
         self.download_task = task = ModelDownloadTask(self.client(), name, where, on_done=self._download_ended)
-        task.progressChanged.connect(lambda p: self.download_progress.setValue(int(p)))
-        task.message.connect(lambda text: self.download_progress.setFormat(f"{name}: %p% — {text}"))
+        show_progress(task, self.download_progress, prefix=f"{name}: ")
         self._downloading(name, "asking the engine…")
         QgsApplication.taskManager().addTask(task)
         return task

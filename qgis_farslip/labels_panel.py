@@ -21,7 +21,7 @@ from qgis_farslip.client import EngineError
 from qgis_farslip.jobs import check_render_size, needs_upload, render_plan
 from qgis_farslip.labelling import LABELS_LAYER
 from qgis_farslip.outputs import class_title, run_folder_name, safe_name
-from qgis_farslip.tasks import JobTask
+from qgis_farslip.tasks import JobTask, show_progress
 from qgis_farslip.taught_files import keep_as
 from qgis_farslip.teaching import (TeachRequest, crs_name, labelled_polygons, report_headline, report_rows,
                                    run_accuracy, run_teach)
@@ -189,13 +189,10 @@ class LabelsPanel(QWidget):
     # --- running -------------------------------------------------------------------------------
     def _start(self, title: str, work, on_done, doing: str) -> JobTask:
         self.task = JobTask(title, work, on_done, doing)
-        self.task.progressChanged.connect(lambda p: self.progress.setValue(int(p)))
-        self.task.message.connect(lambda text: self.progress.setFormat(f"%p% — {text}"))
+        show_progress(self.task, self.progress)
         self.teach_button.setEnabled(False)
         self.check_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.progress.setValue(0)
-        self.progress.setFormat("%p% — starting…")
         QgsApplication.taskManager().addTask(self.task)
         return self.task
 

@@ -28,6 +28,15 @@ _SILENT = getattr(QgsTask.Flag, "Silent", None)  # QGIS 3.26+
 FLAGS = QgsTask.Flag.CanCancel | (_SILENT if _SILENT is not None else QgsTask.Flag(0))
 
 
+def show_progress(task: "PluginTask", bar, prefix: str = "") -> None:
+    """`bar` (a QProgressBar) follows `task`: its percentage, and what is happening as "PREFIX%p% — text"
+    (starting at 0 % — "starting…")."""
+    task.progressChanged.connect(lambda p: bar.setValue(int(p)))
+    task.message.connect(lambda text: bar.setFormat(f"{prefix}%p% — {text}"))
+    bar.setValue(0)
+    bar.setFormat(f"{prefix}%p% — starting…")
+
+
 def describe(progress: float, message: str) -> str:
     """The engine's job status in words a user understands."""
     if message in ("", "queued"):
