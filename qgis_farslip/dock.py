@@ -48,6 +48,7 @@ class FarSLIPDock(QDockWidget):
         self.task: SegmentTask | None = None
         self.last_error: str | None = None
         self.taught = None  # teaching.Taught: classes taught from labels, used by the next segmentation
+        self.taught_gone = False  # the engine answered that it no longer has them (see _finished)
         self.last_segmentation: dict | None = None  # {"job", "folder", "title"} of this session's last run
         self.engine_panel = EnginePanel(self._notify_from_engine)
         for name in ("status_light", "status_text", "check_button", "url_edit", "token_edit", "model_combo",
@@ -266,6 +267,7 @@ class FarSLIPDock(QDockWidget):
         """Taught classes: the next segmentation names them (`@job:<id>` or their file); the class list
         becomes theirs."""
         self.taught = taught
+        self.taught_gone = False  # set when the engine answered that it no longer has them
         if prompt_sets.class_lines(self.prompt_edit.toPlainText()) != taught.classes:
             self.prompt_edit.setPlainText("\n".join(taught.classes))
         where = f"\nsaved as {taught.path}" if taught.path else ""
@@ -278,6 +280,7 @@ class FarSLIPDock(QDockWidget):
     def clear_taught(self) -> None:
         """Back to the class names only."""
         self.taught = None
+        self.taught_gone = False
         self.taught_label.clear()
         self.taught_row.setVisible(False)
         self.taught_picker.show_current(None)
@@ -300,6 +303,8 @@ class FarSLIPDock(QDockWidget):
         model = self.current_model()
         if prompt_sets.class_lines(self.prompt_edit.toPlainText()) != taught.classes:
             state = "not used: the classes above changed (teach again, or undo the edit)"
+        elif self.taught_gone:  # kept when the model list or the classes are refreshed afterwards
+            state = "gone from the engine (restarted?): teach again, or Clear"
         elif taught.model and model and taught.model != model:
             state = (f"made with model {model_label(taught.model)}, not the Engine tab's {model_label(model)}: the "
                      f"engine refuses them with another model — choose {model_label(taught.model)} as Model")
@@ -467,8 +472,8 @@ class FarSLIPDock(QDockWidget):
         elif task.error:
             self.progress.setFormat("failed")
             if task.error == FORGOTTEN_TEACH and self.taught is not None:
-                self.taught_label.setText(f"{self.taught.describe()} — gone from the engine (restarted?): "
-                                          "teach again, or Clear")
+                self.taught_gone = True
+                self._show_taught_state()
             self._fail(task.error)
         else:
             self.progress.setValue(100)

@@ -106,6 +106,8 @@ def test_the_engine_no_longer_having_the_taught_classes_or_the_run_is_said_in_gu
     qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=60_000)
     assert dock.last_error.startswith("the engine no longer has the taught classes") and "Clear" in dock.last_error
     assert "gone from the engine" in dock.taught_label.text()
+    dock.model_combo.setEditText("farslip2-vit-b-16")  # the engine's model list arriving late keeps it said
+    assert "gone from the engine" in dock.taught_label.text()
     assert len(QgsProject.instance().layerTreeRoot().children()) == before
     dock.last_segmentation = {"job": "0" * 32, "folder": str(dock.folder_widget.filePath()), "title": "old run"}
     reference = memory_layer("reference", REFERENCE)
