@@ -84,7 +84,8 @@ def end_to_end(segmenter: Segmenter, raster: Path, out: Path, gsd: float | None,
     width, height = summary["width"], summary["height"]
     km2 = width * height * RES * RES / 1e6
     return {"seconds": seconds, "crops": summary["crops"], "crops_per_s": summary["crops"] / seconds,
-            "km2_per_min": km2 / seconds * 60, "working_size": summary["working_size"]}
+            "km2_per_min": km2 / seconds * 60, "working_size": summary["working_size"], "block": block,
+            "timing": summary["timing"]}
 
 
 def read_and_write(raster: Path, out: Path) -> float:
@@ -134,17 +135,37 @@ def per_crop_loop(segmenter: Segmenter, size: int) -> tuple[float, float]:
 
 
 def canvas(segmenter: Segmenter, tmp: Path) -> dict:
+    """Seconds per canvas run, with polygons where pyogrio is installed (GPU boxes without it: none)."""
+    import importlib.util
+
+    polygons = importlib.util.find_spec("pyogrio") is not None
     raster = write_scene_geotiff(tmp / "canvas.tif", 1000, 1600, res=RES)
-    times = {}
+    times: dict = {"polygons": polygons}
     for name, gsd in (("native", RES), ("default", None)):
         runs = []
         for k in range(4):
             out = tmp / f"canvas-{name}-{k}"
             t0 = time.perf_counter()
-            segment_raster(RasterJob(str(raster), str(out), gsd=gsd, polygons=True), segmenter)
+            segment_raster(RasterJob(str(raster), str(out), gsd=gsd, polygons=polygons), segmenter)
             runs.append(time.perf_counter() - t0)
         times[name] = min(runs[1:])
     return times
+
+
+def profile(segmenter: Segmenter, raster: Path, tmp: Path, args) -> None:
+    """One native-GSD run under torch.profiler: the operations and CUDA runtime calls (synchronisations
+    show up as cudaStreamSynchronize / cudaEventSynchronize / cudaMemcpy) by time, into a text file."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device_obj.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        end_to_end(segmenter, raster, tmp / "profiled", RES, args.block)
+    averages = prof.key_averages()
+    text = [averages.table(sort_by="self_cpu_time_total", row_limit=40)]
+    if args.device_obj.type == "cuda":
+        text.append(averages.table(sort_by="self_cuda_time_total", row_limit=25))
+    Path(args.profile).write_text("\n".join(text))
 
 
 def precision_agreement(args) -> dict | None:
@@ -167,20 +188,22 @@ def main() -> None:
     p.add_argument("--precision", default=None, help="auto (fp16 on a GPU), fp16, bf16, fp32")
     p.add_argument("--batch", type=int, help="crops per forward pass (default: the engine's choice)")
     p.add_argument("--block", type=int, default=None, help="working block size (default: the engine's)")
+    p.add_argument("--blocks", default="", help="comma list of further block sizes to time at native GSD")
     p.add_argument("--compile", action="store_true", help="torch.compile the dense forward")
     p.add_argument("--seconds", type=float, default=5.0, help="length of the pure-forward measurement")
     p.add_argument("--repeat", type=int, default=2, help="runs of each timing; the fastest counts (shared machines)")
     p.add_argument("--skip", default="", help="comma list of parts to skip: loop,canvas,precision,default")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--profile", help="also profile one native-GSD run (torch.profiler) into this text file")
     args = p.parse_args()
     args.device_obj = torch.device(args.device)
     gpu = args.device_obj.type == "cuda"
     args.arch = args.arch or ("ViT-B-16" if gpu else "tiny-vit-16")
     args.size = args.size or (8960 if gpu else 4096)
     skip = set(filter(None, args.skip.split(",")))
-    from engine.geo.pipeline import DEFAULT_BLOCK
+    from engine.geo.blocks import default_block
 
-    args.block = args.block or DEFAULT_BLOCK
+    args.block = args.block or default_block(args.device_obj)
     figures: dict = {"device": torch.cuda.get_device_name(args.device_obj) if gpu else "cpu",
                      "arch": args.arch, "size": args.size, "res_m": RES, "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "compile": args.compile}
@@ -199,17 +222,20 @@ def main() -> None:
             figures["compile_s"] = time.perf_counter() - t0
         figures["pure_crops_per_s"] = pure_forward(segmenter, args.seconds)
         figures["read_write_s"] = min(read_and_write(raster, tmp) for _ in range(args.repeat))
-        runs = {"native": RES} if "default" in skip else {"native": RES, "default": None}
-        for name, gsd in runs.items():
-            warm = write_scene_geotiff(tmp / "warm.tif", 600, 600, res=RES)
-            end_to_end(segmenter, warm, tmp / f"warm-{name}", gsd, args.block)
-            run = min((end_to_end(segmenter, raster, tmp / f"{name}-{k}", gsd, args.block) for k in range(args.repeat)),
+        runs = [("native", RES, args.block)] + ([] if "default" in skip else [("default", None, args.block)])
+        runs += [(f"native-block-{b}", RES, int(b)) for b in filter(None, args.blocks.split(","))]
+        warm = write_scene_geotiff(tmp / "warm.tif", 600, 600, res=RES)
+        for name, gsd, block in runs:
+            end_to_end(segmenter, warm, tmp / f"warm-{name}", gsd, block)
+            run = min((end_to_end(segmenter, raster, tmp / f"{name}-{k}", gsd, block) for k in range(args.repeat)),
                       key=lambda r: r["seconds"])
             model_s = run["crops"] / figures["pure_crops_per_s"]
             run["of_pure"] = run["crops_per_s"] / figures["pure_crops_per_s"]
             run["overhead_of_read_write"] = (run["seconds"] - model_s) / figures["read_write_s"]
             figures[name] = run
             print(f"{name}: {run}", file=sys.stderr)
+        if args.profile:
+            profile(segmenter, raster, tmp, args)
         if "loop" not in skip:
             engine_s, loop_s = per_crop_loop(segmenter, 1120)
             figures["per_crop_loop"] = {"engine_s": engine_s, "loop_s": loop_s, "speedup": loop_s / engine_s}
@@ -227,20 +253,24 @@ def table(f: dict) -> None:
     rows = [("device", f["device"]), ("network / precision / batch", f"{f['arch']} / {f['precision']} / {f['batch']}"
                                       + (" / compiled" if f["compile"] else "")),
             ("pure dense forward", f"{f['pure_crops_per_s']:,.0f} crops/s")]
-    for name in ("native", "default"):
-        if name in f:
-            r = f[name]
-            rows.append((f"end-to-end, {name} GSD ({r['working_size'][0]}² working px)",
+    for name, r in f.items():
+        if isinstance(r, dict) and "of_pure" in r:
+            t = r["timing"]
+            rows.append((f"end-to-end, {name.replace('-', ' ')} ({r['working_size'][0]}² working px, "
+                         f"block {r['block']})",
                          f"{r['crops_per_s']:,.0f} crops/s, {r['km2_per_min']:,.1f} km²/min, "
                          f"{r['of_pure']:.2f} of pure"))
             rows.append((f"  (time − model) ÷ read+COG write ({f['read_write_s']:.2f} s)",
                          f"{r['overhead_of_read_write']:.2f}"))
+            rows.append(("  of which: blocks · waiting for reads · for writes · finish · publish",
+                         f"{t['segmentation_s']:.2f} · {t['read_wait_s']:.2f} · {t['write_wait_s']:.2f} · "
+                         f"{t['finish_s']:.2f} · {t['publish_s']:.2f} s"))
     if "per_crop_loop" in f:
         r = f["per_crop_loop"]
         rows.append(("engine ÷ per-crop batch-1 fp32 loop, 1120² px",
                      f"{r['speedup']:.1f}× ({r['engine_s']:.2f} s vs {r['loop_s']:.2f} s)"))
     if "canvas_s" in f:
-        rows.append(("1600×1000 canvas, native / default GSD",
+        rows.append(("1600×1000 canvas, native / default GSD" + ("" if f["canvas_s"]["polygons"] else ", no polygons"),
                      f"{f['canvas_s']['native']:.2f} s / {f['canvas_s']['default']:.2f} s"))
     if f.get("precision_vs_fp32"):
         r = f["precision_vs_fp32"]

@@ -23,6 +23,7 @@ EXIT_FAILURES = 1
 def _cmd_segment_batch(args: argparse.Namespace) -> int:
     from engine.batch.inputs import expand_inputs
     from engine.batch.run import BatchSettings, run_batch
+    from engine.geo.pipeline import DEFAULT_BLOCK
 
     if args.workers is not None and args.workers < 1:
         raise InputError("--workers must be at least 1")
@@ -36,8 +37,8 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
     options = inference_options(job, args)
     inputs = expand_inputs(args.inputs)
     settings = BatchSettings(out_dir=args.out, bands=tuple(job.bands) if job.bands else None, gsd=job.gsd,
-                             block=job.block, scores=job.scores, polygons=job.polygons, min_area=job.min_area,
-                             simplify=job.simplify, nodata=job.nodata)
+                             block=job.block or DEFAULT_BLOCK, scores=job.scores, polygons=job.polygons,
+                             min_area=job.min_area, simplify=job.simplify, nodata=job.nodata)
     _check_writable(Path(args.out))
 
     from engine.dense import Segmenter
@@ -102,7 +103,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="model actors (default: one per GPU, else one per CPU)")
     p.add_argument("--bands", help="three 1-based band numbers for R,G,B (default: from colour interpretation)")
     p.add_argument("--gsd", type=float, help="working resolution in metres per pixel (default: max(native, 0.5))")
-    add_output_arguments(p, "working-grid block size in pixels (the unit of work)")
+    add_output_arguments(p, "working-grid block size in pixels (the unit of work; default 1024)")
     add_model_arguments(p)
     add_inference_arguments(p)
     p.set_defaults(func=_cmd_segment_batch)

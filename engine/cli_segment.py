@@ -63,7 +63,7 @@ def add_output_arguments(p: argparse.ArgumentParser, block_help: str) -> None:
     p.add_argument("--no-polygons", action="store_true", help="skip the polygon GeoPackages")
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this many m²")
     p.add_argument("--simplify", type=float, default=1.0, help="polygon simplification tolerance in pixels")
-    p.add_argument("--block", type=int, default=1024, help=block_help)
+    p.add_argument("--block", type=int, help=block_help)
     p.add_argument("--nodata", type=float, metavar="VALUE",
                    help="a value that is no data where every chosen band holds it (e.g. 0 for a black border the "
                         "file does not declare); NaN, masks and the file's own nodata are always no data")
@@ -178,7 +178,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--bbox", help="minx,miny,maxx,maxy to process (raster CRS unless --bbox-crs)")
     p.add_argument("--bbox-crs", help="CRS of --bbox, e.g. EPSG:4326")
     p.add_argument("--window", help="col,row,width,height in source pixels to process")
-    add_output_arguments(p, "working-grid block size in pixels (memory bound)")
+    add_output_arguments(p, "working-grid block size in pixels (memory bound; default 1024 on a CPU, 2048 on a GPU)")
     add_model_arguments(p)
     add_inference_arguments(p)
     p.set_defaults(func=_cmd_segment)

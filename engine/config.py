@@ -6,6 +6,8 @@ Environment variables:
   FARSLIP_GDAL_CACHE_MB  GDAL's raster block cache while segmenting (default 128; GDAL's own default,
                       5% of RAM, would make memory grow with the raster size)
   FARSLIP_GDAL_THREADS  threads GDAL decodes and compresses with (default ALL_CPUS)
+  FARSLIP_READ_THREADS  threads reading blocks ahead of the model (default: 1 on a CPU, else a quarter
+                      of the cores, at most 4: GDAL resamples on read in one thread)
   FARSLIP_DEVICE      default device: `auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ...
   HF_HOME / HF_HUB_CACHE / HF_HUB_OFFLINE   honoured as huggingface_hub defines them
 """
@@ -56,6 +58,15 @@ def gdal_cache_mb() -> int:
 def gdal_threads() -> str:
     """Threads GDAL decodes and compresses rasters with (FARSLIP_GDAL_THREADS: a number or ALL_CPUS)."""
     return os.environ.get("FARSLIP_GDAL_THREADS", "ALL_CPUS")
+
+
+def read_threads(device_type: str) -> int:
+    """Threads reading (decoding, resampling, stretching) blocks ahead of the model: FARSLIP_READ_THREADS,
+    else 1 on a CPU (its cores go to the model) and a quarter of the cores, 1 to 4, beside a GPU."""
+    value = os.environ.get("FARSLIP_READ_THREADS", "")
+    if value.strip().isdigit():
+        return max(1, int(value))
+    return 1 if device_type == "cpu" else max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 def hub_offline() -> bool:

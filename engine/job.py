@@ -141,7 +141,8 @@ class SegmentSettings(ModelChoice, Area):
     polygons: bool = Field(True, description="also write polygons (GeoPackage)")
     min_area: float = Field(0.0, ge=0, le=1e12, description="drop polygons smaller than this many m²")
     simplify: float = Field(1.0, ge=0, le=100, description="polygon simplification tolerance in pixels")
-    block: int = Field(1024, ge=256, le=8192, description="working-grid block size in pixels (memory bound)")
+    block: int | None = Field(None, ge=256, le=8192, description="working-grid block size in pixels (memory "
+                                                                 "bound; default 1024 on a CPU, 2048 on a GPU)")
 
     _prompts: "PromptSet | TaughtClasses | None" = PrivateAttr(None)
 
@@ -194,12 +195,12 @@ class SegmentSettings(ModelChoice, Area):
                 "window": tuple(self.window) if self.window else None,
                 "bbox": tuple(self.bbox) if self.bbox else None, "bbox_crs": self.bbox_crs, "nodata": self.nodata}
 
-    def open_source(self, path: str) -> "RasterSource":
+    def open_source(self, path: str, inspect_pixels: bool = True) -> "RasterSource":
         """The raster area this run reads (bands, working GSD, window or bbox, mask applied); the
-        caller closes it."""
+        caller closes it. `inspect_pixels` False: for checks only (see RasterSource)."""
         from engine.geo.source import RasterSource
 
-        source = RasterSource(path, **self.area_arguments())
+        source = RasterSource(path, **self.area_arguments(), inspect_pixels=inspect_pixels)
         try:
             if self.mask_wkt:
                 source.restrict_to(self.mask_wkt, self.mask_crs)

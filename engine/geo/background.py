@@ -1,6 +1,7 @@
 """Running reads ahead of, and writes behind, the compute on one block at a time.
 
     for pixels in prefetched(readers, depth=2): ...      # reads run in a thread, ≤ 2 blocks ahead
+    for pixels in prefetched(readers, workers=4): ...    # or in 4 threads, ≤ 5 blocks ahead
     with BackgroundWriter(depth=2) as writer:            # writes run in a thread, ≤ 2 blocks behind
         writer.submit(write_block, core, arrays)
 
@@ -8,11 +9,13 @@ Both keep memory bounded by a few blocks (bounded queues, never the raster), kee
 work, re-raise a failure of the background work in the caller's thread, and when the caller stops
 early (an error, a cancel, Ctrl-C) they drop the queued work and wait for the one item in progress,
 so nothing touches a file after its owner closed it. GDAL and torch release the GIL while they work,
-so reading, writing and computing overlap.
+so reading, writing and computing overlap. A `WaitClock` given to either adds up the seconds the
+caller spent waiting for the background thread (a run's summary reports them: where the time went).
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -20,18 +23,39 @@ from typing import Callable, Iterable, Iterator, TypeVar
 T = TypeVar("T")
 
 
-def prefetched(tasks: Iterable[Callable[[], T]], depth: int = 2) -> Iterator[T]:
-    """The results of `tasks`, in order, each run in a background thread up to `depth` tasks ahead of
-    the consumer. Close the generator (or let it finish) to stop the thread."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farslip-read")
+class WaitClock:
+    """Seconds one thread spent waiting for a background thread's results."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def result(self, future: Future):
+        t0 = time.perf_counter()
+        try:
+            return future.result()
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
+def _result(future: Future, clock: WaitClock | None):
+    return future.result() if clock is None else clock.result(future)
+
+
+def prefetched(tasks: Iterable[Callable[[], T]], depth: int | None = None, clock: WaitClock | None = None,
+               workers: int = 1) -> Iterator[T]:
+    """The results of `tasks`, in order, each run in one of `workers` background threads up to `depth`
+    (default workers + 1) tasks ahead of the consumer. Close the generator (or let it finish) to stop
+    the threads."""
+    depth = max(depth or workers + 1, workers)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="farslip-read")
     pending: deque[Future] = deque()
     try:
         for task in tasks:
             pending.append(pool.submit(task))
             if len(pending) > depth:
-                yield pending.popleft().result()
+                yield _result(pending.popleft(), clock)
         while pending:
-            yield pending.popleft().result()
+            yield _result(pending.popleft(), clock)
     finally:
         for future in pending:
             future.cancel()
@@ -42,21 +66,22 @@ class BackgroundWriter:
     """Runs submitted calls in order in one background thread, at most `depth` waiting; `close()`
     waits for all of them and re-raises the first failure."""
 
-    def __init__(self, depth: int = 2):
+    def __init__(self, depth: int = 2, clock: WaitClock | None = None):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farslip-write")
         self._pending: deque[Future] = deque()
         self._depth = depth
+        self._clock = clock
 
     def submit(self, fn: Callable, *args) -> None:
         self._pending.append(self._pool.submit(fn, *args))
         while len(self._pending) > self._depth:
-            self._pending.popleft().result()
+            _result(self._pending.popleft(), self._clock)
 
     def close(self) -> None:
         """Finish every submitted call (re-raising the first failure)."""
         try:
             while self._pending:
-                self._pending.popleft().result()
+                _result(self._pending.popleft(), self._clock)
         finally:
             self.abandon()
 

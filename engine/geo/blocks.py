@@ -21,12 +21,14 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from engine import config
 from engine.boxes import Box
 from engine.dense import Segmenter
 from engine.dense.sliding import CropGrid, accumulate_crops, normalise
 from engine.dense.transfer import pinned, upload
 from engine.errors import Cancelled
-from engine.geo.background import prefetched
+from engine.geo.background import WaitClock, prefetched
+from engine.geo.rasters import gdal_env
 
 CropProgressFn = Callable[[int], None]  # crops just finished
 
@@ -49,6 +51,15 @@ def _overlap(a: Box, b: Box) -> Box | None:
     y0, x0 = max(a.y, b.y), max(a.x, b.x)
     y1, x1 = min(a.y + a.h, b.y + b.h), min(a.x + a.w, b.x + b.w)
     return Box(y0, x0, y1 - y0, x1 - x0) if y1 > y0 and x1 > x0 else None
+
+
+CPU_BLOCK = 1024  # working-grid block side on a CPU
+GPU_BLOCK = 2048  # on a GPU: a few hundred crops a block (H100: 0.73 of the model's rate, 0.57 at 1024)
+
+
+def default_block(device: torch.device) -> int:
+    """The block side used when a run names none."""
+    return CPU_BLOCK if device.type == "cpu" else GPU_BLOCK
 
 
 def count_crops(segmenter: Segmenter, height: int, width: int) -> int:
@@ -139,19 +150,20 @@ def _delta_reporter(on_crops: CropProgressFn | None):
     return report
 
 
-def raster_blocks(segmenter: Segmenter, source, block: int, progress: Callable[[int, int], None] | None = None,
-                  cancel: threading.Event | None = None) -> Iterator[tuple[Box, torch.Tensor, np.ndarray]]:
+def raster_blocks(segmenter: Segmenter, source, block: int | None,
+                  progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
+                  read_wait: WaitClock | None = None) -> Iterator[tuple[Box, torch.Tensor, np.ndarray]]:
     """(core, mean logits [N, h, w] on the model's device, validity [h, w]) for each block of a
     RasterSource's working grid, in row-major order, reporting (crops done, crops total) and stopping
-    with `Cancelled` within one batch of a cancel.
+    with `Cancelled` within one batch of a cancel. `block` None: `default_block` of the model's device.
 
-    A background thread reads (decodes, stretches, resamples) the next blocks while the current one
-    is computed; each block's pixels go to the device once, as read (uint8 or the stretched floats),
-    and are normalised there."""
+    Background threads (`config.read_threads`) read (decode, stretch, resample) the next blocks while
+    the current one is computed; each block's pixels go to the device once, as read (uint8 or the
+    stretched floats), and are normalised there. `read_wait` adds up the time spent waiting for them."""
     grid = source.grid
     height, width = grid.height, grid.width
     total = count_crops(segmenter, height, width)
-    block = max(block, segmenter.crop)
+    block = max(block or default_block(segmenter.model.device), segmenter.crop)
     owned = owned_crops(segmenter, height, width, block)
     plan = [(i, j, core, block_extent(core, owned[i][j]) if owned[i][j] else None)
             for i, row in enumerate(block_boxes(height, width, block)) for j, core in enumerate(row)]
@@ -159,11 +171,12 @@ def raster_blocks(segmenter: Segmenter, source, block: int, progress: Callable[[
 
     def reader(extent: Box | None, core: Box):
         def read():
-            pixels = None
-            if extent is not None:
-                rgb, ok = source.read_pixels(extent)
-                pixels = pinned(rgb), None if ok.all() else pinned(ok)
-            return pixels, source.read_valid(core)
+            with gdal_env():  # GDAL's settings of the thread that started the run are not this thread's
+                pixels = None
+                if extent is not None:
+                    rgb, ok = source.read_pixels(extent)
+                    pixels = pinned(rgb), None if ok.all() else pinned(ok)
+                return pixels, source.read_valid(core)
         return read
 
     def on_crops(n: int) -> None:
@@ -176,7 +189,9 @@ def raster_blocks(segmenter: Segmenter, source, block: int, progress: Callable[[
 
     device = segmenter.model.device
     pending: dict[tuple[int, int], list[tuple[Box, torch.Tensor, torch.Tensor]]] = {}
-    with closing(prefetched(reader(extent, core) for _, _, core, extent in plan)) as reads:
+    reads = prefetched((reader(extent, core) for _, _, core, extent in plan), clock=read_wait,
+                       workers=config.read_threads(device.type))
+    with closing(reads):
         for (i, j, core, _extent), (pixels, valid) in zip(plan, reads):
             own = None
             if pixels is not None:

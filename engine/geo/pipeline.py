@@ -4,11 +4,12 @@
     summary = segment_raster(RasterJob("ortho.tif", "out/"), segmenter)
 
 Flow: RasterSource (bands, stretch, mask, working GSD) → raster_blocks (global crop grid, each crop
-once; the next blocks are read in a background thread) → per block on the model's device:
-probabilities, class map, confidence, scores as uint8 → a writer thread puts each block back on the
-source grid and writes class/score GeoTIFFs, polygons and statistics in the same pass, beside the
-compute of the next block → COGs, GeoPackage and JSON summary, each renamed into place only when
-complete. Any failure or interruption removes the temporary folder and leaves no partial output.
+once; the next blocks are read in background threads) → per block on the model's device:
+probabilities, class map, confidence, scores as uint8, no data where invalid, put back on the source
+grid and counted per class → a writer thread writes class/score GeoTIFFs with their overviews,
+polygons and statistics in the same pass, beside the compute of the next block → COGs, GeoPackage
+and JSON summary, each renamed into place only when complete. Any failure or interruption removes
+the temporary folder and leaves no partial output. The summary's `timing` says where the time went.
 
 Outputs of an earlier run under the same name: refused unless `overwrite`; with it, all of them
 (including products this run does not make, e.g. polygons before `--no-polygons`) are removed just
@@ -35,17 +36,17 @@ from engine.boxes import Box
 from engine.dense import Segmenter
 from engine.dense.transfer import download
 from engine.errors import Cancelled, InputError
-from engine.geo.background import BackgroundWriter
+from engine.geo.background import BackgroundWriter, WaitClock
 from engine.geo.blocks import count_crops, raster_blocks
 from engine.geo.colours import class_colour, hex_colour
-from engine.geo.products import SegmentationProducts
+from engine.geo.products import SegmentationProducts, on_source_grid
 from engine.geo.rasters import NODATA, class_tags, gdal_env, publish_cog, quantise
 from engine.geo.source import RasterSource
 
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_BLOCK = 1024
+DEFAULT_BLOCK = 1024  # a batch run's unit of work (`segment` itself: see engine.geo.blocks.default_block)
 
 
 @dataclass
@@ -59,7 +60,7 @@ class RasterJob:
     window: tuple[int, int, int, int] | None = None
     bbox: tuple[float, float, float, float] | None = None
     bbox_crs: str | None = None
-    block: int = DEFAULT_BLOCK
+    block: int | None = None  # working-grid block side; None: 1024 on a CPU, 2048 on a GPU
     scores: bool = False
     polygons: bool = True
     min_area: float = 0.0
@@ -130,16 +131,18 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
             source.restrict_to(job.mask_wkt, job.mask_crs)
         work = make_workdir(job.out_dir)
         try:
+            read_wait = WaitClock()
             logits = (blocks(source) if blocks is not None
-                      else raster_blocks(segmenter, source, job.block, progress, cancel))
+                      else raster_blocks(segmenter, source, job.block, progress, cancel, read_wait))
             with closing(logits):
                 summary = _run(job, segmenter, source, work, paths, logits, cancel)
-            summary["timing"]["total_s"] = round(time.perf_counter() - started, 3)
+            timing = summary["timing"]
+            timing["read_wait_s"] = round(read_wait.seconds, 3)
             if not job.overwrite:
                 refuse_earlier_outputs(job)  # another run may have published there meanwhile
             for path in all_output_paths(job).values():  # the earlier run's outputs go first, all of them
                 path.unlink(missing_ok=True)
-            _publish(work, paths, summary, cancel)
+            _publish(work, paths, summary, started, cancel)
             return summary
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -159,16 +162,18 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
     products = SegmentationProducts(source, work, [c["name"] for c in classes], tags, colormap, job.scores,
                                     job.polygons, job.simplify, job.min_area)
     total_crops = count_crops(segmenter, grid.height, grid.width)
+    write_wait = WaitClock()
     t0 = time.perf_counter()
 
-    def write(core: Box, pending, valid: np.ndarray) -> None:
+    def write(rect: Box, pending) -> None:
         arrays = iter(pending.result())
         labels = next(arrays)
         confidence = next(arrays) if job.polygons else None
-        products.add(core, labels, confidence, next(arrays) if job.scores else None, valid)
+        scores = next(arrays) if job.scores else None
+        products.add(rect, labels, confidence, scores, next(arrays))
 
     try:
-        with BackgroundWriter() as writer:
+        with BackgroundWriter(clock=write_wait) as writer:
             for core, logits, valid in blocks:
                 probs = segmenter.probabilities(logits)
                 labels, best = segmenter.labels_and_best(probs)
@@ -177,11 +182,15 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
                     outputs.append(quantise(best))
                 if job.scores:
                     outputs.append(quantise(probs))
-                writer.submit(write, core, download(outputs), valid)
+                rect, outputs, counts = on_source_grid(source, core, outputs, valid, len(classes))
+                if rect.h and rect.w:
+                    writer.submit(write, rect, download(outputs + [counts]))
         model_s = time.perf_counter() - t0
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled")
+        t1 = time.perf_counter()
         counts, areas, n_polygons = products.close(cancel)
+        finish_s = time.perf_counter() - t1
     finally:
         products.close_rasters()
     for c in classes:
@@ -203,15 +212,21 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
         "source_gsd_m": source.source_gsd, "working_gsd_m": source.working_gsd,
         "working_size": [grid.width, grid.height],
         "crops": total_crops, "polygons": n_polygons,
-        "timing": {"segmentation_s": round(model_s, 3), "crops_per_s": round(total_crops / max(model_s, 1e-9), 2)},
+        # segmentation_s: blocks computed and written (write_wait_s of it waiting for the writer thread);
+        # finish_s: rasters closed and polygons merged; publish_s: COGs made and moved into place
+        "timing": {"segmentation_s": round(model_s, 3), "crops_per_s": round(total_crops / max(model_s, 1e-9), 2),
+                   "write_wait_s": round(write_wait.seconds, 3), "finish_s": round(finish_s, 3)},
         "files": {k: p.name for k, p in paths.items()},
     }
 
 
-def _publish(work: Path, paths: dict[str, Path], summary: dict, cancel: threading.Event | None = None) -> None:
-    """Move every finished product into place; the summary (the completion marker) goes last. All or
-    nothing: a cancel between steps, an error or Ctrl-C removes the products already moved."""
+def _publish(work: Path, paths: dict[str, Path], summary: dict, started: float,
+             cancel: threading.Event | None = None) -> None:
+    """Move every finished product into place; the summary (the completion marker) goes last, with
+    the time this took (`publish_s`) and the run's `total_s` (since `started`). All or nothing: a
+    cancel between steps, an error or Ctrl-C removes the products already moved."""
     moved: list[Path] = []
+    t0 = time.perf_counter()
 
     def step(publish, final: Path) -> None:
         if cancel is not None and cancel.is_set():
@@ -225,6 +240,8 @@ def _publish(work: Path, paths: dict[str, Path], summary: dict, cancel: threadin
             step(lambda: publish_cog(work / "scores.tif", paths["scores"], "AVERAGE"), paths["scores"])
         if "polygons" in paths:
             step(lambda: os.replace(work / "polygons.gpkg", paths["polygons"]), paths["polygons"])
+        now = time.perf_counter()
+        summary["timing"].update(publish_s=round(now - t0, 3), total_s=round(now - started, 3))
         step(lambda: publish_summary(work, paths["summary"], summary), paths["summary"])
     except BaseException:
         for path in moved:

@@ -5,7 +5,9 @@ Products (uint8, nodata 255):
 - confidence: probability of the chosen class × 254
 - scores:     one band per class, probability × 254 (band scale 1/254, so QGIS shows 0-1)
 Temporary files use fast DEFLATE (level 1); finished files are Cloud-Optimised GeoTIFFs (DEFLATE,
-512 px blocks, overviews), written on all CPUs under a temporary name and renamed when complete.
+512 px blocks, overviews), written on all CPUs under a temporary name and renamed when complete. A
+temporary raster can make its overviews as it is written (`engine.geo.overviews`), which the COG then
+takes as they are instead of reading the raster back to make them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,7 @@ from rasterio.windows import Window
 
 from engine import config
 from engine.boxes import Box
+from engine.geo.overviews import Pyramid, level_path, level_paths, overview_sizes
 
 NODATA = 255
 SCORE_MAX = 254
@@ -43,12 +47,19 @@ def gdal_env() -> rasterio.Env:
 
 class TiledRaster:
     """A tiled GeoTIFF (uint8 unless told otherwise) written block by block; `transform` None writes
-    no geotransform (the outputs of a raster without one)."""
+    no geotransform (the outputs of a raster without one). With `overviews` ("mode" or "average",
+    uint8 only) its overview levels are written beside it as the blocks arrive (`level_paths`), in
+    row-major order of a partition, as the pipeline writes them."""
 
     def __init__(self, path: Path, height: int, width: int, count: int, transform, crs,
                  descriptions: list[str], tags: dict[str, str], colormap: dict[int, tuple] | None = None,
-                 scale: float | None = None, dtype: str = "uint8", nodata: float = NODATA):
+                 scale: float | None = None, dtype: str = "uint8", nodata: float = NODATA,
+                 overviews: str | None = None):
         self.path = path
+        self.levels = [TiledRaster(level_path(path, k), h, w, count, None, None, [], {}, nodata=nodata)
+                       for k, (h, w) in enumerate(overview_sizes(height, width) if overviews else [], start=1)]
+        self.pyramid = (Pyramid(height, width, count, overviews, self._write_level, int(nodata))
+                        if self.levels else None)
         profile = dict(driver="GTiff", height=height, width=width, count=count, dtype=dtype, nodata=nodata,
                        crs=crs, tiled=True, blockxsize=BLOCKSIZE, blockysize=BLOCKSIZE,
                        compress="deflate", zlevel=1, BIGTIFF="IF_SAFER", num_threads=config.gdal_threads())
@@ -71,25 +82,53 @@ class TiledRaster:
     def write(self, core: Box, data: np.ndarray) -> None:
         data = data if data.ndim == 3 else data[None]
         self.dataset.write(data, window=Window(core.x, core.y, core.w, core.h))
+        if self.pyramid is not None:
+            self.pyramid.add(core.y, core.x, data)
+
+    def _write_level(self, level: int, y: int, x: int, data: np.ndarray) -> None:
+        self.levels[level - 1].write(Box(y, x, data.shape[1], data.shape[2]), data)
 
     def close(self) -> None:
+        for level in self.levels:
+            level.close()
         if not self.dataset.closed:
             self.dataset.close()
 
 
 def publish_cog(src_path: Path, final_path: Path, overview_resampling: str) -> None:
-    """Write `src_path` as a COG next to `final_path` under a temporary name, then rename it."""
+    """Write `src_path` as a COG next to `final_path` under a temporary name, then rename it. Overviews
+    written beside it (a TiledRaster's `overviews`) are taken as they are; without them GDAL makes
+    them with `overview_resampling`."""
     partial = final_path.with_name(f".{final_path.name}.partial")
+    levels = level_paths(src_path)
+    source = with_overviews(src_path, levels) if levels else src_path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            rasterio.shutil.copy(src_path, partial, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=str(BLOCKSIZE),
+            rasterio.shutil.copy(source, partial, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=str(BLOCKSIZE),
                                  RESAMPLING=overview_resampling, BIGTIFF="IF_SAFER",
                                  NUM_THREADS=config.gdal_threads())
         os.replace(partial, final_path)
     finally:
         if partial.exists():
             partial.unlink()
+
+
+def with_overviews(src_path: Path, levels: list[Path]) -> Path:
+    """A VRT beside `src_path` showing it (GDAL writes the VRT: grid, metadata, colours as they are)
+    with `levels` as its overviews, band for band."""
+    vrt = src_path.with_suffix(".vrt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        rasterio.shutil.copy(src_path, vrt, driver="VRT")
+    tree = ElementTree.parse(vrt)
+    for band in tree.getroot().iter("VRTRasterBand"):
+        for path in levels:
+            overview = ElementTree.SubElement(band, "Overview")
+            ElementTree.SubElement(overview, "SourceFilename", relativeToVRT="0").text = str(path.resolve())
+            ElementTree.SubElement(overview, "SourceBand").text = band.get("band")
+    tree.write(vrt, encoding="UTF-8")
+    return vrt
 
 
 def class_tags(classes: list[dict], extra: dict[str, str]) -> dict[str, str]:

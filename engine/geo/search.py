@@ -50,7 +50,7 @@ class SearchJob:
     window: tuple[int, int, int, int] | None = None
     bbox: tuple[float, float, float, float] | None = None
     bbox_crs: str | None = None
-    block: int = 1024
+    block: int | None = None  # as `segment`'s
     heatmap: bool = True
     name: str | None = None
 

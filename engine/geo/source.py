@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -126,8 +127,14 @@ class RasterSource:
     def __init__(self, path: str | Path, bands: tuple[int, int, int] | None = None, gsd: float | None = None,
                  window: tuple[int, int, int, int] | None = None,
                  bbox: tuple[float, float, float, float] | None = None, bbox_crs: str | None = None,
-                 nodata: float | None = None):
+                 nodata: float | None = None, inspect_pixels: bool = True):
+        """`inspect_pixels` False: the area and grid only, for checks before a run — no decimated
+        read of the whole area, so no contrast stretch (pixels read unstretched) and no notes on it."""
         self.path = str(path)
+        self.inspect_pixels = inspect_pixels
+        self._owner, self._local = threading.get_ident(), threading.local()  # see _handle
+        self._handles: list = []
+        self._handles_lock = threading.Lock()
         self.nodata = None if nodata is None else float(nodata)
         self.notes: list[str] = []  # one line each, for the user: the choices made for this raster
         if not Path(self.path).exists() and not self.path.startswith("/vsi"):
@@ -163,8 +170,8 @@ class RasterSource:
         self.floating = any(np.dtype(ds.dtypes[b - 1]).kind in "fc" for b in self.bands)
         needs_stretch = ds.dtypes[self.bands[0] - 1] != "uint8"
         cheap = self.height * self.width <= _CHEAP_READ_PIXELS or bool(ds.overviews(self.bands[0]))
-        overview = self._overview_read() if needs_stretch or cheap else None
-        self.stretch = self._stretch(*overview) if needs_stretch else None
+        overview = self._overview_read() if self.inspect_pixels and (needs_stretch or cheap) else None
+        self.stretch = self._stretch(*overview) if needs_stretch and overview is not None else None
         if overview is not None:  # (a large uint8 raster without overviews is not read whole for this)
             self._check_edge_frame(overview[0])
 
@@ -313,18 +320,26 @@ class RasterSource:
     def working_transform(self) -> Affine:
         return self.transform * Affine.scale(self.grid.scale_x, self.grid.scale_y)
 
-    def to_source_grid(self, core: Box, *arrays: np.ndarray) -> tuple[Box, list[np.ndarray]]:
+    def to_source_grid(self, core: Box, *arrays):
         """Working-grid block → (source-grid rectangle, the arrays [..., h, w] on it), nearest
         neighbour: each source pixel takes the working pixel under its centre. The rectangles of a
-        partition of the working grid partition the source grid, so blocks go back one by one."""
+        partition of the working grid partition the source grid, so blocks go back one by one.
+        numpy arrays or torch tensors (indexed on their device; this module itself stays free of
+        torch, as the readers of a batch run import it)."""
         if not self.grid.resampled:
             return core, list(arrays)
         rows, cols = self._source_to_working()
         r0, r1 = np.searchsorted(rows, [core.y, core.y + core.h])
         c0, c1 = np.searchsorted(cols, [core.x, core.x + core.w])
         take_r, take_c = rows[r0:r1] - core.y, cols[c0:c1] - core.x
-        return (Box(int(r0), int(c0), int(r1 - r0), int(c1 - c0)),
-                [a.take(take_r, axis=-2).take(take_c, axis=-1) for a in arrays])
+        rect = Box(int(r0), int(c0), int(r1 - r0), int(c1 - c0))
+        if arrays and not isinstance(arrays[0], np.ndarray):  # torch tensors
+            from engine.dense.transfer import to_device
+
+            device = arrays[0].device
+            index_r, index_c = to_device(take_r.tolist(), device), to_device(take_c.tolist(), device)
+            return rect, [a.index_select(-2, index_r).index_select(-1, index_c) for a in arrays]
+        return rect, [a.take(take_r, axis=-2).take(take_c, axis=-1) for a in arrays]
 
     def _source_to_working(self) -> tuple[np.ndarray, np.ndarray]:
         """For each source row and column, the working row and column under its centre (non-decreasing)."""
@@ -366,8 +381,8 @@ class RasterSource:
         same_size = abs(window.width - width) < 1e-9 and abs(window.height - height) < 1e-9
         resampling = Resampling.nearest if same_size else Resampling.bilinear
         with self._reading():
-            data = self.dataset.read(self.bands, window=window, out_shape=(3, height, width), resampling=resampling)
-            masks = self.dataset.read_masks(self.bands, window=window, out_shape=(3, height, width),
+            data = self._handle().read(self.bands, window=window, out_shape=(3, height, width), resampling=resampling)
+            masks = self._handle().read_masks(self.bands, window=window, out_shape=(3, height, width),
                                             resampling=Resampling.nearest)
         valid = (masks > 0).all(axis=0)
         if self.floating or self.nodata is not None:  # values decide on the unresampled pixels
@@ -428,7 +443,7 @@ class RasterSource:
         """Validity mask [h, w] (True = data in every chosen band, inside the mask if any) of a
         working-grid rectangle."""
         with self._reading():
-            masks = self.dataset.read_masks(self.bands, window=self.source_window(rect),
+            masks = self._handle().read_masks(self.bands, window=self.source_window(rect),
                                             out_shape=(3, rect.h, rect.w), resampling=Resampling.nearest)
         valid = (masks > 0).all(axis=0)
         if self.floating or self.nodata is not None:  # NaN/±inf (whatever the file declares), --nodata
@@ -442,8 +457,8 @@ class RasterSource:
 
     def _read_nearest(self, window: Window, height: int, width: int) -> np.ndarray:
         with self._reading():
-            return self.dataset.read(self.bands, window=window, out_shape=(3, height, width),
-                                     resampling=Resampling.nearest)
+            return self._handle().read(self.bands, window=window, out_shape=(3, height, width),
+                                       resampling=Resampling.nearest)
 
     @contextmanager
     def _reading(self):
@@ -454,7 +469,26 @@ class RasterSource:
             raise InputError(f"cannot read the pixels of {Path(self.path).name} (corrupt or truncated file?): "
                              f"{first_line(exc)}") from None
 
+    def _handle(self):
+        """The dataset to read with in this thread: the one opened at start in the thread that opened
+        it, a thread's own otherwise (a GDAL dataset must not be read by two threads at once), so
+        that several threads can read blocks in parallel."""
+        if threading.get_ident() == self._owner:
+            return self.dataset
+        handle = getattr(self._local, "dataset", None)
+        if handle is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                handle = self._local.dataset = rasterio.open(self.path)
+            with self._handles_lock:
+                self._handles.append(handle)
+        return handle
+
     def close(self) -> None:
+        with self._handles_lock:
+            for handle in self._handles:
+                handle.close()
+            self._handles.clear()
         self.dataset.close()
 
     def __enter__(self) -> "RasterSource":

@@ -139,7 +139,7 @@ def prepare_segment(body: SegmentRequest, store, settings, pool=None) -> dict:
         raise HTTPException(400, str(exc)) from None
 
     def check(path):
-        with plain.open_source(path) as source:
+        with plain.open_source(path, inspect_pixels=False) as source:
             check_pixel_budget(source, settings.max_pixels)
             source.probe()
 
@@ -210,7 +210,7 @@ def prepare_teach(body: TeachRequest, store, settings, pool=None) -> dict:
 
     def check(path):
         PromptSet.parse(body.classes)
-        with body.open_source(path) as source:
+        with body.open_source(path, inspect_pixels=False) as source:
             source.probe()
             if body.labels_crs:
                 source.user_crs(body.labels_crs, "the labels")
@@ -261,7 +261,7 @@ def accuracy_handler():
 
 
 def _check_source(path: str, body, gsd=None) -> None:
-    with RasterSource(path, gsd=gsd, **_area(body)) as source:
+    with RasterSource(path, gsd=gsd, **_area(body), inspect_pixels=False) as source:
         source.probe()
 
 

@@ -95,11 +95,12 @@ class TeachRequest(ModelChoice):
     preset: Literal["paper", "enhanced"] = "paper"
     global_bias: float | None = Field(None, ge=0.0, le=1.0)
 
-    def open_source(self, path: str):
-        """The raster as teaching reads it (bands, working GSD, nodata); the caller closes it."""
+    def open_source(self, path: str, inspect_pixels: bool = True):
+        """The raster as teaching reads it (bands, working GSD, nodata); the caller closes it.
+        `inspect_pixels` False: for checks only (see RasterSource)."""
         from engine.geo.source import RasterSource
 
-        return RasterSource(path, gsd=self.gsd, bands=self.bands, nodata=self.nodata)
+        return RasterSource(path, gsd=self.gsd, bands=self.bands, nodata=self.nodata, inspect_pixels=inspect_pixels)
 
 
 class AccuracyRequest(Strict):

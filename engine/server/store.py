@@ -100,6 +100,7 @@ class JobStore:
                 folder.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(data_dir / "engine.sqlite", check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL's advice: no disk flush on every progress update
             self._db.executescript(_SCHEMA)
             if "revision" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
                 self._db.execute("ALTER TABLE jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")  # older folder

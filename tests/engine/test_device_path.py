@@ -106,6 +106,22 @@ def test_resampled_run_equals_the_working_grid_classes_put_back(tmp_path, segmen
         np.testing.assert_array_equal(cls.read(1), expected)
 
 
+@pytest.mark.parametrize("gsd", [None, 0.4], ids=["native", "resampled"])
+def test_reading_in_several_threads_gives_the_same_outputs(tmp_path, segmenter, monkeypatch, gsd):
+    data = write_raster(tmp_path / "in.tif", np.maximum(scene(700, 650, seed=4)[0], 1), res=0.25, nodata=0)
+    with rasterio.open(data, "r+") as ds:  # a nodata hole across block borders
+        ds.write(np.zeros((3, 90, 400), np.uint8), window=rasterio.windows.Window(100, 200, 400, 90))
+    outputs = {}
+    for threads in ("1", "3"):
+        monkeypatch.setenv("FARSLIP_READ_THREADS", threads)
+        out = tmp_path / f"out{threads}"
+        segment_raster(RasterJob(str(data), str(out), gsd=gsd, block=224, scores=True, polygons=False), segmenter)
+        with rasterio.open(out / "in_classes.tif") as cls, rasterio.open(out / "in_scores.tif") as sc:
+            outputs[threads] = cls.read(), sc.read()
+    assert (outputs["1"][0] == 255).any()  # the hole is no data
+    assert np.array_equal(outputs["1"][0], outputs["3"][0]) and np.array_equal(outputs["1"][1], outputs["3"][1])
+
+
 def _gdal_cache_bytes() -> int:
     """GDALGetCacheMax64 of the GDAL that rasterio runs on."""
     import rasterio._env  # noqa: F401  (loads libgdal)
@@ -135,6 +151,7 @@ def test_reads_run_ahead_in_order_and_stop_when_the_consumer_stops():
         return read
 
     assert list(prefetched(task(k) for k in range(5))) == [0, 1, 2, 3, 4]
+    assert list(prefetched((task(k) for k in range(7)), workers=4)) == list(range(7))  # in order
     ran.clear()
     with closing(prefetched(task(k) for k in range(100))) as reads:
         assert next(reads) == 0
