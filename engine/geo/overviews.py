@@ -12,7 +12,8 @@ Reductions (each 2 × 2 group of valid pixels; no data only where all four are n
 - `mode`: the most frequent value, a tie going to the first in reading order (top-left, top-right,
   bottom-left, bottom-right) — GDAL's MODE on class maps;
 - `average`: the mean, rounded half up — GDAL's AVERAGE on uint8.
-Computed with numpy in the writer thread (one core: the model keeps the others).
+Computed with torch on the CPU (vectorised, on all cores): with numpy on the writer thread's one core
+the writer held the blocks back on an H100 box (default GSD 0.29 of the model's rate against 0.32).
 
 Rectangles arrive in row-major order and partition the raster (as a run's blocks do, also after
 being put back on the source grid): the rectangles of one band share their rows. A rectangle starting
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 TILE = 512
 
@@ -55,39 +57,39 @@ def level_paths(base: Path) -> list[Path]:
     return paths
 
 
-def _groups(data: np.ndarray) -> list[np.ndarray]:
+def _groups(data: torch.Tensor) -> list[torch.Tensor]:
     """The four pixels of each 2 × 2 group of data [..., 2a, 2b], in reading order."""
     return [data[..., 0::2, 0::2], data[..., 0::2, 1::2], data[..., 1::2, 0::2], data[..., 1::2, 1::2]]
 
 
-def reduce_mode(data: np.ndarray, nodata: int) -> np.ndarray:
+def reduce_mode(data: torch.Tensor, nodata: int) -> torch.Tensor:
     """Majority of the valid values of each 2 × 2 group (see the module's docstring)."""
     v0, v1, v2, v3 = _groups(data)
     # without no data: v0 wins when it occurs twice or more (nothing can beat it), else v1 when it
     # does, else v2 when v2 == v3, else all differ and v0 is first
-    result = np.where(v2 == v3, v2, v0)
-    result = np.where((v1 == v2) | (v1 == v3), v1, result)
-    result = np.where((v0 == v1) | (v0 == v2) | (v0 == v3), v0, result)
+    result = torch.where(v2 == v3, v2, v0)
+    result = torch.where((v1 == v2) | (v1 == v3), v1, result)
+    result = torch.where((v0 == v1) | (v0 == v2) | (v0 == v3), v0, result)
     # a valid winner also wins among the valid values alone; groups where no data won are counted again
     fix = result == nodata
-    if fix.any():
-        values = np.stack([v[fix] for v in (v0, v1, v2, v3)])  # [4, n]
-        counts = (values[:, None] == values[None]).sum(axis=1) * (values != nodata)
-        result[fix] = np.take_along_axis(values, counts.argmax(axis=0)[None], axis=0)[0]  # first most frequent
+    if bool(fix.any()):
+        values = torch.stack([v[fix] for v in (v0, v1, v2, v3)])  # [4, n]
+        counts = (values[:, None] == values[None]).sum(dim=1) * (values != nodata)
+        result[fix] = values.gather(0, counts.argmax(dim=0)[None])[0]  # first of the most frequent
     return result
 
 
-def reduce_average(data: np.ndarray, nodata: int) -> np.ndarray:
+def reduce_average(data: torch.Tensor, nodata: int) -> torch.Tensor:
     """Rounded mean of the valid values of each 2 × 2 group (see the module's docstring)."""
-    values = np.stack(_groups(data)).astype(np.int32)
+    values = torch.stack(_groups(data)).to(torch.int32)
     valid = values != nodata
-    n = valid.sum(axis=0)
-    total = np.where(valid, values, 0).sum(axis=0)
-    mean = (total + n // 2) // np.maximum(n, 1)
-    return np.where(n > 0, mean, nodata).astype(np.uint8)
+    n = valid.sum(dim=0)
+    total = (values * valid).sum(dim=0)
+    mean = torch.div(total + n // 2, n.clamp(min=1), rounding_mode="floor")
+    return torch.where(n > 0, mean, nodata).to(torch.uint8)
 
 
-REDUCTIONS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"mode": reduce_mode, "average": reduce_average}
+REDUCTIONS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {"mode": reduce_mode, "average": reduce_average}
 
 WriteFn = Callable[[int, int, int, np.ndarray], None]  # (level, y, x, data [c, h, w]) on that level's grid
 
@@ -123,7 +125,7 @@ class _Level:
             block = np.pad(block, ((0, 0), (0, rows % 2), (0, cols % 2)), constant_values=self.nodata)
         if block.shape[1] == 0 or block.shape[2] == 0:
             return None
-        reduced = self.reduce(block, self.nodata)
+        reduced = self.reduce(torch.from_numpy(np.ascontiguousarray(block)), self.nodata).numpy()
         return y0 // 2, x0 // 2, reduced
 
 
