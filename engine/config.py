@@ -8,6 +8,8 @@ Environment variables:
   FARSLIP_GDAL_THREADS  threads GDAL decodes and compresses with (default ALL_CPUS)
   FARSLIP_READ_THREADS  threads reading blocks ahead of the model (default: 1 on a CPU, else a quarter
                       of the cores, at most 4: GDAL resamples on read in one thread)
+  FARSLIP_POLYGON_WORKERS  processes tracing polygons (default: 1, i.e. none, on fewer than 8 cores or
+                      under 16 Mpx; else up to half the cores, at most 8)
   FARSLIP_DEVICE      default device: `auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ...
   HF_HOME / HF_HUB_CACHE / HF_HUB_OFFLINE   honoured as huggingface_hub defines them
 """
@@ -67,6 +69,17 @@ def read_threads(device_type: str) -> int:
     if value.strip().isdigit():
         return max(1, int(value))
     return 1 if device_type == "cpu" else max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
+def polygon_workers(pixels: int) -> int:
+    """Processes tracing a raster's polygons block by block (1: in the writer thread itself):
+    FARSLIP_POLYGON_WORKERS, else half the cores (at most 8) for rasters of 16 Mpx or more on
+    machines of 8 or more cores — starting the processes (about a second) is not worth it below."""
+    value = os.environ.get("FARSLIP_POLYGON_WORKERS", "")
+    if value.strip().isdigit():
+        return max(1, int(value))
+    cores = os.cpu_count() or 1
+    return min(8, cores // 2) if cores >= 8 and pixels >= 16_000_000 else 1
 
 
 def hub_offline() -> bool:

@@ -192,7 +192,7 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
         counts, areas, n_polygons = products.close(cancel)
         finish_s = time.perf_counter() - t1
     finally:
-        products.close_rasters()
+        products.release()
     for c in classes:
         c["pixels"] = int(counts[c["index"]])
         c["area_m2"] = None if areas is None else round(float(areas[c["index"]]), 3)
@@ -213,9 +213,11 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
         "working_size": [grid.width, grid.height],
         "crops": total_crops, "polygons": n_polygons,
         # segmentation_s: blocks computed and written (write_wait_s of it waiting for the writer thread);
-        # finish_s: rasters closed and polygons merged; publish_s: COGs made and moved into place
+        # finish_s: rasters closed and polygons merged; publish_s: COGs made and moved into place;
+        # polygon_workers: processes that traced the polygons (1: the writer thread itself)
         "timing": {"segmentation_s": round(model_s, 3), "crops_per_s": round(total_crops / max(model_s, 1e-9), 2),
-                   "write_wait_s": round(write_wait.seconds, 3), "finish_s": round(finish_s, 3)},
+                   "write_wait_s": round(write_wait.seconds, 3), "finish_s": round(finish_s, 3),
+                   "polygon_workers": products.polygons.workers if products.polygons is not None else 0},
         "files": {k: p.name for k, p in paths.items()},
     }
 

@@ -6,25 +6,32 @@ in the neighbouring block: they are kept aside and merged per class at the end (
 a field crossing block borders is one polygon. Attributes: class index and name, mean confidence
 (probability of the chosen class), area in m² (geodesic on geographic CRSs; null without CRS).
 Polygons are simplified (tolerance in pixels) and those under `min_area` m² dropped.
+
+Tracing a block's regions (`engine.geo.tracing`) is the costly part and needs nothing but the block, so
+on a machine with cores to spare (`config.polygon_workers`) blocks are traced in worker processes,
+a few blocks in flight, and their regions taken in block order: the same features in the same order
+as tracing them one by one here.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 import shapely
 from affine import Affine
-from rasterio.features import shapes
-from scipy import ndimage
-from shapely.geometry import shape
 
+from engine import config
 from engine.boxes import Box
 from engine.errors import Cancelled
 from engine.geo.rasters import NODATA, SCORE_MAX
 from engine.geo.source import linear_unit_metres, pixel_sides
+from engine.geo.tracing import Region, block_regions, ignore_interrupts
 from engine.geo.vectors import write_features
 
 _FLUSH_EVERY = 20_000
@@ -45,6 +52,9 @@ class PolygonWriter:
         self._rows: list[tuple[shapely.Geometry, int, float, float | None]] = []
         self._written = 0
         self.count = 0
+        self.workers = config.polygon_workers(height * width)
+        self._pool: ProcessPoolExecutor | None = None  # started with the first block, if workers > 1
+        self._pending: deque[tuple[Future, tuple]] = deque()  # (regions being traced, the block)
         if crs is None:
             self._area_factor, self._geod = None, None
         elif crs.is_geographic:
@@ -61,39 +71,42 @@ class PolygonWriter:
         return None if self._area_factor is None else geom.area * self._area_factor
 
     def add_block(self, core: Box, classes: np.ndarray, confidence: np.ndarray) -> None:
-        labels = np.zeros(classes.shape, dtype=np.int32)
-        owner: list[int] = [NODATA]
-        for value in np.unique(classes):
-            if value == NODATA:
-                continue
-            lab, n = ndimage.label(classes == value)
-            labels[lab > 0] = lab[lab > 0] + len(owner) - 1
-            owner.extend([int(value)] * n)
-        if len(owner) == 1:
+        if self._pool is None and self.workers > 1:
+            self._pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("spawn"),
+                                             initializer=ignore_interrupts)
+        block = (core, classes, confidence, self.transform, self.height, self.width, NODATA, self.tolerance)
+        if self._pool is None:
+            self._take(block_regions(*block))
             return
-        owner_arr = np.asarray(owner)
-        sums = np.bincount(labels.ravel(), weights=confidence.ravel().astype(np.float64), minlength=len(owner))
-        sizes = np.bincount(labels.ravel(), minlength=len(owner))
-        seam_ids = set()
-        if core.y > 0:
-            seam_ids.update(np.unique(labels[0]))
-        if core.y + core.h < self.height:
-            seam_ids.update(np.unique(labels[-1]))
-        if core.x > 0:
-            seam_ids.update(np.unique(labels[:, 0]))
-        if core.x + core.w < self.width:
-            seam_ids.update(np.unique(labels[:, -1]))
-        transform = self.transform * Affine.translation(core.x, core.y)
-        for geojson, value in shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
-            cid = int(value)
-            polygon = shape(geojson)
-            if cid in seam_ids:
-                self._seam[int(owner_arr[cid])].append((polygon, float(sums[cid]), int(sizes[cid])))
-            else:
-                self._add(polygon, int(owner_arr[cid]), sums[cid] / sizes[cid])
+        self._pending.append((self._pool.submit(block_regions, *block), block))
+        while len(self._pending) > 2 * self.workers:  # a few blocks in flight: memory stays bounded
+            self._take_next()
 
-    def _add(self, geom, class_index: int, mean_conf: float) -> None:
-        if self.tolerance > 0:
+    def _take_next(self) -> None:
+        """The regions of the oldest block in flight; if the workers could not run (a script started
+        without `if __name__ == "__main__":` cannot start processes), every block is traced here."""
+        future, block = self._pending.popleft()
+        try:
+            regions = future.result()
+        except BrokenProcessPool:
+            pending = [block] + [b for _, b in self._pending]
+            self._pending.clear()
+            self.stop()
+            self.workers = 1
+            for block in pending:
+                self._take(block_regions(*block))
+            return
+        self._take(regions)
+
+    def _take(self, regions: list[Region]) -> None:
+        for polygon, class_index, total, pixels, at_seam in regions:
+            if at_seam:
+                self._seam[class_index].append((polygon, total, pixels))
+            else:
+                self._add(polygon, class_index, total / pixels, simplified=True)
+
+    def _add(self, geom, class_index: int, mean_conf: float, simplified: bool = False) -> None:
+        if self.tolerance > 0 and not simplified:
             geom = geom.simplify(self.tolerance, preserve_topology=True)
         if geom.is_empty:
             return
@@ -137,8 +150,25 @@ class PolygonWriter:
         self._rows.clear()
 
     def close(self, cancel: threading.Event | None = None) -> int:
-        """Merge the regions across block borders, write what is left; returns the polygon count. A
-        cancel stops it between classes (Cancelled)."""
+        """Take the blocks still being traced, merge the regions across block borders, write what is
+        left; returns the polygon count. A cancel stops it between classes (Cancelled)."""
+        try:
+            while self._pending:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("cancelled")
+                self._take_next()
+        finally:
+            self.stop()
         self._merge_seams(cancel)
         self._flush(force=self._written == 0)  # an empty layer is still a valid GeoPackage
         return self._written
+
+    def stop(self) -> None:
+        """Drop the blocks not traced yet and end the worker processes (after an error, a cancel, or
+        at the end)."""
+        for future, _ in self._pending:
+            future.cancel()
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

@@ -104,6 +104,12 @@ class SegmentationProducts:
             if raster is not None:
                 raster.close()
 
+    def release(self) -> None:
+        """Close the files and end the polygon workers, whatever happened (an error, a cancel)."""
+        self.close_rasters()
+        if self.polygons is not None:
+            self.polygons.stop()
+
 
 def row_pixel_area(source: RasterSource) -> np.ndarray | None:
     """Area in m² of one source pixel on each row (rows differ on geographic CRSs), None without CRS:
