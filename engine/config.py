@@ -62,12 +62,19 @@ def gdal_threads() -> str:
     return os.environ.get("FARSLIP_GDAL_THREADS", "ALL_CPUS")
 
 
+def _env_count(name: str) -> int | None:
+    """A count of threads or processes set in the environment variable `name` (at least 1); None when
+    it is unset or not a whole number (the default then applies)."""
+    value = os.environ.get(name, "").strip()
+    return max(1, int(value)) if value.isdigit() else None
+
+
 def read_threads(device_type: str) -> int:
     """Threads reading (decoding, resampling, stretching) blocks ahead of the model: FARSLIP_READ_THREADS,
     else 1 on a CPU (its cores go to the model) and a quarter of the cores, 1 to 4, beside a GPU."""
-    value = os.environ.get("FARSLIP_READ_THREADS", "")
-    if value.strip().isdigit():
-        return max(1, int(value))
+    chosen = _env_count("FARSLIP_READ_THREADS")
+    if chosen is not None:
+        return chosen
     return 1 if device_type == "cpu" else max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
@@ -75,9 +82,9 @@ def polygon_workers(pixels: int) -> int:
     """Processes tracing a raster's polygons block by block (1: in the writer thread itself):
     FARSLIP_POLYGON_WORKERS, else half the cores (at most 8) for rasters of 16 Mpx or more on
     machines of 8 or more cores — starting the processes (about a second) is not worth it below."""
-    value = os.environ.get("FARSLIP_POLYGON_WORKERS", "")
-    if value.strip().isdigit():
-        return max(1, int(value))
+    chosen = _env_count("FARSLIP_POLYGON_WORKERS")
+    if chosen is not None:
+        return chosen
     cores = os.cpu_count() or 1
     return min(8, cores // 2) if cores >= 8 and pixels >= 16_000_000 else 1
 
