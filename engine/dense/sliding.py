@@ -128,12 +128,24 @@ def _batches(items: list[Box], size: int) -> Iterator[list[Box]]:
 
 
 def cut_crops(image: torch.Tensor, boxes: list[Box]) -> torch.Tensor:
-    """Same-size crops [B, 3, h, w] of image [3, H, W], gathered in one indexing step from the view
-    of all its h × w windows (the crop origins travel to the device without waiting for it)."""
+    """Same-size crops [B, 3, h, w] of image [3, H, W]: on an accelerator `gathered_crops` (one
+    kernel however large the batch), on a CPU `stacked_crops` (4× faster there than the gather)."""
+    return stacked_crops(image, boxes) if image.device.type == "cpu" else gathered_crops(image, boxes)
+
+
+def gathered_crops(image: torch.Tensor, boxes: list[Box]) -> torch.Tensor:
+    """The crops gathered in one indexing step from the view of all the image's h × w windows (the
+    crop origins travel to the device without waiting for it)."""
     h, w = boxes[0].h, boxes[0].w
     windows = image.unfold(1, h, 1).unfold(2, w, 1)  # [3, H-h+1, W-w+1, h, w], a view
     origins = to_device([[b.y, b.x] for b in boxes], image.device)
     return windows[:, origins[:, 0], origins[:, 1]].transpose(0, 1)
+
+
+def stacked_crops(image: torch.Tensor, boxes: list[Box]) -> torch.Tensor:
+    """The crops sliced out and copied side by side."""
+    h, w = boxes[0].h, boxes[0].w
+    return torch.stack([image[:, b.y:b.y + h, b.x:b.x + w] for b in boxes])
 
 
 def _model_input(crops: torch.Tensor, crop: int, patch: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -278,19 +290,39 @@ def _row_runs(boxes: list[Box]) -> Iterator[tuple[int, int]]:
             start = k
 
 
+class Workspace:
+    """Memory for the logit sums of one block after another. A fresh tensor of the sums' size (tens
+    of MB) costs a CPU ~20 ms of page faults each time (the C library maps allocations over 32 MB
+    afresh); this one is allocated once and zeroed (~2 ms). A GPU's caching allocator reuses its
+    memory anyway. Whoever holds the tensor `zeros` returned must be done with it before the next call."""
+
+    def __init__(self):
+        self._flat: torch.Tensor | None = None
+
+    def zeros(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        numel = 1
+        for side in shape:
+            numel *= side
+        if self._flat is None or self._flat.device != device or self._flat.numel() < numel:
+            self._flat = None  # the old memory goes before the new is taken
+            self._flat = torch.empty(numel, dtype=torch.float32, device=device)
+        return self._flat[:numel].view(shape).zero_()
+
+
 _batch_limits: dict[str, int] = {}  # per device: the batch that fitted after running out of memory
 
 
 def accumulate_crops(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int,
                      boxes: list[Box], region: Box, batch_size: int = 16, global_bias: float = 0.0,
-                     progress: ProgressFn | None = None,
-                     upsampler: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     progress: ProgressFn | None = None, upsampler: nn.Module | None = None,
+                     workspace: "Workspace | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of crop logits [N, region.h, region.w] and crop count [1, region.h, region.w] (float32, on
     the model's device).
 
     `image` is normalised [3, H, W] (see `normalise`; moved to the model's device if elsewhere);
     `boxes` (all of one size) and `region` are in its pixel coordinates; each box's logits are added
     where it overlaps the region. On a GPU that runs out of memory the batch is halved (and remembered).
+    With a `workspace` the sum is made in its memory (valid until its next use).
     """
     image = image.to(model.device)
     rows = _RowStrips(region)
@@ -313,7 +345,9 @@ def accumulate_crops(model: LoadedModel, image: torch.Tensor, text: torch.Tensor
         done += len(batch)
         if progress is not None:
             progress(done, len(boxes))
-    total = torch.zeros(text.shape[0], region.h, region.w, dtype=torch.float32, device=model.device)
+    shape = (text.shape[0], region.h, region.w)
+    total = (workspace.zeros(shape, model.device) if workspace is not None
+             else torch.zeros(shape, dtype=torch.float32, device=model.device))
     count = torch.zeros(1, region.h, region.w, dtype=torch.float32, device=model.device)
     rows.add_to(total, count)
     return total, count

@@ -24,7 +24,7 @@ import torch
 from engine import config
 from engine.boxes import Box
 from engine.dense import Segmenter
-from engine.dense.sliding import CropGrid, accumulate_crops, normalise
+from engine.dense.sliding import CropGrid, Workspace, accumulate_crops, normalise
 from engine.dense.transfer import pinned, upload
 from engine.errors import Cancelled
 from engine.geo.background import WaitClock, prefetched
@@ -82,10 +82,12 @@ def block_extent(core: Box, owned: list[Box]) -> Box:
 
 
 def block_contributions(segmenter: Segmenter, height: int, width: int, block: int, i: int, j: int,
-                        image: torch.Tensor, on_crops: CropProgressFn | None = None) -> list[Part]:
+                        image: torch.Tensor, on_crops: CropProgressFn | None = None,
+                        workspace: Workspace | None = None) -> list[Part]:
     """Run the crops block (i, j) owns on its extended image (see `block_extent`) and return their
     summed logits and counts cut into the parts that fall on block (i, j) and its right, lower and
-    diagonal neighbours. Pure: the same inputs give the same parts in any process."""
+    diagonal neighbours. Pure: the same inputs give the same parts in any process. With a
+    `workspace`, block (i, j)'s own part lies in its memory (the neighbours' parts are copies)."""
     block = max(block, segmenter.crop)
     core = block_core(height, width, block, i, j)
     owned = CropGrid(height, width, segmenter.crop, segmenter.stride).starting_in(core)
@@ -96,7 +98,7 @@ def block_contributions(segmenter: Segmenter, height: int, width: int, block: in
     total, count = accumulate_crops(
         segmenter.model, image, segmenter.text, segmenter.crop, local, Box(0, 0, extent.h, extent.w),
         segmenter.batch_size, segmenter.options.global_bias, progress=_delta_reporter(on_crops),
-        upsampler=segmenter.upsampler)
+        upsampler=segmenter.upsampler, workspace=workspace)
     parts: list[Part] = []
     for ti, tj in ((i, j), (i, j + 1), (i + 1, j), (i + 1, j + 1)):
         target = block_core(height, width, block, ti, tj)
@@ -159,7 +161,8 @@ def raster_blocks(segmenter: Segmenter, source, block: int | None,
 
     Background threads (`config.read_threads`) read (decode, stretch, resample) the next blocks while
     the current one is computed; each block's pixels go to the device once, as read (uint8 or the
-    stretched floats), and are normalised there. `read_wait` adds up the time spent waiting for them."""
+    stretched floats), and are normalised there. `read_wait` adds up the time spent waiting for them.
+    A block's logits are valid until the next block is asked for (they are summed in one `Workspace`)."""
     grid = source.grid
     height, width = grid.height, grid.width
     total = count_crops(segmenter, height, width)
@@ -188,6 +191,7 @@ def raster_blocks(segmenter: Segmenter, source, block: int | None,
             progress(done, total)
 
     device = segmenter.model.device
+    workspace = Workspace()
     pending: dict[tuple[int, int], list[tuple[Box, torch.Tensor, torch.Tensor]]] = {}
     reads = prefetched((reader(extent, core) for _, _, core, extent in plan), clock=read_wait,
                        workers=config.read_threads(device.type))
@@ -198,7 +202,7 @@ def raster_blocks(segmenter: Segmenter, source, block: int | None,
                 rgb, ok = pixels
                 image = normalise(upload(rgb, device), None if ok is None else upload(ok, device))
                 for target, part, t, c in block_contributions(segmenter, height, width, block, i, j, image,
-                                                              on_crops):
+                                                              on_crops, workspace):
                     if target == (i, j):
                         own = (t, c)
                     else:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from engine.dense import InferenceOptions, Segmenter, prepare_image
 from engine.dense.forward import dense_features
 from engine.boxes import Box
-from engine.dense.sliding import CropGrid, window_starts
+from engine.dense.sliding import CropGrid, gathered_crops, stacked_crops, window_starts
 
 CROP, STRIDE = 224, 112
 
@@ -73,6 +73,16 @@ def test_batch_size_does_not_change_the_result(tiny_model):
     one = Segmenter(tiny_model, "a; b; c", InferenceOptions(batch_size=1)).logits(image)
     many = Segmenter(tiny_model, "a; b; c", InferenceOptions(batch_size=5)).logits(image)
     torch.testing.assert_close(one, many, rtol=1e-5, atol=1e-6)
+
+
+def test_both_ways_of_cutting_crops_give_the_same_pixels():
+    """The GPU's gather and the CPU's slices cut the same crops (the gather runs on CPU tensors too)."""
+    image = torch.from_numpy(np.random.default_rng(4).random((3, 300, 410), dtype=np.float32))
+    boxes = CropGrid(300, 410, CROP, STRIDE).boxes()
+    gathered, stacked = gathered_crops(image, boxes), stacked_crops(image, boxes)
+    assert gathered.shape == (len(boxes), 3, CROP, CROP)
+    assert torch.equal(gathered, stacked)
+    assert torch.equal(stacked[-1], image[:, 300 - CROP:, 410 - CROP:])
 
 
 def test_regions_of_the_global_grid_reassemble_the_whole(segmenter):
