@@ -99,10 +99,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     settings = segment_settings(args)
     options = inference_options(settings, args)
     job = settings.raster_job(args.input, args.out, args.name, overwrite=args.overwrite)
-    # Check the input and the output folder before spending time on loading the model.
-    with settings.open_source(args.input) as source:
+    # Check the input and the output folder before spending time on loading the model (the pixels
+    # are inspected by the run itself: its notes on them are printed at the end).
+    with settings.open_source(args.input, inspect_pixels=False) as source:
         source.probe()
         print_notes(source.notes)
+        said = set(source.notes)
         if source.crs is None:
             print(f"farslip: warning: {Path(args.input).name} has no CRS; outputs are in pixel space and "
                   f"areas are not computed", file=sys.stderr)
@@ -119,6 +121,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         summary = segment_raster(job, segmenter, progress=progress)
     finally:
         bar.close()
+    print_notes([note for note in summary["notes"] if note not in said])
     if not args.quiet:
         for c in summary["classes"]:
             area = f"{c['area_m2'] / 1e4:10.3f} ha" if c["area_m2"] is not None else ""

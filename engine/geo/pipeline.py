@@ -126,7 +126,7 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
     if not job.overwrite:
         refuse_earlier_outputs(job)
     with gdal_env(), RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs,
-                                      nodata=job.nodata) as source:
+                                  nodata=job.nodata, frame_from_reads=blocks is None) as source:
         if job.mask_wkt:
             source.restrict_to(job.mask_wkt, job.mask_crs)
         work = make_workdir(job.out_dir)
@@ -188,6 +188,7 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
         model_s = time.perf_counter() - t0
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled")
+        source.check_frame_from_reads()
         t1 = time.perf_counter()
         counts, areas, n_polygons = products.close(cancel)
         finish_s = time.perf_counter() - t1

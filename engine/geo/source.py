@@ -127,11 +127,16 @@ class RasterSource:
     def __init__(self, path: str | Path, bands: tuple[int, int, int] | None = None, gsd: float | None = None,
                  window: tuple[int, int, int, int] | None = None,
                  bbox: tuple[float, float, float, float] | None = None, bbox_crs: str | None = None,
-                 nodata: float | None = None, inspect_pixels: bool = True):
+                 nodata: float | None = None, inspect_pixels: bool = True, frame_from_reads: bool = False):
         """`inspect_pixels` False: the area and grid only, for checks before a run — no decimated
-        read of the whole area, so no contrast stretch (pixels read unstretched) and no notes on it."""
+        read of the whole area, so no contrast stretch (pixels read unstretched) and no notes on it.
+        `frame_from_reads`: for a run that reads every pixel of the working grid with `read_pixels`;
+        a uint8 raster (no stretch to compute) is not read beforehand for the edge-frame check, which
+        `check_frame_from_reads` makes afterwards from the pixels read (of any size: a large raster
+        without overviews is otherwise not checked)."""
         self.path = str(path)
         self.inspect_pixels = inspect_pixels
+        self._frame_sample = None  # a FrameSample while the check waits for the reads
         self._owner, self._local = threading.get_ident(), threading.local()  # see _handle
         self._handles: list = []
         self._handles_lock = threading.Lock()
@@ -151,12 +156,12 @@ class RasterSource:
         self.georeferenced = not any(issubclass(w.category, rasterio.errors.NotGeoreferencedWarning) for w in caught)
         self.dataset_transform = dataset_transform if self.georeferenced else PIXEL_SPACE
         try:
-            self._setup(bands, gsd, window, bbox, bbox_crs)
+            self._setup(bands, gsd, window, bbox, bbox_crs, frame_from_reads)
         except Exception:
             self.dataset.close()
             raise
 
-    def _setup(self, bands, gsd, window, bbox, bbox_crs) -> None:
+    def _setup(self, bands, gsd, window, bbox, bbox_crs, frame_from_reads) -> None:
         ds = self.dataset
         if ds.count < 1 or ds.width < 1 or ds.height < 1:
             raise InputError(f"{self.path} holds no pixels")
@@ -170,7 +175,13 @@ class RasterSource:
         self.floating = any(np.dtype(ds.dtypes[b - 1]).kind in "fc" for b in self.bands)
         needs_stretch = ds.dtypes[self.bands[0] - 1] != "uint8"
         cheap = self.height * self.width <= _CHEAP_READ_PIXELS or bool(ds.overviews(self.bands[0]))
-        overview = self._overview_read() if self.inspect_pixels and (needs_stretch or cheap) else None
+        overview = None
+        if self.inspect_pixels and frame_from_reads and not needs_stretch:
+            from engine.geo.frames import FrameSample
+
+            self._frame_sample = FrameSample(self.grid.height, self.grid.width, 3, _STATS_MAX_SIDE)
+        elif self.inspect_pixels and (needs_stretch or cheap):
+            overview = self._overview_read()
         self.stretch = self._stretch(*overview) if needs_stretch and overview is not None else None
         if overview is not None:  # (a large uint8 raster without overviews is not read whole for this)
             self._check_edge_frame(overview[0])
@@ -272,6 +283,12 @@ class RasterSource:
             valid &= ~(data == self.nodata).all(axis=0)
         return valid
 
+    def check_frame_from_reads(self) -> None:
+        """The edge-frame check of a `frame_from_reads` source, once every pixel has been read."""
+        sample, self._frame_sample = self._frame_sample, None
+        if sample is not None and sample.complete:
+            self._check_edge_frame(sample.data)
+
     def _check_edge_frame(self, data: np.ndarray) -> None:
         """A note when a large frame of one constant value borders a raster that declares no data."""
         from rasterio.enums import MaskFlags
@@ -364,7 +381,11 @@ class RasterSource:
         """RGB [3, h, w] as the model takes it — uint8 (0-255) for uint8 rasters, else float32 0-1
         after the stretch — and validity [h, w] of a working-grid rectangle. Invalid pixels keep
         whatever value they hold: `engine.dense.sliding.normalise` blanks them on the device."""
-        return self.read_raw(self.source_window(rect), rect.h, rect.w)
+        pixels, valid = self.read_raw(self.source_window(rect), rect.h, rect.w)
+        sample = self._frame_sample
+        if sample is not None and pixels.dtype == np.uint8:
+            sample.add(rect, pixels)
+        return pixels, valid
 
     def read_window(self, window: Window, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """RGB float32 [height, width, 3] in 0-1 and validity [height, width] of a source window

@@ -6,11 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+import torch
 from rasterio.enums import ColorInterp
 
 from engine.dense import Segmenter
 from engine.geo.pipeline import RasterJob, segment_raster
 from engine.geo.source import RasterSource
+from tests.engine.conftest import TINY
 from tests.engine.rasters import scene, write_raster
 
 
@@ -58,6 +60,39 @@ def test_a_large_untagged_zero_frame_is_warned_about(tmp_path, segmenter):
     small, _ = _framed(tmp_path, frame=1)
     with RasterSource(small) as source:
         assert not source.notes  # a 1-pixel frame (2 %) is not worth a word
+
+
+@pytest.mark.parametrize("gsd", [None, 0.7], ids=["native", "resampled"])
+def test_a_run_finds_the_frame_of_a_large_uint8_raster_in_its_own_reads(tmp_path, segmenter, monkeypatch, gsd):
+    """A uint8 raster too large to read twice (made so here by lowering the limit) is not read
+    beforehand; the run finds the frame in the pixels it reads: the same warning, also when resampled."""
+    import engine.geo.source as source_module
+
+    monkeypatch.setattr(source_module, "_CHEAP_READ_PIXELS", 0)
+    src, _ = _framed(tmp_path)
+    with RasterSource(src) as source:
+        assert not source.notes  # not read whole before a run
+    summary = segment_raster(RasterJob(str(src), str(tmp_path / "out"), gsd=gsd, polygons=False), segmenter)
+    warnings = [n for n in summary["notes"] if n.startswith("warning:")]
+    assert len(warnings) == 1 and "is an edge frame of value 0" in warnings[0]
+    share = int(warnings[0].split("% of")[0].removeprefix("warning: "))
+    assert share == pytest.approx(64, abs=3)  # 1 − (120/200)²; the resampled grid blurs its inner edge
+    small, _ = _framed(tmp_path, frame=1)
+    summary = segment_raster(RasterJob(str(small), str(tmp_path / "small"), gsd=gsd, polygons=False), segmenter)
+    assert summary["notes"] == []
+
+
+def test_the_cli_prints_the_runs_frame_warning_once(tmp_path, tiny_clip, capsys):
+    from engine.cli import main
+
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save({"epoch": 1, "name": "tiny", "state_dict": tiny_clip.state_dict()}, checkpoint)
+    src, _ = _framed(tmp_path)
+    code = main(["segment", str(src), "--classes", "water; grass", "-o", str(tmp_path / "out"), "--no-polygons",
+                 "--model", str(checkpoint), "--arch", TINY, "-q"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert err.count("farslip: warning: 64% of framed.tif is an edge frame of value 0") == 1
 
 
 def test_nodata_value_blanks_the_frame_and_keeps_the_stretch_clean(tmp_path, segmenter):
