@@ -179,7 +179,7 @@ class RasterSource:
         if self.inspect_pixels and frame_from_reads and not needs_stretch:
             from engine.geo.frames import FrameSample
 
-            self._frame_sample = FrameSample(self.grid.height, self.grid.width, 3, _STATS_MAX_SIDE)
+            self._frame_sample = FrameSample(self.grid.height, self.grid.width, 3)
         elif self.inspect_pixels and (needs_stretch or cheap):
             overview = self._overview_read()
         self.stretch = self._stretch(*overview) if needs_stretch and overview is not None else None

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from engine.dense import InferenceOptions, PromptSet, Segmenter, prepare_image
 from engine.dense.prompts import NO_CLASS, templates
-from engine.dense.scoring import class_map, class_probabilities
+from engine.dense.scoring import class_map, class_map_and_best, class_probabilities
 from engine.dense.sliding import crop_maps
 from engine.dense.text import embed_names
 
@@ -40,6 +40,16 @@ def test_class_score_is_the_max_over_synonyms_of_a_softmax_over_all_names():
     torch.testing.assert_close(probs[0], softmax[0])
     torch.testing.assert_close(probs[1], torch.maximum(softmax[1], softmax[2]))
     assert class_map(probs).tolist() == [0, 1]
+
+
+def test_the_class_map_is_the_first_best_class_as_torch_max_gives_it():
+    rng = np.random.default_rng(5)
+    probs = torch.from_numpy(rng.random((6, 40, 50), dtype=np.float32))
+    probs[:, :10] = torch.from_numpy(rng.integers(0, 3, (6, 10, 50)).astype(np.float32))  # many ties
+    labels, best = class_map_and_best(probs)
+    want_best, want_index = probs.max(dim=0)
+    assert labels.dtype == torch.uint8 and torch.equal(labels, want_index.to(torch.uint8))
+    assert torch.equal(best, want_best)
 
 
 def test_threshold_sends_uncertain_pixels_to_background_or_no_class():
