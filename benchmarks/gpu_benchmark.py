@@ -16,7 +16,8 @@ polygon writing is CPU work that does not belong to the GPU figures):
 5. a 1600×1000 canvas at 0.3 m, model loaded: seconds per `segment_raster` call (native and default GSD);
 6. on a GPU: the chosen precision vs fp32 on an 896² image: argmax agreement and max |Δ logit|.
 Each timing is the fastest of `--repeat` runs (default 2), so a busy moment of a shared machine does not
-count; the pure rate likewise is the fastest of a first window and one before each end-to-end run. Everything is printed as JSON, then a table last.
+count; the pure rate likewise is the fastest of a first window and one before each end-to-end run.
+Everything is printed as JSON, then a table last.
 """
 
 from __future__ import annotations
