@@ -17,7 +17,7 @@ from engine.errors import InputError
 def _cmd_learn(args: argparse.Namespace) -> int:
     from engine.cli_segment import class_spec, print_notes
     from engine.dense import Segmenter
-    from engine.dense.taught import SUFFIX
+    from engine.taught_format import SUFFIX
     from engine.geo.source import parse_bands
     from engine.geo.teach import teach_from_file
     from engine.job import SegmentSettings

@@ -17,7 +17,7 @@ def class_spec(text: str) -> str:
     """The class list a command line names: the text itself, the classes of `@file`, or
     `@/absolute/SITE.classes.json` (classes taught from labels, read when the run is checked)."""
     from engine.dense import PromptSet
-    from engine.dense.taught import is_taught_file
+    from engine.taught_format import is_taught_file
 
     if is_taught_file(text):
         return "@" + str(config.user_path(text[1:]).absolute())
@@ -94,13 +94,10 @@ def inference_options(settings, args: argparse.Namespace):
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from engine.geo.pipeline import output_paths, segment_raster
-
     settings = segment_settings(args)
     options = inference_options(settings, args)
-    job = settings.raster_job(args.input, args.out, args.name, overwrite=args.overwrite)
-    # Check the input and the output folder before spending time on loading the model (the pixels
-    # are inspected by the run itself: its notes on them are printed at the end).
+    # Check the input and the output folder before spending time on loading torch and the model (the
+    # pixels are inspected by the run itself: its notes on them are printed at the end).
     with settings.open_source(args.input, inspect_pixels=False) as source:
         source.probe()
         print_notes(source.notes)
@@ -112,7 +109,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     _check_writable(Path(args.out))
 
     from engine.dense import Segmenter
+    from engine.geo.pipeline import output_paths, segment_raster
     from engine.models import load_model
+
+    job = settings.raster_job(args.input, args.out, args.name, overwrite=args.overwrite)
 
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     segmenter = Segmenter(model, settings.prompts, options)

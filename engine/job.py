@@ -225,9 +225,11 @@ def read_run_classes(classes) -> "PromptSet | TaughtClasses":
     other file is read here: a command line turns `@file.txt` into its text before this, and the API
     applies its folder policy to a taught-classes path before this."""
     from engine.dense import PromptSet
-    from engine.dense.taught import TaughtClasses, is_taught_file
+    from engine.taught_format import is_taught_file
 
     if isinstance(classes, str) and is_taught_file(classes):
+        from engine.dense.taught import TaughtClasses
+
         return TaughtClasses.load(classes[1:])
     return PromptSet.parse(classes)
 

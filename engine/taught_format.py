@@ -24,3 +24,8 @@ class TaughtFile(BaseModel):
     made: dict[str, Any] = Field(default_factory=dict, description="how they were made")
     prototypes: dict[str, Annotated[list[float], Field(min_length=1)]] = Field(
         ..., description="class label → unit prototype (one length for all)")
+
+
+def is_taught_file(spec: str) -> bool:
+    """Whether a `--classes @...` names a taught-classes file rather than a class list."""
+    return spec.startswith("@") and spec.endswith(SUFFIX)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from engine.dense.prompts import PromptSet
 from engine.dense.text import embed_prompts
 from engine.errors import InputError
-from engine.taught_format import FORMAT, SUFFIX, TaughtFile
+from engine.taught_format import FORMAT, TaughtFile
 
 ALPHAS = tuple(round(i / 10, 1) for i in range(11))
 
@@ -211,8 +211,3 @@ class TaughtClasses:
                 or not all(np.isfinite(p).all() for p in prototypes.values()):
             raise InputError(f"{name}: its prototypes do not match its classes")
         return cls(prompts, prototypes, data.alpha, data.model, data.made)
-
-
-def is_taught_file(spec: str) -> bool:
-    """Whether a `--classes @...` names a taught-classes file rather than a class list."""
-    return spec.startswith("@") and spec.endswith(SUFFIX)

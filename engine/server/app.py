@@ -303,7 +303,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         """A taught-classes file (`farslip classes learn`, the plugin's Teach from labels) for an engine
         that cannot read the client's files: checked, then kept like an upload (quota, expiry,
         DELETE /v1/uploads/{id}); jobs name it `"classes": "@upload:<upload_id>"`."""
-        from engine.dense.taught import SUFFIX, TaughtClasses
+        from engine.dense.taught import TaughtClasses
+        from engine.taught_format import SUFFIX
 
         try:
             body = await request.body()

@@ -110,6 +110,22 @@ def test_bad_input_gives_one_line_and_a_nonzero_exit(tmp_path, capsys, case):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_help_and_bad_input_are_answered_before_the_network_code_loads(tmp_path):
+    """`farslip --help`, `segment --help` and a missing input answer without importing torch (seconds
+    on a laptop): the checks run first, the network code only for a run."""
+    probe = ("import sys\nfrom engine.cli import main\ntry:\n    code = main(sys.argv[1:])\n"
+             "except SystemExit as exit:\n    code = exit.code\nprint(code, 'torch' in sys.modules)")
+    cases = [["--help"], ["segment", "--help"],
+             ["segment", str(tmp_path / "missing.tif"), "--classes", "a; b", "-o", str(tmp_path / "out")]]
+    for args in cases:
+        done = subprocess.run([sys.executable, "-c", probe, *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        code, torch_loaded = done.stdout.strip().splitlines()[-1].split()
+        assert torch_loaded == "False", args
+        assert (code == "0") == (args[-1] == "--help"), (args, done.stderr)
+    assert "input raster not found" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
 def test_unwritable_output_file_location_is_refused(tmp_path, capsys):
     good = write_raster(tmp_path / "good.tif", scene(64, 64)[0])
     blocker = tmp_path / "file-not-folder"
