@@ -109,10 +109,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     _check_writable(Path(args.out))
 
     from engine.dense import Segmenter
-    from engine.geo.pipeline import output_paths, segment_raster
+    from engine.geo.pipeline import output_paths, refuse_earlier_outputs, segment_raster
     from engine.models import load_model
 
     job = settings.raster_job(args.input, args.out, args.name, overwrite=args.overwrite)
+    if not job.overwrite:
+        refuse_earlier_outputs(job)  # before a model is fetched and loaded (the run checks again)
 
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     segmenter = Segmenter(model, settings.prompts, options)

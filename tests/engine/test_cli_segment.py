@@ -161,6 +161,9 @@ def test_a_rerun_into_the_same_folder_needs_overwrite_and_then_replaces_everythi
                            *_model_args(checkpoint))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--overwrite" in err
     assert json.loads((out / "tile_summary.json").read_text())["prompts"] == "water; grass"  # untouched
+    code, _, err = run_cli(capsys, "segment", str(src), "--classes", "tree", "-o", str(out),
+                           "--model", str(tmp_path / "not-loaded.pt"), "-q")
+    assert code == 2 and "--overwrite" in err  # said before any model is fetched or loaded
     code, _, err = run_cli(capsys, "segment", str(src), "--classes", "tree; road", "-o", str(out), "--no-polygons",
                            "--overwrite", *_model_args(checkpoint))
     assert code == 0, err
