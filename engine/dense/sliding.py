@@ -30,6 +30,7 @@ the piece's pixel coordinates) and the region to fill: see `CropGrid.touching`.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -302,9 +303,7 @@ class Workspace:
         self._flat: torch.Tensor | None = None
 
     def zeros(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        numel = 1
-        for side in shape:
-            numel *= side
+        numel = math.prod(shape)
         if self._flat is None or self._flat.device != device or self._flat.numel() < numel:
             self._flat = None  # the old memory goes before the new is taken
             self._flat = torch.empty(numel, dtype=torch.float32, device=device)
