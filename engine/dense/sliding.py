@@ -112,7 +112,8 @@ def normalise(pixels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.
     device, raw = pixels.device, pixels.dtype == torch.uint8
     scale = _cached(("scale", raw, str(device)), lambda: (1 / (_STD * (255.0 if raw else 1.0))).to(device))
     shift = _cached(("shift", str(device)), lambda: (-_MEAN / _STD).to(device))
-    x = torch.addcmul(shift, pixels.float(), scale)  # (p / 255 − mean) / std in one pass
+    # (p / 255 − mean) / std in one pass; uint8 read as float inside it (no float copy made first)
+    x = torch.addcmul(shift, pixels if raw else pixels.float(), scale)
     if valid is not None:
         x = x.masked_fill_(~valid.to(x.device, torch.bool)[None], 0.0)
     return x
@@ -261,13 +262,16 @@ class _RowStrips:
             if y >= region.y + region.h or y + h <= region.y:
                 continue
             xs = tuple(box.x - region.x for box in boxes[start:stop])
-            placement, coverage = _row_placement(xs, b, padded[1], w, region.w, maps.device)
-            strip = maps[start:stop].permute(1, 2, 0, 3).reshape(n, a, len(xs) * b) @ placement
-            if y in self.strips:
-                self.strips[y][0] += strip
-                self.strips[y][1] += coverage
-            else:
-                self.strips[y] = [strip, coverage.clone()]
+            # only the columns these crops cover (a batch holds a few crops of a row, not the whole row)
+            lo, hi = max(0, min(xs)), min(region.w, max(xs) + w)
+            if hi <= lo:
+                continue
+            placement, coverage = _row_placement(tuple(x - lo for x in xs), b, padded[1], w, hi - lo, maps.device)
+            if y not in self.strips:
+                self.strips[y] = [maps.new_zeros(n, a, region.w), maps.new_zeros(region.w)]
+            strip, covered = self.strips[y]
+            strip[..., lo:hi] += maps[start:stop].permute(1, 2, 0, 3).reshape(n, a, len(xs) * b) @ placement
+            covered[lo:hi] += coverage
 
     def add_to(self, total: torch.Tensor, count: torch.Tensor) -> None:
         """Up-sample every strip vertically and add it to total [N, region.h, region.w]; coverage to count."""

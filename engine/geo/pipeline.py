@@ -39,8 +39,8 @@ from engine.errors import Cancelled, InputError
 from engine.geo.background import BackgroundWriter, WaitClock
 from engine.geo.blocks import count_crops, raster_blocks
 from engine.geo.colours import class_colour, hex_colour
-from engine.geo.products import SegmentationProducts, on_source_grid
-from engine.geo.rasters import NODATA, class_tags, gdal_env, publish_cog, quantise
+from engine.geo.products import SegmentationProducts, on_source_grid, scored_block
+from engine.geo.rasters import NODATA, class_tags, gdal_env, publish_cog
 from engine.geo.source import RasterSource
 
 if TYPE_CHECKING:
@@ -175,13 +175,8 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
     try:
         with BackgroundWriter(clock=write_wait) as writer:
             for core, logits, valid in blocks:
-                probs = segmenter.probabilities(logits)
-                labels, best = segmenter.labels_and_best(probs)
-                outputs = [labels]
-                if job.polygons:  # the polygons' mean score
-                    outputs.append(quantise(best))
-                if job.scores:
-                    outputs.append(quantise(probs))
+                # the confidence is the polygons' mean score
+                outputs = scored_block(segmenter, logits, confidence=job.polygons, scores=job.scores)
                 rect, outputs, counts = on_source_grid(source, core, outputs, valid, len(classes))
                 if rect.h and rect.w:
                     writer.submit(write, rect, download(outputs + [counts]))

@@ -20,8 +20,27 @@ import torch
 from engine.boxes import Box
 from engine.dense.transfer import pinned, to_device, upload
 from engine.geo.polygons import PolygonWriter
-from engine.geo.rasters import NODATA, SCORE_MAX, TiledRaster
+from engine.geo.rasters import NODATA, SCORE_MAX, TiledRaster, quantise
 from engine.geo.source import RasterSource, linear_unit_metres
+
+
+CPU_SCORING_ROWS = 128  # rows of a block scored at a time on a CPU (7 names × 128 rows × 1.1k px: ~4 MB)
+
+
+def scored_block(segmenter, logits: torch.Tensor, confidence: bool, scores: bool) -> list[torch.Tensor]:
+    """A block's mean logits [N, h, w] → its uint8 arrays on the same device: the class indices [h, w],
+    then, when asked, the quantised confidence [h, w] and scores [C, h, w]. On a CPU it goes through
+    the block in bands of `CPU_SCORING_ROWS` rows, so that the softmax's and the class steps'
+    intermediate arrays stay in the cache instead of passing through memory a dozen times; the
+    numbers are the same as in one pass, which an accelerator makes."""
+    height = logits.shape[1]
+    step = CPU_SCORING_ROWS if logits.device.type == "cpu" else height
+    bands: list[list[torch.Tensor]] = []
+    for top in range(0, height, step):
+        probs = segmenter.probabilities(logits[:, top:top + step])
+        labels, best = segmenter.labels_and_best(probs)
+        bands.append([labels] + ([quantise(best)] if confidence else []) + ([quantise(probs)] if scores else []))
+    return [parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2) for parts in zip(*bands)]
 
 
 def on_source_grid(source: RasterSource, core: Box, arrays: list[torch.Tensor], valid: np.ndarray,

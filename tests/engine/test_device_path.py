@@ -17,10 +17,12 @@ from rasterio.warp import Resampling, reproject
 
 from engine.boxes import Box
 from engine.dense import InferenceOptions, Segmenter, prepare_image
+from engine.dense.prompts import NO_CLASS
 from engine.geo.background import BackgroundWriter, prefetched
 from engine.geo.blocks import block_boxes, raster_blocks
 from engine.geo.pipeline import RasterJob, segment_raster
-from engine.geo.rasters import gdal_env
+from engine.geo.products import CPU_SCORING_ROWS, scored_block
+from engine.geo.rasters import gdal_env, quantise
 from engine.geo.source import RasterSource
 from tests.engine.rasters import scene, write_raster
 
@@ -104,6 +106,25 @@ def test_resampled_run_equals_the_working_grid_classes_put_back(tmp_path, segmen
         rect, (expected,) = source.to_source_grid(Box(0, 0, g.height, g.width), labels)
         assert (rect.h, rect.w) == (cls.height, cls.width) == (330, 410)
         np.testing.assert_array_equal(cls.read(1), expected)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.35])
+def test_a_block_scored_in_bands_of_rows_equals_one_pass(tiny_model, threshold):
+    """On a CPU a block's class map, confidence and scores are made a band of rows at a time: the
+    same numbers as the whole block at once, for any height (here not a multiple of the band)."""
+    segmenter = Segmenter(tiny_model, CLASSES, InferenceOptions(prob_threshold=threshold))
+    generator = torch.Generator().manual_seed(3)
+    height = 2 * CPU_SCORING_ROWS + 37
+    logits = torch.rand(len(segmenter.prompts.names), height, 150, generator=generator) * 0.2 - 0.1
+    logits[:, :5] = 0.05  # ties between all names: the first class wins in both
+    probs = segmenter.probabilities(logits)
+    labels, best = segmenter.labels_and_best(probs)
+    banded = scored_block(segmenter, logits, confidence=True, scores=True)
+    for got, expected in zip(banded, [labels, quantise(best), quantise(probs)], strict=True):
+        assert torch.equal(got, expected)
+    if threshold:
+        assert (labels == NO_CLASS).any() and (labels != NO_CLASS).any()  # some pixels fell below it
+    assert len(scored_block(segmenter, logits, confidence=False, scores=False)) == 1
 
 
 @pytest.mark.parametrize("gsd", [None, 0.4], ids=["native", "resampled"])

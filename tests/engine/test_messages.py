@@ -30,6 +30,36 @@ def test_a_truncated_file_says_what_failed(tmp_path):
     assert "See previous exception" not in message and "\n" not in message
 
 
+@pytest.mark.parametrize("tiled", [True, False], ids=["tiles", "strips"])
+def test_a_truncated_geotiff_is_found_from_its_tile_index_before_a_run(tmp_path, tiled):
+    """The check of a request (the area only, no pixels inspected) finds the missing tile without
+    decoding one, and says so in one line."""
+    path = write_raster(tmp_path / "cut.tif", scene(700, 600, seed=7)[0], tiled=tiled)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InputError) as err:
+        with RasterSource(path, inspect_pixels=False) as source:
+            source.probe()
+    message = str(err.value)
+    assert "cannot read the pixels of cut.tif (truncated file?): it ends at byte" in message
+    assert "\n" not in message
+
+
+def test_a_truncated_file_in_a_format_without_a_tile_index_is_read_to_be_checked(tmp_path):
+    import rasterio
+
+    path = tmp_path / "cut.jpg"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(path, "w", driver="JPEG", width=300, height=300, count=3, dtype="uint8") as ds:
+            ds.write(scene(300, 300, seed=7)[0])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InputError) as err:
+        with RasterSource(path) as source:
+            source.probe()
+    message = str(err.value)
+    assert "cut.jpg" in message and "\n" not in message and "See previous exception" not in message
+
+
 def test_a_png_tile_runs_without_library_warnings(tmp_path, tiny_model):
     import rasterio
 
