@@ -22,8 +22,6 @@ EXIT_FAILURES = 1
 
 def _cmd_segment_batch(args: argparse.Namespace) -> int:
     from engine.batch.inputs import expand_inputs
-    from engine.batch.run import BatchSettings, run_batch
-    from engine.geo.pipeline import DEFAULT_BLOCK
 
     if args.workers is not None and args.workers < 1:
         raise InputError("--workers must be at least 1")
@@ -36,14 +34,20 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
     job = segment_settings(args)
     options = inference_options(job, args)
     inputs = expand_inputs(args.inputs)
+    missing = [p for p in inputs if not p.startswith("/vsi") and not Path(p).exists()]
+    if inputs and len(missing) == len(inputs):  # nothing to run: said before a model is fetched (one missing fails alone)
+        raise InputError(f"input raster not found: {missing[0]}"
+                         + (f" (none of the {len(inputs)} inputs exists)" if len(inputs) > 1 else ""))
+    _check_writable(Path(args.out))
+
+    from engine.batch.run import BatchSettings, run_batch  # the network code, once the arguments are checked
+    from engine.dense import Segmenter
+    from engine.geo.pipeline import DEFAULT_BLOCK
+    from engine.models import load_model
+
     settings = BatchSettings(out_dir=args.out, bands=tuple(job.bands) if job.bands else None, gsd=job.gsd,
                              block=job.block or DEFAULT_BLOCK, scores=job.scores, polygons=job.polygons,
                              min_area=job.min_area, simplify=job.simplify, nodata=job.nodata)
-    _check_writable(Path(args.out))
-
-    from engine.dense import Segmenter
-    from engine.models import load_model
-
     driver_device = "cpu" if args.ray is not None else args.device
     model = load_model(args.model, arch=args.arch, device=driver_device, precision=args.precision)
     segmenter = Segmenter(model, job.prompts, options)

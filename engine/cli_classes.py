@@ -16,12 +16,9 @@ from engine.errors import InputError
 
 def _cmd_learn(args: argparse.Namespace) -> int:
     from engine.cli_segment import class_spec, print_notes
-    from engine.dense import Segmenter
-    from engine.taught_format import SUFFIX
     from engine.geo.source import parse_bands
-    from engine.geo.teach import teach_from_file
     from engine.job import SegmentSettings
-    from engine.models import load_model
+    from engine.taught_format import SUFFIX
 
     if not args.out.endswith(SUFFIX):
         raise InputError(f"-o must name a file ending in {SUFFIX} (that is how --classes @FILE knows it)")
@@ -33,6 +30,12 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     settings = SegmentSettings.from_fields(
         classes=class_spec(args.classes), model=args.model, arch=args.arch, bands=list(bands) if bands else None,
         gsd=args.gsd, nodata=args.nodata, preset=args.preset, global_bias=args.global_bias)
+    with settings.open_source(args.input, inspect_pixels=False) as source:  # a bad raster: before the model
+        source.probe()
+    from engine.dense import Segmenter  # the network code, once the arguments are checked
+    from engine.geo.teach import teach_from_file
+    from engine.models import load_model
+
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     segmenter = Segmenter(model, settings.prompts, settings.inference_options(batch_size=args.batch_size))
     with settings.open_source(args.input) as source:

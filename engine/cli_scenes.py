@@ -24,17 +24,21 @@ def _area_args(args) -> dict:
 
 def _cmd_classify(args: argparse.Namespace) -> int:
     from engine.cli_segment import _check_writable, _classes, progress_bar
-    from engine.dense.scenes import SceneClassifier
     from engine.geo.source import RasterSource
-    from engine.models import load_model
 
     prompts = _classes(args.classes)
     area = _area_args(args)
     if (args.cell is None) == (args.regions is None) and args.cell_px is None:
         raise InputError("give either --cell METRES (a grid) or --regions FILE (regions to label)")
-    with RasterSource(args.input, area["bands"], None, area["window"], area["bbox"], area["bbox_crs"]) as source:
+    if args.regions and not Path(args.regions).exists():
+        raise InputError(f"regions file not found: {args.regions}")
+    with RasterSource(args.input, area["bands"], None, area["window"], area["bbox"], area["bbox_crs"],
+                      inspect_pixels=False) as source:
         source.probe()
     _check_writable(Path(args.out))
+    from engine.dense.scenes import SceneClassifier  # the network code, once the arguments are checked
+    from engine.models import load_model
+
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     classifier = SceneClassifier(model, prompts, template_set=args.templates)
     if args.regions:
@@ -104,15 +108,18 @@ def _label_file(args, classifier, area) -> int:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from engine.cli_segment import _check_writable, progress_bar
-    from engine.geo.search import SearchJob, query_prompts, search_paths, search_raster
+    from engine.dense.prompts import query_prompts
     from engine.geo.source import RasterSource
-    from engine.models import load_model
 
     query_prompts(args.query)
     area = _area_args(args)
-    with RasterSource(args.input, area["bands"], args.gsd, area["window"], area["bbox"], area["bbox_crs"]) as source:
+    with RasterSource(args.input, area["bands"], args.gsd, area["window"], area["bbox"], area["bbox_crs"],
+                      inspect_pixels=False) as source:
         source.probe()
     _check_writable(Path(args.out))
+    from engine.geo.search import SearchJob, search_paths, search_raster  # the network code, once checked
+    from engine.models import load_model
+
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     job = SearchJob(args.input, args.out, query=args.query, top_k=args.top_k, gsd=args.gsd,
                     heatmap=not args.no_heatmap, name=args.name, **area)

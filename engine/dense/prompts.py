@@ -4,7 +4,8 @@ A prompt set is a list of class lines. A class line holds one or more names sepa
 (synonyms): "building,roof; road; tree,forest" is three classes, the first and last with two names.
 Lines are separated by ';' or newlines, wherever the classes come from (--classes text, an @file,
 a list of lines from the API or the plugin: ';' splits a list item too). Each name is embedded with a template set (the 80 OpenAI
-ImageNet templates by default); a class scores the max over its names' probabilities.
+ImageNet templates by default); a class scores the max over its names' probabilities. A search
+query is one class with one name, the whole sentence (`query_prompts`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from engine.errors import InputError
 
 MAX_CLASSES = 254  # class maps are uint8; 255 means "no class" (nodata / below threshold)
 MAX_NAME_CHARS = 200
+MAX_QUERY_CHARS = 300  # a search query: one sentence
 NO_CLASS = 255
 
 
@@ -128,3 +130,13 @@ class PromptSet:
 
     def as_text(self) -> str:
         return "; ".join(", ".join(c.names) for c in self.classes)
+
+
+def query_prompts(query: str) -> PromptSet:
+    """The query as one class with one name (commas in a sentence are not synonyms here)."""
+    text = " ".join(query.split())
+    if not text:
+        raise InputError("the search query is empty")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InputError(f"the search query is longer than {MAX_QUERY_CHARS} characters")
+    return PromptSet((ClassLine((text,)),))

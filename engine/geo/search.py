@@ -23,7 +23,7 @@ import torch
 
 from engine import __version__
 from engine.dense import InferenceOptions, Segmenter
-from engine.dense.prompts import ClassLine, PromptSet
+from engine.dense.prompts import query_prompts
 from engine.dense.scenes import SceneClassifier
 from engine.errors import Cancelled, InputError
 from engine.geo.blocks import raster_blocks
@@ -35,7 +35,6 @@ from engine.geo.source import RasterSource
 from engine.geo.vectors import write_features
 from engine.models import LoadedModel
 
-MAX_QUERY_CHARS = 300
 HEATMAP_NODATA = -2.0
 
 
@@ -53,16 +52,6 @@ class SearchJob:
     block: int | None = None  # as `segment`'s
     heatmap: bool = True
     name: str | None = None
-
-
-def query_prompts(query: str) -> PromptSet:
-    """The query as one class with one name (commas in a sentence are not synonyms here)."""
-    text = " ".join(query.split())
-    if not text:
-        raise InputError("the search query is empty")
-    if len(text) > MAX_QUERY_CHARS:
-        raise InputError(f"the search query is longer than {MAX_QUERY_CHARS} characters")
-    return PromptSet((ClassLine((text,)),))
 
 
 def search_paths(job: SearchJob) -> dict[str, Path]:

@@ -279,7 +279,7 @@ def prepare_grid(body: GridRequest, store, settings, pool=None) -> dict:
 
 
 def prepare_search(body: SearchRequest, store, settings, pool=None) -> dict:
-    from engine.geo.search import query_prompts
+    from engine.dense.prompts import query_prompts
 
     def check(path):
         query_prompts(body.query)
