@@ -35,7 +35,8 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
     options = inference_options(job, args)
     inputs = expand_inputs(args.inputs)
     missing = [p for p in inputs if not p.startswith("/vsi") and not Path(p).exists()]
-    if inputs and len(missing) == len(inputs):  # nothing to run: said before a model is fetched (one missing fails alone)
+    # nothing to run: said before a model is fetched (one missing input among others fails alone)
+    if inputs and len(missing) == len(inputs):
         raise InputError(f"input raster not found: {missing[0]}"
                          + (f" (none of the {len(inputs)} inputs exists)" if len(inputs) > 1 else ""))
     _check_writable(Path(args.out))

@@ -116,7 +116,7 @@ def test_a_block_scored_in_bands_of_rows_equals_one_pass(tiny_model, threshold):
     generator = torch.Generator().manual_seed(3)
     height = 2 * CPU_SCORING_ROWS + 37
     logits = torch.rand(len(segmenter.prompts.names), height, 150, generator=generator) * 0.2 - 0.1
-    logits[:, :5] = 0.05  # ties between all names: the first class wins in both
+    logits[:, :5] = 0.05  # ties between all names: the first class (or none, under the threshold) in both
     probs = segmenter.probabilities(logits)
     labels, best = segmenter.labels_and_best(probs)
     banded = scored_block(segmenter, logits, confidence=True, scores=True)

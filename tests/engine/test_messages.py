@@ -54,10 +54,10 @@ def test_a_truncated_file_in_a_format_without_a_tile_index_is_read_to_be_checked
             ds.write(scene(300, 300, seed=7)[0])
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(InputError) as err:
-        with RasterSource(path) as source:
+        with RasterSource(path, inspect_pixels=False) as source:  # opens: the probe's read finds it
             source.probe()
     message = str(err.value)
-    assert "cut.jpg" in message and "\n" not in message and "See previous exception" not in message
+    assert "cannot read the pixels of cut.jpg" in message and "\n" not in message and "See previous exception" not in message
 
 
 def test_a_png_tile_runs_without_library_warnings(tmp_path, tiny_model):
