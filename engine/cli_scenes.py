@@ -24,7 +24,7 @@ def _area_args(args) -> dict:
 
 def _cmd_classify(args: argparse.Namespace) -> int:
     from engine.cli_segment import _check_writable, _classes, progress_bar
-    from engine.geo.source import RasterSource
+    from engine.geo.source import probe_area
 
     prompts = _classes(args.classes)
     area = _area_args(args)
@@ -32,9 +32,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         raise InputError("give either --cell METRES (a grid) or --regions FILE (regions to label)")
     if args.regions and not Path(args.regions).exists():
         raise InputError(f"regions file not found: {args.regions}")
-    with RasterSource(args.input, area["bands"], None, area["window"], area["bbox"], area["bbox_crs"],
-                      inspect_pixels=False) as source:
-        source.probe()
+    probe_area(args.input, **area)
     _check_writable(Path(args.out))
     from engine.dense.scenes import SceneClassifier  # the network code, once the arguments are checked
     from engine.models import load_model
@@ -82,7 +80,7 @@ def _label_file(args, classifier, area) -> int:
         poly = max(getattr(geom, "geoms", [geom]), key=lambda g: g.area)
         regions.append(Region(polygon=tuple(poly.exterior.coords)))
     crs = meta.get("crs") if isinstance(meta, dict) else None
-    with RasterSource(args.input, area["bands"], None, area["window"], area["bbox"], area["bbox_crs"]) as source:
+    with RasterSource(args.input, **area) as source:
         # a file without CRS is in the raster's own frame: its geotransform, or QGIS's pixel frame
         # (x = column, y = -row) for a raster without one, as the regions were drawn over it
         labels = label_regions(source, regions, classifier, crs=crs)
@@ -109,13 +107,11 @@ def _label_file(args, classifier, area) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     from engine.cli_segment import _check_writable, progress_bar
     from engine.dense.prompts import query_prompts
-    from engine.geo.source import RasterSource
+    from engine.geo.source import probe_area
 
     query_prompts(args.query)
     area = _area_args(args)
-    with RasterSource(args.input, area["bands"], args.gsd, area["window"], area["bbox"], area["bbox_crs"],
-                      inspect_pixels=False) as source:
-        source.probe()
+    probe_area(args.input, gsd=args.gsd, **area)
     _check_writable(Path(args.out))
     from engine.geo.search import SearchJob, search_paths, search_raster  # the network code, once checked
     from engine.models import load_model

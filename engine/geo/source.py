@@ -544,3 +544,10 @@ class RasterSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def probe_area(path: str | Path, **source_args) -> None:
+    """Check a raster area before a run, without inspecting its pixels: opened (with `RasterSource`'s
+    arguments) and probed, so that a missing, truncated or unreadable input raises InputError."""
+    with RasterSource(path, inspect_pixels=False, **source_args) as source:
+        source.probe()

@@ -11,7 +11,7 @@ from fastapi import HTTPException
 from engine.errors import FarSLIPError, InputError, first_line
 from engine.job import check_pixel_budget, read_run_classes
 from engine.server.raster_policy import check_input
-from engine.geo.source import RasterSource
+from engine.geo.source import RasterSource, probe_area
 from engine.server.schemas import (AccuracyRequest, GridRequest, InputRef, LabelRequest, SearchRequest, SegmentRequest,
                                    TeachRequest)
 from engine.taught_format import SUFFIX as TAUGHT_SUFFIX
@@ -260,11 +260,6 @@ def accuracy_handler():
     return run
 
 
-def _check_source(path: str, body, gsd=None) -> None:
-    with RasterSource(path, gsd=gsd, **_area(body), inspect_pixels=False) as source:
-        source.probe()
-
-
 def prepare_grid(body: GridRequest, store, settings, pool=None) -> dict:
     body = body.model_copy(update={"classes": taught_ref(body.classes, store, settings)})
 
@@ -273,7 +268,7 @@ def prepare_grid(body: GridRequest, store, settings, pool=None) -> dict:
         body.check_area()
         if body.cell_m is None and body.cell_px is None:
             raise InputError("give cell_m (metres) or cell_px (pixels)")
-        _check_source(path, body)
+        probe_area(path, **_area(body))
 
     return _stored(body, store, settings, pool, check)
 
@@ -284,7 +279,7 @@ def prepare_search(body: SearchRequest, store, settings, pool=None) -> dict:
     def check(path):
         query_prompts(body.query)
         body.check_area()
-        _check_source(path, body, body.gsd)
+        probe_area(path, gsd=body.gsd, **_area(body))
 
     return _stored(body, store, settings, pool, check)
 
