@@ -3,6 +3,12 @@
     p(name)  = softmax over all names of (logit_scale · cosine)
     p(class) = max over the class's names of p(name)
     class    = argmax p(class); pixels with max p(class) < threshold → background (or NO_CLASS)
+
+The class map needs no probabilities: softmax and the max over synonyms keep the order of the
+names, so the best class is the class of the best name, and its probability is the best name's.
+`classes_from_logits` computes them so (no per-class probability array; no softmax at all when
+neither the best probability nor a threshold is asked for); `class_probabilities` is for the
+score rasters.
 """
 
 from __future__ import annotations
@@ -24,26 +30,31 @@ def class_probabilities(logits: torch.Tensor, name_to_class: list[int], logit_sc
                         else probs[r].amax(dim=0) for r in (rows[c] for c in range(len(rows)))])
 
 
-def class_map_and_best(probs: torch.Tensor, prob_threshold: float = 0.0,
-                       background_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """[C, ...] probabilities → (uint8 [...] class indices, thresholded to background / NO_CLASS; the
-    best class probability [...]).
+def classes_from_logits(logits: torch.Tensor, name_to_class: list[int], logit_scale: float = 50.0,
+                        prob_threshold: float = 0.0, background_index: int | None = None,
+                        with_best: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[N_names, ...] cosine logits → (uint8 [...] class indices, thresholded to background / NO_CLASS;
+    the best class probability [...] when `with_best`, else None): the first class holding the highest
+    of `class_probabilities(logits, ...)`, as torch.max gives it, and that probability, without making them.
 
-    The index is torch.max's (the first class holding the best probability), counted as the number
-    of leading classes below the best: twice as fast on a CPU as `max` with indices over the first
-    dimension, and exactly the same."""
-    best = probs.amax(dim=0)
-    index = torch.zeros(best.shape, dtype=torch.uint8, device=best.device)
-    below = torch.ones(best.shape, dtype=torch.bool, device=best.device)
-    for k in range(probs.shape[0] - 1):
-        below &= probs[k] < best
+    The index is that of the first class holding the best scaled logit (torch.max's choice on a
+    tie), counted as the number of leading classes all of whose names are below it. (Two scaled
+    logits so close that their probabilities round to the same float are a tie there, not here.)"""
+    scaled = logits * logit_scale  # as the softmax sees them
+    top = scaled.amax(dim=0)
+    index = torch.zeros(top.shape, dtype=torch.uint8, device=top.device)
+    below = torch.ones(top.shape, dtype=torch.bool, device=top.device)
+    names_of: dict[int, list[int]] = {}
+    for name_index, class_index in enumerate(name_to_class):
+        names_of.setdefault(class_index, []).append(name_index)
+    for c in range(len(names_of) - 1):
+        for name_index in names_of[c]:
+            below &= scaled[name_index] < top
         index += below
+    best = None
+    if with_best or prob_threshold > 0:
+        best = torch.softmax(scaled, dim=0).amax(dim=0)  # the best name's probability: the best class's
     if prob_threshold > 0:
         fill = NO_CLASS if background_index is None else background_index
         index = torch.where(best < prob_threshold, torch.full_like(index, fill), index)
-    return index, best
-
-
-def class_map(probs: torch.Tensor, prob_threshold: float = 0.0, background_index: int | None = None) -> torch.Tensor:
-    """[C, ...] probabilities → uint8 [...] class indices, thresholded to background / NO_CLASS."""
-    return class_map_and_best(probs, prob_threshold, background_index)[0]
+    return index, best if with_best else None

@@ -21,7 +21,7 @@ from engine.boxes import Box
 from engine.dense.forward import compile_dense
 from engine.dense.options import DEFAULT_PRESET, InferenceOptions, preset
 from engine.dense.prompts import PromptSet
-from engine.dense.scoring import class_map, class_map_and_best, class_probabilities
+from engine.dense.scoring import class_probabilities, classes_from_logits
 from engine.dense.sliding import ProgressFn, normalise, sliding_logits
 from engine.dense.text import embed_prompts
 from engine.errors import InputError
@@ -66,10 +66,13 @@ MAX_GPU_BATCH = 256  # beyond this a ViT-B-16 gains < 5 % crops/s (H200: 8,000 a
 
 def default_batch_size(model: LoadedModel, crop: int, n_names: int) -> int:
     """Crops per forward pass: CPU_BATCH on a CPU; on a GPU as many as half its free memory holds
-    (estimated from the network's token count and width), at most MAX_GPU_BATCH, at least 8."""
+    (estimated from the network's token count and width), at most MAX_GPU_BATCH, at least 8. Free
+    memory counts what PyTorch's caching allocator holds unused (an earlier job's blocks): the
+    driver reports it as taken, so a server's later jobs would otherwise get ever smaller batches."""
     if model.device.type != "cuda":
         return CPU_BATCH
     free, _ = torch.cuda.mem_get_info(model.device)
+    free += torch.cuda.memory_reserved(model.device) - torch.cuda.memory_allocated(model.device)
     visual = model.clip.visual
     tokens = (crop // model.patch_size) ** 2 + 1
     width = int(visual.conv1.weight.shape[0])
@@ -168,19 +171,24 @@ class Segmenter:
                               upsampler=self.upsampler)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities [C, ...] of mean logits [N, ...] (for score rasters)."""
         return class_probabilities(logits, self.prompts.name_to_class, self.options.logit_scale)
 
-    def labels(self, probs: torch.Tensor) -> torch.Tensor:
-        return class_map(probs, self.options.prob_threshold, self.background_index)
+    def labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """uint8 class indices [...] of mean logits [N, ...], thresholded to background / NO_CLASS."""
+        return self.labels_and_best(logits)[0]
 
-    def labels_and_best(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`labels` and the best class probability per pixel, from one max over the classes."""
-        return class_map_and_best(probs, self.options.prob_threshold, self.background_index)
+    def labels_and_best(self, logits: torch.Tensor, with_best: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`labels` and, when `with_best`, the best class probability per pixel (else None)."""
+        o = self.options
+        return classes_from_logits(logits, self.prompts.name_to_class, o.logit_scale, o.prob_threshold,
+                                   self.background_index, with_best)
 
     def segment(self, image: np.ndarray, progress: ProgressFn | None = None) -> SegmentationResult:
-        probs = self.probabilities(self.logits(prepare_image(image, self.model.device), progress=progress))
+        logits = self.logits(prepare_image(image, self.model.device), progress=progress)
+        probs = self.probabilities(logits)
         return SegmentationResult(
-            class_map=self.labels(probs).cpu().numpy(),
+            class_map=self.labels(logits).cpu().numpy(),
             scores=probs.cpu().numpy().astype(np.float32, copy=False),
             classes=self.classes, prompts=self.prompts, background_index=self.background_index)
 

@@ -105,15 +105,18 @@ class CropGrid:
 ProgressFn = Callable[[int, int], None]  # (crops done, crops total); may raise to cancel
 
 
-def normalise(pixels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def normalise(pixels: torch.Tensor, valid: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """RGB pixels [3, H, W] — uint8 (0-255) or float (0-1) — → CLIP-normalised float32 [3, H, W] on
-    the same device. Pixels where `valid` [H, W] is False become the CLIP mean colour (0 after
-    normalising), so they weigh nothing in the crops around them; pass None when all are valid."""
+    the same device (in `out` when given, e.g. a `Workspace`'s memory). Pixels where `valid` [H, W]
+    is False become the CLIP mean colour (0 after normalising), so they weigh nothing in the crops
+    around them; pass None when all are valid."""
     device, raw = pixels.device, pixels.dtype == torch.uint8
     scale = _cached(("scale", raw, str(device)), lambda: (1 / (_STD * (255.0 if raw else 1.0))).to(device))
     shift = _cached(("shift", str(device)), lambda: (-_MEAN / _STD).to(device))
-    # (p / 255 − mean) / std in one pass; uint8 read as float inside it (no float copy made first)
-    x = torch.addcmul(shift, pixels if raw else pixels.float(), scale)
+    # (p / 255 − mean) / std as p · scale + shift, in place in a float32 copy of the pixels (in `out`:
+    # no fresh memory, whose page faults would cost a CPU more than the arithmetic)
+    x = pixels.to(torch.float32, copy=True) if out is None else out.copy_(pixels)
+    x.mul_(scale).add_(shift)
     if valid is not None:
         x = x.masked_fill_(~valid.to(x.device, torch.bool)[None], 0.0)
     return x
@@ -243,8 +246,8 @@ def _row_placement(xs: tuple[int, ...], b: int, pw: int, w: int, width: int, dev
 
 class _RowStrips:
     """The logits of each crop row, up-sampled horizontally and summed side by side into a strip
-    [N, a, region.w] (one patch-grid high) as batches arrive; `add_to` then up-samples each strip
-    vertically once and adds it to the sum (a row split across batches costs one vertical pass)."""
+    [N, a, region.w] (one patch-grid high) as batches arrive; `write_to` then up-samples the strips
+    vertically once and writes their sum (a row split across batches costs one vertical pass)."""
 
     def __init__(self, region: Box):
         self.region = region
@@ -273,19 +276,38 @@ class _RowStrips:
             strip[..., lo:hi] += maps[start:stop].permute(1, 2, 0, 3).reshape(n, a, len(xs) * b) @ placement
             covered[lo:hi] += coverage
 
-    def add_to(self, total: torch.Tensor, count: torch.Tensor) -> None:
-        """Up-sample every strip vertically and add it to total [N, region.h, region.w]; coverage to count."""
+    def write_to(self, total: torch.Tensor, count: torch.Tensor) -> None:
+        """Up-sample the strips vertically into total [N, region.h, region.w] and their coverage into
+        count [1, region.h, region.w], writing every element (neither needs zeroing first). The
+        region's rows go in bands between strip edges; a band is covered by the same strips, so all
+        of them are up-sampled and summed by one product (strips stacked along the patch rows) and
+        the band is written once."""
+        region = self.region
         if self.shape is None:
+            total.zero_()
+            count.zero_()
             return
         a, ph, h = self.shape
-        region = self.region
         uy = _interpolation(a, ph, h, total.device)  # [h, a]
-        for y, (strip, coverage) in self.strips.items():
-            y0, y1 = max(y, region.y), min(y + h, region.y + region.h)
-            rows = slice(y0 - region.y, y1 - region.y)
-            # product and sum in one step, in place (4× faster on a CPU than a product then +=)
-            total[:, rows].baddbmm_(uy[y0 - y:y1 - y].expand(strip.shape[0], -1, -1), strip)
-            count[:, rows] += coverage
+        tops = sorted(self.strips)  # strip top rows, in region coordinates below
+        starts = [y - region.y for y in tops]
+        edges = sorted({0, region.h} | {min(max(e, 0), region.h) for y in starts for e in (y, y + h)})
+        stacked = torch.cat([self.strips[y][0] for y in tops], dim=1)  # [N, strips·a, region.w]
+        for top, bottom in zip(edges, edges[1:]):
+            if top == bottom:
+                continue
+            band = slice(top, bottom)
+            covering = [k for k, y in enumerate(starts) if y < bottom and y + h > top]  # consecutive strips
+            if not covering:
+                total[:, band].zero_()
+                count[:, band].zero_()
+                continue
+            first, last = covering[0], covering[-1]
+            weights = torch.cat([uy[top - starts[k]:bottom - starts[k]] for k in covering], dim=1)  # [rows, k·a]
+            # product written in place (beta=0: what the band held is ignored)
+            total[:, band].baddbmm_(weights.expand(stacked.shape[0], -1, -1),
+                                    stacked[:, first * a:(last + 1) * a], beta=0)
+            count[0, band] = sum(self.strips[tops[k]][1] for k in covering)
 
 
 def _row_runs(boxes: list[Box]) -> Iterator[tuple[int, int]]:
@@ -298,20 +320,21 @@ def _row_runs(boxes: list[Box]) -> Iterator[tuple[int, int]]:
 
 
 class Workspace:
-    """Memory for the logit sums of one block after another. A fresh tensor of the sums' size (tens
-    of MB) costs a CPU ~20 ms of page faults each time (the C library maps allocations over 32 MB
-    afresh); this one is allocated once and zeroed (~2 ms). A GPU's caching allocator reuses its
-    memory anyway. Whoever holds the tensor `zeros` returned must be done with it before the next call."""
+    """float32 memory for one block after another (its normalised pixels, its logit sums). A fresh
+    tensor of that size (tens of MB) costs a CPU ~20 ms of page faults each time (the C library
+    maps large allocations afresh and gives them back when freed); this one is allocated once and
+    reused. A GPU's caching allocator reuses its memory anyway. Whoever holds a tensor `empty`
+    returned must be done with it before the next call."""
 
     def __init__(self):
         self._flat: torch.Tensor | None = None
 
-    def zeros(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        numel = math.prod(shape)
+    def empty(self, shape: tuple[int, ...], device: "torch.device | str") -> torch.Tensor:
+        numel, device = math.prod(shape), torch.device(device)
         if self._flat is None or self._flat.device != device or self._flat.numel() < numel:
             self._flat = None  # the old memory goes before the new is taken
             self._flat = torch.empty(numel, dtype=torch.float32, device=device)
-        return self._flat[:numel].view(shape).zero_()
+        return self._flat[:numel].view(shape)
 
 
 _batch_limits: dict[str, int] = {}  # per device: the batch that fitted after running out of memory
@@ -350,11 +373,11 @@ def accumulate_crops(model: LoadedModel, image: torch.Tensor, text: torch.Tensor
         done += len(batch)
         if progress is not None:
             progress(done, len(boxes))
-    shape = (text.shape[0], region.h, region.w)
-    total = (workspace.zeros(shape, model.device) if workspace is not None
-             else torch.zeros(shape, dtype=torch.float32, device=model.device))
-    count = torch.zeros(1, region.h, region.w, dtype=torch.float32, device=model.device)
-    rows.add_to(total, count)
+    shape = (text.shape[0] + 1, region.h, region.w)  # the sums, then the count
+    sums = (workspace.empty(shape, model.device) if workspace is not None
+            else torch.empty(shape, dtype=torch.float32, device=model.device))
+    total, count = sums[:-1], sums[-1:]
+    rows.write_to(total, count)
     return total, count
 
 

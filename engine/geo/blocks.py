@@ -191,7 +191,7 @@ def raster_blocks(segmenter: Segmenter, source, block: int | None,
             progress(done, total)
 
     device = segmenter.model.device
-    workspace = Workspace()
+    workspace, pixel_space = Workspace(), Workspace()  # the block's logit sums; its normalised pixels
     pending: dict[tuple[int, int], list[tuple[Box, torch.Tensor, torch.Tensor]]] = {}
     reads = prefetched((reader(extent, core) for _, _, core, extent in plan), clock=read_wait,
                        workers=config.read_threads(device.type))
@@ -200,7 +200,8 @@ def raster_blocks(segmenter: Segmenter, source, block: int | None,
             own = None
             if pixels is not None:
                 rgb, ok = pixels
-                image = normalise(upload(rgb, device), None if ok is None else upload(ok, device))
+                image = normalise(upload(rgb, device), None if ok is None else upload(ok, device),
+                                  out=pixel_space.empty((3, *rgb.shape[-2:]), device))
                 for target, part, t, c in block_contributions(segmenter, height, width, block, i, j, image,
                                                               on_crops, workspace):
                     if target == (i, j):

@@ -37,9 +37,10 @@ def scored_block(segmenter, logits: torch.Tensor, confidence: bool, scores: bool
     step = CPU_SCORING_ROWS if logits.device.type == "cpu" else height
     bands: list[list[torch.Tensor]] = []
     for top in range(0, height, step):
-        probs = segmenter.probabilities(logits[:, top:top + step])
-        labels, best = segmenter.labels_and_best(probs)
-        bands.append([labels] + ([quantise(best)] if confidence else []) + ([quantise(probs)] if scores else []))
+        band = logits[:, top:top + step]
+        labels, best = segmenter.labels_and_best(band, with_best=confidence)
+        bands.append([labels] + ([quantise(best)] if confidence else [])
+                     + ([quantise(segmenter.probabilities(band))] if scores else []))
     return [parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2) for parts in zip(*bands)]
 
 

@@ -68,8 +68,8 @@ def test_blocks_uploaded_as_read_equal_one_pass_over_the_prepared_image(tmp_path
     want = _whole_image_reference(segmenter, path)
     assert not valid[:30].any() and valid[30:200].all()
     torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-5)
-    labels_got = segmenter.labels(segmenter.probabilities(got))
-    labels_want = segmenter.labels(segmenter.probabilities(want))
+    labels_got = segmenter.labels(got)
+    labels_want = segmenter.labels(want)
     top2 = torch.topk(want, 2, dim=0).values
     clear = (top2[0] - top2[1]) > 1e-4  # pixels not at a tie between two names
     assert torch.equal(labels_got[clear], labels_want[clear])
@@ -100,7 +100,7 @@ def test_resampled_run_equals_the_working_grid_classes_put_back(tmp_path, segmen
     src = write_raster(tmp_path / "in.tif", scene(330, 410, seed=2)[0], res=0.25)
     segment_raster(RasterJob(str(src), str(tmp_path / "out"), gsd=0.4, polygons=False), segmenter)
     logits, valid = _blocked(segmenter, src, gsd=0.4)
-    labels = segmenter.labels(segmenter.probabilities(logits)).numpy()
+    labels = segmenter.labels(logits).numpy()
     with RasterSource(src, gsd=0.4) as source, rasterio.open(tmp_path / "out" / "in_classes.tif") as cls:
         g = source.grid
         rect, (expected,) = source.to_source_grid(Box(0, 0, g.height, g.width), labels)
@@ -118,7 +118,9 @@ def test_a_block_scored_in_bands_of_rows_equals_one_pass(tiny_model, threshold):
     logits = torch.rand(len(segmenter.prompts.names), height, 150, generator=generator) * 0.2 - 0.1
     logits[:, :5] = 0.05  # ties between all names: the first class (or none, under the threshold) in both
     probs = segmenter.probabilities(logits)
-    labels, best = segmenter.labels_and_best(probs)
+    best, labels = probs.max(dim=0)  # the first best class, as in one pass over the probabilities
+    fill = NO_CLASS if threshold else 0
+    labels = torch.where(best < threshold, fill, labels).to(torch.uint8)
     banded = scored_block(segmenter, logits, confidence=True, scores=True)
     for got, expected in zip(banded, [labels, quantise(best), quantise(probs)], strict=True):
         assert torch.equal(got, expected)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from engine.dense import InferenceOptions, Segmenter, prepare_image
 from engine.dense.forward import dense_features
 from engine.boxes import Box
-from engine.dense.sliding import CropGrid, gathered_crops, stacked_crops, window_starts
+from engine.dense.sliding import (CropGrid, Workspace, accumulate_crops, gathered_crops, stacked_crops,
+                                  window_starts)
 
 CROP, STRIDE = 224, 112
 
@@ -97,6 +98,29 @@ def test_regions_of_the_global_grid_reassemble_the_whole(segmenter):
         pieces[:, region.y:region.y + region.h, region.x:region.x + region.w] = segmenter.logits(
             image, boxes=boxes, region=region)
     torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_sums_written_into_reused_memory_hide_what_it_held(segmenter):
+    """A block's sums go into reused memory (a `Workspace`) that nobody zeroes: whatever it held never
+    shows, and the pixels none of the block's crops covers (above and left of its first crop) hold 0."""
+    h, w = 500, 620
+    image = prepare_image(np.random.default_rng(6).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    core = Box(130, 150, 300, 400)
+    owned = CropGrid(h, w, CROP, STRIDE).starting_in(core)  # first crop at (224, 224): 94 rows, 74 columns uncovered
+    extent = Box(core.y, core.x, max(b.y + b.h for b in owned) - core.y, max(b.x + b.w for b in owned) - core.x)
+    piece = image[:, extent.y:extent.y + extent.h, extent.x:extent.x + extent.w]
+    local = [b.shifted(-extent.y, -extent.x) for b in owned]
+    region = Box(0, 0, extent.h, extent.w)
+    text = segmenter.text
+    workspace = Workspace()
+    workspace.empty((len(text) + 1, extent.h, extent.w), image.device).fill_(float("nan"))  # a used workspace
+    total, count = accumulate_crops(segmenter.model, piece, text, CROP, local, region, workspace=workspace)
+    fresh_total, fresh_count = accumulate_crops(segmenter.model, piece, text, CROP, local, region)
+    top, left = min(b.y for b in local), min(b.x for b in local)
+    assert (top, left) == (94, 74)
+    assert torch.equal(total, fresh_total) and torch.equal(count, fresh_count)
+    assert not total[:, :top].any() and not total[:, :, :left].any() and not count[:, :top].any()
+    assert (count[:, top:, left:] >= 1).all()  # and where crops cover it, every pixel counted
 
 
 def test_progress_reports_every_crop(segmenter):

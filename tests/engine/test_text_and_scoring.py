@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from engine.dense import InferenceOptions, PromptSet, Segmenter, prepare_image
 from engine.dense.prompts import NO_CLASS, templates
-from engine.dense.scoring import class_map, class_map_and_best, class_probabilities
+from engine.dense.scoring import class_probabilities, classes_from_logits
 from engine.dense.sliding import crop_maps
 from engine.dense.text import embed_names
 
@@ -39,24 +40,29 @@ def test_class_score_is_the_max_over_synonyms_of_a_softmax_over_all_names():
     softmax = torch.softmax(logits * 50, dim=0)
     torch.testing.assert_close(probs[0], softmax[0])
     torch.testing.assert_close(probs[1], torch.maximum(softmax[1], softmax[2]))
-    assert class_map(probs).tolist() == [0, 1]
+    assert classes_from_logits(logits, [0, 1, 1], logit_scale=50.0)[0].tolist() == [0, 1]
 
 
-def test_the_class_map_is_the_first_best_class_as_torch_max_gives_it():
+@pytest.mark.parametrize("threshold", [0.0, 0.3])
+def test_the_class_map_is_the_first_best_class_as_torch_max_gives_it(threshold):
     rng = np.random.default_rng(5)
-    probs = torch.from_numpy(rng.random((6, 40, 50), dtype=np.float32))
-    probs[:, :10] = torch.from_numpy(rng.integers(0, 3, (6, 10, 50)).astype(np.float32))  # many ties
-    labels, best = class_map_and_best(probs)
-    want_best, want_index = probs.max(dim=0)
+    logits = torch.from_numpy(rng.random((7, 40, 50), dtype=np.float32)) * 0.2
+    logits[:, :10] = torch.from_numpy(rng.integers(0, 3, (7, 10, 50)).astype(np.float32)) * 0.01  # many ties
+    name_to_class = [0, 0, 1, 2, 2, 2, 3]
+    labels, best = classes_from_logits(logits, name_to_class, 50.0, threshold, with_best=True)
+    want_best, want_index = class_probabilities(logits, name_to_class, 50.0).max(dim=0)
+    want_index = torch.where(want_best < threshold, NO_CLASS, want_index)
     assert labels.dtype == torch.uint8 and torch.equal(labels, want_index.to(torch.uint8))
-    assert torch.equal(best, want_best)
+    assert torch.equal(best, want_best)  # bit for bit the score rasters' best class probability
+    assert classes_from_logits(logits, name_to_class, 50.0, threshold)[1] is None
 
 
 def test_threshold_sends_uncertain_pixels_to_background_or_no_class():
-    probs = torch.tensor([[0.9, 0.40, 0.2], [0.1, 0.35, 0.1], [0.0, 0.25, 0.7]])
-    assert class_map(probs, 0.5, background_index=2).tolist() == [0, 2, 2]
-    assert class_map(probs, 0.5).tolist() == [0, NO_CLASS, 2]
-    assert class_map(probs, 0.0).tolist() == [0, 0, 2]
+    probs = torch.tensor([[0.9, 0.40, 0.2], [0.1, 0.35, 0.1], [1e-9, 0.25, 0.7]])  # one name per class
+    logits = probs.log() / 50  # whose softmax at logit scale 50 is `probs`
+    assert classes_from_logits(logits, [0, 1, 2], 50.0, 0.5, background_index=2)[0].tolist() == [0, 2, 2]
+    assert classes_from_logits(logits, [0, 1, 2], 50.0, 0.5)[0].tolist() == [0, NO_CLASS, 2]
+    assert classes_from_logits(logits, [0, 1, 2], 50.0, 0.0)[0].tolist() == [0, 0, 2]
 
 
 def test_background_class_is_added_when_missing_and_reused_when_present(tiny_model):

@@ -54,7 +54,7 @@ def predict(segmenter: Segmenter, image: np.ndarray, label_shape: tuple[int, int
     """Class indices at the label's size for one benchmark image."""
     logits = segmenter.logits(prepare_image(resize_long_side(image), segmenter.model.device))
     logits = F.interpolate(logits[None], size=label_shape, mode="bilinear", align_corners=False)[0]
-    return segmenter.labels(segmenter.probabilities(logits)).cpu().numpy()
+    return segmenter.labels(logits).cpu().numpy()
 
 
 def evaluate_ovss(model: LoadedModel, dataset: OVSSDataset, root: str | Path, preset_name: str = "paper",
