@@ -2,6 +2,7 @@
 
     for pixels in prefetched(readers, depth=2): ...      # reads run in a thread, ≤ 2 blocks ahead
     for pixels in prefetched(readers, workers=4): ...    # or in 4 threads, ≤ 5 blocks ahead
+    for pixels in prefetched(readers, workers=0): ...    # or each in this thread, when it is asked for
     with BackgroundWriter(depth=2) as writer:            # writes run in a thread, ≤ 2 blocks behind
         writer.submit(write_block, core, arrays)
 
@@ -45,7 +46,11 @@ def prefetched(tasks: Iterable[Callable[[], T]], depth: int | None = None, clock
                workers: int = 1) -> Iterator[T]:
     """The results of `tasks`, in order, each run in one of `workers` background threads up to `depth`
     (default workers + 1) tasks ahead of the consumer. Close the generator (or let it finish) to stop
-    the threads."""
+    the threads. With `workers=0` each task runs in the consumer's thread when its result is asked
+    for (the clock then counts the tasks' own time)."""
+    if workers == 0:
+        yield from _inline(tasks, clock)
+        return
     depth = max(depth or workers + 1, workers)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="farslip-read")
     pending: deque[Future] = deque()
@@ -60,6 +65,17 @@ def prefetched(tasks: Iterable[Callable[[], T]], depth: int | None = None, clock
         for future in pending:
             future.cancel()
         pool.shutdown(wait=True)
+
+
+def _inline(tasks: Iterable[Callable[[], T]], clock: WaitClock | None) -> Iterator[T]:
+    for task in tasks:
+        t0 = time.perf_counter()
+        try:
+            result = task()
+        finally:
+            if clock is not None:
+                clock.seconds += time.perf_counter() - t0
+        yield result
 
 
 class BackgroundWriter:

@@ -159,9 +159,10 @@ def raster_blocks(segmenter: Segmenter, source, block: int | None,
     RasterSource's working grid, in row-major order, reporting (crops done, crops total) and stopping
     with `Cancelled` within one batch of a cancel. `block` None: `default_block` of the model's device.
 
-    Background threads (`config.read_threads`) read (decode, stretch, resample) the next blocks while
-    the current one is computed; each block's pixels go to the device once, as read (uint8 or the
-    stretched floats), and are normalised there. `read_wait` adds up the time spent waiting for them.
+    Beside a GPU, background threads (`config.read_threads`) read (decode, stretch, resample) the next
+    blocks while the current one is computed (on a CPU each block is read when it is needed); each
+    block's pixels go to the device once, as read (uint8 or the stretched floats), and are normalised
+    there. `read_wait` adds up the time spent waiting for them.
     A block's logits are valid until the next block is asked for (they are summed in one `Workspace`)."""
     grid = source.grid
     height, width = grid.height, grid.width

@@ -135,14 +135,15 @@ def test_reading_in_several_threads_gives_the_same_outputs(tmp_path, segmenter, 
     with rasterio.open(data, "r+") as ds:  # a nodata hole across block borders
         ds.write(np.zeros((3, 90, 400), np.uint8), window=rasterio.windows.Window(100, 200, 400, 90))
     outputs = {}
-    for threads in ("1", "3"):
+    for threads in ("0", "1", "3"):  # read when needed (a CPU's default), in one thread, in three
         monkeypatch.setenv("FARSLIP_READ_THREADS", threads)
         out = tmp_path / f"out{threads}"
         segment_raster(RasterJob(str(data), str(out), gsd=gsd, block=224, scores=True, polygons=False), segmenter)
         with rasterio.open(out / "in_classes.tif") as cls, rasterio.open(out / "in_scores.tif") as sc:
             outputs[threads] = cls.read(), sc.read()
     assert (outputs["1"][0] == 255).any()  # the hole is no data
-    assert np.array_equal(outputs["1"][0], outputs["3"][0]) and np.array_equal(outputs["1"][1], outputs["3"][1])
+    for threads in ("0", "3"):
+        assert np.array_equal(outputs["1"][0], outputs[threads][0]) and np.array_equal(outputs["1"][1], outputs[threads][1])
 
 
 def _gdal_cache_bytes() -> int:
@@ -181,6 +182,13 @@ def test_reads_run_ahead_in_order_and_stop_when_the_consumer_stops():
     assert len(ran) <= 4  # at most `depth` + 1 blocks were read, then the reader stopped
     with pytest.raises(OSError, match="block 7"):
         list(prefetched(task(k) for k in range(20)))
+    # no reading thread (a CPU's default): each block is read when it is asked for, and no sooner
+    ran.clear()
+    with closing(prefetched((task(k) for k in range(100)), workers=0)) as reads:
+        assert [next(reads), next(reads)] == [0, 1]
+    assert ran == [0, 1]
+    with pytest.raises(OSError, match="block 7"):
+        list(prefetched((task(k) for k in range(20)), workers=0))
 
 
 def test_a_failed_write_reaches_the_caller_and_later_writes_are_dropped():
