@@ -22,6 +22,7 @@ EXIT_FAILURES = 1
 
 def _cmd_segment_batch(args: argparse.Namespace) -> int:
     from engine.batch.inputs import expand_inputs
+    from engine.geo.source import raster_exists
 
     if args.workers is not None and args.workers < 1:
         raise InputError("--workers must be at least 1")
@@ -34,7 +35,7 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
     job = segment_settings(args)
     options = inference_options(job, args)
     inputs = expand_inputs(args.inputs)
-    missing = [p for p in inputs if not p.startswith("/vsi") and not Path(p).exists()]
+    missing = [p for p in inputs if not raster_exists(p)]
     # nothing to run: said before a model is fetched (one missing input among others fails alone)
     if inputs and len(missing) == len(inputs):
         raise InputError(f"input raster not found: {missing[0]}"

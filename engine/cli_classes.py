@@ -38,8 +38,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     segmenter = Segmenter(model, settings.prompts, settings.inference_options(batch_size=args.batch_size))
-    with settings.open_source(args.input) as source:
-        source.probe()
+    with settings.open_source(args.input) as source:  # probed above
         print_notes(source.notes)
         taught = teach_from_file(segmenter, source, args.labels, args.field)
     out = taught.save(args.out)

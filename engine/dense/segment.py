@@ -174,21 +174,23 @@ class Segmenter:
         """Class probabilities [C, ...] of mean logits [N, ...] (for score rasters)."""
         return class_probabilities(logits, self.prompts.name_to_class, self.options.logit_scale)
 
-    def labels(self, logits: torch.Tensor) -> torch.Tensor:
-        """uint8 class indices [...] of mean logits [N, ...], thresholded to background / NO_CLASS."""
-        return self.labels_and_best(logits)[0]
+    def labels(self, logits: torch.Tensor, probabilities: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 class indices [...] of mean logits [N, ...], thresholded to background / NO_CLASS
+        (pass their `probabilities` when they are made anyway: the threshold then uses them)."""
+        return self.labels_and_best(logits, probabilities=probabilities)[0]
 
-    def labels_and_best(self, logits: torch.Tensor, with_best: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def labels_and_best(self, logits: torch.Tensor, with_best: bool = False,
+                        probabilities: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`labels` and, when `with_best`, the best class probability per pixel (else None)."""
         o = self.options
         return classes_from_logits(logits, self.prompts.name_to_class, o.logit_scale, o.prob_threshold,
-                                   self.background_index, with_best)
+                                   self.background_index, with_best, probabilities)
 
     def segment(self, image: np.ndarray, progress: ProgressFn | None = None) -> SegmentationResult:
         logits = self.logits(prepare_image(image, self.model.device), progress=progress)
         probs = self.probabilities(logits)
         return SegmentationResult(
-            class_map=self.labels(logits).cpu().numpy(),
+            class_map=self.labels(logits, probs).cpu().numpy(),
             scores=probs.cpu().numpy().astype(np.float32, copy=False),
             classes=self.classes, prompts=self.prompts, background_index=self.background_index)
 

@@ -38,9 +38,9 @@ def scored_block(segmenter, logits: torch.Tensor, confidence: bool, scores: bool
     bands: list[list[torch.Tensor]] = []
     for top in range(0, height, step):
         band = logits[:, top:top + step]
-        labels, best = segmenter.labels_and_best(band, with_best=confidence)
-        bands.append([labels] + ([quantise(best)] if confidence else [])
-                     + ([quantise(segmenter.probabilities(band))] if scores else []))
+        probs = segmenter.probabilities(band) if scores else None
+        labels, best = segmenter.labels_and_best(band, with_best=confidence, probabilities=probs)
+        bands.append([labels] + ([quantise(best)] if confidence else []) + ([quantise(probs)] if scores else []))
     return [parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2) for parts in zip(*bands)]
 
 

@@ -143,7 +143,7 @@ class RasterSource:
         self._handles_lock = threading.Lock()
         self.nodata = None if nodata is None else float(nodata)
         self.notes: list[str] = []  # one line each, for the user: the choices made for this raster
-        if not Path(self.path).exists() and not self.path.startswith("/vsi"):
+        if not raster_exists(self.path):
             raise InputError(f"input raster not found: {self.path}")
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -551,3 +551,10 @@ def probe_area(path: str | Path, **source_args) -> None:
     arguments) and probed, so that a missing, truncated or unreadable input raises InputError."""
     with RasterSource(path, inspect_pixels=False, **source_args) as source:
         source.probe()
+
+
+def raster_exists(path: str | Path) -> bool:
+    """Whether `path` names a raster there is to open: an existing file, or a GDAL `/vsi…` path
+    (which only GDAL can tell)."""
+    text = str(path)
+    return text.startswith("/vsi") or Path(text).exists()

@@ -55,6 +55,10 @@ def test_the_class_map_is_the_first_best_class_as_torch_max_gives_it(threshold):
     assert labels.dtype == torch.uint8 and torch.equal(labels, want_index.to(torch.uint8))
     assert torch.equal(best, want_best)  # bit for bit the score rasters' best class probability
     assert classes_from_logits(logits, name_to_class, 50.0, threshold)[1] is None
+    # the same from the probabilities a caller made for its score raster (no second softmax)
+    given = classes_from_logits(logits, name_to_class, 50.0, threshold, with_best=True,
+                                probabilities=class_probabilities(logits, name_to_class, 50.0))
+    assert torch.equal(given[0], labels) and torch.equal(given[1], best)
 
 
 def test_threshold_sends_uncertain_pixels_to_background_or_no_class():
