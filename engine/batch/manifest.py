@@ -4,7 +4,8 @@ State lives in `<out>/.farslip-batch/<fingerprint>/` (the fingerprint covers the
 options and settings, so a run with other settings never reuses these results):
 - `manifest.jsonl`: one line per finished block (`{"input", "block", "windows"}`) and per
   published input (`{"input", "published": true}`), appended after the data it records is on disk;
-- `parts/<input>/<i>_<j>.npz`: the block's contributions (logit sums and counts per target block),
+- `parts/<input>/<i>_<j>.npz`: the block's contributions (crop-row strips per target block, see
+  `engine.batch.units.NumpyPart`),
   written under a temporary name and renamed, removed once that input's outputs are published.
 A finished input is one whose summary JSON (written last by `segment`'s publishing) exists and whose
 outputs these settings made: `<out>/.farslip-batch/outputs/<input>` names the fingerprint of the run
@@ -67,10 +68,12 @@ class Manifest:
         path = self._parts_path(name, i, j)
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {}
-        for (ti, tj), box, total, count in parts:
+        for (ti, tj), box, shape, tops, sums, cover in parts:
             arrays[f"{ti}_{tj}_box"] = np.array([box.y, box.x, box.h, box.w])
-            arrays[f"{ti}_{tj}_sum"] = total
-            arrays[f"{ti}_{tj}_count"] = count
+            arrays[f"{ti}_{tj}_shape"] = np.array(shape)
+            arrays[f"{ti}_{tj}_tops"] = tops
+            arrays[f"{ti}_{tj}_sums"] = sums
+            arrays[f"{ti}_{tj}_cover"] = cover
         partial = path.with_name(f".{path.stem}.partial.npz")
         np.savez(partial, **arrays)
         os.replace(partial, path)
@@ -78,14 +81,16 @@ class Manifest:
         self._blocks.setdefault(name, {})[(i, j)] = windows
 
     def load_part(self, name: str, source: tuple[int, int], target: tuple[int, int]):
-        """(rectangle, sums, counts) that block `source` contributed to block `target`, or None."""
+        """(rectangle, strip shape, crop-row tops, strip sums, coverage) that block `source` contributed
+        to block `target` (see `NumpyPart`), or None."""
         if source not in self.done_blocks(name):
             return None
         key = f"{target[0]}_{target[1]}"
         with np.load(self._parts_path(name, *source)) as data:
             if f"{key}_box" not in data:
                 return None
-            return Box(*(int(v) for v in data[f"{key}_box"])), data[f"{key}_sum"], data[f"{key}_count"]
+            return (Box(*(int(v) for v in data[f"{key}_box"])), tuple(int(v) for v in data[f"{key}_shape"]),
+                    data[f"{key}_tops"], data[f"{key}_sums"], data[f"{key}_cover"])
 
     def made_outputs(self, name: str) -> bool:
         """Whether the outputs of `name` in the folder were published by a run with these settings."""

@@ -26,14 +26,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from engine import __version__
 from engine.batch.inputs import output_stems
 from engine.batch.manifest import Manifest
 from engine.batch.merge import Product, write_merged
 from engine.batch.units import RasterSpec, Unit
-from engine.batch.work import plan_units
+from engine.batch.work import plan_units, strips_from_numpy
 from engine.errors import Cancelled, FarSLIPError
 from engine.geo.blocks import assemble_block, block_boxes, sources_of
 from engine.geo.pipeline import DEFAULT_BLOCK, RasterJob, output_paths, publish_summary, segment_raster
@@ -66,10 +64,13 @@ def _job(settings: BatchSettings, path: str, name: str) -> RasterJob:
                      overwrite=True)  # the manifest decides what is done: outputs of other settings are replaced
 
 
+PARTS_FORMAT = "strips"  # what a finished block's saved contributions hold (see NumpyPart)
+
+
 def run_settings(settings: BatchSettings, segmenter) -> dict:
     """Everything that changes a result: the manifest is kept per distinct value of this."""
     taught = {"taught": segmenter.taught.digest()} if segmenter.taught is not None else {}
-    return {"version": __version__, "model": segmenter.model.name, "arch": segmenter.model.arch,
+    return {"version": __version__, "parts": PARTS_FORMAT, "model": segmenter.model.name, "arch": segmenter.model.arch,
             "prompts": segmenter.prompts.as_text(), "options": vars(segmenter.options), **taught,
             **{k: v for k, v in asdict(settings).items()
                if k != "out_dir" and not (k == "nodata" and v is None)}}  # (runs before nodata keep their hash)
@@ -164,17 +165,9 @@ def _publish(job: RasterJob, status: dict, segmenter, manifest: Manifest, cancel
             for j, core in enumerate(row):
                 if cancel.is_set():
                     raise Cancelled("cancelled")
-                parts, own = [], None
-                for s in sources_of(i, j):
-                    part = manifest.load_part(job.name, s, (i, j))
-                    if part is None:
-                        continue
-                    box, t, c = part
-                    if s == (i, j):
-                        own = (torch.from_numpy(t), torch.from_numpy(c))
-                    else:
-                        parts.append((box, torch.from_numpy(t), torch.from_numpy(c)))
-                logits = assemble_block(core, parts, len(segmenter.prompts.names), segmenter.model.device, own)
+                parts = [strips_from_numpy(*part) for part in
+                         (manifest.load_part(job.name, s, (i, j)) for s in sources_of(i, j)) if part is not None]
+                logits = assemble_block(core, parts, len(segmenter.prompts.names), segmenter.model.device)
                 yield core, logits, source.read_valid(core)
 
     manifest.disown(job.name)  # from here until published the folder's outputs belong to no settings

@@ -17,8 +17,9 @@ import numpy as np
 from engine.boxes import Box
 from engine.geo.source import RasterSource
 
-# numpy form of engine.geo.blocks.Part: (target block, rectangle, logit sums [N, h, w], counts [1, h, w])
-NumpyPart = tuple[tuple[int, int], Box, np.ndarray, np.ndarray]
+# numpy form of engine.geo.blocks.Part: (target block, rectangle, strip shape (patch rows, padded crop
+# height, crop height), crop-row tops [R], strip sums [R, N, patch rows, w], coverage [R, w])
+NumpyPart = tuple[tuple[int, int], Box, tuple[int, int, int], np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from engine.batch.units import NumpyPart, RasterSpec, Unit
-from engine.dense.sliding import normalise
+from engine.boxes import Box
+from engine.dense.sliding import RowStrips, normalise
 from engine.dense.transfer import pinned, upload
 from engine.geo.blocks import block_boxes, block_contributions, block_extent, owned_crops
 from engine.geo.source import RasterSource
@@ -40,4 +42,22 @@ def compute_unit(segmenter, unit: Unit, pixels: tuple[np.ndarray, np.ndarray]) -
     rgb, valid = pixels
     image = normalise(upload(pinned(rgb), device), None if valid.all() else upload(pinned(valid), device))
     parts = block_contributions(segmenter, unit.height, unit.width, unit.block, unit.i, unit.j, image)
-    return [(target, box, t.float().cpu().numpy(), c.float().cpu().numpy()) for target, box, t, c in parts]
+    return [(target, *strips_to_numpy(strips)) for target, strips in parts]
+
+
+def strips_to_numpy(strips: RowStrips) -> tuple[Box, tuple[int, int, int], np.ndarray, np.ndarray, np.ndarray]:
+    """A part's strips as (rectangle, shape, crop-row tops, stacked sums, stacked coverage) on the CPU."""
+    tops = sorted(strips.rows)
+    n, a = strips.rows[tops[0]][0].shape[:2] if tops else (0, 0)
+    sums = (torch.stack([strips.rows[y][0] for y in tops]).cpu().numpy() if tops
+            else np.zeros((0, n, a, strips.region.w), np.float32))
+    cover = (torch.stack([strips.rows[y][1] for y in tops]).cpu().numpy() if tops
+             else np.zeros((0, strips.region.w), np.float32))
+    return strips.region, tuple(strips.shape or (0, 0, 0)), np.array(tops, dtype=np.int64), sums, cover
+
+
+def strips_from_numpy(box: Box, shape, tops: np.ndarray, sums: np.ndarray, cover: np.ndarray) -> RowStrips:
+    """The inverse of `strips_to_numpy` (tensors sharing the arrays' memory)."""
+    strips = RowStrips(box, tuple(int(v) for v in shape) if len(tops) else None)
+    strips.rows = {int(y): [torch.from_numpy(sums[k]), torch.from_numpy(cover[k])] for k, y in enumerate(tops)}
+    return strips

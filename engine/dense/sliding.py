@@ -24,7 +24,9 @@ cosine logits are taken there (then resized to the crop's pixels as above).
 
 The crop grid is a property of the whole image. To process a large raster in pieces with results
 identical to one piece, the caller passes the crops of the global grid that touch a region (in
-the piece's pixel coordinates) and the region to fill: see `CropGrid.touching`.
+the piece's pixel coordinates) and the region to fill: see `CropGrid.touching`. Or each crop is
+computed once and the pieces pass on its horizontally up-sampled strips (`crop_strips`,
+`RowStrips.part` and `include`): see `engine.geo.blocks`.
 """
 
 from __future__ import annotations
@@ -244,15 +246,19 @@ def _row_placement(xs: tuple[int, ...], b: int, pw: int, w: int, width: int, dev
     return _cached(("row", xs, b, pw, w, width, str(device)), make)
 
 
-class _RowStrips:
+class RowStrips:
     """The logits of each crop row, up-sampled horizontally and summed side by side into a strip
-    [N, a, region.w] (one patch-grid high) as batches arrive; `write_to` then up-samples the strips
-    vertically once and writes their sum (a row split across batches costs one vertical pass)."""
+    [N, a, region.w] (one patch-grid high), with its coverage [region.w], as batches arrive; `write_to`
+    then up-samples the strips vertically once and writes their sum (a row split across batches costs
+    one vertical pass). Strips are keyed by their crop row's top pixel row, in the region's
+    coordinates. A region's strips can be cut into parts (`part`) and parts added into another
+    region's strips (`include`): that is how blocks of a large raster pass on what their crops
+    contribute to their neighbours, 1/16 of the size of the up-sampled logits."""
 
-    def __init__(self, region: Box):
+    def __init__(self, region: Box, shape: tuple[int, int, int] | None = None):
         self.region = region
-        self.strips: dict[int, list[torch.Tensor]] = {}  # crop row y → [strip, coverage]
-        self.shape: tuple[int, int, int] | None = None  # (a, padded height, crop height)
+        self.rows: dict[int, list[torch.Tensor]] = {}  # crop row top y → [strip, coverage]
+        self.shape = shape  # (a, padded crop height, crop height), known once a batch has arrived
 
     def add(self, maps: torch.Tensor, padded: tuple[int, int], boxes: list[Box]) -> None:
         """Logit maps [B, N, a, b] of same-size `boxes`, up-sampled to `padded` and cut to the box size."""
@@ -270,11 +276,52 @@ class _RowStrips:
             if hi <= lo:
                 continue
             placement, coverage = _row_placement(tuple(x - lo for x in xs), b, padded[1], w, hi - lo, maps.device)
-            if y not in self.strips:
-                self.strips[y] = [maps.new_zeros(n, a, region.w), maps.new_zeros(region.w)]
-            strip, covered = self.strips[y]
+            strip, covered = self._row(y, n, a, maps)
             strip[..., lo:hi] += maps[start:stop].permute(1, 2, 0, 3).reshape(n, a, len(xs) * b) @ placement
             covered[lo:hi] += coverage
+
+    def _row(self, y: int, n: int, a: int, like: torch.Tensor) -> list[torch.Tensor]:
+        if y not in self.rows:
+            self.rows[y] = [like.new_zeros(n, a, self.region.w, dtype=torch.float32),
+                            like.new_zeros(self.region.w, dtype=torch.float32)]
+        return self.rows[y]
+
+    def part(self, box: Box, copy: bool = False) -> "RowStrips":
+        """The strips over `box` (inside the region, same coordinates): the crop rows reaching into its
+        rows, cut to its columns. Views of these strips, or copies with `copy`."""
+        out = RowStrips(box, self.shape)
+        if self.shape is None:
+            return out
+        h = self.shape[2]
+        cols = slice(box.x - self.region.x, box.x - self.region.x + box.w)
+        for y, (strip, covered) in self.rows.items():
+            if y < box.y + box.h and y + h > box.y:
+                out.rows[y] = [t.clone() if copy else t for t in (strip[..., cols], covered[cols])]
+        return out
+
+    def include(self, part: "RowStrips") -> None:
+        """Add a part's strips (its region inside this one, same coordinates) into these."""
+        if part.shape is None:
+            return
+        if self.shape is not None and self.shape != part.shape:
+            raise ValueError("strips of different crop shapes cannot be added")
+        self.shape = part.shape
+        cols = slice(part.region.x - self.region.x, part.region.x - self.region.x + part.region.w)
+        for y, (strip, covered) in part.rows.items():
+            mine, mine_covered = self._row(y, strip.shape[0], strip.shape[1], strip)
+            mine[..., cols] += strip
+            mine_covered[cols] += covered
+
+    def shifted(self, dy: int, dx: int) -> "RowStrips":
+        """The same strips (shared) in coordinates shifted by (dy, dx)."""
+        out = RowStrips(self.region.shifted(dy, dx), self.shape)
+        out.rows = {y + dy: pair for y, pair in self.rows.items()}
+        return out
+
+    def to(self, device) -> "RowStrips":
+        out = RowStrips(self.region, self.shape)
+        out.rows = {y: [t.to(device) for t in pair] for y, pair in self.rows.items()}
+        return out
 
     def write_to(self, total: torch.Tensor, count: torch.Tensor) -> None:
         """Up-sample the strips vertically into total [N, region.h, region.w] and their coverage into
@@ -283,16 +330,16 @@ class _RowStrips:
         of them are up-sampled and summed by one product (strips stacked along the patch rows) and
         the band is written once."""
         region = self.region
-        if self.shape is None:
+        if self.shape is None or not self.rows:
             total.zero_()
             count.zero_()
             return
         a, ph, h = self.shape
         uy = _interpolation(a, ph, h, total.device)  # [h, a]
-        tops = sorted(self.strips)  # strip top rows, in region coordinates below
+        tops = sorted(self.rows)  # strip top rows, in region coordinates below
         starts = [y - region.y for y in tops]
         edges = sorted({0, region.h} | {min(max(e, 0), region.h) for y in starts for e in (y, y + h)})
-        stacked = torch.cat([self.strips[y][0] for y in tops], dim=1)  # [N, strips·a, region.w]
+        stacked = torch.cat([self.rows[y][0] for y in tops], dim=1)  # [N, strips·a, region.w]
         for top, bottom in zip(edges, edges[1:]):
             if top == bottom:
                 continue
@@ -307,7 +354,7 @@ class _RowStrips:
             # product written in place (beta=0: what the band held is ignored)
             total[:, band].baddbmm_(weights.expand(stacked.shape[0], -1, -1),
                                     stacked[:, first * a:(last + 1) * a], beta=0)
-            count[0, band] = sum(self.strips[tops[k]][1] for k in covering)
+            count[0, band] = sum(self.rows[tops[k]][1] for k in covering)
 
 
 def _row_runs(boxes: list[Box]) -> Iterator[tuple[int, int]]:
@@ -340,20 +387,17 @@ class Workspace:
 _batch_limits: dict[str, int] = {}  # per device: the batch that fitted after running out of memory
 
 
-def accumulate_crops(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int,
-                     boxes: list[Box], region: Box, batch_size: int = 16, global_bias: float = 0.0,
-                     progress: ProgressFn | None = None, upsampler: nn.Module | None = None,
-                     workspace: "Workspace | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of crop logits [N, region.h, region.w] and crop count [1, region.h, region.w] (float32, on
-    the model's device).
+def crop_strips(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int, boxes: list[Box],
+                region: Box, batch_size: int = 16, global_bias: float = 0.0, progress: ProgressFn | None = None,
+                upsampler: nn.Module | None = None) -> RowStrips:
+    """The crops' logits as `RowStrips` of `region` (float32, on the model's device).
 
     `image` is normalised [3, H, W] (see `normalise`; moved to the model's device if elsewhere);
-    `boxes` (all of one size) and `region` are in its pixel coordinates; each box's logits are added
+    `boxes` (all of one size) and `region` are in its pixel coordinates; each box's logits count
     where it overlaps the region. On a GPU that runs out of memory the batch is halved (and remembered).
-    With a `workspace` the sum is made in its memory (valid until its next use).
     """
     image = image.to(model.device)
-    rows = _RowStrips(region)
+    rows = RowStrips(region)
     size = min(batch_size, _batch_limits.get(str(model.device), batch_size))
     done, pending = 0, list(boxes)
     while pending:
@@ -373,12 +417,29 @@ def accumulate_crops(model: LoadedModel, image: torch.Tensor, text: torch.Tensor
         done += len(batch)
         if progress is not None:
             progress(done, len(boxes))
-    shape = (text.shape[0] + 1, region.h, region.w)  # the sums, then the count
-    sums = (workspace.empty(shape, model.device) if workspace is not None
-            else torch.empty(shape, dtype=torch.float32, device=model.device))
+    return rows
+
+
+def summed_strips(rows: RowStrips, n_names: int, device, workspace: "Workspace | None" = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of crop logits [N, region.h, region.w] and crop count [1, region.h, region.w] (float32, on
+    `device`) of strips; with a `workspace` made in its memory (valid until its next use)."""
+    region = rows.region
+    shape = (n_names + 1, region.h, region.w)  # the sums, then the count
+    sums = (workspace.empty(shape, device) if workspace is not None
+            else torch.empty(shape, dtype=torch.float32, device=device))
     total, count = sums[:-1], sums[-1:]
     rows.write_to(total, count)
     return total, count
+
+
+def accumulate_crops(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int,
+                     boxes: list[Box], region: Box, batch_size: int = 16, global_bias: float = 0.0,
+                     progress: ProgressFn | None = None, upsampler: nn.Module | None = None,
+                     workspace: "Workspace | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`summed_strips` of `crop_strips` (see both)."""
+    rows = crop_strips(model, image, text, crop, boxes, region, batch_size, global_bias, progress, upsampler)
+    return summed_strips(rows, text.shape[0], model.device, workspace)
 
 
 def sliding_logits(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int, stride: int,

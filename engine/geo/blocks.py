@@ -2,14 +2,20 @@
 
 The working raster is cut into blocks (a partition, row-major). Each crop of the global grid
 belongs to the block holding its top-left pixel; it is computed once, with the pixels of that
-block extended by one crop to the right and bottom, and its logits are added to every block it
+block extended by one crop to the right and bottom, and its logits count in every block it
 covers. Since a block is at least one crop wide, a crop reaches at most the next block to the
 right, below and diagonally. So when block (i, j) has been computed, every crop covering it has
 been, and it is finished: its averaged logits are yielded and its memory freed.
 
-Memory: one extended block plus the contributions waiting for the next block row (a strip one
-crop high, as wide as the raster) — bounded by the block size and the raster width, never its area.
-The result equals one pass over the whole raster (same crops, same sums).
+What a block passes on is its crops' logits up-sampled horizontally only, one strip a patch grid
+high per crop row (`engine.dense.sliding.RowStrips`), cut to each block they reach; a block adds
+the strips it received to its own and up-samples them vertically once, over its own pixels only.
+The strips are 1/16 of the size of up-sampled logits (a 224 px crop row, 14 patch rows), so what
+waits for the next block row is small.
+
+Memory: one extended block plus the strips waiting for the next block row — bounded by the block
+size and the raster width, never its area. The result equals one pass over the whole raster (same
+crops, same sums).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import torch
 from engine import config
 from engine.boxes import Box
 from engine.dense import Segmenter
-from engine.dense.sliding import CropGrid, Workspace, accumulate_crops, normalise
+from engine.dense.sliding import CropGrid, RowStrips, Workspace, crop_strips, normalise, summed_strips
 from engine.dense.transfer import pinned, upload
 from engine.errors import Cancelled
 from engine.geo.background import WaitClock, prefetched
@@ -66,7 +72,7 @@ def count_crops(segmenter: Segmenter, height: int, width: int) -> int:
     return len(CropGrid(height, width, segmenter.crop, segmenter.stride).boxes())
 
 
-Part = tuple[tuple[int, int], Box, torch.Tensor, torch.Tensor]  # (target block, rectangle, logit sum, count)
+Part = tuple[tuple[int, int], RowStrips]  # (target block, the strips that fall on it, global coordinates)
 
 
 def owned_crops(segmenter: Segmenter, height: int, width: int, block: int) -> list[list[list[Box]]]:
@@ -82,12 +88,12 @@ def block_extent(core: Box, owned: list[Box]) -> Box:
 
 
 def block_contributions(segmenter: Segmenter, height: int, width: int, block: int, i: int, j: int,
-                        image: torch.Tensor, on_crops: CropProgressFn | None = None,
-                        workspace: Workspace | None = None) -> list[Part]:
+                        image: torch.Tensor, on_crops: CropProgressFn | None = None) -> list[Part]:
     """Run the crops block (i, j) owns on its extended image (see `block_extent`) and return their
-    summed logits and counts cut into the parts that fall on block (i, j) and its right, lower and
-    diagonal neighbours. Pure: the same inputs give the same parts in any process. With a
-    `workspace`, block (i, j)'s own part lies in its memory (the neighbours' parts are copies)."""
+    logits as crop-row strips (`RowStrips`, horizontally up-sampled, one patch grid high) cut into
+    the parts that fall on block (i, j) and its right, lower and diagonal neighbours, in working-grid
+    coordinates. Pure: the same inputs give the same parts in any process. Block (i, j)'s own part
+    holds views of the strips, the neighbours' parts copies (no view keeps all the strips alive)."""
     block = max(block, segmenter.crop)
     core = block_core(height, width, block, i, j)
     owned = CropGrid(height, width, segmenter.crop, segmenter.stride).starting_in(core)
@@ -95,23 +101,16 @@ def block_contributions(segmenter: Segmenter, height: int, width: int, block: in
         return []
     extent = block_extent(core, owned)
     local = [b.shifted(-extent.y, -extent.x) for b in owned]
-    total, count = accumulate_crops(
+    strips = crop_strips(
         segmenter.model, image, segmenter.text, segmenter.crop, local, Box(0, 0, extent.h, extent.w),
         segmenter.batch_size, segmenter.options.global_bias, progress=_delta_reporter(on_crops),
-        upsampler=segmenter.upsampler, workspace=workspace)
+        upsampler=segmenter.upsampler).shifted(extent.y, extent.x)  # into working-grid coordinates
     parts: list[Part] = []
     for ti, tj in ((i, j), (i, j + 1), (i + 1, j), (i + 1, j + 1)):
         target = block_core(height, width, block, ti, tj)
-        if target is None:
-            continue
-        part = _overlap(extent, target)
-        if part is None:
-            continue
-        ys = slice(part.y - extent.y, part.y - extent.y + part.h)
-        xs = slice(part.x - extent.x, part.x - extent.x + part.w)
-        own = (ti, tj) == (i, j)  # used at once; the others wait for later blocks: no view keeps `total` alive
-        t, c = total[:, ys, xs], count[:, ys, xs]
-        parts.append(((ti, tj), part, t if own else t.clone(), c if own else c.clone()))
+        part = None if target is None else _overlap(extent, target)
+        if part is not None:
+            parts.append(((ti, tj), strips.part(part, copy=(ti, tj) != (i, j))))
     return parts
 
 
@@ -120,23 +119,17 @@ def sources_of(i: int, j: int) -> list[tuple[int, int]]:
     return [(si, sj) for si, sj in ((i - 1, j - 1), (i - 1, j), (i, j - 1), (i, j)) if si >= 0 and sj >= 0]
 
 
-def assemble_block(core: Box, parts: list[tuple[Box, torch.Tensor, torch.Tensor]], n_names: int,
-                   device, own: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """Mean logits [N, h, w] of a block from its own part (sums and counts over its whole core, from
-    the crops it owns; summed into in place) and its neighbours' `parts`, added in the order given.
-    Callers give the parts in `sources_of` order, so every way of computing a raster (`segment`,
-    `segment-batch` in-process or on Ray) adds the same numbers in the same order."""
-    if own is not None:
-        summed, covered = own[0].to(device), own[1].to(device)
-    else:  # a block that owns no crop (a sliver at the raster's edge)
-        summed = torch.zeros(n_names, core.h, core.w, device=device)
-        covered = torch.zeros(1, core.h, core.w, device=device)
-    for part, t, c in parts:
-        ys = slice(part.y - core.y, part.y - core.y + part.h)
-        xs = slice(part.x - core.x, part.x - core.x + part.w)
-        summed[:, ys, xs] += t.to(device)
-        covered[:, ys, xs] += c.to(device)
-    return summed.div_(covered)
+def assemble_block(core: Box, parts: list[RowStrips], n_names: int, device,
+                   workspace: Workspace | None = None) -> torch.Tensor:
+    """Mean logits [N, h, w] of a block from the strip parts its own and its neighbours' crops gave it,
+    added in the order given (callers give them in `sources_of` order, so every way of computing a
+    raster — `segment`, `segment-batch` in-process or on Ray — adds the same numbers in the same order),
+    then up-sampled vertically once. With a `workspace`, the result lies in its memory."""
+    strips = RowStrips(core)
+    for part in parts:
+        strips.include(part.to(device))
+    total, count = summed_strips(strips, n_names, device, workspace)
+    return total.div_(count)
 
 
 def _delta_reporter(on_crops: CropProgressFn | None):
@@ -193,21 +186,17 @@ def raster_blocks(segmenter: Segmenter, source, block: int | None,
 
     device = segmenter.model.device
     workspace, pixel_space = Workspace(), Workspace()  # the block's logit sums; its normalised pixels
-    pending: dict[tuple[int, int], list[tuple[Box, torch.Tensor, torch.Tensor]]] = {}
+    pending: dict[tuple[int, int], list[RowStrips]] = {}  # parts for blocks not computed yet, in sources order
     reads = prefetched((reader(extent, core) for _, _, core, extent in plan), clock=read_wait,
                        workers=config.read_threads(device.type))
     with closing(reads):
         for (i, j, core, _extent), (pixels, valid) in zip(plan, reads):
-            own = None
             if pixels is not None:
                 rgb, ok = pixels
                 image = normalise(upload(rgb, device), None if ok is None else upload(ok, device),
                                   out=pixel_space.empty((3, *rgb.shape[-2:]), device))
-                for target, part, t, c in block_contributions(segmenter, height, width, block, i, j, image,
-                                                              on_crops, workspace):
-                    if target == (i, j):
-                        own = (t, c)
-                    else:
-                        pending.setdefault(target, []).append((part, t, c))
+                for target, part in block_contributions(segmenter, height, width, block, i, j, image, on_crops):
+                    pending.setdefault(target, []).append(part)
                 del image
-            yield core, assemble_block(core, pending.pop((i, j), []), len(segmenter.prompts.names), device, own), valid
+            yield core, assemble_block(core, pending.pop((i, j), []), len(segmenter.prompts.names), device,
+                                       workspace), valid

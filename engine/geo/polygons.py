@@ -32,6 +32,7 @@ from engine.errors import Cancelled
 from engine.geo.rasters import NODATA, SCORE_MAX
 from engine.geo.source import linear_unit_metres, pixel_sides
 from engine.geo.tracing import Region, block_regions, ignore_interrupts
+from engine.geo.tracing import simplified as simplified_polygons
 from engine.geo.vectors import write_features
 
 _FLUSH_EVERY = 20_000
@@ -107,7 +108,7 @@ class PolygonWriter:
 
     def _add(self, geom, class_index: int, mean_conf: float, simplified: bool = False) -> None:
         if self.tolerance > 0 and not simplified:
-            geom = geom.simplify(self.tolerance, preserve_topology=True)
+            geom = simplified_polygons(np.array([geom], dtype=object), self.tolerance)[0]
         if geom.is_empty:
             return
         area = self.area_m2(geom)

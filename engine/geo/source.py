@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -292,12 +293,9 @@ class RasterSource:
 
     def _check_edge_frame(self, data: np.ndarray) -> None:
         """A note when a large frame of one constant value borders a raster that declares no data."""
-        from rasterio.enums import MaskFlags
-
         from engine.geo.frames import LARGE_FRAME, edge_frame
 
-        if self.nodata is not None or any(MaskFlags.all_valid not in self.dataset.mask_flag_enums[b - 1]
-                                          for b in self.bands):
+        if self.nodata is not None or not self._masks_all_valid:
             return
         value, fraction = edge_frame(data)
         if value is None or fraction < LARGE_FRAME:
@@ -404,9 +402,7 @@ class RasterSource:
         resampling = Resampling.nearest if same_size else Resampling.bilinear
         with self._reading():
             data = self._handle().read(self.bands, window=window, out_shape=(3, height, width), resampling=resampling)
-            masks = self._handle().read_masks(self.bands, window=window, out_shape=(3, height, width),
-                                            resampling=Resampling.nearest)
-        valid = (masks > 0).all(axis=0)
+        valid = self._mask_valid(window, height, width)
         if self.floating or self.nodata is not None:  # values decide on the unresampled pixels
             exact = data if same_size else self._read_nearest(window, height, width)
             valid &= self._value_valid(exact)
@@ -490,10 +486,7 @@ class RasterSource:
     def read_valid(self, rect: Box) -> np.ndarray:
         """Validity mask [h, w] (True = data in every chosen band, inside the mask if any) of a
         working-grid rectangle."""
-        with self._reading():
-            masks = self._handle().read_masks(self.bands, window=self.source_window(rect),
-                                            out_shape=(3, rect.h, rect.w), resampling=Resampling.nearest)
-        valid = (masks > 0).all(axis=0)
+        valid = self._mask_valid(self.source_window(rect), rect.h, rect.w)
         if self.floating or self.nodata is not None:  # NaN/±inf (whatever the file declares), --nodata
             valid &= self._value_valid(self._read_nearest(self.source_window(rect), rect.h, rect.w))
         if getattr(self, "mask_geometry", None) is not None:
@@ -502,6 +495,23 @@ class RasterSource:
             transform = self.working_transform() * Affine.translation(rect.x, rect.y)
             valid &= geometry_mask([self.mask_geometry], out_shape=(rect.h, rect.w), transform=transform, invert=True)
         return valid
+
+    @functools.cached_property
+    def _masks_all_valid(self) -> bool:
+        """Whether GDAL's masks of the chosen bands are all-valid (the file declares no nodata, alpha
+        or mask band): then they need not be read."""
+        from rasterio.enums import MaskFlags
+
+        return all(MaskFlags.all_valid in self.dataset.mask_flag_enums[b - 1] for b in self.bands)
+
+    def _mask_valid(self, window: Window, height: int, width: int) -> np.ndarray:
+        """[height, width]: where every chosen band has data by GDAL's masks (a window inside the raster)."""
+        if self._masks_all_valid:
+            return np.ones((height, width), dtype=bool)
+        with self._reading():
+            masks = self._handle().read_masks(self.bands, window=window, out_shape=(3, height, width),
+                                              resampling=Resampling.nearest)
+        return (masks > 0).all(axis=0)
 
     def _read_nearest(self, window: Window, height: int, width: int) -> np.ndarray:
         with self._reading():

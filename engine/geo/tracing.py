@@ -56,9 +56,21 @@ def block_regions(core: Box, classes: np.ndarray, confidence: np.ndarray, transf
     polygons = np.array([polygon for polygon, _ in traced], dtype=object)
     at_seam = np.array([cid in seam_ids for _, cid in traced], dtype=bool)
     if tolerance > 0 and len(traced):
-        polygons[~at_seam] = shapely.simplify(polygons[~at_seam], tolerance, preserve_topology=True)
+        polygons[~at_seam] = simplified(polygons[~at_seam], tolerance)
     return [(polygon, int(owner_arr[cid]), float(sums[cid]), int(sizes[cid]), bool(seam))
             for polygon, (_, cid), seam in zip(polygons, traced, at_seam)]
+
+
+def simplified(polygons: np.ndarray, tolerance: float) -> np.ndarray:
+    """Polygons simplified within `tolerance` (Douglas-Peucker: linear time and memory); where that
+    gives an invalid or empty polygon, by GEOS's topology-preserving simplifier instead (which on a
+    polygon of hundreds of thousands of vertices — a road network merged across a large raster —
+    takes seconds and hundreds of MB)."""
+    out = shapely.simplify(polygons, tolerance, preserve_topology=False)
+    bad = ~shapely.is_valid(out) | shapely.is_empty(out)
+    if bad.any():
+        out[bad] = shapely.simplify(polygons[bad], tolerance, preserve_topology=True)
+    return out
 
 
 def ignore_interrupts() -> None:

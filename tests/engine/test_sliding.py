@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from engine.dense import InferenceOptions, Segmenter, prepare_image
 from engine.dense.forward import dense_features
 from engine.boxes import Box
-from engine.dense.sliding import (CropGrid, Workspace, accumulate_crops, gathered_crops, stacked_crops,
-                                  window_starts)
+from engine.dense.sliding import (CropGrid, RowStrips, Workspace, accumulate_crops, crop_strips, gathered_crops,
+                                  stacked_crops, summed_strips, window_starts)
 
 CROP, STRIDE = 224, 112
 
@@ -121,6 +121,40 @@ def test_sums_written_into_reused_memory_hide_what_it_held(segmenter):
     assert torch.equal(total, fresh_total) and torch.equal(count, fresh_count)
     assert not total[:, :top].any() and not total[:, :, :left].any() and not count[:, :top].any()
     assert (count[:, top:, left:] >= 1).all()  # and where crops cover it, every pixel counted
+
+
+def test_strips_passed_between_pieces_give_the_sums_of_one_pass(segmenter):
+    """Each crop computed once by the piece holding its top-left pixel; its strips, cut to the pieces
+    they reach and added there, give every piece the sums and counts of one pass over the image —
+    and what a piece passes on is a small fraction of its up-sampled logits."""
+    h, w = 500, 620
+    image = prepare_image(np.random.default_rng(8).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    text, n = segmenter.text, segmenter.text.shape[0]
+    grid = CropGrid(h, w, CROP, STRIDE)
+    whole_total, whole_count = accumulate_crops(segmenter.model, image, text, CROP, grid.boxes(), Box(0, 0, h, w))
+    pieces = [Box(0, 0, 240, 300), Box(0, 300, 240, 320), Box(240, 0, 260, 300), Box(240, 300, 260, 320)]
+    received: dict[Box, list[RowStrips]] = {piece: [] for piece in pieces}
+    for piece in pieces:
+        owned = grid.starting_in(piece)
+        strips = crop_strips(segmenter.model, image, text, CROP, owned, Box(0, 0, h, w))
+        reach = Box(piece.y, piece.x, max(b.y + b.h for b in owned) - piece.y, max(b.x + b.w for b in owned) - piece.x)
+        for target in pieces:
+            y0, x0 = max(reach.y, target.y), max(reach.x, target.x)
+            y1, x1 = min(reach.y + reach.h, target.y + target.h), min(reach.x + reach.w, target.x + target.w)
+            if y1 <= y0 or x1 <= x0:
+                continue
+            part = strips.part(Box(y0, x0, y1 - y0, x1 - x0), copy=True)
+            received[target].append(part)
+            if target != piece:  # passed on: vs. the up-sampled sums and counts it stands for
+                assert sum(t.numel() for pair in part.rows.values() for t in pair) < (n + 1) * (y1 - y0) * (x1 - x0) / 4
+    for piece in pieces:
+        assembled = RowStrips(piece.shifted(7, 9))  # any coordinates: here shifted, to check the shift too
+        for part in received[piece]:
+            assembled.include(part.shifted(7, 9))
+        total, count = summed_strips(assembled, n, "cpu")
+        rows, cols = slice(piece.y, piece.y + piece.h), slice(piece.x, piece.x + piece.w)
+        torch.testing.assert_close(total, whole_total[:, rows, cols], rtol=1e-5, atol=1e-6)
+        assert torch.equal(count, whole_count[:, rows, cols])
 
 
 def test_progress_reports_every_crop(segmenter):
