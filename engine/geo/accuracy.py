@@ -23,6 +23,7 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from engine.errors import InputError
+from engine.geo.source import open_raster
 from engine.geo.vectors import read_labels
 
 ROWS_PER_WINDOW = 1024
@@ -54,7 +55,7 @@ def confusion_matrix(class_raster: str, geoms: list, values: list[str], crs: str
     import shapely
     from shapely.ops import transform as reproject
 
-    with rasterio.open(class_raster) as ds:
+    with open_raster(class_raster) as ds:
         classes = raster_classes(ds)
         position = {c["index"]: i for i, c in enumerate(classes)}
         shapes, skipped = [], {}

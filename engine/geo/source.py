@@ -26,6 +26,7 @@ import os
 import threading
 import warnings
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,7 +150,7 @@ class RasterSource:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", rasterio.errors.NotGeoreferencedWarning)
-                self.dataset = rasterio.open(self.path)
+                self.dataset = open_raster(self.path)
                 dataset_transform = self.dataset.transform
         except RasterioIOError:
             raise InputError(f"{self.path} is not a raster GDAL can read") from None
@@ -537,7 +538,7 @@ class RasterSource:
         if handle is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                handle = self._local.dataset = rasterio.open(self.path)
+                handle = self._local.dataset = rasterio.open(self.path, driver=self.dataset.driver)
             with self._handles_lock:
                 self._handles.append(handle)
         return handle
@@ -561,6 +562,35 @@ def probe_area(path: str | Path, **source_args) -> None:
     arguments) and probed, so that a missing, truncated or unreadable input raises InputError."""
     with RasterSource(path, inspect_pixels=False, **source_args) as source:
         source.probe()
+
+
+_allowed_drivers: ContextVar[tuple[str, ...] | None] = ContextVar("allowed_drivers", default=None)
+
+
+@contextmanager
+def only_drivers(drivers: tuple[str, ...]):
+    """Within this context (and thread), `open_raster` opens rasters only with these GDAL drivers:
+    the service runs a client's job so, with the formats its submit check allowed."""
+    token = _allowed_drivers.set(tuple(drivers))
+    try:
+        yield
+    finally:
+        _allowed_drivers.reset(token)
+
+
+def open_raster(path: str | Path):
+    """`rasterio.open(path)` for reading, by any GDAL driver — or, inside `only_drivers`, by those
+    alone (an InputError when none of them opens it)."""
+    drivers = _allowed_drivers.get()
+    if drivers is None:
+        return rasterio.open(path)
+    for driver in drivers:
+        try:
+            return rasterio.open(path, driver=driver)
+        except RasterioIOError:
+            continue
+    raise InputError(f"{Path(str(path)).name} is not a raster of a format this engine serves (changed since the "
+                     f"job was submitted?)")
 
 
 def raster_exists(path: str | Path) -> bool:

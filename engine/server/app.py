@@ -122,9 +122,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
     watch = JobWatch()
     store.on_change(watch.notify)
     pool = ModelPool(settings.device, settings.precision, settings.compile)
-    runner = JobRunner(store, {"segment": handlers.segment_handler(pool),
-                               "grid": handlers.grid_handler(pool), "search": handlers.search_handler(pool),
-                               "teach": handlers.teach_handler(pool), "accuracy": handlers.accuracy_handler()},
+    jobs = {"segment": handlers.segment_handler(pool), "grid": handlers.grid_handler(pool),
+            "search": handlers.search_handler(pool), "teach": handlers.teach_handler(pool),
+            "accuracy": handlers.accuracy_handler()}
+    runner = JobRunner(store, {kind: handlers.served(run, store, settings) for kind, run in jobs.items()},
                        settings.max_queue)
     # Downloads have their own worker and queue: minutes of network never hold up the compute jobs.
     downloads = JobRunner(store, {"download": handlers.download_handler()}, MAX_DOWNLOADS_QUEUED,

@@ -10,8 +10,8 @@ from fastapi import HTTPException
 
 from engine.errors import FarSLIPError, InputError, first_line
 from engine.job import check_pixel_budget, read_run_classes
-from engine.server.raster_policy import check_input
-from engine.geo.source import RasterSource, probe_area
+from engine.server.raster_policy import SELF_CONTAINED, check_input, drivers_for
+from engine.geo.source import RasterSource, only_drivers, probe_area
 from engine.server.schemas import (AccuracyRequest, GridRequest, InputRef, LabelRequest, SearchRequest, SegmentRequest,
                                    TeachRequest)
 from engine.taught_format import SUFFIX as TAUGHT_SUFFIX
@@ -45,6 +45,26 @@ def allowed_path(raw: str, settings, what: str = "input") -> Path:
     except OSError as exc:  # a name or path too long, a loop of links, ...
         raise HTTPException(400, f"{what} path cannot be used: {exc.strerror or first_line(exc)}") from None
     return real
+
+
+def served(handler, store, settings):
+    """A job handler that opens rasters as the submit check allowed: when the job starts, its input
+    (unless an upload, which lives in the engine's own folder) is checked again by the same policy,
+    and the job opens rasters only with the drivers that check allows (see `raster_policy`)."""
+    def run(request: dict, ctx) -> dict:
+        drivers = SELF_CONTAINED
+        path = request.get("input")
+        if path is not None and not Path(path).resolve().is_relative_to(store.uploads_dir.resolve()):
+            try:
+                real = allowed_path(path, settings)
+                check_input(real, settings, allowed_path)
+            except HTTPException as exc:
+                raise InputError(f"the input changed after the job was submitted: {exc.detail}") from None
+            drivers = drivers_for(real)
+        with only_drivers(drivers):
+            return handler(request, ctx)
+
+    return run
 
 
 def resolve_input(ref: InputRef, store, settings) -> str:
@@ -327,7 +347,8 @@ def label(body: LabelRequest, pool, store, settings) -> dict:
         regions = [Region(bbox=tuple(r.bbox) if r.bbox else None,
                           polygon=tuple(tuple(p[:2]) for p in r.polygon) if r.polygon else None) for r in body.regions]
         classifier = SceneClassifier(pool.get(model_name, arch), classes, template_set=body.template_set)
-        with RasterSource(path, tuple(body.bands) if body.bands else None) as source:
+        with only_drivers(drivers_for(Path(path))), \
+                RasterSource(path, tuple(body.bands) if body.bands else None) as source:
             labels = label_regions(source, regions, classifier, crs=body.crs)
     except FarSLIPError as exc:
         raise HTTPException(400, str(exc)) from None

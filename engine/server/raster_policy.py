@@ -7,6 +7,13 @@ self-contained formats, and a VRT (by path only, never as an upload) only after 
 — before GDAL sees it — and every source it names has passed the same folder policy as the VRT itself
 (nested VRTs likewise). URLs and `/vsi…` paths in a VRT are refused: the engine makes no request for a
 client. The command line, run by the user on their own files, opens anything GDAL opens.
+
+A job runs after its submit check, perhaps minutes later: when it starts, its input is checked again
+by the same policy, and the job opens rasters only with the drivers that check allowed
+(`engine.geo.source.only_drivers`) — so a file replaced meanwhile by a recipe of another kind is
+refused rather than read. (A VRT's sources are opened by GDAL itself: one replaced between the check
+at the start and GDAL opening it, a moment later, is not caught; doing that needs write access to the
+served folders.)
 """
 
 from __future__ import annotations
@@ -61,6 +68,12 @@ def check_input(path: Path, settings, allowed_path, depth: int = 0) -> None:
             raise HTTPException(exc.status_code, f"{path.name}: {exc.detail}") from None
         check_input(real, settings, allowed_path, depth + 1)
     raster_info(path, SELF_CONTAINED + ("VRT",))
+
+
+def drivers_for(path: Path) -> tuple[str, ...]:
+    """The drivers a checked input may be opened with: a VRT's (its sources are checked) or the
+    self-contained formats'."""
+    return SELF_CONTAINED + ("VRT",) if _is_vrt(path) else SELF_CONTAINED
 
 
 def _is_vrt(path: Path) -> bool:

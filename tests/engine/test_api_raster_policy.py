@@ -88,3 +88,43 @@ def test_an_uploaded_vrt_is_refused(client, tmp_path_factory):
     body = _vrt(tmp_path_factory.mktemp("client") / "up.vrt", str(outside)).read_bytes()
     response = client.post("/v1/uploads", headers=AUTH, content=body)
     assert response.status_code == 400 and "not a raster this engine serves" in response.json()["detail"]
+
+
+def test_an_input_replaced_by_a_recipe_after_submit_is_refused_when_the_job_starts(client, root, tmp_path_factory):
+    """The submit check passed on a GeoTIFF; by the time the job starts (queued behind another) the
+    file is a VRT reading a file outside the served folder: the job fails, naming the change, and
+    nothing outside is read."""
+    from tests.engine.api_helpers import wait_for
+
+    ahead_src = write_raster(root / "big.tif", scene(2000, 2000)[0])
+    ahead = client.post("/v1/jobs/segment", headers=AUTH, json={"input": {"path": str(ahead_src)},
+                                                               "classes": ["water"], "block": 256}).json()["id"]
+    target = write_raster(root / "swapped.tif", scene(64, 64)[0])
+    submitted = _segment(client, target)
+    assert submitted.status_code == 202, submitted.text
+    outside = write_raster(tmp_path_factory.mktemp("elsewhere") / "secret.tif", scene(64, 64)[0])
+    _vrt(root / "swap.vrt", str(outside)).replace(target)  # replaced in one step, as an attacker would
+    job = submitted.json()["id"]
+    assert client.get(f"/v1/jobs/{job}", headers=AUTH).json()["state"] == "queued"  # it has not started yet
+    client.post(f"/v1/jobs/{ahead}/cancel", headers=AUTH)
+    status = wait_for(client, job)
+    assert status["state"] == "failed", status
+    assert "changed after the job was submitted" in status["message"] and "outside" in status["message"]
+
+
+def test_a_job_opens_rasters_only_with_the_drivers_its_check_allowed(root, tmp_path_factory):
+    """Should a file change between the check at the start and the opening, the restricted open
+    still refuses a format the check did not allow (here a VRT where a GeoTIFF was checked)."""
+    from engine.errors import InputError
+    from engine.geo.source import RasterSource, only_drivers
+    from engine.server.raster_policy import SELF_CONTAINED
+
+    inner = write_raster(root / "inner.tif", scene(64, 64)[0])
+    vrt = _vrt(root / "recipe.vrt", str(inner))
+    with only_drivers(SELF_CONTAINED):
+        with pytest.raises(InputError, match="not a raster of a format this engine serves"):
+            RasterSource(vrt)
+        with RasterSource(inner) as source:  # a served format opens as before
+            assert source.width == 64
+    with RasterSource(vrt) as source:  # the command line opens any raster GDAL opens
+        assert source.width == 64
