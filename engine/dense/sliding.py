@@ -300,14 +300,20 @@ class RowStrips:
         return out
 
     def include(self, part: "RowStrips") -> None:
-        """Add a part's strips (its region inside this one, same coordinates) into these."""
+        """Add a part's strips (its region inside this one, same coordinates) into these. A strip of
+        a row these do not hold yet that spans their whole width is taken over, not copied: the part
+        is handed over (its giver must not use it again)."""
         if part.shape is None:
             return
         if self.shape is not None and self.shape != part.shape:
             raise ValueError("strips of different crop shapes cannot be added")
         self.shape = part.shape
         cols = slice(part.region.x - self.region.x, part.region.x - self.region.x + part.region.w)
+        whole_width = (part.region.x, part.region.w) == (self.region.x, self.region.w)
         for y, (strip, covered) in part.rows.items():
+            if whole_width and y not in self.rows and strip.dtype == torch.float32:
+                self.rows[y] = [strip, covered]
+                continue
             mine, mine_covered = self._row(y, strip.shape[0], strip.shape[1], strip)
             mine[..., cols] += strip
             mine_covered[cols] += covered
