@@ -311,7 +311,7 @@ class RowStrips:
         cols = slice(part.region.x - self.region.x, part.region.x - self.region.x + part.region.w)
         whole_width = (part.region.x, part.region.w) == (self.region.x, self.region.w)
         for y, (strip, covered) in part.rows.items():
-            if whole_width and y not in self.rows and strip.dtype == torch.float32:
+            if whole_width and y not in self.rows:
                 self.rows[y] = [strip, covered]
                 continue
             mine, mine_covered = self._row(y, strip.shape[0], strip.shape[1], strip)
