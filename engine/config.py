@@ -9,6 +9,9 @@ Environment variables:
   FARSLIP_READ_THREADS  threads reading blocks ahead of the model (default: 0 on a CPU, i.e. blocks are
                       read when needed, else a quarter of the cores, at most 4: GDAL resamples on
                       read in one thread)
+  FARSLIP_WRITE_THREADS  1: a thread writes each block's outputs while the next is computed; 0: the
+                      computing thread writes them (default: 0 on a CPU, where a writer thread only
+                      takes cores from the model, 1 beside a GPU)
   FARSLIP_POLYGON_WORKERS  processes tracing polygons (default: 1, i.e. none, on fewer than 8 cores or
                       under 16 Mpx; else up to half the cores, at most 8)
   FARSLIP_DEVICE      default device: `auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ...
@@ -81,8 +84,19 @@ def read_threads(device_type: str) -> int:
     return 0 if device_type == "cpu" else max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
+def write_threads(device_type: str) -> int:
+    """Threads writing (polygons traced, GeoTIFF blocks compressed) behind the model, 0 or 1:
+    FARSLIP_WRITE_THREADS, else none on a CPU — a thread beside the model's OpenMP threads takes a
+    core from one of them and stalls them all at their next barrier (on 2 cores a 4096² run took
+    0.7 s longer, polygons or not) — and one beside a GPU."""
+    chosen = _env_count("FARSLIP_WRITE_THREADS", least=0)
+    if chosen is not None:
+        return min(chosen, 1)
+    return 0 if device_type == "cpu" else 1
+
+
 def polygon_workers(pixels: int) -> int:
-    """Processes tracing a raster's polygons block by block (1: in the writer thread itself):
+    """Processes tracing a raster's polygons block by block (1: in the writer itself):
     FARSLIP_POLYGON_WORKERS, else half the cores (at most 8) for rasters of 16 Mpx or more on
     machines of 8 or more cores — starting the processes (about a second) is not worth it below."""
     chosen = _env_count("FARSLIP_POLYGON_WORKERS")

@@ -4,10 +4,11 @@
     summary = segment_raster(RasterJob("ortho.tif", "out/"), segmenter)
 
 Flow: RasterSource (bands, stretch, mask, working GSD) → raster_blocks (global crop grid, each crop
-once; the next blocks are read in background threads) → per block on the model's device:
-probabilities, class map, confidence, scores as uint8, no data where invalid, put back on the source
-grid and counted per class → a writer thread writes class/score GeoTIFFs with their overviews,
-polygons and statistics in the same pass, beside the compute of the next block → COGs, GeoPackage
+once; beside a GPU the next blocks are read in background threads) → per block on the model's
+device: probabilities, class map, confidence, scores as uint8, no data where invalid, put back on the
+source grid and counted per class → class/score GeoTIFFs with their overviews, polygons and
+statistics written in the same pass (beside a GPU by a writer thread, while the next block is
+computed; beside a CPU in line, see `engine.config.write_threads`) → COGs, GeoPackage
 and JSON summary, each renamed into place only when complete. Any failure or interruption removes
 the temporary folder and leaves no partial output. The summary's `timing` says where the time went.
 
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from engine import __version__
+from engine import __version__, config
 from engine.boxes import Box
 from engine.dense import Segmenter
 from engine.dense.transfer import download
@@ -151,7 +152,8 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
 def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path, paths: dict[str, Path],
          blocks: Iterator[tuple[Box, "torch.Tensor", np.ndarray]], cancel: threading.Event | None) -> dict:
     """Turn each block's logits into uint8 products on the model's device and hand them to the writer
-    thread (`SegmentationProducts`), which writes them on the source grid while the next block runs."""
+    (`SegmentationProducts`), which writes them on the source grid — beside a GPU in a thread while
+    the next block runs, beside a CPU in this thread (`config.write_threads`)."""
     grid = source.grid
     classes = [{"index": i, "name": c.label, "synonyms": list(c.names), "colour": hex_colour(class_colour(c.names))}
                for i, c in enumerate(segmenter.prompts.classes)]
@@ -173,7 +175,7 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
         products.add(rect, labels, confidence, scores, next(arrays))
 
     try:
-        with BackgroundWriter(clock=write_wait) as writer:
+        with BackgroundWriter(clock=write_wait, workers=config.write_threads(segmenter.model.device.type)) as writer:
             for core, logits, valid in blocks:
                 # the confidence is the polygons' mean score
                 outputs = scored_block(segmenter, logits, confidence=job.polygons, scores=job.scores)
@@ -208,9 +210,10 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
         "source_gsd_m": source.source_gsd, "working_gsd_m": source.working_gsd,
         "working_size": [grid.width, grid.height],
         "crops": total_crops, "polygons": n_polygons,
-        # segmentation_s: blocks computed and written (write_wait_s of it waiting for the writer thread);
+        # segmentation_s: blocks computed and written (write_wait_s of it waiting for the writer thread,
+        # or writing, where this thread writes);
         # finish_s: rasters closed and polygons merged; publish_s: COGs made and moved into place;
-        # polygon_workers: processes that traced the polygons (1: the writer thread itself)
+        # polygon_workers: processes that traced the polygons (1: the writer itself)
         "timing": {"segmentation_s": round(model_s, 3), "crops_per_s": round(total_crops / max(model_s, 1e-9), 2),
                    "write_wait_s": round(write_wait.seconds, 3), "finish_s": round(finish_s, 3),
                    "polygon_workers": products.polygons.workers if products.polygons is not None else 0},

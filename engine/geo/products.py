@@ -3,8 +3,8 @@
 Each finished working-grid block (uint8 class indices, confidence and optional scores, and its
 validity) is first made ready on the model's device (`on_source_grid`: no data where invalid, put
 back on the source grid by nearest neighbour — `RasterSource.to_source_grid` — and its pixels
-counted per class); then `SegmentationProducts.add`, in the pipeline's writer thread beside the
-compute of the next block, writes the class raster (and the score raster) as temporary tiled
+counted per class); then `SegmentationProducts.add` (beside a GPU in the pipeline's writer thread,
+while the next block is computed) writes the class raster (and the score raster) as temporary tiled
 GeoTIFFs with their overviews, feeds the polygon writer, and adds up pixels and areas per class.
 Nothing is read back afterwards; `close` finishes the polygons and returns the statistics.
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import threading
 from contextlib import closing
 
 import numpy as np
@@ -191,19 +192,38 @@ def test_reads_run_ahead_in_order_and_stop_when_the_consumer_stops():
         list(prefetched((task(k) for k in range(20)), workers=0))
 
 
-def test_a_failed_write_reaches_the_caller_and_later_writes_are_dropped():
-    written = []
+@pytest.mark.parametrize("workers", [1, 0], ids=["writer-thread", "in-line"])
+def test_a_failed_write_reaches_the_caller_and_later_writes_are_dropped(workers):
+    written, threads = [], set()
 
     def write(k):
+        threads.add(threading.get_ident())
         if k == 2:
             raise OSError("disk full")
         written.append(k)
 
     with pytest.raises(OSError, match="disk full"):
-        with BackgroundWriter(depth=2) as writer:
+        with BackgroundWriter(depth=2, workers=workers) as writer:
             for k in range(50):
                 writer.submit(write, k)
-    assert written[:2] == [0, 1] and len(written) <= 4
+    assert written[:2] == [0, 1] and len(written) <= (4 if workers else 2)
+    assert (threading.get_ident() in threads) == (workers == 0)
+
+
+@pytest.mark.parametrize("gsd", [None, 0.4], ids=["native", "resampled"])
+def test_writing_in_line_or_in_a_thread_gives_the_same_outputs(tmp_path, segmenter, monkeypatch, gsd):
+    """A CPU's default writes each block in the computing thread, a GPU's in a writer thread: same files."""
+    data = write_raster(tmp_path / "in.tif", scene(520, 470, seed=6)[0], res=0.25)
+    outputs = {}
+    for threads in ("0", "1"):
+        monkeypatch.setenv("FARSLIP_WRITE_THREADS", threads)
+        out = tmp_path / f"out{threads}"
+        summary = segment_raster(RasterJob(str(data), str(out), gsd=gsd, block=224, scores=True), segmenter)
+        with rasterio.open(out / "in_classes.tif") as cls, rasterio.open(out / "in_scores.tif") as sc:
+            outputs[threads] = cls.read(), sc.read(), summary["classes"], summary["polygons"]
+    assert outputs["0"][3] > 0
+    assert np.array_equal(outputs["0"][0], outputs["1"][0]) and np.array_equal(outputs["0"][1], outputs["1"][1])
+    assert outputs["0"][2:] == outputs["1"][2:]  # per-class pixels and areas, number of polygons
 
 
 @pytest.mark.slow
