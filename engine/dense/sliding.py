@@ -13,10 +13,12 @@ How it runs, all on the model's device and without a Python step per crop:
 - bilinear up-sampling is linear and separable: a crop's up-sampled logits are Uy · L · Uxᵀ with
   fixed interpolation matrices (PyTorch's own bilinear weights, taken from `F.interpolate`). So the
   crops of one row are up-sampled horizontally *and* placed side by side by one matrix product with
-  a placement matrix, giving a strip one patch-grid high; one more product up-samples the strip
-  vertically, and it is added to the sum. No crop-sized float maps are made; counts are per-axis
-  coverage. The result equals crop-by-crop up-sampling and adding up to float rounding (the order
-  of additions differs), which the tests check against a literal crop-by-crop loop.
+  a placement matrix, giving a strip one patch-grid high. Vertically, between two patch rows (16
+  pixel rows) each strip is a straight line in the row; the strips covering those rows add up to
+  one line, so they are added on patch rows and each pixel row is written once (`_RowGroups`).
+  No crop-sized float maps are made; counts are per-axis coverage. The result equals crop-by-crop
+  up-sampling and adding up to float rounding (the order of additions differs), which the tests
+  check against a literal crop-by-crop loop.
 
 With a learned up-sampler (SimFeatUp JBU, `engine.dense.jbu`), each crop's projected patch features
 [D, gh, gw] are first up-sampled to 16× the grid, guided by the crop as the model saw it, and the
@@ -249,8 +251,7 @@ def _row_placement(xs: tuple[int, ...], b: int, pw: int, w: int, width: int, dev
 class RowStrips:
     """The logits of each crop row, up-sampled horizontally and summed side by side into a strip
     [N, a, region.w] (one patch-grid high), with its coverage [region.w], as batches arrive; `write_to`
-    then up-samples the strips vertically once and writes their sum (a row split across batches costs
-    one vertical pass). Strips are keyed by their crop row's top pixel row, in the region's
+    then up-samples the strips vertically once and writes their sum (`write_mean_to`: their mean). Strips are keyed by their crop row's top pixel row, in the region's
     coordinates. A region's strips can be cut into parts (`part`) and parts added into another
     region's strips (`include`): that is how blocks of a large raster pass on what their crops
     contribute to their neighbours, 1/16 of the size of the up-sampled logits."""
@@ -331,36 +332,66 @@ class RowStrips:
 
     def write_to(self, total: torch.Tensor, count: torch.Tensor) -> None:
         """Up-sample the strips vertically into total [N, region.h, region.w] and their coverage into
-        count [1, region.h, region.w], writing every element (neither needs zeroing first). The
-        region's rows go in bands between strip edges; a band is covered by the same strips, so all
-        of them are up-sampled and summed by one product (strips stacked along the patch rows) and
-        the band is written once."""
+        count [1, region.h, region.w], writing every element (neither needs zeroing first)."""
+        groups = self._row_groups(total.shape[0], total.device)
+        groups.write(total)
+        for rows, run in groups.runs():
+            count[0, rows].view(run.stop - run.start, -1, count.shape[-1]).copy_(groups.coverage[run, None])
+
+    def write_mean_to(self, out: torch.Tensor) -> torch.Tensor:
+        """Up-sample the strips vertically and divide by their coverage: the mean logits, into out
+        [N, region.h, region.w] (every element written; NaN where no crop reaches). Returns the
+        coverage of each row group [G, region.w] (0 where no crop reaches)."""
+        groups = self._row_groups(out.shape[0], out.device)
+        groups.first.div_(groups.coverage)
+        groups.slope.div_(groups.coverage)
+        groups.write(out)
+        return groups.coverage
+
+    def _row_groups(self, n: int, device) -> "_RowGroups":
+        """The region's rows cut into groups over which every strip reads the same two patch rows
+        (or one, at a crop's clamped border rows): there a strip's bilinear up-sampling is a straight
+        line in the row, first value + row offset × slope, so the strips covering a group add up to
+        one line. Adding them on group rows first (a patch row in the strip is 16 pixel rows) and
+        drawing the lines in one pass writes each pixel once, with 2 operations instead of a product
+        over every patch row of the covering strips."""
         region = self.region
-        if self.shape is None or not self.rows:
-            total.zero_()
-            count.zero_()
-            return
-        a, ph, h = self.shape
-        uy = _interpolation(a, ph, h, total.device)  # [h, a]
-        tops = sorted(self.rows)  # strip top rows, in region coordinates below
+        a, ph, h = self.shape or (1, 1, 1)
+        tops = sorted(y for y in self.rows if region.y - h < y < region.y + region.h)  # the strips reaching it
+        if not tops:
+            return _RowGroups([0, region.h], torch.zeros(n, 1, region.w, device=device),
+                              torch.zeros(n, 1, region.w, device=device), torch.zeros(1, region.w, device=device))
+        low, high, weight, changes = _vertical_plan(a, ph, h)
+        slope = a / ph  # the upper row's weight grows by this from one pixel row to the next
         starts = [y - region.y for y in tops]
-        edges = sorted({0, region.h} | {min(max(e, 0), region.h) for y in starts for e in (y, y + h)})
-        stacked = torch.cat([self.rows[y][0] for y in tops], dim=1)  # [N, strips·a, region.w]
-        for top, bottom in zip(edges, edges[1:]):
-            if top == bottom:
-                continue
-            band = slice(top, bottom)
-            covering = [k for k, y in enumerate(starts) if y < bottom and y + h > top]  # consecutive strips
-            if not covering:
-                total[:, band].zero_()
-                count[:, band].zero_()
-                continue
-            first, last = covering[0], covering[-1]
-            weights = torch.cat([uy[top - starts[k]:bottom - starts[k]] for k in covering], dim=1)  # [rows, k·a]
-            # product written in place (beta=0: what the band held is ignored)
-            total[:, band].baddbmm_(weights.expand(stacked.shape[0], -1, -1),
-                                    stacked[:, first * a:(last + 1) * a], beta=0)
-            count[0, band] = sum(self.rows[tops[k]][1] for k in covering)
+        edges = sorted({0, region.h} | {s + t for s in starts for t in (0, h, *changes) if 0 < s + t < region.h})
+        index = {e: g for g, e in enumerate(edges)}
+        spans, lows, highs, firsts, slopes = [], [], [], [], []
+        for s in starts:
+            g0, g1 = index[max(s, 0)], index[min(s + h, region.h)]
+            spans.append((g0, g1, len(lows)))
+            for g in range(g0, g1):
+                t = edges[g] - s
+                lows.append(low[t])
+                highs.append(high[t])
+                firsts.append(weight[t])
+                slopes.append(slope if high[t] != low[t] else 0.0)
+        lows_d, highs_d = to_device(lows, device), to_device(highs, device)
+        firsts_d = to_device(firsts, device, torch.float32)[:, None]
+        slopes_d = to_device(slopes, device, torch.float32)[:, None]
+        n_groups = len(edges) - 1
+        first = torch.zeros(n, n_groups, region.w, device=device)
+        rise = torch.zeros(n, n_groups, region.w, device=device)
+        coverage = torch.zeros(n_groups, region.w, device=device)
+        for (g0, g1, m0), y in zip(spans, tops):  # strip by strip, in order: the same sums everywhere
+            m = slice(m0, m0 + g1 - g0)
+            strip, covered = self.rows[y]
+            lower = strip.index_select(1, lows_d[m])
+            step = strip.index_select(1, highs_d[m]).sub_(lower)
+            first[:, g0:g1].add_(lower).addcmul_(step, firsts_d[m])
+            rise[:, g0:g1].addcmul_(step, slopes_d[m])
+            coverage[g0:g1] += covered
+        return _RowGroups(edges, first, rise, coverage)
 
 
 def _row_runs(boxes: list[Box]) -> Iterator[tuple[int, int]]:
@@ -370,6 +401,57 @@ def _row_runs(boxes: list[Box]) -> Iterator[tuple[int, int]]:
         if k == len(boxes) or boxes[k].y != boxes[start].y:
             yield start, k
             start = k
+
+
+def _vertical_plan(a: int, ph: int, h: int) -> tuple[list[int], list[int], list[float], list[int]]:
+    """For each of the first h of the ph rows bilinear resizing gives a rows: the lower and upper
+    source row it reads, the upper one's weight (0 where it reads one row: the clamped border rows),
+    with exactly `F.interpolate`'s weights; and the rows where the pair read changes."""
+    def make():
+        uy = _interpolation(a, ph, h, "cpu")
+        cols = torch.arange(a)
+        nonzero = uy != 0
+        low = torch.where(nonzero, cols, a).amin(dim=1)
+        high = torch.where(nonzero, cols, -1).amax(dim=1)
+        weight = torch.where(high != low, uy[torch.arange(h), high], 0.0)
+        low, high = low.tolist(), high.tolist()
+        changes = [t for t in range(1, h) if (low[t], high[t]) != (low[t - 1], high[t - 1])]
+        return low, high, weight.tolist(), changes
+
+    return _cached(("vplan", a, ph, h), make)
+
+
+@dataclass
+class _RowGroups:
+    """A region's rows in groups (`RowStrips._row_groups`): group g is rows edges[g]..edges[g+1],
+    where the up-sampled strips add up to first[:, g] + (row − edges[g]) · slope[:, g] ([N, G, W]),
+    covered by `coverage` [G, W] crops."""
+
+    edges: list[int]
+    first: torch.Tensor
+    slope: torch.Tensor
+    coverage: torch.Tensor
+
+    def runs(self) -> Iterator[tuple[slice, slice]]:
+        """(rows, groups) of each run of consecutive groups of one height."""
+        heights = [b - a for a, b in zip(self.edges, self.edges[1:])]
+        g = 0
+        while g < len(heights):
+            end = g
+            while end < len(heights) and heights[end] == heights[g]:
+                end += 1
+            yield slice(self.edges[g], self.edges[end]), slice(g, end)
+            g = end
+
+    def write(self, out: torch.Tensor) -> None:
+        """Draw the lines into out [N, H, W], a run of same-height groups at a time."""
+        n, width = out.shape[0], out.shape[-1]
+        for rows, run in self.runs():
+            height = (rows.stop - rows.start) // (run.stop - run.start)
+            offsets = _cached(("offsets", height, str(out.device)),
+                              lambda: torch.arange(height, dtype=torch.float32, device=out.device)[:, None])
+            torch.addcmul(self.first[:, run, None], self.slope[:, run, None], offsets,
+                          out=out[:, rows].view(n, run.stop - run.start, height, width))
 
 
 class Workspace:
@@ -439,6 +521,21 @@ def summed_strips(rows: RowStrips, n_names: int, device, workspace: "Workspace |
     return total, count
 
 
+def mean_strips(rows: RowStrips, n_names: int, device, workspace: "Workspace | None" = None,
+                check_cover: bool = False) -> torch.Tensor:
+    """Mean crop logits [N, region.h, region.w] (float32, on `device`) of strips; with a `workspace`
+    made in its memory (valid until its next use). With `check_cover`, a ValueError when a region
+    pixel is covered by no crop (which waits for an accelerator)."""
+    region = rows.region
+    shape = (n_names, region.h, region.w)
+    mean = (workspace.empty(shape, device) if workspace is not None
+            else torch.empty(shape, dtype=torch.float32, device=device))
+    coverage = rows.write_mean_to(mean)
+    if check_cover and bool((coverage == 0).any()):
+        raise ValueError("some region pixels are covered by no crop")
+    return mean
+
+
 def accumulate_crops(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int,
                      boxes: list[Box], region: Box, batch_size: int = 16, global_bias: float = 0.0,
                      progress: ProgressFn | None = None, upsampler: nn.Module | None = None,
@@ -462,8 +559,8 @@ def sliding_logits(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, 
     region = region or Box(0, 0, height, width)
     if boxes is None:
         boxes = CropGrid(height, width, crop, stride).touching(region)
-    total, count = accumulate_crops(model, image, text, crop, boxes, region, batch_size, global_bias, progress,
-                                    upsampler)
-    if bool((count == 0).any()):
-        raise ValueError("sliding_logits: some region pixels are covered by no crop")
-    return total / count
+    rows = crop_strips(model, image, text, crop, boxes, region, batch_size, global_bias, progress, upsampler)
+    try:
+        return mean_strips(rows, text.shape[0], model.device, check_cover=True)
+    except ValueError as exc:
+        raise ValueError(f"sliding_logits: {exc}") from None

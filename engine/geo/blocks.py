@@ -30,7 +30,7 @@ import torch
 from engine import config
 from engine.boxes import Box
 from engine.dense import Segmenter
-from engine.dense.sliding import CropGrid, RowStrips, Workspace, crop_strips, normalise, summed_strips
+from engine.dense.sliding import CropGrid, RowStrips, Workspace, crop_strips, mean_strips, normalise
 from engine.dense.transfer import pinned, upload
 from engine.errors import Cancelled
 from engine.geo.background import WaitClock, prefetched
@@ -128,8 +128,7 @@ def assemble_block(core: Box, parts: list[RowStrips], n_names: int, device,
     strips = RowStrips(core)
     for part in parts:
         strips.include(part.to(device))
-    total, count = summed_strips(strips, n_names, device, workspace)
-    return total.div_(count)
+    return mean_strips(strips, n_names, device, workspace)
 
 
 def _delta_reporter(on_crops: CropProgressFn | None):

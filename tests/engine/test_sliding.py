@@ -157,6 +157,35 @@ def test_strips_passed_between_pieces_give_the_sums_of_one_pass(segmenter):
         assert torch.equal(count, whole_count[:, rows, cols])
 
 
+@pytest.mark.parametrize("a,ph,h", [(14, 224, 224), (7, 112, 100), (40, 40, 40), (5, 130, 130)],
+                         ids=["vit-b-16", "padded-small-crop", "already-at-pixels", "odd-scale"])
+def test_strips_up_sampled_vertically_equal_each_strip_resized_and_added(a, ph, h):
+    """The vertical pass (strips added on groups of rows, then one line per group) gives what resizing
+    each strip with F.interpolate, cutting it to the crop and adding it up gives — for strips at any
+    row (above the region, misaligned with the others) and crops of any shape."""
+    rng = torch.Generator().manual_seed(3)
+    region = Box(20, 5, 300, 37)
+    strips = RowStrips(region, (a, ph, h))
+    want = torch.zeros(3, region.h, region.w)
+    count = torch.zeros(1, region.h, region.w)
+    for top in (-30, 20, 61, 20 + h // 2, 270, 300, -500, 900):  # region coordinates (+ region.y below)
+        strip, covered = torch.randn(3, a, region.w, generator=rng), torch.rand(region.w, generator=rng) + 1
+        strips.rows[region.y + top] = [strip, covered]
+        rows = F.interpolate(strip[None], size=(ph, region.w), mode="bilinear", align_corners=False)[0, :, :h]
+        lo, hi = max(top, 0), min(top + h, region.h)
+        if hi > lo:
+            want[:, lo:hi] += rows[:, lo - top:hi - top]
+            count[:, lo:hi] += covered
+    total, counted = summed_strips(strips, 3, "cpu")
+    torch.testing.assert_close(total, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(counted, count)
+    mean = torch.empty(3, region.h, region.w)
+    coverage = strips.write_mean_to(mean)
+    covered_rows = count[0, :, 0] > 0
+    torch.testing.assert_close(mean[:, covered_rows], (want / count)[:, covered_rows], rtol=1e-5, atol=1e-5)
+    assert bool((coverage == 0).any()) == (not covered_rows.all())
+
+
 def test_progress_reports_every_crop(segmenter):
     seen = []
     image = prepare_image(np.zeros((300, 300, 3), dtype=np.uint8))
