@@ -251,10 +251,11 @@ def _row_placement(xs: tuple[int, ...], b: int, pw: int, w: int, width: int, dev
 class RowStrips:
     """The logits of each crop row, up-sampled horizontally and summed side by side into a strip
     [N, a, region.w] (one patch-grid high), with its coverage [region.w], as batches arrive; `write_to`
-    then up-samples the strips vertically once and writes their sum (`write_mean_to`: their mean). Strips are keyed by their crop row's top pixel row, in the region's
-    coordinates. A region's strips can be cut into parts (`part`) and parts added into another
-    region's strips (`include`): that is how blocks of a large raster pass on what their crops
-    contribute to their neighbours, 1/16 of the size of the up-sampled logits."""
+    then up-samples the strips vertically once and writes their sum (`write_mean_to`: their mean).
+    Strips are keyed by their crop row's top pixel row, in the region's coordinates. A region's
+    strips can be cut into parts (`part`) and parts added into another region's strips (`include`):
+    that is how blocks of a large raster pass on what their crops contribute to their neighbours,
+    1/16 of the size of the up-sampled logits."""
 
     def __init__(self, region: Box, shape: tuple[int, int, int] | None = None):
         self.region = region
