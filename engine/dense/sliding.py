@@ -250,8 +250,9 @@ def _row_placement(xs: tuple[int, ...], b: int, pw: int, w: int, width: int, dev
 
 class RowStrips:
     """The logits of each crop row, up-sampled horizontally and summed side by side into a strip
-    [N, a, region.w] (one patch-grid high), with its coverage [region.w], as batches arrive; `write_to`
-    then up-samples the strips vertically once and writes their sum (`write_mean_to`: their mean).
+    [N, a, region.w] (one patch-grid high), with its coverage [region.w], as batches arrive;
+    `write_mean_to` then up-samples the strips vertically once and writes their mean (`write_to`:
+    their sum and coverage, which the tests compare with one pass exactly).
     Strips are keyed by their crop row's top pixel row, in the region's coordinates. A region's
     strips can be cut into parts (`part`) and parts added into another region's strips (`include`):
     that is how blocks of a large raster pass on what their crops contribute to their neighbours,
@@ -509,19 +510,6 @@ def crop_strips(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, cro
     return rows
 
 
-def summed_strips(rows: RowStrips, n_names: int, device, workspace: "Workspace | None" = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of crop logits [N, region.h, region.w] and crop count [1, region.h, region.w] (float32, on
-    `device`) of strips; with a `workspace` made in its memory (valid until its next use)."""
-    region = rows.region
-    shape = (n_names + 1, region.h, region.w)  # the sums, then the count
-    sums = (workspace.empty(shape, device) if workspace is not None
-            else torch.empty(shape, dtype=torch.float32, device=device))
-    total, count = sums[:-1], sums[-1:]
-    rows.write_to(total, count)
-    return total, count
-
-
 def mean_strips(rows: RowStrips, n_names: int, device, workspace: "Workspace | None" = None,
                 check_cover: bool = False) -> torch.Tensor:
     """Mean crop logits [N, region.h, region.w] (float32, on `device`) of strips; with a `workspace`
@@ -535,15 +523,6 @@ def mean_strips(rows: RowStrips, n_names: int, device, workspace: "Workspace | N
     if check_cover and bool((coverage == 0).any()):
         raise ValueError("some region pixels are covered by no crop")
     return mean
-
-
-def accumulate_crops(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int,
-                     boxes: list[Box], region: Box, batch_size: int = 16, global_bias: float = 0.0,
-                     progress: ProgressFn | None = None, upsampler: nn.Module | None = None,
-                     workspace: "Workspace | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`summed_strips` of `crop_strips` (see both)."""
-    rows = crop_strips(model, image, text, crop, boxes, region, batch_size, global_bias, progress, upsampler)
-    return summed_strips(rows, text.shape[0], model.device, workspace)
 
 
 def sliding_logits(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int, stride: int,

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from engine.dense import InferenceOptions, Segmenter, prepare_image
 from engine.dense.forward import dense_features
 from engine.boxes import Box
-from engine.dense.sliding import (CropGrid, RowStrips, Workspace, accumulate_crops, crop_strips, gathered_crops,
-                                  stacked_crops, summed_strips, window_starts)
+from engine.dense.sliding import (CropGrid, RowStrips, Workspace, crop_strips, gathered_crops, mean_strips,
+                                  stacked_crops, window_starts)
 
 CROP, STRIDE = 224, 112
 
@@ -51,6 +51,19 @@ def _crop_by_crop(model, text, image: torch.Tensor) -> torch.Tensor:
             total[:, y:y + ph, x:x + pw] += logits
             count[:, y:y + ph, x:x + pw] += 1
     return total / count
+
+
+def summed_strips(rows: RowStrips, n: int, workspace: Workspace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The strips' sums [N, h, w] and counts [1, h, w] (`RowStrips.write_to`), in the workspace's memory if given."""
+    shape = (n + 1, rows.region.h, rows.region.w)
+    sums = workspace.empty(shape, "cpu") if workspace is not None else torch.empty(shape)
+    rows.write_to(sums[:-1], sums[-1:])
+    return sums[:-1], sums[-1:]
+
+
+def accumulate_crops(model, image, text, boxes, region, workspace=None):
+    """Sums and counts of the crops' logits over the region, through the engine's strips."""
+    return summed_strips(crop_strips(model, image, text, CROP, boxes, region), text.shape[0], workspace)
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +127,21 @@ def test_sums_written_into_reused_memory_hide_what_it_held(segmenter):
     text = segmenter.text
     workspace = Workspace()
     workspace.empty((len(text) + 1, extent.h, extent.w), image.device).fill_(float("nan"))  # a used workspace
-    total, count = accumulate_crops(segmenter.model, piece, text, CROP, local, region, workspace=workspace)
-    fresh_total, fresh_count = accumulate_crops(segmenter.model, piece, text, CROP, local, region)
+    total, count = accumulate_crops(segmenter.model, piece, text, local, region, workspace=workspace)
+    fresh_total, fresh_count = accumulate_crops(segmenter.model, piece, text, local, region)
     top, left = min(b.y for b in local), min(b.x for b in local)
     assert (top, left) == (94, 74)
     assert torch.equal(total, fresh_total) and torch.equal(count, fresh_count)
     assert not total[:, :top].any() and not total[:, :, :left].any() and not count[:, :top].any()
     assert (count[:, top:, left:] >= 1).all()  # and where crops cover it, every pixel counted
+    # the means a block is assembled into (`mean_strips`, in the workspace, used again: `total` is gone) likewise
+    workspace.empty((len(text), extent.h, extent.w), image.device).fill_(float("inf"))
+    strips = crop_strips(segmenter.model, piece, text, CROP, local, region)
+    mean = mean_strips(strips, len(text), "cpu", workspace)
+    fresh_mean = mean_strips(strips, len(text), "cpu")
+    assert torch.equal(mean[:, top:, left:], fresh_mean[:, top:, left:])
+    torch.testing.assert_close(mean[:, top:, left:], fresh_total[:, top:, left:] / fresh_count[:, top:, left:])
+    assert mean[:, :top].isnan().all() and mean[:, :, :left].isnan().all()  # no crop there: no mean
 
 
 def test_strips_passed_between_pieces_give_the_sums_of_one_pass(segmenter):
@@ -131,7 +152,7 @@ def test_strips_passed_between_pieces_give_the_sums_of_one_pass(segmenter):
     image = prepare_image(np.random.default_rng(8).integers(0, 256, (h, w, 3), dtype=np.uint8))
     text, n = segmenter.text, segmenter.text.shape[0]
     grid = CropGrid(h, w, CROP, STRIDE)
-    whole_total, whole_count = accumulate_crops(segmenter.model, image, text, CROP, grid.boxes(), Box(0, 0, h, w))
+    whole_total, whole_count = accumulate_crops(segmenter.model, image, text, grid.boxes(), Box(0, 0, h, w))
     pieces = [Box(0, 0, 240, 300), Box(0, 300, 240, 320), Box(240, 0, 260, 300), Box(240, 300, 260, 320)]
     received: dict[Box, list[RowStrips]] = {piece: [] for piece in pieces}
     for piece in pieces:
@@ -151,7 +172,7 @@ def test_strips_passed_between_pieces_give_the_sums_of_one_pass(segmenter):
         assembled = RowStrips(piece.shifted(7, 9))  # any coordinates: here shifted, to check the shift too
         for part in received[piece]:
             assembled.include(part.shifted(7, 9))
-        total, count = summed_strips(assembled, n, "cpu")
+        total, count = summed_strips(assembled, n)
         rows, cols = slice(piece.y, piece.y + piece.h), slice(piece.x, piece.x + piece.w)
         torch.testing.assert_close(total, whole_total[:, rows, cols], rtol=1e-5, atol=1e-6)
         assert torch.equal(count, whole_count[:, rows, cols])
@@ -176,7 +197,7 @@ def test_strips_up_sampled_vertically_equal_each_strip_resized_and_added(a, ph, 
         if hi > lo:
             want[:, lo:hi] += rows[:, lo - top:hi - top]
             count[:, lo:hi] += covered
-    total, counted = summed_strips(strips, 3, "cpu")
+    total, counted = summed_strips(strips, 3)
     torch.testing.assert_close(total, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(counted, count)
     mean = torch.empty(3, region.h, region.w)
