@@ -65,18 +65,26 @@ def _groups(data: torch.Tensor) -> list[torch.Tensor]:
 def reduce_mode(data: torch.Tensor, nodata: int) -> torch.Tensor:
     """Majority of the valid values of each 2 × 2 group (see the module's docstring)."""
     v0, v1, v2, v3 = _groups(data)
-    # without no data: v0 wins when it occurs twice or more (nothing can beat it), else v1 when it
-    # does, else v2 when v2 == v3, else all differ and v0 is first
+    if (data.numpy() == nodata).any():  # (numpy's test is 10× faster than torch's here)
+        return _valid_mode(v0, v1, v2, v3, nodata)
+    # v0 wins when it occurs twice or more (nothing can beat it), else v1 when it does, else v2
+    # when v2 == v3, else all differ and v0 is first
     result = torch.where(v2 == v3, v2, v0)
     result = torch.where((v1 == v2) | (v1 == v3), v1, result)
-    result = torch.where((v0 == v1) | (v0 == v2) | (v0 == v3), v0, result)
-    # a valid winner also wins among the valid values alone; groups where no data won are counted again
-    fix = result == nodata
-    if bool(fix.any()):
-        values = torch.stack([v[fix] for v in (v0, v1, v2, v3)])  # [4, n]
-        counts = (values[:, None] == values[None]).sum(dim=1) * (values != nodata)
-        result[fix] = values.gather(0, counts.argmax(dim=0)[None])[0]  # first of the most frequent
-    return result
+    return torch.where((v0 == v1) | (v0 == v2) | (v0 == v3), v0, result)
+
+
+def _valid_mode(v0: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, v3: torch.Tensor, nodata: int) -> torch.Tensor:
+    """`reduce_mode` of groups holding no data: the same choice among each group's valid values (a
+    value occurring twice or more counts only when valid; where all valid values differ, the first
+    valid one wins; no data where none is)."""
+    ok0, ok1, ok2 = v0 != nodata, v1 != nodata, v2 != nodata
+    result = torch.where(ok2, v2, v3)  # the first valid value (v3 is no data when all four are)
+    result = torch.where(ok1, v1, result)
+    result = torch.where(ok0, v0, result)
+    result = torch.where((v2 == v3) & ok2, v2, result)
+    result = torch.where(((v1 == v2) | (v1 == v3)) & ok1, v1, result)
+    return torch.where(((v0 == v1) | (v0 == v2) | (v0 == v3)) & ok0, v0, result)
 
 
 def reduce_average(data: torch.Tensor, nodata: int) -> torch.Tensor:

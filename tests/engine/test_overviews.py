@@ -13,7 +13,7 @@ from rasterio.transform import from_origin
 
 from engine.boxes import Box
 from engine.dense import Segmenter
-from engine.geo.overviews import Pyramid, overview_sizes
+from engine.geo.overviews import Pyramid, overview_sizes, reduce_mode
 from engine.geo.pipeline import RasterJob, segment_raster
 from engine.geo.products import class_counts
 from engine.geo.rasters import TiledRaster, publish_cog
@@ -61,6 +61,19 @@ def cuts(length: int, rng) -> list[int]:
         pos = min(length, pos + int(rng.integers(1, 90)))
         edges.append(pos)
     return edges
+
+
+@pytest.mark.parametrize("values", [(0, 1, 2), (0, 1, 2, NODATA)], ids=["classes", "with no data"])
+def test_the_class_majority_of_every_possible_2x2_group(values):
+    """Every group of four of these values: the most frequent valid value, the first in reading
+    order on a tie, no data only where all four are no data."""
+    values = np.array(values, dtype=np.uint8)
+    groups = np.array(np.meshgrid(values, values, values, values, indexing="ij")).reshape(4, -1)
+    raster = np.zeros((2, 2 * groups.shape[1]), dtype=np.uint8)  # group k: pixels (0..1, 2k..2k+1)
+    raster[0, 0::2], raster[0, 1::2], raster[1, 0::2], raster[1, 1::2] = groups
+    reduced = reduce_mode(torch.from_numpy(raster)[None], NODATA)[0].numpy()
+    assert np.array_equal(reduced, reference(raster, "mode"))
+    assert (reduced == NODATA).sum() == (groups == NODATA).all(axis=0).sum()
 
 
 @pytest.mark.parametrize("reduction", ["mode", "average"])
