@@ -20,7 +20,7 @@ import numpy as np
 import rasterio
 
 from engine.geo.rasters import NODATA
-from engine.geo.vectors import write_features
+from engine.geo.vectors import write_wkb
 
 MOSAIC = "mosaic_classes"
 MERGED_POLYGONS = "merged_polygons.gpkg"
@@ -89,18 +89,23 @@ def write_merged(out_dir: Path, products: list[Product]) -> list[Path]:
     return written
 
 
+MERGE_CHUNK = 50_000  # features read and written at a time: memory stays bounded however large an input
+
+
 def _append_polygons(path: Path, layer: str, product: Product, crs, append: bool) -> None:
+    """Append an input's polygons to `layer`, tagged with the input's name, a chunk at a time, their
+    geometries passed on as read (WKB)."""
     import pyogrio
     from pyogrio.raw import read
 
     if append:
         append = layer in [name for name, _ in pyogrio.list_layers(path)]
-    meta, _, wkb, columns = read(str(product.polygons))
-    import shapely
-
-    fields = {"source": np.array([product.name] * len(wkb), dtype=object)}
-    fields.update(dict(zip(meta["fields"], columns)))
-    write_features(path, list(shapely.from_wkb(wkb)) if len(wkb) else [], fields, crs, layer, append=append)
+    total = pyogrio.read_info(str(product.polygons))["features"]
+    for start in range(0, max(total, 1), MERGE_CHUNK):
+        meta, _, wkb, columns = read(str(product.polygons), skip_features=start, max_features=MERGE_CHUNK)
+        fields = {"source": np.full(len(wkb), product.name, dtype=object), **dict(zip(meta["fields"], columns))}
+        write_wkb(path, wkb if len(wkb) else np.array([], dtype=object), fields, crs, layer, append=append)
+        append = True
 
 
 def _write_vrt(path: Path, members: list) -> None:

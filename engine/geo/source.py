@@ -487,9 +487,10 @@ class RasterSource:
     def read_valid(self, rect: Box) -> np.ndarray:
         """Validity mask [h, w] (True = data in every chosen band, inside the mask if any) of a
         working-grid rectangle."""
-        valid = self._mask_valid(self.source_window(rect), rect.h, rect.w)
+        window = self.source_window(rect)
+        valid = self._mask_valid(window, rect.h, rect.w)
         if self.floating or self.nodata is not None:  # NaN/±inf (whatever the file declares), --nodata
-            valid &= self._value_valid(self._read_nearest(self.source_window(rect), rect.h, rect.w))
+            valid &= self._value_valid(self._read_nearest(window, rect.h, rect.w))
         if getattr(self, "mask_geometry", None) is not None:
             from rasterio.features import geometry_mask
 

@@ -16,16 +16,21 @@ def write_features(path: Path, geoms, fields: dict[str, np.ndarray], crs, layer:
                    append: bool = False) -> None:
     """Write (or append) polygons (a list or array) with attribute columns to a GeoPackage layer
     (MultiPolygon: GDAL makes each polygon a multipolygon of one part)."""
-    from pyogrio.raw import write
-
     geoms = np.asarray(geoms, dtype=object)
     if shapely.has_z(geoms).any():
         geoms = shapely.force_2d(geoms)
+    write_wkb(path, np.asarray(shapely.to_wkb(geoms), dtype=object), fields, crs, layer, append)
+
+
+def write_wkb(path: Path, wkb: np.ndarray, fields: dict[str, np.ndarray], crs, layer: str,
+              append: bool = False) -> None:
+    """`write_features` of 2D polygons already encoded as WKB (an object array of bytes)."""
+    from pyogrio.raw import write
+
     with warnings.catch_warnings():  # no CRS (pixel space) is meant, not forgotten: no "'crs' was not provided"
         warnings.filterwarnings("ignore", message=".*'crs' was not provided.*")
-        write(str(path), np.asarray(shapely.to_wkb(geoms), dtype=object),
-              list(fields.values()), list(fields.keys()), layer=layer, driver="GPKG", geometry_type="MultiPolygon",
-              crs=crs.to_wkt() if crs else None, append=append, promote_to_multi=True)
+        write(str(path), wkb, list(fields.values()), list(fields.keys()), layer=layer, driver="GPKG",
+              geometry_type="MultiPolygon", crs=crs.to_wkt() if crs else None, append=append, promote_to_multi=True)
 
 
 def read_labels(path: str, field: str) -> tuple[list, list[str], str | None]:

@@ -81,7 +81,8 @@ def _summary(out):
     return json.loads((out / "batch_summary.json").read_text())
 
 
-def test_in_process_batch_equals_segment_with_merged_products(data, tmp_path):
+def test_in_process_batch_equals_segment_with_merged_products(data, tmp_path, monkeypatch):
+    monkeypatch.setattr("engine.batch.merge.MERGE_CHUNK", 7)  # inputs merged a few features at a time
     out = tmp_path / "out"
     assert _batch(data, out) == 0
     _assert_equal_to_segment(data, out)
