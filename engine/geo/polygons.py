@@ -33,9 +33,12 @@ from engine.geo.rasters import NODATA, SCORE_MAX
 from engine.geo.source import linear_unit_metres, pixel_sides
 from engine.geo.tracing import Regions, block_regions, ignore_interrupts
 from engine.geo.tracing import simplified as simplified_polygons
-from engine.geo.vectors import write_features
+from engine.geo.vectors import write_wkb
 
-_FLUSH_EVERY = 20_000
+# Features wait in memory (as WKB) until this many bytes, then go to the GeoPackage: the features of
+# a first write are indexed once when GDAL closes the file, appended ones through the spatial index's
+# triggers, row by row — on 512,899 polygons (48 MB) 1.9 s for one write against 4.2 s in 20,000s.
+FLUSH_BYTES = 64 * 2**20
 
 
 class PolygonWriter:
@@ -50,8 +53,8 @@ class PolygonWriter:
         self.tolerance = simplify_px * pixel_sides(transform)
         self.min_area = min_area
         self._seam: dict[int, list[tuple[shapely.Polygon, float, int]]] = defaultdict(list)
-        self._rows: list[tuple[np.ndarray, ...]] = []  # chunks of (polygons, classes, scores, areas) to write
-        self._unwritten = 0
+        self._rows: list[tuple[np.ndarray, ...]] = []  # chunks of (WKB, classes, scores, areas) to write
+        self._unwritten = 0  # their bytes
         self._written = 0
         self.count = 0
         self.workers = config.polygon_workers(height * width)
@@ -124,9 +127,10 @@ class PolygonWriter:
             keep = ~(areas < self.min_area)  # no CRS (NaN): no area to compare, kept
             geoms, classes, mean_conf, areas = geoms[keep], classes[keep], mean_conf[keep], areas[keep]
         if len(geoms):
-            self._rows.append((geoms, classes.astype(np.int32), mean_conf.astype(np.float64) / SCORE_MAX, areas))
-            self._unwritten += len(geoms)
-        if self._unwritten >= _FLUSH_EVERY:
+            wkb = shapely.to_wkb(geoms)
+            self._rows.append((wkb, classes.astype(np.int32), mean_conf.astype(np.float64) / SCORE_MAX, areas))
+            self._unwritten += sum(map(len, wkb))
+        if self._unwritten >= FLUSH_BYTES:
             self._flush()
 
     def _merge_seams(self, cancel: threading.Event | None = None) -> None:
@@ -152,16 +156,16 @@ class PolygonWriter:
         if not self._rows and not force:
             return
         if self._rows:
-            geoms, classes, scores, areas = (np.concatenate(column) for column in zip(*self._rows))
+            wkb, classes, scores, areas = (np.concatenate(column) for column in zip(*self._rows))
         else:  # an empty layer
-            geoms, classes, scores, areas = (np.array([], dtype=t) for t in (object, np.int32, np.float64, np.float64))
+            wkb, classes, scores, areas = (np.array([], dtype=t) for t in (object, np.int32, np.float64, np.float64))
         fields = {
             "class_index": classes,
             "class": np.array(self.class_names, dtype=object)[classes],
             "score": scores,
             "area_m2": areas,
         }
-        write_features(self.path, geoms, fields, self.crs, "polygons", append=self._written > 0)
+        write_wkb(self.path, wkb, fields, self.crs, "polygons", append=self._written > 0)
         self._written += len(classes)
         self._rows.clear()
         self._unwritten = 0

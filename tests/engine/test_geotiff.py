@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 
 import numpy as np
@@ -63,10 +64,14 @@ def test_every_output_keeps_the_source_grid(tmp_path, segmenter, crs, res, gsd):
         assert summary["working_gsd_m"] == pytest.approx(0.4) and summary["working_size"][0] < 457
 
 
-def test_polygons_are_valid_inside_the_raster_and_add_up(tmp_path, segmenter):
+@pytest.mark.parametrize("flush_bytes", [64 * 2**20, 2000], ids=["one write", "appended"])
+def test_polygons_are_valid_inside_the_raster_and_add_up(tmp_path, segmenter, monkeypatch, flush_bytes):
+    monkeypatch.setattr("engine.geo.polygons.FLUSH_BYTES", flush_bytes)
     src = write_raster(tmp_path / "in.tif", scene(400, 700)[0])
     summary = _run(segmenter, src, tmp_path / "out", simplify=0.0, block=256)
     geoms, fields = _read_polygons(tmp_path / "out" / "in_polygons.gpkg")
+    with sqlite3.connect(tmp_path / "out" / "in_polygons.gpkg") as gpkg:  # QGIS finds them by the spatial index
+        assert gpkg.execute("SELECT count(*) FROM rtree_polygons_geom").fetchone()[0] == len(geoms)
     with rasterio.open(src) as s:
         bounds = shapely.box(*s.bounds)
     assert len(geoms) == summary["polygons"] > 0
