@@ -168,11 +168,11 @@ def raster_blocks(segmenter: Segmenter, source, block: int | None,
     def reader(extent: Box | None, core: Box):
         def read():
             with gdal_env():  # GDAL's settings of the thread that started the run are not this thread's
-                pixels = None
+                pixels, within = None, None
                 if extent is not None:
                     rgb, ok = source.read_pixels(extent)
-                    pixels = pinned(rgb), None if ok.all() else pinned(ok)
-                return pixels, source.read_valid(core)
+                    pixels, within = (pinned(rgb), None if ok.all() else pinned(ok)), (extent, ok)
+                return pixels, source.read_valid(core, within)
         return read
 
     def on_crops(n: int) -> None:

@@ -484,13 +484,19 @@ class RasterSource:
             raise InputError("the mask does not overlap the raster area")
         self.mask_geometry = geom
 
-    def read_valid(self, rect: Box) -> np.ndarray:
+    def read_valid(self, rect: Box, within: tuple[Box, np.ndarray] | None = None) -> np.ndarray:
         """Validity mask [h, w] (True = data in every chosen band, inside the mask if any) of a
-        working-grid rectangle."""
-        window = self.source_window(rect)
-        valid = self._mask_valid(window, rect.h, rect.w)
-        if self.floating or self.nodata is not None:  # NaN/±inf (whatever the file declares), --nodata
-            valid &= self._value_valid(self._read_nearest(window, rect.h, rect.w))
+        working-grid rectangle. `within`: a rectangle holding `rect` and its validity as
+        `read_pixels` gave it; on a working grid that is the source grid, `rect`'s is cut from it
+        instead of read again (the same pixels' masks and values)."""
+        if within is not None and not self.grid.resampled:
+            box, box_valid = within
+            valid = box_valid[rect.y - box.y:rect.y - box.y + rect.h, rect.x - box.x:rect.x - box.x + rect.w].copy()
+        else:
+            window = self.source_window(rect)
+            valid = self._mask_valid(window, rect.h, rect.w)
+            if self.floating or self.nodata is not None:  # NaN/±inf (whatever the file declares), --nodata
+                valid &= self._value_valid(self._read_nearest(window, rect.h, rect.w))
         if getattr(self, "mask_geometry", None) is not None:
             from rasterio.features import geometry_mask
 

@@ -45,3 +45,21 @@ def test_nan_and_inf_pixels_get_no_class(tmp_path, segmenter, gsd):
         assert (labels[:100, 80:] != 255).all()
     assert sum(c["pixels"] for c in summary["classes"]) == (labels != 255).sum()
     assert sum(c["area_m2"] for c in summary["classes"]) == pytest.approx((labels != 255).sum() * 0.25)
+
+
+@pytest.mark.parametrize("gsd", [None, 1.0], ids=["native", "resampled"])
+def test_a_blocks_validity_cut_from_its_read_equals_reading_it(tmp_path, gsd):
+    """A block's validity is cut from the validity of the larger rectangle read for its crops (native
+    grid) or read again (resampled grid): either way what reading the block itself gives."""
+    from engine.boxes import Box
+    from engine.geo.source import RasterSource
+
+    data, _ = _float_scene(120, 150)
+    src = write_raster(tmp_path / "float.tif", data, nodata=-9999.0)
+    with RasterSource(str(src), gsd=gsd, nodata=300.0) as source:
+        grid = source.grid
+        extent = Box(3, 5, grid.height - 3, grid.width - 5)
+        _, ok = source.read_pixels(extent)
+        assert not ok.all()
+        for rect in (Box(3, 5, 50, 60), Box(40, 50, grid.height - 40, grid.width - 50), extent):
+            assert np.array_equal(source.read_valid(rect, (extent, ok)), source.read_valid(rect))
