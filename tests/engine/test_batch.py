@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -206,7 +207,7 @@ def test_more_workers_than_the_cluster_holds_is_one_line(data, tmp_path, local_r
     assert not local_ray.util.list_named_actors()  # nothing left running on the cluster
 
 
-def _wait_for_blocks(out: Path, n: int, run=None, timeout: float = 300) -> Path:
+def _wait_for_blocks(out: Path, n: int, run=None, timeout: float = 300, poll: float = 0.05) -> Path:
     """The manifest, once it records at least `n` finished blocks (a generous bound: on a loaded 2-core
     CI machine starting Ray and its actors alone took over two minutes)."""
     deadline = time.time() + timeout
@@ -216,21 +217,38 @@ def _wait_for_blocks(out: Path, n: int, run=None, timeout: float = 300) -> Path:
             return found[0]
         if run is not None and not run.is_alive():
             break
-        time.sleep(0.05)
+        time.sleep(poll)
     raise AssertionError(f"no {n} finished blocks in {out}")
+
+
+def _interrupted_while_computing(command: list[str], out: Path, blocks: int, attempts: int = 3) -> str:
+    """Start a batch run and press Ctrl-C while it is computing; its stderr. Once the manifest records
+    2 finished blocks the process is paused (SIGSTOP: the manifest cannot change), and interrupted if
+    blocks remain; a fast machine can finish them all within one poll, and then a fresh run is tried."""
+    for _ in range(attempts):
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        manifest = _wait_for_blocks(out, 2, poll=0.002)
+        proc.send_signal(signal.SIGSTOP)
+        caught = len(manifest.read_text().splitlines()) < blocks
+        if caught:
+            proc.send_signal(signal.SIGINT)  # delivered as the process goes on
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=120)
+        if caught:
+            assert proc.returncode == 130, err
+            return err
+    raise AssertionError(f"the run finished all {blocks} blocks before it could be interrupted, {attempts} times")
 
 
 @pytest.mark.parametrize("executor", [[], ["--ray", "local", "--workers", "2"]], ids=["in-process", "ray"])
 def test_ctrl_c_then_rerun_does_only_the_missing_windows(data, tmp_path, executor):
     out = tmp_path / "out"
     big = str(data["paths"]["big"])
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "segment-batch", big, "--classes", CLASSES,
-                             "-o", str(out), "--block", BLOCK, *_model_args(data["checkpoint"]), *executor],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    _wait_for_blocks(out, 2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    err = _interrupted_while_computing([sys.executable, "-m", "engine.cli", "segment-batch", big, "--classes", CLASSES,
+                                        "-o", str(out), "--block", BLOCK, *_model_args(data["checkpoint"]), *executor],
+                                       out, blocks=3 * 4)
     assert "rerun the same command to resume" in err.strip().splitlines()[-1]
     assert not (out / "big_classes.tif").exists()  # nothing carries a final name before it is complete
     assert not any(p.name.endswith((".tif", ".gpkg", ".vrt")) for p in out.iterdir())

@@ -153,10 +153,17 @@ def test_ctrl_c_leaves_no_output(tmp_path, checkpoint):
                              "-o", str(out), "--model", str(checkpoint), "--arch", TINY, "--block", "256"],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.time() + 120
-    while time.time() < deadline and not (out.exists() and any(p.name.startswith(".farslip-") for p in out.iterdir())):
-        time.sleep(0.2)
-    time.sleep(1.0)
+
+    def working() -> bool:  # the run's temporary folder exists from its first block until it ends
+        return out.exists() and any(p.name.startswith(".farslip-") for p in out.iterdir())
+
+    while time.time() < deadline and not working():
+        time.sleep(0.005)
+    time.sleep(0.1)  # into its blocks (the whole run takes ~1 s on a fast machine)
+    proc.send_signal(signal.SIGSTOP)  # paused, so that it is surely still running when Ctrl-C comes
+    assert working(), "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err.strip().splitlines()[-1]
