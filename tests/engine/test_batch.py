@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyogrio
 import pyogrio.raw
 import pytest
@@ -148,19 +149,42 @@ def test_ray_run_survives_killed_model_and_reader_actors(data, tmp_path, local_r
     run = threading.Thread(target=lambda: codes.append(
         _batch(data, out, "--ray", "auto", "--workers", "2", inputs=[str(data["paths"]["big"])])))
     run.start()
-    manifest = _wait_for_blocks(out, 1, run)
-    assert run.is_alive(), "the run ended before a worker could be killed"
-    names = local_ray.util.list_named_actors()
-    workers = [n for n in names if "-worker-" in n]
-    readers = [n for n in names if "-reader-" in n]
-    assert workers and readers
-    local_ray.kill(local_ray.get_actor(workers[0]), no_restart=False)
-    local_ray.kill(local_ray.get_actor(readers[-1]), no_restart=False)
-    killed_after = len(manifest.read_text().splitlines())
+    manifest = _wait_for_blocks(out, 1, run, poll=0.002)
+    actors = _actor_processes("BlockWorker", "BlockReader")
+    for process in actors:  # paused: no block finishes between counting them and the kills
+        process.suspend()
+    try:
+        killed_after = len(manifest.read_text().splitlines())
+        names = local_ray.util.list_named_actors()
+        workers = [n for n in names if "-worker-" in n]
+        readers = [n for n in names if "-reader-" in n]
+        assert workers and readers
+        local_ray.kill(local_ray.get_actor(workers[0]), no_restart=False)
+        local_ray.kill(local_ray.get_actor(readers[-1]), no_restart=False)
+    finally:
+        for process in actors:
+            try:
+                process.resume()
+            except psutil.NoSuchProcess:
+                pass
     run.join(timeout=300)
     assert codes == [0]
     assert killed_after < _summary(out)["windows"]["to_compute"]
     _assert_equal_to_segment(data, out, ["big"])
+
+
+def _actor_processes(*classes: str) -> list[psutil.Process]:
+    """This test process's Ray actor processes of `classes` (Ray titles them `ray::Class…`)."""
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            title = " ".join(process.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if title.startswith(tuple(f"ray::{c}" for c in classes)):
+            found.append(process)
+    assert found, "no Ray actor processes found"
+    return found
 
 
 def test_ray_workers_need_no_checkpoint_file(data, tmp_path, local_ray):
