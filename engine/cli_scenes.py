@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -35,16 +36,19 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     probe_area(args.input, **area)
     _check_writable(Path(args.out))
     from engine.dense.scenes import SceneClassifier  # the network code, once the arguments are checked
+    from engine.geo.pipeline import refuse_existing
     from engine.models import load_model
 
+    from engine.geo.scenes import GridJob, classify_grid, grid_paths
+
+    job = GridJob(args.input, args.out, cell_m=args.cell, cell_px=args.cell_px, name=args.name, **area)
+    if not args.overwrite:
+        refuse_existing([_labels_path(args)] if args.regions else grid_paths(job).values())
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     classifier = SceneClassifier(model, prompts, template_set=args.templates)
     if args.regions:
         return _label_file(args, classifier, area)
-    from engine.geo.scenes import GridJob, classify_grid, grid_paths
-
-    job = GridJob(args.input, args.out, cell_m=args.cell, cell_px=args.cell_px, name=args.name, **area)
-    bar, progress = progress_bar(args.quiet, f"classify {Path(args.input).name}")
+    bar, progress = progress_bar(args.quiet, f"classify {Path(args.input).name}", unit="cell")
     try:
         summary = classify_grid(job, classifier, progress=progress)
     finally:
@@ -84,7 +88,7 @@ def _label_file(args, classifier, area) -> int:
         # a file without CRS is in the raster's own frame: its geotransform, or QGIS's pixel frame
         # (x = column, y = -row) for a raster without one, as the regions were drawn over it
         labels = label_regions(source, regions, classifier, crs=crs)
-        out = Path(args.out) / f"{args.name or Path(args.regions).stem}_labels.gpkg"
+        out = _labels_path(args)
         partial = out.with_name(f".partial-{out.name}")
         ours = {"class": np.array([lb["best"] for lb in labels], dtype=object),
                 "score": np.array([lb["score"] for lb in labels]),
@@ -104,6 +108,10 @@ def _label_file(args, classifier, area) -> int:
     return 0
 
 
+def _labels_path(args) -> Path:
+    return Path(args.out) / f"{args.name or Path(args.regions).stem}_labels.gpkg"
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from engine.cli_segment import _check_writable, progress_bar
     from engine.dense.prompts import query_prompts
@@ -113,17 +121,23 @@ def _cmd_search(args: argparse.Namespace) -> int:
     area = _area_args(args)
     probe_area(args.input, gsd=args.gsd, **area)
     _check_writable(Path(args.out))
+    from engine.geo.pipeline import refuse_existing
     from engine.geo.search import SearchJob, search_paths, search_raster  # the network code, once checked
     from engine.models import load_model
 
-    model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     job = SearchJob(args.input, args.out, query=args.query, top_k=args.top_k, gsd=args.gsd,
                     heatmap=not args.no_heatmap, name=args.name, **area)
+    every_output = search_paths(dataclasses.replace(job, heatmap=True)).values()
+    if not args.overwrite:
+        refuse_existing(every_output)
+    model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     bar, progress = progress_bar(args.quiet, f"search {Path(args.input).name}")
     try:
         summary = search_raster(job, model, progress=progress)
     finally:
         bar.close()
+    for earlier in set(every_output) - set(search_paths(job).values()):  # a heat map of an earlier run
+        earlier.unlink(missing_ok=True)
     if not args.quiet:
         for box in summary["boxes"]:
             print(f"  #{box['rank']:<3} score {box['score']:.3f}  bounds {', '.join(f'{v:.2f}' for v in box['bounds'])}")
@@ -142,6 +156,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bbox", help="minx,miny,maxx,maxy (raster CRS unless --bbox-crs)")
     p.add_argument("--bbox-crs", help="CRS of --bbox, e.g. EPSG:4326")
     p.add_argument("--window", help="col,row,width,height in source pixels")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's outputs of the same name in the output folder (else refused)")
     p.add_argument("-q", "--quiet", action="store_true")
     add_model_arguments(p)
 

@@ -140,11 +140,11 @@ def print_notes(notes: list[str]) -> None:
         print(f"farslip: {kind}: {text}", file=sys.stderr)
 
 
-def progress_bar(quiet: bool, label: str):
-    """A tqdm bar (tiles/s) and the (done, total) callback that drives it."""
+def progress_bar(quiet: bool, label: str, unit: str = "crop"):
+    """A tqdm bar (crops/s, or other `unit`s) and the (done, total) callback that drives it."""
     from tqdm import tqdm
 
-    bar = tqdm(total=None, unit="tile", desc=label, disable=quiet, dynamic_ncols=True, delay=0.5)
+    bar = tqdm(total=None, unit=unit, desc=label, disable=quiet, dynamic_ncols=True, delay=0.5)
 
     def progress(done: int, total: int) -> None:
         bar.total = total

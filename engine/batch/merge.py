@@ -5,7 +5,8 @@ resolution of its north-up rasters; class rasters keep their own files, the VRT 
 rotated and south-up rasters are left out of it, their polygons are merged all the same) and one
 GeoPackage layer per CRS, each polygon tagged with the input it came from. One CRS gives
 `mosaic_classes.vrt` and layer `polygons`; several give `mosaic_classes_<CRS>.vrt` and
-`polygons_<CRS>`. Both files are written under temporary names and renamed when complete.
+`polygons_<CRS>`. Both files are written under temporary names and renamed when complete; those
+of an earlier run into the same folder that this run does not make are removed.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def _suffix(key: str, several: bool) -> str:
 
 
 def write_merged(out_dir: Path, products: list[Product]) -> list[Path]:
-    """Write the mosaics and the merged GeoPackage; returns the files written."""
+    """Write the mosaics and the merged GeoPackage, and remove those of an earlier run that this one
+    does not make (polygons after `--no-polygons`, the mosaic of a CRS no longer among the inputs);
+    returns the files written."""
     groups = _group(products)
     written = []
     try:
@@ -86,6 +89,9 @@ def write_merged(out_dir: Path, products: list[Product]) -> list[Path]:
         for members in groups.values():
             for _, ds in members:
                 ds.close()
+    for earlier in [*out_dir.glob(f"{MOSAIC}*.vrt"), out_dir / MERGED_POLYGONS]:
+        if earlier not in written:
+            earlier.unlink(missing_ok=True)
     return written
 
 

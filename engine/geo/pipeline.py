@@ -99,7 +99,13 @@ def all_output_paths(job: RasterJob) -> dict[str, Path]:
 
 def refuse_earlier_outputs(job: RasterJob) -> None:
     """An InputError naming the outputs an earlier run left under this job's name, if any."""
-    existing = [p for p in all_output_paths(job).values() if p.exists()]
+    refuse_existing(all_output_paths(job).values())
+
+
+def refuse_existing(paths) -> None:
+    """An InputError naming the first of `paths` (an earlier run's outputs) that exists, if any: no
+    command replaces a result silently."""
+    existing = [p for p in paths if Path(p).exists()]
     if existing:
         raise InputError(f"{existing[0]} and the other outputs of an earlier run are in the output folder: "
                          f"pass --overwrite to replace them, or choose another output folder or --name")

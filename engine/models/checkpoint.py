@@ -34,9 +34,20 @@ def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, torch.Ten
             raw = load_file(str(path), device="cpu")
         else:
             raw = _torch_load(path, mmap)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise ModelError(f"{path.name} is not a readable checkpoint ({first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - arbitrary bytes make torch/safetensors raise any kind
+        raise ModelError(f"{path.name} is not a readable checkpoint ({_why_unreadable(exc)})") from None
     return unwrap_state_dict(raw, source=path.name)
+
+
+def _why_unreadable(exc: Exception) -> str:
+    """What a user can act on, in a few words: never PyTorch's advice to load with `weights_only=False`
+    (which would run code from the file)."""
+    text = first_line(exc)
+    if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in text.lower():
+        return "it holds Python objects besides tensors; only tensors are loaded, never code from a file"
+    if isinstance(exc, OSError):
+        return text
+    return "not a PyTorch (.pt/.pth) or safetensors file of tensors"
 
 
 def _torch_load(path: Path, mmap: bool):

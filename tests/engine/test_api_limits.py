@@ -68,10 +68,12 @@ def test_the_servers_own_default_model_is_used_even_outside_its_allowed_folders(
         assert "outside the folders" in _detail(refused, 403)
 
 
-def test_a_model_path_that_is_no_checkpoint_is_a_400_at_submit(client, root, src):
-    (root / "notes.pt").write_text("not weights\n")
-    body = {"input": {"path": str(src)}, "classes": "a", "model": str(root / "notes.pt")}
-    assert "notes.pt" in _detail(client.post("/v1/jobs/segment", headers=AUTH, json=body), 400)
+@pytest.mark.parametrize("name, content", [("notes.pt", b"not weights\n"), ("hello.pt", b"hello\n"),
+                                           ("empty.safetensors", b"{}")])
+def test_a_model_path_that_is_no_checkpoint_is_a_400_at_submit(client, root, src, name, content):
+    (root / name).write_bytes(content)
+    body = {"input": {"path": str(src)}, "classes": "a", "model": str(root / name)}
+    assert name in _detail(client.post("/v1/jobs/segment", headers=AUTH, json=body), 400)
     assert client.get("/v1/health").json()["queue_length"] == 0
 
 

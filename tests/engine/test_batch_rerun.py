@@ -70,3 +70,21 @@ def test_a_rerun_without_polygons_removes_the_earlier_polygons(inputs, tmp_path)
     assert _batch(inputs, out, "water; grass", "--no-polygons") == 0
     assert not (out / "tile_polygons.gpkg").exists() and not (out / "tile_scores.tif").exists()
     assert (out / "tile_classes.tif").exists()
+    # the run's merged polygons go too: what the folder holds is what batch_summary.json lists
+    assert not (out / "merged_polygons.gpkg").exists()
+    assert json.loads((out / "batch_summary.json").read_text())["merged"] == ["mosaic_classes.vrt"]
+
+
+def test_a_rerun_over_fewer_crss_leaves_only_its_own_mosaics(inputs, tmp_path):
+    checkpoint, raster = inputs
+    other = write_raster(tmp_path / "web.tif", scene(100, 130, seed=2)[0], crs="EPSG:3857",
+                         origin=(1490000.0, 6890000.0), res=0.5)
+    out = tmp_path / "out"
+    run = ["--classes", "water; grass", "-o", str(out), "--block", "256", "--model", str(checkpoint), "--arch", TINY, "-q"]
+    assert main(["segment-batch", str(raster), str(other), *run]) == 0
+    two = sorted(p.name for p in out.glob("mosaic_classes*.vrt"))
+    assert len(two) == 2 and "mosaic_classes.vrt" not in two  # one mosaic per CRS
+    assert main(["segment-batch", str(raster), *run]) == 0
+    assert sorted(p.name for p in out.glob("mosaic_classes*.vrt")) == ["mosaic_classes.vrt"]
+    assert sorted(json.loads((out / "batch_summary.json").read_text())["merged"]) == [
+        "merged_polygons.gpkg", "mosaic_classes.vrt"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import pickle
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -108,13 +111,20 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("content", [b"not a checkpoint at all", b""])
-def test_a_file_that_is_no_checkpoint_gives_one_line(tmp_path, content):
-    path = tmp_path / "weights.pt"
+@pytest.mark.parametrize("name, content", [
+    ("weights.pt", b"not a checkpoint at all"), ("weights.pt", b""), ("weights.pt", b"hello\n"),
+    ("weights.pt", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4),
+    ("weights.pt", pickle.dumps({"state_dict": collections.OrderedDict(a=Fraction(1, 3))})),
+    ("weights.safetensors", b"{}"), ("weights.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}"),
+], ids=["text", "empty", "short-text", "binary", "python-objects", "safetensors-short", "safetensors-bad-header"])
+def test_a_file_that_is_no_checkpoint_gives_one_line(tmp_path, name, content):
+    path = tmp_path / name
     path.write_bytes(content)
-    with pytest.raises(ModelError, match="weights.pt is not a readable checkpoint") as err:
+    with pytest.raises(ModelError, match=f"{name} is not a readable checkpoint") as err:
         load_model(str(path), arch=TINY, device="cpu")
-    assert "\n" not in str(err.value)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "weights_only" not in message and "trust" not in message  # never advice to run code from a file
 
 
 def test_unknown_model_lists_the_releases():

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.engine.conftest import TINY, make_clip
+from tests.engine.rasters import scene, write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,3 +52,20 @@ def test_broken_file_fails_with_one_line(tmp_path):
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("farslip: error: broken.pt is not a readable checkpoint")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_device_from_the_environment_is_named_in_its_error(tmp_path):
+    model = tmp_path / "tiny.pt"
+    torch.save(make_clip().state_dict(), model)
+    raster = write_raster(tmp_path / "in.tif", scene(64, 64, seed=0)[0])
+    run = ("segment", str(raster), "--classes", "a; b", "-o", str(tmp_path / "out"), "--model", str(model),
+           "--arch", TINY)
+    out = farslip(*run, env={"FARSLIP_DEVICE": "cuda"})
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert "FARSLIP_DEVICE=cuda asked for, but torch sees no CUDA GPU" in lines[0]
+    out = farslip(*run, env={"FARSLIP_DEVICE": "tpu"})
+    assert out.returncode == 2 and "unknown FARSLIP_DEVICE=tpu" in out.stderr
+    out = farslip(*run, "--device", "cuda:0", env={"FARSLIP_DEVICE": "cpu"})
+    assert out.returncode == 2 and "device 'cuda:0' asked for" in out.stderr

@@ -132,3 +132,33 @@ def test_cli_classify_and_search(tmp_path, capsys):
     assert "give either --cell" in capsys.readouterr().err
     assert main(["search", str(src), "--query", "  ", "-o", str(tmp_path / "o"), *model]) == 2
     assert "query is empty" in capsys.readouterr().err
+
+
+def test_cli_classify_and_search_never_replace_a_result_silently(tmp_path, capsys):
+    from tests.engine.api_helpers import write_checkpoint
+
+    ckpt = str(write_checkpoint(tmp_path))
+    src = write_raster(tmp_path / "c.tif", scene(200, 300)[0])
+    out = tmp_path / "o"
+    model = ["-o", str(out), "--model", ckpt, "--arch", "tiny-vit-16", "-q"]
+    grid = ["classify", str(src), "--classes", "water; grass", "--cell", "25", *model]
+    assert main(grid) == 0
+    stamp = (out / "c_grid.gpkg").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(grid) == 2  # refused before any work: the earlier grid is untouched
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "c_grid" in err[0] and "--overwrite" in err[0]
+    assert (out / "c_grid.gpkg").stat().st_mtime_ns == stamp
+    assert main([*grid, "--overwrite"]) == 0 and (out / "c_grid.gpkg").stat().st_mtime_ns != stamp
+
+    regions = ["classify", str(src), "--classes", "water; grass", "--regions", str(out / "c_grid.gpkg"), *model]
+    assert main(regions) == 0
+    assert main(regions) == 2 and "c_grid_labels.gpkg" in capsys.readouterr().err
+    assert main([*regions, "--overwrite"]) == 0
+
+    search = ["search", str(src), "--query", "a pond", *model]
+    assert main(search) == 0 and (out / "c_heatmap.tif").exists()
+    assert main([*search, "--no-heatmap"]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main([*search, "--no-heatmap", "--overwrite"]) == 0
+    assert not (out / "c_heatmap.tif").exists()  # the earlier run's heat map goes with its boxes
+    assert sorted(json.loads((out / "c_search_summary.json").read_text())["files"]) == ["boxes", "summary"]

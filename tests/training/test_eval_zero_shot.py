@@ -37,13 +37,14 @@ def test_classification_top1_and_top5(data, tiny_model):
     result = evaluate_classification(tiny_model, data / "test.csv", data / "classnames.txt")
     assert result["images"] == 6 and result["classes"] == 3
     assert 0 <= result["top1"] <= 100 and result["top5"] == pytest.approx(100.0)  # 3 classes: top-5 covers all
+    assert result["units"] == "percent"
 
 
 def test_retrieval_deduplicates_captions_and_counts_positives(data, tiny_model):
     result = evaluate_retrieval(tiny_model, data / "rsicd.csv")
     assert result["images"] == 4 and result["captions"] == 4
     assert result["i2t"]["R@10"] == pytest.approx(100.0) and result["t2i"]["R@10"] == pytest.approx(100.0)
-    assert result["context_length"] == 77
+    assert result["context_length"] == 77 and result["units"] == "percent"
 
 
 def test_bad_inputs(data, tiny_model):

@@ -131,7 +131,7 @@ def evaluate_classification(model: LoadedModel, source: str | Path, classnames: 
     scores = classifier.probabilities(embeddings).cpu().numpy()
     truth_arr = np.array(truth)
     return {"task": "classification", "model": model.name, "images": len(rows), "classes": len(names),
-            "top1": 100 * topk_accuracy(scores, truth_arr, 1), "top5": 100 * topk_accuracy(scores, truth_arr, 5)}
+            "units": "percent", "top1": 100 * topk_accuracy(scores, truth_arr, 1), "top5": 100 * topk_accuracy(scores, truth_arr, 5)}
 
 
 def evaluate_retrieval(model: LoadedModel, source: str | Path, caption_column: str | None = None,
@@ -158,4 +158,4 @@ def evaluate_retrieval(model: LoadedModel, source: str | Path, caption_column: s
     similarity = (image_emb @ text_emb.T).cpu().numpy()
     result = retrieval_metrics(similarity, image_to_texts)
     return {"task": "retrieval", "model": model.name, "images": len(images), "captions": len(texts),
-            "context_length": model.context_length, **result}
+            "context_length": model.context_length, "units": "percent", **result}
