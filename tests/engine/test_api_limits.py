@@ -31,12 +31,21 @@ def _detail(response, status: int) -> str:
     return response.json()["detail"]
 
 
-@pytest.mark.parametrize("gsd, limit", [(0.0002, "limit of 2,000 Mpx"), (1e-300, "pixels a side (the limit")])
-def test_a_job_over_the_pixel_budget_is_refused_at_submit_naming_the_limit(client, src, gsd, limit):
+@pytest.mark.parametrize("gsd, limit", [(0.0002, "2,500× finer than the raster's 0.5 m pixels"),
+                                        (1e-300, "finer than the raster's 0.5 m pixels")])
+def test_a_gsd_far_below_the_rasters_pixels_is_refused_at_submit(client, src, gsd, limit):
     body = {"input": {"path": str(src)}, "classes": "water; grass", "gsd": gsd}
     detail = _detail(client.post("/v1/jobs/segment", headers=AUTH, json=body), 400)
-    assert limit in detail and "coarser gsd" in detail
+    assert limit in detail and "choose a gsd of at least 0.00781 m" in detail
     assert client.get("/v1/health").json()["queue_length"] == 0  # nothing was queued
+
+
+def test_a_job_over_the_pixel_budget_is_refused_at_submit_naming_the_limit(root, src):
+    with TestClient(make_app(root, max_pixels=50_000)) as c:
+        body = {"input": {"path": str(src)}, "classes": "water; grass", "gsd": 0.125}  # 256² working px
+        detail = _detail(c.post("/v1/jobs/segment", headers=AUTH, json=body), 400)
+        assert "limit of 0 Mpx" in detail and "coarser gsd" in detail
+        assert c.get("/v1/health").json()["queue_length"] == 0
 
 
 def test_the_pixel_budget_is_the_servers_setting(root, src):

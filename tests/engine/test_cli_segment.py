@@ -93,11 +93,14 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "unknown model": (["segment", str(good), "--classes", "a", "-o", out, "--model", "farslip9"],
                           "unknown model 'farslip9'"),
         "empty classes": (["segment", str(good), "--classes", " ; ", "-o", out], "no classes given"),
+        "gsd far too fine": (["segment", str(good), "--classes", "a", "--gsd", "3e-05", "-o", out],
+                             "finer than the raster's"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing file", "not a raster", "two bands", "bad band", "bbox outside",
-                                  "window outside", "unwritable out", "unknown model", "empty classes"])
+                                  "window outside", "unwritable out", "unknown model", "empty classes",
+                                  "gsd far too fine"])
 def test_bad_input_gives_one_line_and_a_nonzero_exit(tmp_path, capsys, case):
     if case == "unwritable out" and os.geteuid() == 0:
         pytest.skip("root can write anywhere")
