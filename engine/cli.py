@@ -10,12 +10,44 @@ Bad input ends with one line on stderr and a non-zero exit code, never a traceba
 from __future__ import annotations
 
 import argparse
+import re
+import signal
 import sys
+import threading
 
 from engine.errors import FarSLIPError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # what `timeout`, systemd, docker, QProcess.terminate send
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: a run stops as Ctrl-C stops it, its partial files removed."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors in one line (`farslip: error: …`, exit 2), like every other error, instead of
+    the usage text and the error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"farslip: error: {message} (see `{self.prog} --help`)\n")
+
+
+# a value that starts with '-' and a digit: a negative number or list of numbers (a --bbox west of
+# Greenwich), which argparse would take for an option
+_NEGATIVE_VALUE = re.compile(r"^-\.?\d")
+
+
+def _negative_values_attached(argv: list[str]) -> list[str]:
+    """`--bbox -122.5,37.7,…` as `--bbox=-122.5,37.7,…`, so that argparse takes it as the value."""
+    out: list[str] = []
+    for token in argv:
+        if out and _NEGATIVE_VALUE.match(token) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
@@ -74,7 +106,7 @@ def _cmd_models_verify(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from engine import __version__
 
-    parser = argparse.ArgumentParser(prog="farslip", description="FarSLIP open-vocabulary segmentation engine")
+    parser = OneLineParser(prog="farslip", description="FarSLIP open-vocabulary segmentation engine")
     parser.add_argument("--version", action="version", version=f"farslip {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -114,15 +146,29 @@ def _add_entry_point_commands(commands) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_negative_values_attached(sys.argv[1:] if argv is None else list(argv)))
+    received: list[int] = []
+
+    def stop(signum, _frame) -> None:
+        received.append(signum)
+        raise Terminated()
+
+    # the server handles its own signals; a run in another thread (a test) cannot install handlers
+    own_signals = args.command != "serve" and threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS} if own_signals else {}
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except FarSLIPError as exc:
         print(f"farslip: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        code = EXIT_USAGE
     except KeyboardInterrupt:
-        print("farslip: interrupted; no partial output was kept", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        stopped = f"stopped by {signal.Signals(received[0]).name}" if received else "interrupted"
+        print(f"farslip: {stopped}; no partial output was kept", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 + received[0] if received else code
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _label_file(args, classifier, area) -> int:
-    """Label every polygon of a vector file; write them back with class, score and probabilities."""
+    """Label every polygon of a vector file; write them back with class, score, probabilities and
+    valid_fraction (a region under half valid: class, score and probabilities null)."""
     import numpy as np
     import shapely
     from pyogrio.raw import read
@@ -91,8 +92,10 @@ def _label_file(args, classifier, area) -> int:
         out = _labels_path(args)
         partial = out.with_name(f".partial-{out.name}")
         ours = {"class": np.array([lb["best"] for lb in labels], dtype=object),
-                "score": np.array([lb["score"] for lb in labels]),
-                "probabilities": np.array([json.dumps(lb["probabilities"]) for lb in labels], dtype=object)}
+                "score": np.array([np.nan if lb["score"] is None else lb["score"] for lb in labels]),
+                "probabilities": np.array([None if lb["probabilities"] is None else json.dumps(lb["probabilities"])
+                                           for lb in labels], dtype=object),
+                "valid_fraction": np.array([lb["valid_fraction"] for lb in labels])}
         # the input's own attributes first, so results join back (a clashing name gets an "input_" prefix)
         fields = {(f"input_{name}" if name in ours else name): values
                   for name, values in zip(meta["fields"], columns)}
@@ -103,7 +106,10 @@ def _label_file(args, classifier, area) -> int:
         partial.replace(out)
     if not args.quiet:
         for lb in labels[:20]:
-            print(f"  region {lb['index']:<5} {lb['best']:<24} {lb['score']:.3f}")
+            if lb["best"] is None:
+                print(f"  region {lb['index']:<5} {'(no data)':<24} -      valid {lb['valid_fraction']:.0%}")
+            else:
+                print(f"  region {lb['index']:<5} {lb['best']:<24} {lb['score']:.3f}  valid {lb['valid_fraction']:.0%}")
         print(f"  labels    {out}")
     return 0
 
@@ -147,11 +153,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from engine.cli_segment import add_model_arguments
+    from engine.cli_segment import add_model_arguments, output_stem
 
     p.add_argument("input", help="raster file")
     p.add_argument("-o", "--out", required=True, help="output folder")
-    p.add_argument("--name", help="output file stem (default: the input's)")
+    p.add_argument("--name", type=output_stem, help="output file stem (default: the input's)")
     p.add_argument("--bands", help="three 1-based band numbers for R,G,B")
     p.add_argument("--bbox", help="minx,miny,maxx,maxy (raster CRS unless --bbox-crs)")
     p.add_argument("--bbox-crs", help="CRS of --bbox, e.g. EPSG:4326")

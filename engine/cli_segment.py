@@ -102,7 +102,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         source.probe()
         print_notes(source.notes)
         said = set(source.notes)
-        if source.crs is None:
+        if source.crs is None and source.gcps is None:  # a GCP-only raster's note says what it gets
             print(f"farslip: warning: {Path(args.input).name} has no CRS; outputs are in pixel space and "
                   f"areas are not computed", file=sys.stderr)
         gsd_note = (f"{source.working_gsd:.3g} m/px" if source.working_gsd else "native pixels")
@@ -140,6 +140,14 @@ def print_notes(notes: list[str]) -> None:
         print(f"farslip: {kind}: {text}", file=sys.stderr)
 
 
+def output_stem(value: str) -> str:
+    """`--name`: a file name stem, never a path (the outputs stay in the output folder)."""
+    if not value.strip() or value in (".", "..") or any(c in value for c in "/\\\0"):
+        raise argparse.ArgumentTypeError(f"{value!r} must be a file name without folders "
+                                         f"(the outputs go to the output folder, -o)")
+    return value
+
+
 def progress_bar(quiet: bool, label: str, unit: str = "crop"):
     """A tqdm bar (crops/s, or other `unit`s) and the (done, total) callback that drives it."""
     from tqdm import tqdm
@@ -174,7 +182,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    help="'building,roof; road; tree' (';' between classes, ',' between synonyms), @file.txt, or "
                         "@SITE.classes.json (classes taught from labels: farslip classes learn)")
     p.add_argument("-o", "--out", required=True, help="output folder")
-    p.add_argument("--name", help="output file stem (default: the input's)")
+    p.add_argument("--name", type=output_stem, help="output file stem (default: the input's)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run's outputs of the same name in the output folder (else refused)")
     p.add_argument("--bands", help="three 1-based band numbers for R,G,B, e.g. 3,2,1 (default: from colour "

@@ -157,6 +157,10 @@ class SegmentSettings(ModelChoice, Area):
         if self.mask_crs is not None and self.mask_wkt is None:
             raise InputError("mask_crs given without mask_wkt")
         self.inference_options()
+        from engine.dense.prompts import PromptSet
+
+        if self.background and isinstance(self._prompts, PromptSet):  # the class it adds counts too
+            self._prompts.with_background(self.background)
         return self
 
     @classmethod

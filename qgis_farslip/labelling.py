@@ -1,6 +1,8 @@
 """Region labelling: draw a rectangle → the engine ranks the candidate classes (off the UI thread) →
 accepting writes the label into the "FarSLIP labels" layer (class, score, model, timestamp), a
 GeoPackage in the project's results folder kept at the top of the Layers panel: material for retraining.
+A region under half of whose pixels hold data gets no class from the engine: the message bar says so
+("no data …") and no ranking opens.
 """
 
 from __future__ import annotations
@@ -24,6 +26,16 @@ from qgis_farslip.taught_refs import with_taught
 LABELS_LAYER = "FarSLIP labels"
 
 
+class NoDataRegion(EngineError):
+    """The engine gave the region no class: under half of its pixels hold data."""
+
+
+def no_data_text(valid_fraction: float | None) -> str:
+    """What the message bar says about a region the engine gives no class."""
+    held = "too few" if valid_fraction is None else f"only {valid_fraction:.0%}"  # an engine may omit it
+    return f"no data: {held} of its pixels hold data, so the region gets no class (draw it over the image)"
+
+
 class RegionLabeller:
     """Asks the engine for the best classes of a rectangle (by their names, or by the classes taught from labels
     `taught` names: see `taught_refs.py`), and records accepted labels."""
@@ -34,7 +46,8 @@ class RegionLabeller:
 
     def rank(self, rect: QgsRectangle, crs: QgsCoordinateReferenceSystem,
              polygon: QgsGeometry | None = None) -> list[tuple[str, float]]:
-        """(class, probability) pairs, best first, for a rectangle (or a polygon inside it) in `crs`."""
+        """(class, probability) pairs, best first, for a rectangle (or a polygon inside it) in `crs`;
+        NoDataRegion when the region is mostly no data (the engine gives it no class)."""
         box = to_layer_crs(rect, crs, self.layer).intersect(self.layer.extent())
         if box.isEmpty():
             raise EngineError("the region does not overlap the raster layer")
@@ -56,6 +69,8 @@ class RegionLabeller:
             payload.update(input={"upload_id": upload}, crs="pixel",
                            regions=[{"bbox": [0, 0, round(box.width() / resolution), round(box.height() / resolution)]}])
         region = with_taught(self.client, self.taught, payload, self.client.label)["regions"][0]
+        if region.get("best") is None or not region.get("probabilities"):
+            raise NoDataRegion(no_data_text(region.get("valid_fraction")))
         return list(region["probabilities"].items())
 
     def accept(self, rect: QgsRectangle, crs: QgsCoordinateReferenceSystem, label: str, score: float,
@@ -241,7 +256,7 @@ class LabelMapTool(QgsMapToolExtent):
     def _failed(self, exc: EngineError) -> None:
         self.pending = False
         self.clearRubberBand()
-        self.notify("critical", str(exc))
+        self.notify("warning" if isinstance(exc, NoDataRegion) else "critical", str(exc))
 
     def _ranked(self, labeller, rect, crs, polygon, ranking) -> None:
         self.pending = False

@@ -2,7 +2,8 @@
 
 Each argument is a raster path or GDAL path (`/vsis3/...`, a VRT, ...), a glob (`tiles/*.tif`), or
 a text file listing one of those per line (`.txt`, `.lst`; blank lines and `#` comments skipped).
-Names that do not exist are kept: they are reported as failed inputs, not dropped silently.
+Names that do not exist are kept: they are reported as failed inputs, not dropped silently. A file
+named twice, however spelled, is processed once (its first spelling).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 from pathlib import Path
 
 from engine.errors import InputError
+from engine.text_files import read_text_file
 
 LIST_SUFFIXES = (".txt", ".lst")
 
@@ -31,14 +33,22 @@ def expand_inputs(items: list[str]) -> list[str]:
             found.extend(matches)
         else:
             found.append(item)
-    return list(dict.fromkeys(found))
+    if not found:
+        raise InputError(f"no rasters to process: {', '.join(items)} lists none")
+    unique: dict[str, str] = {}
+    for path in found:
+        unique.setdefault(_same_file_key(path), path)
+    return list(unique.values())
+
+
+def _same_file_key(path: str) -> str:
+    """One key for every spelling of a local file (relative, absolute, with `..`, through a link), so
+    that it is processed once; GDAL paths (`/vsi…`) as written."""
+    return path if path.startswith("/vsi") else str(Path(path).resolve())
 
 
 def _read_list(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read the list of rasters {path}: {exc}") from None
+    lines = read_text_file(path, "list of rasters").splitlines()
     base = path.parent
     out = []
     for line in lines:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import InputError
+from engine.text_files import read_text_file
 
 MAX_CLASSES = 254  # class maps are uint8; 255 means "no class" (nodata / below threshold)
 MAX_NAME_CHARS = 200
@@ -95,10 +96,7 @@ class PromptSet:
     def from_file(cls, path: str | Path) -> "PromptSet":
         """Class lines from a text file, with `parse`'s separators: new lines and ';' between classes,
         ',' between synonyms; lines starting with # are comments."""
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"cannot read class file {path}: {exc.strerror or exc}") from None
+        text = read_text_file(path, "class file")
         return cls.parse([ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")])
 
     @property
@@ -126,6 +124,9 @@ class PromptSet:
         found = self.index_of(name)
         if found is not None:
             return self, found
+        if len(self.classes) >= MAX_CLASSES:
+            raise InputError(f"{len(self.classes)} classes and the background class '{name}' make "
+                             f"{len(self.classes) + 1}; at most {MAX_CLASSES} are supported")
         return PromptSet.parse([*(", ".join(c.names) for c in self.classes), name]), len(self.classes)
 
     def as_text(self) -> str:

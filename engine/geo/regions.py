@@ -3,11 +3,15 @@
 
 A region is read as the model sees a whole image in stage 2: its box's shorter side resized to the
 model's input size and the centre cropped square (read straight from the raster with GDAL's bilinear
-resampling). Pixels outside a polygon, or without data, are filled with the CLIP mean colour.
+resampling). Pixels outside a polygon, outside the raster, or without data, are filled with the CLIP
+mean colour. A region's valid fraction (`region_valid_fraction`) is the share of its pixels — inside
+the polygon for a polygon, the whole region, not only the crop — that hold data, pixels outside the
+raster counting as no data; `engine.geo.scenes` gives no class to a region (or a cell) under half valid.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -20,6 +24,7 @@ from engine.errors import InputError
 from engine.geo.source import CLIP_MEAN_RGB, RasterSource
 
 MAX_REGIONS = 512
+VALID_SAMPLES = 256  # the longer side of the grid a region's valid pixels are counted on
 
 
 @dataclass(frozen=True)
@@ -64,14 +69,53 @@ def read_region(source: RasterSource, pixel_geom, size: int) -> np.ndarray:
     w, h = maxx - minx, maxy - miny
     side = max(min(w, h), 1.0)
     cx, cy = (minx + maxx) / 2, (miny + maxy) / 2
-    window = Window(source.window.col_off + cx - side / 2, source.window.row_off + cy - side / 2, side, side)
-    rgb, valid = source.read_window(window, size, size)
+    x0, y0 = cx - side / 2, cy - side / 2
+    if x0 >= 0 and y0 >= 0 and x0 + side <= source.width and y0 + side <= source.height:
+        rgb, valid = source.read_window(Window(source.window.col_off + x0, source.window.row_off + y0, side, side),
+                                        size, size)
+    else:  # the square crosses the raster's edge: read the part inside where it lies, no data around it
+        rgb = np.empty((size, size, 3), dtype=np.float32)
+        valid = np.zeros((size, size), dtype=bool)
+        scale = size / side
+        ix0, iy0 = max(x0, 0.0), max(y0, 0.0)
+        ix1, iy1 = min(x0 + side, float(source.width)), min(y0 + side, float(source.height))
+        c0, c1 = round((ix0 - x0) * scale), round((ix1 - x0) * scale)
+        r0, r1 = round((iy0 - y0) * scale), round((iy1 - y0) * scale)
+        if c1 > c0 and r1 > r0:
+            part = Window(source.window.col_off + ix0, source.window.row_off + iy0, ix1 - ix0, iy1 - iy0)
+            rgb[r0:r1, c0:c1], valid[r0:r1, c0:c1] = source.read_window(part, r1 - r0, c1 - c0)
     if not pixel_geom.equals(pixel_geom.envelope):
-        to_window = Affine.translation(cx - side / 2, cy - side / 2) * Affine.scale(side / size)
+        to_window = Affine.translation(x0, y0) @ Affine.scale(side / size)
         outside = geometry_mask([pixel_geom], out_shape=(size, size), transform=to_window)
         rgb[outside] = CLIP_MEAN_RGB
     rgb[~valid] = CLIP_MEAN_RGB
     return rgb
+
+
+def region_valid_fraction(source: RasterSource, pixel_geom) -> float:
+    """Share of the region's pixels (those inside the polygon, for a polygon) that hold data; the part of
+    the region outside the raster counts as no data. Counted on a grid of at most VALID_SAMPLES pixels a
+    side over the region's part inside the raster (nearest-neighbour masks and values, as cells' are)."""
+    import shapely
+
+    if pixel_geom.area <= 0:
+        return 0.0
+    inside_raster = pixel_geom.intersection(shapely.box(0, 0, source.width, source.height))
+    if inside_raster.is_empty or inside_raster.area <= 0:
+        return 0.0
+    minx, miny, maxx, maxy = inside_raster.bounds
+    c0, r0 = max(0, math.floor(minx)), max(0, math.floor(miny))
+    c1, r1 = min(source.width, math.ceil(maxx)), min(source.height, math.ceil(maxy))
+    w, h = c1 - c0, r1 - r0
+    step = max(1.0, max(w, h) / VALID_SAMPLES)
+    out_w, out_h = max(1, round(w / step)), max(1, round(h / step))
+    _, valid = source.read_raw(Window(source.window.col_off + c0, source.window.row_off + r0, w, h), out_h, out_w)
+    to_window = Affine.translation(c0, r0) @ Affine.scale(w / out_w, h / out_h)
+    inside = geometry_mask([inside_raster], out_shape=(out_h, out_w), transform=to_window, invert=True)
+    if not inside.any():  # a sliver narrower than a sample: the samples it touches
+        inside = geometry_mask([inside_raster], out_shape=(out_h, out_w), transform=to_window, invert=True,
+                               all_touched=True)
+    return min(1.0, float(valid[inside].mean()) * inside_raster.area / pixel_geom.area)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@
 Grid cells are squares of `cell_m` metres (or `cell_px` source pixels without a CRS) tiling the
 area from its top-left corner without overlap; the last column and row are clipped to the raster
 (their polygons are the clipped rectangles, so cell areas add up to the raster's). A cell with less
-than half its pixels (inside the raster) valid gets no class.
+than half its pixels (inside the raster) valid gets no class; so does a region with less than half its
+pixels (inside its polygon; those outside the raster count as no data) valid — one rule, `with_data`.
 """
 
 from __future__ import annotations
@@ -25,27 +26,42 @@ from engine.dense.scenes import SceneClassifier
 from engine.errors import Cancelled, InputError
 from engine.geo.colours import class_colour, hex_colour
 from engine.geo.pipeline import ProgressFn, make_workdir, publish_summary
-from engine.geo.regions import MAX_REGIONS, Region, read_cells, read_region, tile_cells, to_pixel_geometry
+from engine.geo.regions import (MAX_REGIONS, Region, read_cells, read_region, region_valid_fraction, tile_cells,
+                                to_pixel_geometry)
 from engine.geo.source import RasterSource
 from engine.geo.vectors import write_features
 
 MIN_VALID_FRACTION = 0.5
 
 
+def with_data(valid_fractions) -> np.ndarray:
+    """Which cells or regions get a class (bool per item): those with at least MIN_VALID_FRACTION of
+    their pixels valid. The one rule for grid cells and labelled regions; the others get no class."""
+    return np.asarray(valid_fractions, dtype=np.float64) >= MIN_VALID_FRACTION
+
+
 def label_regions(source: RasterSource, regions: list[Region], classifier: SceneClassifier,
                   crs: str | None = None) -> list[dict]:
-    """Class probabilities of each region, cropped and encoded on its own (the stage-2 alignment)."""
+    """Class probabilities of each region, cropped and encoded on its own (the stage-2 alignment), and
+    its valid fraction. A region under half valid gets no class: best, score and probabilities None."""
     if not regions:
         raise InputError("no regions given")
     if len(regions) > MAX_REGIONS:
         raise InputError(f"{len(regions)} regions given; at most {MAX_REGIONS} per call")
     size = classifier.model.image_size
-    crops = [read_region(source, to_pixel_geometry(source, r, crs), size) for r in regions]
+    geoms = [to_pixel_geometry(source, r, crs) for r in regions]
+    crops = [read_region(source, g, size) for g in geoms]
+    fractions = [region_valid_fraction(source, g) for g in geoms]
     probs = classifier.classify(crops).cpu().numpy()
     order = np.argsort(-probs, axis=1)
-    return [{"index": i, "best": classifier.classes[int(order[i, 0])], "score": float(probs[i, order[i, 0]]),
-             "probabilities": {classifier.classes[k]: float(probs[i, k]) for k in order[i]}}
-            for i in range(len(regions))]
+    labels = []
+    for i, (fraction, has_class) in enumerate(zip(fractions, with_data(fractions))):
+        label = {"index": i, "best": None, "score": None, "probabilities": None, "valid_fraction": fraction}
+        if has_class:
+            label.update(best=classifier.classes[int(order[i, 0])], score=float(probs[i, order[i, 0]]),
+                         probabilities={classifier.classes[k]: float(probs[i, k]) for k in order[i]})
+        labels.append(label)
+    return labels
 
 
 @dataclass
@@ -78,7 +94,11 @@ def cell_size_px(source: RasterSource, cell_m: float | None, cell_px: float | No
         raise InputError("the cell size must be positive")
     if source.source_gsd is None:
         raise InputError("the raster has no CRS: give the cell size in pixels (--cell-px)")
-    return cell_m / source.source_gsd
+    size = cell_m / source.source_gsd
+    if size < 8:
+        raise InputError(f"cells of {cell_m:g} m are {size:.2g} pixels of this raster's {source.source_gsd:.3g} m; "
+                         f"cells must be at least 8 pixels: choose --cell {8 * source.source_gsd:.3g} or more")
+    return size
 
 
 def cell_polygon(source: RasterSource, cell) -> shapely.Polygon:
@@ -118,7 +138,7 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
             flush()
             probs = np.concatenate(probs_all)
             best = probs.argmax(axis=1)
-            valid = np.array([frac >= MIN_VALID_FRACTION for _, frac in rows])
+            valid = with_data([frac for _, frac in rows])
             names = classifier.classes
             fields = {
                 "row": np.array([c.row for c, _ in rows], dtype=np.int32),

@@ -2,7 +2,12 @@
 
 - Any raster GDAL (through rasterio) opens; only the requested area (`window` / `bbox`) is used.
 - Bands: `bands` (1-based) when given, else the bands whose colour interpretation is red/green/blue,
-  else bands 1-3. A 4-band RGBN file therefore never feeds NIR as blue.
+  else bands 1-3. A 4-band RGBN file therefore never feeds NIR as blue. A one-band raster with a
+  colour table is read as the red, green and blue its table gives (`palette_rgb_vrt`; `bands` then
+  number those three); complex-valued rasters are refused.
+- Georeference: a geotransform, or none (pixel space: x = column, y = -row, as QGIS draws such a
+  raster), or ground control points only — then pixel space as well, and the outputs carry the GCPs
+  (`raster_gcps`) instead of a geotransform.
 - Values: uint8 is used as it is (0-255). Any other type gets one linear stretch for the whole
   raster: per band, the 2nd-98th percentiles of the valid pixels of a decimated read (GDAL uses the
   overviews when present) map to 0-1. Never per tile, so tiles match.
@@ -158,11 +163,18 @@ class RasterSource:
                 dataset_transform = self.dataset.transform
         except RasterioIOError:
             raise InputError(f"{self.path} is not a raster GDAL can read") from None
-        # GDAL has no geotransform for it (a PNG tile, a plain TIFF): QGIS draws such a raster with
-        # x = column and y = -row, so that is its pixel space here too (bbox, masks, polygons)
-        self.georeferenced = not any(issubclass(w.category, rasterio.errors.NotGeoreferencedWarning) for w in caught)
-        self.dataset_transform = dataset_transform if self.georeferenced else PIXEL_SPACE
         try:
+            # GCPs without a geotransform (a scanned map, a satellite scene before orthorectification):
+            # GDAL has no transform for it (rasterio gives the identity, without a warning); the
+            # outputs carry the same GCPs instead, and the engine works in pixel space
+            gcps, gcp_crs = self.dataset.gcps
+            self.gcps = (list(gcps), gcp_crs) if gcps and dataset_transform == Affine.identity() else None
+            # GDAL has no geotransform for it (a PNG tile, a plain TIFF): QGIS draws such a raster with
+            # x = column and y = -row, so that is its pixel space here too (bbox, masks, polygons)
+            self.georeferenced = (self.gcps is None and not any(
+                issubclass(w.category, rasterio.errors.NotGeoreferencedWarning) for w in caught))
+            self.dataset_transform = dataset_transform if self.georeferenced else PIXEL_SPACE
+            self.crs = None if self.gcps is not None else self.dataset.crs  # (a GCP-only raster's: the GCPs')
             self._setup(bands, gsd, window, bbox, bbox_crs, frame_from_reads)
         except Exception:
             self.dataset.close()
@@ -172,15 +184,25 @@ class RasterSource:
         ds = self.dataset
         if ds.count < 1 or ds.width < 1 or ds.height < 1:
             raise InputError(f"{self.path} holds no pixels")
+        complex_types = sorted({t for t in ds.dtypes if np.dtype(t).kind == "c"})
+        if complex_types:
+            raise InputError(f"{Path(self.path).name} holds complex values ({', '.join(complex_types)}), not an image "
+                             f"to segment: convert it to real values first (e.g. its amplitude)")
+        self.palette = self._open_palette()
+        ds = self.dataset  # the colour table's R, G, B for a palette raster
+        if self.gcps is not None:
+            self.notes.append(f"{Path(self.path).name} is georeferenced by ground control points only (no "
+                              f"geotransform): the outputs carry its {len(self.gcps[0])} GCPs and their CRS, so GIS "
+                              f"software places them as it places the raster; polygons are in pixel space (x = "
+                              f"column, y = -row) and areas are not computed")
         self.bands = self._choose_bands(bands)
-        self.crs = ds.crs
         self.window = self._choose_window(window, bbox, bbox_crs)
         self.transform = self.dataset_transform * Affine.translation(self.window.col_off, self.window.row_off)
         self.height, self.width = int(self.window.height), int(self.window.width)
         self.source_gsd = _pixel_metres(self.crs, self.transform, self.width, self.height)
         self.working_gsd, self.grid = self._working_grid(gsd)
         self.floating = any(np.dtype(ds.dtypes[b - 1]).kind in "fc" for b in self.bands)
-        needs_stretch = ds.dtypes[self.bands[0] - 1] != "uint8"
+        needs_stretch = ds.dtypes[self.bands[0] - 1] != "uint8" and self.palette is None
         cheap = self.height * self.width <= _CHEAP_READ_PIXELS or bool(ds.overviews(self.bands[0]))
         overview = None
         if self.inspect_pixels and frame_from_reads and not needs_stretch:
@@ -193,11 +215,33 @@ class RasterSource:
         if overview is not None:  # (a large uint8 raster without overviews is not read whole for this)
             self._check_edge_frame(overview[0])
 
+    def _open_palette(self) -> "PaletteRGB | None":
+        """For a one-band raster with a colour table: open it as the RGB its colour table gives (a
+        VRT, `palette_rgb_vrt`), which `self.dataset` becomes; None for any other raster."""
+        palette = palette_rgb_vrt(self.dataset, self.path)
+        if palette is None:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            try:
+                expanded = rasterio.open(palette.xml)
+            except RasterioIOError as exc:
+                raise InputError(f"cannot read the colour table of {Path(self.path).name}: {first_line(exc)}") from None
+        self.dataset.close()  # its georeference is kept above; the pixels are read through the VRT
+        self.dataset = expanded
+        self.notes.append(f"{Path(self.path).name}: colours from the raster's colour table (its band holds "
+                          f"palette indices)" + ("; transparent and nodata entries are no data"
+                                                 if palette.has_invalid else ""))
+        return palette
+
     # --- choices -------------------------------------------------------------------------------
     def _choose_bands(self, bands) -> tuple[int, int, int]:
         ds = self.dataset
         if bands is not None:
             bad = [b for b in bands if not 1 <= b <= ds.count]
+            if bad and self.palette is not None:
+                raise InputError(f"band {bad[0]} does not exist: {Path(self.path).name} is a palette raster, read "
+                                 f"as the red, green and blue (bands 1, 2, 3) of its colour table")
             if bad:
                 raise InputError(f"band {bad[0]} does not exist: {Path(self.path).name} has {ds.count} band(s)")
             return tuple(bands)  # type: ignore[return-value]
@@ -232,6 +276,19 @@ class RasterSource:
         minx, miny, maxx, maxy = bbox
         if not (maxx > minx and maxy > miny):
             raise InputError("bbox must be minx,miny,maxx,maxy with max > min")
+        window = self._bbox_window(bbox, bbox_crs)
+        if window is None:
+            b = bounds_of(self.dataset_transform, ds.width, ds.height)
+            space = ("pixel space, x = column, y = -row: the raster is georeferenced by GCPs only"
+                     if self.gcps is not None else "pixel space: x = column, y = -row, as QGIS shows it")
+            raise InputError(f"bbox lies outside the raster (raster bounds {','.join(map(format_coordinate, b))} "
+                             f"in {self.crs or space}){self._swapped_bbox_hint(bbox, bbox_crs)}")
+        return window
+
+    def _bbox_window(self, bbox, bbox_crs) -> Window | None:
+        """The raster's pixels under a bbox (in `bbox_crs`, default the raster's), None when none."""
+        ds = self.dataset
+        minx, miny, maxx, maxy = bbox
         if bbox_crs is not None:
             from rasterio.warp import transform_bounds
 
@@ -239,19 +296,41 @@ class RasterSource:
             minx, miny, maxx, maxy = transform_bounds(src_crs, self.crs, minx, miny, maxx, maxy)
         inverse = ~self.dataset_transform  # the pixels under the box's corners (any rotation or flip)
         cols, rows = zip(*(inverse * (x, y) for x in (minx, maxx) for y in (miny, maxy)))
+        if not all(map(math.isfinite, cols + rows)):
+            return None
         col0, row0 = max(0, math.floor(min(cols) + 1e-9)), max(0, math.floor(min(rows) + 1e-9))
         col1, row1 = min(ds.width, math.ceil(max(cols) - 1e-9)), min(ds.height, math.ceil(max(rows) - 1e-9))
         if col1 <= col0 or row1 <= row0:
-            b = bounds_of(self.dataset_transform, ds.width, ds.height)
-            raise InputError(f"bbox lies outside the raster (raster bounds {','.join(map(format_coordinate, b))} "
-                             f"in {self.crs or 'pixel space: x = column, y = -row, as QGIS shows it'})")
+            return None
         return Window(col0, row0, col1 - col0, row1 - row0)
+
+    def _swapped_bbox_hint(self, bbox, bbox_crs) -> str:
+        """For a bbox in geographic coordinates that misses the raster: a hint when the same numbers
+        with latitude and longitude swapped would hit it."""
+        given = self.user_crs(bbox_crs, "a bbox") if bbox_crs is not None else self.crs
+        if given is None or not given.is_geographic:
+            return ""
+        minx, miny, maxx, maxy = bbox
+        if not (-90 <= minx <= maxx <= 90):  # the swapped box's latitudes must be latitudes
+            return ""
+        try:
+            with rasterio.Env():  # (GDAL's own messages stay out of the user's terminal)
+                hit = self._bbox_window((miny, minx, maxy, maxx), bbox_crs) is not None
+        except Exception:
+            return ""
+        if not hit:
+            return ""
+        return (f" (did you swap latitude and longitude? a bbox in {given.to_string()} is given lon,lat: min lon, "
+                f"min lat, max lon, max lat; here {','.join(map(format_coordinate, (miny, minx, maxy, maxx)))})")
 
     def _working_grid(self, gsd: float | None) -> tuple[float | None, WorkingGrid]:
         native = self.source_gsd
         if gsd is not None:
             if not (gsd > 0 and math.isfinite(gsd)):
                 raise InputError("--gsd must be a positive number of metres per pixel")
+            if native is None and self.gcps is not None:
+                raise InputError(f"--gsd needs a geotransform; {Path(self.path).name} is georeferenced by ground "
+                                 f"control points only (its native pixels are used without --gsd)")
             if native is None:
                 raise InputError("--gsd needs a geo-referenced raster; this one has no CRS")
             target = gsd
@@ -341,6 +420,19 @@ class RasterSource:
             return None
         return self.transform
 
+    @property
+    def raster_gcps(self) -> tuple[list, object] | None:
+        """(GCPs, their CRS) to give outputs on the area's grid instead of a geotransform, for a raster
+        georeferenced by GCPs only: the input's, moved by the area's offset (pixel and line count from
+        the area's corner), so that GDAL and QGIS place the outputs as they place the input."""
+        if self.gcps is None:
+            return None
+        from rasterio.control import GroundControlPoint
+
+        col, row = self.window.col_off, self.window.row_off
+        gcps, crs = self.gcps
+        return [GroundControlPoint(g.row - row, g.col - col, g.x, g.y, g.z, g.id, g.info) for g in gcps], crs
+
     # --- reading -------------------------------------------------------------------------------
     def working_transform(self) -> Affine:
         return self.transform * Affine.scale(self.grid.scale_x, self.grid.scale_y)
@@ -415,12 +507,17 @@ class RasterSource:
         if self.floating or self.nodata is not None:  # values decide on the unresampled pixels
             exact = data if same_size else self._read_nearest(window, height, width)
             valid &= self._value_valid(exact)
+        if self.palette is not None:  # the colour table's 0-255 (PALETTE_NODATA where no data)
+            return np.minimum(data, 255).astype(np.uint8), valid
         if self.stretch is None:  # uint8 (a mixed-type band set comes back widened: scale it the same way)
             return (data, valid) if data.dtype == np.uint8 else (data.astype(np.float32) / 255.0, valid)
         lo, hi = self.stretch[:, 0, None, None], self.stretch[:, 1, None, None]
-        rgb = ((data.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
-        valid &= np.isfinite(rgb).all(axis=0)
-        return np.clip(np.nan_to_num(rgb, nan=0.0), 0.0, 1.0), valid
+        data = data.astype(np.float64)
+        valid &= np.isfinite(data).all(axis=0)
+        # clipped before scaling: a value far outside the stretch (a nodata of -3.4e38) neither
+        # overflows float32 nor the division
+        rgb = ((np.clip(data, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+        return np.nan_to_num(rgb, nan=0.0), valid
 
     def probe(self) -> None:
         """Catch truncated and corrupt files before a run: the area's first and last pixels must be
@@ -458,10 +555,15 @@ class RasterSource:
         """A CRS a user named ('EPSG:4326', WKT, ...) for `what`, which must be placed on this raster."""
         from rasterio.crs import CRS
 
+        if self.crs is None and self.gcps is not None:
+            raise InputError(f"the raster is georeferenced by ground control points only (no geotransform), so "
+                             f"{what} in a CRS cannot be placed on it exactly; give it in pixel space (x = column, "
+                             f"y = -row){hint}")
         if self.crs is None:
             raise InputError(f"the raster has no CRS, so {what} in another CRS cannot be placed on it{hint}")
         try:
-            return CRS.from_user_input(crs)
+            with rasterio.Env():  # GDAL's own error (a "ERROR 1: PROJ: ..." line) goes to its log, not stderr
+                return CRS.from_user_input(crs)
         except Exception:
             raise InputError(f"unknown CRS '{crs}' for {what}") from None
 
@@ -518,6 +620,8 @@ class RasterSource:
         or mask band): then they need not be read."""
         from rasterio.enums import MaskFlags
 
+        if self.palette is not None:  # the VRT's nodata value is never met where no entry is no data
+            return not self.palette.has_invalid
         return all(MaskFlags.all_valid in self.dataset.mask_flag_enums[b - 1] for b in self.bands)
 
     def _mask_valid(self, window: Window, height: int, width: int) -> np.ndarray:
@@ -553,7 +657,8 @@ class RasterSource:
         if handle is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                handle = self._local.dataset = rasterio.open(self.path, driver=self.dataset.driver)
+                handle = self._local.dataset = (rasterio.open(self.palette.xml) if self.palette is not None else
+                                                rasterio.open(self.path, driver=self.dataset.driver))
             with self._handles_lock:
                 self._handles.append(handle)
         return handle
@@ -570,6 +675,58 @@ class RasterSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+PALETTE_NODATA = 256  # the value of a no-data colour-table entry in the expanded bands (UInt16)
+
+
+@dataclass(frozen=True)
+class PaletteRGB:
+    """A palette raster's colours as a VRT (XML text GDAL opens): `has_invalid` when some entries
+    (transparent ones, the declared nodata index) are no data."""
+
+    xml: str
+    has_invalid: bool
+
+
+def palette_rgb_vrt(ds, path: str) -> PaletteRGB | None:
+    """The R, G, B of a one-band raster with a colour table, as `gdal_translate -expand rgb` gives
+    them, in a VRT of three UInt16 bands; None for any other raster. Each band maps the palette
+    index through a lookup table (index → colour component; `PALETTE_NODATA` for an entry with alpha 0
+    or the declared nodata index, which GDAL's masks then make no data). Not GDAL's
+    <ColorTableComponent>: a resampled read of those bands resamples the palette *indices* (and
+    looks up meaningless colours), whereas a band with a nodata value of its own that the source
+    lacks is read at its nominal resolution and then resampled (GDAL's VRT rule), so that reading
+    at a working GSD resamples the real colours, exactly as from the same image stored as RGB."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    if ds.count != 1 or ds.colorinterp[0] != ColorInterp.palette or ds.dtypes[0] not in ("uint8", "uint16"):
+        return None
+    try:
+        table = ds.colormap(1)
+    except ValueError:  # "palette" without a colour table
+        return None
+    nodata = ds.nodata
+    nodata_index = int(nodata) if nodata is not None and float(nodata).is_integer() and nodata >= 0 else None
+    size = max(max(table) + 1, (nodata_index or 0) + 1)
+    entries = [table.get(i, (0, 0, 0, 255)) for i in range(size)]
+    invalid = [entry[3] == 0 or i == nodata_index for i, entry in enumerate(entries)]
+    source = path if path.startswith("/vsi") else str(Path(path).resolve())
+    bands = []
+    for band, name in enumerate(("Red", "Green", "Blue")):
+        # indices past the table are black (as GDAL expands them): the table's last point is clamped
+        points = [f"{i}:{PALETTE_NODATA if bad else entry[band]}"
+                  for i, (entry, bad) in enumerate(zip(entries, invalid))]
+        points.append(f"{size}:0")
+        bands.append(f'<VRTRasterBand dataType="UInt16" band="{band + 1}"><ColorInterp>{name}</ColorInterp>'
+                     f'<NoDataValue>{PALETTE_NODATA}</NoDataValue><ComplexSource>'
+                     f'<SourceFilename relativeToVRT="0">{escape(source)}</SourceFilename><SourceBand>1</SourceBand>'
+                     f'<SourceProperties RasterXSize="{ds.width}" RasterYSize="{ds.height}" '
+                     f'DataType={quoteattr("UInt16" if ds.dtypes[0] == "uint16" else "Byte")} '
+                     f'BlockXSize="{ds.block_shapes[0][1]}" BlockYSize="{ds.block_shapes[0][0]}"/>'
+                     f'<LUT>{",".join(points)}</LUT></ComplexSource></VRTRasterBand>')
+    xml = f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">{"".join(bands)}</VRTDataset>'
+    return PaletteRGB(xml, any(invalid))
 
 
 def probe_area(path: str | Path, **source_args) -> None:

@@ -66,6 +66,7 @@ from engine.server.schemas import (AccuracyRequest, Error, GridRequest, Health, 
 from engine.server.store import JobStore, StorageUnavailable, storage_errors
 from engine.taught_format import TaughtFile
 from engine.server.watch import MAX_WAIT_S, JobWatch, status_events, wait_for_change
+from engine.server.wording import for_clients
 
 log = logging.getLogger("farslip.api")
 
@@ -164,14 +165,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.exception_handler(FarSLIPError)
     async def user_error(_request: Request, exc: FarSLIPError):
         status = exc.status if isinstance(exc, StorageUnavailable) else 400
-        return JSONResponse(json_safe({"detail": str(exc)}), status_code=status)
+        return JSONResponse(json_safe({"detail": for_clients(str(exc))}), status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         headers = dict(exc.headers or {})
         if exc.status_code == 405 and exc.detail == "Method Not Allowed":  # Starlette's, not one of ours
             headers["Allow"] = ", ".join(allowed_methods(request.url.path))
-        return JSONResponse({"detail": json_safe(str(exc.detail))}, status_code=exc.status_code, headers=headers)
+        return JSONResponse({"detail": json_safe(for_clients(str(exc.detail)))}, status_code=exc.status_code,
+                            headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError):

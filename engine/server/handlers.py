@@ -288,7 +288,11 @@ def prepare_grid(body: GridRequest, store, settings, pool=None) -> dict:
         body.check_area()
         if body.cell_m is None and body.cell_px is None:
             raise InputError("give cell_m (metres) or cell_px (pixels)")
-        probe_area(path, **_area(body))
+        from engine.geo.scenes import cell_size_px
+
+        with RasterSource(path, inspect_pixels=False, **_area(body)) as source:
+            source.probe()
+            cell_size_px(source, body.cell_m, body.cell_px)  # a cell under 8 pixels is refused here, not later
 
     return _stored(body, store, settings, pool, check)
 

@@ -21,6 +21,7 @@ from typing import Callable
 
 from engine.errors import Cancelled, FarSLIPError
 from engine.server.store import FULL_ERRNOS, JobStore
+from engine.server.wording import for_clients
 
 log = logging.getLogger("farslip.api")
 
@@ -145,7 +146,7 @@ class JobRunner:
             if isinstance(exc, Cancelled) or cancel.is_set():
                 self.store.update(job_id, state="cancelled", message="cancelled")
             elif isinstance(exc, FarSLIPError):
-                self.store.update(job_id, state="failed", message=str(exc))
+                self.store.update(job_id, state="failed", message=for_clients(str(exc)))
             elif isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
                 self.store.update(job_id, state="failed", message=f"no space left for the results in "
                                                                   f"{self.store.data_dir}: free space and resubmit")

@@ -113,10 +113,17 @@ class AccuracyRequest(Strict):
 
 
 class RegionLabel(BaseModel):
+    """One region's classes; a region with under half its pixels holding data gets none (best, score and
+    probabilities null), as a grid cell does."""
+
     index: int
-    best: str
-    score: float
-    probabilities: dict[str, float]
+    best: str | None = Field(..., description="the most likely class; null when the region is mostly no data")
+    score: float | None = Field(..., description="its probability; null when the region is mostly no data")
+    probabilities: dict[str, float] | None = Field(
+        ..., description="every class's probability, best first; null when the region is mostly no data")
+    valid_fraction: float = Field(..., ge=0.0, le=1.0, description=(
+        "share of the region's pixels (inside the polygon, for a polygon) that hold data; pixels outside the "
+        "raster count as no data. Under 0.5: no class"))
 
 
 class LabelResponse(BaseModel):

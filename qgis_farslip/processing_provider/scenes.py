@@ -139,7 +139,8 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
 
     def shortHelpString(self):  # noqa: N802
         return ("Ranks the candidate classes for every polygon of a layer (each cropped and encoded on its own) "
-                "and writes the best class and its probability. " + TAUGHT_HELP)
+                "and writes the best class and its probability, and the share of the polygon's pixels that hold "
+                "data (farslip_valid_fraction): a polygon under half valid gets no class (NULL). " + TAUGHT_HELP)
 
     def createInstance(self):  # noqa: N802
         return LabelRegionsAlgorithm()
@@ -162,6 +163,7 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
         fields = QgsFields(source.fields())
         fields.append(QgsField("farslip_class", QVariant.String))
         fields.append(QgsField("farslip_score", QVariant.Double))
+        fields.append(QgsField("farslip_valid_fraction", QVariant.Double))
         sink, dest = self.parameterAsSink(parameters, "OUTPUT", context, fields, source.wkbType(), source.sourceCrs())
         client, settings = engine_client(self, parameters, context)
         regions = []
@@ -195,8 +197,14 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
         for feature, label in zip(features, labels):
             out = QgsFeature(fields)
             out.setGeometry(feature.geometry())
-            out.setAttributes(feature.attributes() + [label["best"], label["score"]])
+            # a region mostly on no data: no class, no score (NULL); an older engine sends no valid_fraction
+            out.setAttributes(feature.attributes() + [label.get("best"), label.get("score"),
+                                                      label.get("valid_fraction")])
             sink.addFeature(out, QgsFeatureSink.FastInsert)
+        without = sum(label.get("best") is None for label in labels)
+        if without:
+            feedback.pushWarning(f"{without} of {len(labels)} regions are mostly no data (under half of their pixels "
+                                 "hold data): no class (farslip_class NULL)")
         if context.willLoadLayerOnCompletion(dest):
             try:
                 colours = [{"name": c["name"], "colour": c["colour"]} for c in client.prompts(classes)]

@@ -27,3 +27,40 @@ def write_raster(path: Path, data: np.ndarray, crs: str | None = "EPSG:32633", o
         if colorinterp is not None:
             dst.colorinterp = colorinterp
     return path
+
+
+def palette_of(rgb: np.ndarray, levels: int = 6) -> tuple[np.ndarray, dict[int, tuple[int, int, int, int]]]:
+    """An RGB image [3, h, w] uint8 quantised to `levels`³ colours: (palette indices [h, w] uint8, colour
+    table {index: (r, g, b, 255)}); the table's colours of the indices are the quantised image."""
+    steps = np.minimum(rgb.astype(np.int64) * levels // 256, levels - 1)
+    indices = (steps[0] * levels + steps[1]) * levels + steps[2]
+    value = [round(255 * k / (levels - 1)) for k in range(levels)]
+    table = {(r * levels + g) * levels + b: (value[r], value[g], value[b], 255)
+             for r in range(levels) for g in range(levels) for b in range(levels)}
+    return indices.astype(np.uint8), table
+
+
+def write_palette_raster(path: Path, indices: np.ndarray, table: dict, nodata=None, **grid) -> Path:
+    """A one-band GeoTIFF of palette `indices` [h, w] with colour table `table` (colour interpretation
+    palette), on `write_raster`'s grid (`crs`, `origin`, `res`)."""
+    write_raster(path, indices[None].astype(np.uint8), nodata=nodata, **grid)
+    with rasterio.open(path, "r+") as ds:
+        ds.write_colormap(1, table)
+    return path
+
+
+def write_gcp_raster(path: Path, data: np.ndarray, gcps, crs: str = "EPSG:32633") -> Path:
+    """A GeoTIFF of `data` [bands, h, w] georeferenced by ground control points only (no geotransform)."""
+    import warnings
+
+    from rasterio.crs import CRS
+    from rasterio.errors import NotGeoreferencedWarning
+
+    count, height, width = data.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=count,
+                           dtype=data.dtype.name) as dst:
+            dst.write(data)
+            dst.gcps = (list(gcps), CRS.from_user_input(crs))
+    return path

@@ -116,3 +116,26 @@ def test_get_on_a_post_only_job_path_is_a_405_naming_post(client):
     for kind in ("segment", "grid", "search"):
         got = client.get(f"/v1/jobs/{kind}", headers=AUTH)
         assert "POST" in _detail(got, 405) and got.headers["allow"] == "POST"
+
+
+def test_messages_name_the_requests_fields_not_the_command_lines_flags(client, root):
+    """The engine's messages are written for the command line; a client reads them with its JSON
+    fields: `"bands": [1, 1, 1]`, not `--bands 1,1,1` (a flag it has nowhere to pass)."""
+    import numpy as np
+
+    grey = write_raster(root / "grey.tif", np.zeros((1, 64, 64), dtype=np.uint8))
+    for url, body in (("/v1/jobs/segment", {"classes": "a"}), ("/v1/jobs/search", {"query": "a pond"})):
+        detail = _detail(client.post(url, headers=AUTH, json={"input": {"path": str(grey)}, **body}), 400)
+        assert '"bands": [1, 1, 1]' in detail and "--" not in detail, detail
+    plain = write_raster(root / "plain.tif", np.zeros((3, 64, 64), dtype=np.uint8), crs=None)
+    detail = _detail(client.post("/v1/jobs/segment", headers=AUTH,
+                                 json={"input": {"path": str(plain)}, "classes": "a", "gsd": 1.0}), 400)
+    assert '"gsd"' in detail and "--gsd" not in detail, detail
+
+
+def test_a_grid_cell_under_eight_pixels_is_a_400_at_submit(client, src):
+    """It used to be accepted (202) and the job failed a moment later ("smaller than one pixel")."""
+    body = {"input": {"path": str(src)}, "classes": "water; grass", "cell_m": 0.001}
+    detail = _detail(client.post("/v1/jobs/grid", headers=AUTH, json=body), 400)
+    assert "cells must be at least 8 pixels" in detail and '"cell_m": 4' in detail, detail
+    assert client.get("/v1/health").json()["queue_length"] == 0

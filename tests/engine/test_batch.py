@@ -23,6 +23,7 @@ import torch
 from rasterio.crs import CRS
 
 from engine.batch.inputs import expand_inputs
+from engine.errors import InputError
 from engine.cli import main
 from tests.engine.conftest import TINY, make_clip
 from tests.engine.rasters import scene, write_raster
@@ -329,6 +330,18 @@ def test_inputs_from_globs_and_lists(tmp_path):
     assert expand_inputs([str(tmp_path / "*.tif")]) == [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]
     assert expand_inputs([str(listing)]) == [str(tmp_path / "sub" / "../a.tif"), str(tmp_path / "b.tif"),
                                              "/vsis3/bucket/tile.tif"]
+    # one file however it is spelled (relative, with `..`, through a link): processed once, not thrice
+    (tmp_path / "link.tif").symlink_to(tmp_path / "a.tif")
+    spellings = [str(tmp_path / "a.tif"), str(tmp_path / "sub" / ".." / "a.tif"), str(tmp_path / "link.tif"),
+                 os.path.relpath(tmp_path / "a.tif")]
+    assert expand_inputs(spellings) == [str(tmp_path / "a.tif")]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(InputError, match="no rasters to process"):
+        expand_inputs([str(empty)])
+    notepad = tmp_path / "notepad.txt"
+    notepad.write_bytes("\ufeffa.tif\r\n".encode("utf-8"))  # a list saved by Windows Notepad
+    assert expand_inputs([str(notepad)]) == [str(tmp_path / "a.tif")]
 
 
 def test_an_unreachable_ray_address_is_one_line_within_seconds(data, tmp_path):

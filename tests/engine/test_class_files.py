@@ -42,3 +42,14 @@ def test_segment_with_a_class_file_gives_one_class_per_name(tmp_path, capsys):
         listed = json.loads(ds.tags()["FARSLIP_CLASSES"])
     assert [(c["name"], c["synonyms"]) for c in listed] == [("building", ["building", "roof"]),
                                                           ("road", ["road"]), ("tree", ["tree"])]
+
+
+def test_a_background_class_beyond_the_limit_says_it_was_added(tmp_path, capsys):
+    classes = "; ".join(f"class {k}" for k in range(254))
+    src = write_raster(tmp_path / "in.tif", scene(32, 32)[0])
+    code = main(["segment", str(src), "--classes", classes, "--background", "other", "--threshold", "0.5",
+                 "-o", str(tmp_path / "out"), "--model", "unused.pt", "-q"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert "254 classes and the background class 'other' make 255; at most 254" in lines[0]
+    assert PromptSet.parse(classes).with_background("class 3")[1] == 3  # a class of that name is the background

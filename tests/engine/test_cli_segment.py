@@ -149,7 +149,12 @@ def test_unwritable_output_file_location_is_refused(tmp_path, capsys):
     assert code != 0 and "cannot write to output folder" in err and len(err.strip().splitlines()) == 1
 
 
-def test_ctrl_c_leaves_no_output(tmp_path, checkpoint):
+@pytest.mark.parametrize("sent, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                              (signal.SIGTERM, 143, "stopped by SIGTERM"),
+                                              (signal.SIGHUP, 129, "stopped by SIGHUP")],
+                         ids=["ctrl-c", "sigterm", "sighup"])
+def test_ctrl_c_or_termination_leaves_no_output(tmp_path, checkpoint, sent, code, said):
+    """Ctrl-C, and what `timeout`, systemd, docker or QProcess.terminate() send, stop a run the same way."""
     src = write_raster(tmp_path / "big.tif", scene(1800, 1800)[0])
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "segment", str(src), "--classes", "a; b; c",
@@ -163,14 +168,42 @@ def test_ctrl_c_leaves_no_output(tmp_path, checkpoint):
     while time.time() < deadline and not working():
         time.sleep(0.005)
     time.sleep(0.1)  # into its blocks (the whole run takes ~1 s on a fast machine)
-    proc.send_signal(signal.SIGSTOP)  # paused, so that it is surely still running when Ctrl-C comes
+    proc.send_signal(signal.SIGSTOP)  # paused, so that it is surely still running when the signal comes
     assert working(), "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sent)
     proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "interrupted" in err.strip().splitlines()[-1]
+    assert proc.returncode == code, err
+    assert said in err.strip().splitlines()[-1]
     assert list(out.iterdir()) == []
+
+
+def test_hand_written_files_and_values(tmp_path, capsys, checkpoint):
+    """What users type and save: a class list from Windows Notepad (byte-order mark, CRLF), one in
+    another encoding, a bbox west of Greenwich given as a separate argument, a --name with folders."""
+    src = write_raster(tmp_path / "west.tif", scene(64, 64)[0], crs="EPSG:4326", origin=(-122.5, 37.8), res=1e-5)
+    notepad = tmp_path / "classes.txt"
+    notepad.write_bytes("\ufeffbâtiment\r\nroute\r\n".encode("utf-8"))
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "segment", str(src), "--classes", f"@{notepad}", "-o", str(out),
+                           "--bbox", "-122.4999,37.7995,-122.4995,37.7999", *_model_args(checkpoint))
+    assert code == 0, err
+    summary = json.loads((out / "west_summary.json").read_text(encoding="utf-8"))
+    assert [c["name"] for c in summary["classes"]] == ["bâtiment", "route"]
+    assert summary["window"][2:] == [40, 40]  # the bbox, not the whole raster
+
+    windows = tmp_path / "cp1252.txt"
+    windows.write_bytes("bâtiment\nroute\n".encode("cp1252"))
+    code, _, err = run_cli(capsys, "segment", str(src), "--classes", f"@{windows}", "-o", str(tmp_path / "o2"),
+                           *_model_args(checkpoint))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "cp1252.txt is not UTF-8 text" in lines[0], err
+
+    with pytest.raises(SystemExit) as exit:
+        main(["segment", str(src), "--classes", "a", "-o", str(tmp_path / "o3"), "--name", "../escaped"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit.value.code == 2 and len(lines) == 1 and "must be a file name without folders" in lines[0]
+    assert not list(tmp_path.glob("escaped*"))
 
 
 def test_a_rerun_into_the_same_folder_needs_overwrite_and_then_replaces_everything(tmp_path, capsys, checkpoint):
