@@ -88,3 +88,23 @@ def make_dock(qgis_app, qtbot, engine, folder, tmp_path):
 def dock(make_dock):
     """The dock on this module's engine (see `make_dock`)."""
     return make_dock()
+
+
+@pytest.fixture(scope="module")
+def processing(qgis_app):
+    """QGIS's Processing framework with the plugin's algorithms registered, for one test module."""
+    import sys
+
+    if "/usr/share/qgis/python/plugins" not in sys.path:
+        sys.path.append("/usr/share/qgis/python/plugins")  # QGIS's own Processing framework
+    from processing.core.Processing import Processing
+
+    Processing.initialize()
+    from qgis_farslip.plugin import FarSLIPPlugin
+
+    plugin = FarSLIPPlugin(iface=None)
+    plugin.initProcessing()
+    import processing as proc
+
+    yield proc
+    plugin.unload()

@@ -80,21 +80,6 @@ def test_a_rectangle_over_no_data_says_no_data_and_opens_no_ranking(half_dock, q
     assert dock.messages[-1][1].startswith("labelled ")
 
 
-@pytest.fixture(scope="module")
-def processing(qgis_app):
-    from processing.core.Processing import Processing
-
-    Processing.initialize()
-    from qgis_farslip.plugin import FarSLIPPlugin
-
-    plugin = FarSLIPPlugin(iface=None)
-    plugin.initProcessing()
-    import processing as proc
-
-    yield proc
-    plugin.unload()
-
-
 def test_label_regions_algorithm_writes_null_class_and_the_valid_fraction(qgis_app, processing, engine, half_nan):
     from qgis.core import (NULL, QgsFeature, QgsGeometry, QgsProcessingFeedback, QgsProject, QgsRasterLayer,
                            QgsVectorLayer)

@@ -11,21 +11,6 @@ import pytest
 sys.path.append("/usr/share/qgis/python/plugins")  # QGIS's own Processing framework
 
 
-@pytest.fixture(scope="module")
-def processing(qgis_app):
-    from processing.core.Processing import Processing
-
-    Processing.initialize()
-    from qgis_farslip.plugin import FarSLIPPlugin
-
-    plugin = FarSLIPPlugin(iface=None)
-    plugin.initProcessing()
-    import processing as proc
-
-    yield proc
-    plugin.unload()
-
-
 @pytest.fixture
 def use_engine(engine):
     from qgis_farslip.settings import save_engine_settings
