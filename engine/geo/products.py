@@ -81,11 +81,11 @@ class SegmentationProducts:
                  colormap: dict[int, tuple], scores: bool, polygons: bool, simplify: float, min_area: float):
         self.source = source
         h, w, transform, crs = source.height, source.width, source.raster_transform, source.crs
-        gcps = source.raster_gcps  # a raster georeferenced by GCPs only: its outputs carry them
+        sensor = source.raster_sensor_model  # a raster placed by GCPs or RPCs only: its outputs carry them
         self.classes = TiledRaster(work / "classes.tif", h, w, 1, transform, crs, ["class"], tags, colormap,
-                                   overviews="mode", gcps=gcps)
+                                   overviews="mode", sensor_model=sensor)
         self.scores = (TiledRaster(work / "scores.tif", h, w, len(class_names), transform, crs, class_names, tags,
-                                   scale=1 / SCORE_MAX, overviews="average", gcps=gcps) if scores else None)
+                                   scale=1 / SCORE_MAX, overviews="average", sensor_model=sensor) if scores else None)
         self.polygons = (PolygonWriter(work / "polygons.gpkg", source.transform, crs, h, w, class_names, simplify,
                                        min_area) if polygons else None)
         self.counts = np.zeros(256, dtype=np.int64)

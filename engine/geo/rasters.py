@@ -27,6 +27,7 @@ from rasterio.windows import Window
 from engine import config
 from engine.boxes import Box
 from engine.geo.overviews import Pyramid, level_path, level_paths, overview_sizes
+from engine.geo.sensor_model import SensorModel
 
 NODATA = 255
 SCORE_MAX = 254
@@ -47,8 +48,8 @@ def gdal_env() -> rasterio.Env:
 
 class TiledRaster:
     """A tiled GeoTIFF (uint8 unless told otherwise) written block by block; `transform` None writes
-    no geotransform (the outputs of a raster without one); `gcps` (GCPs, their CRS) writes those
-    instead of a geotransform and a CRS (the outputs of a raster georeferenced by GCPs only). With
+    no geotransform (the outputs of a raster without one); `sensor_model` (GCPs, RPCs) writes that
+    instead of a geotransform and a CRS (the outputs of a raster georeferenced by one only). With
     `overviews` ("mode" or "average", uint8 only) its overview levels are written beside it as the
     blocks arrive (`level_paths`), in row-major order of a partition, as the pipeline writes them.
     """
@@ -56,7 +57,7 @@ class TiledRaster:
     def __init__(self, path: Path, height: int, width: int, count: int, transform, crs,
                  descriptions: list[str], tags: dict[str, str], colormap: dict[int, tuple] | None = None,
                  scale: float | None = None, dtype: str = "uint8", nodata: float = NODATA,
-                 overviews: str | None = None, gcps: tuple[list, object] | None = None):
+                 overviews: str | None = None, sensor_model: SensorModel | None = None):
         self.path = path
         self.levels = [TiledRaster(level_path(path, k), h, w, count, None, None, [], {}, nodata=nodata)
                        for k, (h, w) in enumerate(overview_sizes(height, width) if overviews else [], start=1)]
@@ -65,7 +66,7 @@ class TiledRaster:
         profile = dict(driver="GTiff", height=height, width=width, count=count, dtype=dtype, nodata=nodata,
                        crs=crs, tiled=True, blockxsize=BLOCKSIZE, blockysize=BLOCKSIZE,
                        compress="deflate", zlevel=1, BIGTIFF="IF_SAFER", num_threads=config.gdal_threads())
-        if transform is not None and gcps is None:  # None: no geotransform, like an input without one
+        if transform is not None and sensor_model is None:  # None: no geotransform, like an input without one
             profile["transform"] = transform
         if height < BLOCKSIZE or width < BLOCKSIZE:
             profile.update(tiled=False)
@@ -77,8 +78,8 @@ class TiledRaster:
             self.dataset.set_band_description(band, text)
         if scale is not None:
             self.dataset.scales = tuple([scale] * count)
-        if gcps is not None:
-            self.dataset.gcps = gcps
+        if sensor_model is not None:
+            sensor_model.write_to(self.dataset)
         self.dataset.update_tags(**tags)
         if colormap is not None:
             self.dataset.write_colormap(1, colormap)

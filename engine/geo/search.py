@@ -127,7 +127,7 @@ def _heatmap(job, model, prompts, source, work, paths, progress, cancel) -> None
     segmenter = Segmenter(model, prompts, InferenceOptions(template_set="name"))
     raster = TiledRaster(work / "heatmap.tif", source.height, source.width, 1, source.raster_transform, source.crs,
                          ["cosine similarity"], {"FARSLIP_QUERY": job.query}, dtype="float32", nodata=HEATMAP_NODATA,
-                         gcps=source.raster_gcps)
+                         sensor_model=source.raster_sensor_model)
     try:
         with closing(raster_blocks(segmenter, source, job.block, progress, cancel)) as blocks:
             for core, logits, valid in blocks:

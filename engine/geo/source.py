@@ -6,8 +6,8 @@
   colour table is read as the red, green and blue its table gives (`palette_rgb_vrt`; `bands` then
   number those three); complex-valued rasters are refused.
 - Georeference: a geotransform, or none (pixel space: x = column, y = -row, as QGIS draws such a
-  raster), or ground control points only — then pixel space as well, and the outputs carry the GCPs
-  (`raster_gcps`) instead of a geotransform.
+  raster), or a sensor model only (GCPs, RPCs: `engine.geo.sensor_model`) — then pixel space as well,
+  and the outputs carry the same model (`raster_sensor_model`) instead of a geotransform.
 - Values: uint8 is used as it is (0-255). Any other type gets one linear stretch for the whole
   raster: per band, the 2nd-98th percentiles of the valid pixels of a decimated read (GDAL uses the
   overviews when present) map to 0-1. Never per tile, so tiles match.
@@ -44,6 +44,7 @@ from rasterio.windows import Window
 
 from engine.boxes import Box
 from engine.errors import InputError, first_line
+from engine.geo.sensor_model import SensorModel
 
 DEFAULT_GSD = 0.5  # metres per pixel; see README "Working resolution"
 STRETCH_PERCENTILES = (2.0, 98.0)
@@ -164,17 +165,14 @@ class RasterSource:
         except RasterioIOError:
             raise InputError(f"{self.path} is not a raster GDAL can read") from None
         try:
-            # GCPs without a geotransform (a scanned map, a satellite scene before orthorectification):
-            # GDAL has no transform for it (rasterio gives the identity, without a warning); the
-            # outputs carry the same GCPs instead, and the engine works in pixel space
-            gcps, gcp_crs = self.dataset.gcps
-            self.gcps = (list(gcps), gcp_crs) if gcps and dataset_transform == Affine.identity() else None
+            # GCPs or RPCs without a geotransform: the engine works in pixel space, the outputs carry them
+            self.sensor_model = SensorModel.of(self.dataset, dataset_transform)
             # GDAL has no geotransform for it (a PNG tile, a plain TIFF): QGIS draws such a raster with
             # x = column and y = -row, so that is its pixel space here too (bbox, masks, polygons)
-            self.georeferenced = (self.gcps is None and not any(
+            self.georeferenced = (self.sensor_model is None and not any(
                 issubclass(w.category, rasterio.errors.NotGeoreferencedWarning) for w in caught))
             self.dataset_transform = dataset_transform if self.georeferenced else PIXEL_SPACE
-            self.crs = None if self.gcps is not None else self.dataset.crs  # (a GCP-only raster's: the GCPs')
+            self.crs = None if self.sensor_model is not None else self.dataset.crs  # (a GCP raster's: the GCPs')
             self._setup(bands, gsd, window, bbox, bbox_crs, frame_from_reads)
         except Exception:
             self.dataset.close()
@@ -190,11 +188,11 @@ class RasterSource:
                              f"to segment: convert it to real values first (e.g. its amplitude)")
         self.palette = self._open_palette()
         ds = self.dataset  # the colour table's R, G, B for a palette raster
-        if self.gcps is not None:
-            self.notes.append(f"{Path(self.path).name} is georeferenced by ground control points only (no "
-                              f"geotransform): the outputs carry its {len(self.gcps[0])} GCPs and their CRS, so GIS "
-                              f"software places them as it places the raster; polygons are in pixel space (x = "
-                              f"column, y = -row) and areas are not computed")
+        if self.sensor_model is not None:
+            self.notes.append(f"{Path(self.path).name} is georeferenced by {self.sensor_model.what} only (no "
+                              f"geotransform): the outputs carry the same, so GIS software places them as it "
+                              f"places the raster; polygons are in pixel space (x = column, y = -row) and areas "
+                              f"are not computed")
         self.bands = self._choose_bands(bands)
         self.window = self._choose_window(window, bbox, bbox_crs)
         self.transform = self.dataset_transform * Affine.translation(self.window.col_off, self.window.row_off)
@@ -279,8 +277,8 @@ class RasterSource:
         window = self._bbox_window(bbox, bbox_crs)
         if window is None:
             b = bounds_of(self.dataset_transform, ds.width, ds.height)
-            space = ("pixel space, x = column, y = -row: the raster is georeferenced by GCPs only"
-                     if self.gcps is not None else "pixel space: x = column, y = -row, as QGIS shows it")
+            space = (f"pixel space, x = column, y = -row: the raster is georeferenced by {self.sensor_model.what} "
+                     f"only" if self.sensor_model is not None else "pixel space: x = column, y = -row, as QGIS shows it")
             raise InputError(f"bbox lies outside the raster (raster bounds {','.join(map(format_coordinate, b))} "
                              f"in {self.crs or space}){self._swapped_bbox_hint(bbox, bbox_crs)}")
         return window
@@ -328,9 +326,9 @@ class RasterSource:
         if gsd is not None:
             if not (gsd > 0 and math.isfinite(gsd)):
                 raise InputError("--gsd must be a positive number of metres per pixel")
-            if native is None and self.gcps is not None:
-                raise InputError(f"--gsd needs a geotransform; {Path(self.path).name} is georeferenced by ground "
-                                 f"control points only (its native pixels are used without --gsd)")
+            if native is None and self.sensor_model is not None:
+                raise InputError(f"--gsd needs a geotransform; {Path(self.path).name} is georeferenced by "
+                                 f"{self.sensor_model.what} only (its native pixels are used without --gsd)")
             if native is None:
                 raise InputError("--gsd needs a geo-referenced raster; this one has no CRS")
             target = gsd
@@ -421,17 +419,12 @@ class RasterSource:
         return self.transform
 
     @property
-    def raster_gcps(self) -> tuple[list, object] | None:
-        """(GCPs, their CRS) to give outputs on the area's grid instead of a geotransform, for a raster
-        georeferenced by GCPs only: the input's, moved by the area's offset (pixel and line count from
-        the area's corner), so that GDAL and QGIS place the outputs as they place the input."""
-        if self.gcps is None:
+    def raster_sensor_model(self) -> SensorModel | None:
+        """The sensor model (GCPs, RPCs) to give outputs on the area's grid instead of a geotransform,
+        for a raster georeferenced by one only: the input's, moved by the area's offset."""
+        if self.sensor_model is None:
             return None
-        from rasterio.control import GroundControlPoint
-
-        col, row = self.window.col_off, self.window.row_off
-        gcps, crs = self.gcps
-        return [GroundControlPoint(g.row - row, g.col - col, g.x, g.y, g.z, g.id, g.info) for g in gcps], crs
+        return self.sensor_model.moved(self.window.col_off, self.window.row_off)
 
     # --- reading -------------------------------------------------------------------------------
     def working_transform(self) -> Affine:
@@ -555,8 +548,8 @@ class RasterSource:
         """A CRS a user named ('EPSG:4326', WKT, ...) for `what`, which must be placed on this raster."""
         from rasterio.crs import CRS
 
-        if self.crs is None and self.gcps is not None:
-            raise InputError(f"the raster is georeferenced by ground control points only (no geotransform), so "
+        if self.crs is None and self.sensor_model is not None:
+            raise InputError(f"the raster is georeferenced by {self.sensor_model.what} only (no geotransform), so "
                              f"{what} in a CRS cannot be placed on it exactly; give it in pixel space (x = column, "
                              f"y = -row){hint}")
         if self.crs is None:

@@ -49,8 +49,9 @@ def write_palette_raster(path: Path, indices: np.ndarray, table: dict, nodata=No
     return path
 
 
-def write_gcp_raster(path: Path, data: np.ndarray, gcps, crs: str = "EPSG:32633") -> Path:
-    """A GeoTIFF of `data` [bands, h, w] georeferenced by ground control points only (no geotransform)."""
+def write_gcp_raster(path: Path, data: np.ndarray, gcps=None, crs: str = "EPSG:32633", rpcs=None) -> Path:
+    """A GeoTIFF of `data` [bands, h, w] georeferenced by ground control points (`gcps`) or RPCs
+    (`rpcs`, a rasterio RPC) only: no geotransform."""
     import warnings
 
     from rasterio.crs import CRS
@@ -62,5 +63,8 @@ def write_gcp_raster(path: Path, data: np.ndarray, gcps, crs: str = "EPSG:32633"
         with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=count,
                            dtype=data.dtype.name) as dst:
             dst.write(data)
-            dst.gcps = (list(gcps), CRS.from_user_input(crs))
+            if gcps:
+                dst.gcps = (list(gcps), CRS.from_user_input(crs))
+            if rpcs is not None:
+                dst.rpcs = rpcs
     return path

@@ -1,7 +1,8 @@
 """Palette (colour-table) rasters and rasters georeferenced by ground control points only, as a user
 sees them: a palette raster is segmented as the colours its table gives (the same class map as the
 same image stored as RGB, resampled to the working GSD alike); the outputs of a GCP-only raster
-carry its GCPs and their CRS and no geotransform, so GDAL and QGIS place them as they place it."""
+carry its GCPs and their CRS (or its RPCs) and no geotransform, so GDAL and QGIS place them as they
+place it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from affine import Affine
 from rasterio.control import GroundControlPoint
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.rpc import RPC
 
 from engine.cli import main
 from engine.dense import Segmenter
@@ -164,6 +166,33 @@ def test_outputs_of_a_gcp_only_raster_carry_its_gcps_and_no_geotransform(tmp_pat
     assert shapely.box(0, -H, W, 0).buffer(1e-9).contains(shapely.union_all(shapely.from_wkb(geometry)))
 
 
+# a sensor model as a level-1 product carries one (synthetic: linear in longitude and latitude, around Paris)
+SCENE_RPC = RPC(height_off=250.0, height_scale=500.0, lat_off=48.85, lat_scale=0.05, line_den_coeff=[1.0] + [0.0] * 19,
+                line_num_coeff=[0.0, 0.0, -1.0] + [0.0] * 17, line_off=H / 2, line_scale=H / 2, long_off=2.35,
+                long_scale=0.05, samp_den_coeff=[1.0] + [0.0] * 19, samp_num_coeff=[0.0, 1.0] + [0.0] * 18,
+                samp_off=W / 2, samp_scale=W / 2)
+
+
+def _rpcs(path):
+    with rasterio.open(path) as ds:
+        return ds.rpcs.to_dict() if ds.rpcs else None, ds.crs, ds.transform
+
+
+def test_outputs_of_an_rpc_only_raster_carry_its_rpcs_and_no_geotransform(tmp_path, segmenter):
+    """A satellite's level-1 product (Pléiades, WorldView primary): placed by RPCs, no geotransform; its
+    outputs were given a y-up pixel geotransform, and QGIS drew them flipped against the input."""
+    src = write_gcp_raster(tmp_path / "primary.tif", scene(H, W, seed=5)[0], rpcs=SCENE_RPC)
+    summary = segment_raster(RasterJob(str(src), str(tmp_path / "out"), scores=True), segmenter)
+    want, _, _ = _rpcs(src)
+    for product in ("primary_classes.tif", "primary_scores.tif"):
+        assert _rpcs(tmp_path / "out" / product) == (want, None, Affine.identity()), product
+    assert any("georeferenced by RPCs only" in note for note in summary["notes"])
+    assert summary["crs"] is None and all(c["area_m2"] is None for c in summary["classes"])
+    segment_raster(RasterJob(str(src), str(tmp_path / "win"), window=(10, 20, 60, 40)), segmenter)
+    moved, _, _ = _rpcs(tmp_path / "win" / "primary_classes.tif")
+    assert moved == {**want, "line_off": want["line_off"] - 20, "samp_off": want["samp_off"] - 10}
+
+
 def test_a_window_of_a_gcp_only_raster_gets_its_gcps_moved_with_it(tmp_path, segmenter):
     src = write_gcp_raster(tmp_path / "scan.tif", scene(H, W, seed=5)[0], GCPS)
     segment_raster(RasterJob(str(src), str(tmp_path / "out"), window=(10, 20, 60, 40)), segmenter)
@@ -173,9 +202,9 @@ def test_a_window_of_a_gcp_only_raster_gets_its_gcps_moved_with_it(tmp_path, seg
 
 
 @pytest.mark.parametrize("area, message", [
-    (dict(gsd=1.0), "--gsd needs a geotransform; scan.tif is georeferenced by ground control points only"),
+    (dict(gsd=1.0), "--gsd needs a geotransform; scan.tif is georeferenced by 4 ground control points only"),
     (dict(bbox=(500000, 5200000, 500030, 5200030), bbox_crs="EPSG:32633"),
-     "the raster is georeferenced by ground control points only (no geotransform), so a bbox in a CRS"),
+     "the raster is georeferenced by 4 ground control points only (no geotransform), so a bbox in a CRS"),
 ])
 def test_gsd_and_a_bbox_in_a_crs_are_refused_on_a_gcp_only_raster(tmp_path, area, message):
     src = write_gcp_raster(tmp_path / "scan.tif", scene(H, W, seed=5)[0], GCPS)
