@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 import warnings
@@ -53,14 +54,21 @@ class BlockReader:
 
 class BlockWorker:
     """A model actor: builds the network once from the shared weights, computes units with the
-    driver's shared text embeddings."""
+    driver's shared text embeddings. Both come with each call as object references inside a list
+    (not resolved by Ray, so nothing is copied) and are fetched for the first unit — also after Ray
+    restarted the actor. Not constructor arguments: Ray warns (an "E" line on every run) that a
+    restarted actor needs those; the driver holds the references for the whole run."""
 
-    def __init__(self, weights: dict, arch: str, name: str, device: str | None, precision: str | None,
-                 threads: int, segmenter):
+    def __init__(self, arch: str, name: str, device: str | None, precision: str | None, threads: int):
+        self.settings = (arch, name, device, precision, threads)
+        self.segmenter = None
+
+    def _build(self, weights: dict, segmenter) -> None:
         import torch
 
         from engine.models.loader import build_from_state_dict, wrap_model
 
+        arch, name, device, precision, threads = self.settings
         torch.set_num_threads(threads)
         with warnings.catch_warnings():  # arrays in the object store are read-only; loading copies them
             warnings.simplefilter("ignore", UserWarning)
@@ -70,9 +78,13 @@ class BlockWorker:
         segmenter.attach(model)
         self.segmenter = segmenter
 
-    def compute(self, unit: Unit, pixels):
+    def compute(self, unit: Unit, pixels, shared: list):
+        import ray
+
         from engine.batch.work import compute_unit
 
+        if self.segmenter is None:
+            self._build(*ray.get(shared))
         return compute_unit(self.segmenter, unit, pixels)
 
 
@@ -122,11 +134,11 @@ class RayExecutor:
             try:
                 if address == "local":
                     cpus = max(os.cpu_count() or 1, int((workers or 1) * cpus_per_worker))
-                    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+                    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
                 else:
                     if address != "auto":
                         check_reachable(address)
-                    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+                    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise InputError(f"cannot reach the Ray cluster at '{address}': {_error_line(exc)}") from None
             self.started = True
@@ -157,7 +169,6 @@ class RayExecutor:
         model = segmenter.model
         # Held for the run: restarted actors are built from these again.
         self._shared = [ray.put(_shareable(model.clip.state_dict())), ray.put(segmenter.without_model())]
-        weights, shared = self._shared
         run_id = uuid.uuid4().hex[:8]
         worker_cls = ray.remote(BlockWorker)
         reader_cls = ray.remote(BlockReader)
@@ -166,8 +177,7 @@ class RayExecutor:
             self.actors.append(worker_cls.options(
                 name=f"farslip-{run_id}-worker-{k}", num_cpus=cpus_per_worker, num_gpus=1 if use_gpu else 0,
                 max_restarts=MAX_RESTARTS, max_task_retries=-1, scheduling_strategy=place,
-            ).remote(weights, model.arch, model.name, "cuda" if use_gpu else "cpu", precision,
-                     max(1, int(cpus_per_worker)), shared))
+            ).remote(model.arch, model.name, "cuda" if use_gpu else "cpu", precision, max(1, int(cpus_per_worker))))
             self.readers.append(reader_cls.options(
                 name=f"farslip-{run_id}-reader-{k}", num_cpus=0, max_restarts=MAX_RESTARTS, max_task_retries=-1,
                 scheduling_strategy=place).remote())
@@ -186,7 +196,7 @@ class RayExecutor:
                     break
                 k = load.index(min(load))
                 unit = ahead.popleft()
-                ref = self.actors[k].compute.remote(unit, self.readers[k].read.remote(unit))
+                ref = self.actors[k].compute.remote(unit, self.readers[k].read.remote(unit), self._shared)
                 self._inflight[ref] = (unit, k)
                 load[k] += 1
             if not self._inflight:

@@ -136,9 +136,12 @@ def local_ray():
     ray.shutdown()
 
 
-def test_ray_batch_equals_segment(data, tmp_path, local_ray):
+def test_ray_batch_equals_segment(data, tmp_path, local_ray, capfd):
     out = tmp_path / "out"
+    capfd.readouterr()
     assert _batch(data, out, "--ray", "auto", "--workers", "2") == 0
+    err = capfd.readouterr().err  # Ray's own C++ log lines reach the terminal's stderr directly
+    assert "core_worker" not in err and "constructor arguments" not in err, err
     _assert_equal_to_segment(data, out)
     summary = _summary(out)
     assert summary["workers"] == 2 and "Ray" in summary["executor"] and summary["done"] == 4
