@@ -22,6 +22,7 @@ from qgis_farslip.client import EngineError
 from qgis_farslip.engine_panel import UI_TIMEOUT_S, EnginePanel
 from qgis_farslip.jobs import SegmentationRequest, check_request
 from qgis_farslip.outputs import class_title, default_output_folder
+from qgis_farslip.raster_choices import BandChooser, NoDataEdit
 from qgis_farslip.taught_files import model_label
 from qgis_farslip.taught_picker import TaughtPicker
 from qgis_farslip.tasks import SegmentTask, show_progress
@@ -208,6 +209,12 @@ class FarSLIPDock(QDockWidget):
         self.gsd_spin.setSpecialValueText("default (≥ 0.5 m)")
         self.gsd_spin.setSuffix(" m/px")
         form.addRow("Resolution", self.gsd_spin)
+        self.band_chooser = BandChooser()
+        form.addRow("Bands (R, G, B)", self.band_chooser)
+        self.layer_combo.layerChanged.connect(self.band_chooser.set_layer)
+        self.band_chooser.set_layer(self.layer_combo.currentLayer())
+        self.nodata_edit = NoDataEdit()
+        form.addRow("No data", self.nodata_edit)
         self.folder_widget = QgsFileWidget()
         self.folder_widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.folder_widget.setFilePath(default_output_folder())
@@ -406,8 +413,8 @@ class FarSLIPDock(QDockWidget):
                                    gsd=self.gsd_spin.value() or None, model=self.model_combo.currentText() or None,
                                    threshold=self.threshold_spin.value() or None, mask_wkt=mask_wkt,
                                    mask_crs=mask_crs, upload=self.upload_check.isChecked(),
-                                   scores=self.scores_check.isChecked(),
-                                   taught=self.taught_reference())
+                                   scores=self.scores_check.isChecked(), bands=self.band_chooser.bands(),
+                                   nodata=self.nodata_edit.value(), taught=self.taught_reference())
 
     def run(self) -> SegmentTask | None:
         self.last_error = None
@@ -481,7 +488,12 @@ class FarSLIPDock(QDockWidget):
             self.last_segmentation = {"job": task.summary.get("job_id"), "folder": str(task.folder),
                                       "title": task.group_title}
             self.labels_panel.show_last_segmentation()
-            self.notify("info", f"{task.title}: done")
+            notes = task.summary.get("notes", [])  # what the engine chose or noticed about the raster
+            if notes:
+                more = f" (and {len(notes) - 1} more in the summary)" if len(notes) > 1 else ""
+                self.notify("warning", f"{task.title}: done — {notes[0]}{more}")
+            else:
+                self.notify("info", f"{task.title}: done")
 
     def _fail(self, text: str) -> None:
         self.last_error = text

@@ -49,6 +49,8 @@ class SegmentationRequest:
     extent: QgsRectangle | None = None  # in `extent_crs`; None = whole layer
     extent_crs: QgsCoordinateReferenceSystem = field(default_factory=QgsCoordinateReferenceSystem)
     gsd: float | None = None
+    bands: list[int] | None = None  # [r, g, b] of the layer (None: the engine's choice)
+    nodata: float | None = None  # None: what the raster declares
     model: str | None = None
     threshold: float | None = None
     scores: bool = False
@@ -142,7 +144,7 @@ def build_payload(client: EngineClient, request: SegmentationRequest, scratch: s
                            force_upload=request.upload)
     classes = classes_value(client, request.taught) if request.taught else request.classes
     payload.update(classes=classes, scores=request.scores, min_area=request.min_area)
-    for key in ("gsd", "model", "threshold", "mask_wkt", "mask_crs"):
+    for key in ("gsd", "bands", "nodata", "model", "threshold", "mask_wkt", "mask_crs"):
         if getattr(request, key) is not None:
             payload[key] = getattr(request, key)
     return payload

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingOutputRasterLayer,
                        QgsProcessingOutputString,
-                       QgsProcessingOutputVectorLayer, QgsProcessingParameterBoolean, QgsProcessingParameterExtent,
+                       QgsProcessingOutputVectorLayer, QgsProcessingParameterBand, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterExtent,
                        QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsRasterLayer)
 
@@ -47,8 +48,8 @@ def parse_classes(text: str) -> tuple[list[str], str | None]:
 
 
 class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
-    INPUT, CLASSES, EXTENT, GSD, THRESHOLD, SCORES, MIN_AREA, OUTPUT_FOLDER = (
-        "INPUT", "CLASSES", "EXTENT", "GSD", "THRESHOLD", "SCORES", "MIN_AREA", "OUTPUT_FOLDER")
+    INPUT, CLASSES, EXTENT, GSD, BANDS, NODATA, THRESHOLD, SCORES, MIN_AREA, OUTPUT_FOLDER = (
+        "INPUT", "CLASSES", "EXTENT", "GSD", "BANDS", "NODATA", "THRESHOLD", "SCORES", "MIN_AREA", "OUTPUT_FOLDER")
 
     def name(self) -> str:
         return "segment"
@@ -71,6 +72,11 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent (empty: the whole layer)", optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.GSD, "Working resolution (m/px; 0 = engine default)",
                                                        QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterBand(
+            self.BANDS, "Bands seen as red, green, blue (empty: those marked so, else 1, 2, 3; a grey raster: "
+            "its band three times)", parentLayerParameterName=self.INPUT, optional=True, allowMultiple=True))
+        self.addParameter(QgsProcessingParameterNumber(self.NODATA, "No-data value (empty: as the raster declares)",
+                                                       QgsProcessingParameterNumber.Type.Double, optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.THRESHOLD, "Background probability threshold (0 = off)",
                                                        QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0,
                                                        maxValue=0.99))
@@ -96,11 +102,16 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
         gsd = self.parameterAsDouble(parameters, self.GSD, context) or None
         threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context) or None
+        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+        if bands is not None and len(bands) != 3:
+            raise QgsProcessingException(f"choose three bands (red, green, blue), or none; {len(bands)} chosen")
+        nodata = (self.parameterAsDouble(parameters, self.NODATA, context)
+                  if parameters.get(self.NODATA) not in (None, "") else None)
         folder = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)) / run_folder_name(
             layer.name(), classes)
         client, settings = engine_client(self, parameters, context)
         request = SegmentationRequest(layer=layer, classes=classes, extent=extent, extent_crs=layer.crs(), gsd=gsd,
-                                      model=settings["model"] or None, threshold=threshold,
+                                      bands=bands, nodata=nodata, model=settings["model"] or None, threshold=threshold,
                                       scores=self.parameterAsBool(parameters, self.SCORES, context),
                                       min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
                                       taught=taught)
@@ -126,5 +137,7 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
             outputs["POLYGONS"] = str(folder / files["polygons"])
             styles.load_styled(context, outputs["POLYGONS"], f"Polygons · {suffix}", "POLYGONS",
                                styles.categorized(found, "polygons"))
+        for note in summary.get("notes", []):  # what the engine chose or noticed about the raster
+            feedback.pushWarning(note)
         feedback.pushInfo(", ".join(f"{c['name']}: {c['pixels']} px" for c in summary["classes"]))
         return outputs

@@ -391,3 +391,49 @@ def test_a_model_that_is_not_downloaded_says_where_to_download_it(dock, qtbot):
     _wait(qtbot, dock)
     assert "farslip2-vit-b-32 is not downloaded" in dock.last_error, dock.last_error
     assert "Engine tab select it and press Download model" in dock.last_error and "--model" not in dock.last_error
+
+
+def test_a_grey_raster_with_a_black_frame_needs_no_terminal(dock, qtbot, folder):
+    """A one-band raster with an undeclared black frame: the engine asks for bands, which the dock
+    offers (R, G, B of the layer); its note about the frame reaches the message bar; a no-data value
+    set in the dock makes the frame no data."""
+    import numpy as np
+    from osgeo import gdal, osr
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    path = str(folder / "grey.tif")  # in the folder the engine serves
+    data = np.random.default_rng(0).integers(1, 256, (200, 200), dtype=np.uint8)
+    data[:20], data[-20:], data[:, :20], data[:, -20:] = 0, 0, 0, 0
+    ds = gdal.GetDriverByName("GTiff").Create(path, 200, 200, 1, gdal.GDT_Byte)
+    ds.SetGeoTransform((500000.0, 0.5, 0.0, 5200000.0, 0.0, -0.5))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    ds.SetProjection(srs.ExportToWkt())
+    ds.GetRasterBand(1).WriteArray(data)
+    ds = None
+    layer = QgsRasterLayer(path, "grey")
+    QgsProject.instance().addMapLayer(layer)
+    dock.layer_combo.setLayer(layer)
+    dock.prompt_edit.setPlainText("water\ngrass")
+
+    assert dock.band_chooser.bands() is None  # "auto" until all three are chosen
+    dock.run()
+    _wait(qtbot, dock)
+    assert '"bands": [1, 1, 1]' in dock.last_error  # the engine's hint, in the request's words
+
+    for combo in dock.band_chooser.combos:
+        combo.setBand(1)
+    dock.last_error = None
+    dock.run()
+    _wait(qtbot, dock)
+    assert dock.last_error is None
+    level, text = dock.messages[-1]
+    assert level == "warning" and "edge frame of value 0" in text and text.startswith(dock.task.title)
+
+    dock.nodata_edit.setText("0")
+    dock.run()
+    _wait(qtbot, dock)
+    assert dock.last_error is None and dock.messages[-1] == ("info", f"{dock.task.title}: done")
+    classes = QgsProject.instance().layerTreeRoot().children()[0].findLayers()[-1].layer()
+    block = classes.dataProvider().block(1, classes.extent(), 200, 200)
+    assert block.value(5, 5) == 255 and block.value(100, 100) != 255  # the frame is no data, the rest classified

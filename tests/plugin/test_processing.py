@@ -223,3 +223,37 @@ def test_an_engine_too_old_to_receive_taught_classes_is_said_in_one_line(qgis_ap
             "OUTPUT_FOLDER": str(tmp_path), "ENGINE_URL": url})
     assert str(raised.value) == ("this engine cannot receive site.classes.json (an older version): update the "
                                  "engine, or teach the classes again with it (Labels tab → Teach from labels)")
+
+
+def test_bands_and_nodata_make_a_grey_raster_with_a_frame_usable(qgis_app, processing, use_engine, folder, tmp_path):
+    """A one-band raster with an undeclared black frame: refused without bands (the engine's message);
+    with its band as red, green and blue it runs and the frame note reaches the log; with no-data 0
+    the frame gets no class."""
+    import numpy as np
+    from osgeo import gdal
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer
+
+    path = str(folder / "grey_processing.tif")
+    data = np.random.default_rng(1).integers(1, 256, (160, 160), dtype=np.uint8)
+    data[:16], data[-16:], data[:, :16], data[:, -16:] = 0, 0, 0, 0
+    ds = gdal.GetDriverByName("GTiff").Create(path, 160, 160, 1, gdal.GDT_Byte)
+    ds.SetGeoTransform((500000.0, 0.5, 0.0, 5200000.0, 0.0, -0.5))
+    ds.GetRasterBand(1).WriteArray(data)
+    ds = None
+    layer = QgsRasterLayer(path, "grey")
+    with pytest.raises(QgsProcessingException, match='"bands": \\[1, 1, 1\\]'):
+        processing.run("farslip:segment", _params(folder, layer, tmp_path / "a"))
+
+    class Log(QgsProcessingFeedback):
+        warnings: list = []
+
+        def pushWarning(self, text):  # noqa: N802
+            self.warnings.append(text)
+
+    log = Log()
+    result = processing.run("farslip:segment", _params(folder, layer, tmp_path / "b", BANDS=[1, 1, 1]), feedback=log)
+    assert any("edge frame of value 0" in w for w in log.warnings), log.warnings
+    result = processing.run("farslip:segment", _params(folder, layer, tmp_path / "c", BANDS=[1, 1, 1], NODATA=0))
+    classes = QgsRasterLayer(result["CLASSES_RASTER"], "classes")
+    block = classes.dataProvider().block(1, classes.extent(), 160, 160)
+    assert block.value(3, 3) == 255 and block.value(80, 80) != 255
