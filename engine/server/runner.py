@@ -157,6 +157,8 @@ class JobRunner:
             log.info("job %s %s after %.2f s", job_id, ended.state if ended else "deleted", time.perf_counter() - started)
             return
         files = sorted(p.name for p in context.out_dir.iterdir()) if context.out_dir.exists() else []
+        if isinstance(summary, dict) and summary.get("notes"):  # for the client: its fields, not CLI flags
+            summary = {**summary, "notes": [for_clients(note) for note in summary["notes"]]}
         self.store.update(job_id, summary=summary, files=files, progress=1.0, message="done", state="done")
         log.info("job %s done in %.2f s", job_id, time.perf_counter() - started)
 
