@@ -24,6 +24,8 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
         for name, c in report["per_class"].items():
             print(f"  {name:<24} IoU {c['iou']:.3f}  precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
                   f"{c['reference_pixels']:>10} px")
+        if report["conflicting_pixels"]:
+            print(f"  left out: {report['conflicting_pixels']} pixels inside reference polygons of different classes")
         if report["skipped_labels"]:
             print("  skipped (no such class): " + ", ".join(f"{k} ({v})" for k, v in report["skipped_labels"].items()))
         for name in ("accuracy.json", "confusion.csv", "confusion.png"):

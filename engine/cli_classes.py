@@ -15,7 +15,7 @@ from engine.errors import InputError
 
 
 def _cmd_learn(args: argparse.Namespace) -> int:
-    from engine.cli_segment import class_spec, print_notes
+    from engine.cli_segment import _check_writable, class_spec, print_notes
     from engine.geo.source import parse_bands
     from engine.job import SegmentSettings
     from engine.taught_format import SUFFIX
@@ -26,6 +26,10 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         raise InputError("--classes names the classes to teach (text or @file.txt), not a taught-classes file")
     if not Path(args.labels).exists():
         raise InputError(f"labels file not found: {args.labels}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise InputError(f"-o {out} is a folder: name the file to write, e.g. {out / ('site' + SUFFIX)}")
+    _check_writable(out.parent)  # made if missing: checked before the work, not after it
     bands = parse_bands(args.bands)
     settings = SegmentSettings.from_fields(
         classes=class_spec(args.classes), model=args.model, arch=args.arch, bands=list(bands) if bands else None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FORMAT = "farslip-taught-classes/1"
 SUFFIX = ".classes.json"  # how `--classes @FILE` and the API tell taught classes from a class list
@@ -24,6 +24,20 @@ class TaughtFile(BaseModel):
     made: dict[str, Any] = Field(default_factory=dict, description="how they were made")
     prototypes: dict[str, Annotated[list[float], Field(min_length=1)]] = Field(
         ..., description="class label → unit prototype (one length for all)")
+
+    @field_validator("made")
+    @classmethod
+    def _inference_settings(cls, made: dict[str, Any]) -> dict[str, Any]:
+        """The settings a run takes from `made` (the prototypes were made under them) must be ones a
+        run can use: a file edited by hand fails here, naming them, not in the middle of a run."""
+        from engine.dense.prompts import TEMPLATE_SET_NAMES
+
+        template_set, bias = made.get("template_set"), made.get("global_bias")
+        if template_set is not None and template_set not in TEMPLATE_SET_NAMES:
+            raise ValueError(f"made.template_set {template_set!r} is none of {', '.join(TEMPLATE_SET_NAMES)}")
+        if bias is not None and (isinstance(bias, bool) or not isinstance(bias, (int, float)) or not 0 <= bias <= 1):
+            raise ValueError(f"made.global_bias {bias!r} is not a number from 0 to 1")
+        return made
 
 
 def is_taught_file(spec: str) -> bool:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import InputError, first_line
+from engine.errors import InputError
+from engine.models.checkpoint import why_unreadable
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -61,11 +62,17 @@ def find_resume(out: Path, resume: str) -> Path | None:
     return path
 
 
-def load_training_state(path: Path) -> dict:
+def load_training_state(path: Path, stage: int | None = None) -> dict:
+    """A training checkpoint to resume from; one of another stage (`stage`) is refused: its step
+    counter and optimiser belong to that stage's run."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling/zip/IO errors differ by torch version
-        raise InputError(f"cannot resume from {path}: {first_line(exc)}") from None
+        raise InputError(f"cannot resume from {path}: {why_unreadable(exc)}") from None
     if not isinstance(state, dict) or "optimizer" not in state or "state_dict" not in state:
         raise InputError(f"cannot resume from {path}: not a training checkpoint (no optimiser state)")
+    made = (state.get("config") or {}).get("stage")
+    if stage is not None and made is not None and made != stage:
+        raise InputError(f"cannot resume stage {stage} from {path}: a stage-{made} checkpoint (to start stage "
+                         f"{stage} from its weights, pass it as --model, not --resume)")
     return state

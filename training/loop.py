@@ -56,7 +56,7 @@ class Run:
         torch.manual_seed(cfg.seed + world.rank)
         check_data(cfg)
         resume = find_resume(self.out, cfg.resume)
-        self.resumed = load_training_state(resume) if resume else None
+        self.resumed = load_training_state(resume, cfg.stage) if resume else None
         if self.resumed is not None:
             self.arch = self.resumed["arch"]
             clip = build_from_state_dict(self.resumed["state_dict"], self.arch, source=str(resume))

@@ -48,10 +48,11 @@ def _match(label: str, classes: list[dict]) -> int | None:
 
 
 def confusion_matrix(class_raster: str, geoms: list, values: list[str], crs: str | None
-                     ) -> tuple[np.ndarray, list[dict], dict]:
-    """([K, K+1] pixel counts: reference class × predicted class or 'no class' last), the classes, and
-    the reference labels that named no class (with their polygon counts). The reference polygons are
-    `geoms` labelled `values`, in `crs` (None: the raster's)."""
+                     ) -> tuple[np.ndarray, list[dict], dict, int]:
+    """([K, K+1] pixel counts: reference class × predicted class or 'no class' last), the classes, the
+    reference labels that named no class (with their polygon counts), and the pixels left out because
+    reference polygons of different classes overlap there. The reference polygons are `geoms`
+    labelled `values`, in `crs` (None: the raster's)."""
     import shapely
     from shapely.ops import transform as reproject
 
@@ -81,20 +82,40 @@ def confusion_matrix(class_raster: str, geoms: list, values: list[str], crs: str
         for c in classes:
             lookup[c["index"]] = position[c["index"]]
         bounds = shapely.GeometryCollection([g for g, _ in shapes]).bounds
+        conflicting = 0
         for row in range(0, ds.height, ROWS_PER_WINDOW):
             window = Window(0, row, ds.width, min(ROWS_PER_WINDOW, ds.height - row))
             left, bottom, right, top = rasterio.windows.bounds(window, ds.transform)
             if bounds[2] < min(left, right) or bounds[0] > max(left, right) or \
                     bounds[3] < min(bottom, top) or bounds[1] > max(bottom, top):
                 continue
-            truth = rasterize(shapes, out_shape=(int(window.height), ds.width), fill=255, dtype="uint8",
-                              transform=ds.window_transform(window))
+            shape, place = (int(window.height), ds.width), ds.window_transform(window)
+            truth = rasterize(shapes, out_shape=shape, fill=255, dtype="uint8", transform=place)
             labelled = truth != 255
             if not labelled.any():
                 continue
+            disputed = _claimed_by_several_classes(shapes, shape, place)
+            if disputed is not None:  # the last polygon drawn would win there: left out, counted
+                conflicting += int((disputed & labelled).sum())
+                labelled &= ~disputed
             predicted = lookup[ds.read(1, window=window)[labelled]]
             np.add.at(matrix, (truth[labelled].astype(np.int64), predicted), 1)
-    return matrix, classes, skipped
+    return matrix, classes, skipped, conflicting
+
+
+def _claimed_by_several_classes(shapes: list, shape: tuple[int, int], place) -> np.ndarray | None:
+    """Pixels inside reference polygons of two or more classes (None when no polygons overlap at all)."""
+    from rasterio.enums import MergeAlg
+
+    count = rasterize(((g, 1) for g, _ in shapes), out_shape=shape, fill=0, dtype="uint16", transform=place,
+                      merge_alg=MergeAlg.add)
+    if not (count > 1).any():
+        return None
+    classes = np.zeros(shape, dtype=np.uint16)
+    for k in sorted({k for _, k in shapes}):
+        classes += rasterize([g for g, c in shapes if c == k], out_shape=shape, fill=0, default_value=1,
+                             dtype="uint8", transform=place)
+    return classes > 1
 
 
 def scores(matrix: np.ndarray, classes: list[dict]) -> dict:
@@ -171,11 +192,22 @@ def check_accuracy(class_raster: str, reference: str, field: str, out_dir: str) 
 def write_accuracy(class_raster: str, geoms: list, values: list[str], crs: str | None, out_dir: str,
                    about: dict | None = None) -> dict:
     """Write accuracy.json, confusion.csv and confusion.png into `out_dir`; returns the report."""
-    matrix, classes, skipped = confusion_matrix(class_raster, geoms, values, crs)
-    report = {"class_raster": str(class_raster), **(about or {}), **scores(matrix, classes),
-              "skipped_labels": skipped}
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file: name a folder for accuracy.json, confusion.csv and confusion.png")
+    matrix, classes, skipped, conflicting = confusion_matrix(class_raster, geoms, values, crs)
+    if not matrix.sum():
+        raise InputError(f"no reference polygon overlaps {Path(class_raster).name}"
+                         + (f" (reference in {crs}; a GeoJSON without a CRS is read as WGS 84 longitude, latitude)"
+                            if crs else "")
+                         + (f"; {conflicting} pixels are claimed by reference polygons of different classes"
+                            if conflicting else ""))
+    report = {"class_raster": str(class_raster), **(about or {}), **scores(matrix, classes),
+              "skipped_labels": skipped, "conflicting_pixels": conflicting}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot write to {out}: {exc.strerror or exc}") from None
     names = [c["name"] for c in classes]
     (out / "accuracy.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     with open(out / "confusion.csv", "w", newline="", encoding="utf-8") as fh:

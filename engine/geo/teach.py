@@ -24,6 +24,7 @@ from engine.boxes import Box
 from engine.dense import Segmenter
 from engine.dense.sliding import CropGrid, crop_maps, normalise
 from engine.dense.taught import TaughtClasses
+from engine.errors import InputError
 from engine.geo.source import RasterSource
 from engine.geo.vectors import read_labels
 
@@ -39,6 +40,19 @@ def _to_working_grid(source: RasterSource, geom, crs: str | None):
     inverse = ~source.transform  # → source-area pixels (col, row), then → working-grid pixels
     geom = affinity.affine_transform(geom, [inverse.a, inverse.b, inverse.d, inverse.e, inverse.xoff, inverse.yoff])
     return affinity.scale(geom, 1 / source.grid.scale_x, 1 / source.grid.scale_y, origin=(0, 0))
+
+
+def _placed(source: RasterSource, geom, crs: str | None):
+    """The polygon on the working grid, or None when it cannot be placed there (coordinates that do not
+    exist in the raster's CRS: a GeoJSON in metres read as the longitudes and latitudes it claims)."""
+    import shapely
+
+    try:
+        placed = _to_working_grid(source, geom, crs)
+    except (shapely.errors.GEOSException, ValueError):
+        return None
+    bounds = placed.bounds
+    return placed if not placed.is_empty and all(np.isfinite(bounds)) else None
 
 
 def choose_crops(crops: list[Box], geom, per_polygon: int = CROPS_PER_POLYGON) -> list[Box]:
@@ -119,19 +133,35 @@ def teach(segmenter: Segmenter, source: RasterSource, geoms: list, values: list[
     crops = CropGrid(grid.height, grid.width, segmenter.crop, segmenter.stride)
     skipped: dict[str, int] = {}
     plan: list[tuple[int, object, list[Box]]] = []
+    def skip(why: str) -> None:
+        skipped[why] = skipped.get(why, 0) + 1
+
+    kinds = {g.geom_type for g in geoms if g is not None and not g.is_empty}
+    if kinds and not kinds & {"Polygon", "MultiPolygon"}:
+        raise InputError(f"the labels are {' and '.join(sorted(k.lower() for k in kinds))}s, not polygons: draw each "
+                         f"label as a polygon around what it names")
     for geom, value in zip(geoms, values):
         c = prompts.index_of(value) if value else None
         if c is None or geom is None or geom.is_empty:
-            skipped[value or "(empty)"] = skipped.get(value or "(empty)", 0) + 1
+            skip(value or "(empty)")
             continue
-        pixel_geom = _to_working_grid(source, geom, crs)
+        if geom.geom_type not in ("Polygon", "MultiPolygon"):
+            skip(f"{value} (a {geom.geom_type.lower()}, not a polygon)")
+            continue
+        pixel_geom = _placed(source, geom, crs)
+        if pixel_geom is None:
+            skip(f"{value} (outside the raster)")
+            continue
         minx, miny, maxx, maxy = pixel_geom.bounds
         x0, y0 = max(0, int(np.floor(minx))), max(0, int(np.floor(miny)))
         x1, y1 = min(grid.width, int(np.ceil(maxx))), min(grid.height, int(np.ceil(maxy)))
         if x1 <= x0 or y1 <= y0:
-            skipped[f"{value} (outside the raster)"] = skipped.get(f"{value} (outside the raster)", 0) + 1
+            skip(f"{value} (outside the raster)")
             continue
         plan.append((c, pixel_geom, choose_crops(crops.touching(Box(y0, x0, y1 - y0, x1 - x0)), pixel_geom)))
+    if not plan and skipped and all(why.endswith("(outside the raster)") for why in skipped):
+        raise InputError(f"no label overlaps the raster (labels in {crs or 'the raster CRS'}; a GeoJSON without a CRS "
+                         f"is read as WGS 84 longitude, latitude)")
     computed = CropFeatures(segmenter, source)
     computed.compute([b for *_, boxes in plan for b in boxes])
     rng = np.random.default_rng(seed)

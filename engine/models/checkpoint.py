@@ -35,11 +35,11 @@ def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, torch.Ten
         else:
             raw = _torch_load(path, mmap)
     except Exception as exc:  # noqa: BLE001 - arbitrary bytes make torch/safetensors raise any kind
-        raise ModelError(f"{path.name} is not a readable checkpoint ({_why_unreadable(exc)})") from None
+        raise ModelError(f"{path.name} is not a readable checkpoint ({why_unreadable(exc)})") from None
     return unwrap_state_dict(raw, source=path.name)
 
 
-def _why_unreadable(exc: Exception) -> str:
+def why_unreadable(exc: Exception) -> str:
     """What a user can act on, in a few words: never PyTorch's advice to load with `weights_only=False`
     (which would run code from the file)."""
     text = first_line(exc)

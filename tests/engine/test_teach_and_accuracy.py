@@ -13,7 +13,7 @@ import shapely
 from rasterio.transform import from_origin
 
 from engine.cli import main
-from engine.geo.vectors import write_features
+from engine.geo.vectors import read_labels, write_features
 from tests.engine.conftest import TINY, make_clip
 from tests.engine.rasters import scene, write_raster
 from training.data.synthetic import LABELS, class_polygons
@@ -163,6 +163,79 @@ def test_accuracy_matches_the_confusion_of_the_pixels_themselves(tmp_path, capsy
     from PIL import Image
 
     assert Image.open(tmp_path / "acc" / "confusion.png").size[0] > 200
+
+
+def _one_line_error(capsys, args) -> str:
+    capsys.readouterr()
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("farslip: error:"), err
+    return err[0]
+
+
+def test_teaching_from_labels_users_really_have(site, capsys, tmp_path):
+    """Labels drawn as points, a GeoJSON in metres without a CRS (read as WGS 84), an output folder
+    not made yet or a folder given as the file: one line each, before the work or instead of losing it."""
+    learn = ["classes", "learn", str(site["raster"]), "--classes", CLASSES, *_model(site)]
+    made = tmp_path / "not" / "yet" / "site.classes.json"
+    assert main([*learn, "--labels", str(site["labels"]), "-o", str(made)]) == 0  # the folder is made
+    assert json.loads(made.read_text())["classes"]
+    folder = tmp_path / "taken.classes.json"
+    folder.mkdir()
+    assert "is a folder" in _one_line_error(capsys, [*learn, "--labels", str(site["labels"]), "-o", str(folder)])
+
+    geoms, values, crs = read_labels(str(site["labels"]), "class")
+    points = tmp_path / "points.gpkg"
+    write_features(points, [g.representative_point() for g in geoms], {"class": np.array(values, dtype=object)},
+                   rasterio.crs.CRS.from_user_input(crs), "labels")
+    assert "points, not polygons" in _one_line_error(capsys, [*learn, "--labels", str(points), "-o",
+                                                              str(tmp_path / "p.classes.json")])
+    metres = tmp_path / "metres.geojson"  # UTM coordinates in a GeoJSON that declares no CRS
+    metres.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"class": v}, "geometry": shapely.geometry.mapping(g)}
+        for g, v in zip(geoms, values)]}))
+    line = _one_line_error(capsys, [*learn, "--labels", str(metres), "-o", str(tmp_path / "m.classes.json")])
+    assert "no label overlaps the raster" in line and "without a CRS is read as WGS 84" in line
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*.partial"))
+
+    edited = json.loads(made.read_text())
+    edited["made"]["global_bias"] = "x"  # a file edited by hand
+    bad = tmp_path / "edited.classes.json"
+    bad.write_text(json.dumps(edited))
+    for command in (["classify", str(site["raster"]), "--classes", f"@{bad}", "--cell", "50"],
+                    ["segment", str(site["raster"]), "--classes", f"@{bad}"]):
+        line = _one_line_error(capsys, [*command, "-o", str(tmp_path / "out"), *_model(site)])
+        assert "edited.classes.json" in line and "made.global_bias 'x'" in line
+
+
+def test_accuracy_against_references_users_really_have(tmp_path, capsys):
+    """References wholly off the raster (an error, not a report of NaN), polygons of two classes that
+    overlap (their shared pixels left out and counted: the last drawn no longer wins), -o a file."""
+    transform = from_origin(500000.0, 5200000.0, 1.0, 1.0)
+    classes = [{"index": i, "name": n, "synonyms": [n]} for i, n in enumerate(["water", "grass"])]
+    raster = tmp_path / "m_classes.tif"
+    with rasterio.open(raster, "w", driver="GTiff", width=40, height=20, count=1, dtype="uint8", crs="EPSG:32633",
+                       transform=transform, nodata=255) as ds:
+        ds.write(np.repeat(np.array([[0] * 20 + [1] * 20], dtype=np.uint8), 20, axis=0), 1)
+        ds.update_tags(FARSLIP_CLASSES=json.dumps(classes))
+    utm = rasterio.crs.CRS.from_epsg(32633)
+    far = tmp_path / "far.gpkg"
+    write_features(far, [shapely.box(600000, 5100000, 600010, 5100010)], {"class": np.array(["water"], dtype=object)},
+                   utm, "ref")
+    line = _one_line_error(capsys, ["accuracy", str(raster), "--reference", str(far), "-o", str(tmp_path / "a")])
+    assert "no reference polygon overlaps m_classes.tif" in line and not (tmp_path / "a").exists()
+
+    overlap = tmp_path / "overlap.gpkg"
+    write_features(overlap, [shapely.box(500000, 5199980, 500020, 5200000), shapely.box(500010, 5199980, 500040, 5200000)],
+                   {"class": np.array(["water", "grass"], dtype=object)}, utm, "ref")
+    assert main(["accuracy", str(raster), "--reference", str(overlap), "-o", str(tmp_path / "b"), "-q"]) == 0
+    report = json.loads((tmp_path / "b" / "accuracy.json").read_text())
+    assert report["conflicting_pixels"] == 10 * 20 and report["labelled_pixels"] == 30 * 20
+    assert report["overall_accuracy"] == 1.0  # the undisputed pixels are all right
+
+    (tmp_path / "file").write_text("")
+    assert "is a file" in _one_line_error(capsys, ["accuracy", str(raster), "--reference", str(overlap), "-o",
+                                                   str(tmp_path / "file")])
 
 
 def test_the_api_takes_taught_classes_by_path_under_its_folder_policy(site, tmp_path, capsys):

@@ -199,3 +199,20 @@ def test_torchrun_with_two_cpu_processes(stage, scene_dataset, start, tmp_path):
     log = _log(tmp_path / "o")
     assert [r["step"] for r in log] == [1, 2] and log[-1]["samples_seen"] == 2 * 2 * 2  # 2 steps × 2 ranks × 2
     assert load_model(str(tmp_path / "o" / f"FarSLIP{stage}_{TINY}.pt"), device="cpu").arch == TINY
+
+
+def test_stage_2_is_never_resumed_from_a_stage_1_checkpoint(scene_dataset, start, tmp_path):
+    """A stage-1 run's checkpoint given as --resume to stage 2 used to be taken as is: the step counter
+    carried over (stage 2 trained only the steps stage 1 had not) and the result was filed as stage 2."""
+    from engine.errors import InputError
+
+    train(_config(1, scene_dataset, start, tmp_path / "one", max_steps=2, save_every=2), World())
+    latest = tmp_path / "one" / "checkpoints" / "latest.pt"
+    with pytest.raises(InputError, match="cannot resume stage 2 from .*: a stage-1 checkpoint .*pass it as --model"):
+        train(_config(2, scene_dataset, start, tmp_path / "two", max_steps=2, resume=str(latest)), World())
+    assert not (tmp_path / "two" / f"FarSLIP2_{TINY}.pt").exists()
+    notes = tmp_path / "notes.pt"
+    notes.write_text("filepath,caption\n")
+    with pytest.raises(InputError) as err:
+        train(_config(2, scene_dataset, start, tmp_path / "three", max_steps=2, resume=str(notes)), World())
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
