@@ -7,7 +7,40 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+
+MIN_TILE = 64  # training.data.mgrs_builder.MIN_TILE (not imported here: the parser loads nothing heavy)
+
+
+def _tile(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of px") from None
+    if value < MIN_TILE:
+        raise argparse.ArgumentTypeError(f"{value} px is too small: at least {MIN_TILE} px")
+    return value
+
+
+def _min_box(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of px") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: give a number of px, 0 or more")
+    return value
+
+
+def _per_shard(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1 sample per shard")
+    return value
 
 
 def _cmd_build_mgrs(args: argparse.Namespace) -> int:
@@ -43,8 +76,11 @@ def _cmd_shards(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if not args.quiet:
-        print(f"  {result['samples']} samples in {result['shards']} shard(s), {result['skipped']} skipped "
-              f"(image missing or not {'/'.join(('jpg', 'png', 'webp', 'tif'))})")
+        reasons = ", ".join(f"{why}: {n}" for why, n in result["skipped_by"].items() if n)
+        print(f"  {result['samples']} samples in {result['shards']} shard(s), {result['skipped']} skipped"
+              + (f" ({reasons})" if reasons else ""))
+        if result.get("removed"):
+            print(f"  removed {result['removed']} shard(s) of an earlier run that this run did not write")
     print(f"  train with: --data '{result['spec']}' --samples {result['samples']}")
     return 0
 
@@ -56,8 +92,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     b.add_argument("--source", action="append", required=True,
                    help="dota:DIR, dior:DIR, voc:DIR, coco:FILE.json or gpkg:LABELS.gpkg@RASTER.tif (repeatable)")
     b.add_argument("-o", "--out", required=True)
-    b.add_argument("--tile", type=int, default=1024, help="largest tile side in px (larger images are cut)")
-    b.add_argument("--min-box", type=float, default=8.0, help="drop boxes narrower than this many px")
+    b.add_argument("--tile", type=_tile, default=1024,
+                   help=f"largest tile side in px, at least {MIN_TILE} (larger images are cut)")
+    b.add_argument("--min-box", type=_min_box, default=8.0, help="drop boxes narrower than this many px (0 or more)")
     b.add_argument("--synonyms", help="JSON {variant: name} added to the category synonym table")
     b.add_argument("--captioner", help="module:function of a captioner (default: template captions)")
     b.add_argument("-q", "--quiet", action="store_true")
@@ -68,7 +105,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    help="CSV/TSV with a header (filepath|image|filename + caption|title|text) or JSON "
                         "(a list of such records, or {image: caption})")
     w.add_argument("-o", "--out", required=True, help="output folder: 00000.tar, 00001.tar, ... + sizes.json")
-    w.add_argument("--per-shard", type=int, default=10000, help="samples per shard (default 10000)")
+    w.add_argument("--per-shard", type=_per_shard, default=10000, help="samples per shard (default 10000)")
     w.add_argument("--image-key", help="the image column/key when not one of the usual names")
     w.add_argument("--caption-key", help="the caption column/key when not one of the usual names")
     w.add_argument("-q", "--quiet", action="store_true")

@@ -8,8 +8,10 @@ Output (MGRS-200k's schema): `out/text_info.json` — a list of records
 plus `out/images/`, and a dataset card (`card.json`, `card.md`: images, objects per category, how many
 of them stage 2 will use — area within 64²–1024² px, at most 4 per image an epoch —, caption lengths,
 every problem counted). Large images are cut into tiles of at most `tile` px; a box keeps
-at least half its area in a tile or is dropped there; boxes smaller than `min_box` px, outside the
-image or without a category are dropped and counted. Category ids follow the sorted category names.
+at least half its area in a tile or is dropped there; boxes with a coordinate that is not a finite
+number, with no area, with less than half their area inside the image, smaller than `min_box` px or
+without a category are dropped and counted. 16-bit greyscale images are scaled to 8 bits. Category
+ids follow the sorted category names.
 Deterministic (no randomness); resumable: each finished source image is appended to
 `out/progress.jsonl`, and a rerun skips those.
 """
@@ -17,6 +19,7 @@ Deterministic (no randomness); resumable: each finished source image is appended
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ from engine.dense.sliding import window_starts
 from engine.errors import InputError
 from training.data.captions import Captioner, TemplateCaptioner
 from training.data.categories import CategoryTable
-from training.data.sources import SourceImage, read_source
+from training.data.sources import SourceImage, path_exists, read_source
 
 from training.config import TrainConfig
 
@@ -46,6 +49,30 @@ class BuildOptions:
     keep_fraction: float = 0.5
     image_format: str = "png"
 
+    def check(self) -> None:
+        if not isinstance(self.tile, int) or self.tile < MIN_TILE:
+            raise InputError(f"--tile must be a whole number of at least {MIN_TILE} px (got {self.tile})")
+        if not math.isfinite(self.min_box) or self.min_box < 0:
+            raise InputError(f"--min-box must be a number of px, 0 or more (got {self.min_box})")
+
+
+MIN_TILE = 64  # stage 2 leaves out objects under 64² px: a smaller tile could hold none of them
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB of any PIL mode; 16-bit (and 32-bit integer) greyscale scaled to 8 bits, not clipped to white."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        data = np.asarray(im).astype(np.float64)
+        top = 65535.0 if data.max(initial=0) > 255 or im.mode.startswith("I;16") else 255.0
+        grey = np.clip(np.round(data / top * 255), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if im.mode == "F":
+        data = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        lo, hi = np.percentile(data, (2, 98))
+        grey = np.clip((data - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return im.convert("RGB")
+
 
 def _load_image(item: SourceImage) -> Image.Image:
     if item.path.suffix.lower() in (".tif", ".tiff"):
@@ -58,7 +85,7 @@ def _load_image(item: SourceImage) -> Image.Image:
             data = np.clip((data - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
         return Image.fromarray(np.ascontiguousarray(data.transpose(1, 2, 0)))
     with Image.open(item.path) as im:
-        return im.convert("RGB")
+        return _to_rgb(im)
 
 
 def _tiles(width: int, height: int, tile: int) -> list[tuple[int, int, int, int]]:
@@ -76,7 +103,7 @@ def process_image(item: SourceImage, out: Path, options: BuildOptions, categorie
     """Records (tiles with objects) of one source image; problems counted in `problems`."""
     for problem in item.problems:
         problems[problem] += 1
-    if item.broken or not item.path.exists():
+    if item.broken or not path_exists(item.path):
         return []
     try:
         image = _load_image(item)
@@ -90,9 +117,18 @@ def process_image(item: SourceImage, out: Path, options: BuildOptions, categorie
         if not name:
             problems["empty category"] += 1
             continue
+        if not all(math.isfinite(v) for v in (obj.x1, obj.y1, obj.x2, obj.y2)):
+            problems["box with a non-finite coordinate (nan, inf)"] += 1
+            continue
+        if obj.x2 <= obj.x1 or obj.y2 <= obj.y1:
+            problems["box with no area"] += 1
+            continue
         x1, y1, x2, y2 = max(0.0, obj.x1), max(0.0, obj.y1), min(float(width), obj.x2), min(float(height), obj.y2)
         if x2 <= x1 or y2 <= y1:
             problems["box outside the image"] += 1
+            continue
+        if (x2 - x1) * (y2 - y1) < options.keep_fraction * (obj.x2 - obj.x1) * (obj.y2 - obj.y1):
+            problems["box mostly outside the image"] += 1  # the same rule as a tile's: half its area or more
             continue
         if (x2 - x1) < options.min_box or (y2 - y1) < options.min_box:
             problems["box smaller than min_box"] += 1
@@ -132,8 +168,14 @@ def build_mgrs(sources: list[str], out_dir: str | Path, options: BuildOptions | 
     options = options or BuildOptions()
     categories = categories or CategoryTable()
     captioner = captioner or TemplateCaptioner()
+    options.check()
     out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"-o {out} is a file, not a folder")
+    try:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
     log_path = out / "progress.jsonl"
     done: dict[str, dict] = {}
     if log_path.exists():
@@ -155,6 +197,8 @@ def build_mgrs(sources: list[str], out_dir: str | Path, options: BuildOptions | 
             problems: Counter = Counter()
             records = process_image(item, out, options, categories, captioner, problems)
             entry = {"key": item.key, "records": records, "problems": dict(problems)}
+            if item.whole_source:
+                entry["whole_source"] = True
             log.write(json.dumps(entry) + "\n")
             log.flush()
             done[item.key] = entry
@@ -195,7 +239,7 @@ def _finish(out: Path, entries: list[dict], sources: list[str], duplicates: int 
     per_category = Counter(s["category"] for r in records for s in r["segment"])
     trainable = _trainable(records)
     lengths = [len(r["detailed_caption"].split()) for r in records]
-    card = {"sources": sources, "source_images": len(entries), "images": len(records),
+    card = {"sources": sources, "source_images": sum(not e.get("whole_source") for e in entries), "images": len(records),
             "objects": sum(per_category.values()), "categories": dict(sorted(per_category.items())),
             "category_ids": ids, **trainable,
             "caption_words": {"mean": float(np.mean(lengths)) if lengths else 0.0,

@@ -13,7 +13,10 @@ Counting: `sizes.json` beside the shards ({shard file name: samples}, the file o
 skips both (RS5M: 5,070,186).
 
 Writing (`farslip data shards`): an image folder + captions from a CSV or JSON → `{00000..}.tar`
-(`{key}.{ext}` holding the image file's own bytes + `{key}.txt`) and `sizes.json`.
+(`{key}.{ext}` holding the image file's own bytes + `{key}.txt`) and `sizes.json`. Skipped and
+counted by reason: rows without an image name or a caption, images missing or of another type,
+images that do not decode. Shards of an earlier run into the same folder that this run does not
+write (`NNNNN.tar`, and `NNNNN.tar.partial` left by a stopped run) are removed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import csv
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -96,7 +100,7 @@ def decode_sample(sample: dict) -> tuple[Image.Image, str]:
     try:
         with Image.open(io.BytesIO(sample[image_key])) as im:
             image = im.convert("RGB")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"{sample.get('__url__')}: sample '{sample.get('__key__')}': cannot decode its "
                          f"{image_key} image ({exc.__class__.__name__})") from None
     return image, caption
@@ -143,10 +147,18 @@ def _column(header: list[str], wanted: str | None, candidates: tuple[str, ...], 
 
 def read_captions(path: str | Path, image_key: str | None = None, caption_key: str | None = None) -> list[tuple[str, str]]:
     """(image path relative to the image folder, caption) pairs from a CSV (header row) or a JSON list of
-    records or {image: caption} mapping."""
+    records or {image: caption} mapping; rows without an image name or a caption are left out."""
+    return [(name, caption) for name, caption in _caption_rows(path, image_key, caption_key) if name and caption]
+
+
+def _caption_rows(path: str | Path, image_key: str | None = None, caption_key: str | None = None) -> list[tuple[str, str]]:
+    """Every row's (image name, caption), either of them possibly empty."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"captions {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position "
+                         f"{exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise InputError(f"cannot read captions {path}: {exc.strerror or exc}") from None
     if path.suffix.lower() == ".json":
@@ -155,7 +167,7 @@ def read_captions(path: str | Path, image_key: str | None = None, caption_key: s
         except ValueError as exc:
             raise InputError(f"cannot parse {path.name}: {exc}") from None
         if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
-            return [(str(k), v) for k, v in data.items()]
+            return [(str(k).strip(), v.strip()) for k, v in data.items()]
         if not isinstance(data, list) or not data or not all(isinstance(r, dict) for r in data):
             raise InputError(f"{path.name}: expected a list of records or an {{image: caption}} mapping")
         rows = data
@@ -164,32 +176,76 @@ def read_captions(path: str | Path, image_key: str | None = None, caption_key: s
         rows = list(csv.DictReader(io.StringIO(text), dialect=dialect))
         if not rows:
             raise InputError(f"{path.name}: no rows under a header")
-    header = list(rows[0].keys())
+    header = [str(k) for k in rows[0].keys() if k is not None]
     image_col = _column(header, image_key, IMAGE_COLUMNS, "image", path.name)
     caption_col = _column(header, caption_key, CAPTION_COLUMNS, "caption", path.name)
-    return [(str(r[image_col]), str(r[caption_col]).strip()) for r in rows if r.get(image_col) and r.get(caption_col)]
+
+    def text_of(value) -> str:
+        return "" if value is None else str(value).strip()
+
+    return [(text_of(r.get(image_col)), text_of(r.get(caption_col))) for r in rows]
+
+
+SHARD_NAME = re.compile(r"^\d{5}\.tar(\.partial)?$")
+SKIP_REASONS = ("rows without an image name or caption", "images missing or not " + "/".join(IMAGE_EXTENSIONS),
+                "images that do not decode")
+
+
+def _decodes(payload: bytes) -> bool:
+    """Whether training will decode the image (what `decode_sample` does, without keeping the pixels)."""
+    try:
+        with Image.open(io.BytesIO(payload)) as im:
+            im.load()
+        return True
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return False
+
+
+def _output_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"-o {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
 
 
 def write_shards(images: str | Path, captions: str | Path, out: str | Path, per_shard: int = 10000,
                  image_key: str | None = None, caption_key: str | None = None,
                  progress: Callable[[int, int], None] | None = None) -> dict:
-    """Shards `out/{00000..}.tar` + `out/sizes.json`; returns {"shards", "samples", "skipped", "spec"}.
-    Images that are missing or not of a readable type are skipped (counted)."""
+    """Shards `out/{00000..}.tar` + `out/sizes.json`; returns {"shards", "samples", "skipped",
+    "skipped_by" ({reason: count}), "removed" (earlier shards deleted), "spec"}.
+    Rows without an image or caption, images that are missing, not of a readable type or that do not
+    decode are skipped (counted by reason)."""
     if per_shard < 1:
         raise InputError("--per-shard must be at least 1")
     images, out = Path(images), Path(out)
     if not images.is_dir():
         raise InputError(f"image folder not found: {images}")
-    pairs = read_captions(captions, image_key, caption_key)
-    out.mkdir(parents=True, exist_ok=True)
+    rows = _caption_rows(captions, image_key, caption_key)
+    _output_folder(out)
     sizes: dict[str, int] = {}
-    skipped, tar, written = 0, None, 0
+    skipped = dict.fromkeys(SKIP_REASONS, 0)
+    no_row, no_image, no_decode = SKIP_REASONS
+    tar, written = None, 0
     try:
-        for n, (name, caption) in enumerate(pairs):
+        for n, (name, caption) in enumerate(rows):
+            if progress is not None:
+                progress(n + 1, len(rows))
+            if not name or not caption:
+                skipped[no_row] += 1
+                continue
             file = images / name
             ext = file.suffix.lower().lstrip(".")
-            if ext not in IMAGE_EXTENSIONS or not file.is_file():
-                skipped += 1
+            try:
+                payload = file.read_bytes() if ext in IMAGE_EXTENSIONS and file.is_file() else None
+            except (OSError, ValueError):
+                payload = None
+            if payload is None:
+                skipped[no_image] += 1
+                continue
+            if not _decodes(payload):
+                skipped[no_decode] += 1
                 continue
             if written % per_shard == 0:
                 if tar is not None:
@@ -198,25 +254,33 @@ def write_shards(images: str | Path, captions: str | Path, out: str | Path, per_
                 tar = tarfile.open(out / f"{shard}.partial", "w")
                 sizes[shard] = 0
             key = f"{written:09d}"
-            for suffix, payload in ((ext, file.read_bytes()), ("txt", caption.encode("utf-8"))):
+            for suffix, data in ((ext, payload), ("txt", caption.encode("utf-8"))):
                 info = tarfile.TarInfo(f"{key}.{suffix}")
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
             sizes[shard] += 1
             written += 1
-            if progress is not None:
-                progress(n + 1, len(pairs))
     finally:
         if tar is not None:
             tar.close()
     if not written:
-        raise InputError(f"no image of {captions} was found in {images} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        for shard in sizes:
+            (out / f"{shard}.partial").unlink(missing_ok=True)
+        reasons = ", ".join(f"{k}: {v}" for k, v in skipped.items() if v)
+        raise InputError(f"no image of {captions} was found in {images} that decodes (looked for "
+                         f"{', '.join(IMAGE_EXTENSIONS)}{'; skipped: ' + reasons if reasons else ''})")
     for shard in sizes:
         os.replace(out / f"{shard}.partial", out / shard)
+    removed = 0
+    for old in sorted(out.iterdir()):
+        if SHARD_NAME.match(old.name) and old.name not in sizes and old.is_file():
+            old.unlink()
+            removed += old.name.endswith(".tar")
     (out / "sizes.json").write_text(json.dumps(sizes, indent=1), encoding="utf-8")
     last = len(sizes) - 1
     spec = str(out / (f"{{00000..{last:05d}}}.tar" if last else "00000.tar"))
-    return {"shards": len(sizes), "samples": written, "skipped": skipped, "spec": spec}
+    return {"shards": len(sizes), "samples": written, "skipped": sum(skipped.values()), "skipped_by": skipped,
+            "removed": removed, "spec": spec}
 
 
 __all__ = ["count_samples", "decode_sample", "read_captions", "tar_samples", "write_shards", "layout_error"]

@@ -5,8 +5,10 @@
     coco:/path.json     COCO instances JSON (images, annotations with [x, y, w, h], categories)
     gpkg:/labels.gpkg@/raster.tif   a QGIS labels layer (polygons + `class`) over a raster (the plugin's labels)
 
-Problems in one file (unreadable XML, a line that is no box, a box with no category) are counted, not
-raised: a build reports them in its card and goes on.
+Problems in one file (unreadable XML, a line that is no box, a box with no category, an image file name
+the file system refuses, a COCO annotation of no known image) are counted, not raised: a build reports
+them in its card and goes on. A source that cannot be read as a whole (a COCO JSON that is not an object
+of lists, two COCO categories sharing one id under different names) is refused in one line.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class SourceImage:
     objects: list[SourceObject]
     problems: list[str] = field(default_factory=list)
     broken: bool = False  # the annotation itself could not be read: nothing to build from
+    whole_source: bool = False  # no image: the problems of a source as a whole (counted, not an image)
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -54,11 +57,19 @@ def read_source(spec: str) -> Iterator[SourceImage]:
     return READERS[kind](location)
 
 
+def path_exists(path: Path) -> bool:
+    """Whether a file is there; False, not an error, for a name the file system refuses (too long, a NUL)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _find_image(folder_candidates: list[Path], stem: str) -> Path | None:
     for folder in folder_candidates:
         for suffix in IMAGE_SUFFIXES:
             for name in (stem + suffix, stem + suffix.upper()):
-                if (folder / name).exists():
+                if path_exists(folder / name):
                     return folder / name
     return None
 
@@ -112,7 +123,7 @@ def read_voc(root: str) -> Iterator[SourceImage]:
         except ET.ParseError:
             yield SourceImage(f"voc:{xml_path.stem}", xml_path, [], problems=["unreadable XML"], broken=True)
             continue
-        filename = (tree.findtext("filename") or xml_path.stem).strip()
+        filename = (tree.findtext("filename") or xml_path.stem).strip()  # may be too long a name: missing image
         image = _find_image(image_dirs, Path(filename).stem)
         item = SourceImage(f"voc:{xml_path.stem}", image or root_path / filename, [])
         if image is None:
@@ -130,24 +141,66 @@ def read_voc(root: str) -> Iterator[SourceImage]:
         yield item
 
 
+def _coco_list(data: dict, key: str, json_path: Path) -> list:
+    value = data.get(key, [])
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        found = "an object" if isinstance(value, dict) else type(value).__name__
+        raise InputError(f"COCO {json_path}: '{key}' is {found}, not a list of records")
+    return value
+
+
+def _hashable_id(value) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def read_coco(path: str) -> Iterator[SourceImage]:
+    """COCO instances JSON. Refused in one line: a file that is not a JSON object, `images`/`annotations`/
+    `categories` that are not lists, one category id given two different names. Counted: records that
+    are not objects, annotations without an image id or of an image id the file does not list."""
     json_path = Path(path)
     try:
         data = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"COCO: cannot read {json_path}: {exc}") from None
-    categories = {c["id"]: c["name"] for c in data.get("categories", [])}
+    if not isinstance(data, dict):
+        raise InputError(f"COCO {json_path}: expected a JSON object with images, annotations and categories, "
+                         f"found a {type(data).__name__}")
+    images, annotations = _coco_list(data, "images", json_path), _coco_list(data, "annotations", json_path)
+    source_problems: list[str] = []
+    categories: dict = {}
+    for c in _coco_list(data, "categories", json_path):
+        if not isinstance(c, dict) or not _hashable_id(c.get("id")):
+            source_problems.append("category record without an id")
+            continue
+        if c["id"] in categories and categories[c["id"]] != c.get("name"):
+            raise InputError(f"COCO {json_path}: category id {c['id']} is named both '{categories[c['id']]}' and "
+                             f"'{c.get('name')}'; give each category its own id")
+        categories[c["id"]] = c.get("name")
+    image_ids = {image.get("id") for image in images if isinstance(image, dict) and _hashable_id(image.get("id"))}
     by_image: dict = {}
-    for ann in data.get("annotations", []):
-        by_image.setdefault(ann.get("image_id"), []).append(ann)
-    for image in data.get("images", []):
+    for ann in annotations:
+        if not isinstance(ann, dict):
+            source_problems.append("annotation that is not a record")
+        elif not _hashable_id(ann.get("image_id")):
+            source_problems.append("annotation without an image id")
+        elif ann["image_id"] not in image_ids:
+            source_problems.append("annotation of an unknown image id")
+        else:
+            by_image.setdefault(ann["image_id"], []).append(ann)
+    for image in images:
+        if not isinstance(image, dict) or not _hashable_id(image.get("id")):
+            source_problems.append("image record without an id")
+            continue
         key = f"coco:{image.get('id')}"
-        item = SourceImage(key, json_path.parent / str(image.get("file_name", "")), [])
-        if not item.path.exists():
+        file_name = str(image.get("file_name", ""))
+        item = SourceImage(key, json_path.parent / file_name, [])
+        if not file_name or not path_exists(item.path):
             for folder in (json_path.parent / "images", json_path.parent.parent / "images"):
-                if (folder / str(image.get("file_name", ""))).exists():
-                    item.path = folder / str(image["file_name"])
-        if not item.path.exists():
+                if file_name and path_exists(folder / file_name):
+                    item.path = folder / file_name
+        if not file_name or not path_exists(item.path):
             item.problems.append("missing image")
         for ann in by_image.get(image.get("id"), []):
             try:
@@ -155,12 +208,15 @@ def read_coco(path: str) -> Iterator[SourceImage]:
             except (KeyError, TypeError, ValueError):
                 item.problems.append("annotation without a box")
                 continue
-            category = categories.get(ann.get("category_id"))
-            if not category:
+            category = categories.get(ann.get("category_id")) if _hashable_id(ann.get("category_id")) else None
+            if not category or not isinstance(category, str):
                 item.problems.append("unknown category id")
                 continue
             item.objects.append(SourceObject(x, y, x + w, y + h, category))
         yield item
+    if source_problems:
+        yield SourceImage(f"coco:{json_path}#source", json_path, [], problems=source_problems, broken=True,
+                          whole_source=True)
 
 
 def read_gpkg(location: str) -> Iterator[SourceImage]:
