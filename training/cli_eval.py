@@ -8,9 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import sys
 from pathlib import Path
 
 from engine.errors import InputError
+
+
+def _note(text: str) -> None:
+    print(f"farslip: note: {text}", file=sys.stderr)
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be at least 1 (got {limit})")
 
 
 def _cmd_ovss(args: argparse.Namespace) -> int:
@@ -21,6 +32,7 @@ def _cmd_ovss(args: argparse.Namespace) -> int:
     from training.evaluate.ovss_datasets import get_dataset
     from training.evaluate.report import write_report
 
+    _check_limit(args.limit)
     dataset = get_dataset(args.dataset)
     dataset.pairs(args.root)  # a wrong layout fails before the model loads
     if args.upsampler:
@@ -31,10 +43,11 @@ def _cmd_ovss(args: argparse.Namespace) -> int:
     run = run_name(args.preset, args.upsampler)
     bar, progress = progress_bar(args.quiet, f"ovss {dataset.name} ({run})")
     try:
-        result = evaluate_ovss(model, dataset, args.root, args.preset, out, args.limit, progress, args.upsampler)
+        result = evaluate_ovss(model, dataset, args.root, args.preset, out, args.limit, progress, args.upsampler,
+                               notice=_note)
     finally:
         bar.close()
-    path = out / f"ovss_{dataset.name}_{run}.json"
+    path = out / f"ovss_{dataset.name}_{run}_{model_slug(model)}.json"  # one per model: a second never replaces it
     path.write_text(json.dumps(result, indent=2), encoding="utf-8")
     report = write_report(out)
     if not args.quiet:
@@ -44,31 +57,40 @@ def _cmd_ovss(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_slug(model) -> str:
+    """The model's name as a file name part (a release name, or a checkpoint file's stem)."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", Path(model.name).stem).strip("-") or "model"
+
+
 def _cmd_zero_shot(args: argparse.Namespace) -> int:
     from engine.cli_segment import _check_writable, progress_bar
     from engine.models import load_model
     from training.evaluate import zero_shot
 
+    _check_limit(args.limit)
     out = Path(args.out)
     _check_writable(out)
     source = Path(args.csv)
     if not source.exists():
         raise InputError(f"not found: {source}")
+    if getattr(args, "classnames", None) and not Path(args.classnames).is_file():
+        raise InputError(f"class names file not found: {args.classnames}")  # before the model loads
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     bar, progress = progress_bar(args.quiet, f"{args.eval_command} {args.name}")
-    cache = out / f"{args.eval_command}_{args.name.lower()}_embeddings.npz"  # a rerun continues from here
+    # a rerun with the same model continues from here (the cache is tied to the model's weights and the images)
+    cache = out / f"{args.eval_command}_{args.name.lower()}_embeddings.npz"
     try:
         if args.eval_command == "classify":
             result = zero_shot.evaluate_classification(model, args.csv, args.classnames, args.limit, progress, cache)
         else:
             result = zero_shot.evaluate_retrieval(model, args.csv, args.caption_column, args.limit, progress,
-                                                  args.images_root, cache)
+                                                  args.images_root, cache, notice=_note)
     finally:
         bar.close()
     from training.evaluate.report import write_report
 
     result["dataset"] = args.name.lower()
-    path = out / f"{args.eval_command}_{result['dataset']}.json"
+    path = out / f"{args.eval_command}_{result['dataset']}_{model_slug(model)}.json"
     path.write_text(json.dumps(result, indent=2), encoding="utf-8")
     report = write_report(out)
     if not args.quiet:

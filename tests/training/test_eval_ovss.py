@@ -91,7 +91,7 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     code = main(["eval", "ovss", "--dataset", "loveda", "--root", str(root), "--model", str(ckpt), "--arch",
                  "tiny-vit-16", "-o", str(tmp_path / "res"), "-q"])
     assert code == 0, capsys.readouterr().err
-    result = json.loads((tmp_path / "res" / "ovss_loveda_paper.json").read_text())
+    result = json.loads(next((tmp_path / "res").glob("ovss_loveda_paper_*.json")).read_text())
     assert result["images"] == 2
     report = (tmp_path / "res" / "report.md").read_text()
     assert "| paper: FarSLIP2 ViT-B-16 | paper |" in report and "35.41" in report

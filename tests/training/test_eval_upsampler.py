@@ -24,8 +24,8 @@ def test_eval_ovss_with_upsampler_is_filed_beside_the_plain_run(tmp_path, capsys
     weights = write_released(tmp_path / "jbu.ckpt", random_state(32))
     code = main([*common, "--upsampler", str(weights)])
     assert code == 0, capsys.readouterr().err
-    plain = json.loads((out / "ovss_loveda_paper.json").read_text())
-    guided = json.loads((out / "ovss_loveda_paper+jbu.json").read_text())
+    plain = json.loads(next(out.glob("ovss_loveda_paper_*.json")).read_text())
+    guided = json.loads(next(out.glob("ovss_loveda_paper+jbu_*.json")).read_text())
     assert guided["preset"] == "paper+jbu" and guided["upsampler"] == "jbu.ckpt" and guided["images"] == 1
     assert plain["upsampler"] is None
     assert "| paper+jbu |" in (out / "report.md").read_text()

@@ -7,7 +7,11 @@ probability threshold with its background class (SegEarth-OV's settings). Any pr
 learned feature up-sampler (`upsampler`: SimFeatUp JBU weights); such a run is named `<preset>+jbu`.
 
 Resumable: the running confusion matrix and the names of the images done are saved to
-`<out>/<dataset>_<preset>_state.npz` every few images; a rerun continues from there.
+`<out>/<dataset>_<preset>_state.npz` every few images; a rerun continues from there when the state was
+made by the same model (a SHA-256 of its weights), dataset root and split, preset and options, with
+the same image and label files (size and modification time), for images the rerun asks for (a run of
+`--limit 2` continues into the full split; the other way round starts afresh). A state made any other
+way is not resumed: the run starts afresh and says so.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from engine.dense import Segmenter, prepare_image, preset
+from engine.errors import InputError
 from engine.models import LoadedModel
+from training.evaluate.identity import file_stamp, model_identity, settings_key
 from training.evaluate.metrics import ConfusionMatrix
 from training.evaluate.ovss_datasets import OVSSDataset, samples
 
@@ -59,18 +65,32 @@ def predict(segmenter: Segmenter, image: np.ndarray, label_shape: tuple[int, int
 
 def evaluate_ovss(model: LoadedModel, dataset: OVSSDataset, root: str | Path, preset_name: str = "paper",
                   out_dir: str | Path | None = None, limit: int | None = None, progress=None,
-                  upsampler: str | None = None) -> dict:
+                  upsampler: str | None = None, notice=None) -> dict:
+    """mIoU etc. of `model` on `dataset`'s evaluation split; `notice(text)` hears a resume state that was
+    not used (made with other settings)."""
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be at least 1 (got {limit})")
     segmenter = segmenter_for(model, dataset, preset_name, upsampler)
     run = run_name(preset_name, upsampler)
+    pairs = dataset.pairs(root)[:limit]
+    stamps = {image.name: f"{file_stamp(image)}|{file_stamp(label)}" for image, label in pairs}
+    identity = model_identity(model)
+    key = settings_key({"model": identity, "dataset": dataset.name, "root": str(Path(root).resolve()),
+                        "split": [dataset.image_dir, dataset.label_dir], "classes": dataset.classes,
+                        "run": run, "options": repr(segmenter.options),
+                        "upsampler": [upsampler, file_stamp(upsampler)] if upsampler else None})
     cm = ConfusionMatrix(len(dataset.classes))
     done: list[str] = []
     state = Path(out_dir) / f"{dataset.name}_{run}_state.npz" if out_dir else None
     if state is not None and state.exists():
-        saved = np.load(state, allow_pickle=False)
-        cm.matrix[:], cm.missed[:] = saved["matrix"], saved["missed"]
-        done = [str(n) for n in saved["done"]]
+        saved = _load_state(state)
+        if saved is not None and saved["key"] == key and all(stamps.get(n) == s for n, s in saved["stamps"].items()):
+            cm.matrix[:], cm.missed[:] = saved["matrix"], saved["missed"]
+            done = list(saved["stamps"])
+        elif notice is not None:
+            notice(f"{state.name} was saved by a run with another model, dataset, preset, files or a larger "
+                   f"--limit: not resumed, starting afresh")
     finished = set(done)
-    todo = [p for p in dataset.pairs(root)[:limit]]
     for name, image, label in samples(dataset, root, limit):
         if name in finished:
             continue
@@ -78,23 +98,38 @@ def evaluate_ovss(model: LoadedModel, dataset: OVSSDataset, root: str | Path, pr
             cm.update(label, predict(segmenter, image, label.shape))
         done.append(name)
         if progress is not None:
-            progress(len(done), len(todo))
+            progress(len(done), len(pairs))
         if state is not None and len(done) % SAVE_EVERY == 0:
-            _save_state(state, cm, done)
+            _save_state(state, cm, done, stamps, key)
     if state is not None:
-        _save_state(state, cm, done)
+        _save_state(state, cm, done, stamps, key)
     iou = cm.iou()
-    return {"dataset": dataset.name, "preset": run, "model": model.name, "images": len(done), "units": "percent",
+    return {"dataset": dataset.name, "preset": run, "model": model.name, "model_sha256": identity,
+            "images": len(done), "units": "percent",
             "upsampler": Path(upsampler).name if upsampler else None,
             "miou": 100 * cm.miou(), "pixel_accuracy": 100 * cm.pixel_accuracy(),
             "per_class_iou": {c.split(",")[0]: (None if np.isnan(v) else 100 * float(v))
                               for c, v in zip(dataset.classes, iou)}}
 
 
-def _save_state(path: Path, cm: ConfusionMatrix, done: list[str]) -> None:
+def _load_state(path: Path) -> dict | None:
+    """A saved state, or None when it is unreadable or from before states were tied to their settings."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if "key" not in saved.files or "stamps" not in saved.files:
+                return None
+            done = [str(n) for n in saved["done"]]
+            return {"key": str(saved["key"]), "matrix": saved["matrix"], "missed": saved["missed"],
+                    "stamps": dict(zip(done, (str(s) for s in saved["stamps"])))}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _save_state(path: Path, cm: ConfusionMatrix, done: list[str], stamps: dict[str, str], key: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.partial.npz")
-    np.savez(partial, matrix=cm.matrix, missed=cm.missed, done=np.array(done, dtype=str))
+    np.savez(partial, matrix=cm.matrix, missed=cm.missed, done=np.array(done, dtype=str),
+             stamps=np.array([stamps[n] for n in done], dtype=str), key=np.array(key))
     partial.replace(path)
 
 

@@ -122,8 +122,18 @@ def read_label(path: Path) -> np.ndarray:
 def samples(dataset: OVSSDataset, root: str | Path, limit: int | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(name, RGB image, class-index label) for each evaluation image."""
     for image_path, label_path in dataset.pairs(root)[:limit]:
-        label = read_label(label_path)
+        label = _read(dataset, read_label, label_path)
         if label.ndim == 3:
             raise InputError(f"{dataset.name}: {label_path.name} is a colour image; use the converted "
                              f"single-channel labels (mmsegmentation layout)")
-        yield image_path.name, read_image(image_path), dataset.to_train_ids(label)
+        yield image_path.name, _read(dataset, read_image, image_path), dataset.to_train_ids(label)
+
+
+def _read(dataset: OVSSDataset, reader, path: Path) -> np.ndarray:
+    """`reader(path)`, a corrupt or unreadable file (PIL.UnidentifiedImageError, truncated data, rasterio
+    errors) becoming one clear error."""
+    try:
+        return reader(path)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{dataset.name}: cannot read {path}: {reason}") from None

@@ -6,7 +6,11 @@ name) for classification, or a caption column (`caption`, `title`, `text` or `se
 retrieval. Images go through CLIP's evaluation transform (shorter side to the model's input size,
 bicubic, centre crop). Classification prompts: the `rs` templates ("a satellite photo of {c}.",
 "a satellite image of {c}"), averaged. Retrieval: captions de-duplicated by text; Long-CLIP models
-tokenise with context 248, others 77 (the model's own context).
+tokenise with context 248, others 77 (the model's own context); empty captions are left out (and counted).
+
+Image embeddings can be cached (an .npz in the results folder) so an interrupted run continues: the
+cache is tied to the model (a SHA-256 of its weights) and each image's size and modification time, so
+another model, or a replaced image, is encoded afresh.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from PIL import Image
 from engine.dense.scenes import SceneClassifier
 from engine.errors import InputError
 from engine.models import LoadedModel
+from training.evaluate.identity import file_stamp, model_identity
 from training.evaluate.metrics import retrieval_metrics, topk_accuracy
 
 CAPTION_COLUMNS = ("caption", "title", "text", "sentence")
+LINE = "\0line"  # a CSV row's line number, kept in its dict for messages
 
 
 def clip_view(path: Path, size: int) -> np.ndarray:
@@ -49,8 +55,22 @@ def read_caption_json(path: Path, images_root: str | Path | None = None, split: 
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {path.name}: {exc}") from None
     root = Path(images_root) if images_root else path.parent
-    rows = [{"filepath": str(root / im["filename"]), "caption": s["raw"]}
-            for im in data.get("images", []) if im.get("split", split) == split for s in im.get("sentences", [])]
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise InputError(f"{path.name}: expected a JSON object with an 'images' list "
+                         f"(the RSICD / RSITMD / UCM-captions format)")
+    rows = []
+    for n, im in enumerate(data["images"]):
+        if not isinstance(im, dict) or not isinstance(im.get("filename"), str) or not im["filename"].strip():
+            raise InputError(f"{path.name}: images[{n}] has no 'filename'")
+        if im.get("split", split) != split:
+            continue
+        sentences = im.get("sentences", [])
+        if not isinstance(sentences, list):
+            raise InputError(f"{path.name}: images[{n}].sentences is not a list")
+        for k, sentence in enumerate(sentences):
+            if not isinstance(sentence, dict) or not isinstance(sentence.get("raw"), str):
+                raise InputError(f"{path.name}: images[{n}].sentences[{k}] has no 'raw' text")
+            rows.append({"filepath": str(root / im["filename"]), "caption": sentence["raw"]})
     if not rows:
         raise InputError(f"{path.name}: no '{split}' images with sentences")
     return rows
@@ -65,6 +85,9 @@ def read_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     suffixes = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
     rows = [{"filepath": str(f), "label": str(i)} for i, c in enumerate(classes)
             for f in sorted((root / c).iterdir()) if f.suffix.lower() in suffixes]
+    if not rows:
+        raise InputError(f"{root}: its class sub-folders ({', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''}) "
+                         f"hold no images ({', '.join(sorted(suffixes))})")
     return rows, [c.replace("_", " ") for c in classes]
 
 
@@ -72,35 +95,67 @@ def read_csv(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"CSV not found: {path}")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "filepath" not in rows[0]:
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            fields = reader.fieldnames or []
+            for row in reader:
+                row[LINE] = reader.line_num
+                rows.append(row)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read {path.name}: {exc}") from None
+    if "filepath" not in fields:
         raise InputError(f"{path.name}: expected a header with a 'filepath' column")
+    if not rows:
+        raise InputError(f"{path.name}: no rows below the header")
     for row in rows:
-        row["filepath"] = str(Path(row["filepath"]) if Path(row["filepath"]).is_absolute()
-                              else path.parent / row["filepath"])
+        value = (row["filepath"] or "").strip()
+        if not value:
+            raise InputError(f"{path.name} line {row[LINE]}: empty filepath")
+        row["filepath"] = str(Path(value) if Path(value).is_absolute() else path.parent / value)
     return rows
 
 
 def _embed_images(model: LoadedModel, classifier: SceneClassifier, paths: list[str], progress=None,
-                  cache: Path | None = None) -> torch.Tensor:
-    """Image embeddings in `paths` order; with `cache` (an .npz), finished ones are kept across runs."""
+                  cache: Path | None = None, identity: str | None = None) -> torch.Tensor:
+    """Image embeddings in `paths` order; with `cache` (an .npz), finished ones are kept across runs for
+    this model (the SHA-256 of its weights) and unchanged images (size and modification time)."""
+    if not paths:
+        raise InputError("no images to evaluate")
     done: dict[str, np.ndarray] = {}
+    stamps: dict[str, str] = {}
+    if cache is not None and identity is None:
+        identity = model_identity(model)
     if cache is not None and cache.exists():
-        saved = np.load(cache, allow_pickle=False)
-        done = dict(zip((str(p) for p in saved["paths"]), saved["embeddings"]))
+        try:
+            with np.load(cache, allow_pickle=False) as saved:
+                if {"model", "stamps"} <= set(saved.files) and str(saved["model"]) == identity:
+                    for p, stamp, e in zip((str(p) for p in saved["paths"]), saved["stamps"], saved["embeddings"]):
+                        if file_stamp(p) == str(stamp):
+                            done[p], stamps[p] = e, str(stamp)
+        except (OSError, ValueError, KeyError):
+            done, stamps = {}, {}  # an unreadable cache is rebuilt
     todo = [p for p in paths if p not in done]
     for n, start in enumerate(range(0, len(todo), classifier.batch_size), start=1):
         batch = todo[start:start + classifier.batch_size]
+        stamps.update((p, file_stamp(p)) for p in batch)  # before reading: a file changed meanwhile is redone
         embeddings = classifier.embed([clip_view(Path(p), model.image_size) for p in batch]).cpu().numpy()
         done.update(zip(batch, embeddings))
         if progress is not None:
             progress(len(paths) - len(todo) + start + len(batch), len(paths))
         if cache is not None and (n % 20 == 0 or start + len(batch) == len(todo)):
             partial = cache.with_name(f".{cache.stem}.partial.npz")
-            np.savez(partial, paths=np.array(list(done), dtype=str), embeddings=np.stack(list(done.values())))
+            np.savez(partial, model=np.array(identity), paths=np.array(list(done), dtype=str),
+                     stamps=np.array([stamps[p] for p in done], dtype=str), embeddings=np.stack(list(done.values())))
             partial.replace(cache)
     return torch.from_numpy(np.stack([done[p] for p in paths])).to(classifier.text.device)
+
+
+def _limited(rows: list[dict], limit: int | None) -> list[dict]:
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be at least 1 (got {limit})")
+    return rows[:limit]
 
 
 def evaluate_classification(model: LoadedModel, source: str | Path, classnames: str | Path | None = None,
@@ -111,51 +166,74 @@ def evaluate_classification(model: LoadedModel, source: str | Path, classnames: 
     else:
         if classnames is None:
             raise InputError("a CSV split needs its classnames.txt")
-        names = [line.strip() for line in Path(classnames).read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = Path(classnames).read_text(encoding="utf-8-sig")
+        except FileNotFoundError:
+            raise InputError(f"class names file not found: {classnames}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read class names {classnames}: {getattr(exc, 'strerror', None) or exc}") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
         rows = read_csv(source)
         if "label" not in rows[0]:
             raise InputError(f"{Path(source).name}: expected a 'label' column")
     if not names:
         raise InputError(f"{classnames} lists no classes")
-    rows = rows[:limit]
+    rows = _limited(rows, limit)
     index = {n.lower(): i for i, n in enumerate(names)}
     truth = []
     for row in rows:
-        value = row["label"].strip()
+        value = (row["label"] or "").strip()
+        where = f"{Path(source).name} line {row[LINE]}" if LINE in row else Path(row["filepath"]).name
+        if not value:
+            raise InputError(f"{where}: empty label")
         label = int(value) if value.isdigit() else index.get(value.lower())
         if label is None or not 0 <= label < len(names):
-            raise InputError(f"label '{value}' is not a class of {Path(classnames).name}")
+            raise InputError(f"{where}: label '{value}' is not a class of {Path(classnames).name}")
         truth.append(label)
     classifier = SceneClassifier(model, [n.replace(",", " ") for n in names], template_set="rs")
-    embeddings = _embed_images(model, classifier, [r["filepath"] for r in rows], progress, cache)
+    identity = model_identity(model)
+    embeddings = _embed_images(model, classifier, [r["filepath"] for r in rows], progress, cache, identity)
     scores = classifier.probabilities(embeddings).cpu().numpy()
     truth_arr = np.array(truth)
-    return {"task": "classification", "model": model.name, "images": len(rows), "classes": len(names),
+    return {"task": "classification", "model": model.name, "model_sha256": identity, "images": len(rows), "classes": len(names),
             "units": "percent", "top1": 100 * topk_accuracy(scores, truth_arr, 1), "top5": 100 * topk_accuracy(scores, truth_arr, 5)}
 
 
 def evaluate_retrieval(model: LoadedModel, source: str | Path, caption_column: str | None = None,
                        limit: int | None = None, progress=None, images_root: str | Path | None = None,
-                       cache: Path | None = None) -> dict:
-    """`source`: a CSV (filepath + caption column) or the datasets' caption JSON (test split)."""
+                       cache: Path | None = None, notice=None) -> dict:
+    """`source`: a CSV (filepath + caption column) or the datasets' caption JSON (test split). Rows with an
+    empty caption are left out (`notice(text)` hears how many); a set with no caption left is refused."""
     source = Path(source)
-    rows = (read_caption_json(source, images_root) if source.suffix.lower() == ".json" else read_csv(source))[:limit]
+    rows = _limited(read_caption_json(source, images_root) if source.suffix.lower() == ".json" else read_csv(source),
+                    limit)
     column = caption_column or next((c for c in CAPTION_COLUMNS if c in rows[0]), None)
     if column is None or column not in rows[0]:
         raise InputError(f"{source.name}: no caption column (tried {', '.join(CAPTION_COLUMNS)})")
     images: dict[str, int] = {}
     texts: dict[str, int] = {}
     image_to_texts: list[set[int]] = []
+    empty = 0
     for row in rows:
+        caption = " ".join((row[column] or "").split())
+        if not caption:
+            empty += 1
+            continue
         i = images.setdefault(row["filepath"], len(images))
-        t = texts.setdefault(" ".join(row[column].split()), len(texts))
+        t = texts.setdefault(caption, len(texts))
         if i == len(image_to_texts):
             image_to_texts.append(set())
         image_to_texts[i].add(t)
+    if not texts:
+        raise InputError(f"{source.name}: every caption is empty ({empty} rows)")
+    if empty and notice is not None:
+        notice(f"{source.name}: {empty} row(s) with an empty caption left out")
     classifier = SceneClassifier(model, ["placeholder"], template_set="name")
-    image_emb = _embed_images(model, classifier, list(images), progress, cache)
+    identity = model_identity(model)
+    image_emb = _embed_images(model, classifier, list(images), progress, cache, identity)
     text_emb = model.encode_text(list(texts))
     similarity = (image_emb @ text_emb.T).cpu().numpy()
     result = retrieval_metrics(similarity, image_to_texts)
-    return {"task": "retrieval", "model": model.name, "images": len(images), "captions": len(texts),
+    return {"task": "retrieval", "model": model.name, "model_sha256": identity, "images": len(images),
+            "captions": len(texts), "empty_captions_dropped": empty,
             "context_length": model.context_length, "units": "percent", **result}
