@@ -13,34 +13,26 @@ from pathlib import Path
 MIN_TILE = 64  # training.data.mgrs_builder.MIN_TILE (not imported here: the parser loads nothing heavy)
 
 
-def _tile(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of px") from None
-    if value < MIN_TILE:
-        raise argparse.ArgumentTypeError(f"{value} px is too small: at least {MIN_TILE} px")
-    return value
+def _at_least(kind: type, minimum: float, what: str):
+    """An argparse type: a finite number (`kind`: int or float) of at least `minimum`, `what` naming it."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"'{text}' is not {what}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} is too small: {what} of at least {minimum:g}")
+        return value
+
+    return parse
 
 
-def _min_box(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of px") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: give a number of px, 0 or more")
-    return value
-
-
-def _per_shard(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: at least 1 sample per shard")
-    return value
+_tile = _at_least(int, MIN_TILE, "a whole number of px")
+_min_box = _at_least(float, 0, "a number of px")
+_per_shard = _at_least(int, 1, "a whole number of samples")
 
 
 def _cmd_build_mgrs(args: argparse.Namespace) -> int:

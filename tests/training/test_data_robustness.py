@@ -158,7 +158,7 @@ def test_a_voc_file_name_too_long_for_the_file_system_is_counted_not_fatal(tmp_p
 
 
 @pytest.mark.parametrize("option, value, needle", [
-    ("--tile", "0", "argument --tile: 0 px is too small"), ("--tile", "-1", "argument --tile"),
+    ("--tile", "0", "argument --tile: 0 is too small"), ("--tile", "-1", "argument --tile"),
     ("--tile", "abc", "not a whole number"), ("--min-box", "-3", "argument --min-box: -3"),
     ("--min-box", "nan", "argument --min-box"),
 ])
