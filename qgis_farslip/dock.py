@@ -210,7 +210,7 @@ class FarSLIPDock(QDockWidget):
         self.gsd_spin.setSuffix(" m/px")
         form.addRow("Resolution", self.gsd_spin)
         self.band_chooser = BandChooser()
-        form.addRow("Bands (R, G, B)", self.band_chooser)
+        form.addRow("Bands", self.band_chooser)
         self.layer_combo.layerChanged.connect(self.band_chooser.set_layer)
         self.band_chooser.set_layer(self.layer_combo.currentLayer())
         self.nodata_edit = NoDataEdit()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from qgis.gui import QgsRasterBandComboBox
 from qgis.PyQt.QtGui import QDoubleValidator
-from qgis.PyQt.QtWidgets import QHBoxLayout, QLineEdit, QWidget
+from qgis.PyQt.QtWidgets import QComboBox, QHBoxLayout, QLineEdit, QWidget
 
 AUTO = "auto"
 
@@ -23,6 +23,9 @@ class BandChooser(QWidget):
         for colour in ("red", "green", "blue"):
             combo = QgsRasterBandComboBox()
             combo.setShowNotSetOption(True, AUTO)
+            # band names are long ("Band 1: Red (Gray)"): the three share a 400 px dock, names elided
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(1)
             combo.setToolTip(f"The band the model sees as {colour} ({AUTO}: the bands marked red, green and blue, "
                              f"else 1, 2, 3; a grey raster: the same band three times)")
             row.addWidget(combo)
