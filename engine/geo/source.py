@@ -2,9 +2,9 @@
 
 - Any raster GDAL (through rasterio) opens; only the requested area (`window` / `bbox`) is used.
 - Bands: `bands` (1-based) when given, else the bands whose colour interpretation is red/green/blue,
-  else bands 1-3. A 4-band RGBN file therefore never feeds NIR as blue. A one-band raster with a
-  colour table is read as the red, green and blue its table gives (`palette_rgb_vrt`; `bands` then
-  number those three); complex-valued rasters are refused.
+  else bands 1-3. A 4-band RGBN file therefore never feeds NIR as blue. A raster of one band with a
+  colour table (and at most an alpha band beside it) is read as the red, green and blue its table
+  gives (`palette_rgb_vrt`; `bands` then number those three); complex-valued rasters are refused.
 - Georeference: a geotransform, or none (pixel space: x = column, y = -row, as QGIS draws such a
   raster), or a sensor model only (GCPs, RPCs: `engine.geo.sensor_model`) — then pixel space as well,
   and the outputs carry the same model (`raster_sensor_model`) instead of a geotransform.
@@ -203,6 +203,9 @@ class RasterSource:
         needs_stretch = ds.dtypes[self.bands[0] - 1] != "uint8" and self.palette is None
         cheap = self.height * self.width <= _CHEAP_READ_PIXELS or bool(ds.overviews(self.bands[0]))
         overview = None
+        if self.inspect_pixels:  # a truncated GeoTIFF is named so (its tile index) before pixels are decoded
+            for rect in self._corners():
+                self._tiles_in_file(rect)
         if self.inspect_pixels and frame_from_reads and not needs_stretch:
             from engine.geo.frames import FrameSample
 
@@ -229,7 +232,8 @@ class RasterSource:
         self.dataset = expanded
         self.notes.append(f"{Path(self.path).name}: colours from the raster's colour table (its band holds "
                           f"palette indices)" + ("; transparent and nodata entries are no data"
-                                                 if palette.has_invalid else ""))
+                                                 if palette.has_invalid else "")
+                          + ("; pixels its alpha band or mask leaves out are no data" if palette.masked else ""))
         return palette
 
     # --- choices -------------------------------------------------------------------------------
@@ -517,9 +521,13 @@ class RasterSource:
         readable. Where the file's own tile index tells where their tiles lie (a GeoTIFF on disk), a
         tile ending past the end of the file is reported without decoding anything — so checking a
         request costs no tile decoding (3-4 ms a 512 px tile); otherwise the two pixels are read."""
-        for rect in (Box(0, 0, 1, 1), Box(self.grid.height - 1, self.grid.width - 1, 1, 1)):
+        for rect in self._corners():
             if not self._tiles_in_file(rect):
                 self.read_rgb(rect)
+
+    def _corners(self) -> tuple[Box, Box]:
+        """The working grid's first and last pixels."""
+        return Box(0, 0, 1, 1), Box(self.grid.height - 1, self.grid.width - 1, 1, 1)
 
     def _tiles_in_file(self, rect: Box) -> bool:
         """Whether the tile index of a GeoTIFF places the tiles (or strips) of the bands read under
@@ -613,8 +621,8 @@ class RasterSource:
         or mask band): then they need not be read."""
         from rasterio.enums import MaskFlags
 
-        if self.palette is not None:  # the VRT's nodata value is never met where no entry is no data
-            return not self.palette.has_invalid
+        if self.palette is not None:  # the VRT's nodata value is never met where nothing is no data
+            return not (self.palette.has_invalid or self.palette.masked)
         return all(MaskFlags.all_valid in self.dataset.mask_flag_enums[b - 1] for b in self.bands)
 
     def _mask_valid(self, window: Window, height: int, width: int) -> np.ndarray:
@@ -676,24 +684,33 @@ PALETTE_NODATA = 256  # the value of a no-data colour-table entry in the expande
 @dataclass(frozen=True)
 class PaletteRGB:
     """A palette raster's colours as a VRT (XML text GDAL opens): `has_invalid` when some entries
-    (transparent ones, the declared nodata index) are no data."""
+    (transparent ones, the declared nodata index) are no data; `masked` when the raster's own mask
+    (an alpha band, an internal or .msk mask) leaves pixels out as well."""
 
     xml: str
     has_invalid: bool
+    masked: bool = False
 
 
 def palette_rgb_vrt(ds, path: str) -> PaletteRGB | None:
-    """The R, G, B of a one-band raster with a colour table, as `gdal_translate -expand rgb` gives
+    """The R, G, B of a raster of one band with a colour table (and at most an alpha band beside
+    it: `gdalwarp -dstalpha` of a palette raster gives one), as `gdal_translate -expand rgb` gives
     them, in a VRT of three UInt16 bands; None for any other raster. Each band maps the palette
     index through a lookup table (index → colour component; `PALETTE_NODATA` for an entry with alpha 0
     or the declared nodata index, which GDAL's masks then make no data). Not GDAL's
     <ColorTableComponent>: a resampled read of those bands resamples the palette *indices* (and
     looks up meaningless colours), whereas a band with a nodata value of its own that the source
     lacks is read at its nominal resolution and then resampled (GDAL's VRT rule), so that reading
-    at a working GSD resamples the real colours, exactly as from the same image stored as RGB."""
+    at a working GSD resamples the real colours, exactly as from the same image stored as RGB.
+    Where the raster has a mask of its own (an alpha band, an internal or .msk mask), a second
+    source on each band writes `PALETTE_NODATA` wherever that mask is not fully opaque (255): the
+    masked pixels are no data too (a partly transparent alpha, 1-254, counts as no data here)."""
     from xml.sax.saxutils import escape, quoteattr
 
-    if ds.count != 1 or ds.colorinterp[0] != ColorInterp.palette or ds.dtypes[0] not in ("uint8", "uint16"):
+    from rasterio.enums import MaskFlags
+
+    index_band_only = ds.count == 1 or (ds.count == 2 and ds.colorinterp[1] == ColorInterp.alpha)
+    if not index_band_only or ds.colorinterp[0] != ColorInterp.palette or ds.dtypes[0] not in ("uint8", "uint16"):
         return None
     try:
         table = ds.colormap(1)
@@ -704,7 +721,16 @@ def palette_rgb_vrt(ds, path: str) -> PaletteRGB | None:
     size = max(max(table) + 1, (nodata_index or 0) + 1)
     entries = [table.get(i, (0, 0, 0, 255)) for i in range(size)]
     invalid = [entry[3] == 0 or i == nodata_index for i, entry in enumerate(entries)]
-    source = path if path.startswith("/vsi") else str(Path(path).resolve())
+    # the index band's own mask, when it is more than its nodata value (which the table handles)
+    masked = not {MaskFlags.all_valid, MaskFlags.nodata} & set(ds.mask_flag_enums[0])
+    source = escape(path if path.startswith("/vsi") else str(Path(path).resolve()))
+    properties = (f'<SourceProperties RasterXSize="{ds.width}" RasterYSize="{ds.height}" '
+                  f'DataType={quoteattr("UInt16" if ds.dtypes[0] == "uint16" else "Byte")} '
+                  f'BlockXSize="{ds.block_shapes[0][1]}" BlockYSize="{ds.block_shapes[0][0]}"/>')
+    # where the mask is 255 the source is skipped; elsewhere its lookup table writes no data
+    mask_source = (f'<ComplexSource><SourceFilename relativeToVRT="0">{source}</SourceFilename>'
+                   f'<SourceBand>mask,1</SourceBand><NODATA>255</NODATA>'
+                   f'<LUT>0:{PALETTE_NODATA},255:{PALETTE_NODATA}</LUT></ComplexSource>') if masked else ""
     bands = []
     for band, name in enumerate(("Red", "Green", "Blue")):
         # indices past the table are black (as GDAL expands them): the table's last point is clamped
@@ -713,13 +739,10 @@ def palette_rgb_vrt(ds, path: str) -> PaletteRGB | None:
         points.append(f"{size}:0")
         bands.append(f'<VRTRasterBand dataType="UInt16" band="{band + 1}"><ColorInterp>{name}</ColorInterp>'
                      f'<NoDataValue>{PALETTE_NODATA}</NoDataValue><ComplexSource>'
-                     f'<SourceFilename relativeToVRT="0">{escape(source)}</SourceFilename><SourceBand>1</SourceBand>'
-                     f'<SourceProperties RasterXSize="{ds.width}" RasterYSize="{ds.height}" '
-                     f'DataType={quoteattr("UInt16" if ds.dtypes[0] == "uint16" else "Byte")} '
-                     f'BlockXSize="{ds.block_shapes[0][1]}" BlockYSize="{ds.block_shapes[0][0]}"/>'
-                     f'<LUT>{",".join(points)}</LUT></ComplexSource></VRTRasterBand>')
+                     f'<SourceFilename relativeToVRT="0">{source}</SourceFilename><SourceBand>1</SourceBand>'
+                     f'{properties}<LUT>{",".join(points)}</LUT></ComplexSource>{mask_source}</VRTRasterBand>')
     xml = f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">{"".join(bands)}</VRTDataset>'
-    return PaletteRGB(xml, any(invalid))
+    return PaletteRGB(xml, any(invalid), masked)
 
 
 def probe_area(path: str | Path, **source_args) -> None:

@@ -19,15 +19,37 @@ from tests.engine.conftest import TINY, make_clip
 from tests.engine.rasters import scene, write_raster
 
 
-def test_a_truncated_file_says_what_failed(tmp_path):
-    path = write_raster(tmp_path / "cut.tif", scene(300, 300, seed=7)[0])
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+def test_a_corrupt_tile_says_what_failed(tmp_path):
+    import rasterio
+
+    path = tmp_path / "bad.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=300, height=300, count=3, dtype="uint8", tiled=True,
+                       blockxsize=256, blockysize=256, compress="deflate") as ds:
+        ds.write(scene(300, 300, seed=7)[0])
+    with rasterio.open(path) as ds:
+        offset = int(ds.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 64] = bytes(range(64))  # the first tile's compressed stream is garbage
+    path.write_bytes(bytes(data))
     with pytest.raises(InputError) as err:
         with RasterSource(path) as source:
             source.probe()
     message = str(err.value)
-    assert "cannot read the pixels of cut.tif" in message and "IReadBlock failed" in message
+    assert "cannot read the pixels of bad.tif" in message and "IReadBlock failed" in message
     assert "See previous exception" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("inspect", [True, False], ids=["opened for a run", "opened to check a request"])
+def test_a_truncated_geotiff_is_named_from_its_tile_index(tmp_path, inspect):
+    """Opened for a run (`segment`, a batch input: the whole raster is first read decimated) or to check
+    a request: the missing tile is found from the file's tile index, without decoding a pixel."""
+    path = write_raster(tmp_path / "cut.tif", scene(300, 300, seed=7)[0])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InputError) as err:
+        with RasterSource(path, inspect_pixels=inspect) as source:
+            source.probe()
+    message = str(err.value)
+    assert "cannot read the pixels of cut.tif (truncated file?): it ends at byte" in message and "\n" not in message
 
 
 @pytest.mark.parametrize("tiled", [True, False], ids=["tiles", "strips"])

@@ -17,6 +17,7 @@ import shapely
 import torch
 from affine import Affine
 from rasterio.control import GroundControlPoint
+from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.rpc import RPC
 
@@ -98,6 +99,37 @@ def test_the_nodata_index_of_a_palette_raster_is_no_data(tmp_path, segmenter, im
     assert (labels[:, :20] == 255).all() and (labels[:, 20:] != 255).all()
     assert np.array_equal(labels, _labels(tmp_path / "b" / "masked_classes.tif")[0])
     assert got["nodata_pixels"] == 20 * H
+
+
+@pytest.mark.parametrize("mask_kind", ["alpha band", "internal mask"])
+def test_a_palette_raster_with_an_alpha_band_or_mask_keeps_it(tmp_path, segmenter, image, mask_kind):
+    """`gdalwarp -dstalpha` of a palette raster gives a palette band and an alpha band; a GeoTIFF may
+    carry an internal mask instead: either is no data, as for the same colours stored as RGB."""
+    indices, table, rgb = image
+    alpha = np.full((H, W), 255, np.uint8)
+    alpha[:, W - 24:] = 0  # a right strip warped out of the source
+    alpha[:8, :] = 0
+    palette = tmp_path / "palette.tif"
+    if mask_kind == "alpha band":
+        write_raster(palette, np.stack([indices, alpha]), colorinterp=[ColorInterp.palette, ColorInterp.alpha],
+                     **FINE)
+        with rasterio.open(palette, "r+") as ds:
+            ds.write_colormap(1, table)
+    else:
+        write_palette_raster(palette, indices, table, **FINE)
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(palette, "r+") as ds:
+            ds.write_mask(alpha)
+    masked = write_raster(tmp_path / "masked.tif", rgb, **FINE)
+    with rasterio.open(masked, "r+") as ds:
+        ds.write_mask(alpha)
+    got = segment_raster(RasterJob(str(palette), str(tmp_path / "a")), segmenter)
+    want = segment_raster(RasterJob(str(masked), str(tmp_path / "b")), segmenter)
+    labels, _, _ = _labels(tmp_path / "a" / "palette_classes.tif")
+    assert (labels[alpha == 0] == 255).all() and (labels[alpha > 0] != 255).all()
+    assert np.array_equal(labels, _labels(tmp_path / "b" / "masked_classes.tif")[0])
+    assert got["nodata_pixels"] == want["nodata_pixels"] == int((alpha == 0).sum())
+    assert got["bands"] == [1, 2, 3]
+    assert sum("alpha band or mask" in note for note in got["notes"]) == 1
 
 
 def test_transparent_entries_of_a_colour_table_are_no_data(tmp_path, image):
