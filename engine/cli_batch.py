@@ -22,7 +22,7 @@ EXIT_FAILURES = 1
 
 def _cmd_segment_batch(args: argparse.Namespace) -> int:
     from engine.batch.inputs import expand_inputs
-    from engine.geo.source import raster_exists
+    from engine.geo.raster_names import raster_exists
 
     if args.workers is not None and args.workers < 1:
         raise InputError("--workers must be at least 1")

@@ -77,6 +77,7 @@ class EngineClient:
         self.url = url.rstrip("/")
         self.token = token if token is not None else read_local_token()
         self.timeout = timeout
+        self._path_formats: tuple[str, ...] | None = None
 
     # --- plumbing ------------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json",
@@ -115,6 +116,21 @@ class EngineClient:
     # --- API -----------------------------------------------------------------------------------
     def health(self) -> dict:
         return self._json("GET", "/v1/health")
+
+    def path_formats(self) -> tuple[str, ...] | None:
+        """The GDAL drivers of the rasters this engine reads by path (from its health, asked once); None
+        when it does not say (an older engine: any file is then sent by path, as before). An engine that
+        does not answer raises EngineError, as every call."""
+        if self._path_formats is None:
+            try:
+                health = self.health()
+            except EngineError as exc:
+                if exc.status is None:  # nothing answers: said as for any request
+                    raise
+                return None  # it answered, but not with its health: the job's own answer will tell
+            formats = health.get("path_formats") if isinstance(health, dict) else None
+            self._path_formats = tuple(formats) if isinstance(formats, list) else ()
+        return self._path_formats or None
 
     def models(self) -> dict:
         return self._json("GET", "/v1/models")

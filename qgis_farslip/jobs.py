@@ -1,8 +1,10 @@
 """Turning "this layer, this extent, these classes" into an engine job, and running it to files.
 
-Local engine + a file-based raster layer: the engine reads the file itself (path + bbox in the
-layer's CRS). Anything else (web or database layers, a remote engine): the extent is rendered by
-QGIS at the chosen resolution to a temporary GeoTIFF, which is uploaded.
+Local engine + a raster layer that is a file of a format the engine reads by path (its health lists
+them: GeoTIFF, GeoPackage, JPEG 2000, ...): the engine reads the file itself (path + bbox in the
+layer's CRS). Anything else (web or database layers, one raster of a container such as a Sentinel-2
+product or a NetCDF file, formats the engine does not read for a client, a remote engine): the
+extent is rendered by QGIS at the chosen resolution to a temporary GeoTIFF, which is uploaded.
 """
 
 from __future__ import annotations
@@ -27,12 +29,21 @@ def is_local_engine(url: str) -> bool:
     return (urlparse(url).hostname or "") in LOCAL_HOSTS
 
 
-def layer_file(layer: QgsRasterLayer) -> str | None:
-    """The file behind a GDAL raster layer, or None for web/database layers."""
+def layer_file(layer: QgsRasterLayer, formats: tuple[str, ...] | None = None) -> str | None:
+    """The file behind a GDAL raster layer — when `formats` are given, only if GDAL identifies it as one of
+    them (the engine's `path_formats`) — or None: web/database layers, subdatasets, other formats."""
     if layer.providerType() != "gdal":
         return None
     path = layer.source().split("|")[0]
-    return path if os.path.isfile(path) else None
+    if not os.path.isfile(path):
+        return None
+    if formats is not None:
+        from osgeo import gdal
+
+        driver = gdal.IdentifyDriver(path)
+        if driver is None or driver.ShortName not in formats:
+            return None
+    return path
 
 
 def to_layer_crs(extent: QgsRectangle, extent_crs: QgsCoordinateReferenceSystem, layer: QgsRasterLayer) -> QgsRectangle:
@@ -102,7 +113,17 @@ def check_render_size(area: QgsRectangle, resolution: float) -> None:
 
 
 def needs_upload(client_url: str, layer: QgsRasterLayer, force_upload: bool) -> bool:
-    return force_upload or layer_file(layer) is None or not is_local_engine(client_url)
+    """Whether a rendered copy is surely sent — the quick check on the UI thread, without asking the engine
+    (which may still refuse the file's format: `engine_reads`)."""
+    return force_upload or not is_local_engine(client_url) or layer_file(layer) is None
+
+
+def engine_reads(client: EngineClient, layer: QgsRasterLayer, force_upload: bool = False) -> str | None:
+    """The file of `layer` the engine reads itself (a local engine, a format it reads by path), else None:
+    a rendered copy is sent. Asks the engine (once per client) which formats it reads."""
+    if force_upload or not is_local_engine(client.url):
+        return None
+    return layer_file(layer, client.path_formats())
 
 
 def clip_extent(layer: QgsRasterLayer, extent: QgsRectangle | None,
@@ -120,8 +141,9 @@ def area_payload(client: EngineClient, layer: QgsRasterLayer, extent: QgsRectang
                  force_upload: bool = False) -> dict:
     """`input` (a path the engine reads, or an upload of a rendered copy) and the `bbox` to process."""
     extent = clip_extent(layer, extent, extent_crs)
-    if not needs_upload(client.url, layer, force_upload):
-        payload: dict = {"input": {"path": os.path.abspath(layer_file(layer))}}
+    path = engine_reads(client, layer, force_upload)
+    if path is not None:
+        payload: dict = {"input": {"path": os.path.abspath(path)}}
         if extent is not None:
             payload["bbox"] = [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()]
             payload["bbox_crs"] = layer.crs().authid() or layer.crs().toWkt()
@@ -184,7 +206,7 @@ def run_segmentation(client: EngineClient, request: SegmentationRequest, out_fol
                      on_progress: Callable[[float, str], None] | None = None,
                      is_cancelled: Callable[[], bool] | None = None,
                      on_stage: Callable[[str], None] | None = None) -> tuple[dict, Path]:
-    if on_stage is not None and needs_upload(client.url, request.layer, request.upload):
+    if on_stage is not None and engine_reads(client, request.layer, request.upload) is None:
         on_stage("rendering and sending the image…")
     with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
         payload = build_payload(client, request, scratch)

@@ -19,7 +19,7 @@ from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QLabel, QListWidget, 
 
 from qgis_farslip.background import run_async
 from qgis_farslip.client import EngineClient, EngineError
-from qgis_farslip.jobs import check_render_size, is_local_engine, layer_file, render_to_geotiff, to_layer_crs
+from qgis_farslip.jobs import check_render_size, engine_reads, render_to_geotiff, to_layer_crs
 from qgis_farslip.outputs import default_output_folder
 from qgis_farslip.taught_refs import with_taught
 
@@ -51,11 +51,11 @@ class RegionLabeller:
         box = to_layer_crs(rect, crs, self.layer).intersect(self.layer.extent())
         if box.isEmpty():
             raise EngineError("the region does not overlap the raster layer")
-        path = layer_file(self.layer)
+        path = engine_reads(self.client, self.layer)
         payload: dict = {"classes": self.classes}
         if self.model:
             payload["model"] = self.model
-        if path is not None and is_local_engine(self.client.url):
+        if path is not None:
             region = {"bbox": [box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum()]}
             if polygon is not None:
                 region = {"polygon": polygon_ring(polygon, crs, self.layer.crs())}

@@ -13,7 +13,7 @@ from typing import Callable
 from qgis.core import QgsCoordinateReferenceSystem, QgsRasterLayer
 
 from qgis_farslip.client import EngineClient, EngineError
-from qgis_farslip.jobs import area_payload, needs_upload, run_job
+from qgis_farslip.jobs import area_payload, engine_reads, run_job
 
 TAUGHT_FILE = "result.classes.json"
 ACCURACY_FILES = ("accuracy.json", "confusion.csv", "confusion.png")
@@ -88,7 +88,7 @@ def run_teach(client: EngineClient, request: TeachRequest, out_folder: str,
               is_cancelled: Callable[[], bool] | None = None,
               on_stage: Callable[[str], None] | None = None) -> Taught:
     """Submit a teach job on the whole raster, follow it, download `result.classes.json` into `out_folder`."""
-    if on_stage is not None and needs_upload(client.url, request.layer, request.upload):
+    if on_stage is not None and engine_reads(client, request.layer, request.upload) is None:
         on_stage("rendering and sending the image…")
     with tempfile.TemporaryDirectory(prefix="farslip-teach-") as scratch:
         payload = area_payload(client, request.layer, None, request.layer.crs(), request.gsd, scratch,

@@ -1,7 +1,8 @@
 """Expanding what a user names on the command line into a list of rasters.
 
-Each argument is a raster path or GDAL path (`/vsis3/...`, a VRT, ...), a glob (`tiles/*.tif`), or
-a text file listing one of those per line (`.txt`, `.lst`; blank lines and `#` comments skipped).
+Each argument is a raster path or GDAL name (`/vsis3/...`, a subdataset `GPKG:/data/a.gpkg:ortho`, a
+VRT, ...), a glob (`tiles/*.tif`), or a text file listing one of those per line (`.txt`, `.lst`; blank
+lines and `#` comments skipped).
 Names that do not exist are kept: they are reported as failed inputs, not dropped silently. A file
 named twice, however spelled, is processed once (its first spelling).
 """
@@ -13,6 +14,7 @@ import hashlib
 from pathlib import Path
 
 from engine.errors import InputError
+from engine.geo.raster_names import is_gdal_name, raster_stem
 from engine.text_files import read_text_file
 
 LIST_SUFFIXES = (".txt", ".lst")
@@ -22,7 +24,7 @@ def expand_inputs(items: list[str]) -> list[str]:
     """The rasters named by `items`, in order, each once."""
     found: list[str] = []
     for item in items:
-        if item.startswith("/vsi"):
+        if is_gdal_name(item):
             found.append(item)
         elif Path(item).suffix.lower() in LIST_SUFFIXES and Path(item).is_file():
             found.extend(_read_list(Path(item)))
@@ -43,8 +45,8 @@ def expand_inputs(items: list[str]) -> list[str]:
 
 def _same_file_key(path: str) -> str:
     """One key for every spelling of a local file (relative, absolute, with `..`, through a link), so
-    that it is processed once; GDAL paths (`/vsi…`) as written."""
-    return path if path.startswith("/vsi") else str(Path(path).resolve())
+    that it is processed once; GDAL names (`/vsi…`, subdatasets) as written."""
+    return path if is_gdal_name(path) else str(Path(path).resolve())
 
 
 def _read_list(path: Path) -> list[str]:
@@ -55,7 +57,7 @@ def _read_list(path: Path) -> list[str]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        if line.startswith("/vsi") or Path(line).is_absolute():
+        if is_gdal_name(line) or Path(line).is_absolute():
             out.append(line)
         else:
             out.append(str(base / line))  # relative to the list file
@@ -64,6 +66,6 @@ def _read_list(path: Path) -> list[str]:
 
 def output_stems(inputs: list[str]) -> list[str]:
     """One output file stem per input: its name, made unique with a short hash where names repeat."""
-    stems = [Path(p).stem for p in inputs]
+    stems = [raster_stem(p) for p in inputs]
     repeated = {s for s in stems if stems.count(s) > 1}
     return [f"{s}_{hashlib.sha1(p.encode()).hexdigest()[:8]}" if s in repeated else s for s, p in zip(stems, inputs)]

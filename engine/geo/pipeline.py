@@ -41,6 +41,7 @@ from engine.geo.background import BackgroundWriter, WaitClock
 from engine.geo.blocks import count_crops, raster_blocks
 from engine.geo.colours import class_colour, hex_colour
 from engine.geo.products import SegmentationProducts, on_source_grid, scored_block
+from engine.geo.raster_names import is_gdal_name, raster_stem
 from engine.geo.rasters import NODATA, class_tags, gdal_env, publish_cog
 from engine.geo.source import RasterSource
 
@@ -79,7 +80,7 @@ BlocksFn = Callable[[RasterSource], Iterator[tuple[Box, "torch.Tensor", np.ndarr
 
 
 def output_paths(job: RasterJob) -> dict[str, Path]:
-    stem = job.name or Path(job.input).stem
+    stem = job.name or raster_stem(job.input)
     out = Path(job.out_dir)
     paths = {"classes": out / f"{stem}_classes.tif", "summary": out / f"{stem}_summary.json"}
     if job.scores:
@@ -91,7 +92,7 @@ def output_paths(job: RasterJob) -> dict[str, Path]:
 
 def all_output_paths(job: RasterJob) -> dict[str, Path]:
     """Every product a run under this job's name may write, whether or not this job writes it."""
-    stem = job.name or Path(job.input).stem
+    stem = job.name or raster_stem(job.input)
     out = Path(job.out_dir)
     return {"classes": out / f"{stem}_classes.tif", "scores": out / f"{stem}_scores.tif",
             "polygons": out / f"{stem}_polygons.gpkg", "summary": out / f"{stem}_summary.json"}
@@ -203,7 +204,7 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
     bounds = source.bounds
     return {
         "farslip_version": __version__,
-        "input": str(Path(job.input).resolve()) if not job.input.startswith("/vsi") else job.input,
+        "input": job.input if is_gdal_name(job.input) else str(Path(job.input).resolve()),
         "model": segmenter.model.name, "arch": segmenter.model.arch,
         "prompts": segmenter.prompts.as_text(),
         "options": {k: v for k, v in vars(segmenter.options).items()},

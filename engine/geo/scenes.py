@@ -26,6 +26,7 @@ from engine.dense.scenes import SceneClassifier
 from engine.errors import Cancelled, InputError
 from engine.geo.colours import class_colour, hex_colour
 from engine.geo.pipeline import ProgressFn, make_workdir, publish_summary
+from engine.geo.raster_names import raster_stem
 from engine.geo.regions import (MAX_REGIONS, Region, read_cells, read_region, region_valid_fraction, tile_cells,
                                 to_pixel_geometry)
 from engine.geo.source import RasterSource
@@ -78,7 +79,7 @@ class GridJob:
 
 
 def grid_paths(job: GridJob) -> dict[str, Path]:
-    stem = job.name or Path(job.input).stem
+    stem = job.name or raster_stem(job.input)
     out = Path(job.out_dir)
     return {"grid": out / f"{stem}_grid.gpkg", "summary": out / f"{stem}_grid_summary.json"}
 

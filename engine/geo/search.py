@@ -28,6 +28,7 @@ from engine.dense.scenes import SceneClassifier
 from engine.errors import Cancelled, InputError
 from engine.geo.blocks import raster_blocks
 from engine.geo.pipeline import ProgressFn, make_workdir, publish_summary
+from engine.geo.raster_names import raster_stem
 from engine.geo.rasters import TiledRaster, gdal_env, publish_cog
 from engine.geo.regions import grid_cells, read_cells
 from engine.geo.scenes import cell_polygon
@@ -55,7 +56,7 @@ class SearchJob:
 
 
 def search_paths(job: SearchJob) -> dict[str, Path]:
-    stem = job.name or Path(job.input).stem
+    stem = job.name or raster_stem(job.input)
     out = Path(job.out_dir)
     paths = {"boxes": out / f"{stem}_boxes.gpkg", "summary": out / f"{stem}_search_summary.json"}
     if job.heatmap:

@@ -44,6 +44,7 @@ from rasterio.windows import Window
 
 from engine.boxes import Box
 from engine.errors import InputError, first_line
+from engine.geo.raster_names import is_gdal_name, raster_exists
 from engine.geo.sensor_model import SensorModel
 
 DEFAULT_GSD = 0.5  # metres per pixel; see README "Working resolution"
@@ -180,6 +181,8 @@ class RasterSource:
 
     def _setup(self, bands, gsd, window, bbox, bbox_crs, frame_from_reads) -> None:
         ds = self.dataset
+        if ds.count < 1 and ds.subdatasets:
+            raise InputError(subdatasets_message(Path(self.path).name, ds.subdatasets))
         if ds.count < 1 or ds.width < 1 or ds.height < 1:
             raise InputError(f"{self.path} holds no pixels")
         complex_types = sorted({t for t in ds.dtypes if np.dtype(t).kind == "c"})
@@ -534,7 +537,7 @@ class RasterSource:
         `rect`'s top-left pixel inside the file — an InputError when one ends past its end; False
         when there is no such index to ask."""
         ds = self.dataset
-        if ds.driver != "GTiff" or self.path.startswith("/vsi"):
+        if ds.driver != "GTiff" or is_gdal_name(self.path):
             return False
         window = self.source_window(rect)
         row, col = min(int(window.row_off), ds.height - 1), min(int(window.col_off), ds.width - 1)
@@ -723,7 +726,7 @@ def palette_rgb_vrt(ds, path: str) -> PaletteRGB | None:
     invalid = [entry[3] == 0 or i == nodata_index for i, entry in enumerate(entries)]
     # the index band's own mask, when it is more than its nodata value (which the table handles)
     masked = not {MaskFlags.all_valid, MaskFlags.nodata} & set(ds.mask_flag_enums[0])
-    source = escape(path if path.startswith("/vsi") else str(Path(path).resolve()))
+    source = escape(path if is_gdal_name(path) else str(Path(path).resolve()))
     properties = (f'<SourceProperties RasterXSize="{ds.width}" RasterYSize="{ds.height}" '
                   f'DataType={quoteattr("UInt16" if ds.dtypes[0] == "uint16" else "Byte")} '
                   f'BlockXSize="{ds.block_shapes[0][1]}" BlockYSize="{ds.block_shapes[0][0]}"/>')
@@ -743,6 +746,14 @@ def palette_rgb_vrt(ds, path: str) -> PaletteRGB | None:
                      f'{properties}<LUT>{",".join(points)}</LUT></ComplexSource>{mask_source}</VRTRasterBand>')
     xml = f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">{"".join(bands)}</VRTDataset>'
     return PaletteRGB(xml, any(invalid), masked)
+
+
+def subdatasets_message(name: str, subdatasets: list[str], shown: int = 6) -> str:
+    """One line for a container of several rasters (GDAL subdatasets) given as an input."""
+    more = len(subdatasets) - shown
+    listed = ", ".join(subdatasets[:shown]) + (f" (and {more} more)" if more > 0 else "")
+    return (f"{name} holds {len(subdatasets)} rasters (GDAL subdatasets), not one: give one of them as the input "
+            f"(in quotes in a shell): {listed}")
 
 
 def probe_area(path: str | Path, **source_args) -> None:
@@ -780,9 +791,3 @@ def open_raster(path: str | Path):
     raise InputError(f"{Path(str(path)).name} is not a raster of a format this engine serves (changed since the "
                      f"job was submitted?)")
 
-
-def raster_exists(path: str | Path) -> bool:
-    """Whether `path` names a raster there is to open: an existing file, or a GDAL `/vsi…` path
-    (which only GDAL can tell)."""
-    text = str(path)
-    return text.startswith("/vsi") or Path(text).exists()

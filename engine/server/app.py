@@ -207,7 +207,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def health() -> Health:
         """Answered on the event loop itself: no worker thread is needed, however busy the engine is."""
         return Health(version=__version__, device=device, models_loaded=pool.loaded(),
-                      queue_length=runner.queue_length, running=runner.running)
+                      queue_length=runner.queue_length, running=runner.running,
+                      path_formats=list(raster_policy.PATH_FORMATS))
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_token)])
     async def openapi() -> JSONResponse:

@@ -11,6 +11,7 @@ from fastapi import HTTPException
 from engine.errors import FarSLIPError, InputError, first_line
 from engine.job import check_pixel_budget, read_run_classes
 from engine.server.raster_policy import SELF_CONTAINED, check_input, drivers_for
+from engine.geo.raster_names import is_gdal_name
 from engine.geo.source import RasterSource, only_drivers, probe_area
 from engine.server.schemas import (AccuracyRequest, GridRequest, InputRef, LabelRequest, SearchRequest, SegmentRequest,
                                    TeachRequest)
@@ -26,6 +27,10 @@ def allowed_path(raw: str, settings, what: str = "input") -> Path:
     `~` is not expanded: the engine's home folder means nothing to a client."""
     if "\x00" in raw:
         raise HTTPException(400, f"{what} path contains a NUL byte")
+    if is_gdal_name(raw):
+        raise HTTPException(400, f"{what} '{raw[:200]}' is a GDAL name (a /vsi… path or a subdataset such as "
+                                 f"GPKG:file:table), not a file: this engine reads a client's files by path only; "
+                                 f"save the raster as a file, or upload it")
     path = Path(raw)
     if not path.is_absolute():
         raise HTTPException(400, f"{what} path must be absolute (got '{raw[:200]}')")

@@ -179,6 +179,9 @@ class Health(BaseModel):
     models_loaded: list[dict]
     queue_length: int
     running: str | None
+    path_formats: list[str] = Field(description="The GDAL drivers (short names) of the rasters this engine reads "
+                                                "by path for a client; any other raster is to be uploaded as a "
+                                                "GeoTIFF")
 
 
 class Error(BaseModel):

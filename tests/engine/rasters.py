@@ -68,3 +68,15 @@ def write_gcp_raster(path: Path, data: np.ndarray, gcps=None, crs: str = "EPSG:3
             if rpcs is not None:
                 dst.rpcs = rpcs
     return path
+
+
+def write_geopackage(path: Path, data: np.ndarray, table: str = "ortho", append: bool = False,
+                     crs: str = "EPSG:32633", origin=(500000.0, 5200000.0), res: float = 0.5) -> Path:
+    """A GeoPackage with `data` [3, h, w] uint8 in raster table `table`; `append`: added to an existing
+    GeoPackage (two tables or more: a container of GDAL subdatasets `GPKG:<path>:<table>`)."""
+    count, height, width = data.shape
+    with rasterio.open(path, "w", driver="GPKG", height=height, width=width, count=count, dtype="uint8", crs=crs,
+                       transform=from_origin(origin[0], origin[1], res, res), RASTER_TABLE=table,
+                       **({"APPEND_SUBDATASET": "YES"} if append else {})) as dst:
+        dst.write(data)
+    return path

@@ -437,3 +437,35 @@ def test_a_grey_raster_with_a_black_frame_needs_no_terminal(dock, qtbot, folder)
     classes = QgsProject.instance().layerTreeRoot().children()[0].findLayers()[-1].layer()
     block = classes.dataProvider().block(1, classes.extent(), 200, 200)
     assert block.value(5, 5) == 255 and block.value(100, 100) != 255  # the frame is no data, the rest classified
+
+
+@pytest.mark.parametrize("driver, name, read_by_path", [("GPKG", "ortho.gpkg", True), ("ENVI", "scene.dat", False)],
+                         ids=["geopackage", "envi"])
+def test_a_raster_in_any_format_qgis_reads_segments_from_the_dock(dock, qtbot, folder, driver, name, read_by_path):
+    """A GeoPackage raster is read by the local engine from its file; a format the engine does not read for a
+    client (ENVI, as hyperspectral and SAR software writes) is rendered by QGIS and sent: both give a result."""
+    from osgeo import gdal, osr
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    path = str(folder / name)
+    small = gdal.Open(str(folder / "small.tif"))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    ds = gdal.GetDriverByName(driver).Create(path, small.RasterXSize, small.RasterYSize, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform(small.GetGeoTransform())
+    ds.SetProjection(srs.ExportToWkt())
+    for band in (1, 2, 3):
+        ds.GetRasterBand(band).WriteArray(small.GetRasterBand(band).ReadAsArray())
+    ds = small = None
+    layer = QgsRasterLayer(path, name)
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    dock.layer_combo.setLayer(layer)
+    dock.prompt_edit.setPlainText("water\ngrass\nbuilding")
+    dock.run()
+    _wait(qtbot, dock)
+    assert dock.last_error is None, dock.last_error
+    assert (dock.task.summary["input"] == path) is read_by_path, dock.task.summary["input"]
+    classes = QgsProject.instance().layerTreeRoot().children()[0].findLayers()[-1].layer()
+    assert classes.isValid() and classes.crs().authid() == "EPSG:32633"
+    assert classes.extent().toString(1) == layer.extent().toString(1)  # the result lies on the layer

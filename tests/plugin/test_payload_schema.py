@@ -34,13 +34,13 @@ def _requests(layer):
                               mask_wkt=inner.asWktPolygon(), mask_crs="EPSG:32633")
 
 
-def test_every_payload_the_plugin_builds_fits_the_job_schema(layer):
+def test_every_payload_the_plugin_builds_fits_the_job_schema(layer, engine):
     import jsonschema
 
     from qgis_farslip.client import EngineClient
     from qgis_farslip.jobs import build_payload
 
-    client = EngineClient("http://127.0.0.1:1", "token")  # a local engine reads the file: no request is made
+    client = EngineClient(engine.url, engine.token)  # a local engine, which reads a GeoTIFF from its file
     for request in _requests(layer):
         payload = build_payload(client, request, "/tmp")
         jsonschema.validate(payload, SCHEMA)  # raises, naming the field, when the plugin and engine disagree
