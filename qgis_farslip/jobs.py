@@ -9,6 +9,7 @@ extent is rendered by QGIS at the chosen resolution to a temporary GeoTIFF, whic
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject, QgsRasterFileWriter,
-                       QgsRasterLayer, QgsRasterPipe, QgsRectangle)
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsDistanceArea, QgsPointXY, QgsProject,
+                       QgsRasterFileWriter, QgsRasterLayer, QgsRasterPipe, QgsRectangle)
 
 from qgis_farslip.client import EngineClient, EngineError, in_gui_words
 from qgis_farslip.taught_refs import classes_value, with_taught
@@ -98,9 +99,22 @@ def render_plan(layer: QgsRasterLayer, extent: QgsRectangle | None, gsd: float |
     """(area in the layer CRS, resolution in layer units per pixel) QGIS renders for the engine."""
     area = extent or layer.extent()
     resolution = layer.rasterUnitsPerPixelX() if layer.rasterUnitsPerPixelX() > 0 else area.width() / 2048
-    if layer.crs().mapUnits() == 0:  # metres: no need to send finer pixels than the working GSD
-        resolution = max(resolution, gsd or DEFAULT_GSD_M)
+    if layer.crs().mapUnits() == 0:  # metres: no need to send finer pixels than the working GSD (on the ground)
+        resolution = max(resolution, (gsd or DEFAULT_GSD_M) * units_per_ground_metre(layer.crs(), area.center()))
     return area, resolution
+
+
+def units_per_ground_metre(crs: QgsCoordinateReferenceSystem, at: QgsPointXY) -> float:
+    """CRS metres per metre on the ground (WGS 84 ellipsoid) at a point: 1.64 for Web Mercator at 52° N,
+    where XYZ layers' "metres" are that much shorter than the ground's (the engine measures its GSD on
+    the ground too); 1 where the CRS is true to within 0.5 % (UTM, national grids)."""
+    measure = QgsDistanceArea()
+    measure.setSourceCrs(crs, QgsProject.instance().transformContext())
+    measure.setEllipsoid("WGS84")
+    step = 100.0
+    ground = measure.measureLine(QgsPointXY(at.x() - step / 2, at.y()), QgsPointXY(at.x() + step / 2, at.y()))
+    scale = step / ground if ground > 0 and math.isfinite(ground) else 1.0
+    return scale if abs(scale - 1.0) > 0.005 else 1.0
 
 
 def check_render_size(area: QgsRectangle, resolution: float) -> None:

@@ -29,6 +29,7 @@ from affine import Affine
 from engine import config
 from engine.boxes import Box
 from engine.errors import Cancelled
+from engine.geo.ground import GroundScale
 from engine.geo.rasters import NODATA, SCORE_MAX
 from engine.geo.source import linear_unit_metres, pixel_sides
 from engine.geo.tracing import Regions, block_regions, ignore_interrupts
@@ -69,14 +70,21 @@ class PolygonWriter:
         else:
             unit = linear_unit_metres(crs)
             self._area_factor, self._geod = unit * unit, None
+        # a projection distorting areas over this grid (Web Mercator): ground areas at each centroid
+        self._ground = GroundScale.of(crs, transform, width, height)
 
     def areas_m2(self, geoms: np.ndarray) -> np.ndarray:
-        """Area in m² of each polygon (geodesic on a geographic CRS; NaN without CRS)."""
+        """Area in m² of each polygon (geodesic on a geographic CRS; on the ground on a projection that
+        distorts areas, `engine.geo.ground`; NaN without CRS)."""
         if self._geod is not None:
             return np.array([abs(self._geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
         if self._area_factor is None:
             return np.full(len(geoms), np.nan)
-        return shapely.area(geoms) * self._area_factor
+        planar = shapely.area(geoms) * self._area_factor
+        if self._ground is None or len(geoms) == 0:
+            return planar
+        centres = shapely.centroid(geoms)
+        return self._ground.ground_areas(planar, shapely.get_x(centres), shapely.get_y(centres))
 
     def add_block(self, core: Box, classes: np.ndarray, confidence: np.ndarray) -> None:
         if self._pool is None and self.workers > 1:

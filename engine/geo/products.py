@@ -19,6 +19,7 @@ import torch
 
 from engine.boxes import Box
 from engine.dense.transfer import pinned, to_device, upload
+from engine.geo.ground import GroundScale
 from engine.geo.polygons import PolygonWriter
 from engine.geo.rasters import NODATA, SCORE_MAX, TiledRaster, quantise
 from engine.geo.source import RasterSource, linear_unit_metres
@@ -135,8 +136,9 @@ class SegmentationProducts:
 
 
 def row_pixel_area(source: RasterSource) -> np.ndarray | None:
-    """Area in m² of one source pixel on each row (rows differ on geographic CRSs), None without CRS:
-    the true area of the pixel's parallelogram (|det| of the transform), so rotated grids count right."""
+    """Area in m² of one source pixel on each row (rows differ on geographic CRSs, and on projections
+    that distort areas: `engine.geo.ground`, at the row's centre), None without CRS: the true area of
+    the pixel's parallelogram (|det| of the transform), so rotated grids count right."""
     crs, t = source.crs, source.transform
     if crs is None:
         return None
@@ -151,4 +153,9 @@ def row_pixel_area(source: RasterSource) -> np.ndarray | None:
                  for r in range(source.height)]
         return np.asarray(areas)
     unit = linear_unit_metres(crs)
-    return np.full(source.height, abs(t.a * t.e - t.b * t.d) * unit * unit)
+    planar = np.full(source.height, abs(t.a * t.e - t.b * t.d) * unit * unit)
+    scale = GroundScale.of(crs, t, source.width, source.height)
+    if scale is None:
+        return planar
+    xs, ys = t @ (np.full(source.height, source.width / 2), np.arange(source.height) + 0.5)
+    return scale.ground_areas(planar, xs, ys)

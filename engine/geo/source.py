@@ -44,6 +44,7 @@ from rasterio.windows import Window
 
 from engine.boxes import Box
 from engine.errors import InputError, first_line
+from engine.geo.ground import GroundScale
 from engine.geo.raster_names import is_gdal_name, raster_exists
 from engine.geo.sensor_model import SensorModel
 
@@ -79,7 +80,8 @@ def parse_numbers(text: str, count: int, what: str) -> tuple[float, ...]:
 
 def _pixel_metres(crs, transform: Affine, width: int, height: int) -> float | None:
     """Ground size of one pixel in metres (mean of x and y), or None without a CRS. The sides are the
-    lengths of the transform's column vectors, so a rotated grid has its true pixel size."""
+    lengths of the transform's column vectors, so a rotated grid has its true pixel size; on a projection
+    that distorts (Web Mercator) the size on the ground at the centre (`engine.geo.ground`)."""
     if crs is None:
         return None
     if crs.is_geographic:
@@ -90,7 +92,9 @@ def _pixel_metres(crs, transform: Affine, width: int, height: int) -> float | No
         _, _, dx = geod.inv(lon, lat, lon + transform.a, lat + transform.d)
         _, _, dy = geod.inv(lon, lat, lon + transform.b, lat + transform.e)
         return (abs(dx) + abs(dy)) / 2
-    return pixel_sides(transform) * linear_unit_metres(crs)
+    scale = GroundScale.of(crs, transform, width, height)
+    centre = 1.0 if scale is None else scale.linear(*(transform @ (width / 2, height / 2)))
+    return pixel_sides(transform) * linear_unit_metres(crs) / centre
 
 
 def pixel_sides(transform: Affine) -> float:

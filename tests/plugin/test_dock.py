@@ -469,3 +469,30 @@ def test_a_raster_in_any_format_qgis_reads_segments_from_the_dock(dock, qtbot, f
     classes = QgsProject.instance().layerTreeRoot().children()[0].findLayers()[-1].layer()
     assert classes.isValid() and classes.crs().authid() == "EPSG:32633"
     assert classes.extent().toString(1) == layer.extent().toString(1)  # the result lies on the layer
+
+
+def test_a_web_mercator_layer_is_sent_at_half_a_metre_on_the_ground(dock, qtbot, folder):
+    """XYZ and web layers are in Web Mercator, whose metres at 52° N are 1.64× shorter than the ground's: the
+    copy QGIS renders and sends is at the engine's 0.5 m on the ground, not 0.5 Web Mercator units."""
+    from osgeo import gdal, osr
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    path = str(folder / "web.tif")
+    small = gdal.Open(str(folder / "small.tif"))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(3857)
+    ds = gdal.GetDriverByName("GTiff").Create(path, small.RasterXSize, small.RasterYSize, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((1489000.0, 0.25, 0.0, 6894000.0, 0.0, -0.25))  # 52.5° N, 0.15 m on the ground
+    ds.SetProjection(srs.ExportToWkt())
+    for band in (1, 2, 3):
+        ds.GetRasterBand(band).WriteArray(small.GetRasterBand(band).ReadAsArray())
+    ds = small = None
+    layer = QgsRasterLayer(path, "web")
+    QgsProject.instance().addMapLayer(layer)
+    dock.layer_combo.setLayer(layer)
+    dock.upload_check.setChecked(True)
+    dock.prompt_edit.setPlainText("water\ngrass")
+    dock.run()
+    _wait(qtbot, dock)
+    assert dock.last_error is None, dock.last_error
+    assert dock.task.summary["source_gsd_m"] == pytest.approx(0.5, rel=0.02)

@@ -1,0 +1,79 @@
+"""Areas and pixel sizes on the ground, on the CRSs people's rasters come in: a Web Mercator raster (QGIS's
+exports of XYZ and web layers) at 52° N has pixels 1.64× smaller and areas 2.70× smaller than its CRS
+units say — the summary's areas, the polygons' areas and the GSD are the ground's (as QGIS measures on
+the ellipsoid), while on UTM they stay pixel count × pixel area."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from pyproj import Geod, Transformer
+from shapely.ops import transform as reproject
+
+from engine.dense import Segmenter
+from engine.geo.pipeline import RasterJob, segment_raster
+from tests.engine.rasters import scene, write_raster
+
+CLASSES = "water; grass; building; road"
+GEOD = Geod(ellps="WGS84")
+BERLIN_3857 = (1489000.0, 6894000.0)  # 52.5° N
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_model):
+    return Segmenter(tiny_model, CLASSES)
+
+
+def _geodesic_m2(geom, crs: str) -> float:
+    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    return abs(GEOD.geometry_area_perimeter(reproject(to_lonlat.transform, geom.segmentize(5.0)))[0])
+
+
+def _polygons(path):
+    from pyogrio.raw import read
+
+    meta, _, geometry, fields = read(path)
+    return shapely.from_wkb(geometry), dict(zip(meta["fields"], fields))
+
+
+def test_a_web_mercator_raster_is_measured_on_the_ground(tmp_path, segmenter):
+    src = write_raster(tmp_path / "web.tif", scene(200, 300, seed=5)[0], crs="EPSG:3857", origin=BERLIN_3857,
+                       res=0.5)
+    summary = segment_raster(RasterJob(str(src), str(tmp_path / "out"), gsd=0.25, simplify=0.0), segmenter)
+    with rasterio.open(src) as ds:
+        footprint = shapely.box(*ds.bounds)
+        centre = ds.transform * (150, 100)
+    # the GSD: the ground distance between two neighbouring pixel centres
+    lon, lat = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True).transform(
+        [centre[0], centre[0] + 0.5], [centre[1], centre[1]])
+    ground_gsd = GEOD.inv(lon[0], lat[0], lon[1], lat[1])[2]
+    assert summary["source_gsd_m"] == pytest.approx(ground_gsd, rel=2e-3) and ground_gsd < 0.35
+    # areas: all classes together cover the raster's footprint on the ground
+    total = sum(c["area_m2"] for c in summary["classes"])
+    assert total == pytest.approx(_geodesic_m2(footprint, "EPSG:3857"), rel=2e-3)
+    assert total < footprint.area / 2.5  # (the CRS's own m² are 2.7× larger here)
+    geoms, fields = _polygons(tmp_path / "out" / "web_polygons.gpkg")
+    for geom, area in zip(geoms[:50], fields["area_m2"][:50]):
+        assert area == pytest.approx(_geodesic_m2(geom, "EPSG:3857"), rel=2e-3)
+    for c in summary["classes"]:  # unsimplified polygons cover exactly the class's pixels
+        assert fields["area_m2"][fields["class_index"] == c["index"]].sum() == pytest.approx(c["area_m2"], rel=2e-3)
+
+
+def test_the_default_working_resolution_is_half_a_metre_on_the_ground(tmp_path, segmenter):
+    """Nominal 0.5 m Web Mercator pixels at 52.5° N are ~0.30 m on the ground: read at 0.5 m, like a
+    UTM raster of 0.30 m pixels."""
+    src = write_raster(tmp_path / "web.tif", scene(200, 300, seed=5)[0], crs="EPSG:3857", origin=BERLIN_3857,
+                       res=0.5)
+    summary = segment_raster(RasterJob(str(src), str(tmp_path / "out"), polygons=False), segmenter)
+    assert summary["working_gsd_m"] == 0.5
+    ratio = summary["source_gsd_m"] / 0.5
+    assert summary["working_size"] == [round(300 * ratio), round(200 * ratio)]
+
+
+def test_utm_areas_stay_pixel_count_times_pixel_area(tmp_path, segmenter):
+    src = write_raster(tmp_path / "utm.tif", scene(120, 160, seed=2)[0], crs="EPSG:32633", res=0.5)
+    summary = segment_raster(RasterJob(str(src), str(tmp_path / "out"), polygons=False), segmenter)
+    assert summary["source_gsd_m"] == 0.5
+    assert all(c["area_m2"] == pytest.approx(c["pixels"] * 0.25) for c in summary["classes"])
