@@ -133,11 +133,28 @@ def needs_upload(client_url: str, layer: QgsRasterLayer, force_upload: bool) -> 
 
 
 def engine_reads(client: EngineClient, layer: QgsRasterLayer, force_upload: bool = False) -> str | None:
-    """The file of `layer` the engine reads itself (a local engine, a format it reads by path), else None:
-    a rendered copy is sent. Asks the engine (once per client) which formats it reads."""
+    """The file of `layer` the engine reads itself (a local engine, a format it reads by path, placed as
+    QGIS places it), else None: a rendered copy is sent. Asks the engine (once per client) which formats
+    it reads."""
     if force_upload or not is_local_engine(client.url):
         return None
-    return layer_file(layer, client.path_formats())
+    path = layer_file(layer, client.path_formats())
+    return path if path is not None and placed_as_in_qgis(path, layer) else None
+
+
+def placed_as_in_qgis(path: str, layer: QgsRasterLayer) -> bool:
+    """Whether the file's own georeference is what QGIS uses for the layer: not so for a file with a
+    geotransform but no CRS (a JPEG or PNG with a world file and no .prj) or another CRS, which the user
+    set in QGIS (Layer CRS) — the engine would place the results by the file, so a copy is sent instead."""
+    from osgeo import gdal
+
+    if not layer.crs().isValid():
+        return True
+    dataset = gdal.Open(path)
+    if dataset is None or dataset.GetGeoTransform(can_return_null=True) is None:
+        return True  # no geotransform (pixel space, GCPs): the engine handles it as QGIS draws it
+    wkt = dataset.GetProjectionRef()
+    return bool(wkt) and QgsCoordinateReferenceSystem.fromWkt(wkt) == layer.crs()
 
 
 def clip_extent(layer: QgsRasterLayer, extent: QgsRectangle | None,

@@ -496,3 +496,32 @@ def test_a_web_mercator_layer_is_sent_at_half_a_metre_on_the_ground(dock, qtbot,
     _wait(qtbot, dock)
     assert dock.last_error is None, dock.last_error
     assert dock.task.summary["source_gsd_m"] == pytest.approx(0.5, rel=0.02)
+
+
+@pytest.mark.parametrize("scope", ["Whole layer", "Visible map extent"])
+def test_a_layer_whose_crs_was_set_in_qgis_gets_its_results_in_that_crs(dock, qtbot, folder, scope):
+    """A PNG with a world file and no .prj: QGIS knows its CRS only because the user set it (Layer CRS). The
+    results lie on the layer in that CRS, for the whole layer and for the visible extent."""
+    import os
+
+    from osgeo import gdal
+    from qgis.core import QgsCoordinateReferenceSystem, QgsProject, QgsRasterLayer
+
+    path = folder / f"tile_{scope.split()[0].lower()}.png"
+    gdal.GetDriverByName("PNG").CreateCopy(str(path), gdal.Open(str(folder / "small.tif")), options=["WORLDFILE=YES"])
+    for name in os.listdir(folder):  # the world file stays; no CRS beside it
+        if name.startswith(f"{path.name}.aux") or name.endswith(".prj"):
+            os.remove(folder / name)
+    assert not gdal.Open(str(path)).GetProjectionRef()
+    layer = QgsRasterLayer(str(path), "tile")
+    layer.setCrs(QgsCoordinateReferenceSystem("EPSG:32633"))
+    QgsProject.instance().addMapLayer(layer)
+    dock.layer_combo.setLayer(layer)
+    dock.scope_combo.setCurrentText(scope)
+    dock.prompt_edit.setPlainText("water\ngrass")
+    dock.run()
+    _wait(qtbot, dock)
+    assert dock.last_error is None, dock.last_error
+    classes = QgsProject.instance().layerTreeRoot().children()[0].findLayers()[-1].layer()
+    assert classes.crs().authid() == "EPSG:32633"
+    assert layer.extent().contains(classes.extent().buffered(-1.0))  # on the layer
