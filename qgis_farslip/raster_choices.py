@@ -1,6 +1,6 @@
 """What the engine cannot guess about an input raster, chosen in the dock: which bands are red, green
 and blue (a grey or multispectral raster without colour interpretation; the engine otherwise takes the
-bands marked red/green/blue, else 1-3) and which value is no data (a black frame the file does not
+bands marked or described red/green/blue, else 1-3) and which value is no data (a black frame the file does not
 declare). Both go into the job as `bands` and `nodata`; empty means the engine's choice."""
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ class BandChooser(QWidget):
             # band names are long ("Band 1: Red (Gray)"): the three share a 400 px dock, names elided
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(1)
-            combo.setToolTip(f"The band the model sees as {colour} ({AUTO}: the bands marked red, green and blue, "
-                             f"else 1, 2, 3; a grey raster: the same band three times)")
+            combo.setToolTip(f"The band the model sees as {colour} ({AUTO}: the bands marked or described as red, "
+                             f"green and blue, else 1, 2, 3; a grey raster: the same band three times)")
             row.addWidget(combo)
             self.combos.append(combo)
 

@@ -258,6 +258,12 @@ class RasterSource:
         if all(c in interp for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)):
             return (interp.index(ColorInterp.red) + 1, interp.index(ColorInterp.green) + 1,
                     interp.index(ColorInterp.blue) + 1)
+        named = bands_named_rgb(ds.descriptions)
+        if named is not None:
+            self.notes.append(f"{Path(self.path).name}: no red/green/blue colour interpretation; bands "
+                              f"{','.join(map(str, named))} used as red, green, blue, as their descriptions say "
+                              f"(--bands chooses others)")
+            return named
         colour_bands = [i + 1 for i, c in enumerate(interp) if c not in (ColorInterp.alpha,)]
         if len(colour_bands) < 3:
             raise InputError(f"{Path(self.path).name} has {len(colour_bands)} colour band(s); an RGB model "
@@ -750,6 +756,33 @@ def palette_rgb_vrt(ds, path: str) -> PaletteRGB | None:
                      f'{properties}<LUT>{",".join(points)}</LUT></ComplexSource>{mask_source}</VRTRasterBand>')
     xml = f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">{"".join(bands)}</VRTDataset>'
     return PaletteRGB(xml, any(invalid), masked)
+
+
+_COLOUR_WORDS = {"red": 0, "green": 1, "blue": 2}
+
+
+def bands_named_rgb(descriptions) -> tuple[int, int, int] | None:
+    """The bands whose descriptions name red, green and blue as a word ("Red", "B4 red", "blue (B2)";
+    never "red edge", "coastal blue" or "NIR"), one band each — where two name a colour, the one named
+    by that word alone ("green" over "green_i") — or None when the descriptions do not say all three.
+    (Stacks made from Sentinel-2 or Landsat bands and PlanetScope's products often describe their
+    bands but set no colour interpretation.)"""
+    import re
+
+    found: dict[int, list[tuple[int, bool]]] = {0: [], 1: [], 2: []}
+    for band, text in enumerate(descriptions or (), start=1):
+        words = re.findall(r"[a-z]+", (text or "").lower())
+        colours = {_COLOUR_WORDS[w] for w in words if w in _COLOUR_WORDS}
+        if len(colours) == 1 and not {"edge", "rededge", "coastal", "nir", "infrared"} & set(words):
+            found[colours.pop()].append((band, len(words) == 1))
+    chosen = []
+    for candidates in found.values():
+        alone = [band for band, only in candidates if only]
+        if len(candidates) == 1 or len(alone) == 1:
+            chosen.append(candidates[0][0] if len(candidates) == 1 else alone[0])
+        else:
+            return None
+    return chosen[0], chosen[1], chosen[2]
 
 
 def subdatasets_message(name: str, subdatasets: list[str], shown: int = 6) -> str:

@@ -40,6 +40,33 @@ def test_guessed_bands_are_said_in_one_line(tmp_path):
         assert not _bands_notes(source) and not _bands_notes(chosen)
 
 
+@pytest.mark.parametrize("descriptions, bands", [
+    (["Blue", "Green", "Red", "NIR"], (3, 2, 1)),  # a BGRN stack (PlanetScope 4-band order)
+    (["coastal_blue", "blue", "green_i", "green", "yellow", "red", "rededge", "nir"], (6, 4, 2)),  # 8-band
+    (["B02", "B03", "B04", "B08"], (1, 2, 3)),  # band numbers alone say nothing for sure: guessed, said so
+], ids=["bgrn", "eight-band", "numbers-only"])
+def test_band_descriptions_choose_red_green_and_blue(tmp_path, segmenter, descriptions, bands):
+    """A stack that describes its bands but sets no colour interpretation is read as its descriptions say:
+    the same classes as the image stored as RGB."""
+    rgb = scene(96, 96, seed=8)[0]
+    data = np.zeros((len(descriptions), 96, 96), np.uint8)
+    for colour, band in enumerate(bands):
+        data[band - 1] = rgb[colour]
+    path = write_raster(tmp_path / "stack.tif", data, colorinterp=[ColorInterp.undefined] * len(descriptions))
+    with rasterio.open(path, "r+") as ds:
+        for band, text in enumerate(descriptions, start=1):
+            ds.set_band_description(band, text)
+    plain = write_raster(tmp_path / "plain.tif", rgb)
+    got = segment_raster(RasterJob(str(path), str(tmp_path / "a"), polygons=False), segmenter)
+    segment_raster(RasterJob(str(plain), str(tmp_path / "b"), polygons=False), segmenter)
+    assert got["bands"] == list(bands)
+    with rasterio.open(tmp_path / "a" / "stack_classes.tif") as a, \
+            rasterio.open(tmp_path / "b" / "plain_classes.tif") as b:
+        assert np.array_equal(a.read(1), b.read(1))
+    said = [n for n in got["notes"] if "used as red, green, blue" in n]
+    assert len(said) == 1 and ("descriptions say" in said[0]) == (descriptions[0] != "B02")
+
+
 def _framed(tmp_path, frame=40, size=200):
     rgb = scene(size, size, seed=6)[0]
     rgb = np.maximum(rgb, 1)  # the image itself holds no pure zero
