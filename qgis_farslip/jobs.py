@@ -18,7 +18,8 @@ from typing import Callable
 from urllib.parse import urlparse
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsDistanceArea, QgsPointXY, QgsProject,
-                       QgsRasterFileWriter, QgsRasterLayer, QgsRasterPipe, QgsRectangle)
+                       QgsRasterFileWriter, QgsRasterInterface, QgsRasterLayer, QgsRasterPipe, QgsRectangle,
+                       QgsUnitTypes)
 
 from qgis_farslip.client import EngineClient, EngineError, in_gui_words
 from qgis_farslip.taught_refs import classes_value, with_taught
@@ -96,25 +97,35 @@ DEFAULT_GSD_M = 0.5  # the engine's default working resolution: no need to rende
 
 
 def render_plan(layer: QgsRasterLayer, extent: QgsRectangle | None, gsd: float | None) -> tuple[QgsRectangle, float]:
-    """(area in the layer CRS, resolution in layer units per pixel) QGIS renders for the engine."""
+    """(area in the layer CRS, resolution in layer units per pixel) QGIS renders for the engine: the
+    working GSD on the ground (`gsd`, else the engine's 0.5 m) — for a file no finer than its own pixels;
+    for a web layer (XYZ, WMS: no pixel size of its own) exactly that."""
     area = extent or layer.extent()
-    resolution = layer.rasterUnitsPerPixelX() if layer.rasterUnitsPerPixelX() > 0 else area.width() / 2048
-    if layer.crs().mapUnits() == 0:  # metres: no need to send finer pixels than the working GSD (on the ground)
-        resolution = max(resolution, (gsd or DEFAULT_GSD_M) * units_per_ground_metre(layer.crs(), area.center()))
-    return area, resolution
+    has_pixels = bool(layer.dataProvider().capabilities() & QgsRasterInterface.Size)
+    native = layer.rasterUnitsPerPixelX() if has_pixels and layer.rasterUnitsPerPixelX() > 0 else None
+    scale = units_per_ground_metre(layer.crs(), area) if layer.crs().isValid() else None
+    if scale is None:  # no CRS: pixel space
+        return area, native or area.width() / 2048
+    wanted = (gsd or DEFAULT_GSD_M) * scale
+    return area, max(native, wanted) if native is not None else wanted
 
 
-def units_per_ground_metre(crs: QgsCoordinateReferenceSystem, at: QgsPointXY) -> float:
-    """CRS metres per metre on the ground (WGS 84 ellipsoid) at a point: 1.64 for Web Mercator at 52° N,
-    where XYZ layers' "metres" are that much shorter than the ground's (the engine measures its GSD on
-    the ground too); 1 where the CRS is true to within 0.5 % (UTM, national grids)."""
+def units_per_ground_metre(crs: QgsCoordinateReferenceSystem, area: QgsRectangle) -> float | None:
+    """CRS units per metre on the ground (WGS 84 ellipsoid) at the area's centre: degrees per metre on a
+    geographic CRS; 1.64 for Web Mercator at 52° N, where XYZ layers' "metres" are that much shorter than
+    the ground's (the engine measures its GSD on the ground too); 1 on a metric CRS true to within 0.5 %
+    (UTM, national grids). None when it cannot be measured."""
     measure = QgsDistanceArea()
     measure.setSourceCrs(crs, QgsProject.instance().transformContext())
     measure.setEllipsoid("WGS84")
-    step = 100.0
+    at = area.center()
+    step = max(area.width(), area.height()) / 1000 or 1.0
     ground = measure.measureLine(QgsPointXY(at.x() - step / 2, at.y()), QgsPointXY(at.x() + step / 2, at.y()))
-    scale = step / ground if ground > 0 and math.isfinite(ground) else 1.0
-    return scale if abs(scale - 1.0) > 0.005 else 1.0
+    if not (ground > 0 and math.isfinite(ground)):
+        return None
+    scale = step / ground
+    metric = crs.mapUnits() == QgsUnitTypes.DistanceMeters
+    return 1.0 if metric and abs(scale - 1.0) <= 0.005 else scale
 
 
 def check_render_size(area: QgsRectangle, resolution: float) -> None:
@@ -153,8 +164,8 @@ def placed_as_in_qgis(path: str, layer: QgsRasterLayer) -> bool:
     dataset = gdal.Open(path)
     if dataset is None or dataset.GetGeoTransform(can_return_null=True) is None:
         return True  # no geotransform (pixel space, GCPs): the engine handles it as QGIS draws it
-    wkt = dataset.GetProjectionRef()
-    return bool(wkt) and QgsCoordinateReferenceSystem.fromWkt(wkt) == layer.crs()
+    file_crs = layer.dataProvider().crs()  # the file's own, as QGIS read it (a custom CRS compares equal too)
+    return file_crs.isValid() and file_crs == layer.crs()
 
 
 def clip_extent(layer: QgsRasterLayer, extent: QgsRectangle | None,

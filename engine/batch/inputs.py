@@ -14,7 +14,7 @@ import hashlib
 from pathlib import Path
 
 from engine.errors import InputError
-from engine.geo.raster_names import is_gdal_name, raster_stem
+from engine.geo.raster_names import is_gdal_name, raster_stem, relative_to
 from engine.text_files import read_text_file
 
 LIST_SUFFIXES = (".txt", ".lst")
@@ -57,10 +57,7 @@ def _read_list(path: Path) -> list[str]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        if is_gdal_name(line) or Path(line).is_absolute():
-            out.append(line)
-        else:
-            out.append(str(base / line))  # relative to the list file
+        out.append(relative_to(line, base))  # a relative path (or subdataset file): relative to the list
     return out
 
 

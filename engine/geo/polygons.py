@@ -70,7 +70,7 @@ class PolygonWriter:
         else:
             unit = linear_unit_metres(crs)
             self._area_factor, self._geod = unit * unit, None
-        # a projection distorting areas over this grid (Web Mercator): ground areas at each centroid
+        # a projection distorting areas over this grid (Web Mercator): areas on the ground (engine.geo.ground)
         self._ground = GroundScale.of(crs, transform, width, height)
 
     def areas_m2(self, geoms: np.ndarray) -> np.ndarray:
@@ -80,11 +80,9 @@ class PolygonWriter:
             return np.array([abs(self._geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
         if self._area_factor is None:
             return np.full(len(geoms), np.nan)
-        planar = shapely.area(geoms) * self._area_factor
-        if self._ground is None or len(geoms) == 0:
-            return planar
-        centres = shapely.centroid(geoms)
-        return self._ground.ground_areas(planar, shapely.get_x(centres), shapely.get_y(centres))
+        if self._ground is not None and len(geoms):
+            return self._ground.polygon_areas(geoms)
+        return shapely.area(geoms) * self._area_factor
 
     def add_block(self, core: Box, classes: np.ndarray, confidence: np.ndarray) -> None:
         if self._pool is None and self.workers > 1:

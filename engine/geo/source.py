@@ -716,8 +716,9 @@ def palette_rgb_vrt(ds, path: str) -> PaletteRGB | None:
     lacks is read at its nominal resolution and then resampled (GDAL's VRT rule), so that reading
     at a working GSD resamples the real colours, exactly as from the same image stored as RGB.
     Where the raster has a mask of its own (an alpha band, an internal or .msk mask), a second
-    source on each band writes `PALETTE_NODATA` wherever that mask is not fully opaque (255): the
-    masked pixels are no data too (a partly transparent alpha, 1-254, counts as no data here)."""
+    source on each band writes `PALETTE_NODATA` wherever that mask is not fully opaque (255, or 65535
+    for a 16-bit alpha band): the masked pixels are no data too (a partly transparent alpha counts as
+    no data here)."""
     from xml.sax.saxutils import escape, quoteattr
 
     from rasterio.enums import MaskFlags
@@ -734,16 +735,20 @@ def palette_rgb_vrt(ds, path: str) -> PaletteRGB | None:
     size = max(max(table) + 1, (nodata_index or 0) + 1)
     entries = [table.get(i, (0, 0, 0, 255)) for i in range(size)]
     invalid = [entry[3] == 0 or i == nodata_index for i, entry in enumerate(entries)]
-    # the index band's own mask, when it is more than its nodata value (which the table handles)
-    masked = not {MaskFlags.all_valid, MaskFlags.nodata} & set(ds.mask_flag_enums[0])
+    # an alpha band beside the indices (read itself: GDAL's mask of band 1 is its nodata value where
+    # there is one), else the index band's own mask where it is more than that value (which the table handles)
+    mask_band = ("2" if ds.count == 2 else "mask,1" if not {MaskFlags.all_valid, MaskFlags.nodata}
+                 & set(ds.mask_flag_enums[0]) else None)
+    masked = mask_band is not None
+    opaque = np.iinfo(ds.dtypes[1]).max if mask_band == "2" and np.dtype(ds.dtypes[1]).kind == "u" else 255
     source = escape(path if is_gdal_name(path) else str(Path(path).resolve()))
     properties = (f'<SourceProperties RasterXSize="{ds.width}" RasterYSize="{ds.height}" '
                   f'DataType={quoteattr("UInt16" if ds.dtypes[0] == "uint16" else "Byte")} '
                   f'BlockXSize="{ds.block_shapes[0][1]}" BlockYSize="{ds.block_shapes[0][0]}"/>')
-    # where the mask is 255 the source is skipped; elsewhere its lookup table writes no data
+    # where the mask is opaque the source is skipped; elsewhere its lookup table writes no data
     mask_source = (f'<ComplexSource><SourceFilename relativeToVRT="0">{source}</SourceFilename>'
-                   f'<SourceBand>mask,1</SourceBand><NODATA>255</NODATA>'
-                   f'<LUT>0:{PALETTE_NODATA},255:{PALETTE_NODATA}</LUT></ComplexSource>') if masked else ""
+                   f'<SourceBand>{mask_band}</SourceBand><NODATA>{opaque}</NODATA>'
+                   f'<LUT>0:{PALETTE_NODATA},{opaque}:{PALETTE_NODATA}</LUT></ComplexSource>') if masked else ""
     bands = []
     for band, name in enumerate(("Red", "Green", "Blue")):
         # indices past the table are black (as GDAL expands them): the table's last point is clamped

@@ -27,8 +27,12 @@ def segmenter(tiny_model):
 
 
 def _geodesic_m2(geom, crs: str) -> float:
+    """The polygon's area on the ellipsoid, its edges cut into 200ths of its size first (so that an edge
+    along a parallel stays on it)."""
     to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    return abs(GEOD.geometry_area_perimeter(reproject(to_lonlat.transform, geom.segmentize(5.0)))[0])
+    minx, miny, maxx, maxy = geom.bounds
+    edge = max(maxx - minx, maxy - miny) / 200
+    return abs(GEOD.geometry_area_perimeter(reproject(to_lonlat.transform, geom.segmentize(edge)))[0])
 
 
 def _polygons(path):
@@ -58,6 +62,21 @@ def test_a_web_mercator_raster_is_measured_on_the_ground(tmp_path, segmenter):
     for geom, area in zip(geoms[:50], fields["area_m2"][:50]):
         assert area == pytest.approx(_geodesic_m2(geom, "EPSG:3857"), rel=2e-3)
     for c in summary["classes"]:  # unsimplified polygons cover exactly the class's pixels
+        assert fields["area_m2"][fields["class_index"] == c["index"]].sum() == pytest.approx(c["area_m2"], rel=2e-3)
+
+
+def test_polygons_spanning_degrees_of_latitude_have_their_ground_area(tmp_path, segmenter):
+    """A coarse web export (3 km pixels from 45° to 52° N): the scale changes by a third inside one polygon,
+    so no single scale would do — each polygon's area is its area on the ellipsoid."""
+    src = write_raster(tmp_path / "coarse.tif", scene(160, 200, seed=9)[0], crs="EPSG:3857",
+                       origin=(1489000.0, 6894000.0), res=5000.0)
+    summary = segment_raster(RasterJob(str(src), str(tmp_path / "out"), simplify=0.0), segmenter)
+    geoms, fields = _polygons(tmp_path / "out" / "coarse_polygons.gpkg")
+    tall = [i for i, g in enumerate(geoms) if g.bounds[3] - g.bounds[1] > 200_000]  # > 1.3° of latitude
+    assert tall
+    for i in tall:
+        assert fields["area_m2"][i] == pytest.approx(_geodesic_m2(geoms[i], "EPSG:3857"), rel=2e-3)
+    for c in summary["classes"]:
         assert fields["area_m2"][fields["class_index"] == c["index"]].sum() == pytest.approx(c["area_m2"], rel=2e-3)
 
 

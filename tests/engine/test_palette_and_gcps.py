@@ -101,18 +101,21 @@ def test_the_nodata_index_of_a_palette_raster_is_no_data(tmp_path, segmenter, im
     assert got["nodata_pixels"] == 20 * H
 
 
-@pytest.mark.parametrize("mask_kind", ["alpha band", "internal mask"])
+@pytest.mark.parametrize("mask_kind", ["alpha band", "alpha band and nodata index", "internal mask"])
 def test_a_palette_raster_with_an_alpha_band_or_mask_keeps_it(tmp_path, segmenter, image, mask_kind):
-    """`gdalwarp -dstalpha` of a palette raster gives a palette band and an alpha band; a GeoTIFF may
-    carry an internal mask instead: either is no data, as for the same colours stored as RGB."""
+    """`gdalwarp -dstalpha` of a palette raster gives a palette band and an alpha band (beside a nodata
+    index, GDAL's mask of the palette band is that index alone); a GeoTIFF may carry an internal mask
+    instead: either is no data, as for the same colours stored as RGB."""
     indices, table, rgb = image
     alpha = np.full((H, W), 255, np.uint8)
     alpha[:, W - 24:] = 0  # a right strip warped out of the source
     alpha[:8, :] = 0
     palette = tmp_path / "palette.tif"
-    if mask_kind == "alpha band":
+    if mask_kind.startswith("alpha band"):
+        nodata = 250 if "nodata" in mask_kind else None  # an index the image does not use
+        assert not (indices == 250).any()
         write_raster(palette, np.stack([indices, alpha]), colorinterp=[ColorInterp.palette, ColorInterp.alpha],
-                     **FINE)
+                     nodata=nodata, **FINE)
         with rasterio.open(palette, "r+") as ds:
             ds.write_colormap(1, table)
     else:

@@ -50,13 +50,25 @@ def test_a_container_names_the_rasters_it_holds_and_one_of_them_runs(tmp_path, c
 
 
 def test_a_batch_of_subdatasets_gets_one_set_of_outputs_each(tmp_path, checkpoint):
-    container = write_geopackage(tmp_path / "c.gpkg", scene(64, 96, seed=1)[0], "a")
+    """Named on the command line, or in a list file beside the container (relative to the list, as any
+    file there)."""
+    (tmp_path / "data").mkdir()
+    container = write_geopackage(tmp_path / "data" / "c.gpkg", scene(64, 96, seed=1)[0], "a")
     write_geopackage(container, scene(64, 96, seed=2)[0], "b", append=True, origin=(500000.0, 5300000.0))
+    listed = tmp_path / "data" / "rasters.txt"
+    listed.write_text("GPKG:c.gpkg:b\n")
     names = [f"GPKG:{container}:a", f"GPKG:{container}:b"]
-    assert _run("segment-batch", *names, "-o", str(tmp_path / "out"), "--no-polygons", checkpoint=checkpoint) == 0
+    assert _run("segment-batch", names[0], str(listed), "-o", str(tmp_path / "out"), "--no-polygons",
+                checkpoint=checkpoint) == 0
     for name, stem in zip(names, ("c_a", "c_b")):
         with rasterio.open(tmp_path / "out" / f"{stem}_classes.tif") as got, rasterio.open(name) as source:
             assert (got.transform, got.shape) == (source.transform, source.shape)
+
+
+def test_a_subdataset_of_a_missing_file_is_not_found(tmp_path, capsys, checkpoint):
+    name = f"GPKG:{tmp_path / 'gone.gpkg'}:ortho"
+    assert _run("segment", name, "-o", str(tmp_path / "out"), checkpoint=checkpoint) == 2
+    assert capsys.readouterr().err.strip() == f"farslip: error: input raster not found: {name}"
 
 
 @pytest.mark.parametrize("name, stem", [
@@ -88,8 +100,9 @@ def test_the_service_reads_a_geopackage_raster_by_path_and_refuses_gdal_names(cl
     assert done["state"] == "done" and done["summary"]["input"] == str(single), done
     response = segment(double)
     assert response.status_code == 400 and "two.gpkg holds 2 rasters" in response.json()["detail"]
-    response = segment(f"GPKG:{double}:a")
-    assert response.status_code == 400 and "is a GDAL name" in response.json()["detail"]
+    for name in (f"GPKG:{double}:a", "AB:" + "x" * 300):  # (the second too long a name for the file system)
+        response = segment(name)
+        assert response.status_code == 400 and "is a GDAL name" in response.json()["detail"], response.text
     # a GeoPackage is read from the engine's own disk, never taken as an upload (an SQLite database)
     response = client.post("/v1/uploads", headers=AUTH, content=single.read_bytes())
     assert response.status_code == 400 and "not a raster this engine serves" in response.json()["detail"]

@@ -439,28 +439,44 @@ def test_a_grey_raster_with_a_black_frame_needs_no_terminal(dock, qtbot, folder)
     assert block.value(5, 5) == 255 and block.value(100, 100) != 255  # the frame is no data, the rest classified
 
 
+def _small_as(dock, folder, name, crs_wkt=None, transform=None, driver="GTiff"):
+    """The small raster's pixels written as `name` (`driver`, CRS `crs_wkt` — default its own —, geotransform
+    `transform` — default its own), added to the project and chosen in the dock; the layer."""
+    from osgeo import gdal
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    small = gdal.Open(str(folder / "small.tif"))
+    ds = gdal.GetDriverByName(driver).Create(str(folder / name), small.RasterXSize, small.RasterYSize, 3,
+                                             gdal.GDT_Byte)
+    ds.SetGeoTransform(transform or small.GetGeoTransform())
+    ds.SetProjection(crs_wkt or small.GetProjection())
+    for band in (1, 2, 3):
+        ds.GetRasterBand(band).WriteArray(small.GetRasterBand(band).ReadAsArray())
+    ds = small = None
+    layer = QgsRasterLayer(str(folder / name), name)
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    dock.layer_combo.setLayer(layer)
+    return layer
+
+
+def _epsg_wkt(code: int) -> str:
+    from osgeo import osr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(code)
+    return srs.ExportToWkt()
+
+
 @pytest.mark.parametrize("driver, name, read_by_path", [("GPKG", "ortho.gpkg", True), ("ENVI", "scene.dat", False)],
                          ids=["geopackage", "envi"])
 def test_a_raster_in_any_format_qgis_reads_segments_from_the_dock(dock, qtbot, folder, driver, name, read_by_path):
     """A GeoPackage raster is read by the local engine from its file; a format the engine does not read for a
     client (ENVI, as hyperspectral and SAR software writes) is rendered by QGIS and sent: both give a result."""
-    from osgeo import gdal, osr
-    from qgis.core import QgsProject, QgsRasterLayer
+    from qgis.core import QgsProject
 
+    layer = _small_as(dock, folder, name, _epsg_wkt(32633), driver=driver)
     path = str(folder / name)
-    small = gdal.Open(str(folder / "small.tif"))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32633)
-    ds = gdal.GetDriverByName(driver).Create(path, small.RasterXSize, small.RasterYSize, 3, gdal.GDT_Byte)
-    ds.SetGeoTransform(small.GetGeoTransform())
-    ds.SetProjection(srs.ExportToWkt())
-    for band in (1, 2, 3):
-        ds.GetRasterBand(band).WriteArray(small.GetRasterBand(band).ReadAsArray())
-    ds = small = None
-    layer = QgsRasterLayer(path, name)
-    assert layer.isValid()
-    QgsProject.instance().addMapLayer(layer)
-    dock.layer_combo.setLayer(layer)
     dock.prompt_edit.setPlainText("water\ngrass\nbuilding")
     dock.run()
     _wait(qtbot, dock)
@@ -474,22 +490,8 @@ def test_a_raster_in_any_format_qgis_reads_segments_from_the_dock(dock, qtbot, f
 def test_a_web_mercator_layer_is_sent_at_half_a_metre_on_the_ground(dock, qtbot, folder):
     """XYZ and web layers are in Web Mercator, whose metres at 52° N are 1.64× shorter than the ground's: the
     copy QGIS renders and sends is at the engine's 0.5 m on the ground, not 0.5 Web Mercator units."""
-    from osgeo import gdal, osr
-    from qgis.core import QgsProject, QgsRasterLayer
-
-    path = str(folder / "web.tif")
-    small = gdal.Open(str(folder / "small.tif"))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(3857)
-    ds = gdal.GetDriverByName("GTiff").Create(path, small.RasterXSize, small.RasterYSize, 3, gdal.GDT_Byte)
-    ds.SetGeoTransform((1489000.0, 0.25, 0.0, 6894000.0, 0.0, -0.25))  # 52.5° N, 0.15 m on the ground
-    ds.SetProjection(srs.ExportToWkt())
-    for band in (1, 2, 3):
-        ds.GetRasterBand(band).WriteArray(small.GetRasterBand(band).ReadAsArray())
-    ds = small = None
-    layer = QgsRasterLayer(path, "web")
-    QgsProject.instance().addMapLayer(layer)
-    dock.layer_combo.setLayer(layer)
+    # 52.5° N, 0.25 Web Mercator units = 0.15 m on the ground
+    _small_as(dock, folder, "web.tif", _epsg_wkt(3857), (1489000.0, 0.25, 0.0, 6894000.0, 0.0, -0.25))
     dock.upload_check.setChecked(True)
     dock.prompt_edit.setPlainText("water\ngrass")
     dock.run()
@@ -525,3 +527,21 @@ def test_a_layer_whose_crs_was_set_in_qgis_gets_its_results_in_that_crs(dock, qt
     classes = QgsProject.instance().layerTreeRoot().children()[0].findLayers()[-1].layer()
     assert classes.crs().authid() == "EPSG:32633"
     assert layer.extent().contains(classes.extent().buffered(-1.0))  # on the layer
+
+
+def test_a_file_in_a_crs_without_an_epsg_code_is_read_from_its_file(dock, qtbot, folder):
+    """A national grid or a custom projection (no authority code): the engine reads the file itself, on its
+    own grid, rather than a copy QGIS renders."""
+    from osgeo import osr
+
+    srs = osr.SpatialReference()
+    srs.SetLCC(45.0, 55.0, 50.0, 10.0, 0.0, 0.0)
+    srs.SetGeogCS("custom", "custom_datum", "GRS80", 6378137.0, 298.257222101)
+    layer = _small_as(dock, folder, "custom.tif", srs.ExportToWkt(), (100000.0, 0.5, 0.0, 200000.0, 0.0, -0.5))
+    assert layer.crs().isValid() and not layer.crs().authid().startswith("EPSG")
+    path = str(folder / "custom.tif")
+    dock.prompt_edit.setPlainText("water\ngrass")
+    dock.run()
+    _wait(qtbot, dock)
+    assert dock.last_error is None, dock.last_error
+    assert dock.task.summary["input"] == path
