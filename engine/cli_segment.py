@@ -102,9 +102,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         source.probe()
         print_notes(source.notes)
         said = set(source.notes)
-        if source.crs is None and source.sensor_model is None:  # a GCP/RPC raster's note says what it gets
-            print(f"farslip: warning: {Path(args.input).name} has no CRS; outputs are in pixel space and "
-                  f"areas are not computed", file=sys.stderr)
         gsd_note = (f"{source.working_gsd:.3g} m/px" if source.working_gsd else "native pixels")
     _check_writable(Path(args.out))
 

@@ -168,7 +168,7 @@ def _publish(job: RasterJob, status: dict, segmenter, manifest: Manifest, cancel
                 parts = [strips_from_numpy(*part) for part in
                          (manifest.load_part(job.name, s, (i, j)) for s in sources_of(i, j)) if part is not None]
                 logits = assemble_block(core, parts, len(segmenter.prompts.names), segmenter.model.device)
-                yield core, logits, source.read_valid(core)
+                yield core, logits, source.block_validity(core)
 
     manifest.disown(job.name)  # from here until published the folder's outputs belong to no settings
     try:

@@ -146,10 +146,11 @@ def _delta_reporter(on_crops: CropProgressFn | None):
 
 def raster_blocks(segmenter: Segmenter, source, block: int | None,
                   progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
-                  read_wait: WaitClock | None = None) -> Iterator[tuple[Box, torch.Tensor, np.ndarray]]:
-    """(core, mean logits [N, h, w] on the model's device, validity [h, w]) for each block of a
-    RasterSource's working grid, in row-major order, reporting (crops done, crops total) and stopping
-    with `Cancelled` within one batch of a cancel. `block` None: `default_block` of the model's device.
+                  read_wait: WaitClock | None = None) -> Iterator[tuple[Box, torch.Tensor, "BlockValidity"]]:
+    """(core, mean logits [N, h, w] on the model's device, its validity: `RasterSource.block_validity`)
+    for each block of a RasterSource's working grid, in row-major order, reporting (crops done, crops
+    total) and stopping with `Cancelled` within one batch of a cancel. `block` None: `default_block` of
+    the model's device.
 
     Beside a GPU, background threads (`config.read_threads`) read (decode, stretch, resample) the next
     blocks while the current one is computed (on a CPU each block is read when it is needed); each
@@ -172,7 +173,7 @@ def raster_blocks(segmenter: Segmenter, source, block: int | None,
                 if extent is not None:
                     rgb, ok = source.read_pixels(extent)
                     pixels, within = (pinned(rgb), None if ok.all() else pinned(ok)), (extent, ok)
-                return pixels, source.read_valid(core, within)
+                return pixels, source.block_validity(core, within)
         return read
 
     def on_crops(n: int) -> None:

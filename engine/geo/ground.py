@@ -7,10 +7,9 @@ Web Mercator — the CRS of XYZ and web layers, and of what QGIS exports from th
 and 2.70× too large in area at 52° N. So where a projection's areal scale departs from 1 by more than
 `TOLERANCE` somewhere on a raster (its corners and centre), the engine measures on the ground through
 the projection's scale on its ellipsoid (`GroundScale`): the raster's GSD (hence the default working
-resolution, `--gsd`, grid cell sizes) is the ground size of a pixel at its centre, areas per class in
-the summary are pixel areas divided by the areal scale at each pixel row's centre, and a polygon's
-area is its planar area divided by the scale at its centroid, or for one over 20 km across its area
-on the ellipsoid (its vertices taken to longitude and latitude) — as QGIS measures on the ellipsoid.
+resolution, `--gsd`, grid cell sizes) is the ground size of a pixel at its centre, and a pixel's area
+on each row (so the areas per class in the summary and of each polygon, the sum of its pixels') is its
+CRS area divided by the areal scale at the row's centre — as QGIS measures on the ellipsoid.
 """
 
 from __future__ import annotations
@@ -20,8 +19,23 @@ import math
 import numpy as np
 
 TOLERANCE = 0.01  # an areal scale within 1 % of 1 over the raster: the CRS's own units are the ground's
-LOCAL_M = 20_000.0  # a polygon smaller than this across (CRS metres) is measured by the scale at its centroid
-SEGMENT_M = 5000.0  # the edges of a larger one are cut into pieces this long before measuring on the ellipsoid
+
+
+def linear_unit_metres(crs) -> float:
+    """Metres per unit of a projected CRS, or of a local (engineering) one — the plain site coordinates
+    drone photogrammetry writes, in metres or feet (rasterio knows no unit for those)."""
+    from rasterio.errors import CRSError
+
+    try:
+        return crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+    except CRSError:
+        import pyproj
+
+        axes = pyproj.CRS.from_wkt(crs.to_wkt()).axis_info
+        angular = ("degree", "radian", "grad", "arc")
+        if axes and axes[0].unit_conversion_factor and not any(a in axes[0].unit_name.lower() for a in angular):
+            return float(axes[0].unit_conversion_factor)
+        return 1.0
 
 
 class GroundScale:
@@ -35,7 +49,7 @@ class GroundScale:
         projected = pyproj.CRS.from_wkt(crs.to_wkt())
         self._to_lonlat = pyproj.Transformer.from_crs(projected, projected.geodetic_crs, always_xy=True)
         self._geod = projected.geodetic_crs.get_geod()
-        self._unit = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+        self._unit = linear_unit_metres(crs)
 
     @classmethod
     def of(cls, crs, transform, width: float, height: float) -> "GroundScale | None":
@@ -74,30 +88,6 @@ class GroundScale:
         areal = self.areal(xs, ys)
         areal = np.where(np.isfinite(areal) & (areal > 0), areal, 1.0)
         return np.asarray(planar_m2, dtype=np.float64) / areal
-
-    def polygon_areas(self, geoms: np.ndarray) -> np.ndarray:
-        """Areas on the ground (m²) of polygons given in CRS coordinates. A polygon under LOCAL_M across:
-        its planar area divided by the areal scale at its centroid (the scale hardly changes inside it:
-        under 10⁻⁵ of the area). A larger one — spanning degrees of latitude, where no one scale would
-        do — its area on the ellipsoid, its edges cut into pieces of at most SEGMENT_M first (a straight
-        edge of the map, a parallel in Web Mercator, is not the geodesic between its ends: 0.2 % of the
-        area of a polygon 1000 km tall at 50° N)."""
-        import shapely
-
-        geoms = np.asarray(geoms)
-        planar = shapely.area(geoms) * self._unit ** 2
-        bounds = shapely.bounds(geoms)
-        large = np.maximum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1]) * self._unit > LOCAL_M
-        centres = shapely.centroid(geoms[~large])
-        areas = np.empty(len(geoms), dtype=np.float64)
-        areas[~large] = self.ground_areas(planar[~large], shapely.get_x(centres), shapely.get_y(centres))
-
-        def to_lonlat(xy: np.ndarray) -> np.ndarray:
-            return np.column_stack(self._to_lonlat.transform(xy[:, 0], xy[:, 1], errcheck=False))
-
-        lonlat = shapely.transform(shapely.segmentize(geoms[large], SEGMENT_M / self._unit), to_lonlat)
-        areas[large] = [abs(self._geod.geometry_area_perimeter(g)[0]) for g in lonlat]
-        return areas
 
     def linear(self, x: float, y: float) -> float:
         """Map length ÷ ground length at a point (the mean over directions, as √ of the areal scale)."""

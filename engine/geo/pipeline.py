@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-import numpy as np
 
 from engine import __version__, config
 from engine.boxes import Box
@@ -43,7 +42,7 @@ from engine.geo.colours import class_colour, hex_colour
 from engine.geo.products import SegmentationProducts, on_source_grid, scored_block
 from engine.geo.raster_names import is_gdal_name, raster_stem
 from engine.geo.rasters import NODATA, class_tags, gdal_env, publish_cog
-from engine.geo.source import RasterSource
+from engine.geo.source import BlockValidity, RasterSource
 
 if TYPE_CHECKING:
     import torch
@@ -75,8 +74,8 @@ class RasterJob:
 
 
 ProgressFn = Callable[[int, int], None]  # (crops done, crops total)
-# (core box, mean logits [N, h, w], validity [h, w]) of each block of a source's working grid, row-major
-BlocksFn = Callable[[RasterSource], Iterator[tuple[Box, "torch.Tensor", np.ndarray]]]
+# (core box, mean logits [N, h, w], its validity) of each block of a source's working grid, row-major
+BlocksFn = Callable[[RasterSource], Iterator[tuple[Box, "torch.Tensor", BlockValidity]]]
 
 
 def output_paths(job: RasterJob) -> dict[str, Path]:
@@ -157,7 +156,7 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
 
 
 def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path, paths: dict[str, Path],
-         blocks: Iterator[tuple[Box, "torch.Tensor", np.ndarray]], cancel: threading.Event | None) -> dict:
+         blocks: Iterator[tuple[Box, "torch.Tensor", BlockValidity]], cancel: threading.Event | None) -> dict:
     """Turn each block's logits into uint8 products on the model's device and hand them to the writer
     (`SegmentationProducts`), which writes them on the source grid — beside a GPU in a thread while
     the next block runs, beside a CPU in this thread (`config.write_threads`)."""
@@ -183,10 +182,10 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
 
     try:
         with BackgroundWriter(clock=write_wait, workers=config.write_threads(segmenter.model.device.type)) as writer:
-            for core, logits, valid in blocks:
+            for core, logits, validity in blocks:
                 # the confidence is the polygons' mean score
                 outputs = scored_block(segmenter, logits, confidence=job.polygons, scores=job.scores)
-                rect, outputs, counts = on_source_grid(source, core, outputs, valid, len(classes))
+                rect, outputs, counts = on_source_grid(source, core, outputs, validity, len(classes))
                 if rect.h and rect.w:
                     writer.submit(write, rect, download(outputs + [counts]))
         model_s = time.perf_counter() - t0
@@ -201,6 +200,11 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
     for c in classes:
         c["pixels"] = int(counts[c["index"]])
         c["area_m2"] = None if areas is None else round(float(areas[c["index"]]), 3)
+    notes = list(source.notes)
+    if not any(c["pixels"] for c in classes):
+        below = " or below the threshold" if segmenter.options.prob_threshold else ""
+        notes.append(f"no pixel of the area got a class (all no data by the raster's nodata, masks or NaN{below}): "
+                     f"every output pixel is no data")
     bounds = source.bounds
     return {
         "farslip_version": __version__,
@@ -213,7 +217,7 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
         "crs": source.crs.to_string() if source.crs else None,
         "bounds": list(bounds), "width": source.width, "height": source.height,
         "window": [int(source.window.col_off), int(source.window.row_off), source.width, source.height],
-        "bands": list(source.bands), "nodata_value": source.nodata, "notes": list(source.notes),
+        "bands": list(source.bands), "nodata_value": source.nodata, "notes": notes,
         "source_gsd_m": source.source_gsd, "working_gsd_m": source.working_gsd,
         "working_size": [grid.width, grid.height],
         "crops": total_crops, "polygons": n_polygons,

@@ -4,7 +4,9 @@ Each block is split into 4-connected regions of one class (`scipy.ndimage.label`
 connectivity as `rasterio.features.shapes`). Regions that touch an inner block border may continue
 in the neighbouring block: they are kept aside and merged per class at the end (`unary_union`), so
 a field crossing block borders is one polygon. Attributes: class index and name, mean confidence
-(probability of the chosen class), area in m² (geodesic on geographic CRSs; null without CRS).
+(probability of the chosen class), area in m² — of the region's pixels, as the summary counts them
+(each row's pixel area: geodesic on geographic CRSs, on the ground on projections that distort it,
+`engine.geo.products.row_pixel_area`), so simplifying an outline never changes it; null without CRS.
 Polygons are simplified (tolerance in pixels) and those under `min_area` m² dropped.
 
 Tracing a block's regions (`engine.geo.tracing`) is the costly part and needs nothing but the block, so
@@ -29,9 +31,8 @@ from affine import Affine
 from engine import config
 from engine.boxes import Box
 from engine.errors import Cancelled
-from engine.geo.ground import GroundScale
 from engine.geo.rasters import NODATA, SCORE_MAX
-from engine.geo.source import linear_unit_metres, pixel_sides
+from engine.geo.source import pixel_sides
 from engine.geo.tracing import Regions, block_regions, ignore_interrupts
 from engine.geo.tracing import simplified as simplified_polygons
 from engine.geo.vectors import write_wkb
@@ -46,14 +47,16 @@ class PolygonWriter:
     """Collects class regions block by block and writes them to a GeoPackage layer."""
 
     def __init__(self, path: Path, transform: Affine, crs, height: int, width: int, class_names: list[str],
-                 simplify_px: float = 1.0, min_area: float = 0.0):
+                 simplify_px: float = 1.0, min_area: float = 0.0, row_area: np.ndarray | None = None):
+        """`row_area`: m² of a pixel on each row of the raster (None without CRS: no areas)."""
         self.path = path
+        self.row_area = row_area
         self.transform, self.crs = transform, crs
         self.height, self.width = height, width
         self.class_names = class_names
         self.tolerance = simplify_px * pixel_sides(transform)
         self.min_area = min_area
-        self._seam: dict[int, list[tuple[shapely.Polygon, float, int]]] = defaultdict(list)
+        self._seam: dict[int, list[tuple[shapely.Polygon, float, int, float]]] = defaultdict(list)
         self._rows: list[tuple[np.ndarray, ...]] = []  # chunks of (WKB, classes, scores, areas) to write
         self._unwritten = 0  # their bytes
         self._written = 0
@@ -61,34 +64,12 @@ class PolygonWriter:
         self.workers = config.polygon_workers(height * width)
         self._pool: ProcessPoolExecutor | None = None  # started with the first block, if workers > 1
         self._pending: deque[tuple[Future, tuple]] = deque()  # (regions being traced, the block)
-        if crs is None:
-            self._area_factor, self._geod = None, None
-        elif crs.is_geographic:
-            from pyproj import Geod
-
-            self._area_factor, self._geod = None, Geod(ellps="WGS84")
-        else:
-            unit = linear_unit_metres(crs)
-            self._area_factor, self._geod = unit * unit, None
-        # a projection distorting areas over this grid (Web Mercator): areas on the ground (engine.geo.ground)
-        self._ground = GroundScale.of(crs, transform, width, height)
-
-    def areas_m2(self, geoms: np.ndarray) -> np.ndarray:
-        """Area in m² of each polygon (geodesic on a geographic CRS; on the ground on a projection that
-        distorts areas, `engine.geo.ground`; NaN without CRS)."""
-        if self._geod is not None:
-            return np.array([abs(self._geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
-        if self._area_factor is None:
-            return np.full(len(geoms), np.nan)
-        if self._ground is not None and len(geoms):
-            return self._ground.polygon_areas(geoms)
-        return shapely.area(geoms) * self._area_factor
-
     def add_block(self, core: Box, classes: np.ndarray, confidence: np.ndarray) -> None:
         if self._pool is None and self.workers > 1:
             self._pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("spawn"),
                                              initializer=ignore_interrupts)
-        block = (core, classes, confidence, self.transform, self.height, self.width, NODATA, self.tolerance)
+        rows = None if self.row_area is None else self.row_area[core.y:core.y + core.h]
+        block = (core, classes, confidence, self.transform, self.height, self.width, NODATA, self.tolerance, rows)
         if self._pool is None:
             self._take(block_regions(*block))
             return
@@ -114,21 +95,22 @@ class PolygonWriter:
 
     def _take(self, regions: Regions) -> None:
         seam = regions.at_seam
-        for polygon, class_index, total, pixels in zip(regions.polygons[seam], regions.classes[seam],
-                                                       regions.sums[seam], regions.pixels[seam]):
-            self._seam[int(class_index)].append((polygon, float(total), int(pixels)))
+        for polygon, class_index, total, pixels, area in zip(regions.polygons[seam], regions.classes[seam],
+                                                             regions.sums[seam], regions.pixels[seam],
+                                                             regions.areas[seam]):
+            self._seam[int(class_index)].append((polygon, float(total), int(pixels), float(area)))
         inner = ~seam
         self._add(regions.polygons[inner], regions.classes[inner], regions.sums[inner] / regions.pixels[inner],
-                  simplified=True)
+                  regions.areas[inner], simplified=True)
 
-    def _add(self, geoms: np.ndarray, classes: np.ndarray, mean_conf: np.ndarray, simplified: bool = False) -> None:
-        """Polygons to write, with their class and mean confidence (0-254): simplified unless they
-        are already, and dropped when empty or under `min_area`."""
+    def _add(self, geoms: np.ndarray, classes: np.ndarray, mean_conf: np.ndarray, areas: np.ndarray,
+             simplified: bool = False) -> None:
+        """Polygons to write, with their class, mean confidence (0-254) and area (m² of their pixels):
+        simplified unless they are already, and dropped when empty or under `min_area`."""
         if self.tolerance > 0 and not simplified and len(geoms):
             geoms = simplified_polygons(geoms, self.tolerance)
         keep = ~shapely.is_empty(geoms)
-        geoms, classes, mean_conf = geoms[keep], classes[keep], mean_conf[keep]
-        areas = self.areas_m2(geoms)
+        geoms, classes, mean_conf, areas = geoms[keep], classes[keep], mean_conf[keep], areas[keep]
         if self.min_area > 0:
             keep = ~(areas < self.min_area)  # no CRS (NaN): no area to compare, kept
             geoms, classes, mean_conf, areas = geoms[keep], classes[keep], mean_conf[keep], areas[keep]
@@ -143,7 +125,7 @@ class PolygonWriter:
         for class_index, parts in self._seam.items():
             if cancel is not None and cancel.is_set():  # each class's merge is one union: stop between them
                 raise Cancelled("cancelled")
-            polygons = np.array([p for p, _, _ in parts], dtype=object)
+            polygons = np.array([p for p, _, _, _ in parts], dtype=object)
             merged = shapely.unary_union(polygons)
             pieces = np.array(list(getattr(merged, "geoms", [merged])), dtype=object)
             # each part's confidence and pixels go to the merged piece holding a point inside it
@@ -152,10 +134,11 @@ class PolygonWriter:
             first = np.unique(part_index, return_index=True)[1]
             piece_of = np.zeros(len(parts), dtype=np.int64)
             piece_of[part_index[first]] = piece_index[first]
-            sums, sizes = np.zeros(len(pieces)), np.zeros(len(pieces))
-            np.add.at(sums, piece_of, [s for _, s, _ in parts])  # in the parts' order, as one by one
-            np.add.at(sizes, piece_of, [n for _, _, n in parts])
-            self._add(pieces, np.full(len(pieces), class_index), sums / np.maximum(sizes, 1))
+            sums, sizes, areas = np.zeros(len(pieces)), np.zeros(len(pieces)), np.zeros(len(pieces))
+            np.add.at(sums, piece_of, [s for _, s, _, _ in parts])  # in the parts' order, as one by one
+            np.add.at(sizes, piece_of, [n for _, _, n, _ in parts])
+            np.add.at(areas, piece_of, [a for _, _, _, a in parts])
+            self._add(pieces, np.full(len(pieces), class_index), sums / np.maximum(sizes, 1), areas)
         self._seam.clear()
 
     def _flush(self, force: bool = False) -> None:

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from engine.boxes import Box
-from engine.dense.transfer import pinned, to_device, upload
+from engine.dense.transfer import to_device
 from engine.geo.ground import GroundScale
 from engine.geo.polygons import PolygonWriter
 from engine.geo.rasters import NODATA, SCORE_MAX, TiledRaster, quantise
-from engine.geo.source import RasterSource, linear_unit_metres
+from engine.geo.source import BlockValidity, RasterSource, linear_unit_metres
 
 
 CPU_SCORING_ROWS = 128  # rows of a block scored at a time on a CPU (7 names × 128 rows × 1.1k px: ~4 MB)
@@ -45,15 +45,12 @@ def scored_block(segmenter, logits: torch.Tensor, confidence: bool, scores: bool
     return [parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2) for parts in zip(*bands)]
 
 
-def on_source_grid(source: RasterSource, core: Box, arrays: list[torch.Tensor], valid: np.ndarray,
+def on_source_grid(source: RasterSource, core: Box, arrays: list[torch.Tensor], validity: BlockValidity,
                    n_classes: int) -> tuple[Box, list[torch.Tensor], torch.Tensor | None]:
     """A block's uint8 arrays [..., h, w] (class indices below `n_classes` first) on the working grid →
-    (source-grid rectangle, the arrays there with no data where `valid` is False, pixel count per
+    (source-grid rectangle, the arrays there with no data where the source has none, pixel count per
     class value of the first [256] — None for an empty rectangle), computed on the arrays' device."""
-    if not valid.all():
-        invalid = upload(pinned(~valid), arrays[0].device)
-        arrays = [a.masked_fill(invalid, NODATA) for a in arrays]
-    rect, arrays = source.to_source_grid(core, *arrays)
+    rect, arrays = source.put_back(core, validity, *arrays, fill=NODATA)
     if not (rect.h and rect.w):
         return rect, arrays, None
     return rect, arrays, class_counts(arrays[0], n_classes)
@@ -87,10 +84,10 @@ class SegmentationProducts:
                                    overviews="mode", sensor_model=sensor)
         self.scores = (TiledRaster(work / "scores.tif", h, w, len(class_names), transform, crs, class_names, tags,
                                    scale=1 / SCORE_MAX, overviews="average", sensor_model=sensor) if scores else None)
-        self.polygons = (PolygonWriter(work / "polygons.gpkg", source.transform, crs, h, w, class_names, simplify,
-                                       min_area) if polygons else None)
-        self.counts = np.zeros(256, dtype=np.int64)
         self.row_area = row_pixel_area(source)
+        self.polygons = (PolygonWriter(work / "polygons.gpkg", source.transform, crs, h, w, class_names, simplify,
+                                       min_area, self.row_area) if polygons else None)
+        self.counts = np.zeros(256, dtype=np.int64)
         self.areas = None if self.row_area is None else np.zeros(256)
 
     def add(self, rect: Box, labels: np.ndarray, confidence: np.ndarray | None, scores: np.ndarray | None,

@@ -131,10 +131,9 @@ def _heatmap(job, model, prompts, source, work, paths, progress, cancel) -> None
                          sensor_model=source.raster_sensor_model)
     try:
         with closing(raster_blocks(segmenter, source, job.block, progress, cancel)) as blocks:
-            for core, logits, valid in blocks:
+            for core, logits, validity in blocks:
                 values = logits[0].float().cpu().numpy()
-                values[~valid] = HEATMAP_NODATA
-                rect, (values,) = source.to_source_grid(core, values)
+                rect, (values,) = source.put_back(core, validity, values, fill=HEATMAP_NODATA)
                 raster.write(rect, values)
     finally:
         raster.close()

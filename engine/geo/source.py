@@ -44,7 +44,7 @@ from rasterio.windows import Window
 
 from engine.boxes import Box
 from engine.errors import InputError, first_line
-from engine.geo.ground import GroundScale
+from engine.geo.ground import GroundScale, linear_unit_metres
 from engine.geo.raster_names import is_gdal_name, raster_exists
 from engine.geo.sensor_model import SensorModel
 
@@ -78,10 +78,12 @@ def parse_numbers(text: str, count: int, what: str) -> tuple[float, ...]:
     return values
 
 
-def _pixel_metres(crs, transform: Affine, width: int, height: int) -> float | None:
-    """Ground size of one pixel in metres (mean of x and y), or None without a CRS. The sides are the
-    lengths of the transform's column vectors, so a rotated grid has its true pixel size; on a projection
-    that distorts (Web Mercator) the size on the ground at the centre (`engine.geo.ground`)."""
+def _pixel_metres(crs, transform: Affine, width: int, height: int) -> tuple[float, float] | None:
+    """Ground size in metres of one pixel's side along its row and along its column, at the grid's
+    centre, or None without a CRS. The sides are the lengths of the transform's column vectors, so a
+    rotated grid has its true pixel size; on a geographic CRS measured on the ellipsoid (square degrees
+    are narrower than tall away from the equator); on a projection that distorts (Web Mercator) the
+    size on the ground (`engine.geo.ground`)."""
     if crs is None:
         return None
     if crs.is_geographic:
@@ -91,10 +93,11 @@ def _pixel_metres(crs, transform: Affine, width: int, height: int) -> float | No
         geod = Geod(ellps="WGS84")
         _, _, dx = geod.inv(lon, lat, lon + transform.a, lat + transform.d)
         _, _, dy = geod.inv(lon, lat, lon + transform.b, lat + transform.e)
-        return (abs(dx) + abs(dy)) / 2
+        return abs(dx), abs(dy)
     scale = GroundScale.of(crs, transform, width, height)
     centre = 1.0 if scale is None else scale.linear(*(transform @ (width / 2, height / 2)))
-    return pixel_sides(transform) * linear_unit_metres(crs) / centre
+    unit = linear_unit_metres(crs) / centre
+    return math.hypot(transform.a, transform.d) * unit, math.hypot(transform.b, transform.e) * unit
 
 
 def pixel_sides(transform: Affine) -> float:
@@ -113,12 +116,8 @@ def format_coordinate(value: float) -> str:
     return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
-def linear_unit_metres(crs) -> float:
-    """Metres per unit of a projected CRS."""
-    return crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
-
-
 MAX_GRID_SIDE = 2**31 - 1  # GDAL's raster size limit
+SQUARE_TOLERANCE = 0.01  # pixel sides within 1 % of each other on the ground: square pixels
 # the finest working grid, in working pixels per source pixel side (a 10 m Sentinel-2 pixel seen at
 # 0.3 m is 33×): finer only multiplies the work (a stray --gsd 3e-05 on 0.5 m pixels meant 16,667×,
 # 2.8·10¹⁴ working pixels, and memory ran out before the first block)
@@ -200,11 +199,24 @@ class RasterSource:
                               f"geotransform): the outputs carry the same, so GIS software places them as it "
                               f"places the raster; polygons are in pixel space (x = column, y = -row) and areas "
                               f"are not computed")
+        if self.crs is None and self.sensor_model is None:
+            name = Path(self.path).name
+            self.notes.append(f"warning: {name} has no CRS that GDAL reads (a .prj beside a PNG or JPEG with a world "
+                              f"file is not read): its geotransform is kept in the outputs, without a CRS; its pixel "
+                              f"size in metres is unknown, so its native pixels are used and areas are not computed "
+                              f"(give the file a CRS, e.g. gdal_edit.py -a_srs EPSG:32633, to have both)"
+                              if self.georeferenced else
+                              f"warning: {name} has no CRS and no geotransform: the outputs are in its pixel space "
+                              f"(x = column, y = -row, as QGIS shows it) and areas are not computed")
         self.bands = self._choose_bands(bands)
         self.window = self._choose_window(window, bbox, bbox_crs)
         self.transform = self.dataset_transform * Affine.translation(self.window.col_off, self.window.row_off)
         self.height, self.width = int(self.window.height), int(self.window.width)
-        self.source_gsd = _pixel_metres(self.crs, self.transform, self.width, self.height)
+        sides = _pixel_metres(self.crs, self.transform, self.width, self.height)
+        if sides is not None and abs(sides[0] / sides[1] - 1.0) <= SQUARE_TOLERANCE:  # square: one size
+            sides = ((sides[0] + sides[1]) / 2,) * 2
+        self.pixel_sides_m = sides  # (along a row, along a column), metres on the ground
+        self.source_gsd = None if sides is None else (sides[0] + sides[1]) / 2
         self.working_gsd, self.grid = self._working_grid(gsd)
         self.floating = any(np.dtype(ds.dtypes[b - 1]).kind in "fc" for b in self.bands)
         needs_stretch = ds.dtypes[self.bands[0] - 1] != "uint8" and self.palette is None
@@ -283,9 +295,13 @@ class RasterSource:
             col, row, w, h = window
             if w < 1 or h < 1:
                 raise InputError("window width and height must be at least 1 pixel")
-            if col < 0 or row < 0 or col + w > ds.width or row + h > ds.height:
+            col0, row0, col1, row1 = max(col, 0), max(row, 0), min(col + w, ds.width), min(row + h, ds.height)
+            if col1 <= col0 or row1 <= row0:
                 raise InputError(f"window {col},{row},{w},{h} lies outside the raster ({ds.width} x {ds.height} px)")
-            return Window(col, row, w, h)
+            if (col0, row0, col1, row1) != (col, row, col + w, row + h):
+                self.notes.append(f"window {col},{row},{w},{h} reaches beyond the raster ({ds.width} x {ds.height} "
+                                  f"px): its part inside, {col0},{row0},{col1 - col0},{row1 - row0}, is processed")
+            return Window(col0, row0, col1 - col0, row1 - row0)
         if bbox is None:
             return full
         minx, miny, maxx, maxy = bbox
@@ -298,6 +314,10 @@ class RasterSource:
                      f"only" if self.sensor_model is not None else "pixel space: x = column, y = -row, as QGIS shows it")
             raise InputError(f"bbox lies outside the raster (raster bounds {','.join(map(format_coordinate, b))} "
                              f"in {self.crs or space}){self._swapped_bbox_hint(bbox, bbox_crs)}")
+        if self._bbox_clipped:
+            self.notes.append(f"bbox reaches beyond the raster: its part inside, pixels {window.col_off},"
+                              f"{window.row_off},{window.width},{window.height} of {ds.width} x {ds.height}, is "
+                              f"processed")
         return window
 
     def _bbox_window(self, bbox, bbox_crs) -> Window | None:
@@ -313,10 +333,13 @@ class RasterSource:
         cols, rows = zip(*(inverse * (x, y) for x in (minx, maxx) for y in (miny, maxy)))
         if not all(map(math.isfinite, cols + rows)):
             return None
-        col0, row0 = max(0, math.floor(min(cols) + 1e-9)), max(0, math.floor(min(rows) + 1e-9))
-        col1, row1 = min(ds.width, math.ceil(max(cols) - 1e-9)), min(ds.height, math.ceil(max(rows) - 1e-9))
+        whole = (math.floor(min(cols) + 1e-9), math.floor(min(rows) + 1e-9),
+                 math.ceil(max(cols) - 1e-9), math.ceil(max(rows) - 1e-9))
+        col0, row0 = max(0, whole[0]), max(0, whole[1])
+        col1, row1 = min(ds.width, whole[2]), min(ds.height, whole[3])
         if col1 <= col0 or row1 <= row0:
             return None
+        self._bbox_clipped = (col0, row0, col1, row1) != whole
         return Window(col0, row0, col1 - col0, row1 - row0)
 
     def _swapped_bbox_hint(self, bbox, bbox_crs) -> str:
@@ -339,7 +362,9 @@ class RasterSource:
                 f"min lat, max lon, max lat; here {','.join(map(format_coordinate, (miny, minx, maxy, maxx)))})")
 
     def _working_grid(self, gsd: float | None) -> tuple[float | None, WorkingGrid]:
-        native = self.source_gsd
+        """Square working pixels of `gsd` metres on the ground; by default the source's (its finer side
+        for pixels that are not square), but not finer than DEFAULT_GSD."""
+        native = None if self.pixel_sides_m is None else min(self.pixel_sides_m)
         if gsd is not None:
             if not (gsd > 0 and math.isfinite(gsd)):
                 raise InputError("--gsd must be a positive number of metres per pixel")
@@ -351,18 +376,25 @@ class RasterSource:
             target = gsd
         else:
             target = max(native, DEFAULT_GSD) if native is not None else None
-        if target is None or abs(target / native - 1.0) < 1e-6:
-            return native, WorkingGrid(self.height, self.width, 1.0, 1.0)
-        factor = target / native
+        if target is None:
+            return None, WorkingGrid(self.height, self.width, 1.0, 1.0)
+        factor_x, factor_y = (target / side for side in self.pixel_sides_m)  # source pixels per working pixel
+        if abs(factor_x - 1.0) < 1e-6 and abs(factor_y - 1.0) < 1e-6:
+            return target, WorkingGrid(self.height, self.width, 1.0, 1.0)
+        if factor_x != factor_y:
+            x, y = self.pixel_sides_m
+            self.notes.append(f"{Path(self.path).name}: pixels are {x:.3g} × {y:.3g} m on the ground, not square: "
+                              f"read as square {target:.3g} m pixels, so that shapes are not stretched")
+        factor, coarse = min(factor_x, factor_y), max(self.pixel_sides_m)  # (the most up-sampled side)
         if factor < 1 / MAX_UPSAMPLING:
-            raise InputError(f"--gsd {target:g} m/px is {1 / factor:,.0f}× finer than the raster's {native:.3g} m "
+            raise InputError(f"--gsd {target:g} m/px is {1 / factor:,.0f}× finer than the raster's {coarse:.3g} m "
                              f"pixels (at most {MAX_UPSAMPLING}× is allowed: the model sees nothing new below the "
-                             f"raster's own resolution): choose a gsd of at least {native / MAX_UPSAMPLING:.3g} m")
+                             f"raster's own resolution): choose a gsd of at least {coarse / MAX_UPSAMPLING:.3g} m")
         if max(self.width, self.height) / factor > MAX_GRID_SIDE:
             raise InputError(f"--gsd {target:g} m/px would make the working grid over {MAX_GRID_SIDE:,} pixels a "
-                             f"side (the limit; the raster's pixels are {native:.3g} m): choose a coarser gsd")
-        width = max(1, round(self.width / factor))
-        height = max(1, round(self.height / factor))
+                             f"side (the limit; the raster's pixels are {coarse:.3g} m): choose a coarser gsd")
+        width = max(1, round(self.width / factor_x))
+        height = max(1, round(self.height / factor_y))
         return target, WorkingGrid(height, width, self.height / height, self.width / width)
 
     def _overview_read(self) -> tuple[np.ndarray, np.ndarray]:
@@ -447,6 +479,15 @@ class RasterSource:
     def working_transform(self) -> Affine:
         return self.transform * Affine.scale(self.grid.scale_x, self.grid.scale_y)
 
+    def source_rect(self, core: Box) -> Box:
+        """The rectangle of the source grid whose pixels' centres lie in a working-grid block."""
+        if not self.grid.resampled:
+            return core
+        rows, cols = self._source_to_working()
+        r0, r1 = np.searchsorted(rows, [core.y, core.y + core.h])
+        c0, c1 = np.searchsorted(cols, [core.x, core.x + core.w])
+        return Box(int(r0), int(c0), int(r1 - r0), int(c1 - c0))
+
     def to_source_grid(self, core: Box, *arrays):
         """Working-grid block → (source-grid rectangle, the arrays [..., h, w] on it), nearest
         neighbour: each source pixel takes the working pixel under its centre. The rectangles of a
@@ -456,10 +497,8 @@ class RasterSource:
         if not self.grid.resampled:
             return core, list(arrays)
         rows, cols = self._source_to_working()
-        r0, r1 = np.searchsorted(rows, [core.y, core.y + core.h])
-        c0, c1 = np.searchsorted(cols, [core.x, core.x + core.w])
-        take_r, take_c = rows[r0:r1] - core.y, cols[c0:c1] - core.x
-        rect = Box(int(r0), int(c0), int(r1 - r0), int(c1 - c0))
+        rect = self.source_rect(core)
+        take_r, take_c = rows[rect.y:rect.y + rect.h] - core.y, cols[rect.x:rect.x + rect.w] - core.x
         if arrays and not isinstance(arrays[0], np.ndarray):  # torch tensors
             from engine.dense.transfer import to_device
 
@@ -607,6 +646,43 @@ class RasterSource:
         if not geom.intersects(shapely.box(*self.bounds)):
             raise InputError("the mask does not overlap the raster area")
         self.mask_geometry = geom
+
+    def block_validity(self, core: Box, within: tuple[Box, np.ndarray] | None = None) -> "BlockValidity":
+        """A working-grid block's validity (`read_valid`) and, on a resampled grid where something
+        declares no data, that of its rectangle of the source grid read at the source's own pixels —
+        so that no data in the outputs is exactly the source's, not the working pixels' put back."""
+        working = self.read_valid(core, within)
+        if not self.grid.resampled or not self._declares_no_data:
+            return BlockValidity(working, None)
+        rect = self.source_rect(core)
+        return BlockValidity(working, self._source_valid(rect) if rect.h and rect.w else None)
+
+    def put_back(self, core: Box, validity: "BlockValidity", *arrays, fill):
+        """A block's arrays [..., h, w] on the working grid → (source-grid rectangle, the arrays there,
+        `fill` where the source has no data) — numpy arrays, or torch tensors on their device."""
+        if validity.source is None:
+            arrays = [_filled(a, validity.working, fill) for a in arrays]
+            return self.to_source_grid(core, *arrays)
+        rect, arrays = self.to_source_grid(core, *arrays)
+        return rect, [_filled(a, validity.source, fill) for a in arrays]
+
+    @property
+    def _declares_no_data(self) -> bool:
+        return (not self._masks_all_valid or self.floating or self.nodata is not None
+                or getattr(self, "mask_geometry", None) is not None)
+
+    def _source_valid(self, rect: Box) -> np.ndarray:
+        """Validity [h, w] of a rectangle of the area's source grid, at the source's own pixels."""
+        window = Window(self.window.col_off + rect.x, self.window.row_off + rect.y, rect.w, rect.h)
+        valid = self._mask_valid(window, rect.h, rect.w)
+        if self.floating or self.nodata is not None:
+            valid &= self._value_valid(self._read_nearest(window, rect.h, rect.w))
+        if getattr(self, "mask_geometry", None) is not None:
+            from rasterio.features import geometry_mask
+
+            transform = self.transform * Affine.translation(rect.x, rect.y)
+            valid &= geometry_mask([self.mask_geometry], out_shape=(rect.h, rect.w), transform=transform, invert=True)
+        return valid
 
     def read_valid(self, rect: Box, within: tuple[Box, np.ndarray] | None = None) -> np.ndarray:
         """Validity mask [h, w] (True = data in every chosen band, inside the mask if any) of a
@@ -761,6 +837,26 @@ def palette_rgb_vrt(ds, path: str) -> PaletteRGB | None:
                      f'{properties}<LUT>{",".join(points)}</LUT></ComplexSource>{mask_source}</VRTRasterBand>')
     xml = f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">{"".join(bands)}</VRTDataset>'
     return PaletteRGB(xml, any(invalid), masked)
+
+
+@dataclass(frozen=True)
+class BlockValidity:
+    """A working-grid block's validity [h, w], and (`source`) its source-grid rectangle's at the source's
+    own pixels where the grid is resampled and something declares no data, else None."""
+
+    working: np.ndarray
+    source: np.ndarray | None = None
+
+
+def _filled(array, valid: np.ndarray, fill):
+    """`array` [..., h, w] (numpy, or a torch tensor on its device) with `fill` where `valid` is False."""
+    if valid.all():
+        return array
+    if isinstance(array, np.ndarray):
+        return np.where(valid, array, np.asarray(fill, dtype=array.dtype))
+    from engine.dense.transfer import pinned, upload
+
+    return array.masked_fill(upload(pinned(~valid), array.device), fill)
 
 
 _COLOUR_WORDS = {"red": 0, "green": 1, "blue": 2}

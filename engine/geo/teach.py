@@ -48,7 +48,8 @@ def _placed(source: RasterSource, geom, crs: str | None):
     import shapely
 
     try:
-        placed = _to_working_grid(source, geom, crs)
+        with np.errstate(all="ignore"):  # (infinite coordinates: numpy's warnings are no news to the user)
+            placed = _to_working_grid(source, geom, crs)
     except (shapely.errors.GEOSException, ValueError):
         return None
     bounds = placed.bounds

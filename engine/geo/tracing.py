@@ -23,13 +23,15 @@ from engine.boxes import Box
 @dataclass
 class Regions:
     """A block's regions, one entry each: polygon (in the raster's coordinates), class value, summed
-    confidence, pixel count, and whether it touches an inner block border. Arrays, so that the writer
-    measures and writes them in a few vectorised steps; a worker process sends the polygons as WKB."""
+    confidence, pixel count, area (m², of its pixels: NaN without CRS) and whether it touches an inner
+    block border. Arrays, so that the writer filters and writes them in a few vectorised steps; a
+    worker process sends the polygons as WKB."""
 
     polygons: np.ndarray  # shapely polygons (object)
     classes: np.ndarray  # int64
     sums: np.ndarray  # float64
     pixels: np.ndarray  # int64
+    areas: np.ndarray  # float64
     at_seam: np.ndarray  # bool
 
     def __getstate__(self) -> dict:
@@ -44,15 +46,17 @@ class Regions:
     @staticmethod
     def none() -> "Regions":
         return Regions(np.array([], dtype=object), np.array([], dtype=np.int64), np.array([], dtype=np.float64),
-                       np.array([], dtype=np.int64), np.array([], dtype=bool))
+                       np.array([], dtype=np.int64), np.array([], dtype=np.float64), np.array([], dtype=bool))
 
 
 def block_regions(core: Box, classes: np.ndarray, confidence: np.ndarray, transform: Affine, height: int,
-                  width: int, nodata: int, tolerance: float = 0.0) -> Regions:
+                  width: int, nodata: int, tolerance: float = 0.0, row_area: np.ndarray | None = None) -> Regions:
     """The 4-connected one-class regions of a block of a height × width raster, as polygons in the
-    raster's coordinates, each with its class, summed confidence, pixel count and whether it touches
-    an inner block border (then it may continue in the next block, and is left as traced); the others
-    are simplified with `tolerance` (in the raster's units; 0: not at all)."""
+    raster's coordinates, each with its class, summed confidence, pixel count, area — the sum of its
+    pixels' areas (`row_area`: m² of a pixel on each of the block's rows; None: NaN), so simplifying
+    its outline never changes it — and whether it touches an inner block border (then it may continue
+    in the next block, and is left as traced); the others are simplified with `tolerance` (in the
+    raster's units; 0: not at all)."""
     labels = np.zeros(classes.shape, dtype=np.int32)  # region ids from 1; 0: no data
     owners = [np.array([nodata])]  # the class value of each region id
     n_regions = 0
@@ -70,6 +74,9 @@ def block_regions(core: Box, classes: np.ndarray, confidence: np.ndarray, transf
     owner = np.concatenate(owners)
     sums = np.bincount(labels.ravel(), weights=confidence.ravel().astype(np.float64), minlength=len(owner))
     sizes = np.bincount(labels.ravel(), minlength=len(owner))
+    areas = (np.full(len(owner), np.nan) if row_area is None else
+             np.bincount(labels.ravel(), weights=np.broadcast_to(row_area[:, None], labels.shape).ravel(),
+                         minlength=len(owner)))
     seam = np.zeros(len(owner), dtype=bool)
     for inner, edge in ((core.y > 0, labels[0]), (core.y + core.h < height, labels[-1]),
                         (core.x > 0, labels[:, 0]), (core.x + core.w < width, labels[:, -1])):
@@ -83,7 +90,8 @@ def block_regions(core: Box, classes: np.ndarray, confidence: np.ndarray, transf
     at_seam = seam[ids]
     if tolerance > 0 and len(ids):
         polygons[~at_seam] = simplified(polygons[~at_seam], tolerance)
-    return Regions(polygons, owner[ids].astype(np.int64), sums[ids], sizes[ids].astype(np.int64), at_seam)
+    return Regions(polygons, owner[ids].astype(np.int64), sums[ids], sizes[ids].astype(np.int64), areas[ids],
+                   at_seam)
 
 
 def polygons_from_geojson(geojsons: list[dict]) -> np.ndarray:

@@ -61,14 +61,19 @@ def test_real_samples_give_outputs_gdal_opens_with_the_right_crs_and_bounds(tmp_
     assert sum(c["pixels"] for c in summary["classes"]) + summary["nodata_pixels"] == summary["width"] * summary["height"]
 
 
-def test_no_crs_warns_and_goes_on_in_pixel_space(tmp_path, capsys, checkpoint):
+def test_no_crs_warns_and_keeps_the_geotransform(tmp_path, capsys, checkpoint):
+    """A geotransform without a CRS (a world file without .prj): outputs on the same coordinates, no CRS, no
+    areas, said in one line that tells how to give the file a CRS."""
     src = write_raster(tmp_path / "plain.tif", scene(120, 150)[0], crs=None)
     code, _, err = run_cli(capsys, "segment", str(src), "--classes", "a; b", "-o", str(tmp_path / "o"),
                            *_model_args(checkpoint))
     assert code == 0
-    assert "has no CRS" in err
+    warning = [line for line in err.splitlines() if "has no CRS" in line]
+    assert len(warning) == 1 and "geotransform" in warning[0] and "-a_srs" in warning[0]
     summary = json.loads((tmp_path / "o" / "plain_summary.json").read_text())
     assert summary["crs"] is None and summary["classes"][0]["area_m2"] is None
+    with rasterio.open(src) as a, rasterio.open(tmp_path / "o" / "plain_classes.tif") as b:
+        assert b.crs is None and b.transform == a.transform
 
 
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
@@ -87,7 +92,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "bad band": (["segment", str(good), "--classes", "a", "--bands", "1,2,5", "-o", out], "band 5 does not exist"),
         "bbox outside": (["segment", str(good), "--classes", "a", "--bbox", "0,0,10,10", "-o", out],
                          "bbox lies outside the raster"),
-        "window outside": (["segment", str(good), "--classes", "a", "--window", "50,50,30,30", "-o", out],
+        "window outside": (["segment", str(good), "--classes", "a", "--window", "70,50,30,30", "-o", out],
                            "lies outside the raster"),
         "unwritable out": (["segment", str(good), "--classes", "a", "-o", str(locked / "sub")],
                            "cannot write to output folder"),

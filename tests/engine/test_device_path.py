@@ -44,7 +44,7 @@ def _blocked(segmenter, path, block=256, **source_args) -> tuple[torch.Tensor, n
         with closing(raster_blocks(segmenter, source, block)) as blocks:
             for core, lg, ok in blocks:
                 logits[:, core.y:core.y + core.h, core.x:core.x + core.w] = lg.cpu()
-                valid[core.y:core.y + core.h, core.x:core.x + core.w] = ok
+                valid[core.y:core.y + core.h, core.x:core.x + core.w] = ok.working
     return logits, valid
 
 

@@ -14,6 +14,7 @@ import shapely
 import torch
 import torch.nn.functional as F
 from rasterio.enums import ColorInterp
+from rasterio.features import geometry_mask
 
 from engine.dense import Segmenter, prepare_image
 from engine.dense.forward import dense_features
@@ -126,6 +127,42 @@ def test_nodata_border_gets_no_prediction(tmp_path, segmenter):
     assert np.all(labels[20:, :-35] != 255)
     assert summary["nodata_pixels"] == 300 * 300 - 280 * 265
     assert summary["bands"] == [1, 2, 3]  # NIR is never read as blue
+
+
+@pytest.mark.parametrize("kind", ["nodata value", "alpha band", "NaN", "mask polygon"])
+@pytest.mark.parametrize("gsd", [None, 0.73], ids=["default-0.5", "gsd-0.73"])
+def test_no_data_is_the_sources_own_at_a_working_resolution(tmp_path, segmenter, kind, gsd):
+    """0.2 m pixels read at 0.5 m (or 0.73 m): the outputs' no data is exactly the source's pixels — isolated
+    dead pixels, a ragged edge, a polygon's outline — not that of the working pixels put back."""
+    rng = np.random.default_rng(3)
+    h, w = 233, 251
+    invalid = np.zeros((h, w), bool)
+    invalid[rng.integers(0, h, 40), rng.integers(0, w, 40)] = True  # dead pixels
+    invalid[:, :17] = True
+    invalid[np.arange(h), np.minimum(17 + np.arange(h) // 3, w - 1)] = True  # a ragged edge
+    rgb = np.maximum(scene(h, w, seed=4)[0], 1)
+    mask_wkt = None
+    if kind == "nodata value":
+        src = write_raster(tmp_path / "in.tif", np.where(invalid, 0, rgb).astype(np.uint8), nodata=0, res=0.2)
+    elif kind == "alpha band":
+        alpha = np.where(invalid, 0, 255).astype(np.uint8)[None]
+        src = write_raster(tmp_path / "in.tif", np.concatenate([rgb, alpha]), res=0.2,
+                           colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha])
+    elif kind == "NaN":
+        src = write_raster(tmp_path / "in.tif", np.where(invalid, np.nan, rgb / 255).astype(np.float32), res=0.2)
+    else:  # a triangle over the whole raster: no data outside it, by pixel centre as GDAL rasterizes
+        src = write_raster(tmp_path / "in.tif", rgb, res=0.2)
+        with rasterio.open(src) as ds:
+            x0, y0, x1, y1 = ds.bounds
+            triangle = shapely.Polygon([(x0 + 3.3, y0 + 2.1), (x1 - 1.7, y0 + 9.9), (x0 + 20.1, y1 - 0.9)])
+            invalid = geometry_mask([triangle], out_shape=(h, w), transform=ds.transform)
+        mask_wkt = triangle.wkt
+    summary = _run(segmenter, src, tmp_path / "out", gsd=gsd, mask_wkt=mask_wkt, polygons=False)
+    assert summary["working_gsd_m"] == (gsd or 0.5)
+    with rasterio.open(tmp_path / "out" / "in_classes.tif") as cls:
+        labels = cls.read(1)
+    assert np.array_equal(labels == 255, invalid)
+    assert summary["nodata_pixels"] == int(invalid.sum())
 
 
 def test_colour_interpretation_picks_rgb_out_of_bgrn(tmp_path):

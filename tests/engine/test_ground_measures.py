@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from affine import Affine
 from pyproj import Geod, Transformer
 from shapely.ops import transform as reproject
 
@@ -96,3 +97,46 @@ def test_utm_areas_stay_pixel_count_times_pixel_area(tmp_path, segmenter):
     summary = segment_raster(RasterJob(str(src), str(tmp_path / "out"), polygons=False), segmenter)
     assert summary["source_gsd_m"] == 0.5
     assert all(c["area_m2"] == pytest.approx(c["pixels"] * 0.25) for c in summary["classes"])
+
+
+@pytest.mark.parametrize("unit, metres", [('"metre",1', 1.0), ('"US survey foot",0.304800609601219', 0.3048006096)],
+                         ids=["metres", "us-feet"])
+def test_a_local_site_crs_is_measured_in_its_unit(tmp_path, segmenter, unit, metres):
+    """Drone photogrammetry's plain site coordinates (an engineering CRS, no datum): the unit it states."""
+    crs = (f'LOCAL_CS["Drone site",LOCAL_DATUM["Arbitrary",32767],UNIT[{unit}],'
+           f'AXIS["Easting",EAST],AXIS["Northing",NORTH]]')
+    src = write_raster(tmp_path / "site.tif", scene(120, 160, seed=6)[0], crs=crs, origin=(1000.0, 2000.0), res=1.0)
+    summary = segment_raster(RasterJob(str(src), str(tmp_path / "out")), segmenter)
+    assert summary["source_gsd_m"] == pytest.approx(metres)
+    assert all(c["area_m2"] == pytest.approx(c["pixels"] * metres ** 2, abs=1e-3) for c in summary["classes"])
+    geoms, fields = _polygons(tmp_path / "out" / "site_polygons.gpkg")
+    assert fields["area_m2"].sum() == pytest.approx(sum(c["area_m2"] for c in summary["classes"]), rel=0.02)
+    with rasterio.open(src) as a, rasterio.open(tmp_path / "out" / "site_classes.tif") as b:
+        assert b.crs == a.crs and b.transform == a.transform
+
+
+@pytest.mark.parametrize("crs, transform", [
+    ("EPSG:32633", Affine(0.5, 0, 500000.0, 0, -0.3, 5200000.0)),  # 0.5 × 0.3 m pixels
+    ("EPSG:4326", Affine(0.000008, 0, 10.0, 0, -0.000008, 60.0)),  # square degrees at 60° N: 0.45 × 0.89 m
+], ids=["utm-0.5x0.3", "degrees-at-60N"])
+def test_pixels_that_are_not_square_on_the_ground_are_read_square(tmp_path, segmenter, crs, transform):
+    """The model sees square pixels (shapes not stretched): each axis resampled to the working GSD on the
+    ground; the outputs stay on the source grid."""
+    h, w = 150, 200
+    src = write_raster(tmp_path / "in.tif", scene(h, w, seed=7)[0], crs=crs, transform=transform)
+    summary = segment_raster(RasterJob(str(src), str(tmp_path / "out"), polygons=False), segmenter)
+    with rasterio.open(src) as ds:
+        centre = ds.transform * (w / 2, h / 2)
+    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    lon, lat = to_lonlat.transform([centre[0], centre[0] + transform.a, centre[0]],
+                                   [centre[1], centre[1], centre[1] + transform.e])
+    side_x = GEOD.inv(lon[0], lat[0], lon[1], lat[1])[2]  # a pixel's sides on the ground
+    side_y = GEOD.inv(lon[0], lat[0], lon[2], lat[2])[2]
+    working = summary["working_gsd_m"]
+    assert working == pytest.approx(max(min(side_x, side_y), 0.5), rel=1e-3)
+    width, height = summary["working_size"]
+    assert width * working == pytest.approx(w * side_x, rel=0.01)
+    assert height * working == pytest.approx(h * side_y, rel=0.01)
+    assert any("not square" in note for note in summary["notes"])
+    with rasterio.open(src) as a, rasterio.open(tmp_path / "out" / "in_classes.tif") as b:
+        assert (b.transform, b.shape) == (a.transform, a.shape)

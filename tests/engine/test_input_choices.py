@@ -154,3 +154,14 @@ def test_segment_batch_takes_the_nodata_value_too(tmp_path, segmenter):
     assert np.all(labels[:frame] == 255) and np.all(labels[frame:-frame, frame:-frame] != 255)
     untagged = run_batch([str(src)], BatchSettings(str(tmp_path / "plain")), segmenter, LocalExecutor(segmenter))
     assert "edge frame of value 0" in untagged["per_input"][0]["notes"][0]  # the warning reaches batch runs
+
+
+@pytest.mark.parametrize("area", [{"window": (40, 30, 60, 60)}, {"bbox": (500020.0, 5199970.0, 500100.0, 5200030.0)}],
+                         ids=["window", "bbox"])
+def test_an_area_reaching_beyond_the_raster_is_clipped_and_said(tmp_path, segmenter, area):
+    """64 × 64 px at 0.5 m from (500000, 5200000): the part of the area inside the raster is processed, and
+    the summary's notes say it was clipped."""
+    src = write_raster(tmp_path / "in.tif", scene(64, 64)[0])
+    summary = segment_raster(RasterJob(str(src), str(tmp_path / "out"), polygons=False, **area), segmenter)
+    assert summary["window"] == ([40, 30, 24, 34] if "window" in area else [40, 0, 24, 60])
+    assert sum("reaches beyond the raster" in note for note in summary["notes"]) == 1

@@ -63,3 +63,10 @@ def test_a_blocks_validity_cut_from_its_read_equals_reading_it(tmp_path, gsd):
         assert not ok.all()
         for rect in (Box(3, 5, 50, 60), Box(40, 50, grid.height - 40, grid.width - 50), extent):
             assert np.array_equal(source.read_valid(rect, (extent, ok)), source.read_valid(rect))
+
+
+def test_a_raster_with_no_data_anywhere_says_so(tmp_path, tiny_model):
+    src = write_raster(tmp_path / "empty.tif", np.full((3, 80, 80), np.nan, np.float32))
+    summary = segment_raster(RasterJob(str(src), str(tmp_path / "out")), Segmenter(tiny_model, "water; grass"))
+    assert summary["nodata_pixels"] == 80 * 80 and summary["polygons"] == 0
+    assert sum("no pixel of the area got a class" in note for note in summary["notes"]) == 1

@@ -62,3 +62,30 @@ def test_a_block_of_no_data_has_no_regions():
     classes = np.full((64, 64), NODATA, dtype=np.uint8)
     regions = block_regions(Box(0, 0, 64, 64), classes, classes, TRANSFORM, 64, 64, NODATA)
     assert len(regions) == 0
+
+
+def test_a_simplified_outline_keeps_the_area_of_its_pixels(tmp_path):
+    """Lines one pixel wide (a path, a hedge), a single pixel, a block-crossing strip: with the default
+    simplification their outlines lose corners, but each polygon's area_m2 is that of its pixels, and the
+    polygons of a class add up to the class's pixels."""
+    from pyogrio.raw import read
+    from rasterio.crs import CRS
+
+    from engine.geo.polygons import PolygonWriter
+
+    classes = np.full((64, 96), 0, dtype=np.uint8)
+    classes[10, 5:90] = 1  # a 1 px wide line across both blocks
+    classes[20:60, 40] = 2  # a 1 px wide column
+    classes[50, 70] = 3  # one pixel
+    row_area = np.full(64, 0.25)
+    writer = PolygonWriter(tmp_path / "p.gpkg", TRANSFORM, CRS.from_epsg(32633), 64, 96, ["a", "b", "c", "d"],
+                           simplify_px=1.0, row_area=row_area)
+    for core in (Box(0, 0, 64, 48), Box(0, 48, 64, 48)):
+        block = classes[core.y:core.y + core.h, core.x:core.x + core.w]
+        writer.add_block(core, block, np.full(block.shape, 200, np.uint8))
+    writer.close()
+    meta, _, _, fields = read(tmp_path / "p.gpkg")
+    got = dict(zip(meta["fields"], fields))
+    for value in range(4):
+        assert got["area_m2"][got["class_index"] == value].sum() == pytest.approx((classes == value).sum() * 0.25)
+    assert sorted(got["area_m2"][got["class_index"] > 0]) == pytest.approx(sorted([85 * 0.25, 40 * 0.25, 0.25]))

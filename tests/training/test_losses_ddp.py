@@ -56,6 +56,7 @@ def _grads(image_proj, text_proj, scale):
 
 def _worker(rank: int, world: int, port: int, exact: bool, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         x, y, ids = _data()
@@ -70,6 +71,7 @@ def _worker(rank: int, world: int, port: int, exact: bool, queue) -> None:
         losses = torch.stack([clip.detach(), region.detach()])
         dist.all_reduce(losses)
         queue.put((rank, (losses / world).tolist(), [g.tolist() for g in grads]))
+        dist.barrier()  # neither rank tears the group down while the other still uses it (CI: a SIGABRT)
     finally:
         dist.destroy_process_group()
 

@@ -75,6 +75,7 @@ def _worker(rank: int, world: int, port: int, stage: int, gather_with_grad: bool
         values, grads, objects = _step(stage, samples[rank * half:(rank + 1) * half], gather_with_grad)
         dist.all_reduce(values)  # logged losses are the mean over ranks
         queue.put((rank, (values / world).tolist(), {k: v.tolist() for k, v in grads.items()}, objects))
+        dist.barrier()  # neither rank tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
 
