@@ -47,7 +47,7 @@ def trace(values: np.ndarray, block: int, out: Path) -> tuple[float, float, int]
     size = values.shape[0]
     confidence = np.full(values.shape, 200, dtype=np.uint8)
     writer = PolygonWriter(out, Affine(0.3, 0, 500000.0, 0, -0.3, 5200000.0), CRS.from_epsg(32633), size, size,
-                           [f"class{i}" for i in range(6)], simplify_px=1.0)
+                           [f"class{i}" for i in range(6)], simplify_px=1.0, row_area=np.full(size, 0.09))
     t0 = time.perf_counter()
     for y in range(0, size, block):
         for x in range(0, size, block):

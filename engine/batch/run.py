@@ -64,7 +64,9 @@ def _job(settings: BatchSettings, path: str, name: str) -> RasterJob:
                      overwrite=True)  # the manifest decides what is done: outputs of other settings are replaced
 
 
-PARTS_FORMAT = "strips"  # what a finished block's saved contributions hold (see NumpyPart)
+# what a finished block's saved contributions hold (see NumpyPart), on which working grid ("square": pixels
+# square on the ground, from 2026-12; a run before it is not resumed on the new grid)
+PARTS_FORMAT = "strips-square"
 
 
 def run_settings(settings: BatchSettings, segmenter) -> dict:
