@@ -108,3 +108,25 @@ def processing(qgis_app):
 
     yield proc
     plugin.unload()
+
+
+_EXIT_STATUS = 0
+
+
+def pytest_sessionfinish(session, exitstatus):
+    global _EXIT_STATUS
+    _EXIT_STATUS = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """End the process here, with pytest's status, once pytest has said everything: left to Python's own
+    teardown, QGIS's C++ objects (the application, the project, rendered layers' providers) are destroyed
+    in any order, and the process died of a segmentation fault or heap corruption after every test passed."""
+    if _APP is not None:
+        import os
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS)

@@ -125,16 +125,25 @@ def test_the_engine_no_longer_having_the_taught_classes_or_the_run_is_said_in_gu
     assert panel.teach() is None and dock.last_error == "the layer unlabelled has no polygons with a class in 'class'"
 
 
-def test_cancelling_teaching_is_reported_as_cancelled_and_teaches_nothing(dock, qtbot):
+def test_cancelling_teaching_is_reported_as_cancelled_and_teaches_nothing(dock, qtbot, engine):
+    """The engine is paused while the task starts and the user cancels (teaching 8 polygons on a small raster
+    can finish before a cancel arrives on a fast machine), then resumed."""
+    import os
+    import signal
+
     from qgis.core import QgsProject
 
     panel = dock.labels_panel
     labels = memory_layer("my labels", LABELS)
     QgsProject.instance().addMapLayer(labels)
     panel.teach_layer_combo.setLayer(labels)
-    statuses = task_status.record(panel.teach())
-    assert panel.cancel_button.isEnabled()
-    panel.cancel()
+    os.kill(engine.proc.pid, signal.SIGSTOP)
+    try:
+        statuses = task_status.record(panel.teach())
+        assert panel.cancel_button.isEnabled()
+        panel.cancel()
+    finally:
+        os.kill(engine.proc.pid, signal.SIGCONT)
     qtbot.waitUntil(lambda: panel.teach_button.isEnabled(), timeout=60_000)
     assert panel.progress.text() == "cancelled" and dock.messages[-1][0] == "info"  # not an error
     assert task_status.not_reported_as_failed(statuses), statuses
