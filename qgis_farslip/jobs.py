@@ -111,8 +111,8 @@ def render_plan(layer: QgsRasterLayer, extent: QgsRectangle | None, gsd: float |
 
 
 def units_per_ground_metre(crs: QgsCoordinateReferenceSystem, area: QgsRectangle) -> float | None:
-    """CRS units per metre on the ground (WGS 84 ellipsoid) at the area's centre: degrees per metre on a
-    geographic CRS; 1.64 for Web Mercator at 52° N, where XYZ layers' "metres" are that much shorter than
+    """CRS units per metre on the ground (WGS 84 ellipsoid) at the area's centre, along the direction where a
+    unit is longest: degrees of latitude per metre on a geographic CRS; 1.64 for Web Mercator at 52° N, where XYZ layers' "metres" are that much shorter than
     the ground's (the engine measures its GSD on the ground too); 1 on a metric CRS true to within 0.5 %
     (UTM, national grids). None when it cannot be measured."""
     measure = QgsDistanceArea()
@@ -120,10 +120,11 @@ def units_per_ground_metre(crs: QgsCoordinateReferenceSystem, area: QgsRectangle
     measure.setEllipsoid("WGS84")
     at = area.center()
     step = max(area.width(), area.height()) / 1000 or 1.0
-    ground = measure.measureLine(QgsPointXY(at.x() - step / 2, at.y()), QgsPointXY(at.x() + step / 2, at.y()))
-    if not (ground > 0 and math.isfinite(ground)):
+    across = measure.measureLine(QgsPointXY(at.x() - step / 2, at.y()), QgsPointXY(at.x() + step / 2, at.y()))
+    along = measure.measureLine(QgsPointXY(at.x(), at.y() - step / 2), QgsPointXY(at.x(), at.y() + step / 2))
+    if not all(g > 0 and math.isfinite(g) for g in (across, along)):
         return None
-    scale = step / ground
+    scale = step / max(across, along)  # (square degrees are narrower than tall: neither side coarser than asked)
     metric = crs.mapUnits() == QgsUnitTypes.DistanceMeters
     return 1.0 if metric and abs(scale - 1.0) <= 0.005 else scale
 

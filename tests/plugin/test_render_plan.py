@@ -55,3 +55,29 @@ def test_a_utm_file_is_rendered_no_finer_than_its_pixels_or_the_working_gsd(qgis
     ds = None
     _, resolution = render_plan(QgsRasterLayer(path, "utm"), None, None)
     assert resolution == pytest.approx(want)
+
+
+def test_a_geographic_file_is_rendered_with_neither_side_coarser_than_the_working_gsd(qgis_app, tmp_path):
+    """Square degrees at 60° N are half as wide as tall on the ground: the rendered pixels are 0.5 m tall
+    (and narrower), not 0.5 m wide and 1 m tall."""
+    from osgeo import gdal, osr
+    from qgis.core import QgsDistanceArea, QgsPointXY, QgsProject, QgsRasterLayer
+
+    from qgis_farslip.jobs import render_plan
+
+    path = str(tmp_path / "wgs84.tif")
+    ds = gdal.GetDriverByName("GTiff").Create(path, 64, 64, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((10.0, 0.000001, 0.0, 60.0, 0.0, -0.000001))  # 0.06 × 0.11 m pixels
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)
+    ds.SetProjection(srs.ExportToWkt())
+    ds = None
+    layer = QgsRasterLayer(path, "wgs84")
+    area, resolution = render_plan(layer, None, None)
+    centre = area.center()
+    measure = QgsDistanceArea()
+    measure.setSourceCrs(layer.crs(), QgsProject.instance().transformContext())
+    measure.setEllipsoid("WGS84")
+    tall = measure.measureLine(QgsPointXY(centre.x(), centre.y()), QgsPointXY(centre.x(), centre.y() + resolution))
+    wide = _ground_metres(layer.crs(), centre.x(), centre.y(), resolution)
+    assert tall == pytest.approx(0.5, rel=0.01) and wide < tall
