@@ -120,13 +120,21 @@ def region_valid_fraction(source: RasterSource, pixel_geom) -> float:
 
 @dataclass(frozen=True)
 class Cell:
+    """A square on the ground: `size` source pixels wide and `size_y` tall (None: `size`; pixels that are
+    not square on the ground make it a rectangle of pixels), at (x0, y0) of the source area."""
+
     row: int
     col: int
     x0: float  # source-area pixel coordinates
     y0: float
-    size: float  # the square's side
+    size: float  # the square's side, in source columns
     w: float | None = None  # the part inside the raster, for an edge cell clipped to it
     h: float | None = None
+    size_y: float | None = None  # the square's side in source rows
+
+    @property
+    def rows(self) -> float:
+        return self.size if self.size_y is None else self.size_y
 
     @property
     def width(self) -> float:
@@ -134,39 +142,45 @@ class Cell:
 
     @property
     def height(self) -> float:
-        return self.size if self.h is None else self.h
+        return self.rows if self.h is None else self.h
 
 
-def grid_cells(source: RasterSource, cell_px: float, stride_px: float | None = None) -> list[Cell]:
-    """Square cells of `cell_px` source pixels covering the area (the last ones shifted inward)."""
-    if cell_px < 1:
+CellSize = tuple[float, float]  # (source columns, source rows) of a cell
+
+
+def grid_cells(source: RasterSource, cell_px: CellSize, stride_px: CellSize | None = None) -> list[Cell]:
+    """Cells of `cell_px` source pixels covering the area (the last ones shifted inward)."""
+    if min(cell_px) < 1:
         raise InputError("the cell is smaller than one pixel")
     stride = stride_px or cell_px
-    cell = min(cell_px, source.width, source.height)
+    fit = min(1.0, source.width / cell_px[0], source.height / cell_px[1])  # a raster smaller than a cell: one
+    cell = (cell_px[0] * fit, cell_px[1] * fit)                            # cell as large as fits, still square
 
-    def starts(length: float) -> list[float]:
-        if length <= cell:
+    def starts(length: float, side: float, step: float) -> list[float]:
+        if length <= side:
             return [0.0]
-        values = list(np.arange(0.0, length - cell + 1e-9, stride))
-        if values[-1] + cell < length - 1e-9:
-            values.append(length - cell)
+        values = list(np.arange(0.0, length - side + 1e-9, step))
+        if values[-1] + side < length - 1e-9:
+            values.append(length - side)
         return values
 
-    return [Cell(r, c, x, y, cell) for r, y in enumerate(starts(source.height))
-            for c, x in enumerate(starts(source.width))]
+    return [Cell(r, c, x, y, cell[0], size_y=cell[1])
+            for r, y in enumerate(starts(source.height, cell[1], stride[1]))
+            for c, x in enumerate(starts(source.width, cell[0], stride[0]))]
 
 
-def tile_cells(source: RasterSource, cell_px: float) -> list[Cell]:
-    """Square cells of `cell_px` source pixels tiling the area from its top-left corner, never
-    overlapping; the last column and row are clipped to the raster (narrower or shorter cells)."""
-    if cell_px < 1:
+def tile_cells(source: RasterSource, cell_px: CellSize) -> list[Cell]:
+    """Cells of `cell_px` source pixels tiling the area from its top-left corner, never overlapping;
+    the last column and row are clipped to the raster (narrower or shorter cells)."""
+    if min(cell_px) < 1:
         raise InputError("the cell is smaller than one pixel")
+    size_x, size_y = cell_px
 
-    def starts(length: int) -> list[float]:
-        return list(np.arange(0.0, length - 1e-9, cell_px))
+    def starts(length: int, side: float) -> list[float]:
+        return list(np.arange(0.0, length - 1e-9, side))
 
-    return [Cell(r, c, x, y, cell_px, min(cell_px, source.width - x), min(cell_px, source.height - y))
-            for r, y in enumerate(starts(source.height)) for c, x in enumerate(starts(source.width))]
+    return [Cell(r, c, x, y, size_x, min(size_x, source.width - x), min(size_y, source.height - y), size_y)
+            for r, y in enumerate(starts(source.height, size_y)) for c, x in enumerate(starts(source.width, size_x))]
 
 
 def read_cells(source: RasterSource, cells: list[Cell], size: int) -> Iterator[tuple[Cell, np.ndarray, float]]:
@@ -176,11 +190,11 @@ def read_cells(source: RasterSource, cells: list[Cell], size: int) -> Iterator[t
     counts the part inside the raster."""
     for cell in cells:
         window = Window(source.window.col_off + cell.x0, source.window.row_off + cell.y0, cell.width, cell.height)
-        if cell.width == cell.size and cell.height == cell.size:
+        if cell.width == cell.size and cell.height == cell.rows:
             rgb, valid = source.read_window(window, size, size)
             yield cell, rgb, float(valid.mean())
             continue
-        h = max(1, round(size * cell.height / cell.size))
+        h = max(1, round(size * cell.height / cell.rows))
         w = max(1, round(size * cell.width / cell.size))
         part, valid = source.read_window(window, h, w)
         rgb = np.empty((size, size, 3), dtype=np.float32)

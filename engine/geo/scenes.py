@@ -84,21 +84,24 @@ def grid_paths(job: GridJob) -> dict[str, Path]:
     return {"grid": out / f"{stem}_grid.gpkg", "summary": out / f"{stem}_grid_summary.json"}
 
 
-def cell_size_px(source: RasterSource, cell_m: float | None, cell_px: float | None) -> float:
+def cell_size_px(source: RasterSource, cell_m: float | None, cell_px: float | None) -> tuple[float, float]:
+    """(source columns, source rows) of a cell: `cell_px` pixels a side, or `cell_m` metres on the ground
+    (as many columns and rows as that is wide and tall where pixels are not square on the ground)."""
     if cell_px is not None:
         if cell_px < 8:
             raise InputError("cells must be at least 8 pixels")
-        return float(cell_px)
+        return float(cell_px), float(cell_px)
     if cell_m is None:
         raise InputError("give the cell size (--cell metres, or --cell-px pixels)")
     if cell_m <= 0:
         raise InputError("the cell size must be positive")
-    if source.source_gsd is None:
+    if source.pixel_sides_m is None:
         raise InputError("the raster has no CRS: give the cell size in pixels (--cell-px)")
-    size = cell_m / source.source_gsd
-    if size < 8:
-        raise InputError(f"cells of {cell_m:g} m are {size:.2g} pixels of this raster's {source.source_gsd:.3g} m; "
-                         f"cells must be at least 8 pixels: choose --cell {8 * source.source_gsd:.3g} or more")
+    size = (cell_m / source.pixel_sides_m[0], cell_m / source.pixel_sides_m[1])
+    if min(size) < 8:
+        coarse = max(source.pixel_sides_m)
+        raise InputError(f"cells of {cell_m:g} m are {min(size):.2g} pixels of this raster's {coarse:.3g} m; "
+                         f"cells must be at least 8 pixels: choose --cell {8 * coarse:.3g} or more")
     return size
 
 
@@ -158,7 +161,7 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
                             for i, (n, c) in enumerate(zip(names, classifier.prompts.classes))],
                 "cells": len(rows), "cells_without_data": int((~valid).sum()),
                 "cell_size_px": cells[0].size if cells else None,
-                "cell_size_m": cells[0].size * source.source_gsd if cells and source.source_gsd else None,
+                "cell_size_m": cells[0].size * source.pixel_sides_m[0] if cells and source.pixel_sides_m else None,
                 "crs": source.crs.to_string() if source.crs else None,
                 "timing": {"total_s": round(time.perf_counter() - started, 3)},
                 "files": {k: p.name for k, p in paths.items()},

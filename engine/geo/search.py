@@ -81,8 +81,8 @@ def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | Non
                 _heatmap(job, model, prompts, source, work, paths, progress, cancel)
             # boxes: one model crop per cell at the working resolution, half-overlapping
             scorer = SceneClassifier(model, prompts, template_set="name")
-            crop_px = model.image_size * source.grid.scale_x
-            cells = grid_cells(source, crop_px, crop_px / 2)
+            crop_px = (model.image_size * source.grid.scale_x, model.image_size * source.grid.scale_y)
+            cells = grid_cells(source, crop_px, (crop_px[0] / 2, crop_px[1] / 2))
             embeddings, kept = [], []
             batch: list = []
             for item in read_cells(source, cells, model.image_size):
@@ -100,12 +100,13 @@ def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | Non
             results = []
             if kept:
                 scores = (torch.cat(embeddings) @ scorer.text.T)[:, 0].float().cpu()
-                boxes = torch.tensor([[c.x0, c.y0, c.x0 + c.size, c.y0 + c.size] for c in kept], dtype=torch.float32)
+                boxes = torch.tensor([[c.x0, c.y0, c.x0 + c.size, c.y0 + c.rows] for c in kept], dtype=torch.float32)
                 chosen = nms(boxes, scores, iou_threshold=0.3)[: job.top_k].tolist()
                 for rank, i in enumerate(chosen, start=1):
                     poly = cell_polygon(source, kept[i])
                     results.append({"rank": rank, "score": float(scores[i]), "bounds": list(poly.bounds),
-                                    "pixel_box": [float(kept[i].x0), float(kept[i].y0), float(kept[i].size), float(kept[i].size)], "_geom": poly})
+                                    "pixel_box": [float(kept[i].x0), float(kept[i].y0), float(kept[i].size),
+                                                  float(kept[i].rows)], "_geom": poly})
             fields = {"rank": np.array([r["rank"] for r in results], dtype=np.int32),
                       "score": np.array([r["score"] for r in results], dtype=np.float64),
                       "query": np.array([job.query] * len(results), dtype=object)}

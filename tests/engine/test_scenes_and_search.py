@@ -73,7 +73,7 @@ def test_grid_cells_cover_the_raster_and_classes_fall_in_place(tmp_path, classif
 
     meta, _, wkb, fields = read(tmp_path / "out" / "g_grid.gpkg")
     data = dict(zip(meta["fields"], fields))
-    assert summary["cells"] == len(wkb) == len(grid_cells(RasterSource(src), 100.0))
+    assert summary["cells"] == len(wkb) == len(grid_cells(RasterSource(src), (100.0, 100.0)))
     west = data["col"] == 0
     assert set(data["class"][west]) == {"water"}  # the western fifth is water
     assert summary["classes"][0]["cells"] >= west.sum()
@@ -162,3 +162,24 @@ def test_cli_classify_and_search_never_replace_a_result_silently(tmp_path, capsy
     assert main([*search, "--no-heatmap", "--overwrite"]) == 0
     assert not (out / "c_heatmap.tif").exists()  # the earlier run's heat map goes with its boxes
     assert sorted(json.loads((out / "c_search_summary.json").read_text())["files"]) == ["boxes", "summary"]
+
+
+def test_grid_cells_and_search_boxes_are_square_on_the_ground_where_pixels_are_not(tmp_path, classifier, tiny_model):
+    """0.5 × 0.25 m pixels: a 20 m cell is 40 columns by 80 rows, and the model sees it unstretched; the
+    search's boxes are square on the ground too."""
+    from affine import Affine
+    from pyogrio.raw import read
+    from shapely import from_wkb
+
+    src = write_raster(tmp_path / "ns.tif", scene(320, 200, seed=5)[0],
+                       transform=Affine(0.5, 0, 500000.0, 0, -0.25, 5200000.0))
+    summary = classify_grid(GridJob(str(src), str(tmp_path / "grid"), cell_m=20.0), classifier)
+    assert summary["cell_size_m"] == pytest.approx(20.0)
+    _, _, wkb, _ = read(tmp_path / "grid" / "ns_grid.gpkg")
+    sides = {(round(b[2] - b[0], 6), round(b[3] - b[1], 6)) for b in (from_wkb(g).bounds for g in wkb)}
+    assert (20.0, 20.0) in sides and all(w <= 20.0 and h <= 20.0 for w, h in sides)  # (edge cells clipped)
+    found = search_raster(SearchJob(str(src), str(tmp_path / "search"), query="a roof", top_k=3, heatmap=False),
+                          tiny_model)
+    for box in found["boxes"]:
+        minx, miny, maxx, maxy = box["bounds"]
+        assert maxx - minx == pytest.approx(maxy - miny)
