@@ -111,10 +111,11 @@ def render_plan(layer: QgsRasterLayer, extent: QgsRectangle | None, gsd: float |
 
 
 def units_per_ground_metre(crs: QgsCoordinateReferenceSystem, area: QgsRectangle) -> float | None:
-    """CRS units per metre on the ground (WGS 84 ellipsoid) at the area's centre, along the direction where a
-    unit is longest: degrees of latitude per metre on a geographic CRS; 1.64 for Web Mercator at 52° N, where XYZ layers' "metres" are that much shorter than
-    the ground's (the engine measures its GSD on the ground too); 1 on a metric CRS true to within 0.5 %
-    (UTM, national grids). None when it cannot be measured."""
+    """CRS units per metre on the ground (WGS 84 ellipsoid) at the area's centre, along the direction where
+    a unit is longest: degrees of latitude per metre on a geographic CRS; 1.64 for Web Mercator at 52° N,
+    where XYZ layers' "metres" are that much shorter than the ground's (the engine measures its GSD on
+    the ground too); 1 on a metric CRS true to within 0.5 % (UTM, national grids). None when it cannot be
+    measured."""
     measure = QgsDistanceArea()
     measure.setSourceCrs(crs, QgsProject.instance().transformContext())
     measure.setEllipsoid("WGS84")
@@ -181,10 +182,13 @@ def clip_extent(layer: QgsRasterLayer, extent: QgsRectangle | None,
 
 def area_payload(client: EngineClient, layer: QgsRasterLayer, extent: QgsRectangle | None,
                  extent_crs: QgsCoordinateReferenceSystem, gsd: float | None, scratch: str,
-                 force_upload: bool = False) -> dict:
-    """`input` (a path the engine reads, or an upload of a rendered copy) and the `bbox` to process."""
+                 force_upload: bool = False, on_stage: Callable[[str], None] | None = None) -> dict:
+    """`input` (a path the engine reads, or an upload of a rendered copy: said to `on_stage`) and the
+    `bbox` to process."""
     extent = clip_extent(layer, extent, extent_crs)
     path = engine_reads(client, layer, force_upload)
+    if path is None and on_stage is not None:
+        on_stage("rendering and sending the image…")
     if path is not None:
         payload: dict = {"input": {"path": os.path.abspath(path)}}
         if extent is not None:
@@ -203,10 +207,11 @@ def check_request(client_url: str, request: "SegmentationRequest") -> None:
         check_render_size(*render_plan(request.layer, extent, request.gsd))
 
 
-def build_payload(client: EngineClient, request: SegmentationRequest, scratch: str) -> dict:
+def build_payload(client: EngineClient, request: SegmentationRequest, scratch: str,
+                  on_stage: Callable[[str], None] | None = None) -> dict:
     """The JSON body of a segmentation job."""
     payload = area_payload(client, request.layer, request.extent, request.extent_crs, request.gsd, scratch,
-                           force_upload=request.upload)
+                           force_upload=request.upload, on_stage=on_stage)
     classes = classes_value(client, request.taught) if request.taught else request.classes
     payload.update(classes=classes, scores=request.scores, min_area=request.min_area)
     for key in ("gsd", "bands", "nodata", "model", "threshold", "mask_wkt", "mask_crs"):
@@ -249,9 +254,7 @@ def run_segmentation(client: EngineClient, request: SegmentationRequest, out_fol
                      on_progress: Callable[[float, str], None] | None = None,
                      is_cancelled: Callable[[], bool] | None = None,
                      on_stage: Callable[[str], None] | None = None) -> tuple[dict, Path]:
-    if on_stage is not None and engine_reads(client, request.layer, request.upload) is None:
-        on_stage("rendering and sending the image…")
     with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
-        payload = build_payload(client, request, scratch)
+        payload = build_payload(client, request, scratch, on_stage)
     return with_taught(client, request.taught, payload, lambda body: run_job(
         client, "segment", body, out_folder, on_progress, is_cancelled, on_stage))

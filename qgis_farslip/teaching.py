@@ -13,7 +13,7 @@ from typing import Callable
 from qgis.core import QgsCoordinateReferenceSystem, QgsRasterLayer
 
 from qgis_farslip.client import EngineClient, EngineError
-from qgis_farslip.jobs import area_payload, engine_reads, run_job
+from qgis_farslip.jobs import area_payload, run_job
 
 TAUGHT_FILE = "result.classes.json"
 ACCURACY_FILES = ("accuracy.json", "confusion.csv", "confusion.png")
@@ -88,11 +88,9 @@ def run_teach(client: EngineClient, request: TeachRequest, out_folder: str,
               is_cancelled: Callable[[], bool] | None = None,
               on_stage: Callable[[str], None] | None = None) -> Taught:
     """Submit a teach job on the whole raster, follow it, download `result.classes.json` into `out_folder`."""
-    if on_stage is not None and engine_reads(client, request.layer, request.upload) is None:
-        on_stage("rendering and sending the image…")
     with tempfile.TemporaryDirectory(prefix="farslip-teach-") as scratch:
         payload = area_payload(client, request.layer, None, request.layer.crs(), request.gsd, scratch,
-                               force_upload=request.upload)
+                               force_upload=request.upload, on_stage=on_stage)
     payload.update(classes=request.classes, labels=request.labels, labels_crs=request.labels_crs)
     for key in ("gsd", "model"):
         if getattr(request, key) is not None:

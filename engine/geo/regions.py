@@ -120,21 +120,17 @@ def region_valid_fraction(source: RasterSource, pixel_geom) -> float:
 
 @dataclass(frozen=True)
 class Cell:
-    """A square on the ground: `size` source pixels wide and `size_y` tall (None: `size`; pixels that are
-    not square on the ground make it a rectangle of pixels), at (x0, y0) of the source area."""
+    """A square on the ground: `size` source pixels wide and `size_y` tall (pixels that are not square
+    on the ground make it a rectangle of pixels), at (x0, y0) of the source area."""
 
     row: int
     col: int
     x0: float  # source-area pixel coordinates
     y0: float
     size: float  # the square's side, in source columns
+    size_y: float  # the square's side, in source rows
     w: float | None = None  # the part inside the raster, for an edge cell clipped to it
     h: float | None = None
-    size_y: float | None = None  # the square's side in source rows
-
-    @property
-    def rows(self) -> float:
-        return self.size if self.size_y is None else self.size_y
 
     @property
     def width(self) -> float:
@@ -142,7 +138,7 @@ class Cell:
 
     @property
     def height(self) -> float:
-        return self.rows if self.h is None else self.h
+        return self.size_y if self.h is None else self.h
 
 
 CellSize = tuple[float, float]  # (source columns, source rows) of a cell
@@ -164,7 +160,7 @@ def grid_cells(source: RasterSource, cell_px: CellSize, stride_px: CellSize | No
             values.append(length - side)
         return values
 
-    return [Cell(r, c, x, y, cell[0], size_y=cell[1])
+    return [Cell(r, c, x, y, cell[0], cell[1])
             for r, y in enumerate(starts(source.height, cell[1], stride[1]))
             for c, x in enumerate(starts(source.width, cell[0], stride[0]))]
 
@@ -179,7 +175,7 @@ def tile_cells(source: RasterSource, cell_px: CellSize) -> list[Cell]:
     def starts(length: int, side: float) -> list[float]:
         return list(np.arange(0.0, length - 1e-9, side))
 
-    return [Cell(r, c, x, y, size_x, min(size_x, source.width - x), min(size_y, source.height - y), size_y)
+    return [Cell(r, c, x, y, size_x, size_y, min(size_x, source.width - x), min(size_y, source.height - y))
             for r, y in enumerate(starts(source.height, size_y)) for c, x in enumerate(starts(source.width, size_x))]
 
 
@@ -190,11 +186,11 @@ def read_cells(source: RasterSource, cells: list[Cell], size: int) -> Iterator[t
     counts the part inside the raster."""
     for cell in cells:
         window = Window(source.window.col_off + cell.x0, source.window.row_off + cell.y0, cell.width, cell.height)
-        if cell.width == cell.size and cell.height == cell.rows:
+        if cell.width == cell.size and cell.height == cell.size_y:
             rgb, valid = source.read_window(window, size, size)
             yield cell, rgb, float(valid.mean())
             continue
-        h = max(1, round(size * cell.height / cell.rows))
+        h = max(1, round(size * cell.height / cell.size_y))
         w = max(1, round(size * cell.width / cell.size))
         part, valid = source.read_window(window, h, w)
         rgb = np.empty((size, size, 3), dtype=np.float32)

@@ -100,13 +100,13 @@ def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | Non
             results = []
             if kept:
                 scores = (torch.cat(embeddings) @ scorer.text.T)[:, 0].float().cpu()
-                boxes = torch.tensor([[c.x0, c.y0, c.x0 + c.size, c.y0 + c.rows] for c in kept], dtype=torch.float32)
+                boxes = torch.tensor([[c.x0, c.y0, c.x0 + c.size, c.y0 + c.size_y] for c in kept], dtype=torch.float32)
                 chosen = nms(boxes, scores, iou_threshold=0.3)[: job.top_k].tolist()
                 for rank, i in enumerate(chosen, start=1):
                     poly = cell_polygon(source, kept[i])
                     results.append({"rank": rank, "score": float(scores[i]), "bounds": list(poly.bounds),
                                     "pixel_box": [float(kept[i].x0), float(kept[i].y0), float(kept[i].size),
-                                                  float(kept[i].rows)], "_geom": poly})
+                                                  float(kept[i].size_y)], "_geom": poly})
             fields = {"rank": np.array([r["rank"] for r in results], dtype=np.int32),
                       "score": np.array([r["score"] for r in results], dtype=np.float64),
                       "query": np.array([job.query] * len(results), dtype=object)}

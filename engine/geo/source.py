@@ -296,34 +296,35 @@ class RasterSource:
             col, row, w, h = window
             if w < 1 or h < 1:
                 raise InputError("window width and height must be at least 1 pixel")
-            col0, row0, col1, row1 = max(col, 0), max(row, 0), min(col + w, ds.width), min(row + h, ds.height)
-            if col1 <= col0 or row1 <= row0:
+            inside, clipped = self._inside(col, row, col + w, row + h)
+            if inside is None:
                 raise InputError(f"window {col},{row},{w},{h} lies outside the raster ({ds.width} x {ds.height} px)")
-            if (col0, row0, col1, row1) != (col, row, col + w, row + h):
+            if clipped:
                 self.notes.append(f"window {col},{row},{w},{h} reaches beyond the raster ({ds.width} x {ds.height} "
-                                  f"px): its part inside, {col0},{row0},{col1 - col0},{row1 - row0}, is processed")
-            return Window(col0, row0, col1 - col0, row1 - row0)
+                                  f"px): its part inside, {inside.col_off},{inside.row_off},{inside.width},"
+                                  f"{inside.height}, is processed")
+            return inside
         if bbox is None:
             return full
         minx, miny, maxx, maxy = bbox
         if not (maxx > minx and maxy > miny):
             raise InputError("bbox must be minx,miny,maxx,maxy with max > min")
-        window = self._bbox_window(bbox, bbox_crs)
+        window, clipped = self._bbox_window(bbox, bbox_crs)
         if window is None:
             b = bounds_of(self.dataset_transform, ds.width, ds.height)
             space = (f"pixel space, x = column, y = -row: the raster is georeferenced by {self.sensor_model.what} "
                      f"only" if self.sensor_model is not None else "pixel space: x = column, y = -row, as QGIS shows it")
             raise InputError(f"bbox lies outside the raster (raster bounds {','.join(map(format_coordinate, b))} "
                              f"in {self.crs or space}){self._swapped_bbox_hint(bbox, bbox_crs)}")
-        if self._bbox_clipped:
+        if clipped:
             self.notes.append(f"bbox reaches beyond the raster: its part inside, pixels {window.col_off},"
                               f"{window.row_off},{window.width},{window.height} of {ds.width} x {ds.height}, is "
                               f"processed")
         return window
 
-    def _bbox_window(self, bbox, bbox_crs) -> Window | None:
-        """The raster's pixels under a bbox (in `bbox_crs`, default the raster's), None when none."""
-        ds = self.dataset
+    def _bbox_window(self, bbox, bbox_crs) -> tuple[Window | None, bool]:
+        """The raster's pixels under a bbox (in `bbox_crs`, default the raster's; None when none) and
+        whether the bbox reaches beyond them."""
         minx, miny, maxx, maxy = bbox
         if bbox_crs is not None:
             from rasterio.warp import transform_bounds
@@ -333,15 +334,18 @@ class RasterSource:
         inverse = ~self.dataset_transform  # the pixels under the box's corners (any rotation or flip)
         cols, rows = zip(*(inverse * (x, y) for x in (minx, maxx) for y in (miny, maxy)))
         if not all(map(math.isfinite, cols + rows)):
-            return None
-        whole = (math.floor(min(cols) + 1e-9), math.floor(min(rows) + 1e-9),
-                 math.ceil(max(cols) - 1e-9), math.ceil(max(rows) - 1e-9))
-        col0, row0 = max(0, whole[0]), max(0, whole[1])
-        col1, row1 = min(ds.width, whole[2]), min(ds.height, whole[3])
-        if col1 <= col0 or row1 <= row0:
-            return None
-        self._bbox_clipped = (col0, row0, col1, row1) != whole
-        return Window(col0, row0, col1 - col0, row1 - row0)
+            return None, False
+        return self._inside(math.floor(min(cols) + 1e-9), math.floor(min(rows) + 1e-9),
+                            math.ceil(max(cols) - 1e-9), math.ceil(max(rows) - 1e-9))
+
+    def _inside(self, col0: int, row0: int, col1: int, row1: int) -> tuple[Window | None, bool]:
+        """The raster's part of a pixel rectangle (None when it has none), and whether it was cut."""
+        ds = self.dataset
+        inside = (max(0, col0), max(0, row0), min(ds.width, col1), min(ds.height, row1))
+        if inside[2] <= inside[0] or inside[3] <= inside[1]:
+            return None, False
+        return (Window(inside[0], inside[1], inside[2] - inside[0], inside[3] - inside[1]),
+                inside != (col0, row0, col1, row1))
 
     def _swapped_bbox_hint(self, bbox, bbox_crs) -> str:
         """For a bbox in geographic coordinates that misses the raster: a hint when the same numbers
@@ -354,7 +358,7 @@ class RasterSource:
             return ""
         try:
             with rasterio.Env():  # (GDAL's own messages stay out of the user's terminal)
-                hit = self._bbox_window((miny, minx, maxy, maxx), bbox_crs) is not None
+                hit = self._bbox_window((miny, minx, maxy, maxx), bbox_crs)[0] is not None
         except Exception:
             return ""
         if not hit:
