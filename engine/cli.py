@@ -15,10 +15,8 @@ import signal
 import sys
 import threading
 
-from engine.errors import FarSLIPError
+from engine.errors import EXIT_INTERRUPTED, EXIT_USAGE, FarSLIPError
 
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # what `timeout`, systemd, docker, QProcess.terminate send
 
 

@@ -11,11 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.cli import EXIT_INTERRUPTED
 from engine.cli_segment import (_check_writable, add_inference_arguments, add_model_arguments,
                                 add_output_arguments, inference_options, print_notes, progress_bar,
                                 segment_settings)
-from engine.errors import InputError
+from engine.errors import EXIT_INTERRUPTED, InputError
 
 EXIT_FAILURES = 1
 

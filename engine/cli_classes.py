@@ -16,7 +16,7 @@ from engine.errors import InputError
 
 def _cmd_learn(args: argparse.Namespace) -> int:
     from engine.cli_segment import _check_writable, class_spec, print_notes
-    from engine.geo.source import parse_bands
+    from engine.geo.bands import parse_bands
     from engine.job import SegmentSettings
     from engine.taught_format import SUFFIX
 

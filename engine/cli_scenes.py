@@ -16,7 +16,8 @@ from engine.errors import InputError, first_line
 
 
 def _area_args(args) -> dict:
-    from engine.geo.source import parse_bands, parse_numbers
+    from engine.geo.bands import parse_bands
+    from engine.geo.source import parse_numbers
 
     return {"bands": parse_bands(args.bands),
             "window": tuple(int(v) for v in parse_numbers(args.window, 4, "--window")) if args.window else None,

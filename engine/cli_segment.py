@@ -34,7 +34,8 @@ def _classes(text: str):
 def segment_settings(args: argparse.Namespace):
     """The run's settings from `segment`/`segment-batch` arguments, validated by the same model as an
     API job (`engine.job.SegmentSettings`): a bad value is one line naming its option."""
-    from engine.geo.source import parse_bands, parse_numbers
+    from engine.geo.bands import parse_bands
+    from engine.geo.source import parse_numbers
     from engine.job import SegmentSettings
 
     bands = parse_bands(args.bands)

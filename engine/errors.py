@@ -4,6 +4,9 @@ Every error here carries one readable line: the CLI prints it and exits non-zero
 turns it into a 4xx answer. Anything else that escapes is a bug.
 """
 
+EXIT_USAGE = 2  # the CLI's exit status for a FarSLIPError or a bad argument
+EXIT_INTERRUPTED = 130  # ... for Ctrl-C (a stop signal exits 128 + its number)
+
 
 def first_line(exc: BaseException) -> str:
     """The first line of an error's message (its type name when the message is empty): what a

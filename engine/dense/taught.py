@@ -25,6 +25,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from engine.dense.prompts import PromptSet
 from engine.dense.text import embed_prompts
 from engine.errors import InputError
 from engine.taught_format import FORMAT, TaughtFile
+
+if TYPE_CHECKING:
+    from engine.dense.options import InferenceOptions
 
 ALPHAS = tuple(round(i / 10, 1) for i in range(11))
 

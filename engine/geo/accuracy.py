@@ -23,7 +23,7 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from engine.errors import InputError
-from engine.geo.source import open_raster
+from engine.geo.opening import open_raster
 from engine.geo.vectors import read_labels
 
 ROWS_PER_WINDOW = 1024

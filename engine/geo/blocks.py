@@ -24,7 +24,6 @@ import threading
 from contextlib import closing
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 
 from engine import config
@@ -35,6 +34,7 @@ from engine.dense.transfer import pinned, upload
 from engine.errors import Cancelled
 from engine.geo.background import WaitClock, prefetched
 from engine.geo.rasters import gdal_env
+from engine.geo.validity import BlockValidity
 
 CropProgressFn = Callable[[int], None]  # crops just finished
 
@@ -146,7 +146,7 @@ def _delta_reporter(on_crops: CropProgressFn | None):
 
 def raster_blocks(segmenter: Segmenter, source, block: int | None,
                   progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
-                  read_wait: WaitClock | None = None) -> Iterator[tuple[Box, torch.Tensor, "BlockValidity"]]:
+                  read_wait: WaitClock | None = None) -> Iterator[tuple[Box, torch.Tensor, BlockValidity]]:
     """(core, mean logits [N, h, w] on the model's device, its validity: `RasterSource.block_validity`)
     for each block of a RasterSource's working grid, in row-major order, reporting (crops done, crops
     total) and stopping with `Cancelled` within one batch of a cancel. `block` None: `default_block` of

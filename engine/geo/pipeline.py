@@ -42,7 +42,8 @@ from engine.geo.colours import class_colour, hex_colour
 from engine.geo.products import SegmentationProducts, on_source_grid, scored_block
 from engine.geo.raster_names import is_gdal_name, raster_stem
 from engine.geo.rasters import NODATA, class_tags, gdal_env, publish_cog
-from engine.geo.source import BlockValidity, RasterSource
+from engine.geo.source import RasterSource
+from engine.geo.validity import BlockValidity
 
 if TYPE_CHECKING:
     import torch

@@ -32,7 +32,7 @@ from engine import config
 from engine.boxes import Box
 from engine.errors import Cancelled
 from engine.geo.rasters import NODATA, SCORE_MAX
-from engine.geo.source import pixel_sides
+from engine.geo.grid_geometry import pixel_sides
 from engine.geo.tracing import Regions, block_regions, ignore_interrupts
 from engine.geo.tracing import simplified as simplified_polygons
 from engine.geo.vectors import write_wkb

@@ -19,10 +19,11 @@ import torch
 
 from engine.boxes import Box
 from engine.dense.transfer import to_device
-from engine.geo.ground import GroundScale
+from engine.geo.ground import GroundScale, linear_unit_metres
 from engine.geo.polygons import PolygonWriter
 from engine.geo.rasters import NODATA, SCORE_MAX, TiledRaster, quantise
-from engine.geo.source import BlockValidity, RasterSource, linear_unit_metres
+from engine.geo.source import RasterSource
+from engine.geo.validity import BlockValidity
 
 
 CPU_SCORING_ROWS = 128  # rows of a block scored at a time on a CPU (7 names × 128 rows × 1.1k px: ~4 MB)
@@ -145,8 +146,8 @@ def row_pixel_area(source: RasterSource) -> np.ndarray | None:
 
         geod = Geod(ellps="WGS84")
         c = source.width / 2  # a pixel of the row's middle (rows run along parallels unless rotated)
-        areas = [abs(geod.geometry_area_perimeter(Polygon([t * (c, r), t * (c + 1, r), t * (c + 1, r + 1),
-                                                           t * (c, r + 1)]))[0])
+        areas = [abs(geod.geometry_area_perimeter(Polygon([t @ (c, r), t @ (c + 1, r), t @ (c + 1, r + 1),
+                                                           t @ (c, r + 1)]))[0])
                  for r in range(source.height)]
         return np.asarray(areas)
     unit = linear_unit_metres(crs)

@@ -4,7 +4,7 @@
 - Bands: `bands` (1-based) when given, else the bands whose colour interpretation is red/green/blue,
   else bands 1-3. A 4-band RGBN file therefore never feeds NIR as blue. A raster of one band with a
   colour table (and at most an alpha band beside it) is read as the red, green and blue its table
-  gives (`palette_rgb_vrt`; `bands` then number those three); complex-valued rasters are refused.
+  gives (`engine.geo.palette`; `bands` then number those three); complex-valued rasters are refused.
 - Georeference: a geotransform, or none (pixel space: x = column, y = -row, as QGIS draws such a
   raster), or a sensor model only (GCPs, RPCs: `engine.geo.sensor_model`) — then pixel space as well,
   and the outputs carry the same model (`raster_sensor_model`) instead of a geotransform.
@@ -31,7 +31,6 @@ import os
 import threading
 import warnings
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +43,13 @@ from rasterio.windows import Window
 
 from engine.boxes import Box
 from engine.errors import InputError, first_line
-from engine.geo.ground import GroundScale, linear_unit_metres
+from engine.geo.bands import bands_named_rgb
+from engine.geo.grid_geometry import bounds_of, format_coordinate, pixel_metres
+from engine.geo.opening import open_raster, subdatasets_message
+from engine.geo.palette import PaletteRGB, palette_rgb_vrt
 from engine.geo.raster_names import is_gdal_name, raster_exists
 from engine.geo.sensor_model import SensorModel
+from engine.geo.validity import BlockValidity, filled
 
 DEFAULT_GSD = 0.5  # metres per pixel; see README "Working resolution"
 STRETCH_PERCENTILES = (2.0, 98.0)
@@ -54,18 +57,6 @@ _STATS_MAX_SIDE = 1024
 _CHEAP_READ_PIXELS = 4096 * 4096  # an area read whole in well under a second
 CLIP_MEAN_RGB = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 PIXEL_SPACE = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # QGIS's frame for a raster without geotransform
-
-
-def parse_bands(text: str | None) -> tuple[int, int, int] | None:
-    if text is None:
-        return None
-    try:
-        bands = tuple(int(b) for b in text.split(","))
-    except ValueError:
-        raise InputError(f"--bands takes three band numbers like 3,2,1, got '{text}'") from None
-    if len(bands) != 3:
-        raise InputError(f"--bands takes exactly three band numbers (red, green, blue), got '{text}'")
-    return bands  # type: ignore[return-value]
 
 
 def parse_numbers(text: str, count: int, what: str) -> tuple[float, ...]:
@@ -76,44 +67,6 @@ def parse_numbers(text: str, count: int, what: str) -> tuple[float, ...]:
     if len(values) != count:
         raise InputError(f"{what} takes {count} comma-separated numbers, got '{text}'")
     return values
-
-
-def _pixel_metres(crs, transform: Affine, width: int, height: int) -> tuple[float, float] | None:
-    """Ground size in metres of one pixel's side along its row and along its column, at the grid's
-    centre, or None without a CRS. The sides are the lengths of the transform's column vectors, so a
-    rotated grid has its true pixel size; on a geographic CRS measured on the ellipsoid (square degrees
-    are narrower than tall away from the equator); on a projection that distorts (Web Mercator) the
-    size on the ground (`engine.geo.ground`)."""
-    if crs is None:
-        return None
-    if crs.is_geographic:
-        from pyproj import Geod
-
-        lon, lat = transform @ (width / 2, height / 2)
-        geod = Geod(ellps="WGS84")
-        _, _, dx = geod.inv(lon, lat, lon + transform.a, lat + transform.d)
-        _, _, dy = geod.inv(lon, lat, lon + transform.b, lat + transform.e)
-        return abs(dx), abs(dy)
-    scale = GroundScale.of(crs, transform, width, height)
-    centre = 1.0 if scale is None else scale.linear(*(transform @ (width / 2, height / 2)))
-    unit = linear_unit_metres(crs) / centre
-    return math.hypot(transform.a, transform.d) * unit, math.hypot(transform.b, transform.e) * unit
-
-
-def pixel_sides(transform: Affine) -> float:
-    """Mean length of a pixel's two sides in CRS units (rotation and flips included)."""
-    return (math.hypot(transform.a, transform.d) + math.hypot(transform.b, transform.e)) / 2
-
-
-def bounds_of(transform: Affine, width: float, height: float) -> tuple[float, float, float, float]:
-    """(minx, miny, maxx, maxy) of a grid's four corners."""
-    xs, ys = zip(*(transform * (c, r) for c in (0, width) for r in (0, height)))
-    return min(xs), min(ys), max(xs), max(ys)
-
-
-def format_coordinate(value: float) -> str:
-    """A coordinate as people write it: -2832800.5, 13.404954 (no exponent, no trailing zeros)."""
-    return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
 MAX_GRID_SIDE = 2**31 - 1  # GDAL's raster size limit
@@ -211,9 +164,9 @@ class RasterSource:
                               f"(x = column, y = -row, as QGIS shows it) and areas are not computed")
         self.bands = self._choose_bands(bands)
         self.window = self._choose_window(window, bbox, bbox_crs)
-        self.transform = self.dataset_transform * Affine.translation(self.window.col_off, self.window.row_off)
+        self.transform = self.dataset_transform @ Affine.translation(self.window.col_off, self.window.row_off)
         self.height, self.width = int(self.window.height), int(self.window.width)
-        sides = _pixel_metres(self.crs, self.transform, self.width, self.height)
+        sides = pixel_metres(self.crs, self.transform, self.width, self.height)
         if sides is not None and abs(sides[0] / sides[1] - 1.0) <= SQUARE_TOLERANCE:  # square: one size
             sides = ((sides[0] + sides[1]) / 2,) * 2
         self.pixel_sides_m = sides  # (along a row, along a column), metres on the ground
@@ -332,7 +285,7 @@ class RasterSource:
             src_crs = self.user_crs(bbox_crs, "a bbox")
             minx, miny, maxx, maxy = transform_bounds(src_crs, self.crs, minx, miny, maxx, maxy)
         inverse = ~self.dataset_transform  # the pixels under the box's corners (any rotation or flip)
-        cols, rows = zip(*(inverse * (x, y) for x in (minx, maxx) for y in (miny, maxy)))
+        cols, rows = zip(*(inverse @ (x, y) for x in (minx, maxx) for y in (miny, maxy)))
         if not all(map(math.isfinite, cols + rows)):
             return None, False
         return self._inside(math.floor(min(cols) + 1e-9), math.floor(min(rows) + 1e-9),
@@ -483,7 +436,7 @@ class RasterSource:
 
     # --- reading -------------------------------------------------------------------------------
     def working_transform(self) -> Affine:
-        return self.transform * Affine.scale(self.grid.scale_x, self.grid.scale_y)
+        return self.transform @ Affine.scale(self.grid.scale_x, self.grid.scale_y)
 
     def source_rect(self, core: Box) -> Box:
         """The rectangle of the source grid whose pixels' centres lie in a working-grid block."""
@@ -668,9 +621,9 @@ class RasterSource:
         """A block's arrays [..., h, w] on the working grid → (source-grid rectangle, the arrays there,
         `fill` where the source has no data) — numpy arrays, or torch tensors on their device."""
         if validity.working is not None:
-            return self.to_source_grid(core, *_filled(arrays, ~validity.working, fill))
+            return self.to_source_grid(core, *filled(arrays, ~validity.working, fill))
         rect, arrays = self.to_source_grid(core, *arrays)
-        return rect, _filled(arrays, validity.source_invalid, fill)
+        return rect, filled(arrays, validity.source_invalid, fill)
 
     @property
     def _declares_no_data(self) -> bool:
@@ -693,7 +646,7 @@ class RasterSource:
         if getattr(self, "mask_geometry", None) is not None:
             from rasterio.features import geometry_mask
 
-            transform = self.transform * Affine.translation(rect.x, rect.y)
+            transform = self.transform @ Affine.translation(rect.x, rect.y)
             valid &= geometry_mask([self.mask_geometry], out_shape=(rect.h, rect.w), transform=transform, invert=True)
         return valid
 
@@ -713,7 +666,7 @@ class RasterSource:
         if getattr(self, "mask_geometry", None) is not None:
             from rasterio.features import geometry_mask
 
-            transform = self.working_transform() * Affine.translation(rect.x, rect.y)
+            transform = self.working_transform() @ Affine.translation(rect.x, rect.y)
             valid &= geometry_mask([self.mask_geometry], out_shape=(rect.h, rect.w), transform=transform, invert=True)
         return valid
 
@@ -789,167 +742,8 @@ class RasterSource:
         self.close()
 
 
-PALETTE_NODATA = 256  # the value of a no-data colour-table entry in the expanded bands (UInt16)
-
-
-@dataclass(frozen=True)
-class PaletteRGB:
-    """A palette raster's colours as a VRT (XML text GDAL opens): `has_invalid` when some entries
-    (transparent ones, the declared nodata index) are no data; `masked` when the raster's own mask
-    (an alpha band, an internal or .msk mask) leaves pixels out as well."""
-
-    xml: str
-    has_invalid: bool
-    masked: bool = False
-
-
-def palette_rgb_vrt(ds, path: str) -> PaletteRGB | None:
-    """The R, G, B of a raster of one band with a colour table (and at most an alpha band beside
-    it: `gdalwarp -dstalpha` of a palette raster gives one), as `gdal_translate -expand rgb` gives
-    them, in a VRT of three UInt16 bands; None for any other raster. Each band maps the palette
-    index through a lookup table (index → colour component; `PALETTE_NODATA` for an entry with alpha 0
-    or the declared nodata index, which GDAL's masks then make no data). Not GDAL's
-    <ColorTableComponent>: a resampled read of those bands resamples the palette *indices* (and
-    looks up meaningless colours), whereas a band with a nodata value of its own that the source
-    lacks is read at its nominal resolution and then resampled (GDAL's VRT rule), so that reading
-    at a working GSD resamples the real colours, exactly as from the same image stored as RGB.
-    Where the raster has a mask of its own (an alpha band, an internal or .msk mask), a second
-    source on each band writes `PALETTE_NODATA` wherever that mask is not fully opaque (255, or 65535
-    for a 16-bit alpha band): the masked pixels are no data too (a partly transparent alpha counts as
-    no data here)."""
-    from xml.sax.saxutils import escape, quoteattr
-
-    from rasterio.enums import MaskFlags
-
-    index_band_only = ds.count == 1 or (ds.count == 2 and ds.colorinterp[1] == ColorInterp.alpha)
-    if not index_band_only or ds.colorinterp[0] != ColorInterp.palette or ds.dtypes[0] not in ("uint8", "uint16"):
-        return None
-    try:
-        table = ds.colormap(1)
-    except ValueError:  # "palette" without a colour table
-        return None
-    nodata = ds.nodata
-    nodata_index = int(nodata) if nodata is not None and float(nodata).is_integer() and nodata >= 0 else None
-    size = max(max(table) + 1, (nodata_index or 0) + 1)
-    entries = [table.get(i, (0, 0, 0, 255)) for i in range(size)]
-    invalid = [entry[3] == 0 or i == nodata_index for i, entry in enumerate(entries)]
-    # an alpha band beside the indices (read itself: GDAL's mask of band 1 is its nodata value where
-    # there is one), else the index band's own mask where it is more than that value (which the table handles)
-    mask_band = ("2" if ds.count == 2 else "mask,1" if not {MaskFlags.all_valid, MaskFlags.nodata}
-                 & set(ds.mask_flag_enums[0]) else None)
-    masked = mask_band is not None
-    opaque = np.iinfo(ds.dtypes[1]).max if mask_band == "2" and np.dtype(ds.dtypes[1]).kind == "u" else 255
-    source = escape(path if is_gdal_name(path) else str(Path(path).resolve()))
-    properties = (f'<SourceProperties RasterXSize="{ds.width}" RasterYSize="{ds.height}" '
-                  f'DataType={quoteattr("UInt16" if ds.dtypes[0] == "uint16" else "Byte")} '
-                  f'BlockXSize="{ds.block_shapes[0][1]}" BlockYSize="{ds.block_shapes[0][0]}"/>')
-    # where the mask is opaque the source is skipped; elsewhere its lookup table writes no data
-    mask_source = (f'<ComplexSource><SourceFilename relativeToVRT="0">{source}</SourceFilename>'
-                   f'<SourceBand>{mask_band}</SourceBand><NODATA>{opaque}</NODATA>'
-                   f'<LUT>0:{PALETTE_NODATA},{opaque}:{PALETTE_NODATA}</LUT></ComplexSource>') if masked else ""
-    bands = []
-    for band, name in enumerate(("Red", "Green", "Blue")):
-        # indices past the table are black (as GDAL expands them): the table's last point is clamped
-        points = [f"{i}:{PALETTE_NODATA if bad else entry[band]}"
-                  for i, (entry, bad) in enumerate(zip(entries, invalid))]
-        points.append(f"{size}:0")
-        bands.append(f'<VRTRasterBand dataType="UInt16" band="{band + 1}"><ColorInterp>{name}</ColorInterp>'
-                     f'<NoDataValue>{PALETTE_NODATA}</NoDataValue><ComplexSource>'
-                     f'<SourceFilename relativeToVRT="0">{source}</SourceFilename><SourceBand>1</SourceBand>'
-                     f'{properties}<LUT>{",".join(points)}</LUT></ComplexSource>{mask_source}</VRTRasterBand>')
-    xml = f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">{"".join(bands)}</VRTDataset>'
-    return PaletteRGB(xml, any(invalid), masked)
-
-
-@dataclass(frozen=True)
-class BlockValidity:
-    """Where a block has no data (`RasterSource.block_validity`): `working`, its validity [h, w] on the
-    working grid, put back with the classes; or (`working` None) `source_invalid`, where its source-grid
-    rectangle has no data at the source's own pixels (None: nowhere)."""
-
-    working: np.ndarray | None
-    source_invalid: np.ndarray | None = None
-
-
-def _filled(arrays, invalid: np.ndarray | None, fill) -> list:
-    """Arrays [..., h, w] (numpy, or torch tensors on one device) with `fill` where `invalid` is True."""
-    if not arrays or invalid is None or not invalid.any():
-        return list(arrays)
-    if isinstance(arrays[0], np.ndarray):
-        return [np.where(invalid, np.asarray(fill, dtype=a.dtype), a) for a in arrays]
-    from engine.dense.transfer import pinned, upload
-
-    mask = upload(pinned(invalid), arrays[0].device)  # sent to the device once for all of them
-    return [a.masked_fill(mask, fill) for a in arrays]
-
-
-_COLOUR_WORDS = {"red": 0, "green": 1, "blue": 2}
-
-
-def bands_named_rgb(descriptions) -> tuple[int, int, int] | None:
-    """The bands whose descriptions name red, green and blue as a word ("Red", "B4 red", "blue (B2)";
-    never "red edge", "coastal blue" or "NIR"), one band each — where two name a colour, the one named
-    by that word alone ("green" over "green_i") — or None when the descriptions do not say all three.
-    (Stacks made from Sentinel-2 or Landsat bands and PlanetScope's products often describe their
-    bands but set no colour interpretation.)"""
-    import re
-
-    found: dict[int, list[tuple[int, bool]]] = {0: [], 1: [], 2: []}
-    for band, text in enumerate(descriptions or (), start=1):
-        words = re.findall(r"[a-z]+", (text or "").lower())
-        colours = {_COLOUR_WORDS[w] for w in words if w in _COLOUR_WORDS}
-        if len(colours) == 1 and not {"edge", "rededge", "coastal", "nir", "infrared"} & set(words):
-            found[colours.pop()].append((band, len(words) == 1))
-    chosen = []
-    for candidates in found.values():
-        alone = [band for band, only in candidates if only]
-        if len(candidates) == 1 or len(alone) == 1:
-            chosen.append(candidates[0][0] if len(candidates) == 1 else alone[0])
-        else:
-            return None
-    return chosen[0], chosen[1], chosen[2]
-
-
-def subdatasets_message(name: str, subdatasets: list[str], shown: int = 6) -> str:
-    """One line for a container of several rasters (GDAL subdatasets) given as an input."""
-    more = len(subdatasets) - shown
-    listed = ", ".join(subdatasets[:shown]) + (f" (and {more} more)" if more > 0 else "")
-    return (f"{name} holds {len(subdatasets)} rasters (GDAL subdatasets), not one: give one of them as the input "
-            f"(in quotes in a shell): {listed}")
-
-
 def probe_area(path: str | Path, **source_args) -> None:
     """Check a raster area before a run, without inspecting its pixels: opened (with `RasterSource`'s
     arguments) and probed, so that a missing, truncated or unreadable input raises InputError."""
     with RasterSource(path, inspect_pixels=False, **source_args) as source:
         source.probe()
-
-
-_allowed_drivers: ContextVar[tuple[str, ...] | None] = ContextVar("allowed_drivers", default=None)
-
-
-@contextmanager
-def only_drivers(drivers: tuple[str, ...]):
-    """Within this context (and thread), `open_raster` opens rasters only with these GDAL drivers:
-    the service runs a client's job so, with the formats its submit check allowed."""
-    token = _allowed_drivers.set(tuple(drivers))
-    try:
-        yield
-    finally:
-        _allowed_drivers.reset(token)
-
-
-def open_raster(path: str | Path):
-    """`rasterio.open(path)` for reading, by any GDAL driver — or, inside `only_drivers`, by those
-    alone (an InputError when none of them opens it)."""
-    drivers = _allowed_drivers.get()
-    if drivers is None:
-        return rasterio.open(path)
-    for driver in drivers:
-        try:
-            return rasterio.open(path, driver=driver)
-        except RasterioIOError:
-            continue
-    raise InputError(f"{Path(str(path)).name} is not a raster of a format this engine serves (changed since the "
-                     f"job was submitted?)")
-

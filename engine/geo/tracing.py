@@ -86,7 +86,7 @@ def block_regions(core: Box, classes: np.ndarray, confidence: np.ndarray, transf
                         (core.x > 0, labels[:, 0]), (core.x + core.w < width, labels[:, -1])):
         if inner:
             seam[edge] = True
-    block_transform = transform * Affine.translation(core.x, core.y)
+    block_transform = transform @ Affine.translation(core.x, core.y)
     traced = list(shapes(labels, mask=labels > 0 if present[nodata] else None, connectivity=4,
                          transform=block_transform))
     ids = np.array([value for _, value in traced], dtype=np.int64)

@@ -12,7 +12,8 @@ from engine.errors import FarSLIPError, InputError, first_line
 from engine.job import check_pixel_budget, read_run_classes
 from engine.server.raster_policy import SELF_CONTAINED, check_input, drivers_for
 from engine.geo.raster_names import is_gdal_name
-from engine.geo.source import RasterSource, only_drivers, probe_area
+from engine.geo.opening import only_drivers
+from engine.geo.source import RasterSource, probe_area
 from engine.server.schemas import (AccuracyRequest, GridRequest, InputRef, LabelRequest, SearchRequest, SegmentRequest,
                                    TeachRequest)
 from engine.taught_format import SUFFIX as TAUGHT_SUFFIX

@@ -14,7 +14,7 @@ opens.
 
 A job runs after its submit check, perhaps minutes later: when it starts, its input is checked again
 by the same policy, and the job opens rasters only with the drivers that check allowed
-(`engine.geo.source.only_drivers`) — so a file replaced meanwhile by a recipe of another kind is
+(`engine.geo.opening.only_drivers`) — so a file replaced meanwhile by a recipe of another kind is
 refused rather than read. (A VRT's sources are opened by GDAL itself: one replaced between the check
 at the start and GDAL opening it, a moment later, is not caught; doing that needs write access to the
 served folders.)

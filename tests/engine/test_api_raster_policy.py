@@ -116,7 +116,8 @@ def test_a_job_opens_rasters_only_with_the_drivers_its_check_allowed(root, tmp_p
     """Should a file change between the check at the start and the opening, the restricted open
     still refuses a format the check did not allow (here a VRT where a GeoTIFF was checked)."""
     from engine.errors import InputError
-    from engine.geo.source import RasterSource, only_drivers
+    from engine.geo.opening import only_drivers
+    from engine.geo.source import RasterSource
     from engine.server.raster_policy import SELF_CONTAINED
 
     inner = write_raster(root / "inner.tif", scene(64, 64)[0])

@@ -119,7 +119,7 @@ def test_in_process_batch_equals_segment_with_merged_products(data, tmp_path, mo
                 labels, _, transform = _classes(out / f"{name}_classes.tif")
                 rng = np.random.default_rng(0)
                 rows, cols = rng.integers(0, h, 50), rng.integers(0, w, 50)
-                points = [transform * (col + 0.5, row + 0.5) for row, col in zip(rows, cols)]
+                points = [transform @ (col + 0.5, row + 0.5) for row, col in zip(rows, cols)]
                 assert [int(v[0]) for v in mosaic.sample(points)] == labels[rows, cols].tolist()
 
 

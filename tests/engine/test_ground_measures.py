@@ -5,7 +5,6 @@ the ellipsoid), while on UTM they stay pixel count × pixel area."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import rasterio
 import shapely
@@ -49,7 +48,7 @@ def test_a_web_mercator_raster_is_measured_on_the_ground(tmp_path, segmenter):
     summary = segment_raster(RasterJob(str(src), str(tmp_path / "out"), gsd=0.25, simplify=0.0), segmenter)
     with rasterio.open(src) as ds:
         footprint = shapely.box(*ds.bounds)
-        centre = ds.transform * (150, 100)
+        centre = ds.transform @ (150, 100)
     # the GSD: the ground distance between two neighbouring pixel centres
     lon, lat = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True).transform(
         [centre[0], centre[0] + 0.5], [centre[1], centre[1]])
@@ -126,7 +125,7 @@ def test_pixels_that_are_not_square_on_the_ground_are_read_square(tmp_path, segm
     src = write_raster(tmp_path / "in.tif", scene(h, w, seed=7)[0], crs=crs, transform=transform)
     summary = segment_raster(RasterJob(str(src), str(tmp_path / "out"), polygons=False), segmenter)
     with rasterio.open(src) as ds:
-        centre = ds.transform * (w / 2, h / 2)
+        centre = ds.transform @ (w / 2, h / 2)
     to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     lon, lat = to_lonlat.transform([centre[0], centre[0] + transform.a, centre[0]],
                                    [centre[1], centre[1], centre[1] + transform.e])

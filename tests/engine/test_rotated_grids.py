@@ -17,10 +17,10 @@ from tests.engine.rasters import scene, write_raster
 H, W, RES = 100, 130, 0.5
 ORIGIN = (500000.0, 5200000.0)
 GRIDS = {
-    "north-up": Affine.translation(*ORIGIN) * Affine.scale(RES, -RES),
-    "rotated-30": Affine.translation(*ORIGIN) * Affine.rotation(30) * Affine.scale(RES, -RES),
-    "rotated-90": Affine.translation(*ORIGIN) * Affine.rotation(90) * Affine.scale(RES, -RES),
-    "south-up": Affine.translation(ORIGIN[0], ORIGIN[1] - H * RES) * Affine.scale(RES, RES),
+    "north-up": Affine.translation(*ORIGIN) @ Affine.scale(RES, -RES),
+    "rotated-30": Affine.translation(*ORIGIN) @ Affine.rotation(30) @ Affine.scale(RES, -RES),
+    "rotated-90": Affine.translation(*ORIGIN) @ Affine.rotation(90) @ Affine.scale(RES, -RES),
+    "south-up": Affine.translation(ORIGIN[0], ORIGIN[1] - H * RES) @ Affine.scale(RES, RES),
 }
 
 
@@ -52,7 +52,7 @@ def test_a_rotated_grid_keeps_its_resolution_area_and_transform(tmp_path, segmen
     tree = shapely.STRtree(geoms)
     rng = np.random.default_rng(1)
     for r, c in zip(rng.integers(0, H, 40), rng.integers(0, W, 40)):  # each pixel centre lies in its class
-        hits = tree.query(shapely.Point(transform * (c + 0.5, r + 0.5)), predicate="within")
+        hits = tree.query(shapely.Point(transform @ (c + 0.5, r + 0.5)), predicate="within")
         assert len(hits) == 1 and fields["class_index"][hits[0]] == labels[r, c]
 
 

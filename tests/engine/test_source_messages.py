@@ -86,7 +86,7 @@ def test_a_bbox_with_latitude_and_longitude_swapped_gets_a_hint(tmp_path, capfd,
                            "--bbox-crs", "EPSG:4326")
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith("farslip: error: bbox lies outside the raster")
-    assert f"did you swap latitude and longitude? a bbox in EPSG:4326 is given lon,lat" in lines[0]
+    assert "did you swap latitude and longitude? a bbox in EPSG:4326 is given lon,lat" in lines[0]
     assert lines[0].endswith(f"here {LON_LAT})")
     # a bbox that misses the raster either way gets no such hint
     code, lines = _segment(capfd, checkpoint, src, tmp_path / "out", "--bbox", "2.3,48.8,2.4,48.9",

@@ -138,7 +138,7 @@ def test_accuracy_matches_the_confusion_of_the_pixels_themselves(tmp_path, capsy
                        transform=transform, nodata=255) as ds:
         ds.write(predicted, 1)
         ds.update_tags(FARSLIP_CLASSES=json.dumps(classes))
-    geoms = [shapely.box(*rasterio.transform.array_bounds(60, 30, transform * rasterio.Affine.translation(30 * i, 0)))
+    geoms = [shapely.box(*rasterio.transform.array_bounds(60, 30, transform @ rasterio.Affine.translation(30 * i, 0)))
              for i in range(3)]
     write_features(tmp_path / "ref.gpkg", [*geoms, shapely.box(500000, 5199990, 500001, 5199991)],
                    {"class": np.array(["WATER", "grass area", "roof", "cloud"], dtype=object)},
