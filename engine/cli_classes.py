@@ -62,7 +62,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    from engine.cli_segment import add_model_arguments
+    from engine.cli_segment import add_model_arguments, add_nodata_argument
 
     classes = commands.add_parser("classes", help="teach classes from labelled polygons")
     actions = classes.add_subparsers(dest="classes_command", required=True, metavar="ACTION")
@@ -79,7 +79,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", required=True, help="the taught classes, SITE.classes.json")
     p.add_argument("--bands", help="three 1-based band numbers for R,G,B")
     p.add_argument("--gsd", type=float, help="working resolution in metres per pixel (use the one you segment at)")
-    p.add_argument("--nodata", type=float, metavar="VALUE", help="a value that is no data in every chosen band")
+    add_nodata_argument(p)
     p.add_argument("--preset", default="paper", choices=["paper", "enhanced"], help="inference preset")
     p.add_argument("--global-bias", type=float, help="λ of the global-bias subtraction (as for segment)")
     p.add_argument("--batch-size", type=int, help="crops per forward pass")

@@ -21,7 +21,8 @@ def _area_args(args) -> dict:
 
     return {"bands": parse_bands(args.bands),
             "window": tuple(int(v) for v in parse_numbers(args.window, 4, "--window")) if args.window else None,
-            "bbox": parse_numbers(args.bbox, 4, "--bbox") if args.bbox else None, "bbox_crs": args.bbox_crs}
+            "bbox": parse_numbers(args.bbox, 4, "--bbox") if args.bbox else None, "bbox_crs": args.bbox_crs,
+            "nodata": args.nodata}
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -154,7 +155,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from engine.cli_segment import add_model_arguments, output_stem
+    from engine.cli_segment import add_model_arguments, add_nodata_argument, output_stem
 
     p.add_argument("input", help="raster file")
     p.add_argument("-o", "--out", required=True, help="output folder")
@@ -163,6 +164,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bbox", help="minx,miny,maxx,maxy (raster CRS unless --bbox-crs)")
     p.add_argument("--bbox-crs", help="CRS of --bbox, e.g. EPSG:4326")
     p.add_argument("--window", help="col,row,width,height in source pixels")
+    add_nodata_argument(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run's outputs of the same name in the output folder (else refused)")
     p.add_argument("-q", "--quiet", action="store_true")

@@ -65,10 +65,14 @@ def add_output_arguments(p: argparse.ArgumentParser, block_help: str) -> None:
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this many m²")
     p.add_argument("--simplify", type=float, default=1.0, help="polygon simplification tolerance in pixels")
     p.add_argument("--block", type=int, help=block_help)
+    add_nodata_argument(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or report")
+
+
+def add_nodata_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodata", type=float, metavar="VALUE",
                    help="a value that is no data where every chosen band holds it (e.g. 0 for a black border the "
                         "file does not declare); NaN, masks and the file's own nodata are always no data")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or report")
 
 
 def add_inference_arguments(p: argparse.ArgumentParser) -> None:

@@ -88,6 +88,8 @@ Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
 Offset = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Length = Annotated[int, Field(ge=1, le=2**31 - 1)]
 Band = Annotated[int, Field(ge=1, le=65535)]
+# an authority code (EPSG:32633), a PROJ string or a WKT: a custom CRS's WKT runs to a few thousand characters
+CrsText = Annotated[str, Field(min_length=1, max_length=20_000)]
 
 
 class ModelChoice(Strict):
@@ -102,8 +104,17 @@ class Area(Strict):
     window: tuple[Offset, Offset, Length, Length] | None = Field(None, description="col,row,width,height (pixels)")
     bbox: tuple[Coordinate, Coordinate, Coordinate, Coordinate] | None = Field(
         None, description="minx,miny,maxx,maxy (max > min)")
-    bbox_crs: str | None = Field(None, min_length=1, max_length=200, description="CRS of bbox (default: the raster's)")
+    bbox_crs: CrsText | None = Field(None, description="CRS of bbox (default: the raster's)")
     bands: tuple[Band, Band, Band] | None = Field(None, description="1-based band numbers for R,G,B")
+    nodata: float | None = Field(None, ge=-1e300, le=1e300,
+                                 description="a value that is no data where every chosen band holds it (besides "
+                                             "the file's own nodata, masks, and NaN)")
+
+    def area_arguments(self) -> dict:
+        """The area as `RasterSource`'s keyword arguments."""
+        return {"bands": tuple(self.bands) if self.bands else None,
+                "window": tuple(self.window) if self.window else None,
+                "bbox": tuple(self.bbox) if self.bbox else None, "bbox_crs": self.bbox_crs, "nodata": self.nodata}
 
     def check_area(self) -> None:
         """What the schema cannot say about an area (InputError: a 400 from the API)."""
@@ -124,10 +135,7 @@ class SegmentSettings(ModelChoice, Area):
                                                                 "(default: max(native, 0.5))")
     mask_wkt: str | None = Field(None, min_length=1, max_length=500_000,
                                  description="segment only inside this (Multi)Polygon")
-    mask_crs: str | None = Field(None, min_length=1, max_length=200, description="CRS of mask_wkt (default: the raster's)")
-    nodata: float | None = Field(None, ge=-1e300, le=1e300,
-                                 description="a value that is no data where every chosen band holds it (besides "
-                                             "the file's own nodata, masks, and NaN)")
+    mask_crs: CrsText | None = Field(None, description="CRS of mask_wkt (default: the raster's)")
     # inference
     preset: Literal["paper", "enhanced"] = "paper"
     threshold: float | None = Field(None, ge=0.0, lt=1.0, description="below this best-class probability: background")
@@ -195,9 +203,7 @@ class SegmentSettings(ModelChoice, Area):
                                                   upsampler=upsampler or self.upsampler, **local)
 
     def area_arguments(self) -> dict:
-        return {"bands": tuple(self.bands) if self.bands else None, "gsd": self.gsd,
-                "window": tuple(self.window) if self.window else None,
-                "bbox": tuple(self.bbox) if self.bbox else None, "bbox_crs": self.bbox_crs, "nodata": self.nodata}
+        return {**super().area_arguments(), "gsd": self.gsd}
 
     def open_source(self, path: str, inspect_pixels: bool = True) -> "RasterSource":
         """The raster area this run reads (bands, working GSD, window or bbox, mask applied); the

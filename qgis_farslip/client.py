@@ -173,13 +173,34 @@ class EngineClient:
         return self._json("POST", "/v1/regions/label", payload)
 
     def download(self, job_id: str, name: str, folder: str | Path) -> Path:
-        """Save a result file into `folder` (temporary name, renamed when complete)."""
+        """Save a result file into `folder` (temporary name, renamed when complete): a download cut short
+        (the engine stopped, the connection dropped) or a disk that fills up leaves no file and raises
+        EngineError."""
+        import http.client
+
         target = Path(folder) / name
         partial = target.with_name(f".{name}.partial")
-        with self._request("GET", f"/v1/jobs/{job_id}/files/{name}", timeout=600) as response, \
-                open(partial, "wb") as fh:
-            while chunk := response.read(1 << 20):
-                fh.write(chunk)
+        received = 0
+        try:
+            with self._request("GET", f"/v1/jobs/{job_id}/files/{name}", timeout=600) as response, \
+                    open(partial, "wb") as fh:
+                expected = response.headers.get("Content-Length")
+                while chunk := response.read(1 << 20):
+                    fh.write(chunk)
+                    received += len(chunk)
+            if expected is not None and expected.isdigit() and received != int(expected):
+                raise EngineError(f"the download of {name} was cut off after {received:,} of {int(expected):,} "
+                                  "bytes (did the engine stop?): run again")
+        except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+            partial.unlink(missing_ok=True)
+            raise EngineError(f"the download of {name} was cut off ({exc or type(exc).__name__}): run again") from None
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise EngineError(f"cannot save {name} into {folder} ({exc.strerror or exc}): free some space or "
+                              "choose another folder under Save to") from None
+        except EngineError:
+            partial.unlink(missing_ok=True)
+            raise
         os.replace(partial, target)
         return target
 

@@ -23,6 +23,7 @@ from qgis_farslip.engine_panel import UI_TIMEOUT_S, EnginePanel
 from qgis_farslip.jobs import SegmentationRequest, check_request
 from qgis_farslip.outputs import class_title, default_output_folder
 from qgis_farslip.raster_choices import BandChooser, NoDataEdit
+from qgis_farslip.raster_snapshot import RasterSnapshot, crs_text
 from qgis_farslip.taught_files import model_label
 from qgis_farslip.taught_picker import TaughtPicker
 from qgis_farslip.tasks import SegmentTask, show_progress
@@ -238,6 +239,21 @@ class FarSLIPDock(QDockWidget):
     def toggle_local_engine(self) -> None:
         self.engine_panel.toggle_local_engine()
 
+    def shut_down(self) -> None:
+        """Before the plugin unloads: every task of the dock's tabs is cancelled and forgotten (none adds layers or
+        touches a widget afterwards), the labelling tool is put down, the engine this QGIS started is stopped."""
+        from qgis_farslip.background import sip
+
+        setup = self.engine_panel.setup_dialog
+        for task in (self.task, self.scenes_panel.task, self.labels_panel.task, self.engine_panel.download_task,
+                     getattr(setup, "task", None)):
+            if task is not None and not sip.isdeleted(task):
+                task.detach()
+        if self.label_tool is not None:
+            self.canvas.unsetMapTool(self.label_tool)
+        if self.engine_panel.local.running():
+            self.engine_panel.local.stop(wait=True)
+
     def _refresh_legend_if_online(self) -> None:
         if self.online:
             self.update_legend()
@@ -347,20 +363,33 @@ class FarSLIPDock(QDockWidget):
 
     def import_set(self, path: str | None = None) -> None:
         path = path or QFileDialog.getOpenFileName(self, "Import classes", "", "Text (*.txt)")[0]
-        if path:
-            self.prompt_edit.setPlainText(Path(path).read_text(encoding="utf-8"))
+        if not path:
+            return
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            self.notify("critical", f"{Path(path).name} is not a UTF-8 text file: save it as UTF-8 (one class per line)")
+            return
+        except OSError as exc:
+            self.notify("critical", f"cannot read {path} ({exc.strerror or exc})")
+            return
+        self.prompt_edit.setPlainText(text)
 
     def export_set(self, path: str | None = None) -> None:
         path = path or QFileDialog.getSaveFileName(self, "Export classes", "classes.txt", "Text (*.txt)")[0]
-        if path:
+        if not path:
+            return
+        try:
             Path(path).write_text(self.prompt_edit.toPlainText().strip() + "\n", encoding="utf-8")
+        except OSError as exc:
+            self.notify("critical", f"cannot write {path} ({exc.strerror or exc}): choose another folder")
 
     # --- region labelling ----------------------------------------------------------------------
     def labeller(self):
         from qgis_farslip.labelling import RegionLabeller
 
         request = self.build_request()
-        return RegionLabeller(self.client(), request.layer, request.classes, request.model, request.taught)
+        return RegionLabeller(self.client(), request)
 
     def toggle_label_tool(self, on: bool) -> None:
         from qgis_farslip.labelling import LabelMapTool
@@ -397,7 +426,7 @@ class FarSLIPDock(QDockWidget):
 
         layer = self.selected_polygons()
         union = QgsGeometry.unaryUnion([f.geometry() for f in layer.selectedFeatures()])
-        return union.asWkt(), layer.crs().authid() or layer.crs().toWkt()
+        return union.asWkt(), crs_text(layer.crs())
 
     def build_request(self) -> SegmentationRequest:
         """The Segment tab's request (Segment, Classify grid and Label a region use its taught classes)."""
@@ -409,7 +438,7 @@ class FarSLIPDock(QDockWidget):
             raise EngineError("type at least one class")
         extent, crs = self.area(layer)
         mask_wkt, mask_crs = self.mask()
-        return SegmentationRequest(layer=layer, classes=classes, extent=extent, extent_crs=crs,
+        return SegmentationRequest(raster=RasterSnapshot.of(layer), classes=classes, extent=extent, extent_crs=crs,
                                    gsd=self.gsd_spin.value() or None, model=self.model_combo.currentText() or None,
                                    threshold=self.threshold_spin.value() or None, mask_wkt=mask_wkt,
                                    mask_crs=mask_crs, upload=self.upload_check.isChecked(),

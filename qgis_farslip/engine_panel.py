@@ -12,7 +12,7 @@ from qgis.core import QgsApplication
 from qgis.PyQt.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
                                  QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
-from qgis_farslip.background import run_async
+from qgis_farslip.background import run_async, sip
 from qgis_farslip.client import EngineClient, EngineError
 from qgis_farslip.jobs import LOCAL_HOSTS
 from qgis_farslip.local_engine import LocalEngine
@@ -28,9 +28,19 @@ def serve_command(engine_command: str, url: str) -> str:
     return f"{shlex.quote(engine_command)} serve --port {port}"
 
 
+def command_words(command: str) -> list[str]:
+    """The words of a start command as a shell splits them; EngineError for one a shell could not run
+    (an unbalanced quote)."""
+    try:
+        return shlex.split(command)
+    except ValueError as exc:
+        raise EngineError(f"the engine's start command cannot be read ({exc}): correct it under Engine → Start "
+                          "command, or press Set up… to find the engine") from None
+
+
 def engine_prefix(command: str) -> list[str]:
     """The part of a start command before `serve` (the engine's command line itself)."""
-    argv = shlex.split(command)
+    argv = command_words(command)
     return argv[:argv.index("serve")] if "serve" in argv else argv[:1]
 
 
@@ -119,11 +129,16 @@ class EnginePanel(QWidget):
         self.on_online.append(self._download_when_online)
         self.local.stateChanged.connect(self._download_not_started)
         self.setup_dialog = None
+        self.token_unsaved_said = False
 
     # --- settings and client -------------------------------------------------------------------
     def client(self, timeout: float = 30.0) -> EngineClient:
-        save_engine_settings(self.url_edit.text().strip(), self.token_edit.text().strip(),
-                             self.model_combo.currentText().strip())
+        stored = save_engine_settings(self.url_edit.text().strip(), self.token_edit.text().strip(),
+                                      self.model_combo.currentText().strip())
+        if not stored and not self.token_unsaved_said:
+            self.token_unsaved_said = True
+            self.notify("warning", "the engine token is kept only until QGIS closes: QGIS stores it encrypted once "
+                                   "a master password is set (Settings → Options → Authentication)")
         return EngineClient(self.url_edit.text().strip(), self.token_edit.text().strip() or None, timeout=timeout)
 
     def set_status(self, ok: bool | None, text: str) -> None:
@@ -176,7 +191,10 @@ class EnginePanel(QWidget):
         url = urlparse(self.url_edit.text().strip())
         if not command or self.local.running() or not self.unreachable or url.hostname not in LOCAL_HOSTS:
             return False
-        argv = shlex.split(command)
+        try:
+            argv = command_words(command)
+        except EngineError:  # said when it is started
+            return False
         port = argv[argv.index("--port") + 1] if "--port" in argv[:-1] else "8765"
         return port == str(url.port or 8765)
 
@@ -225,10 +243,17 @@ class EnginePanel(QWidget):
     def start(self, command: str) -> None:
         save_engine_command(command)
         self.log_button.setChecked(True)
-        self.local.start(shlex.split(command), self.url_edit.text().strip())
+        try:
+            argv = command_words(command)
+        except EngineError as exc:
+            self.set_status(False, str(exc))
+            self.notify("critical", str(exc))
+            return
+        self.local.start(argv, self.url_edit.text().strip())
 
     def _local_state(self, state: str, text: str) -> None:
         self.engine_button.setText("Stop engine" if state in ("starting", "ready") else "Start engine")
+        self.engine_button.setEnabled(state != "stopping")  # (its port is free once it has exited)
         if state == "starting":
             self.set_status(None, text)
         elif state == "ready":
@@ -246,7 +271,16 @@ class EnginePanel(QWidget):
     def open_setup(self):
         from qgis_farslip.setup_dialog import EngineSetupDialog
 
-        configured = engine_prefix(self.command_edit.text())[0] if self.command_edit.text().strip() else None
+        if self.setup_dialog is not None and not sip.isdeleted(self.setup_dialog) and (
+                self.setup_dialog.isVisible() or self.setup_dialog.installing()):
+            self.setup_dialog.show()  # one set-up at a time: the one open (or still installing) comes forward
+            self.setup_dialog.raise_()
+            self.setup_dialog.activateWindow()
+            return self.setup_dialog
+        try:
+            configured = engine_prefix(self.command_edit.text())[0] if self.command_edit.text().strip() else None
+        except EngineError:
+            configured = None
         self.setup_dialog = EngineSetupDialog(configured, self)
         self.setup_dialog.engineReady.connect(lambda engine: self.use_engine(engine))
         self.setup_dialog.show()

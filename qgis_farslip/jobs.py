@@ -18,10 +18,10 @@ from typing import Callable
 from urllib.parse import urlparse
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsDistanceArea, QgsPointXY, QgsProject,
-                       QgsRasterFileWriter, QgsRasterInterface, QgsRasterLayer, QgsRasterPipe, QgsRectangle,
-                       QgsUnitTypes)
+                       QgsRasterFileWriter, QgsRasterPipe, QgsRectangle, QgsUnitTypes)
 
 from qgis_farslip.client import EngineClient, EngineError, in_gui_words
+from qgis_farslip.raster_snapshot import RasterSnapshot
 from qgis_farslip.taught_refs import classes_value, with_taught
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -31,33 +31,27 @@ def is_local_engine(url: str) -> bool:
     return (urlparse(url).hostname or "") in LOCAL_HOSTS
 
 
-def layer_file(layer: QgsRasterLayer, formats: tuple[str, ...] | None = None) -> str | None:
-    """The file behind a GDAL raster layer — when `formats` are given, only if GDAL identifies it as one of
-    them (the engine's `path_formats`) — or None: web/database layers, subdatasets, other formats."""
-    if layer.providerType() != "gdal":
-        return None
-    path = layer.source().split("|")[0]
-    if not os.path.isfile(path):
-        return None
-    if formats is not None:
-        from osgeo import gdal
+def file_of_format(raster: RasterSnapshot, formats: tuple[str, ...] | None) -> str | None:
+    """The raster's file if GDAL identifies it as one of `formats` (the engine's `path_formats`; None: an
+    engine that does not say, which is sent any file), else None."""
+    if raster.file is None or formats is None:
+        return raster.file
+    from osgeo import gdal
 
-        driver = gdal.IdentifyDriver(path)
-        if driver is None or driver.ShortName not in formats:
-            return None
-    return path
+    driver = gdal.IdentifyDriver(raster.file)
+    return raster.file if driver is not None and driver.ShortName in formats else None
 
 
-def to_layer_crs(extent: QgsRectangle, extent_crs: QgsCoordinateReferenceSystem, layer: QgsRasterLayer) -> QgsRectangle:
-    if not extent_crs.isValid() or extent_crs == layer.crs():
+def to_layer_crs(extent: QgsRectangle, extent_crs: QgsCoordinateReferenceSystem, raster: RasterSnapshot) -> QgsRectangle:
+    if not extent_crs.isValid() or not raster.crs.isValid() or extent_crs == raster.crs:
         return QgsRectangle(extent)
-    transform = QgsCoordinateTransform(extent_crs, layer.crs(), QgsProject.instance())
+    transform = QgsCoordinateTransform(extent_crs, raster.crs, QgsProject.instance())
     return transform.transformBoundingBox(extent)
 
 
 @dataclass
 class SegmentationRequest:
-    layer: QgsRasterLayer
+    raster: RasterSnapshot  # of the layer (`RasterSnapshot.of(layer)`, on the main thread)
     classes: list[str]
     extent: QgsRectangle | None = None  # in `extent_crs`; None = whole layer
     extent_crs: QgsCoordinateReferenceSystem = field(default_factory=QgsCoordinateReferenceSystem)
@@ -75,7 +69,7 @@ class SegmentationRequest:
     #                            (sent to the engine, see taught_refs.py)
 
 
-def render_to_geotiff(layer: QgsRasterLayer, extent: QgsRectangle, resolution: float, folder: str) -> str:
+def render_to_geotiff(raster: RasterSnapshot, extent: QgsRectangle, resolution: float, folder: str) -> str:
     """Write what QGIS reads for `extent` (layer CRS) at `resolution` (layer units / px) as a GeoTIFF."""
     width = max(1, int(round(extent.width() / resolution)))
     height = max(1, int(round(extent.height() / resolution)))
@@ -83,12 +77,12 @@ def render_to_geotiff(layer: QgsRasterLayer, extent: QgsRectangle, resolution: f
         check_render_size(extent, resolution)
     path = os.path.join(folder, "farslip_input.tif")
     pipe = QgsRasterPipe()
-    if not pipe.set(layer.dataProvider().clone()):
-        raise EngineError(f"cannot read layer {layer.name()}")
+    if not pipe.set(raster.provider_copy()):
+        raise EngineError(f"cannot read layer {raster.name}")
     writer = QgsRasterFileWriter(path)
-    error = writer.writeRaster(pipe, width, height, extent, layer.crs())
+    error = writer.writeRaster(pipe, width, height, extent, raster.crs)
     if error != QgsRasterFileWriter.WriterError.NoError:
-        raise EngineError(f"cannot write a temporary copy of {layer.name()} (error {error})")
+        raise EngineError(f"cannot write a temporary copy of {raster.name} (error {error})")
     return path
 
 
@@ -96,14 +90,13 @@ MAX_RENDER_PIXELS = 40_000_000  # what QGIS renders and uploads in one go (about
 DEFAULT_GSD_M = 0.5  # the engine's default working resolution: no need to render finer
 
 
-def render_plan(layer: QgsRasterLayer, extent: QgsRectangle | None, gsd: float | None) -> tuple[QgsRectangle, float]:
+def render_plan(raster: RasterSnapshot, extent: QgsRectangle | None, gsd: float | None) -> tuple[QgsRectangle, float]:
     """(area in the layer CRS, resolution in layer units per pixel) QGIS renders for the engine: the
     working GSD on the ground (`gsd`, else the engine's 0.5 m) — for a file no finer than its own pixels;
     for a web layer (XYZ, WMS: no pixel size of its own) exactly that."""
-    area = extent or layer.extent()
-    has_pixels = bool(layer.dataProvider().capabilities() & QgsRasterInterface.Size)
-    native = layer.rasterUnitsPerPixelX() if has_pixels and layer.rasterUnitsPerPixelX() > 0 else None
-    scale = units_per_ground_metre(layer.crs(), area) if layer.crs().isValid() else None
+    area = extent or raster.extent
+    native = raster.units_per_pixel
+    scale = units_per_ground_metre(raster.crs, area) if raster.crs.isValid() else None
     if scale is None:  # no CRS: pixel space
         return area, native or area.width() / 2048
     wanted = (gsd or DEFAULT_GSD_M) * scale
@@ -139,78 +132,79 @@ def check_render_size(area: QgsRectangle, resolution: float) -> None:
                           "or set a coarser Resolution")
 
 
-def needs_upload(client_url: str, layer: QgsRasterLayer, force_upload: bool) -> bool:
+def needs_upload(client_url: str, raster: RasterSnapshot, force_upload: bool) -> bool:
     """Whether a rendered copy is surely sent — the quick check on the UI thread, without asking the engine
     (which may still refuse the file's format: `engine_reads`)."""
-    return force_upload or not is_local_engine(client_url) or layer_file(layer) is None
+    return force_upload or not is_local_engine(client_url) or raster.file is None
 
 
-def engine_reads(client: EngineClient, layer: QgsRasterLayer, force_upload: bool = False) -> str | None:
+def engine_reads(client: EngineClient, raster: RasterSnapshot, force_upload: bool = False) -> str | None:
     """The file of `layer` the engine reads itself (a local engine, a format it reads by path, placed as
     QGIS places it), else None: a rendered copy is sent. Asks the engine (once per client) which formats
     it reads."""
     if force_upload or not is_local_engine(client.url):
         return None
-    path = layer_file(layer, client.path_formats())
-    return path if path is not None and placed_as_in_qgis(path, layer) else None
+    path = file_of_format(raster, client.path_formats())
+    return path if path is not None and placed_as_in_qgis(path, raster) else None
 
 
-def placed_as_in_qgis(path: str, layer: QgsRasterLayer) -> bool:
+def placed_as_in_qgis(path: str, raster: RasterSnapshot) -> bool:
     """Whether the file's own georeference is what QGIS uses for the layer: not so for a file with a
     geotransform but no CRS (a JPEG or PNG with a world file and no .prj) or another CRS, which the user
     set in QGIS (Layer CRS) — the engine would place the results by the file, so a copy is sent instead."""
     from osgeo import gdal
 
-    if not layer.crs().isValid():
+    if not raster.crs.isValid():
         return True
     dataset = gdal.Open(path)
     if dataset is None or dataset.GetGeoTransform(can_return_null=True) is None:
         return True  # no geotransform (pixel space, GCPs): the engine handles it as QGIS draws it
-    file_crs = layer.dataProvider().crs()  # the file's own, as QGIS read it (a custom CRS compares equal too)
-    return file_crs.isValid() and file_crs == layer.crs()
+    # the file's own CRS, as QGIS read it (a custom CRS compares equal too)
+    return raster.file_crs.isValid() and raster.file_crs == raster.crs
 
 
-def clip_extent(layer: QgsRasterLayer, extent: QgsRectangle | None,
+def clip_extent(raster: RasterSnapshot, extent: QgsRectangle | None,
                 extent_crs: QgsCoordinateReferenceSystem) -> QgsRectangle | None:
     if extent is None:
         return None
-    extent = to_layer_crs(extent, extent_crs, layer).intersect(layer.extent())
+    extent = to_layer_crs(extent, extent_crs, raster).intersect(raster.extent)
     if extent.isEmpty():
         raise EngineError("the chosen extent does not overlap the layer")
     return extent
 
 
-def area_payload(client: EngineClient, layer: QgsRasterLayer, extent: QgsRectangle | None,
+def area_payload(client: EngineClient, raster: RasterSnapshot, extent: QgsRectangle | None,
                  extent_crs: QgsCoordinateReferenceSystem, gsd: float | None, scratch: str,
                  force_upload: bool = False, on_stage: Callable[[str], None] | None = None) -> dict:
     """`input` (a path the engine reads, or an upload of a rendered copy: said to `on_stage`) and the
     `bbox` to process."""
-    extent = clip_extent(layer, extent, extent_crs)
-    path = engine_reads(client, layer, force_upload)
+    extent = clip_extent(raster, extent, extent_crs)
+    path = engine_reads(client, raster, force_upload)
     if path is None and on_stage is not None:
         on_stage("rendering and sending the image…")
     if path is not None:
         payload: dict = {"input": {"path": os.path.abspath(path)}}
         if extent is not None:
             payload["bbox"] = [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()]
-            payload["bbox_crs"] = layer.crs().authid() or layer.crs().toWkt()
+            if raster.crs_text is not None:  # (else the bbox is in the raster's pixel space, as QGIS draws it)
+                payload["bbox_crs"] = raster.crs_text
         return payload
-    area, resolution = render_plan(layer, extent, gsd)
+    area, resolution = render_plan(raster, extent, gsd)
     check_render_size(area, resolution)
-    return {"input": {"upload_id": client.upload(render_to_geotiff(layer, area, resolution, scratch))}}
+    return {"input": {"upload_id": client.upload(render_to_geotiff(raster, area, resolution, scratch))}}
 
 
 def check_request(client_url: str, request: "SegmentationRequest") -> None:
     """The quick checks of a request on the UI thread (overlap, render size) before a task starts."""
-    extent = clip_extent(request.layer, request.extent, request.extent_crs)
-    if needs_upload(client_url, request.layer, request.upload):
-        check_render_size(*render_plan(request.layer, extent, request.gsd))
+    extent = clip_extent(request.raster, request.extent, request.extent_crs)
+    if needs_upload(client_url, request.raster, request.upload):
+        check_render_size(*render_plan(request.raster, extent, request.gsd))
 
 
 def build_payload(client: EngineClient, request: SegmentationRequest, scratch: str,
                   on_stage: Callable[[str], None] | None = None) -> dict:
     """The JSON body of a segmentation job."""
-    payload = area_payload(client, request.layer, request.extent, request.extent_crs, request.gsd, scratch,
+    payload = area_payload(client, request.raster, request.extent, request.extent_crs, request.gsd, scratch,
                            force_upload=request.upload, on_stage=on_stage)
     classes = classes_value(client, request.taught) if request.taught else request.classes
     payload.update(classes=classes, scores=request.scores, min_area=request.min_area)
@@ -228,8 +222,11 @@ def run_job(client: EngineClient, kind: str, payload: dict, out_folder: str,
     stage = on_stage or (lambda text: None)
     if is_cancelled is not None and is_cancelled():
         raise EngineError("cancelled")
-    job_id = client.submit(kind, payload)
-    status = client.wait(job_id, on_progress, is_cancelled)
+    job_id = client.submit(kind, payload)  # (refused: the copy is kept for the request made again, see taught_refs)
+    try:
+        status = client.wait(job_id, on_progress, is_cancelled)
+    finally:
+        forget_upload(client, payload)
     if status["state"] == "cancelled":
         raise EngineError("cancelled")
     if status["state"] != "done":
@@ -248,6 +245,17 @@ def run_job(client: EngineClient, kind: str, payload: dict, out_folder: str,
         summary["files"] = {key: name for key, name in summary["files"].items() if (folder / name).exists()}
     summary["job_id"] = job_id  # what a later job names (taught classes, an accuracy check)
     return summary, folder
+
+
+def forget_upload(client: EngineClient, payload: dict) -> None:
+    """The rendered copy a job was sent is deleted on the engine once the job has ended (else it stays until
+    it expires, taking from the engine's upload quota); an engine that cannot be told is left to expire it."""
+    upload = payload.get("input", {}).get("upload_id")
+    if upload:
+        try:
+            client.delete_upload(upload)
+        except EngineError:
+            pass
 
 
 def run_segmentation(client: EngineClient, request: SegmentationRequest, out_folder: str,

@@ -12,14 +12,15 @@ import time
 from pathlib import Path
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeature, QgsField, QgsGeometry, QgsProject,
-                       QgsRasterLayer, QgsRectangle, QgsVectorLayer)
+                       QgsRectangle, QgsVectorLayer)
 from qgis.gui import QgsMapToolExtent
 from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QLabel, QListWidget, QVBoxLayout
 
 from qgis_farslip.background import run_async
 from qgis_farslip.client import EngineClient, EngineError
-from qgis_farslip.jobs import check_render_size, engine_reads, render_to_geotiff, to_layer_crs
+from qgis_farslip.jobs import (SegmentationRequest, check_render_size, engine_reads, forget_upload, render_to_geotiff,
+                               to_layer_crs)
 from qgis_farslip.outputs import default_output_folder
 from qgis_farslip.taught_refs import with_taught
 
@@ -37,51 +38,59 @@ def no_data_text(valid_fraction: float | None) -> str:
 
 
 class RegionLabeller:
-    """Asks the engine for the best classes of a rectangle (by their names, or by the classes taught from labels
-    `taught` names: see `taught_refs.py`), and records accepted labels."""
+    """Asks the engine for the best classes of a rectangle, on the raster, classes (by their names, or the classes
+    taught from labels the request's `taught` names: see `taught_refs.py`), bands and no data of the Segment tab's
+    request, and records accepted labels."""
 
-    def __init__(self, client: EngineClient, layer: QgsRasterLayer, classes: list[str], model: str | None = None,
-                 taught: str | None = None):
-        self.client, self.layer, self.classes, self.model, self.taught = client, layer, classes, model, taught
+    def __init__(self, client: EngineClient, request: SegmentationRequest):
+        self.client, self.request = client, request
+        self.raster, self.classes, self.model = request.raster, request.classes, request.model
 
     def rank(self, rect: QgsRectangle, crs: QgsCoordinateReferenceSystem,
              polygon: QgsGeometry | None = None) -> list[tuple[str, float]]:
         """(class, probability) pairs, best first, for a rectangle (or a polygon inside it) in `crs`;
         NoDataRegion when the region is mostly no data (the engine gives it no class)."""
-        box = to_layer_crs(rect, crs, self.layer).intersect(self.layer.extent())
+        box = to_layer_crs(rect, crs, self.raster).intersect(self.raster.extent)
         if box.isEmpty():
             raise EngineError("the region does not overlap the raster layer")
-        path = engine_reads(self.client, self.layer)
+        path = engine_reads(self.client, self.raster)
         payload: dict = {"classes": self.classes}
-        if self.model:
-            payload["model"] = self.model
+        for key in ("model", "bands", "nodata"):
+            if getattr(self.request, key) is not None:
+                payload[key] = getattr(self.request, key)
         if path is not None:
             region = {"bbox": [box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum()]}
             if polygon is not None:
-                region = {"polygon": polygon_ring(polygon, crs, self.layer.crs())}
-            payload.update(input={"path": path}, crs=self.layer.crs().authid() or self.layer.crs().toWkt(),
-                           regions=[region])
+                region = {"polygon": polygon_ring(polygon, crs, self.raster.crs)}
+            payload.update(input={"path": path}, regions=[region])
+            if self.raster.crs_text is not None:  # (else the raster's pixel space, as QGIS draws it)
+                payload["crs"] = self.raster.crs_text
         else:  # the engine cannot read this layer: send a rendered copy of the rectangle
             with tempfile.TemporaryDirectory(prefix="farslip-label-") as scratch:
                 resolution = max(box.width(), box.height()) / 448
                 check_render_size(box, resolution)
-                upload = self.client.upload(render_to_geotiff(self.layer, box, resolution, scratch))
+                upload = self.client.upload(render_to_geotiff(self.raster, box, resolution, scratch))
             payload.update(input={"upload_id": upload}, crs="pixel",
                            regions=[{"bbox": [0, 0, round(box.width() / resolution), round(box.height() / resolution)]}])
-        region = with_taught(self.client, self.taught, payload, self.client.label)["regions"][0]
+        try:
+            region = with_taught(self.client, self.request.taught, payload, self.client.label)["regions"][0]
+        finally:
+            forget_upload(self.client, payload)
         if region.get("best") is None or not region.get("probabilities"):
             raise NoDataRegion(no_data_text(region.get("valid_fraction")))
         return list(region["probabilities"].items())
 
     def accept(self, rect: QgsRectangle, crs: QgsCoordinateReferenceSystem, label: str, score: float,
                project: QgsProject | None = None, polygon: QgsGeometry | None = None) -> QgsVectorLayer:
-        layer = labels_layer(self.layer.crs(), project)
+        layer = labels_layer(self.raster.crs, project)
         feature = QgsFeature(layer.fields())
         if polygon is not None:
             geometry = QgsGeometry(polygon)
-            geometry.transform(QgsCoordinateTransform(crs, self.layer.crs(), QgsProject.instance()))
-        else:
-            geometry = QgsGeometry.fromRect(to_layer_crs(rect, crs, self.layer))
+        else:  # the rectangle ranked: the box around the drawn one in the raster's CRS
+            geometry, crs = QgsGeometry.fromRect(to_layer_crs(rect, crs, self.raster)), self.raster.crs
+        # stored in the labels layer's CRS (that of the raster first labelled, whichever raster this one is)
+        if crs.isValid() and layer.crs().isValid() and crs != layer.crs():
+            geometry.transform(QgsCoordinateTransform(crs, layer.crs(), QgsProject.instance()))
         feature.setGeometry(geometry)
         for name, value in (("class", label), ("score", float(score)), ("model", self.model or "engine default"),
                             ("timestamp", time.strftime("%Y-%m-%dT%H:%M:%S"))):
@@ -93,11 +102,13 @@ class RegionLabeller:
         return layer
 
 
-def polygon_ring(polygon: QgsGeometry, crs: QgsCoordinateReferenceSystem,
-                 target: QgsCoordinateReferenceSystem) -> list[list[float]]:
-    """The outer ring of a (largest part of a) polygon, in the target CRS, as [[x, y], ...]."""
+def polygon_ring(polygon: QgsGeometry, crs: QgsCoordinateReferenceSystem | None = None,
+                 target: QgsCoordinateReferenceSystem | None = None) -> list[list[float]]:
+    """The outer ring of a (largest part of a) polygon, as [[x, y], ...]: in the target CRS when both CRSs
+    are given, else in the polygon's own."""
     geometry = QgsGeometry(polygon)
-    geometry.transform(QgsCoordinateTransform(crs, target, QgsProject.instance()))
+    if crs is not None and target is not None and crs.isValid() and target.isValid() and crs != target:
+        geometry.transform(QgsCoordinateTransform(crs, target, QgsProject.instance()))
     parts = geometry.asMultiPolygon() if geometry.isMultipart() else [geometry.asPolygon()]
     ring = max(parts, key=lambda p: QgsGeometry.fromPolygonXY(p).area())[0]
     return [[p.x(), p.y()] for p in ring]

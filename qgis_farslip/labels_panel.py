@@ -21,9 +21,10 @@ from qgis_farslip.client import EngineError
 from qgis_farslip.jobs import check_render_size, needs_upload, render_plan
 from qgis_farslip.labelling import LABELS_LAYER
 from qgis_farslip.outputs import class_title, run_folder_name, safe_name
+from qgis_farslip.raster_snapshot import RasterSnapshot, crs_text
 from qgis_farslip.tasks import JobTask, show_progress
 from qgis_farslip.taught_files import keep_as
-from qgis_farslip.teaching import (TeachRequest, crs_name, labelled_polygons, report_headline, report_rows,
+from qgis_farslip.teaching import (TeachRequest, labelled_polygons, report_headline, report_rows,
                                    run_accuracy, run_teach)
 
 PICTURE_WIDTH = 300  # the confusion picture, scaled to fit the narrow dock (the file keeps its full size)
@@ -238,11 +239,12 @@ class LabelsPanel(QWidget):
                     f"none of the {selected} selected polygons of {layer.name()} has a class")
             raise EngineError(f"{none} in '{field}': select labelled polygons, or clear the selection to teach from "
                               "all") from None
-        request = TeachRequest(layer=raster, classes=classes, labels=labels, labels_crs=crs_name(layer.crs()),
-                               gsd=dock.gsd_spin.value() or None, model=dock.model_combo.currentText() or None,
-                               upload=dock.upload_check.isChecked())
-        if needs_upload(dock.url_edit.text().strip(), raster, request.upload):  # the whole raster is sent
-            check_render_size(*render_plan(raster, None, request.gsd))
+        request = TeachRequest(raster=RasterSnapshot.of(raster), classes=classes, labels=labels,
+                               labels_crs=crs_text(layer.crs()), gsd=dock.gsd_spin.value() or None,
+                               model=dock.model_combo.currentText() or None, upload=dock.upload_check.isChecked(),
+                               bands=dock.band_chooser.bands(), nodata=dock.nodata_edit.value())
+        if needs_upload(dock.url_edit.text().strip(), request.raster, request.upload):  # the whole raster is sent
+            check_render_size(*render_plan(request.raster, None, request.gsd))
         return request
 
     def teach(self) -> JobTask | None:
@@ -252,7 +254,7 @@ class LabelsPanel(QWidget):
             self.dock._fail(str(exc))
             return None
         layer = self.teach_layer_combo.currentLayer()
-        raster = request.layer.name()
+        raster = request.raster.name
         which = f"{layer.selectedFeatureCount()} selected polygons of " if layer.selectedFeatureCount() else ""
         title = f"teach {class_title(request.classes)} on {raster} from {which}{layer.name()}"
         folder = Path(self.dock.folder_widget.filePath()) / f"taught_{run_folder_name(raster, request.classes)}"
@@ -281,7 +283,7 @@ class LabelsPanel(QWidget):
             return None
         folder = Path(last["folder"]) / f"accuracy_{safe_name(layer.name(), 30)}_{time.strftime('%Y%m%d-%H%M%S')}"
         title = f"accuracy of {last['title']} against {layer.name()}"
-        client, job, crs = self.dock.client(), last["job"], crs_name(layer.crs())
+        client, job, crs = self.dock.client(), last["job"], crs_text(layer.crs())
         return self._start(title, lambda progress, cancelled, stage: run_accuracy(
             client, job, reference, crs, str(folder), progress, cancelled, stage), self._checked, "checking")
 

@@ -1,5 +1,5 @@
 """A local engine process started from QGIS: start on demand, ready when /v1/health answers, its log,
-and a `state` that follows it (stopped → starting → ready, or died/failed with the reason).
+and a `state` that follows it (stopped → starting → ready → stopping → stopped, or died/failed with the reason).
 
 The process is a QProcess (its output arrives through the event loop); health is polled off the UI
 thread (`background.run_async`), so QGIS never waits on it.
@@ -16,7 +16,7 @@ LOG_LINES = 2000
 
 
 class LocalEngine(QObject):
-    """`stateChanged(state, text)`: state is "stopped", "starting", "ready", "died" or "failed"."""
+    """`stateChanged(state, text)`: state is "stopped", "starting", "ready", "stopping", "died" or "failed"."""
 
     stateChanged = pyqtSignal(str, str)
     logged = pyqtSignal(str)
@@ -73,16 +73,30 @@ class LocalEngine(QObject):
         self.process.start(argv[0], argv[1:])
         self._poll.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = False) -> None:
+        """Ask the engine to stop (SIGTERM; killed if it still runs 10 s later). QGIS does not wait for it:
+        the state is "stopping" until it has exited, then "stopped" — unless `wait` (the plugin unloading,
+        QGIS closing): then it is stopped before this returns, killed after 3 s."""
         self._poll.stop()
-        if self.running():
-            self._stopping = True
-            self.process.terminate()
-            if not self.process.waitForFinished(10_000):
-                self.process.kill()
-                self.process.waitForFinished(5_000)
-        self.process = None
-        self._set("stopped", "engine stopped")
+        if not self.running():
+            self.process = None
+            self._set("stopped", "engine stopped")
+            return
+        self._stopping = True
+        process = self.process
+        process.terminate()
+        if wait:
+            if not process.waitForFinished(3_000):
+                process.kill()
+                process.waitForFinished(2_000)
+            self.process = None
+            self._set("stopped", "engine stopped")
+            return
+        kill = QTimer(process)  # goes with the process
+        kill.setSingleShot(True)
+        kill.timeout.connect(process.kill)
+        kill.start(10_000)
+        self._set("stopping", "stopping the engine…")
 
     # --- process events ------------------------------------------------------------------------
     def _read(self) -> None:
@@ -100,6 +114,10 @@ class LocalEngine(QObject):
         self._poll.stop()
         self._read()
         if self._stopping:
+            if self.state == "stopping":
+                self.process.deleteLater()
+                self.process = None
+                self._set("stopped", "engine stopped")
             return
         last = self.log[-1] if self.log else ""
         self._append(f"engine exited with code {code}")

@@ -75,8 +75,7 @@ class FarSLIPPlugin:
                 self.iface.removePluginRasterMenu(MENU, action)
             self.action = self.setup_action = None
         if self.dock is not None:
-            if self.dock.engine_process is not None:
-                self.dock.toggle_local_engine()  # stop the engine this QGIS started
+            self.dock.shut_down()  # its tasks cancelled, the engine this QGIS started stopped
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
             self.dock = None

@@ -33,11 +33,12 @@ class EngineJobTask(PluginTask):
 
     def work(self) -> None:  # worker thread
         r = self.request
-        extent = clip_extent(r.layer, r.extent, r.extent_crs)
+        extent = clip_extent(r.raster, r.extent, r.extent_crs)
         with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
-            payload = area_payload(self.client, r.layer, extent, r.layer.crs(), r.gsd, scratch, r.upload)
-        if r.model:
-            payload["model"] = r.model
+            payload = area_payload(self.client, r.raster, extent, r.raster.crs, r.gsd, scratch, r.upload)
+        for key in ("model", "bands", "nodata"):  # as the Segment tab's
+            if getattr(r, key) is not None:
+                payload[key] = getattr(r, key)
         payload.update(self.extra)
         taught = r.taught if "classes" in payload else None  # a search has no classes
         self.summary, self.folder = with_taught(self.client, taught, payload, lambda body: run_job(
@@ -128,8 +129,8 @@ class ScenesPanel(QWidget):
             self.dock.notify("critical", str(exc))
             return None
         extra, what = make(request)
-        title = f"{request.layer.name()} — {what} ({time.strftime('%H:%M:%S')})"
-        folder = Path(self.dock.folder_widget.filePath()) / run_folder_name(request.layer.name(), [kind])
+        title = f"{request.raster.name} — {what} ({time.strftime('%H:%M:%S')})"
+        folder = Path(self.dock.folder_widget.filePath()) / run_folder_name(request.raster.name, [kind])
         self.task = EngineJobTask(self.dock.client(), kind, request, extra, str(folder), title, self._finished)
         self.task.progressChanged.connect(lambda p: self.progress.setValue(int(p)))
         for button in (self.grid_button, self.search_button):

@@ -13,6 +13,7 @@ from qgis_farslip.client import DEFAULT_URL, read_local_token
 PREFIX = "farslip/"
 DEFAULT_ENGINE_COMMAND = ""  # empty: the dock finds an installed engine or offers the set-up
 _saved: dict[str, str] = {}  # token last stored per auth config (no database write on every call)
+_not_stored: set[str] = set()  # tokens QGIS could not store this session (no master password): asked once
 
 
 def _token(s: QgsSettings, url: str) -> str:
@@ -39,8 +40,10 @@ def save_engine_command(command: str) -> None:
     QgsSettings().setValue(PREFIX + "engine_command", command)
 
 
-def save_engine_settings(url: str, token: str = "", model: str = "") -> None:
-    """URL and model in QgsSettings; a token other than the local engine's in the auth database."""
+def save_engine_settings(url: str, token: str = "", model: str = "") -> bool:
+    """URL and model in QgsSettings; a token other than the local engine's in the auth database. False when
+    the token could not be stored (no master password was given): it is not asked for again this session,
+    and the token lives only in the panel until QGIS closes."""
     s = QgsSettings()
     s.setValue(PREFIX + "engine_url", url)
     s.setValue(PREFIX + "model", model)
@@ -51,10 +54,15 @@ def save_engine_settings(url: str, token: str = "", model: str = "") -> None:
             auth.remove(authcfg)
             s.remove(PREFIX + "authcfg")
             _saved.pop(authcfg, None)
-        return
+        return True
     if authcfg and _saved.get(authcfg) == token:
-        return
+        return True
+    if token in _not_stored:
+        return False
     authcfg = auth.store_token(token, url, authcfg)
-    if authcfg:
-        s.setValue(PREFIX + "authcfg", authcfg)
-        _saved[authcfg] = token
+    if not authcfg:
+        _not_stored.add(token)
+        return False
+    s.setValue(PREFIX + "authcfg", authcfg)
+    _saved[authcfg] = token
+    return True

@@ -33,6 +33,7 @@ class EngineSetupDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Set up the FarSLIP engine")
         self.task: EngineSetupTask | None = None
+        self.running = False  # its set-up task runs
         self.found: Engine | None = None
         layout = QVBoxLayout(self)
         intro = QLabel("The engine runs in its own Python environment, apart from QGIS. Use one already "
@@ -140,12 +141,14 @@ class EngineSetupDialog(QDialog):
             self._failed(problem)
             return
         self.task = EngineSetupTask(plan, on_done=self._ended)
+        self.running = True
         self.task.line.connect(self.log_view.appendPlainText)
         self.task.progressChanged.connect(lambda p: self.progress.setValue(int(p)))
         self.cancel_button.setEnabled(True)
         QgsApplication.taskManager().addTask(self.task)
 
     def _ended(self, task: EngineSetupTask) -> None:
+        self.running = False
         if task.error:
             self._failed(task.error)
         else:
@@ -163,6 +166,10 @@ class EngineSetupDialog(QDialog):
         self.log_view.appendPlainText(text)
         self.install_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
+
+    def installing(self) -> bool:
+        """Whether its set-up task is still running (the dialog may have been closed meanwhile)."""
+        return self.running
 
     def cancel(self) -> None:
         if self.task is not None:

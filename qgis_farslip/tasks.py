@@ -69,6 +69,16 @@ class PluginTask(QgsTask):
         self.setDescription(f"{self.description()} — {CANCELLED}")
         super().cancel()
 
+    def detach(self) -> None:
+        """The plugin is unloading: the task is cancelled and tells nobody (its widgets are being deleted)."""
+        self.on_done = None
+        for signal in (self.progressChanged, self.message, getattr(self, "line", None)):
+            try:
+                signal.disconnect()
+            except (TypeError, AttributeError):  # nothing connected; no such signal
+                pass
+        self.cancel()
+
     def run(self) -> bool:  # worker thread
         try:
             self.work()
@@ -81,10 +91,14 @@ class PluginTask(QgsTask):
         return self.error == CANCELLED and _SILENT is None  # before 3.26: a cancel is not a failure to QGIS
 
     def finished(self, result: bool) -> None:  # main thread
-        if result and self.error is None:
-            self.succeeded()
-        elif self.error is None:
-            self.error = CANCELLED if self.isCanceled() else "failed"
+        try:
+            if result and self.error is None and not self.isCanceled():
+                self.succeeded()
+            elif self.error is None:
+                self.error = CANCELLED if self.isCanceled() else "failed"
+        except Exception as exc:  # noqa: BLE001 — the dock is told and set free whatever happened
+            self.error = f"unexpected error: {exc}"
+            QgsMessageLog.logMessage(repr(exc), LOG_TAG, Qgis.MessageLevel.Critical)
         if self.error:
             level = Qgis.MessageLevel.Info if self.error == CANCELLED else Qgis.MessageLevel.Warning
             QgsMessageLog.logMessage(f"{self.title}: {self.error}", LOG_TAG, level)
@@ -98,7 +112,7 @@ class SegmentTask(PluginTask):
         super().__init__(title, on_done)
         self.client, self.request = client, request
         self.started = time.time()
-        raster = request.layer.name()
+        raster = request.raster.name
         self.out_folder = str(Path(out_folder) / run_folder_name(raster, request.classes, self.started))
         self.group_title = run_title(raster, request.classes, self.started)
         self.summary: dict | None = None
@@ -117,7 +131,7 @@ class SegmentTask(PluginTask):
 
     def succeeded(self) -> None:
         try:
-            layers = segmentation_layers(self.folder, self.summary, self.request.layer.name(), self.started)
+            layers = segmentation_layers(self.folder, self.summary, self.request.raster.name, self.started)
             self.group = add_result_group(self.group_title, layers)
         except ValueError as exc:
             self.error = str(exc)

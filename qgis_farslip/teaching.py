@@ -10,19 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from qgis.core import QgsCoordinateReferenceSystem, QgsRasterLayer
-
 from qgis_farslip.client import EngineClient, EngineError
 from qgis_farslip.jobs import area_payload, run_job
+from qgis_farslip.raster_snapshot import RasterSnapshot
 
 TAUGHT_FILE = "result.classes.json"
 ACCURACY_FILES = ("accuracy.json", "confusion.csv", "confusion.png")
 FORGOTTEN_SEGMENTATION = ("the engine no longer has the last segmentation (it was restarted, or it expired): "
                           "press Segment again, then check accuracy")
-
-
-def crs_name(crs: QgsCoordinateReferenceSystem) -> str:
-    return crs.authid() or crs.toWkt()
 
 
 def labelled_polygons(layer, field: str, what: str = "labels", features=None) -> list[dict]:
@@ -46,13 +41,15 @@ def labelled_polygons(layer, field: str, what: str = "labels", features=None) ->
 
 @dataclass
 class TeachRequest:
-    layer: QgsRasterLayer
+    raster: RasterSnapshot  # of the layer (`RasterSnapshot.of(layer)`, on the main thread)
     classes: list[str]
     labels: list[dict]  # {"wkt", "label"}
-    labels_crs: str
+    labels_crs: str | None  # None: the raster's
     gsd: float | None = None
     model: str | None = None
     upload: bool = False
+    bands: list[int] | None = None  # as the segmentation's (the Segment tab's Bands)
+    nodata: float | None = None
 
 
 @dataclass
@@ -89,10 +86,10 @@ def run_teach(client: EngineClient, request: TeachRequest, out_folder: str,
               on_stage: Callable[[str], None] | None = None) -> Taught:
     """Submit a teach job on the whole raster, follow it, download `result.classes.json` into `out_folder`."""
     with tempfile.TemporaryDirectory(prefix="farslip-teach-") as scratch:
-        payload = area_payload(client, request.layer, None, request.layer.crs(), request.gsd, scratch,
+        payload = area_payload(client, request.raster, None, request.raster.crs, request.gsd, scratch,
                                force_upload=request.upload, on_stage=on_stage)
-    payload.update(classes=request.classes, labels=request.labels, labels_crs=request.labels_crs)
-    for key in ("gsd", "model"):
+    payload.update(classes=request.classes, labels=request.labels)
+    for key in ("labels_crs", "gsd", "model", "bands", "nodata"):
         if getattr(request, key) is not None:
             payload[key] = getattr(request, key)
     summary, folder = run_job(client, "teach", payload, out_folder, on_progress, is_cancelled, on_stage)
@@ -103,12 +100,14 @@ def run_teach(client: EngineClient, request: TeachRequest, out_folder: str,
                   taught=list(summary.get("taught", [])), path=path if path.exists() else None)
 
 
-def run_accuracy(client: EngineClient, segment_job: str, reference: list[dict], reference_crs: str, out_folder: str,
+def run_accuracy(client: EngineClient, segment_job: str, reference: list[dict], reference_crs: str | None, out_folder: str,
                  on_progress: Callable[[float, str], None] | None = None,
                  is_cancelled: Callable[[], bool] | None = None,
                  on_stage: Callable[[str], None] | None = None) -> tuple[dict, Path]:
     """The accuracy report (mIoU, OA, kappa, per class) of a finished segmentation job, and its folder."""
-    payload = {"job": segment_job, "reference": reference, "reference_crs": reference_crs}
+    payload = {"job": segment_job, "reference": reference}
+    if reference_crs is not None:
+        payload["reference_crs"] = reference_crs
     try:
         return run_job(client, "accuracy", payload, out_folder, on_progress, is_cancelled, on_stage)
     except EngineError as exc:

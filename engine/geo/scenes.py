@@ -75,6 +75,7 @@ class GridJob:
     window: tuple[int, int, int, int] | None = None
     bbox: tuple[float, float, float, float] | None = None
     bbox_crs: str | None = None
+    nodata: float | None = None  # as `segment`'s --nodata
     name: str | None = None
 
 
@@ -116,7 +117,7 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
                   cancel: threading.Event | None = None) -> dict:
     started = time.perf_counter()
     paths = grid_paths(job)
-    with RasterSource(job.input, job.bands, None, job.window, job.bbox, job.bbox_crs) as source:
+    with RasterSource(job.input, job.bands, None, job.window, job.bbox, job.bbox_crs, nodata=job.nodata) as source:
         cells = tile_cells(source, cell_size_px(source, job.cell_m, job.cell_px))
         work = make_workdir(job.out_dir)
         try:

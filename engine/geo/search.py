@@ -50,6 +50,7 @@ class SearchJob:
     window: tuple[int, int, int, int] | None = None
     bbox: tuple[float, float, float, float] | None = None
     bbox_crs: str | None = None
+    nodata: float | None = None  # as `segment`'s --nodata
     block: int | None = None  # as `segment`'s
     heatmap: bool = True
     name: str | None = None
@@ -74,7 +75,7 @@ def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | Non
     prompts = query_prompts(job.query)
     paths = search_paths(job)
     with gdal_env(), \
-            RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs) as source:
+            RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs, nodata=job.nodata) as source:
         work = make_workdir(job.out_dir)
         try:
             if job.heatmap:

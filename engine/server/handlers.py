@@ -135,11 +135,6 @@ def check_upsampler(raw: str, model: str, arch: str | None, settings) -> str:
     return str(path)
 
 
-def _area(body) -> dict:
-    return {"bands": tuple(body.bands) if body.bands else None, "window": tuple(body.window) if body.window else None,
-            "bbox": tuple(body.bbox) if body.bbox else None, "bbox_crs": body.bbox_crs}
-
-
 def _stored(body, store, settings, pool, check) -> dict:
     """Resolve the input and the model (folder policy), run `check(path)` on the raster (FarSLIPError
     → 400) and return what the store keeps and the worker runs: the validated body as JSON and the
@@ -296,7 +291,7 @@ def prepare_grid(body: GridRequest, store, settings, pool=None) -> dict:
             raise InputError("give cell_m (metres) or cell_px (pixels)")
         from engine.geo.scenes import cell_size_px
 
-        with RasterSource(path, inspect_pixels=False, **_area(body)) as source:
+        with RasterSource(path, inspect_pixels=False, **body.area_arguments()) as source:
             source.probe()
             cell_size_px(source, body.cell_m, body.cell_px)  # a cell under 8 pixels is refused here, not later
 
@@ -309,7 +304,7 @@ def prepare_search(body: SearchRequest, store, settings, pool=None) -> dict:
     def check(path):
         query_prompts(body.query)
         body.check_area()
-        probe_area(path, gsd=body.gsd, **_area(body))
+        probe_area(path, gsd=body.gsd, **body.area_arguments())
 
     return _stored(body, store, settings, pool, check)
 
@@ -322,7 +317,7 @@ def grid_handler(pool):
         body = GridRequest.model_validate(request["body"])
         classifier = SceneClassifier(job_model(pool, request, ctx), read_run_classes(body.classes))
         job = GridJob(input=request["input"], out_dir=str(ctx.out_dir), cell_m=body.cell_m,
-                      cell_px=body.cell_px, name="result", **_area(body))
+                      cell_px=body.cell_px, name="result", **body.area_arguments())
         return classify_grid(job, classifier, progress=ctx.progress, cancel=ctx.cancel)
 
     return run
@@ -334,7 +329,7 @@ def search_handler(pool):
 
         body = SearchRequest.model_validate(request["body"])
         job = SearchJob(input=request["input"], out_dir=str(ctx.out_dir), query=body.query,
-                        top_k=body.top_k, gsd=body.gsd, heatmap=body.heatmap, name="result", **_area(body))
+                        top_k=body.top_k, gsd=body.gsd, heatmap=body.heatmap, name="result", **body.area_arguments())
         return search_raster(job, job_model(pool, request, ctx), progress=ctx.progress,
                              cancel=ctx.cancel)
 
@@ -358,7 +353,7 @@ def label(body: LabelRequest, pool, store, settings) -> dict:
                           polygon=tuple(tuple(p[:2]) for p in r.polygon) if r.polygon else None) for r in body.regions]
         classifier = SceneClassifier(pool.get(model_name, arch), classes, template_set=body.template_set)
         with only_drivers(drivers_for(Path(path))), \
-                RasterSource(path, tuple(body.bands) if body.bands else None) as source:
+                RasterSource(path, tuple(body.bands) if body.bands else None, nodata=body.nodata) as source:
             labels = label_regions(source, regions, classifier, crs=body.crs)
     except FarSLIPError as exc:
         raise HTTPException(400, str(exc)) from None

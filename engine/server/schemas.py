@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine.job import Area, Classes, Coordinate, ModelChoice, SegmentSettings, Strict
+from engine.job import Area, Classes, Coordinate, CrsText, ModelChoice, SegmentSettings, Strict
 
 
 def _one_of_path_or_upload(schema: dict) -> None:
@@ -67,8 +67,9 @@ class RegionIn(Strict):
 class LabelRequest(ModelChoice, WithClasses):
     input: InputRef
     regions: list[RegionIn] = Field(..., min_length=1, max_length=512)
-    crs: str | None = Field(None, max_length=200, description="CRS of the regions; 'pixel'; default: the raster's")
+    crs: CrsText | None = Field(None, description="CRS of the regions; 'pixel'; default: the raster's")
     bands: list[int] | None = Field(None, min_length=3, max_length=3)
+    nodata: float | None = Field(None, ge=-1e300, le=1e300, description="as a segmentation job's")
     template_set: Literal["rs", "imagenet80", "name", "region"] = "rs"
 
 
@@ -87,7 +88,7 @@ class TeachRequest(ModelChoice):
     input: InputRef
     classes: Classes
     labels: list[LabelledPolygon] = Field(..., min_length=1, max_length=2000)
-    labels_crs: str | None = Field(None, min_length=1, max_length=200, description="CRS of the labels (default: the raster's)")
+    labels_crs: CrsText | None = Field(None, description="CRS of the labels (default: the raster's)")
     gsd: float | None = Field(None, gt=0, le=10000)
     bands: tuple[Annotated[int, Field(ge=1, le=65535)], Annotated[int, Field(ge=1, le=65535)],
                  Annotated[int, Field(ge=1, le=65535)]] | None = None
@@ -108,8 +109,7 @@ class AccuracyRequest(Strict):
 
     job: JobId
     reference: list[LabelledPolygon] = Field(..., min_length=1, max_length=10000)
-    reference_crs: str | None = Field(None, min_length=1, max_length=200,
-                                      description="CRS of the reference (default: the raster's)")
+    reference_crs: CrsText | None = Field(None, description="CRS of the reference (default: the raster's)")
 
 
 class RegionLabel(BaseModel):

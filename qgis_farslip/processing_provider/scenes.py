@@ -14,10 +14,12 @@ from qgis.core import (QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsProce
 from qgis.PyQt.QtCore import QVariant
 
 from qgis_farslip.client import EngineError
-from qgis_farslip.jobs import area_payload, run_job
+from qgis_farslip.jobs import area_payload, engine_reads, forget_upload, run_job
+from qgis_farslip.labelling import polygon_ring
 from qgis_farslip.processing_provider import styles
 from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client
 from qgis_farslip.processing_provider.segment import TAUGHT_HELP, parse_classes
+from qgis_farslip.raster_snapshot import RasterSnapshot, crs_text
 from qgis_farslip.taught_refs import classes_value, with_taught
 
 
@@ -36,7 +38,7 @@ class _EngineJobAlgorithm(QgsProcessingAlgorithm):
         client, settings = engine_client(self, parameters, context)
         try:
             with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
-                payload = area_payload(client, layer, extent, layer.crs(), extra.get("gsd"), scratch)
+                payload = area_payload(client, RasterSnapshot.of(layer), extent, layer.crs(), extra.get("gsd"), scratch)
             if settings["model"]:
                 payload["model"] = settings["model"]
             payload.update(extra)
@@ -166,17 +168,26 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
         fields.append(QgsField("farslip_valid_fraction", QVariant.Double))
         sink, dest = self.parameterAsSink(parameters, "OUTPUT", context, fields, source.wkbType(), source.sourceCrs())
         client, settings = engine_client(self, parameters, context)
-        regions = []
-        for f in features:
-            geom = f.geometry()
-            polygon = geom.asMultiPolygon()[0][0] if geom.isMultipart() else geom.asPolygon()[0]
-            regions.append({"polygon": [[p.x(), p.y()] for p in polygon]})
+        # a feature without a polygon gets no class; a multipart one is labelled by its largest part
+        shaped = [f for f in features if not f.geometry().isNull() and not f.geometry().isEmpty()]
+        regions = [{"polygon": polygon_ring(f.geometry())} for f in shaped]
+        if not regions:
+            raise QgsProcessingException("no region has a polygon")
+        raster = RasterSnapshot.of(layer)
         try:
+            # a file the engine reads is read whole; else the regions' area is rendered and sent
+            area = None
+            if engine_reads(client, raster) is None:
+                area = shaped[0].geometry().boundingBox()
+                for f in shaped[1:]:
+                    area.combineExtentWith(f.geometry().boundingBox())
             with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
-                payload = area_payload(client, layer, None, layer.crs(), None, scratch)
-            if "upload_id" in payload["input"]:
-                raise EngineError("label regions needs a file-based raster on a local engine")
-            payload.update(classes=classes, regions=regions, crs=source.sourceCrs().authid())
+                payload = area_payload(client, raster, area, source.sourceCrs(), None, scratch)
+            for key in ("bbox", "bbox_crs"):  # a labelling request has regions instead
+                payload.pop(key, None)
+            payload.update(classes=classes, regions=regions)
+            if crs_text(source.sourceCrs()) is not None:
+                payload["crs"] = crs_text(source.sourceCrs())
             if settings["model"]:
                 payload["model"] = settings["model"]
 
@@ -184,17 +195,22 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
                 labels = []
                 for start in range(0, len(regions), 256):
                     if feedback.isCanceled():
-                        break
+                        raise QgsProcessingException("cancelled: nothing was written")
                     labels += client.label(dict(body, regions=regions[start:start + 256]))["regions"]
                     feedback.setProgress(100 * len(labels) / len(regions))
                 return labels
 
-            labels = with_taught(client, taught, payload, label_all)
+            try:
+                labels = with_taught(client, taught, payload, label_all)
+            finally:
+                forget_upload(client, payload)
             if taught:  # the legend: the taught file's classes, as the engine reads them
                 classes = classes_value(client, taught)
         except EngineError as exc:
             raise QgsProcessingException(str(exc)) from None
-        for feature, label in zip(features, labels):
+        by_id = {f.id(): label for f, label in zip(shaped, labels)}
+        for feature in features:
+            label = by_id.get(feature.id(), {})
             out = QgsFeature(fields)
             out.setGeometry(feature.geometry())
             # a region mostly on no data: no class, no score (NULL); an older engine sends no valid_fraction
@@ -205,6 +221,8 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
         if without:
             feedback.pushWarning(f"{without} of {len(labels)} regions are mostly no data (under half of their pixels "
                                  "hold data): no class (farslip_class NULL)")
+        if len(shaped) < len(features):
+            feedback.pushWarning(f"{len(features) - len(shaped)} features have no polygon: no class (farslip_class NULL)")
         if context.willLoadLayerOnCompletion(dest):
             try:
                 colours = [{"name": c["name"], "colour": c["colour"]} for c in client.prompts(classes)]

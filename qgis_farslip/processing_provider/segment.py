@@ -17,6 +17,7 @@ from qgis_farslip.jobs import SegmentationRequest, run_segmentation
 from qgis_farslip.outputs import class_title, run_folder_name
 from qgis_farslip.processing_provider import styles
 from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client
+from qgis_farslip.raster_snapshot import RasterSnapshot
 from qgis_farslip.taught_files import read_taught
 
 
@@ -110,7 +111,7 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
         folder = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)) / run_folder_name(
             layer.name(), classes)
         client, settings = engine_client(self, parameters, context)
-        request = SegmentationRequest(layer=layer, classes=classes, extent=extent, extent_crs=layer.crs(), gsd=gsd,
+        request = SegmentationRequest(raster=RasterSnapshot.of(layer), classes=classes, extent=extent, extent_crs=layer.crs(), gsd=gsd,
                                       bands=bands, nodata=nodata, model=settings["model"] or None, threshold=threshold,
                                       scores=self.parameterAsBool(parameters, self.SCORES, context),
                                       min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),

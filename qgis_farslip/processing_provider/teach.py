@@ -17,8 +17,9 @@ from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingExcep
 from qgis_farslip.client import EngineError
 from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client
 from qgis_farslip.processing_provider.segment import split_classes
+from qgis_farslip.raster_snapshot import RasterSnapshot, crs_text
 from qgis_farslip.taught_files import remember
-from qgis_farslip.teaching import (ACCURACY_FILES, TAUGHT_FILE, TeachRequest, crs_name, labelled_polygons,
+from qgis_farslip.teaching import (ACCURACY_FILES, TAUGHT_FILE, TeachRequest, labelled_polygons,
                                    report_headline, run_accuracy, run_teach)
 
 
@@ -74,7 +75,8 @@ class TeachClassesAlgorithm(QgsProcessingAlgorithm):
         client, settings = engine_client(self, parameters, context)
         try:
             labels = labelled_polygons(source, self.parameterAsString(parameters, self.FIELD, context))
-            request = TeachRequest(layer=layer, classes=classes, labels=labels, labels_crs=crs_name(source.sourceCrs()),
+            request = TeachRequest(raster=RasterSnapshot.of(layer), classes=classes, labels=labels,
+                                   labels_crs=crs_text(source.sourceCrs()),
                                    gsd=self.parameterAsDouble(parameters, self.GSD, context) or None,
                                    model=settings["model"] or None)
             Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +127,7 @@ class CheckAccuracyAlgorithm(QgsProcessingAlgorithm):
         client, _settings = engine_client(self, parameters, context)
         try:
             reference = labelled_polygons(source, self.parameterAsString(parameters, self.FIELD, context), "reference")
-            report, out = run_accuracy(client, job, reference, crs_name(source.sourceCrs()), folder,
+            report, out = run_accuracy(client, job, reference, crs_text(source.sourceCrs()), folder,
                                        _progress(feedback), feedback.isCanceled)
         except EngineError as exc:
             raise QgsProcessingException(str(exc)) from None

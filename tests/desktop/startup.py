@@ -39,7 +39,7 @@ def finish(status: str) -> None:
         fh.write(status)
     iface.mainWindow().grab().save(str(shot))
     if dock is not None:
-        dock.engine_panel.local.stop()  # the engine this QGIS started
+        dock.engine_panel.local.stop(wait=True)  # the engine this QGIS started
     QTimer.singleShot(500, QCoreApplication.instance().quit)
 
 

@@ -214,3 +214,24 @@ def test_jobs_and_uploads_expire_with_their_files(root):
         assert not job_dir.exists() and not list((root / "engine-data" / "uploads").iterdir())
         gone = c.post("/v1/jobs/segment", headers=AUTH, json={"input": {"upload_id": up}, "classes": "a"})
         assert gone.status_code == 404 and "expired" in gone.json()["detail"]
+
+
+def test_a_bbox_in_a_custom_crs_given_as_wkt_is_placed(client, root):
+    """A CRS without an authority code (a custom one in QGIS) is sent as its WKT, thousands of characters:
+    the bbox in it is placed as in the raster's own CRS."""
+    from pyproj import CRS
+
+    src = write_raster(root / "ortho.tif", scene(200, 200)[0])
+    with rasterio.open(src) as ds:
+        left, bottom, right, top = ds.bounds
+        native = CRS.from_user_input(ds.crs)
+    custom = native.to_wkt(pretty=True).replace(native.name, "custom")  # as QGIS sends a custom CRS
+    assert len(custom) > 200
+    box = [left + 20, bottom + 20, left + 60, bottom + 50]
+    created = _segment(client, src, bbox=box, bbox_crs=custom)
+    assert created.status_code == 202, created.text
+    status = wait_for(client, created.json()["id"])
+    assert status["state"] == "done", status
+    got = client.get(f"/v1/jobs/{status['id']}/files/result_classes.tif", headers=AUTH)
+    with rasterio.MemoryFile(got.content) as mem, mem.open() as ds:
+        assert ds.bounds.left == pytest.approx(box[0]) and ds.bounds.top == pytest.approx(box[3])

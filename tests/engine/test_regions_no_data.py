@@ -189,3 +189,47 @@ def test_a_region_crossing_the_edge_is_read_at_its_scale_with_no_data_beyond(tmp
     assert np.allclose(crop[:, 112:], CLIP_MEAN_RGB)  # east of the raster
     assert np.allclose(crop[202:, :112], CLIP_MEAN_RGB)  # south of it
     assert np.allclose(crop[:202, :112], inside)
+
+
+def undeclared_zero_west(path):
+    """A uint8 raster whose western half is 0 in every band, declaring no nodata (a black border the file
+    does not say is one)."""
+    data = scene(H, W, seed=2)[0]
+    data[data == 0] = 1
+    data[:, :, : W // 2] = 0
+    return write_raster(path, data)
+
+
+def test_a_nodata_value_given_by_the_user_counts_for_regions_the_grid_and_search(tmp_path, client):
+    """`nodata` (--nodata in the CLI) is no data for labelling, the grid and search as for a segmentation: a
+    region on the black half gets no class and the grid's cells there are not classified."""
+    src = str(undeclared_zero_west(tmp_path / "black_west.tif"))
+    body = {"input": {"path": src}, "classes": CLASSES, "crs": "pixel",
+            "regions": [{"bbox": [250, 20, 350, 120]}, {"bbox": [20, 20, 120, 120]}]}
+    without = client.post("/v1/regions/label", headers=AUTH, json=body).json()["regions"]
+    assert [r["valid_fraction"] for r in without] == [1.0, 1.0]  # black pixels are data unless said otherwise
+    given = client.post("/v1/regions/label", headers=AUTH, json={**body, "nodata": 0}).json()["regions"]
+    assert given[0]["valid_fraction"] == 1.0 and given[0]["best"] in NAMES
+    assert_unclassified(given[1]) and given[1]["valid_fraction"] == 0.0
+
+    from tests.engine.api_helpers import wait_for
+
+    grid = {"input": {"path": src}, "classes": CLASSES, "cell_px": 50, "nodata": 0}
+    job = client.post("/v1/jobs/grid", headers=AUTH, json=grid)
+    assert job.status_code == 202, job.text
+    status = wait_for(client, job.json()["id"])
+    assert status["state"] == "done", status
+    files = status["files"]
+    name = next(f for f in files if f.endswith(".gpkg"))
+    data = client.get(f"/v1/jobs/{job.json()['id']}/files/{name}", headers=AUTH).content
+    (tmp_path / name).write_bytes(data)
+    meta, _, geometry, columns = read(tmp_path / name)
+    fields = dict(zip(meta["fields"], columns))
+    x = np.array([shapely.from_wkb(g).centroid.x for g in geometry])
+    west = x < (x.min() + x.max()) / 2  # 8 columns of cells, the western 4 on the black half
+    assert np.all(fields["valid_fraction"][west] == 0.0) and np.all(fields["valid_fraction"][~west] == 1.0)
+
+    search = client.post("/v1/jobs/search", headers=AUTH,
+                         json={"input": {"path": src}, "query": "a lake", "top_k": 3, "nodata": 0})
+    assert search.status_code == 202, search.text
+    assert wait_for(client, search.json()["id"])["state"] == "done"

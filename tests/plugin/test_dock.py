@@ -272,8 +272,10 @@ def test_the_dock_starts_and_stops_a_local_engine(qgis_app, qtbot, folder, tmp_p
     qtbot.waitUntil(lambda: dock.model_combo.count() >= 5, timeout=20_000)  # ready → checked: models listed
     assert dock.status_light.styleSheet().endswith("#2a2") and dock.online
     assert any("farslip engine on" in line for line in dock.engine_panel.local.log)  # its log is shown
-    dock.toggle_local_engine()
-    assert dock.engine_process is None and dock.engine_button.text() == "Start engine"
+    dock.toggle_local_engine()  # QGIS does not wait for the engine to exit: the button waits for it
+    assert dock.engine_button.text() == "Start engine" and not dock.engine_panel.engine_button.isEnabled()
+    qtbot.waitUntil(lambda: dock.engine_process is None and dock.engine_panel.engine_button.isEnabled(), timeout=15_000)
+    assert dock.engine_panel.local.state == "stopped"
     dock.check_engine()
     qtbot.waitUntil(lambda: "not answering" in dock.status_text.text(), timeout=20_000)
 
@@ -363,7 +365,7 @@ def test_segment_starts_the_local_engine_on_demand(qgis_app, qtbot, folder, tmp_
     assert dock.last_error is None, dock.last_error
     assert QgsProject.instance().layerTreeRoot().children()[0].name().startswith("small — water, grass (")
     dock.toggle_local_engine()
-    assert dock.engine_process is None
+    qtbot.waitUntil(lambda: dock.engine_process is None, timeout=15_000)
 
 
 def test_escape_cancels_a_region_question_in_flight(dock, qtbot):

@@ -157,7 +157,7 @@ def panel(qgis_app, qtbot, stub_env):
     widget.url_edit.setText(f"http://127.0.0.1:{free_port()}")
     widget.token_edit.setText("t")
     yield widget
-    widget.local.stop()
+    widget.local.stop(wait=True)
 
 
 def test_the_installed_engine_starts_lists_models_and_its_death_is_noticed(panel, qtbot, stub_env):
@@ -182,8 +182,10 @@ def test_an_engine_that_never_answers_times_out_with_a_message(qgis_app, qtbot):
                 f"http://127.0.0.1:{free_port()}")
     qtbot.waitUntil(lambda: local.state == "failed", timeout=10_000)
     assert "did not answer within 2 s" in local.text and "Show log" in local.text and "hanging" in local.log
-    local.stop()
-    assert local.state == "stopped"
+    local.stop()  # QGIS does not wait for it: "stopping" until it has exited
+    assert local.state == "stopping"
+    qtbot.waitUntil(lambda: local.state == "stopped", timeout=15_000)
+    assert local.process is None
 
 
 def test_a_port_already_in_use_is_explained(panel, qtbot, stub_env):

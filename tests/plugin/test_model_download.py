@@ -160,7 +160,7 @@ def test_download_starts_the_local_engine_when_it_is_not_running(folder, hub, qt
         assert "farslip2-vit-b-32 — downloaded" in [panel.models_list.item(i).text()
                                                    for i in range(panel.models_list.count())]
     finally:
-        panel.local.stop()
+        panel.local.stop(wait=True)
 
 
 def test_a_full_disk_and_other_engine_failures_are_said_in_gui_words():

@@ -25,13 +25,14 @@ def _requests(layer):
     from qgis.core import QgsRectangle
 
     from qgis_farslip.jobs import SegmentationRequest
+    from qgis_farslip.raster_snapshot import RasterSnapshot
 
     e = layer.extent()
     inner = QgsRectangle(e.xMinimum() + 5, e.yMinimum() + 5, e.xMaximum() - 5, e.yMaximum() - 5)
-    yield SegmentationRequest(layer=layer, classes=["building, roof", "water"])
-    yield SegmentationRequest(layer=layer, classes=["tree"], extent=inner, extent_crs=layer.crs(), gsd=0.7,
-                              model="farslip2-vit-b-16", threshold=0.35, scores=True, min_area=4.0,
-                              mask_wkt=inner.asWktPolygon(), mask_crs="EPSG:32633")
+    yield SegmentationRequest(raster=RasterSnapshot.of(layer), classes=["building, roof", "water"])
+    yield SegmentationRequest(raster=RasterSnapshot.of(layer), classes=["tree"], extent=inner,
+                              extent_crs=layer.crs(), gsd=0.7, model="farslip2-vit-b-16", threshold=0.35,
+                              scores=True, min_area=4.0, mask_wkt=inner.asWktPolygon(), mask_crs="EPSG:32633")
 
 
 def test_every_payload_the_plugin_builds_fits_the_job_schema(layer, engine):

@@ -31,10 +31,11 @@ def test_a_web_layer_is_rendered_at_the_working_gsd_on_the_ground(qgis_app, cent
     from qgis.core import QgsRectangle
 
     from qgis_farslip.jobs import render_plan
+    from qgis_farslip.raster_snapshot import RasterSnapshot
 
     layer = _xyz_layer()
     area = QgsRectangle(1489000.0 - 500, centre_y - 500, 1489000.0 + 500, centre_y + 500)
-    _, resolution = render_plan(layer, area, gsd)
+    _, resolution = render_plan(RasterSnapshot.of(layer), area, gsd)
     ground = _ground_metres(layer.crs(), 1489000.0, centre_y, resolution)
     assert ground == pytest.approx(gsd or 0.5, rel=0.01)
 
@@ -45,6 +46,7 @@ def test_a_utm_file_is_rendered_no_finer_than_its_pixels_or_the_working_gsd(qgis
     from qgis.core import QgsRasterLayer
 
     from qgis_farslip.jobs import render_plan
+    from qgis_farslip.raster_snapshot import RasterSnapshot
 
     path = str(tmp_path / "utm.tif")
     ds = gdal.GetDriverByName("GTiff").Create(path, 64, 64, 3, gdal.GDT_Byte)
@@ -53,7 +55,7 @@ def test_a_utm_file_is_rendered_no_finer_than_its_pixels_or_the_working_gsd(qgis
     srs.ImportFromEPSG(32633)
     ds.SetProjection(srs.ExportToWkt())
     ds = None
-    _, resolution = render_plan(QgsRasterLayer(path, "utm"), None, None)
+    _, resolution = render_plan(RasterSnapshot.of(QgsRasterLayer(path, "utm")), None, None)
     assert resolution == pytest.approx(want)
 
 
@@ -64,6 +66,7 @@ def test_a_geographic_file_is_rendered_with_neither_side_coarser_than_the_workin
     from qgis.core import QgsDistanceArea, QgsPointXY, QgsProject, QgsRasterLayer
 
     from qgis_farslip.jobs import render_plan
+    from qgis_farslip.raster_snapshot import RasterSnapshot
 
     path = str(tmp_path / "wgs84.tif")
     ds = gdal.GetDriverByName("GTiff").Create(path, 64, 64, 3, gdal.GDT_Byte)
@@ -73,7 +76,7 @@ def test_a_geographic_file_is_rendered_with_neither_side_coarser_than_the_workin
     ds.SetProjection(srs.ExportToWkt())
     ds = None
     layer = QgsRasterLayer(path, "wgs84")
-    area, resolution = render_plan(layer, None, None)
+    area, resolution = render_plan(RasterSnapshot.of(layer), None, None)
     centre = area.center()
     measure = QgsDistanceArea()
     measure.setSourceCrs(layer.crs(), QgsProject.instance().transformContext())

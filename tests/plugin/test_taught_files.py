@@ -8,6 +8,7 @@ has a selection, and says so."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -174,11 +175,13 @@ def site_file(engine, folder, tmp_path_factory, qgis_app):
     from qgis.core import QgsRasterLayer
 
     from qgis_farslip.client import EngineClient
-    from qgis_farslip.teaching import TeachRequest, crs_name, labelled_polygons, run_teach
+    from qgis_farslip.raster_snapshot import RasterSnapshot, crs_text
+    from qgis_farslip.teaching import TeachRequest, labelled_polygons, run_teach
 
     labels = memory_layer("labels", LABELS)
-    request = TeachRequest(layer=QgsRasterLayer(str(folder / "small.tif"), "small"), classes=CLASSES.splitlines(),
-                           labels=labelled_polygons(labels, "class"), labels_crs=crs_name(labels.crs()))
+    request = TeachRequest(raster=RasterSnapshot.of(QgsRasterLayer(str(folder / "small.tif"), "small")),
+                           classes=CLASSES.splitlines(), labels=labelled_polygons(labels, "class"),
+                           labels_crs=crs_text(labels.crs()))
     client_folder = tmp_path_factory.mktemp("client-computer")
     taught = run_teach(EngineClient(engine.url, engine.token), request, str(client_folder))
     return taught.path.replace(client_folder / "site.classes.json")
@@ -225,7 +228,8 @@ def test_a_file_the_engine_cannot_read_is_sent_and_used_by_segment_grid_and_labe
     tool.label(layer.extent())
     qtbot.waitUntil(lambda: tool.dialog is not None, timeout=60_000)
     assert sorted(name for name, _ in tool.dialog.ranking) == ["grass", "road", "roof", "water"]
-    names_only = RegionLabeller(client, layer, CLASSES.splitlines()).rank(layer.extent(), layer.crs())
+    names_only = RegionLabeller(client, dataclasses.replace(dock.build_request(), taught=None)).rank(
+        layer.extent(), layer.crs())
     assert dict(names_only) != dict(tool.dialog.ranking)  # ranked by what the labels taught, not the names
     tool.dialog.reject()
 

@@ -1,0 +1,59 @@
+"""What a task needs of a raster layer, taken on the main thread before the task starts.
+
+A QgsRasterLayer belongs to the main thread and may be removed from the project while a task runs (the
+layer object is then deleted under the task). So a task never touches the layer: it works from a
+`RasterSnapshot` — the layer's name, CRS, extent, file, pixel size and a clone of its data provider
+(which QGIS renders from in any thread, as its own "Save as" task does) — made when the run is asked for.
+Removing or changing the layer afterwards does not affect the run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from qgis.core import (QgsCoordinateReferenceSystem, QgsRasterDataProvider, QgsRasterInterface, QgsRasterLayer,
+                       QgsRectangle)
+
+
+def crs_text(crs: QgsCoordinateReferenceSystem) -> str | None:
+    """How the engine is told a CRS: its authority code ("EPSG:32633"), else its WKT (a custom CRS); None
+    for no CRS (then the engine takes coordinates in the raster's own CRS or pixel space, as QGIS draws
+    a raster without one)."""
+    if not crs.isValid():
+        return None
+    return crs.authid() or crs.toWkt() or None
+
+
+@dataclass(frozen=True)
+class RasterSnapshot:
+    name: str
+    crs: QgsCoordinateReferenceSystem  # the layer's CRS in QGIS (the user may have set it: Layer CRS)
+    extent: QgsRectangle  # in `crs`
+    file: str | None  # the file behind a GDAL layer; None for web/database layers and subdatasets
+    file_crs: QgsCoordinateReferenceSystem  # the CRS the file itself declares, as QGIS read it
+    units_per_pixel: float | None  # the raster's own pixel size in CRS units; None for web layers
+    provider: QgsRasterDataProvider  # a clone of the layer's provider, owned by the snapshot
+
+    @classmethod
+    def of(cls, layer: QgsRasterLayer) -> "RasterSnapshot":
+        """The snapshot of a layer (main thread)."""
+        provider = layer.dataProvider()
+        file = None
+        if layer.providerType() == "gdal":
+            path = layer.source().split("|")[0]
+            file = path if os.path.isfile(path) else None
+        has_pixels = bool(provider.capabilities() & QgsRasterInterface.Size)
+        size = layer.rasterUnitsPerPixelX() if has_pixels else 0.0
+        return cls(name=layer.name(), crs=QgsCoordinateReferenceSystem(layer.crs()),
+                   extent=QgsRectangle(layer.extent()), file=file,
+                   file_crs=QgsCoordinateReferenceSystem(provider.crs()),
+                   units_per_pixel=size if size > 0 else None, provider=provider.clone())
+
+    def provider_copy(self) -> QgsRasterDataProvider:
+        """A provider of its own for one rendering (a QgsRasterPipe takes ownership of what it is given)."""
+        return self.provider.clone()
+
+    @property
+    def crs_text(self) -> str | None:
+        return crs_text(self.crs)
