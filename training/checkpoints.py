@@ -1,12 +1,14 @@
 """Training checkpoints in the release layout, so that the engine serves them as they are:
 
-    {"epoch", "name", "state_dict", "optimizer"}   + "step", "arch", "config", "scheduler", "scaler",
+    {"epoch", "name", "state_dict", "optimizer"}   + "step", "arch", "config", "scaler",
                                                      "teacher" (EMA/frozen copy), "rng"
 
 `state_dict` holds the bare network's keys (no `module.` prefix); `farslip segment --model FILE.pt`
 loads it directly and the architecture is recognised from its shapes. Files are written under a
 temporary name and renamed, so an interrupted save never leaves a truncated checkpoint behind.
-Resuming reads `checkpoints/latest.pt`.
+Resuming reads `checkpoints/latest.pt`; the learning rate is not in it (the schedule follows the
+current settings, `training.optim.Schedule`). The final `{name}.pt` holds only the weights (and the
+config), no optimiser state: it starts a new run (`--model`), it does not resume one.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ def save_atomic(obj: dict, path: Path) -> None:
 
 
 def training_state(*, clip, arch: str, name: str, epoch: int, step: int, config: dict, optimizer=None,
-                   scheduler=None, scaler=None, teacher_state=None, full: bool = True) -> dict:
+                   scaler=None, teacher_state=None, full: bool = True) -> dict:
     state = {"epoch": epoch, "step": step, "name": name, "arch": arch, "long_clip": bool(clip.long_clip),
              "config": config, "state_dict": {k: v.detach().cpu() for k, v in clip.state_dict().items()}}
     if full:
-        state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+        state.update(optimizer=optimizer.state_dict(),
                      scaler=scaler.state_dict() if scaler is not None else None, teacher=teacher_state,
                      rng={"torch": torch.get_rng_state(),
                           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
@@ -69,8 +71,11 @@ def load_training_state(path: Path, stage: int | None = None) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling/zip/IO errors differ by torch version
         raise InputError(f"cannot resume from {path}: {why_unreadable(exc)}") from None
-    if not isinstance(state, dict) or "optimizer" not in state or "state_dict" not in state:
+    if not isinstance(state, dict) or "state_dict" not in state:
         raise InputError(f"cannot resume from {path}: not a training checkpoint (no optimiser state)")
+    if not state.get("optimizer"):  # a run's final {name}.pt, a release checkpoint
+        raise InputError(f"cannot resume from {path}: a finished model without optimiser state (resume from "
+                         f"OUT/checkpoints/latest.pt, or pass this file as --model to start a new run from it)")
     made = (state.get("config") or {}).get("stage")
     if stage is not None and made is not None and made != stage:
         raise InputError(f"cannot resume stage {stage} from {path}: a stage-{made} checkpoint (to start stage "

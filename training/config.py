@@ -29,7 +29,7 @@ PRECISIONS = ("auto", "fp32", "amp", "amp_bf16")
 class TrainConfig:
     stage: int = 1
     data: str = ""                       # stage 1: shard spec ('rs5m/{0000..0031}.tar'); stage 2: text_info.json
-    data_root: str = ""                  # stage 2: image folder (default: beside text_info.json)
+    data_root: str = ""                  # stage 2: image folder (default: beside text_info.json or its global_imgs/)
     samples: int = 0                     # stage 1: samples in the shards (0: count them)
     model: str = "openai:ViT-B-16"       # starting weights: release name, .pt path, openai:ARCH, random:ARCH
     arch: str = ""                       # architecture when `model` does not say (e.g. ViT-B-16)
@@ -59,7 +59,7 @@ class TrainConfig:
     min_box: int = 64                    # stage 2: objects with area under min_box² px are dropped
     max_box: int = 1024                  # ... and over max_box² px
     multi_positive: bool = True
-    long_clip: bool = False              # stage 2: Long-CLIP text tower (248 positions)
+    long_clip: bool = False              # Long-CLIP text tower (248 positions), either stage
     caption_key: str = "global_caption"
     # method choices the recipes set (see the module docstring)
     recipe: str = "published"

@@ -52,8 +52,8 @@ def _count(cfg: TrainConfig, shards: list[str], world: int) -> int:
     return count_samples(shards)
 
 
-def stage1_data(cfg: TrainConfig, size: int, tokenizer, context: int, rank: int, world: int) -> EpochData:
-    shards = expand_shards(cfg.data)
+def stage1_data(cfg: TrainConfig, shards: list[str], size: int, tokenizer, context: int, rank: int,
+                world: int) -> EpochData:
     readers = world * max(cfg.workers, 1)
     if len(shards) < readers:
         raise InputError(f"{len(shards)} shard(s) for {world} rank(s) × {max(cfg.workers, 1)} worker(s): "
@@ -87,9 +87,8 @@ class _SkipSampler(torch.utils.data.Sampler):
         return len(self.sampler) - self.skip
 
 
-def stage2_data(cfg: TrainConfig, size: int, tokenizer, context: int, rank: int, world: int) -> EpochData:
-    records = MGRSDataset(cfg.data, cfg.data_root or None, max_boxes=cfg.max_boxes, min_size=cfg.min_box,
-                          max_size=cfg.max_box, caption_key=cfg.caption_key, seed=cfg.seed)
+def stage2_data(cfg: TrainConfig, records: MGRSDataset, size: int, tokenizer, context: int, rank: int,
+                world: int) -> EpochData:
     dataset = Stage2Samples(records, size, augmentation(cfg), cfg.own_caption)
     steps = len(dataset) // (cfg.batch_size * world)
     if steps < 1:
@@ -107,20 +106,28 @@ def stage2_data(cfg: TrainConfig, size: int, tokenizer, context: int, rank: int,
     return EpochData(steps, batches, len(dataset))
 
 
-def check_data(cfg: TrainConfig) -> None:
-    """Fail fast on missing data, before a model is loaded (URLs and pipes are left to the reader)."""
+def check_data(cfg: TrainConfig) -> MGRSDataset | list[str]:
+    """Fail fast on bad data, before a model is loaded; returns what `epoch_data` reads. Stage 2: the
+    MGRS records, every one checked against the schema, with the image folder found from the first
+    record's image (`--data-root`, else beside text_info.json or its `global_imgs/`). Stage 1: the shard
+    list, every local shard present (URLs and pipes are left to the reader)."""
     from pathlib import Path
 
     if cfg.stage == 2:
         if not Path(cfg.data).is_file():
             raise InputError(f"cannot read {cfg.data}: no such file (stage 2 takes an MGRS text_info.json)")
-        return
-    local = [u for u in expand_shards(cfg.data) if "://" not in u and not u.startswith("pipe:")]
+        return MGRSDataset(cfg.data, cfg.data_root or None, max_boxes=cfg.max_boxes, min_size=cfg.min_box,
+                           max_size=cfg.max_box, caption_key=cfg.caption_key, seed=cfg.seed)
+    shards = expand_shards(cfg.data)
+    local = [u for u in shards if "://" not in u and not u.startswith("pipe:")]
     missing = [u for u in local if not Path(u).is_file()]
     if missing:
         raise InputError(f"{len(missing)} shard(s) not found, e.g. {missing[0]}")
+    return shards
 
 
-def epoch_data(cfg: TrainConfig, size: int, tokenizer, context: int, rank: int, world: int) -> EpochData:
+def epoch_data(cfg: TrainConfig, data: MGRSDataset | list[str], size: int, tokenizer, context: int, rank: int,
+               world: int) -> EpochData:
+    """The per-rank loaders of what `check_data` returned."""
     build = stage1_data if cfg.stage == 1 else stage2_data
-    return build(cfg, size, tokenizer, context, rank, world)
+    return build(cfg, data, size, tokenizer, context, rank, world)

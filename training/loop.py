@@ -11,6 +11,7 @@ saves it first (training/interrupt.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -26,7 +27,7 @@ from training.config import TrainConfig
 from training.distributed import World, barrier, mean_over_ranks
 from training.interrupt import StopRequest
 from training.loaders import check_data, epoch_data
-from training.optim import make_optimizer, make_scheduler
+from training.optim import Schedule, make_optimizer, restore_optimizer
 from training.run_log import RunLog
 from training.start import starting_network
 from training.step import FarSLIPTrainer, Teacher, stage_losses
@@ -50,41 +51,50 @@ def _autocast(precision: str, device: torch.device):
 class Run:
     """Everything one training run holds; `train()` below drives it."""
 
-    def __init__(self, cfg: TrainConfig, world: World):
-        self.cfg, self.world = cfg, world
+    def __init__(self, cfg: TrainConfig, world: World, quiet: bool = False):
+        self.world, self.quiet = world, quiet
         self.out = Path(cfg.out)
-        torch.manual_seed(cfg.seed + world.rank)
-        check_data(cfg)
+        source = check_data(cfg)
+        if getattr(source, "note", None):  # stage 2's images found in global_imgs/: config.json records it
+            cfg = dataclasses.replace(cfg, data_root=str(source.root))
+            if world.main and not quiet:
+                print(f"data: {source.note}", flush=True)
+        self.cfg = cfg
         resume = find_resume(self.out, cfg.resume)
         self.resumed = load_training_state(resume, cfg.stage) if resume else None
+        # the same seed on every rank while the network (and its teacher copy) is made, as published:
+        # a random start is the same network everywhere; each rank's own seed after that
+        torch.manual_seed(cfg.seed)
         if self.resumed is not None:
             self.arch = self.resumed["arch"]
             clip = build_from_state_dict(self.resumed["state_dict"], self.arch, source=str(resume))
         else:
-            clip, self.arch = starting_network(cfg.model, cfg.arch, long_clip=cfg.stage == 2 and cfg.long_clip)
+            clip, self.arch = starting_network(cfg.model, cfg.arch, long_clip=cfg.long_clip)
         self.name = cfg.name or f"FarSLIP{cfg.stage}_{self.arch}"
         self.clip = clip.to(world.device).train()
-        self.teacher = Teacher(self.clip, cfg.teacher if cfg.stage == 1 else "active", cfg.ema_momentum)
-        if cfg.stage == 2 and self.clip.long_clip and cfg.long_clip_frozen_pe:
-            # published `load_from_clip`: the stretched 248-position table stays as it is, the residual
-            # table (positions 20-247 through mask2) trains
+        if self.clip.long_clip and cfg.long_clip_frozen_pe:
+            # published `load_from_clip` (either stage): the stretched 248-position table stays as it is,
+            # the residual table (positions 20-247 through mask2) trains
             self.clip.positional_embedding.requires_grad_(False)
         self.trainer = FarSLIPTrainer(self.clip, cfg.stage, teacher_grad=cfg.teacher_grad)
         self.module = self.trainer
         if world.size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
+            # wrapping broadcasts rank 0's weights: the teacher below is copied from those on every rank
             self.module = DistributedDataParallel(
                 self.trainer, device_ids=[world.device.index] if world.device.type == "cuda" else None,
                 find_unused_parameters=cfg.find_unused_parameters)
+        self.teacher = Teacher(self.clip, cfg.teacher if cfg.stage == 1 else "active", cfg.ema_momentum)
+        torch.manual_seed(cfg.seed + world.rank)
         self.precision = _precision(cfg, world.device)
-        self.data = epoch_data(cfg, self.clip.input_size,
+        self.data = epoch_data(cfg, source, self.clip.input_size,
                                tokenizer_for(self.arch), int(self.clip.context_length), world.rank, world.size)
         self.total = self.data.steps * cfg.epochs
         if cfg.max_steps:
             self.total = min(self.total, cfg.max_steps)
         self.optimizer = make_optimizer(self.trainer, cfg)
-        self.scheduler = make_scheduler(self.optimizer, self.total, cfg.warmup)
+        self.schedule = Schedule(cfg.lr, self.total, cfg.warmup)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "amp" and world.device.type == "cuda" else None
         self.step = 0
         if self.resumed is not None:
@@ -93,13 +103,12 @@ class Run:
 
     def _restore(self, state: dict) -> None:
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            restore_optimizer(self.optimizer, state["optimizer"])
         except ValueError:
             from engine.errors import InputError
 
             raise InputError("cannot resume: the checkpoint trained a different set of weights (a setting such as "
                              "recipe or long_clip_frozen_pe changed); use the same settings, or --resume never") from None
-        self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.teacher.load_state_dict(state.get("teacher"))
@@ -111,7 +120,7 @@ class Run:
     def state(self, full: bool = True) -> dict:
         return training_state(clip=self.clip, arch=self.arch, name=self.name, epoch=self.step // self.data.steps,
                               step=self.step, config=self.cfg.as_dict(), optimizer=self.optimizer,
-                              scheduler=self.scheduler, scaler=self.scaler, teacher_state=self.teacher.state_dict(),
+                              scaler=self.scaler, teacher_state=self.teacher.state_dict(),
                               full=full)
 
     def save(self) -> None:
@@ -126,7 +135,7 @@ class Run:
             record = {"step": self.step, "epoch": epoch,
                       **zero_shot_validation(self.clip, self.arch, self.cfg, self.out, self.world.device, self.step)}
             self.log.write(record)
-            if not getattr(self, "quiet", False):
+            if not self.quiet:
                 print(f"validation after epoch {epoch + 1}: top-1 {record['val/top1']:.2f}%  "
                       f"top-5 {record['val/top5']:.2f}%  ({record['val/images']} images)", flush=True)
         from training.distributed import barrier
@@ -135,6 +144,7 @@ class Run:
 
     def train_step(self, batch: dict) -> dict[str, float]:
         cfg = self.cfg
+        self.last_lr = self.schedule.apply(self.optimizer, self.step)  # the rate this step uses
         batch = to_device(batch, self.world.device)
         with _autocast(self.precision, self.world.device):
             features = self.module(batch, self.teacher.model)
@@ -145,7 +155,6 @@ class Run:
             self.scaler.unscale_(self.optimizer)
         else:
             losses["total"].backward()
-        self.last_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
         grad_norm = None
         if cfg.grad_clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainer.parameters(), cfg.grad_clip))
@@ -154,7 +163,6 @@ class Run:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.scheduler.step()
         with torch.no_grad():
             self.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         self.teacher.update(self.clip)
@@ -170,8 +178,8 @@ def train(cfg: TrainConfig, world: World, quiet: bool = False, on_step: Callable
     `on_step(step)` is called after each optimiser step (a KeyboardInterrupt raised there, like Ctrl-C,
     saves the step and stops). Ctrl-C or SIGTERM stops all ranks after the same step, saves it and
     raises KeyboardInterrupt."""
-    run = Run(cfg, world)
-    run.quiet = quiet
+    run = Run(cfg, world, quiet)
+    cfg = run.cfg
     if world.main:
         run.out.mkdir(parents=True, exist_ok=True)
         (run.out / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2), encoding="utf-8")

@@ -5,7 +5,7 @@
                                                 from open_clip's download cache — needs them there or a network
     random:ViT-B-16                             random initialisation (smoke runs and tests)
 
-Stage 2 with `long_clip` turns a 77-position text tower into Long-CLIP (248 positions: the first 20
+`long_clip` (either stage) turns a 77-position text tower into Long-CLIP (248 positions: the first 20
 kept, the rest linearly stretched 4×, as the published `load_from_clip` does).
 """
 

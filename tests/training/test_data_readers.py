@@ -43,8 +43,8 @@ def test_mgrs_reader_round_trip(written):
     for crop, box in zip(sample["crops"], sample["boxes"]):
         assert crop.size == (round(float(box[2])) - round(float(box[0])), round(float(box[3])) - round(float(box[1])))
     small = MGRSDataset(written["mgrs"], min_size=64)  # published: objects under 64² px are dropped
-    assert all(((s["bbox"]["x2"] - s["bbox"]["x1"]) * (s["bbox"]["y2"] - s["bbox"]["y1"])) >= 64 ** 2
-               for i in range(len(small)) for s in small.objects(i))
+    assert all((o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1]) >= 64 ** 2
+               for i in range(len(small)) for o in small.objects(i, (192, 192)))
     orders = set()
     for epoch in range(5):
         dataset.set_epoch(epoch)

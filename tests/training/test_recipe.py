@@ -86,11 +86,13 @@ def _config(stage, data, out, **extra):
     return build_config(stage, overrides=settings)
 
 
-@pytest.mark.parametrize("recipe, trains_stretched", [("published", False), ("revised", True)])
-def test_long_clip_stretched_table_frozen_as_published(recipe, trains_stretched, scene_dataset, tmp_path):
+@pytest.mark.parametrize("stage, recipe, trains_stretched", [(2, "published", False), (2, "revised", True),
+                                                             (1, "published", False)])
+def test_long_clip_stretched_table_frozen_as_published(stage, recipe, trains_stretched, scene_dataset, tmp_path):
     from training.loop import Run
 
-    run = Run(_config(2, str(scene_dataset["mgrs"]), tmp_path / recipe, long_clip=True, recipe=recipe), World())
+    data = str(scene_dataset["mgrs"]) if stage == 2 else str(scene_dataset["shards"] / "{0000..0001}.tar")
+    run = Run(_config(stage, data, tmp_path / recipe, long_clip=True, recipe=recipe, samples=16), World())
     before = {k: run.clip.state_dict()[k].clone() for k in ("positional_embedding", "positional_embedding_res")}
     run.train_step(next(iter(run.data.batches(0, 0))))
     after = run.clip.state_dict()

@@ -115,6 +115,32 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(scene_dataset, start
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7, msg=key)
 
 
+def test_a_resumed_run_follows_the_current_learning_rate_and_step_total(scene_dataset, start, tmp_path):
+    """3 steps under --max-steps 3, then the same run resumed without it and with another --lr: each
+    resumed step uses the rate an uninterrupted run with the new settings uses at that step (it used
+    the interrupted run's stale rate: 0 at step 4)."""
+    settings = dict(epochs=2, warmup=2)
+    train(_config(2, scene_dataset, start, tmp_path / "b", max_steps=3, lr=1e-4, **settings), World())
+    resumed = train(_config(2, scene_dataset, start, tmp_path / "b", lr=3e-4, **settings), World())
+    fresh = train(_config(2, scene_dataset, start, tmp_path / "a", lr=3e-4, **settings), World())
+    assert resumed["step"] == fresh["step"] > 4  # the new step total: both epochs
+    rates = {r["step"]: r["lr"] for r in _log(tmp_path / "b")}
+    want = {r["step"]: r["lr"] for r in _log(tmp_path / "a")}
+    assert all(rates[step] > 0 for step in range(4, fresh["step"]))
+    for step in range(4, fresh["step"] + 1):
+        assert rates[step] == pytest.approx(want[step], rel=1e-12, abs=0), step
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["lr"] == 3e-4
+
+
+def test_the_final_model_is_refused_as_resume_in_one_line_naming_model(scene_dataset, start, tmp_path):
+    record = train(_config(2, scene_dataset, start, tmp_path / "a", max_steps=1), World())
+    with pytest.raises(InputError, match="pass this file as --model") as err:
+        train(_config(2, scene_dataset, start, tmp_path / "b", max_steps=2, resume=record["checkpoint"]), World())
+    assert "\n" not in str(err.value)
+    again = train(_config(2, scene_dataset, start, tmp_path / "c", max_steps=1, model=record["checkpoint"]), World())
+    assert Path(again["checkpoint"]).is_file()  # as --model it starts a new run
+
+
 def test_teacher_modes(scene_dataset, start, tmp_path):
     from training.loop import Run
 
@@ -131,8 +157,11 @@ def test_teacher_modes(scene_dataset, start, tmp_path):
     assert Run(_config(1, scene_dataset, start, tmp_path / "a", max_steps=1), World()).teacher.model is None
 
 
-def test_stage_2_with_long_clip_positions_from_a_77_position_start(scene_dataset, start, tmp_path):
-    record = train(_config(2, scene_dataset, start, tmp_path / "l", max_steps=1, long_clip=True, lr=0.0), World())
+@pytest.mark.parametrize("stage", [1, 2])
+def test_long_clip_positions_from_a_77_position_start_in_either_stage(stage, scene_dataset, start, tmp_path):
+    """The published main.py applies Long-CLIP positions in either stage (stage 1 used to ignore it)."""
+    record = train(_config(stage, scene_dataset, start, tmp_path / "l", max_steps=1, long_clip=True, lr=0.0),
+                   World())
     state = checkpoint.read_state_dict(record["checkpoint"])
     assert checkpoint.is_long_clip(state) and state["positional_embedding"].shape[0] == 248
     original = make_clip().positional_embedding.detach()
@@ -170,7 +199,8 @@ def test_a_missing_image_mid_run_ends_with_one_line(scene_dataset, tmp_path):
 
     data = tmp_path / "mgrs"
     shutil.copytree(scene_dataset["mgrs"].parent, data)
-    next((data / "images").glob("*.png")).unlink()
+    last = json.loads((data / "text_info.json").read_text())[-1]["global_filepath"]
+    (data / last).unlink()  # not the first record's image: that one is checked before training starts
     result = subprocess.run([sys.executable, "-m", "training.train", "--stage", "2", "--data", str(data / "text_info.json"),
                              "--model", f"random:{TINY}", "--batch-size", "4", "--workers", "1", "--set", "min_box=8",
                              "-o", str(tmp_path / "o"), "-q"], capture_output=True, text=True, cwd=REPO)

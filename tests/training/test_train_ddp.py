@@ -105,3 +105,46 @@ def test_two_gloo_processes_equal_one_process_on_the_global_batch(stage, gather_
         assert grads.keys() == want_grads.keys()
         for name, want in want_grads.items():
             torch.testing.assert_close(torch.tensor(grads[name]), want, rtol=2e-4, atol=2e-6, msg=name)
+
+
+def _teacher_worker(rank: int, world: int, port: int, data: str, out: str, queue) -> None:
+    """One rank of a random-start stage-1 run with a frozen teacher: its teacher's and student's weights."""
+    from training.config import build_config
+    from training.distributed import World
+    from training.loop import Run
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cfg = build_config(1, overrides=dict(data=data, samples=16, model=f"random:{TINY}", out=out, batch_size=2,
+                                             workers=0, teacher="frozen", tensorboard=False))
+        run = Run(cfg, World(rank=rank, size=world))
+        teacher = {k: v.tolist() for k, v in run.teacher.model.state_dict().items()}
+        student = {k: v.tolist() for k, v in run.clip.state_dict().items()}
+        queue.put((rank, teacher, student))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_random_start_gives_every_rank_the_same_teacher(scene_dataset, tmp_path):
+    """Every rank's frozen (or EMA) teacher is a copy of the network all ranks train — rank 0's weights,
+    which DDP gives every rank — not of each rank's own random start."""
+    data = str(scene_dataset["shards"] / "{0000..0001}.tar")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_teacher_worker, args=(rank, 2, port, data, str(tmp_path / "o"), queue))
+             for rank in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    (_, teacher0, student0), (_, teacher1, student1) = results
+    assert student0 == student1  # DDP's broadcast: one network on both ranks
+    assert teacher0 == student0 and teacher1 == student1

@@ -13,6 +13,7 @@ from PIL import Image
 
 from engine.dense.prompts import templates
 from engine.errors import InputError
+from training.data.mgrs_schema import caption_of, check_records, own_caption
 
 REGION_PROMPT = templates("region")[0]  # "a satellite image of {}": stage 2's text for an object's category
 
@@ -20,7 +21,14 @@ REGION_PROMPT = templates("region")[0]  # "a satellite image of {}": stage 2's t
 class MGRSDataset(torch.utils.data.Dataset):
     """Stage-2 samples: the global image and its scene caption, plus up to `max_boxes` objects (in a
     random order that changes with the epoch) each cropped from the original image, with box and
-    category. Objects with an area under `min_size`² or over `max_size`² px are left out (the published rule)."""
+    category. Each box is first clipped to the image — [0, W] × [0, H] with the box's own W/H when the
+    record gives them, else the image's size — then objects with a clipped area under `min_size`² or
+    over `max_size`² px are left out (the published rule, in the published order).
+
+    Records are checked against the schema when the file is read (`training.data.mgrs_schema`), and the
+    image folder when the dataset is made: `root`, else the folder of text_info.json — or, when the
+    first record's image is not there but in `global_imgs/` beside it (the MGRS-200k layout), that folder
+    (`self.note` says so). A first image found in neither is refused in one line."""
 
     def __init__(self, text_info: str | Path, root: str | Path | None = None, max_boxes: int = 4,
                  min_size: int = 64, max_size: int = 1024, caption_key: str = "global_caption", seed: int = 0):
@@ -29,9 +37,10 @@ class MGRSDataset(torch.utils.data.Dataset):
             self.records = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read {path}: {exc}") from None
-        if not isinstance(self.records, list):
-            raise InputError(f"{path.name}: expected a list of records")
-        self.root = Path(root) if root else path.parent
+        check_records(self.records, path.name, caption_key)
+        if not self.records:
+            raise InputError(f"{path.name}: no records")
+        self.root, self.note = image_root(path, root, self.records[0]["global_filepath"])
         self.max_boxes, self.min_size, self.max_size = max_boxes, min_size, max_size
         self.caption_key, self.seed, self.epoch = caption_key, seed, 0
 
@@ -41,14 +50,21 @@ class MGRSDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def objects(self, index: int) -> list[dict]:
-        record = self.records[index]
+    def objects(self, index: int, size: tuple[int, int]) -> list[dict]:
+        """This epoch's objects of record `index` on an image of `size` (width, height): box (clipped),
+        text, category, category id (−1 for an object with its own caption) and whether it has one."""
         kept = []
-        for s in record.get("segment", []):
+        for s in self.records[index].get("segment") or []:
             b = s["bbox"]
-            area = (b["x2"] - b["x1"]) * (b["y2"] - b["y1"])
-            if self.min_size ** 2 <= area <= self.max_size ** 2:
-                kept.append(s)
+            x1, y1 = max(b["x1"], 0), max(b["y1"], 0)
+            x2, y2 = min(b["x2"], b.get("W", size[0])), min(b["y2"], b.get("H", size[1]))
+            area = (x2 - x1) * (y2 - y1)
+            if x2 <= x1 or y2 <= y1 or not self.min_size ** 2 <= area <= self.max_size ** 2:
+                continue
+            cap = own_caption(s)
+            kept.append({"box": (x1, y1, x2, y2), "text": cap or REGION_PROMPT.format(s["category"]),
+                         "category": s.get("category", ""), "category_id": -1 if cap else s["category_id"],
+                         "own_caption": cap is not None})
         random.Random(hash((self.seed, self.epoch, index)) & 0xFFFFFFFF).shuffle(kept)
         return kept[: self.max_boxes]
 
@@ -60,15 +76,35 @@ class MGRSDataset(torch.utils.data.Dataset):
                 image = im.convert("RGB")
         except (OSError, ValueError) as exc:
             raise InputError(f"record {index}: cannot read image {path}: {exc.__class__.__name__}") from None
-        caption = record.get(self.caption_key) or record.get("detailed_caption") or record.get("brief_caption", "")
-        objects = self.objects(index)
-        boxes = [(s["bbox"]["x1"], s["bbox"]["y1"], s["bbox"]["x2"], s["bbox"]["y2"]) for s in objects]
-        return {"image": image, "caption": caption, "crops": [image.crop(tuple(round(v) for v in b)) for b in boxes],
+        objects = self.objects(index, image.size)
+        boxes = [o["box"] for o in objects]
+        return {"image": image, "caption": caption_of(record, self.caption_key),
+                "crops": [image.crop(tuple(round(v) for v in b)) for b in boxes],
                 "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                "categories": [s["category"] for s in objects],
-                "category_ids": torch.tensor([s["category_id"] for s in objects], dtype=torch.long),
-                "texts": [s.get("cap") or REGION_PROMPT.format(s["category"]) for s in objects],
-                "own_caption": [bool(s.get("cap")) for s in objects]}
+                "categories": [o["category"] for o in objects],
+                "category_ids": torch.tensor([o["category_id"] for o in objects], dtype=torch.long),
+                "texts": [o["text"] for o in objects],
+                "own_caption": [o["own_caption"] for o in objects]}
+
+
+def image_root(text_info: Path, root: str | Path | None, first: str) -> tuple[Path, str | None]:
+    """(the folder the records' `global_filepath`s are relative to, a note when it was found rather
+    than given), judged by the first record's image `first`."""
+    beside = text_info.parent / "global_imgs"
+    candidates = [Path(root)] if root else [text_info.parent, beside]
+    for folder in candidates:
+        if (folder / first).is_file():
+            try:
+                with Image.open(folder / first):
+                    pass
+            except (OSError, ValueError) as exc:
+                raise InputError(f"record 0: cannot read image {folder / first}: {exc.__class__.__name__}") from None
+            note = f"images found in {folder} (the MGRS-200k layout): using it as --data-root" \
+                if folder == beside and not root else None
+            return folder, note
+    tried = " or ".join(str(folder / first) for folder in candidates)
+    raise InputError(f"record 0's image not found at {tried}: pass --data-root <folder holding the images, "
+                     f"e.g. {beside}>")
 
 
 def expand_shards(spec: str) -> list[str]:
