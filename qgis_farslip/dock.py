@@ -368,7 +368,8 @@ class FarSLIPDock(QDockWidget):
         try:
             text = Path(path).read_text(encoding="utf-8-sig")
         except UnicodeDecodeError:
-            self.notify("critical", f"{Path(path).name} is not a UTF-8 text file: save it as UTF-8 (one class per line)")
+            self.notify("critical", f"{Path(path).name} is not a UTF-8 text file: save it as UTF-8 (one class "
+                                    "per line)")
             return
         except OSError as exc:
             self.notify("critical", f"cannot read {path} ({exc.strerror or exc})")

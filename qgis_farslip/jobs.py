@@ -42,7 +42,8 @@ def file_of_format(raster: RasterSnapshot, formats: tuple[str, ...] | None) -> s
     return raster.file if driver is not None and driver.ShortName in formats else None
 
 
-def to_layer_crs(extent: QgsRectangle, extent_crs: QgsCoordinateReferenceSystem, raster: RasterSnapshot) -> QgsRectangle:
+def to_layer_crs(extent: QgsRectangle, extent_crs: QgsCoordinateReferenceSystem,
+                 raster: RasterSnapshot) -> QgsRectangle:
     if not extent_crs.isValid() or not raster.crs.isValid() or extent_crs == raster.crs:
         return QgsRectangle(extent)
     transform = QgsCoordinateTransform(extent_crs, raster.crs, QgsProject.instance())

@@ -100,7 +100,8 @@ def run_teach(client: EngineClient, request: TeachRequest, out_folder: str,
                   taught=list(summary.get("taught", [])), path=path if path.exists() else None)
 
 
-def run_accuracy(client: EngineClient, segment_job: str, reference: list[dict], reference_crs: str | None, out_folder: str,
+def run_accuracy(client: EngineClient, segment_job: str, reference: list[dict], reference_crs: str | None,
+                 out_folder: str,
                  on_progress: Callable[[float, str], None] | None = None,
                  is_cancelled: Callable[[], bool] | None = None,
                  on_stage: Callable[[str], None] | None = None) -> tuple[dict, Path]:

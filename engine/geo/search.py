@@ -75,7 +75,8 @@ def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | Non
     prompts = query_prompts(job.query)
     paths = search_paths(job)
     with gdal_env(), \
-            RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs, nodata=job.nodata) as source:
+            RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs,
+                         nodata=job.nodata) as source:
         work = make_workdir(job.out_dir)
         try:
             if job.heatmap:

@@ -222,7 +222,8 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
             feedback.pushWarning(f"{without} of {len(labels)} regions are mostly no data (under half of their pixels "
                                  "hold data): no class (farslip_class NULL)")
         if len(shaped) < len(features):
-            feedback.pushWarning(f"{len(features) - len(shaped)} features have no polygon: no class (farslip_class NULL)")
+            feedback.pushWarning(f"{len(features) - len(shaped)} features have no polygon: no class "
+                                 "(farslip_class NULL)")
         if context.willLoadLayerOnCompletion(dest):
             try:
                 colours = [{"name": c["name"], "colour": c["colour"]} for c in client.prompts(classes)]

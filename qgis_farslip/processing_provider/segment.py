@@ -111,7 +111,8 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
         folder = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)) / run_folder_name(
             layer.name(), classes)
         client, settings = engine_client(self, parameters, context)
-        request = SegmentationRequest(raster=RasterSnapshot.of(layer), classes=classes, extent=extent, extent_crs=layer.crs(), gsd=gsd,
+        request = SegmentationRequest(raster=RasterSnapshot.of(layer), classes=classes, extent=extent,
+                                      extent_crs=layer.crs(), gsd=gsd,
                                       bands=bands, nodata=nodata, model=settings["model"] or None, threshold=threshold,
                                       scores=self.parameterAsBool(parameters, self.SCORES, context),
                                       min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),

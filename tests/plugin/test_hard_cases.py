@@ -80,7 +80,8 @@ def test_a_custom_crs_is_sent_as_wkt_and_no_crs_is_not_sent(make_dock, qtbot, fo
     dock = make_dock()
     custom_wkt = ('PROJCS["my grid",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],'
                   'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],'
-                  'PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",14.1],PARAMETER["scale_factor",0.9996],'
+                  'PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",14.1],'
+                  'PARAMETER["scale_factor",0.9996],'
                   'PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1],'
                   'AXIS["Easting",EAST],AXIS["Northing",NORTH]]')
     custom = QgsRasterLayer(_raster(folder / "custom.tif", None, wkt=custom_wkt), "custom")
