@@ -65,6 +65,24 @@ def _step(stage: int, samples: list[dict], gather_with_grad: bool, world: int = 
     return values, grads, int(batch.get("valid", torch.ones(0)).sum())
 
 
+def _two_ranks(worker, *args) -> list:
+    """`worker(rank, 2, port, *args, queue)` in two spawned processes of one gloo group: what each put on
+    the queue, by rank."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(rank, 2, port, *args, queue)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    return results
+
+
 def _worker(rank: int, world: int, port: int, stage: int, gather_with_grad: bool, data: str, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -85,18 +103,7 @@ def _worker(rank: int, world: int, port: int, stage: int, gather_with_grad: bool
 def test_two_gloo_processes_equal_one_process_on_the_global_batch(stage, gather_with_grad, scene_dataset):
     data = str(scene_dataset["mgrs"])
     want_values, want_grads, _ = _step(stage, _samples(stage, data), gather_with_grad)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(rank, 2, port, stage, gather_with_grad, data, queue)) for rank in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(queue.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    results = _two_ranks(_worker, stage, gather_with_grad, data)
     if stage == 2:  # the ranks really hold different numbers of objects
         assert results[0][3] != results[1][3]
     assert len(want_grads) == sum(1 for p in make_clip(TINY).parameters())  # every weight is trained
@@ -132,19 +139,6 @@ def test_a_random_start_gives_every_rank_the_same_teacher(scene_dataset, tmp_pat
     """Every rank's frozen (or EMA) teacher is a copy of the network all ranks train — rank 0's weights,
     which DDP gives every rank — not of each rank's own random start."""
     data = str(scene_dataset["shards"] / "{0000..0001}.tar")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_teacher_worker, args=(rank, 2, port, data, str(tmp_path / "o"), queue))
-             for rank in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(queue.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    (_, teacher0, student0), (_, teacher1, student1) = results
+    (_, teacher0, student0), (_, teacher1, student1) = _two_ranks(_teacher_worker, data, str(tmp_path / "o"))
     assert student0 == student1  # DDP's broadcast: one network on both ranks
     assert teacher0 == student0 and teacher1 == student1
