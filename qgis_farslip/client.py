@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Callable
 
 DEFAULT_URL = "http://127.0.0.1:8765"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def is_local_engine(url: str) -> bool:
+    """Whether the engine at `url` runs on this computer (its files are ours; its token is in our token file)."""
+    return (urllib.parse.urlparse(url).hostname or "") in LOCAL_HOSTS
 
 
 class EngineError(Exception):
@@ -75,7 +81,8 @@ def read_local_token(path: Path | None = None) -> str:
 class EngineClient:
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0):
         self.url = url.rstrip("/")
-        self.token = token if token is not None else read_local_token()
+        # by default the token file of the engine on this computer — never sent to one on another computer
+        self.token = token if token is not None else (read_local_token() if is_local_engine(url) else "")
         self.timeout = timeout
         self._path_formats: tuple[str, ...] | None = None
 
@@ -181,26 +188,30 @@ class EngineClient:
         target = Path(folder) / name
         partial = target.with_name(f".{name}.partial")
         received = 0
-        try:
-            with self._request("GET", f"/v1/jobs/{job_id}/files/{name}", timeout=600) as response, \
-                    open(partial, "wb") as fh:
-                expected = response.headers.get("Content-Length")
-                while chunk := response.read(1 << 20):
-                    fh.write(chunk)
-                    received += len(chunk)
-            if expected is not None and expected.isdigit() and received != int(expected):
-                raise EngineError(f"the download of {name} was cut off after {received:,} of {int(expected):,} "
-                                  "bytes (did the engine stop?): run again")
-        except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+
+        def cut_off(why: str) -> EngineError:
             partial.unlink(missing_ok=True)
-            raise EngineError(f"the download of {name} was cut off ({exc or type(exc).__name__}): run again") from None
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            raise EngineError(f"cannot save {name} into {folder} ({exc.strerror or exc}): free some space or "
-                              "choose another folder under Save to") from None
-        except EngineError:
-            partial.unlink(missing_ok=True)
-            raise
+            return EngineError(f"the download of {name} was cut off {why} (did the engine stop?): run again")
+
+        with self._request("GET", f"/v1/jobs/{job_id}/files/{name}", timeout=600) as response:
+            expected = response.headers.get("Content-Length")
+            try:
+                with open(partial, "wb") as fh:
+                    while True:
+                        try:  # the network's part ...
+                            chunk = response.read(1 << 20)
+                        except (http.client.HTTPException, OSError) as exc:  # (a dropped TLS stream: OSError)
+                            raise cut_off(f"({exc or type(exc).__name__})") from None
+                        if not chunk:
+                            break
+                        fh.write(chunk)  # ... and the disk's
+                        received += len(chunk)
+            except OSError as exc:  # opening, writing or closing the file (a full disk)
+                partial.unlink(missing_ok=True)
+                raise EngineError(f"cannot save {name} into {folder} ({exc.strerror or exc}): free some space or "
+                                  "choose another folder under Save to") from None
+        if expected is not None and expected.isdigit() and received != int(expected):
+            raise cut_off(f"after {received:,} of {int(expected):,} bytes")
         os.replace(partial, target)
         return target
 

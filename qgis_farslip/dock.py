@@ -249,8 +249,7 @@ class FarSLIPDock(QDockWidget):
                      getattr(setup, "task", None)):
             if task is not None and not sip.isdeleted(task):
                 task.detach()
-        if self.label_tool is not None:
-            self.canvas.unsetMapTool(self.label_tool)
+        self._put_down_label_tool()
         if self.engine_panel.local.running():
             self.engine_panel.local.stop(wait=True)
 
@@ -396,11 +395,23 @@ class FarSLIPDock(QDockWidget):
         from qgis_farslip.labelling import LabelMapTool
 
         if on:
+            self._put_down_label_tool()
             self.label_tool = LabelMapTool(self.canvas, self.labeller, self.notify, self.mask_combo.currentLayer)
             self.canvas.setMapTool(self.label_tool)
-        elif self.label_tool is not None:
-            self.canvas.unsetMapTool(self.label_tool)
-            self.label_tool = None
+        else:
+            self._put_down_label_tool()
+
+    def _put_down_label_tool(self) -> None:
+        """The labelling tool leaves the canvas and is deleted: a question in flight is forgotten (its answer
+        opens no dialog), an open ranking closes."""
+        tool, self.label_tool = self.label_tool, None
+        if tool is None:
+            return
+        tool.cancel()
+        if tool.dialog is not None:
+            tool.dialog.reject()
+        self.canvas.unsetMapTool(tool)
+        tool.deleteLater()
 
     # --- running -------------------------------------------------------------------------------
     def area(self, layer) -> tuple[QgsRectangle | None, object]:
@@ -453,6 +464,9 @@ class FarSLIPDock(QDockWidget):
             check_request(self.url_edit.text().strip(), request)
         except EngineError as exc:
             self._fail(str(exc))
+            return None
+        if self.engine_panel.local.state == "stopping":
+            self._fail("the engine is stopping: press Start engine once it has stopped, then Segment")
             return None
         if not self.online and self.engine_panel.can_start_for():
             self._start_engine_then_run()

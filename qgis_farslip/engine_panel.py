@@ -13,8 +13,7 @@ from qgis.PyQt.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QL
                                  QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
 from qgis_farslip.background import run_async, sip
-from qgis_farslip.client import EngineClient, EngineError
-from qgis_farslip.jobs import LOCAL_HOSTS
+from qgis_farslip.client import LOCAL_HOSTS, EngineClient, EngineError, is_local_engine
 from qgis_farslip.local_engine import LocalEngine
 from qgis_farslip.settings import engine_settings, save_engine_command, save_engine_settings
 from qgis_farslip.tasks import show_progress
@@ -294,7 +293,6 @@ class EnginePanel(QWidget):
     def download_model(self, name: str | None = None):
         """Have the engine download the chosen release (local or remote engine alike); a local engine that
         is not running yet is started first."""
-        from qgis_farslip.jobs import is_local_engine
         from qgis_farslip.models_task import ModelDownloadTask
 
         name = name or self.selected_model()

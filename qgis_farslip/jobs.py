@@ -15,21 +15,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlparse
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsDistanceArea, QgsPointXY, QgsProject,
                        QgsRasterFileWriter, QgsRasterPipe, QgsRectangle, QgsUnitTypes)
 
-from qgis_farslip.client import EngineClient, EngineError, in_gui_words
+from qgis_farslip.client import EngineClient, EngineError, in_gui_words, is_local_engine
 from qgis_farslip.raster_snapshot import RasterSnapshot
 from qgis_farslip.taught_refs import classes_value, with_taught
-
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-def is_local_engine(url: str) -> bool:
-    return (urlparse(url).hostname or "") in LOCAL_HOSTS
-
 
 def file_of_format(raster: RasterSnapshot, formats: tuple[str, ...] | None) -> str | None:
     """The raster's file if GDAL identifies it as one of `formats` (the engine's `path_formats`; None: an
@@ -124,6 +116,18 @@ def units_per_ground_metre(crs: QgsCoordinateReferenceSystem, area: QgsRectangle
     return 1.0 if metric and abs(scale - 1.0) <= 0.005 else scale
 
 
+def render_fitting(raster: RasterSnapshot, area: QgsRectangle, gsd: float | None) -> float | None:
+    """A working GSD (m/px) at which QGIS can render `area` (layer CRS) in one go — `gsd` (else the engine's
+    default) when that fits, else coarser by steps of 1.5× — or None when the area cannot be measured."""
+    wanted = gsd or DEFAULT_GSD_M
+    for _ in range(60):
+        _, resolution = render_plan(raster, area, wanted)
+        if round(area.width() / resolution) * round(area.height() / resolution) <= MAX_RENDER_PIXELS:
+            return wanted
+        wanted *= 1.5
+    return None
+
+
 def check_render_size(area: QgsRectangle, resolution: float) -> None:
     """Refuse, before anything is rendered, an area that would take QGIS minutes and gigabytes."""
     width, height = int(round(area.width() / resolution)), int(round(area.height() / resolution))
@@ -207,7 +211,11 @@ def build_payload(client: EngineClient, request: SegmentationRequest, scratch: s
     """The JSON body of a segmentation job."""
     payload = area_payload(client, request.raster, request.extent, request.extent_crs, request.gsd, scratch,
                            force_upload=request.upload, on_stage=on_stage)
-    classes = classes_value(client, request.taught) if request.taught else request.classes
+    try:
+        classes = classes_value(client, request.taught) if request.taught else request.classes
+    except BaseException:
+        forget_upload(client, payload)
+        raise
     payload.update(classes=classes, scores=request.scores, min_area=request.min_area)
     for key in ("gsd", "bands", "nodata", "model", "threshold", "mask_wkt", "mask_crs"):
         if getattr(request, key) is not None:
@@ -223,11 +231,8 @@ def run_job(client: EngineClient, kind: str, payload: dict, out_folder: str,
     stage = on_stage or (lambda text: None)
     if is_cancelled is not None and is_cancelled():
         raise EngineError("cancelled")
-    job_id = client.submit(kind, payload)  # (refused: the copy is kept for the request made again, see taught_refs)
-    try:
-        status = client.wait(job_id, on_progress, is_cancelled)
-    finally:
-        forget_upload(client, payload)
+    job_id = client.submit(kind, payload)
+    status = client.wait(job_id, on_progress, is_cancelled)
     if status["state"] == "cancelled":
         raise EngineError("cancelled")
     if status["state"] != "done":
@@ -249,8 +254,10 @@ def run_job(client: EngineClient, kind: str, payload: dict, out_folder: str,
 
 
 def forget_upload(client: EngineClient, payload: dict) -> None:
-    """The rendered copy a job was sent is deleted on the engine once the job has ended (else it stays until
-    it expires, taking from the engine's upload quota); an engine that cannot be told is left to expire it."""
+    """The rendered copy a request was sent is deleted on the engine once the request has ended, however it
+    ended — done, failed, refused, cancelled (else it stays until it expires, taking from the engine's upload
+    quota); an engine that cannot be told is left to expire it. Called after `with_taught`, which may make
+    the request once more with the same copy."""
     upload = payload.get("input", {}).get("upload_id")
     if upload:
         try:
@@ -265,5 +272,8 @@ def run_segmentation(client: EngineClient, request: SegmentationRequest, out_fol
                      on_stage: Callable[[str], None] | None = None) -> tuple[dict, Path]:
     with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
         payload = build_payload(client, request, scratch, on_stage)
-    return with_taught(client, request.taught, payload, lambda body: run_job(
-        client, "segment", body, out_folder, on_progress, is_cancelled, on_stage))
+    try:
+        return with_taught(client, request.taught, payload, lambda body: run_job(
+            client, "segment", body, out_folder, on_progress, is_cancelled, on_stage))
+    finally:
+        forget_upload(client, payload)

@@ -90,7 +90,8 @@ class LocalEngine(QObject):
                 process.kill()
                 process.waitForFinished(2_000)
             self.process = None
-            self._set("stopped", "engine stopped")
+            if self.state != "stopped":  # (a Stop before this one may have seen it exit)
+                self._set("stopped", "engine stopped")
             return
         kill = QTimer(process)  # goes with the process
         kill.setSingleShot(True)

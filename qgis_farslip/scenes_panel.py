@@ -14,7 +14,7 @@ from qgis.PyQt.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLa
                                  QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from qgis_farslip.client import EngineError
-from qgis_farslip.jobs import area_payload, check_request, clip_extent, run_job
+from qgis_farslip.jobs import area_payload, check_request, clip_extent, forget_upload, run_job
 from qgis_farslip.layers import add_result_group
 from qgis_farslip.outputs import class_title, run_folder_name
 from qgis_farslip.processing_provider import styles
@@ -41,8 +41,12 @@ class EngineJobTask(PluginTask):
                 payload[key] = getattr(r, key)
         payload.update(self.extra)
         taught = r.taught if "classes" in payload else None  # a search has no classes
-        self.summary, self.folder = with_taught(self.client, taught, payload, lambda body: run_job(
-            self.client, self.kind, body, self.out_folder, lambda p, _m: self.setProgress(100 * p), self.isCanceled))
+        try:
+            self.summary, self.folder = with_taught(self.client, taught, payload, lambda body: run_job(
+                self.client, self.kind, body, self.out_folder, lambda p, _m: self.setProgress(100 * p),
+                self.isCanceled))
+        finally:
+            forget_upload(self.client, payload)
 
     def succeeded(self) -> None:  # main thread
         try:

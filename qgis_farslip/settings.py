@@ -8,12 +8,13 @@ from __future__ import annotations
 from qgis.core import QgsSettings
 
 from qgis_farslip import auth
-from qgis_farslip.client import DEFAULT_URL, read_local_token
+from qgis_farslip.client import DEFAULT_URL, is_local_engine, read_local_token
 
 PREFIX = "farslip/"
 DEFAULT_ENGINE_COMMAND = ""  # empty: the dock finds an installed engine or offers the set-up
 _saved: dict[str, str] = {}  # token last stored per auth config (no database write on every call)
-_not_stored: set[str] = set()  # tokens QGIS could not store this session (no master password): asked once
+_not_stored: dict[str, str] = {}  # engine URL → a token QGIS could not store (no master password): kept for
+#                                   this session (the panel, Processing), its storing asked for once
 
 
 def _token(s: QgsSettings, url: str) -> str:
@@ -25,13 +26,15 @@ def _token(s: QgsSettings, url: str) -> str:
             s.remove(PREFIX + "token")
         return plain
     authcfg = s.value(PREFIX + "authcfg", "") or ""
-    return (auth.load_token(authcfg) if authcfg else "") or read_local_token()
+    stored = auth.load_token(authcfg) if authcfg else ""
+    # a local engine's token file is read; never sent to an engine on another computer
+    return stored or (read_local_token() if is_local_engine(url) else "")
 
 
 def engine_settings() -> dict:
     s = QgsSettings()
     url = s.value(PREFIX + "engine_url", DEFAULT_URL) or DEFAULT_URL
-    return {"url": url, "token": _token(s, url), "model": s.value(PREFIX + "model", "") or "",
+    return {"url": url, "token": _not_stored.get(url) or _token(s, url), "model": s.value(PREFIX + "model", "") or "",
             "authcfg": s.value(PREFIX + "authcfg", "") or "",
             "command": s.value(PREFIX + "engine_command", DEFAULT_ENGINE_COMMAND) or DEFAULT_ENGINE_COMMAND}
 
@@ -43,13 +46,14 @@ def save_engine_command(command: str) -> None:
 def save_engine_settings(url: str, token: str = "", model: str = "") -> bool:
     """URL and model in QgsSettings; a token other than the local engine's in the auth database. False when
     the token could not be stored (no master password was given): it is not asked for again this session,
-    and the token lives only in the panel until QGIS closes."""
+    and the token is kept until QGIS closes (for the panel and Processing), an earlier stored one dropped."""
     s = QgsSettings()
     s.setValue(PREFIX + "engine_url", url)
     s.setValue(PREFIX + "model", model)
     s.remove(PREFIX + "token")  # never in clear text
     authcfg = s.value(PREFIX + "authcfg", "") or ""
     if not token or token == read_local_token():
+        _not_stored.pop(url, None)
         if authcfg:
             auth.remove(authcfg)
             s.remove(PREFIX + "authcfg")
@@ -57,12 +61,18 @@ def save_engine_settings(url: str, token: str = "", model: str = "") -> bool:
         return True
     if authcfg and _saved.get(authcfg) == token:
         return True
-    if token in _not_stored:
+    if _not_stored.get(url) == token:
         return False
-    authcfg = auth.store_token(token, url, authcfg)
-    if not authcfg:
-        _not_stored.add(token)
+    stored = auth.store_token(token, url, authcfg)
+    if not stored:
+        _not_stored[url] = token
+        if authcfg:  # an earlier token stays no longer: this one is the engine's now (after a restart: none)
+            auth.remove(authcfg)
+            s.remove(PREFIX + "authcfg")
+            _saved.pop(authcfg, None)
         return False
+    authcfg = stored
+    _not_stored.pop(url, None)
     s.setValue(PREFIX + "authcfg", authcfg)
     _saved[authcfg] = token
     return True

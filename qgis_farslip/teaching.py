@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from qgis_farslip.client import EngineClient, EngineError
-from qgis_farslip.jobs import area_payload, run_job
+from qgis_farslip.jobs import area_payload, forget_upload, run_job
 from qgis_farslip.raster_snapshot import RasterSnapshot
 
 TAUGHT_FILE = "result.classes.json"
@@ -92,7 +92,10 @@ def run_teach(client: EngineClient, request: TeachRequest, out_folder: str,
     for key in ("labels_crs", "gsd", "model", "bands", "nodata"):
         if getattr(request, key) is not None:
             payload[key] = getattr(request, key)
-    summary, folder = run_job(client, "teach", payload, out_folder, on_progress, is_cancelled, on_stage)
+    try:
+        summary, folder = run_job(client, "teach", payload, out_folder, on_progress, is_cancelled, on_stage)
+    finally:
+        forget_upload(client, payload)
     per_class = summary.get("polygons") if isinstance(summary.get("polygons"), dict) else {}
     path = folder / TAUGHT_FILE
     return Taught(job_id=summary["job_id"], classes=list(request.classes), polygons=sum(per_class.values()),

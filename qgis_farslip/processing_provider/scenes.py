@@ -14,10 +14,12 @@ from qgis.core import (QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsProce
 from qgis.PyQt.QtCore import QVariant
 
 from qgis_farslip.client import EngineError
-from qgis_farslip.jobs import area_payload, engine_reads, forget_upload, run_job
+from qgis_farslip.jobs import (DEFAULT_GSD_M, area_payload, clip_extent, engine_reads, forget_upload, render_fitting,
+                               run_job)
 from qgis_farslip.labelling import polygon_ring
 from qgis_farslip.processing_provider import styles
 from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client
+from qgis_farslip.processing_provider.raster_params import add_raster_choice_parameters, raster_choices
 from qgis_farslip.processing_provider.segment import TAUGHT_HELP, parse_classes
 from qgis_farslip.raster_snapshot import RasterSnapshot, crs_text
 from qgis_farslip.taught_refs import classes_value, with_taught
@@ -41,15 +43,21 @@ class _EngineJobAlgorithm(QgsProcessingAlgorithm):
                 payload = area_payload(client, RasterSnapshot.of(layer), extent, layer.crs(), extra.get("gsd"), scratch)
             if settings["model"]:
                 payload["model"] = settings["model"]
+            payload.update({k: v for k, v in raster_choices(self, parameters, context).items() if v is not None})
             payload.update(extra)
-            return with_taught(client, taught, payload, lambda body: run_job(
-                client, self.kind, body, str(folder), lambda p, m: feedback.setProgress(100 * p), feedback.isCanceled))
+            try:
+                return with_taught(client, taught, payload, lambda body: run_job(
+                    client, self.kind, body, str(folder), lambda p, m: feedback.setProgress(100 * p),
+                    feedback.isCanceled))
+            finally:
+                forget_upload(client, payload)
         except EngineError as exc:
             raise QgsProcessingException(str(exc)) from None
 
     def _common_parameters(self) -> None:
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
         self.addParameter(QgsProcessingParameterExtent("EXTENT", "Extent (empty: the whole layer)", optional=True))
+        add_raster_choice_parameters(self)
 
     def _folder_parameter(self) -> None:
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT_FOLDER", "Output folder"))
@@ -149,6 +157,7 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
+        add_raster_choice_parameters(self)
         self.addParameter(QgsProcessingParameterFeatureSource("REGIONS", "Regions", [QgsProcessing.SourceType.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterString("CLASSES", "Candidate classes (one per line)", multiLine=True,
                                                        defaultValue="car\ntruck\nship\nbuilding"))
@@ -175,14 +184,20 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("no region has a polygon")
         raster = RasterSnapshot.of(layer)
         try:
-            # a file the engine reads is read whole; else the regions' area is rendered and sent
-            area = None
+            # a file the engine reads is read whole; else the regions' area is rendered and sent — coarser than
+            # the working GSD where regions far apart make it too large to render in one go
+            area, gsd = None, None
             if engine_reads(client, raster) is None:
                 area = shaped[0].geometry().boundingBox()
                 for f in shaped[1:]:
                     area.combineExtentWith(f.geometry().boundingBox())
+                gsd = render_fitting(raster, clip_extent(raster, area, source.sourceCrs()), None)
+                if gsd is not None and gsd > DEFAULT_GSD_M:
+                    feedback.pushWarning(f"the regions lie far apart: their area is sent at {gsd:.2f} m per pixel "
+                                         f"(label regions close together, or use an engine that reads the file, for "
+                                         f"{DEFAULT_GSD_M} m)")
             with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
-                payload = area_payload(client, raster, area, source.sourceCrs(), None, scratch)
+                payload = area_payload(client, raster, area, source.sourceCrs(), gsd, scratch)
             for key in ("bbox", "bbox_crs"):  # a labelling request has regions instead
                 payload.pop(key, None)
             payload.update(classes=classes, regions=regions)
@@ -190,6 +205,7 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
                 payload["crs"] = crs_text(source.sourceCrs())
             if settings["model"]:
                 payload["model"] = settings["model"]
+            payload.update({k: v for k, v in raster_choices(self, parameters, context).items() if v is not None})
 
             def label_all(body: dict) -> list[dict]:
                 labels = []

@@ -6,17 +6,17 @@ import time
 from pathlib import Path
 
 from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingOutputRasterLayer,
-                       QgsProcessingOutputString,
-                       QgsProcessingOutputVectorLayer, QgsProcessingParameterBand, QgsProcessingParameterBoolean,
-                       QgsProcessingParameterExtent,
-                       QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsRasterLayer)
+                       QgsProcessingOutputString, QgsProcessingOutputVectorLayer, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterExtent, QgsProcessingParameterFolderDestination,
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
+                       QgsRasterLayer)
 
 from qgis_farslip.client import EngineError
 from qgis_farslip.jobs import SegmentationRequest, run_segmentation
 from qgis_farslip.outputs import class_title, run_folder_name
 from qgis_farslip.processing_provider import styles
 from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client
+from qgis_farslip.processing_provider.raster_params import BANDS, NODATA, add_raster_choice_parameters, raster_choices
 from qgis_farslip.raster_snapshot import RasterSnapshot
 from qgis_farslip.taught_files import read_taught
 
@@ -49,8 +49,9 @@ def parse_classes(text: str) -> tuple[list[str], str | None]:
 
 
 class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
-    INPUT, CLASSES, EXTENT, GSD, BANDS, NODATA, THRESHOLD, SCORES, MIN_AREA, OUTPUT_FOLDER = (
-        "INPUT", "CLASSES", "EXTENT", "GSD", "BANDS", "NODATA", "THRESHOLD", "SCORES", "MIN_AREA", "OUTPUT_FOLDER")
+    INPUT, CLASSES, EXTENT, GSD, THRESHOLD, SCORES, MIN_AREA, OUTPUT_FOLDER = (
+        "INPUT", "CLASSES", "EXTENT", "GSD", "THRESHOLD", "SCORES", "MIN_AREA", "OUTPUT_FOLDER")
+    BANDS, NODATA = BANDS, NODATA
 
     def name(self) -> str:
         return "segment"
@@ -73,11 +74,7 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent (empty: the whole layer)", optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.GSD, "Working resolution (m/px; 0 = engine default)",
                                                        QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0))
-        self.addParameter(QgsProcessingParameterBand(
-            self.BANDS, "Bands seen as red, green, blue (empty: those marked so, else 1, 2, 3; a grey raster: "
-            "its band three times)", parentLayerParameterName=self.INPUT, optional=True, allowMultiple=True))
-        self.addParameter(QgsProcessingParameterNumber(self.NODATA, "No-data value (empty: as the raster declares)",
-                                                       QgsProcessingParameterNumber.Type.Double, optional=True))
+        add_raster_choice_parameters(self, self.INPUT)
         self.addParameter(QgsProcessingParameterNumber(self.THRESHOLD, "Background probability threshold (0 = off)",
                                                        QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0,
                                                        maxValue=0.99))
@@ -103,17 +100,13 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
         gsd = self.parameterAsDouble(parameters, self.GSD, context) or None
         threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context) or None
-        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
-        if bands is not None and len(bands) != 3:
-            raise QgsProcessingException(f"choose three bands (red, green, blue), or none; {len(bands)} chosen")
-        nodata = (self.parameterAsDouble(parameters, self.NODATA, context)
-                  if parameters.get(self.NODATA) not in (None, "") else None)
+        choices = raster_choices(self, parameters, context)
         folder = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)) / run_folder_name(
             layer.name(), classes)
         client, settings = engine_client(self, parameters, context)
         request = SegmentationRequest(raster=RasterSnapshot.of(layer), classes=classes, extent=extent,
                                       extent_crs=layer.crs(), gsd=gsd,
-                                      bands=bands, nodata=nodata, model=settings["model"] or None, threshold=threshold,
+                                      **choices, model=settings["model"] or None, threshold=threshold,
                                       scores=self.parameterAsBool(parameters, self.SCORES, context),
                                       min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
                                       taught=taught)

@@ -16,6 +16,7 @@ from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingExcep
 
 from qgis_farslip.client import EngineError
 from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client
+from qgis_farslip.processing_provider.raster_params import add_raster_choice_parameters, raster_choices
 from qgis_farslip.processing_provider.segment import split_classes
 from qgis_farslip.raster_snapshot import RasterSnapshot, crs_text
 from qgis_farslip.taught_files import remember
@@ -54,6 +55,7 @@ class TeachClassesAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterField(self.FIELD, "Class field", "class", self.LABELS))
         self.addParameter(QgsProcessingParameterNumber(self.GSD, "Working resolution (m/px; 0 = engine default)",
                                                        QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0))
+        add_raster_choice_parameters(self, self.INPUT)
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, "Taught classes",
                                                                 "Taught classes (*.classes.json)"))
         add_engine_parameters(self)
@@ -78,7 +80,7 @@ class TeachClassesAlgorithm(QgsProcessingAlgorithm):
             request = TeachRequest(raster=RasterSnapshot.of(layer), classes=classes, labels=labels,
                                    labels_crs=crs_text(source.sourceCrs()),
                                    gsd=self.parameterAsDouble(parameters, self.GSD, context) or None,
-                                   model=settings["model"] or None)
+                                   model=settings["model"] or None, **raster_choices(self, parameters, context))
             Path(output).parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix=".farslip-teach-", dir=str(Path(output).parent)) as scratch:
                 taught = run_teach(client, request, scratch, _progress(feedback), feedback.isCanceled)

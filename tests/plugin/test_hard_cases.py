@@ -167,6 +167,9 @@ def test_a_token_qgis_cannot_store_is_asked_for_once_and_said_once(qgis_app, mon
         assert panel.client().token == "remote-secret"
     assert len(asked) == 1
     assert [level for level, _ in messages] == ["warning"] and "only until QGIS closes" in messages[0][1]
+    assert settings.engine_settings()["token"] == "remote-secret"  # Processing runs use it too, this session
+    panel.token_edit.setText("")  # no token typed for a remote engine: the local engine's is not sent there
+    assert panel.client().token == ""
     settings._not_stored.clear()
 
 
@@ -254,3 +257,42 @@ def test_class_sets_that_cannot_be_read_or_written_are_said(dock, tmp_path):
                                              "per line)")
     dock.export_set(str(tmp_path / "missing-folder" / "out.txt"))
     assert dock.messages[-1][0] == "critical" and "cannot write" in dock.messages[-1][1]
+
+
+def test_rendered_copies_are_deleted_on_the_engine_however_the_run_ends(make_dock, qtbot, folder):
+    uploads = folder / "data" / "uploads"
+
+    def kept() -> list:
+        return [p for p in uploads.iterdir() if not p.name.startswith(".")] if uploads.exists() else []
+
+    dock = make_dock()
+    dock.upload_check.setChecked(True)  # Send a copy of the image
+    dock.prompt_edit.setPlainText("water\ngrass")
+    before = set(kept())
+    dock.run()
+    qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=120_000)
+    assert dock.last_error is None, dock.last_error
+    assert set(kept()) == before  # done: the copy is gone
+    dock.prompt_edit.setPlainText("water\nwater")  # refused by the engine (a class named twice)
+    dock.run()
+    qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=120_000)
+    assert dock.last_error and "water" in dock.last_error
+    assert set(kept()) == before  # refused: the copy is gone too
+
+
+def test_an_area_too_large_to_render_at_the_working_gsd_gets_a_coarser_one(qgis_app, folder):
+    """Label regions far apart on a raster the engine does not read by path: the rendered area must fit what
+    QGIS renders in one go (40 million pixels), so it is sent coarser (the algorithm says so in its log)."""
+    from qgis.core import QgsRasterLayer, QgsRectangle
+
+    from qgis_farslip.jobs import MAX_RENDER_PIXELS, render_fitting, render_plan
+    from qgis_farslip.raster_snapshot import RasterSnapshot
+
+    raster = RasterSnapshot.of(QgsRasterLayer(str(folder / "small.tif"), "small"))  # UTM, 0.5 m pixels
+    near = QgsRectangle(500000.0, 5200000.0, 500100.0, 5200100.0)
+    assert render_fitting(raster, near, None) == 0.5
+    far = QgsRectangle(500000.0, 5200000.0, 514000.0, 5214000.0)  # 14 km: 784 million pixels at 0.5 m
+    gsd = render_fitting(raster, far, None)
+    _, resolution = render_plan(raster, far, gsd)
+    pixels = round(far.width() / resolution) * round(far.height() / resolution)
+    assert gsd > 0.5 and MAX_RENDER_PIXELS / 2.25 < pixels <= MAX_RENDER_PIXELS  # no coarser than needed
