@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 
-from engine.errors import EXIT_INTERRUPTED, EXIT_USAGE, FarSLIPError
+from engine.errors import EXIT_INTERRUPTED, EXIT_USAGE, FarSLIPError, output_failure
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # what `timeout`, systemd, docker, QProcess.terminate send
 
@@ -163,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         stopped = f"stopped by {signal.Signals(received[0]).name}" if received else "interrupted"
         print(f"farslip: {stopped}; no partial output was kept", file=sys.stderr)
         code = EXIT_INTERRUPTED
+    except Exception as exc:  # a full disk fails in whichever library writes; anything else is a bug
+        problem = output_failure(exc, getattr(args, "out", None))
+        if problem is None:
+            raise
+        print(f"farslip: error: {problem}", file=sys.stderr)
+        code = EXIT_USAGE
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -102,9 +102,10 @@ def _label_file(args, classifier, area) -> int:
         fields = {(f"input_{name}" if name in ours else name): values
                   for name, values in zip(meta["fields"], columns)}
         fields.update(ours)
-        from rasterio.crs import CRS
+        from engine.geo.crs_text import parse_crs
 
-        write_features(partial, geoms, fields, CRS.from_user_input(crs) if crs else source.crs, "labels")
+        write_features(partial, geoms, fields, parse_crs(crs, f"the CRS of {args.regions}") if crs else source.crs,
+                       "labels")
         partial.replace(out)
     if not args.quiet:
         for lb in labels[:20]:

@@ -2,6 +2,10 @@
 
     farslip serve                                            # 127.0.0.1:8765, token in ~/.config/farslip/token
     farslip serve --host 0.0.0.0 --allow-root /data/orthos   # remote mode: only these folders are served
+
+On SIGTERM or Ctrl-C the engine stops within seconds: clients waiting on a job (long-polls, event
+streams) are answered at once, and any request still open after STOP_GRACE_S is cut off. A job still
+running is marked failed ("interrupted") at the next start.
 """
 
 from __future__ import annotations
@@ -14,12 +18,18 @@ from pathlib import Path
 from engine import config
 from engine.errors import InputError
 
+STOP_GRACE_S = 5  # seconds open requests get to finish once the engine is told to stop
+
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from engine.geo.crs_text import forbid_network
+
+    forbid_network()  # before GDAL's PROJ starts: no CRS makes the engine fetch a grid
     import uvicorn
 
     from engine.server.app import ServerSettings, create_app
     from engine.server.auth import load_or_create_token, token_path
+    from engine.server.serving import StoppingServer
 
     roots = []
     for root in args.allow_root or []:
@@ -39,7 +49,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"farslip engine on http://{args.host}:{args.port}  (token file: {token_path()})", file=sys.stderr)
     if settings.remote and not roots:
         print("farslip: remote mode without --allow-root: only uploaded rasters are accepted", file=sys.stderr)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False)
+    app = create_app(settings)
+    config_ = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                             timeout_graceful_shutdown=STOP_GRACE_S)
+    StoppingServer(config_, on_stop=app.state.watch.close).run()
     return 0
 
 

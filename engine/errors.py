@@ -32,3 +32,41 @@ class ModelError(FarSLIPError):
 
 class Cancelled(FarSLIPError):
     """A run was cancelled; nothing was written."""
+
+
+_FULL_WORDS = ("no space left", "disk is full", "disk full", "quota exceeded", "read-only file system")
+
+
+def output_failure(exc: BaseException, folder) -> str | None:
+    """One line for an error writing outputs into `folder` that is the disk's, not the input's: no space left
+    or a quota reached (an OSError's errno, or GDAL's, SQLite's or libtiff's words for it, or the disk
+    holding `folder` with next to no room left), a read-only file system. None for any other error."""
+    import errno
+    import shutil
+    from pathlib import Path
+
+    if folder is None:
+        return None
+    place = Path(folder)
+    reasons = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is reached",
+               errno.EROFS: "the file system is read-only"}
+    chain, seen = exc, set()
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        reason = reasons.get(getattr(chain, "errno", None)) if isinstance(chain, OSError) else None
+        text = str(chain).lower()
+        if reason is None and any(word in text for word in _FULL_WORDS):
+            reason = "the disk is full" if "read-only" not in text else "the file system is read-only"
+        if reason is not None:
+            return f"cannot write the outputs in {place}: {reason}; free some space or choose another output folder"
+        chain = chain.__cause__ or chain.__context__
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    try:
+        free = shutil.disk_usage(place).free
+    except OSError:
+        return None
+    if free < 1 << 20:
+        return (f"cannot write the outputs in {folder}: the disk is full ({free // 1024} KB free); free some space "
+                f"or choose another output folder")
+    return None

@@ -122,6 +122,10 @@ class Area(Strict):
             raise InputError("give either a window or a bbox, not both")
         if self.bbox is not None and not (self.bbox[2] > self.bbox[0] and self.bbox[3] > self.bbox[1]):
             raise InputError("bbox must be minx,miny,maxx,maxy with max > min")
+        if self.bbox_crs is not None:
+            from engine.geo.crs_text import parse_crs
+
+            parse_crs(self.bbox_crs, "--bbox-crs")
 
 
 class SegmentSettings(ModelChoice, Area):
@@ -164,6 +168,10 @@ class SegmentSettings(ModelChoice, Area):
         self.check_area()
         if self.mask_crs is not None and self.mask_wkt is None:
             raise InputError("mask_crs given without mask_wkt")
+        if self.mask_crs is not None:
+            from engine.geo.crs_text import parse_crs
+
+            parse_crs(self.mask_crs, "mask_crs")
         self.inference_options()
         from engine.dense.prompts import PromptSet
 
@@ -203,7 +211,14 @@ class SegmentSettings(ModelChoice, Area):
                                                   upsampler=upsampler or self.upsampler, **local)
 
     def area_arguments(self) -> dict:
-        return {**super().area_arguments(), "gsd": self.gsd}
+        """As `Area`'s, with the working GSD; a mask without a window or bbox reads only the mask's bounding
+        box (in its CRS), not the whole raster."""
+        arguments = {**super().area_arguments(), "gsd": self.gsd}
+        if self.mask_wkt and self.window is None and self.bbox is None:
+            bounds = _wkt_bounds(self.mask_wkt)
+            if bounds is not None:  # (a mask that is no polygon is refused when it is applied)
+                arguments.update(bbox=bounds, bbox_crs=self.mask_crs)
+        return arguments
 
     def open_source(self, path: str, inspect_pixels: bool = True) -> "RasterSource":
         """The raster area this run reads (bands, working GSD, window or bbox, mask applied); the
@@ -228,6 +243,19 @@ class SegmentSettings(ModelChoice, Area):
                          scores=self.scores, polygons=self.polygons, min_area=self.min_area,
                          simplify=self.simplify, mask_wkt=self.mask_wkt, mask_crs=self.mask_crs,
                          **self.area_arguments())
+
+
+def _wkt_bounds(wkt: str) -> tuple[float, float, float, float] | None:
+    """(minx, miny, maxx, maxy) of a WKT geometry with an area, else None."""
+    import shapely
+
+    try:
+        geometry = shapely.from_wkt(wkt)
+    except Exception:  # noqa: BLE001 — said when the mask is applied
+        return None
+    if geometry is None or geometry.is_empty or geometry.area <= 0:
+        return None
+    return tuple(float(v) for v in geometry.bounds)
 
 
 def read_run_classes(classes) -> "PromptSet | TaughtClasses":

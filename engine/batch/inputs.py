@@ -61,8 +61,21 @@ def _read_list(path: Path) -> list[str]:
     return out
 
 
-def output_stems(inputs: list[str]) -> list[str]:
-    """One output file stem per input: its name, made unique with a short hash where names repeat."""
+def output_stems(inputs: list[str], reserved: frozenset[str] = frozenset()) -> list[str]:
+    """One output file stem per input: its name, made unique with a short hash where names repeat or are
+    `reserved` (the stems of the batch's own files: an input named batch.tif must not write batch_summary.json)."""
     stems = [raster_stem(p) for p in inputs]
-    repeated = {s for s in stems if stems.count(s) > 1}
-    return [f"{s}_{hashlib.sha1(p.encode()).hexdigest()[:8]}" if s in repeated else s for s, p in zip(stems, inputs)]
+    taken = {s for s in stems if stems.count(s) > 1} | reserved
+    return [f"{s}_{hashlib.sha1(p.encode()).hexdigest()[:8]}" if s in taken else s for s, p in zip(stems, inputs)]
+
+
+def input_stamp(path: str) -> str:
+    """A local file as it is now (size and modification time; '' for a GDAL name): a rerun recomputes an
+    input whose file changed instead of keeping its results or blocks."""
+    if is_gdal_name(path):
+        return ""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return ""
+    return f"{stat.st_size}-{stat.st_mtime_ns}"

@@ -8,8 +8,10 @@ options and settings, so a run with other settings never reuses these results):
   `engine.batch.units.NumpyPart`),
   written under a temporary name and renamed, removed once that input's outputs are published.
 A finished input is one whose summary JSON (written last by `segment`'s publishing) exists and whose
-outputs these settings made: `<out>/.farslip-batch/outputs/<input>` names the fingerprint of the run
-that published the outputs now in the folder. It is removed before a run with other settings
+outputs these settings made from the file as it is now: `<out>/.farslip-batch/outputs/<input>` names the
+fingerprint of the run that published the outputs now in the folder and the input's stamp (size,
+modification time) then; `inputs/<input>` the stamp its saved blocks were computed from (a changed file's
+blocks are forgotten). It is removed before a run with other settings
 replaces them and written after, so a rerun with other classes or options always recomputes, and
 "done earlier" means "done earlier with exactly these settings".
 """
@@ -45,6 +47,7 @@ class Manifest:
         (self.root / "settings.json").write_text(json.dumps(settings, indent=2, default=str), encoding="utf-8")
         self.path = self.root / "manifest.jsonl"
         self._blocks: dict[str, dict[tuple[int, int], int]] = {}
+        self._stamps: dict[str, str] = {}
         self.published: set[str] = set()
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
@@ -56,6 +59,29 @@ class Manifest:
                     self.published.add(entry["input"])
                 elif self._parts_path(entry["input"], *entry["block"]).exists():
                     self._blocks.setdefault(entry["input"], {})[tuple(entry["block"])] = entry["windows"]
+
+    def track(self, name: str, stamp: str) -> None:
+        """The input `name` as it is now (`inputs.input_stamp`): blocks saved from another version of its file
+        are forgotten, and only outputs made from this version count as made (`made_outputs`)."""
+        self._stamps[name] = stamp
+        path = self.root / "inputs" / name
+        try:
+            before = path.read_text(encoding="utf-8")
+        except OSError:
+            before = None
+        if before == stamp:
+            return
+        self._blocks.pop(name, None)
+        shutil.rmtree(self.root / "parts" / name, ignore_errors=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{name}.partial")
+        partial.write_text(stamp, encoding="utf-8")
+        os.replace(partial, path)
+
+    def _owner(self, name: str) -> str:
+        """What `outputs/<name>` holds for outputs this run makes: its fingerprint and the input's stamp."""
+        stamp = self._stamps.get(name, "")
+        return f"{self.fingerprint} {stamp}" if stamp else self.fingerprint
 
     def _parts_path(self, name: str, i: int, j: int) -> Path:
         return self.root / "parts" / name / f"{i}_{j}.npz"
@@ -95,7 +121,7 @@ class Manifest:
     def made_outputs(self, name: str) -> bool:
         """Whether the outputs of `name` in the folder were published by a run with these settings."""
         try:
-            return (self.owners / name).read_text(encoding="utf-8").strip() == self.fingerprint
+            return (self.owners / name).read_text(encoding="utf-8").strip() == self._owner(name)
         except OSError:
             return False
 
@@ -108,7 +134,7 @@ class Manifest:
         self.published.add(name)
         self.owners.mkdir(parents=True, exist_ok=True)
         partial = self.owners / f".{name}.partial"
-        partial.write_text(self.fingerprint, encoding="utf-8")
+        partial.write_text(self._owner(name), encoding="utf-8")
         os.replace(partial, self.owners / name)
         self._blocks.pop(name, None)
         shutil.rmtree(self.root / "parts" / name, ignore_errors=True)

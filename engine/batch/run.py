@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 from engine import __version__
-from engine.batch.inputs import output_stems
+from engine.batch.inputs import input_stamp, output_stems
 from engine.batch.manifest import Manifest
-from engine.batch.merge import Product, write_merged
+from engine.batch.merge import MERGED_POLYGONS, MOSAIC, Product, write_merged
 from engine.batch.units import RasterSpec, Unit
 from engine.batch.work import plan_units, strips_from_numpy
 from engine.errors import Cancelled, FarSLIPError
@@ -37,6 +37,9 @@ from engine.geo.blocks import assemble_block, block_boxes, sources_of
 from engine.geo.pipeline import DEFAULT_BLOCK, RasterJob, output_paths, publish_summary, segment_raster
 
 SUMMARY = "batch_summary.json"
+# the stems of the batch's own files, which no input's outputs may take
+BATCH_STEMS = frozenset({SUMMARY.removesuffix("_summary.json"), MERGED_POLYGONS.removesuffix("_polygons.gpkg"),
+                         MOSAIC.removesuffix("_classes")})
 
 
 @dataclass
@@ -72,7 +75,10 @@ PARTS_FORMAT = "strips-square"
 def run_settings(settings: BatchSettings, segmenter) -> dict:
     """Everything that changes a result: the manifest is kept per distinct value of this."""
     taught = {"taught": segmenter.taught.digest()} if segmenter.taught is not None else {}
+    from engine.dense.taught import model_fingerprint
+
     return {"version": __version__, "parts": PARTS_FORMAT, "model": segmenter.model.name, "arch": segmenter.model.arch,
+            "weights": model_fingerprint(segmenter.model),  # the same path may hold other weights on a rerun
             "prompts": segmenter.prompts.as_text(), "options": vars(segmenter.options), **taught,
             **{k: v for k, v in asdict(settings).items()
                if k != "out_dir" and not (k == "nodata" and v is None)}}  # (runs before nodata keep their hash)
@@ -84,13 +90,14 @@ def run_batch(inputs: list[str], settings: BatchSettings, segmenter, executor,
     started = time.perf_counter()
     out = Path(settings.out_dir)
     manifest = Manifest(out, run_settings(settings, segmenter))
-    names = output_stems(inputs)
+    names = output_stems(inputs, BATCH_STEMS)
     jobs = [_job(settings, path, name) for path, name in zip(inputs, names)]
     status: list[dict] = [{"input": path, "name": name, "status": "pending"} for path, name in zip(inputs, names)]
     todo: list[Unit] = []
     remaining: dict[int, int] = {}
     resumed_windows = 0
     for r, (path, job) in enumerate(zip(inputs, jobs)):
+        manifest.track(job.name, input_stamp(path))  # a file changed since: its blocks and outputs are redone
         if output_paths(job)["summary"].exists():
             if manifest.made_outputs(job.name):
                 status[r]["status"] = "done earlier"

@@ -10,6 +10,7 @@ query is one class with one name, the whole sentence (`query_prompts`).
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,7 @@ class PromptSet:
             for name in names:
                 if len(name) > MAX_NAME_CHARS:
                     raise InputError(f"class {number}: name longer than {MAX_NAME_CHARS} characters")
+                refuse_control_characters(name, f"class {number}")
                 key = name.lower()
                 if key in seen:
                     raise InputError(f"name '{name}' appears in class {seen[key]} and class {number}")
@@ -133,9 +135,20 @@ class PromptSet:
         return "; ".join(", ".join(c.names) for c in self.classes)
 
 
+def refuse_control_characters(name: str, what: str) -> None:
+    """An InputError when `name` holds a control character (NUL, ESC, ...: files' tags would cut or
+    garble it); tabs and new lines never reach here (they separate or are spaces)."""
+    bad = next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        shown = name.encode("unicode_escape").decode("ascii")[:100]
+        raise InputError(f"{what}: name '{shown}' holds a control character (U+{ord(bad):04X}); names are "
+                         f"plain text")
+
+
 def query_prompts(query: str) -> PromptSet:
     """The query as one class with one name (commas in a sentence are not synonyms here)."""
     text = " ".join(query.split())
+    refuse_control_characters(text, "the search query")
     if not text:
         raise InputError("the search query is empty")
     if len(text) > MAX_QUERY_CHARS:

@@ -23,6 +23,7 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from engine.errors import InputError
+from engine.geo.crs_text import parse_crs
 from engine.geo.opening import open_raster
 from engine.geo.vectors import read_labels
 
@@ -72,9 +73,9 @@ def confusion_matrix(class_raster: str, geoms: list, values: list[str], crs: str
         if crs is not None and ds.crs is not None:
             from pyproj import CRS, Transformer
 
-            if CRS.from_user_input(crs) != CRS.from_user_input(ds.crs.to_wkt()):
-                move = Transformer.from_crs(CRS.from_user_input(crs), CRS.from_user_input(ds.crs.to_wkt()),
-                                            always_xy=True).transform
+            given, own = parse_crs(crs, "the reference's CRS"), CRS.from_wkt(ds.crs.to_wkt())
+            if given != own:
+                move = Transformer.from_crs(given, own, always_xy=True).transform
                 shapes = [(reproject(move, g), k) for g, k in shapes]
         k = len(classes)
         matrix = np.zeros((k, k + 1), dtype=np.int64)

@@ -22,8 +22,12 @@ def pixel_metres(crs, transform: Affine, width: int, height: int) -> tuple[float
 
         lon, lat = transform @ (width / 2, height / 2)
         geod = Geod(ellps="WGS84")
-        _, _, dx = geod.inv(lon, lat, lon + transform.a, lat + transform.d)
-        _, _, dy = geod.inv(lon, lat, lon + transform.b, lat + transform.e)
+
+        def pole(y: float) -> float:  # (a grid a hair past a pole: at the pole)
+            return min(90.0, max(-90.0, y))
+
+        _, _, dx = geod.inv(lon, pole(lat), lon + transform.a, pole(lat + transform.d))
+        _, _, dy = geod.inv(lon, pole(lat), lon + transform.b, pole(lat + transform.e))
         return abs(dx), abs(dy)
     scale = GroundScale.of(crs, transform, width, height)
     centre = 1.0 if scale is None else scale.linear(*(transform @ (width / 2, height / 2)))

@@ -146,8 +146,13 @@ def row_pixel_area(source: RasterSource) -> np.ndarray | None:
 
         geod = Geod(ellps="WGS84")
         c = source.width / 2  # a pixel of the row's middle (rows run along parallels unless rotated)
-        areas = [abs(geod.geometry_area_perimeter(Polygon([t @ (c, r), t @ (c + 1, r), t @ (c + 1, r + 1),
-                                                           t @ (c, r + 1)]))[0])
+
+        def corner(col: float, row: float) -> tuple[float, float]:  # (a grid a hair past a pole: at the pole)
+            x, y = t @ (col, row)
+            return x, min(90.0, max(-90.0, y))
+
+        areas = [abs(geod.geometry_area_perimeter(Polygon([corner(c, r), corner(c + 1, r), corner(c + 1, r + 1),
+                                                           corner(c, r + 1)]))[0])
                  for r in range(source.height)]
         return np.asarray(areas)
     unit = linear_unit_metres(crs)

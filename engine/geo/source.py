@@ -76,6 +76,7 @@ _VALIDITY_CHUNK_PIXELS = 2**22  # source pixels whose no data is read at a time
 # 0.3 m is 33×): finer only multiplies the work (a stray --gsd 3e-05 on 0.5 m pixels meant 16,667×,
 # 2.8·10¹⁴ working pixels, and memory ran out before the first block)
 MAX_UPSAMPLING = 64
+LATITUDE_SLACK = 0.01  # degrees past a pole still taken as the pole (rounding in a global grid's corners)
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ class RasterSource:
         self.window = self._choose_window(window, bbox, bbox_crs)
         self.transform = self.dataset_transform @ Affine.translation(self.window.col_off, self.window.row_off)
         self.height, self.width = int(self.window.height), int(self.window.width)
+        self._check_latitudes()
         sides = pixel_metres(self.crs, self.transform, self.width, self.height)
         if sides is not None and abs(sides[0] / sides[1] - 1.0) <= SQUARE_TOLERANCE:  # square: one size
             sides = ((sides[0] + sides[1]) / 2,) * 2
@@ -188,6 +190,19 @@ class RasterSource:
         self.stretch = self._stretch(*overview) if needs_stretch and overview is not None else None
         if overview is not None:  # (a large uint8 raster without overviews is not read whole for this)
             self._check_edge_frame(overview[0])
+
+    def _check_latitudes(self) -> None:
+        """A raster in a geographic CRS must lie within ±90° latitude (a hundredth of a degree over is
+        taken as the pole; areas are measured there): else its georeference is wrong — an image given
+        EPSG:4326 without a geotransform, whose rows then run to -300°."""
+        if self.crs is None or not self.crs.is_geographic:
+            return
+        _, south, _, north = bounds_of(self.transform, self.width, self.height)
+        if south < -90 - LATITUDE_SLACK or north > 90 + LATITUDE_SLACK:
+            reached = format_coordinate(south if south < -90 else north)
+            raise InputError(f"{Path(self.path).name} reaches latitude {reached}° in its geographic CRS "
+                             f"({self.crs.to_string()}), beyond ±90°: its georeference is wrong (a CRS without a "
+                             f"geotransform?); correct it, e.g. with gdal_edit.py")
 
     def _open_palette(self) -> "PaletteRGB | None":
         """For a one-band raster with a colour table: open it as the RGB its colour table gives (a
@@ -376,7 +391,8 @@ class RasterSource:
         if self.floating:
             valid &= np.isfinite(data).all(axis=0)
         if self.nodata is not None:
-            valid &= ~(data == self.nodata).all(axis=0)
+            with np.errstate(over="ignore"):  # a value the type cannot hold (1e40 on float32) matches nothing
+                valid &= ~(data == self.nodata).all(axis=0)
         return valid
 
     def check_frame_from_reads(self) -> None:
@@ -564,8 +580,11 @@ class RasterSource:
         return True
 
     def user_crs(self, crs: str, what: str, hint: str = ""):
-        """A CRS a user named ('EPSG:4326', WKT, ...) for `what`, which must be placed on this raster."""
+        """A CRS a user named ('EPSG:4326', WKT, a PROJ string: `engine.geo.crs_text`) for `what`, which
+        must be placed on this raster."""
         from rasterio.crs import CRS
+
+        from engine.geo.crs_text import parse_crs
 
         if self.crs is None and self.sensor_model is not None:
             raise InputError(f"the raster is georeferenced by {self.sensor_model.what} only (no geotransform), so "
@@ -573,11 +592,12 @@ class RasterSource:
                              f"y = -row){hint}")
         if self.crs is None:
             raise InputError(f"the raster has no CRS, so {what} in another CRS cannot be placed on it{hint}")
+        given = parse_crs(crs, f"the CRS of {what}")
         try:
             with rasterio.Env():  # GDAL's own error (a "ERROR 1: PROJ: ..." line) goes to its log, not stderr
-                return CRS.from_user_input(crs)
+                return CRS.from_wkt(given.to_wkt())
         except Exception:
-            raise InputError(f"unknown CRS '{crs}' for {what}") from None
+            raise InputError(f"the CRS of {what}: unknown CRS '{crs[:80]}'") from None
 
     def to_raster_crs(self, geom, crs: str, what: str, hint: str = ""):
         """A shapely geometry given in a user's CRS, in the raster's CRS."""

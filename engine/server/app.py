@@ -28,15 +28,22 @@ A loopback engine answers only requests whose Host header names a loopback addre
 rebinds its own name to 127.0.0.1 cannot reach it); a remote one takes the hosts given to it.
 A full data folder answers 507, one that cannot be written 503, naming the folder; nothing is
 half-written and the same request succeeds once the folder can take it again.
+
+A job or upload id that is not one this engine makes (32 lowercase hex digits) is a 404 before anything
+is looked up. Deleting a job or an upload that a queued or running job uses answers 409 naming that job.
+A result file gone since the job finished answers 410. The route handlers never wait on the event
+loop's thread for a model to load or a file to be written; a model release not yet downloaded is a
+409 for region labelling (download it with POST /v1/models/{name}/download). When the server stops,
+waiting long-polls are answered and event streams end at once (`JobWatch.close`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import mimetypes
 import os
 import threading
-import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +51,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -57,12 +64,14 @@ from engine.errors import FarSLIPError
 from engine.job import describe
 from engine.server import handlers, raster_policy
 from engine.server.auth import token_matches
+from engine.server.ids import is_id, new_id, shown
 from engine.server.limits import RequestLimitsAndLog
 from engine.server.models_pool import ModelPool
 from engine.server.runner import JobRunner, QueueFull
 from engine.server.schemas import (AccuracyRequest, Error, GridRequest, Health, JobCreated, JobStatus, LabelRequest,
                                    LabelResponse, PromptsRequest, SearchRequest, SegmentRequest, TeachRequest,
                                    UploadCreated, ClassesUploaded)
+from engine.server.quota import UploadQuota
 from engine.server.store import JobStore, StorageUnavailable, storage_errors
 from engine.taught_format import TaughtFile
 from engine.server.watch import MAX_WAIT_S, JobWatch, status_events, wait_for_change
@@ -116,9 +125,15 @@ ERRORS = {400: {"model": Error}, 401: {"model": Error}, 403: {"model": Error}, 4
           503: {"model": Error}, 507: {"model": Error}}
 JOB_KINDS = ("segment", "grid", "search", "teach", "accuracy")  # POST /v1/jobs/{kind}: not job ids
 MAX_DOWNLOADS_QUEUED = 4
+RESERVE_STEP = 8 * 2**20  # quota reserved at a time for an upload without a Content-Length
+WRITE_BYTES = 2**20  # an upload is written a MB at a time, off the event loop
+SEND_BYTES = 2**20  # a result file is sent a MB at a time
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
+    from engine.geo.crs_text import forbid_network
+
+    forbid_network()  # no CRS a client names makes PROJ fetch a grid
     store = JobStore(settings.data_dir, settings.job_ttl_s)
     watch = JobWatch()
     store.on_change(watch.notify)
@@ -147,9 +162,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
         # The job store and the worker live as long as the process: a job still running when the
         # process ends is marked failed (and its partial files removed) at the next start.
         stop_expiry.clear()
+        watch.reopen()
         thread = threading.Thread(target=expire_loop, name="farslip-expiry", daemon=True)
         thread.start()
         yield
+        watch.close()  # (`farslip serve` closes it earlier, as soon as it starts to stop)
         stop_expiry.set()
 
     app = FastAPI(title="FarSLIP engine", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -164,7 +181,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.exception_handler(FarSLIPError)
     async def user_error(_request: Request, exc: FarSLIPError):
-        status = exc.status if isinstance(exc, StorageUnavailable) else 400
+        status = getattr(exc, "status", 400)  # a full data folder 507, a job in use 409, ...
         return JSONResponse(json_safe({"detail": for_clients(str(exc))}), status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
@@ -252,52 +269,85 @@ def create_app(settings: ServerSettings) -> FastAPI:
             job_id = downloading[release.name]
         return JSONResponse({"id": job_id, "state": "queued"}, status_code=202, headers={"X-Job-Id": job_id})
 
+    quota = UploadQuota(store, int(settings.max_uploads_mb * 1024 * 1024))
+
     def over_quota(held: int) -> HTTPException:
         return HTTPException(413, f"the engine holds {held / 2**20:,.0f} MB of uploads, its quota is "
                                   f"{settings.max_uploads_mb:g} MB: delete uploads no longer needed "
                                   f"(DELETE /v1/uploads/{{id}}) or wait for them to expire")
 
+    def keep_upload(partial: Path, final: Path, upload_id: str, size: int, reserved: int) -> None:
+        """Put a received upload in place and on record (its reservation becomes its record)."""
+        with storage_errors(store.data_dir):
+            os.replace(partial, final)
+            try:
+                quota.record(upload_id, final, size, reserved)
+            except BaseException:
+                final.unlink(missing_ok=True)
+                raise
+
     @api.post("/uploads", status_code=201, response_model=UploadCreated, tags=["inputs"],
               openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
                   "type": "string", "format": "binary"}}}, "required": True}})
     async def upload(request: Request) -> UploadCreated:
+        """A GeoTIFF as the raw body, streamed to disk: the bytes are reserved in the uploads' quota
+        before they are written (413 when over it), and written and checked off the event loop."""
         cap = int(settings.max_upload_mb * 1024 * 1024)
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > cap:
+        declared = int(declared) if declared is not None and declared.isdigit() else None
+        if declared is not None and declared > cap:
             raise HTTPException(413, f"upload larger than the {settings.max_upload_mb:g} MB limit")
-        quota = int(settings.max_uploads_mb * 1024 * 1024)
-        held = await run_in_threadpool(store.uploads_size)
-        room = quota - held
-        if room <= 0 or (declared is not None and declared.isdigit() and int(declared) > room):
-            raise over_quota(held)
-        upload_id = uuid.uuid4().hex
+        upload_id = new_id()
         partial = store.uploads_dir / f".{upload_id}.partial"
         final = store.uploads_dir / f"{upload_id}.tif"
-        size = 0
+        size, reserved, recorded, fh = 0, 0, False, None
+
+        async def hold(total: int) -> None:
+            """Reserve quota for the first `total` bytes (a step more without a Content-Length)."""
+            nonlocal reserved
+            if total <= reserved:
+                return
+            want = max(total, declared) if declared is not None else min(cap, total + RESERVE_STEP)
+            if not await run_in_threadpool(quota.reserve, want - reserved):
+                if declared is None and await run_in_threadpool(quota.reserve, total - reserved):
+                    want = total  # room for what came, not for a whole step more
+                elif reserved == 0:
+                    raise over_quota(await run_in_threadpool(quota.held))
+                else:
+                    raise HTTPException(413, "upload larger than the room left in the engine's upload quota")
+            reserved = want
+
         try:
-            with storage_errors(store.data_dir), open(partial, "wb") as fh:
+            await hold(max(declared or 0, 1))
+            with storage_errors(store.data_dir):
+                fh = await run_in_threadpool(open, partial, "wb")
+                buffer = bytearray()
                 async for chunk in request.stream():
                     size += len(chunk)
-                    if size > min(cap, room):
-                        raise HTTPException(413, f"upload larger than the {settings.max_upload_mb:g} MB limit"
-                                            if size > cap else "upload larger than the room left in the "
-                                                               "engine's upload quota")
-                    fh.write(chunk)
+                    if size > cap:
+                        raise HTTPException(413, f"upload larger than the {settings.max_upload_mb:g} MB limit")
+                    await hold(size)
+                    buffer += chunk
+                    if len(buffer) >= WRITE_BYTES:
+                        await run_in_threadpool(fh.write, buffer)
+                        buffer = bytearray()
+                if buffer:
+                    await run_in_threadpool(fh.write, buffer)
+                await run_in_threadpool(fh.close)
             if size == 0:
                 raise HTTPException(400, "empty upload: send the GeoTIFF bytes as the request body")
-            info = raster_policy.raster_info(partial)
-            with storage_errors(store.data_dir):
-                os.replace(partial, final)
-                try:
-                    store.add_upload(upload_id, final, size)
-                except BaseException:
-                    final.unlink(missing_ok=True)
-                    raise
+            info = await run_in_threadpool(raster_policy.raster_info, partial)
+            await run_in_threadpool(keep_upload, partial, final, upload_id, size, reserved)
+            recorded = True
         except ClientDisconnect:
             log.info("upload %s: client disconnected after %d bytes", upload_id, size)
             raise HTTPException(400, "client disconnected during the upload") from None
-        finally:
+        finally:  # quick, and done even when the request is cancelled: no await here
+            if fh is not None:
+                fh.close()
             partial.unlink(missing_ok=True)
+            if not recorded:
+                quota.release(reserved)
         return UploadCreated(upload_id=upload_id, size=size, **info)
 
     @api.post("/classes", status_code=201, response_model=ClassesUploaded, tags=["inputs"],
@@ -316,22 +366,24 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise HTTPException(400, "client disconnected while sending the classes") from None
         if not body:
             raise HTTPException(400, "empty body: send the content of a .classes.json file")
-        taught = TaughtClasses.from_json(body, "the body")  # a FarSLIPError: 400 naming the problem
-        held = await run_in_threadpool(store.uploads_size)
-        if held + len(body) > settings.max_uploads_mb * 1024 * 1024:
-            raise over_quota(held)
-        upload_id = uuid.uuid4().hex
+        # a FarSLIPError: 400 naming the problem
+        taught = await run_in_threadpool(TaughtClasses.from_json, body, "the body")
+        if not await run_in_threadpool(quota.reserve, len(body)):
+            raise over_quota(await run_in_threadpool(quota.held))
+        upload_id = new_id()
         final = store.uploads_dir / f"{upload_id}{SUFFIX}"
         partial = store.uploads_dir / f".{upload_id}.partial"
-        try:
+
+        def keep() -> None:
             with storage_errors(store.data_dir):
                 partial.write_bytes(body)
-                os.replace(partial, final)
-                try:
-                    store.add_upload(upload_id, final, len(body))
-                except BaseException:
-                    final.unlink(missing_ok=True)
-                    raise
+            keep_upload(partial, final, upload_id, len(body), len(body))
+
+        try:
+            await run_in_threadpool(keep)
+        except BaseException:
+            quota.release(len(body))
+            raise
         finally:
             partial.unlink(missing_ok=True)
         return ClassesUploaded(upload_id=upload_id, size=len(body), classes=taught.prompts.labels,
@@ -339,8 +391,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @api.delete("/uploads/{upload_id}", status_code=204, tags=["inputs"])
     def delete_upload(upload_id: str) -> None:
-        if not store.delete_upload(upload_id):
-            raise HTTPException(404, f"no upload {upload_id[:64]}")
+        """Forget the upload and its file now; 409 naming the job while a queued or running job reads it."""
+        if not store.delete_upload(upload_id):  # a malformed id is simply not found
+            raise HTTPException(404, f"no upload {shown(upload_id)}")
 
     def submit(kind: str, prepared: dict) -> JSONResponse:
         try:
@@ -400,7 +453,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
         if job_id in JOB_KINDS:  # `GET /v1/jobs/segment`: that path takes POST, to create a job
             return HTTPException(405, f"/v1/jobs/{job_id} takes POST (to create a {job_id} job)",
                                  headers={"Allow": "POST"})
-        return HTTPException(404, f"no job {job_id[:64]}")
+        return HTTPException(404, f"no job {shown(job_id)}")
+
+    def checked_id(job_id: str) -> str:
+        """The job id of a route's path, checked before anything is looked up or any path is built: a
+        malformed one (`..`, `.`, junk) is a 404 that touches nothing."""
+        if not is_id(job_id):
+            raise no_job(job_id)
+        return job_id
 
     def get_job(job_id: str):
         job = store.get(job_id)
@@ -419,7 +479,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @api.get("/jobs/{job_id}", response_model=JobStatus, tags=["jobs"])
     async def job_status(
-            job_id: str,
+            job_id: str = Depends(checked_id),
             wait: float | None = Query(None, gt=0, le=MAX_WAIT_S, allow_inf_nan=False,
                                        description="long-poll: answer once the job is done, failed or cancelled "
                                                    "(or, with `since`, once anything changed), at most this many "
@@ -438,7 +498,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
              responses={200: {"description": "`event: status` with the job's status (`id:` its revision) now "
                                              "and after each change; the stream ends once the job is final",
                               "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
-    async def job_events(job_id: str) -> StreamingResponse:
+    async def job_events(job_id: str = Depends(checked_id)) -> StreamingResponse:
         """Server-sent events of the job's status, from now until it is done, failed or cancelled."""
         if await read_job(job_id) is None:
             raise no_job(job_id)
@@ -450,27 +510,46 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return downloads if job is not None and job.kind == "download" else runner
 
     @api.post("/jobs/{job_id}/cancel", response_model=JobStatus, tags=["jobs"])
-    def cancel_job(job_id: str) -> JobStatus:
+    def cancel_job(job_id: str = Depends(checked_id)) -> JobStatus:
         job = get_job(job_id)
         if job.state in ("queued", "running"):
             runner_of(job).cancel(job_id)
         return status(get_job(job_id))
 
     @api.delete("/jobs/{job_id}", status_code=204, tags=["jobs"])
-    def delete_job(job_id: str) -> None:
-        """Forget the job and its files now; a running job is cancelled and stops within one batch."""
+    def delete_job(job_id: str = Depends(checked_id)) -> None:
+        """Forget the job and its files now; a running job is cancelled and stops within one batch. 409
+        naming the job that uses it while a queued or running job reads its files."""
         if not runner_of(store.get(job_id)).delete(job_id):
             raise no_job(job_id)
 
     @api.get("/jobs/{job_id}/files/{name}", tags=["jobs"],
-             responses={200: {"content": {"application/octet-stream": {}}}})
-    def job_file(job_id: str, name: str) -> FileResponse:
+             responses={200: {"content": {"application/octet-stream": {}}},
+                        410: {"model": Error, "description": "the file is gone from the data folder since the job finished"}})
+    def job_file(name: str, job_id: str = Depends(checked_id)) -> StreamingResponse:
+        """The file, sent from a handle opened before the answer starts: a delete or expiry at the same
+        time cannot break the download half-way (the file's data stays until the handle is closed)."""
         job = get_job(job_id)
         if job.state != "done":
             raise HTTPException(409, f"job {job_id} is {job.state}; files are served once it is done")
         if name not in job.files:
-            raise HTTPException(404, f"job {job_id} has no file {name}")
-        return FileResponse(store.job_dir(job_id) / "out" / name, filename=name)
+            raise HTTPException(404, f"job {job_id} has no file {shown(name)}")
+        try:
+            fh = open(store.job_dir(job_id) / "out" / name, "rb")
+        except OSError:
+            if store.get(job_id) is None:
+                raise no_job(job_id) from None
+            raise HTTPException(410, f"the file {name} of job {job_id} is gone from the engine's data folder "
+                                     f"(removed since the job finished): run the job again") from None
+
+        def chunks():
+            with fh:
+                while data := fh.read(SEND_BYTES):
+                    yield data
+
+        return StreamingResponse(chunks(), media_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
+                                 headers={"Content-Length": str(os.fstat(fh.fileno()).st_size),
+                                          "Content-Disposition": f'attachment; filename="{name}"'})
 
     app.include_router(api)
     return app

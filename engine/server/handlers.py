@@ -1,5 +1,8 @@
 """What the API's jobs do: check a request up front (4xx on bad input), then run it in the worker
-with the same pipeline code as the CLI."""
+with the same pipeline code as the CLI.
+
+Every CRS a request names (bbox_crs, mask_crs, labels_crs, reference_crs, a region's crs) is read by
+`engine.geo.crs_text.parse_crs` at submit: a URL or a file name is a 400 naming the field."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from fastapi import HTTPException
 
 from engine.errors import FarSLIPError, InputError, first_line
 from engine.job import check_pixel_budget, read_run_classes
+from engine.server.ids import shown
 from engine.server.raster_policy import SELF_CONTAINED, check_input, drivers_for
+from engine.geo.crs_text import parse_crs
 from engine.geo.raster_names import is_gdal_name
 from engine.geo.opening import only_drivers
 from engine.geo.source import RasterSource, probe_area
@@ -58,6 +63,7 @@ def served(handler, store, settings):
     (unless an upload, which lives in the engine's own folder) is checked again by the same policy,
     and the job opens rasters only with the drivers that check allows (see `raster_policy`)."""
     def run(request: dict, ctx) -> dict:
+        gone_inputs(request, store)
         drivers = SELF_CONTAINED
         path = request.get("input")
         if path is not None and not Path(path).resolve().is_relative_to(store.uploads_dir.resolve()):
@@ -71,6 +77,18 @@ def served(handler, store, settings):
             return handler(request, ctx)
 
     return run
+
+
+def gone_inputs(request: dict, store) -> None:
+    """An InputError naming the job or upload a job uses when it is gone by the time the job starts
+    (the store refuses to forget one in use; this covers files removed behind the engine's back)."""
+    needs = store.uses(request)
+    for used in sorted(needs.jobs):
+        if store.get(used) is None or not store.job_dir(used).exists():
+            raise InputError(f"job {used}, which this job uses, was deleted before it could start")
+    for used in sorted(needs.uploads):
+        if store.upload_path(used) is None:
+            raise InputError(f"upload {used}, which this job reads, was deleted before it could start")
 
 
 def resolve_input(ref: InputRef, store, settings) -> str:
@@ -191,7 +209,7 @@ def taught_classes_path(ref: str, store, settings) -> str:
     if ref.startswith("upload:"):
         path = store.upload_path(ref[7:])
         if path is None:
-            raise HTTPException(404, f"no upload {ref[7:][:64]} (expired, deleted or never sent)")
+            raise HTTPException(404, f"no upload {shown(ref[7:])} (expired, deleted or never sent)")
         if not path.name.endswith(TAUGHT_SUFFIX):
             raise HTTPException(400, f"upload {ref[7:]} is a raster, not taught classes (send those with "
                                      "POST /v1/classes)")
@@ -199,7 +217,7 @@ def taught_classes_path(ref: str, store, settings) -> str:
     if ref.startswith("job:"):
         job = store.get(ref[4:])
         if job is None or job.kind != "teach":
-            raise HTTPException(404, f"no teach job {ref[4:][:64]}")
+            raise HTTPException(404, f"no teach job {shown(ref[4:])}")
         if job.state != "done":
             raise HTTPException(409, f"teach job {job.id} is {job.state}; its classes are ready once it is done")
         return str(store.job_dir(job.id) / "out" / f"result{TAUGHT_SUFFIX}")
@@ -229,6 +247,9 @@ def prepare_teach(body: TeachRequest, store, settings, pool=None) -> dict:
 
     _polygons(body.labels, "labels")
 
+    if body.labels_crs is not None:
+        parse_crs(body.labels_crs, "labels_crs")
+
     def check(path):
         PromptSet.parse(body.classes)
         with body.open_source(path, inspect_pixels=False) as source:
@@ -241,6 +262,8 @@ def prepare_teach(body: TeachRequest, store, settings, pool=None) -> dict:
 
 def prepare_accuracy(body: AccuracyRequest, store, settings, pool=None) -> dict:
     _polygons(body.reference, "reference")
+    if body.reference_crs is not None:
+        parse_crs(body.reference_crs, "reference_crs")
     job = store.get(body.job)
     if job is None or job.kind != "segment":
         raise HTTPException(404, f"no segmentation job {body.job}")
@@ -274,6 +297,8 @@ def accuracy_handler():
 
         body = AccuracyRequest.model_validate(request["body"])
         geoms, values = _polygons(body.reference, "reference")
+        if not Path(request["class_raster"]).exists():
+            raise InputError(f"segmentation job {body.job} was deleted before this job could start")
         # (the engine's own path of the class raster means nothing to a client: the job names it)
         return write_accuracy(request["class_raster"], geoms, values, body.reference_crs, str(ctx.out_dir),
                               {"class_raster": f"result_classes.tif of job {body.job}", "job": body.job})
@@ -345,12 +370,16 @@ def label(body: LabelRequest, pool, store, settings) -> dict:
     from engine.geo.scenes import label_regions
 
     started = time.perf_counter()
+    if body.crs is not None and body.crs != "pixel":
+        parse_crs(body.crs, "crs")
     path = resolve_input(body.input, store, settings)
     classes = run_classes(body.classes, store, settings)
     model_name, arch = resolve_model(body.model, body.arch, settings, pool)
+    refuse_uncached(model_name, arch, pool)
     try:
         regions = [Region(bbox=tuple(r.bbox) if r.bbox else None,
                           polygon=tuple(tuple(p[:2]) for p in r.polygon) if r.polygon else None) for r in body.regions]
+        # (a cached model not loaded yet is loaded here, in this request's worker thread)
         classifier = SceneClassifier(pool.get(model_name, arch), classes, template_set=body.template_set)
         with only_drivers(drivers_for(Path(path))), \
                 RasterSource(path, tuple(body.bands) if body.bands else None, nodata=body.nodata) as source:
@@ -359,6 +388,19 @@ def label(body: LabelRequest, pool, store, settings) -> dict:
         raise HTTPException(400, str(exc)) from None
     return {"classes": classifier.classes, "regions": labels, "model": model_name,
             "seconds": round(time.perf_counter() - started, 4)}
+
+
+def refuse_uncached(name: str, arch: str | None, pool) -> None:
+    """A 409 when `name` is a release not in the engine's model cache: a synchronous request does not
+    wait minutes for a download; the client downloads it first (a job with progress)."""
+    from engine.models import hub
+    from engine.models.registry import find_release
+
+    release = find_release(name)
+    if release is None or pool.has(name, arch) or hub.cached_path(release) is not None:
+        return
+    raise HTTPException(409, f"model {release.name} is not downloaded yet: download it first with POST "
+                             f"/v1/models/{release.name}/download (a job with progress), then ask again")
 
 
 def job_model(pool, request: dict, ctx):

@@ -2,7 +2,8 @@
 
 A runner has one worker thread: the engine keeps one for the compute jobs and another for model
 downloads (kind "download"), both on the same job store, so a download never holds up a segmentation.
-The queue is bounded: a full queue refuses new jobs (the API answers 429). Cancelling sets the
+The queue is bounded: a full queue refuses new jobs (the API answers 429). Only jobs still waiting
+hold a place in it: cancelling or deleting a queued job frees its place at once. Cancelling sets the
 job's event, which the pipeline checks after every batch of crops and before each file it publishes,
 so a running job stops within one batch. Deleting a job forgets it at once (the request never waits
 for the job to stop); a running one is cancelled, and its folder is removed again when it has
@@ -13,10 +14,10 @@ last file.
 from __future__ import annotations
 
 import logging
-import queue
 import shutil
 import threading
 import time
+from collections import deque
 from typing import Callable
 
 from engine.errors import Cancelled, FarSLIPError
@@ -74,9 +75,10 @@ class JobRunner:
     def __init__(self, store: JobStore, handlers: dict[str, JobFn], max_queue: int, name: str = "farslip-jobs"):
         self.store = store
         self.handlers = handlers
-        self._queue: queue.Queue[str] = queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self._waiting: deque[str] = deque()  # queued jobs, oldest first; guarded by _lock
         self._cancel: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self.running: str | None = None
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._stop = threading.Event()
@@ -84,21 +86,34 @@ class JobRunner:
 
     @property
     def queue_length(self) -> int:
-        return self._queue.qsize()
+        """Jobs waiting to start (not the running one; cancelled and deleted ones are not waiting). Read
+        without the lock (a deque's length is read atomically): health, on the event loop, never waits."""
+        return len(self._waiting)
 
     def submit(self, kind: str, request: dict) -> str:
         with self._lock:
-            if self._queue.full():
+            if len(self._waiting) >= self.max_queue:
                 raise QueueFull()
             job = self.store.create(kind, request)
             self._cancel[job.id] = threading.Event()
-            self._queue.put_nowait(job.id)
+            self._waiting.append(job.id)
+            self._lock.notify()
         return job.id
+
+    def _unqueue(self, job_id: str) -> None:
+        """Free a job's place in the queue (it will never start)."""
+        with self._lock:
+            try:
+                self._waiting.remove(job_id)
+            except ValueError:  # started already, or not ours
+                return
+            self._cancel.pop(job_id, None)
 
     def cancel(self, job_id: str) -> bool:
         """Ask a job to stop; True when it was queued or running. Safe to call from any number of
         requests at once, and on a job that another request has just deleted."""
         if self.store.set_state_if(job_id, ("queued",), "cancelled", "cancelled before it started"):
+            self._unqueue(job_id)
             return True
         event = self._cancel.get(job_id)
         job = self.store.get(job_id)
@@ -109,19 +124,24 @@ class JobRunner:
 
     def delete(self, job_id: str) -> bool:
         """Forget a job now, cancelling it when queued or running (its folder is removed again once it
-        has stopped); True when it existed."""
+        has stopped); True when it existed. `InUse` (nothing done) while a queued or running job uses
+        the job's files."""
+        self.store.check_unused(job_id)
         self.cancel(job_id)
         event = self._cancel.get(job_id)
         if event is not None:
             event.set()
-        return self.store.delete(job_id)
+        existed = self.store.delete(job_id)
+        self._unqueue(job_id)
+        return existed
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            try:
-                job_id = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
+            with self._lock:
+                if not self._lock.wait_for(lambda: self._waiting or self._stop.is_set(), timeout=0.5) \
+                        or not self._waiting:
+                    continue
+                job_id = self._waiting.popleft()
             try:
                 self._run(job_id)
             except Exception:  # the store could not record the outcome (a full disk): keep serving
@@ -164,6 +184,8 @@ class JobRunner:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
         for event in self._cancel.values():
             event.set()
         self._thread.join(timeout=10)

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from engine.server.ids import PATTERN as ID_PATTERN
 from engine.job import Area, Classes, Coordinate, CrsText, ModelChoice, SegmentSettings, Strict
 
 
@@ -23,7 +24,7 @@ class InputRef(Strict):
     model_config = ConfigDict(json_schema_extra=_one_of_path_or_upload)
 
     path: str | None = Field(None, max_length=4096, description="absolute path on the engine machine")
-    upload_id: str | None = Field(None, max_length=64, pattern=r"^[0-9a-f]{32}$")
+    upload_id: str | None = Field(None, max_length=64, pattern=ID_PATTERN)
 
     @model_validator(mode="after")
     def exactly_one(self):
@@ -73,7 +74,7 @@ class LabelRequest(ModelChoice, WithClasses):
     template_set: Literal["rs", "imagenet80", "name", "region"] = "rs"
 
 
-JobId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="a job of this engine")]
+JobId = Annotated[str, Field(pattern=ID_PATTERN, description="a job of this engine")]
 
 
 class LabelledPolygon(Strict):

@@ -7,6 +7,11 @@ into place when complete, and the state turns `done` after the last one. On star
 
 Every change to a job adds one to its `revision` (0 when created) and is then announced to the
 store's listeners (`on_change`), which is how clients waiting on a job are woken.
+
+Ids are checked (`engine.server.ids`) before any path is built from one: a malformed id is simply not
+found. A job and an upload expire `ttl_s` after the job ended (or the upload was made); neither is
+forgotten (deleted, expired) while a queued or running job uses it (`engine.server.uses`): deleting
+one answers `InUse` (409) naming that job.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ import shutil
 import sqlite3
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from engine.errors import FarSLIPError
+from engine.server.ids import is_id, new_id, shown
+from engine.server.uses import Uses, uses
 
 ACTIVE = ("queued", "running")
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -58,6 +64,18 @@ def storage_errors(folder: Path):
         raise
 
 FINAL = ("done", "failed", "cancelled")
+
+
+class InUse(FarSLIPError):
+    """A job or an upload that a queued or running job uses cannot be forgotten yet (the API's 409)."""
+
+    status = 409
+
+
+class Gone(FarSLIPError):
+    """A job's request uses a job or an upload that was forgotten meanwhile (the API's 404)."""
+
+    status = 404
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -124,23 +142,62 @@ class JobStore:
     def _recover(self) -> None:
         with self._lock:
             rows = self._db.execute(f"SELECT id FROM jobs WHERE state IN {ACTIVE}").fetchall()
-            self._db.execute(f"UPDATE jobs SET state='failed', message=?, updated=?, revision = revision + 1 "
-                             f"WHERE state IN {ACTIVE}",
-                             ("interrupted: the engine stopped before the job finished", time.time()))
+            now = time.time()
+            self._db.execute(f"UPDATE jobs SET state='failed', message=?, updated=?, expires=?, "
+                             f"revision = revision + 1 WHERE state IN {ACTIVE}",
+                             ("interrupted: the engine stopped before the job finished", now, now + self.ttl_s))
         for (job_id,) in rows:
-            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            if is_id(job_id):
+                shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
     def job_dir(self, job_id: str) -> Path:
+        if not is_id(job_id):  # routes refuse such ids first: this never builds a path from one
+            raise ValueError(f"not a job id: {shown(str(job_id))}")
         return self.jobs_dir / job_id
 
+    def uses(self, request: dict) -> Uses:
+        """The jobs and uploads of this engine whose files `request` reads."""
+        return uses(request, self.jobs_dir, self.uploads_dir)
+
     def create(self, kind: str, request: dict) -> JobRecord:
+        """Record a queued job; `Gone` when a job or an upload its request uses was forgotten since the
+        request was checked (checked and recorded under the lock that `delete` takes too)."""
         now = time.time()
-        job_id = uuid.uuid4().hex
-        self._write("INSERT INTO jobs (id, kind, state, created, updated, expires, request) "
-                    "VALUES (?, ?, 'queued', ?, ?, ?, ?)", (job_id, kind, now, now, now + self.ttl_s, json.dumps(request)))
+        job_id = new_id()
+        needs = self.uses(request)
+        with self._lock, storage_errors(self.data_dir):
+            for used in sorted(needs.jobs):
+                if self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (used,)).fetchone() is None:
+                    raise Gone(f"job {used} was deleted meanwhile")
+            for used in sorted(needs.uploads):
+                if self._db.execute("SELECT 1 FROM uploads WHERE id = ?", (used,)).fetchone() is None:
+                    raise Gone(f"upload {used} was deleted meanwhile")
+            self._db.execute("INSERT INTO jobs (id, kind, state, created, updated, expires, request) "
+                             "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                             (job_id, kind, now, now, now + self.ttl_s, json.dumps(request)))
         return self.get(job_id)
 
+    def _users(self) -> dict[str, list[tuple[str, str, str]]]:
+        """{job or upload id: [(id, kind, state) of each queued or running job using it]} (under the lock)."""
+        users: dict[str, list[tuple[str, str, str]]] = {}
+        for job_id, kind, state, request in self._db.execute(
+                f"SELECT id, kind, state, request FROM jobs WHERE state IN {ACTIVE} ORDER BY created"):
+            needs = self.uses(json.loads(request))
+            for used in needs.jobs | needs.uploads:
+                users.setdefault(used, []).append((job_id, kind, state))
+        return users
+
+    def _refuse_if_used(self, what: str, used: str) -> None:
+        users = [user for user in self._users().get(used, []) if user[0] != used]
+        if users:
+            job_id, kind, state = users[0]
+            more = f" (and {len(users) - 1} more)" if len(users) > 1 else ""
+            raise InUse(f"{what} {used} is used by {state} {kind} job {job_id}{more}: cancel or delete that "
+                        f"job first, or wait until it has ended")
+
     def get(self, job_id: str) -> JobRecord | None:
+        if not is_id(job_id):
+            return None
         with self._lock:
             row = self._db.execute("SELECT id, kind, state, progress, message, created, updated, expires, request, "
                                    "summary, files, revision FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -160,22 +217,36 @@ class JobStore:
         if "files" in fields:
             fields["files"] = json.dumps(fields["files"])
         fields["updated"] = time.time()
+        if fields.get("state") in FINAL:  # a finished job is kept for its time to live from now
+            fields["expires"] = fields["updated"] + self.ttl_s
         columns = ", ".join(f"{k} = ?" for k in fields)
         self._write(f"UPDATE jobs SET {columns}, revision = revision + 1 WHERE id = ?", (*fields.values(), job_id))
         self._changed(job_id)
 
     def set_state_if(self, job_id: str, expected: tuple[str, ...], state: str, message: str = "") -> bool:
         """Atomically move a job to `state` if it is in one of `expected`; True when it moved."""
-        cur = self._write(f"UPDATE jobs SET state = ?, message = ?, updated = ?, revision = revision + 1 "
+        now = time.time()
+        expires = ", expires = ?" if state in FINAL else ""
+        cur = self._write(f"UPDATE jobs SET state = ?, message = ?, updated = ?{expires}, revision = revision + 1 "
                           f"WHERE id = ? AND state IN ({','.join('?' * len(expected))})",
-                          (state, message, time.time(), job_id, *expected))
+                          (state, message, now, *([now + self.ttl_s] if expires else []), job_id, *expected))
         if cur.rowcount == 1:
             self._changed(job_id)
         return cur.rowcount == 1
 
+    def check_unused(self, job_id: str) -> None:
+        """`InUse` when a queued or running job uses this job's files."""
+        with self._lock:
+            self._refuse_if_used("job", job_id)
+
     def delete(self, job_id: str) -> bool:
-        """Forget a job and remove its folder; True when it existed (deleting twice is harmless)."""
-        cur = self._write("DELETE FROM jobs WHERE id = ?", (job_id,))
+        """Forget a job and remove its folder; True when it existed (deleting twice is harmless).
+        `InUse` (nothing done) when a queued or running job uses its files."""
+        if not is_id(job_id):
+            return False
+        with self._lock, storage_errors(self.data_dir):
+            self._refuse_if_used("job", job_id)
+            cur = self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
         self._changed(job_id)
         return cur.rowcount == 1
@@ -196,32 +267,42 @@ class JobStore:
             return int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM uploads").fetchone()[0])
 
     def delete_upload(self, upload_id: str) -> bool:
-        """Forget an upload and remove its file; True when it existed."""
-        with self._lock:
-            row = self._db.execute("SELECT path FROM uploads WHERE id = ?", (upload_id,)).fetchone()
-        if row is None:
+        """Forget an upload and remove its file; True when it existed. `InUse` (nothing done) when a
+        queued or running job reads it."""
+        if not is_id(upload_id):
             return False
-        self._write("DELETE FROM uploads WHERE id = ?", (upload_id,))
+        with self._lock, storage_errors(self.data_dir):
+            row = self._db.execute("SELECT path FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+            if row is None:
+                return False
+            self._refuse_if_used("upload", upload_id)
+            self._db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
         Path(row[0]).unlink(missing_ok=True)
         return True
 
     def upload_path(self, upload_id: str) -> Path | None:
+        if not is_id(upload_id):
+            return None
         with self._lock:
             row = self._db.execute("SELECT path FROM uploads WHERE id = ?", (upload_id,)).fetchone()
         return Path(row[0]) if row and Path(row[0]).exists() else None
 
     # --- expiry --------------------------------------------------------------------------------
     def expire(self, now: float | None = None) -> int:
-        """Remove finished jobs and uploads past their expiry time (and their files)."""
+        """Remove finished jobs and uploads past their expiry time (and their files), but none that a
+        queued or running job uses (they go at the first pass after it has ended)."""
         now = now or time.time()
         with self._lock, storage_errors(self.data_dir):
+            used = self._users()
             jobs = [r[0] for r in self._db.execute(
-                f"SELECT id FROM jobs WHERE expires < ? AND state IN {FINAL}", (now,))]
-            uploads = self._db.execute("SELECT id, path FROM uploads WHERE expires < ?", (now,)).fetchall()
-            self._db.execute(f"DELETE FROM jobs WHERE expires < ? AND state IN {FINAL}", (now,))
-            self._db.execute("DELETE FROM uploads WHERE expires < ?", (now,))
+                f"SELECT id FROM jobs WHERE expires < ? AND state IN {FINAL}", (now,)) if r[0] not in used]
+            uploads = [r for r in self._db.execute("SELECT id, path FROM uploads WHERE expires < ?", (now,))
+                       if r[0] not in used]
+            self._db.executemany("DELETE FROM jobs WHERE id = ?", [(job_id,) for job_id in jobs])
+            self._db.executemany("DELETE FROM uploads WHERE id = ?", [(upload_id,) for upload_id, _ in uploads])
         for job_id in jobs:
-            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            if is_id(job_id):
+                shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
         self._changed(*jobs)
         for _, path in uploads:
             Path(path).unlink(missing_ok=True)

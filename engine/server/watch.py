@@ -5,6 +5,9 @@ The job store announces every change to a job (`JobStore.on_change`, called from
 made it: the runner's worker, a request's cancel, expiry). `JobWatch.notify` then wakes each
 coroutine waiting on that job through its own event loop (`loop.call_soon_threadsafe`), so a waiting
 client holds no thread, only a pending coroutine, and hears of a change at once.
+
+When the server stops (SIGTERM, Ctrl-C) `JobWatch.close` wakes every waiting client: a long-poll is
+answered with the job's status now, an event stream ends, so that no open request holds the stop up.
 """
 
 from __future__ import annotations
@@ -27,6 +30,18 @@ class JobWatch:
     def __init__(self):
         self._lock = threading.Lock()
         self._waiting: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self.closed = False
+
+    def close(self) -> None:
+        """The server is stopping: wake every waiting client now, and let none wait from here on."""
+        with self._lock:
+            self.closed = True
+            entries = [entry for waiting in self._waiting.values() for entry in waiting]
+        self._wake(entries)
+
+    def reopen(self) -> None:
+        """The app serves again (a test client started anew on the same app)."""
+        self.closed = False
 
     @contextlib.contextmanager
     def listening(self, job_id: str) -> Iterator[asyncio.Event]:
@@ -47,6 +62,10 @@ class JobWatch:
     def notify(self, job_id: str) -> None:
         with self._lock:
             entries = list(self._waiting.get(job_id, ()))
+        self._wake(entries)
+
+    @staticmethod
+    def _wake(entries) -> None:
         for loop, event in entries:
             with contextlib.suppress(RuntimeError):  # that loop has closed: nobody left to wake
                 loop.call_soon_threadsafe(event.set)
@@ -72,7 +91,7 @@ async def wait_for_change(watch: JobWatch, read: Read, job_id: str, wait: float 
         while True:
             changed.clear()
             job = await read(job_id)
-            if job is None or job.state in FINAL or (since is not None and job.revision != since):
+            if job is None or job.state in FINAL or (since is not None and job.revision != since) or watch.closed:
                 return job
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -95,7 +114,7 @@ async def status_events(watch: JobWatch, read: Read, job_id: str,
             if job.revision != sent:
                 sent = job.revision
                 yield f"id: {job.revision}\nevent: status\ndata: {json.dumps(render(job))}\n\n"
-            if job.state in FINAL:
+            if job.state in FINAL or watch.closed:  # closed: the server is stopping
                 return
             try:
                 await asyncio.wait_for(changed.wait(), KEEP_ALIVE_S)

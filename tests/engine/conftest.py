@@ -1,6 +1,10 @@
-"""Fixtures for engine tests: tiny FarSLIP networks and checkpoints written in the release layouts."""
+"""Fixtures for engine tests: tiny FarSLIP networks and checkpoints written in the release layouts, the
+API test client, and a local HTTP listener that counts the requests the engine must not make."""
 
 from __future__ import annotations
+
+import http.server
+import threading
 
 import pytest
 import torch
@@ -50,3 +54,25 @@ def client(root):
 
     with TestClient(make_app(root)) as c:
         yield c
+
+
+@pytest.fixture
+def listener():
+    """A local HTTP server counting the requests it gets (the engine must make none)."""
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        do_HEAD = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    server.shutdown()

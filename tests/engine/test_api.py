@@ -235,3 +235,22 @@ def test_a_bbox_in_a_custom_crs_given_as_wkt_is_placed(client, root):
     got = client.get(f"/v1/jobs/{status['id']}/files/result_classes.tif", headers=AUTH)
     with rasterio.MemoryFile(got.content) as mem, mem.open() as ds:
         assert ds.bounds.left == pytest.approx(box[0]) and ds.bounds.top == pytest.approx(box[3])
+
+
+def test_a_mask_alone_reads_and_writes_only_its_bounding_box(client, root):
+    import shapely
+
+    src = write_raster(root / "ortho.tif", scene(400, 400)[0])  # origin 500000, 5200000, 0.5 m: 200 m a side
+    with rasterio.open(src) as ds:
+        left, top = ds.bounds.left, ds.bounds.top
+    field = shapely.Polygon([(left + 20, top - 20), (left + 60, top - 30), (left + 40, top - 70)])  # 40 × 50 m
+    created = _segment(client, src, mask_wkt=field.wkt, polygons=False)
+    assert created.status_code == 202, created.text
+    status = wait_for(client, created.json()["id"])
+    assert status["state"] == "done", status
+    got = client.get(f"/v1/jobs/{status['id']}/files/result_classes.tif", headers=AUTH)
+    with rasterio.MemoryFile(got.content) as mem, mem.open() as ds:
+        assert (ds.width, ds.height) == (80, 100)  # the field's bounding box, not the 400 × 400 raster
+        assert ds.bounds.left == pytest.approx(left + 20) and ds.bounds.top == pytest.approx(top - 20)
+        labels = ds.read(1)
+    assert (labels == 255).any() and (labels != 255).any()  # outside the triangle: no data

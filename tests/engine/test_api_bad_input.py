@@ -139,3 +139,18 @@ def test_a_grid_cell_under_eight_pixels_is_a_400_at_submit(client, src):
     detail = _detail(client.post("/v1/jobs/grid", headers=AUTH, json=body), 400)
     assert "cells must be at least 8 pixels" in detail and '"cell_m": 4' in detail, detail
     assert client.get("/v1/health").json()["queue_length"] == 0
+
+
+@pytest.mark.parametrize("url, extra", [
+    ("/v1/jobs/segment", {"classes": "water; gra\x00ss"}),
+    ("/v1/jobs/segment", {"classes": ["water", "road\x1b[31m"]}),
+    ("/v1/jobs/segment", {"classes": "water", "background": "no\x07thing"}),
+    ("/v1/jobs/grid", {"classes": "wa\x00ter; road", "cell_m": 10}),
+    ("/v1/jobs/search", {"query": "a pool\x00 by a house"}),
+    ("/v1/prompts", {}),
+])
+def test_control_characters_in_class_names_get_a_400(client, src, url, extra):
+    body = {"input": {"path": str(src)}, **extra} if url != "/v1/prompts" else {"classes": "a; b\x00c"}
+    detail = _detail(client.post(url, headers=AUTH, json=body), 400)
+    assert "control character" in detail, detail
+    assert client.get("/v1/jobs", headers=AUTH).json() == []  # no job was made

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -195,3 +196,54 @@ def test_partial_blobs_left_by_a_cancelled_download_are_removed_unless_in_use(mo
     with FileLock(str(locks / f"{'b' * 64}.lock")):
         hub._drop_abandoned_partials(release.repo_id, started)
     assert not ours.exists() and busy.exists() and older.exists()
+
+
+def _checkpoint_bytes(tmp_path) -> bytes:
+    path = tmp_path / "ckpt.pt"
+    torch.save({"epoch": 1, "name": "tiny", "state_dict": make_clip().state_dict()}, path)
+    return path.read_bytes()
+
+
+def test_the_engine_answers_at_once_while_a_model_loads(client, monkeypatch, tmp_path, release):
+    """A load that downloads its release (held half-way by the fake Hub) holds up no request: health and the
+    other routes answer at once, and list the model once it is loaded."""
+    server = FakeHub({f"{release.repo_id}/{release.filename}": _checkpoint_bytes(tmp_path)})
+    server.pause_at = 8 * CHUNK
+    failures: list[BaseException] = []
+
+    def load():
+        try:
+            client.app.state.pool.get(release.name, None)  # what a job or a label request does first
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            failures.append(exc)
+
+    try:
+        point_hub_at(server.url, tmp_path / "hf-cache", monkeypatch)
+        loading = threading.Thread(target=load)
+        loading.start()
+        assert server.paused.wait(30)
+        for _ in range(3):
+            started = time.perf_counter()
+            health = client.get("/v1/health")
+            assert health.status_code == 200 and time.perf_counter() - started < 2
+            assert health.json()["models_loaded"] == []
+            assert client.get("/v1/models", headers=AUTH).json()["loaded"] == []
+            assert client.get("/v1/jobs", headers=AUTH).status_code == 200
+        server.go_on.set()
+        loading.join(120)
+        assert not failures, failures
+        loaded = client.get("/v1/health").json()["models_loaded"]
+        assert [m["name"] for m in loaded] == [release.name]
+    finally:
+        server.close()
+
+
+def test_labelling_with_a_release_not_downloaded_is_a_409_naming_the_download(client, fake_hub, release, root):
+    src = write_raster(root / "ortho.tif", scene(64, 64)[0])
+    got = client.post("/v1/regions/label", headers=AUTH, json={
+        "input": {"path": str(src)}, "classes": "a; b", "regions": [{"bbox": [0, 0, 10, 10]}], "crs": "pixel",
+        "model": release.name})
+    assert got.status_code == 409, got.text
+    assert got.json()["detail"].startswith(f"model {release.name} is not downloaded yet: download it first with "
+                                           f"POST /v1/models/{release.name}/download")
+    assert fake_hub.gets == 0  # nothing was fetched inside the request

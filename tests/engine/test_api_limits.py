@@ -8,6 +8,7 @@ import resource
 import stat
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -123,6 +124,37 @@ def test_uploads_have_a_total_quota_and_can_be_deleted(root, src):
         body = {"input": {"upload_id": upload_id}, "classes": "a"}
         assert _detail(c.post("/v1/jobs/segment", headers=AUTH, json=body), 404)
         assert c.post("/v1/uploads", headers=AUTH, content=data).status_code == 201  # room again
+
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_concurrent_uploads_stay_within_the_quota(root, src, declared):
+    """Eight uploads at once into room for two: two are kept, the others are a 413 naming the quota, and
+    the uploads on disk never pass it (with and without a Content-Length)."""
+    data = src.read_bytes()
+    quota = 2.5 * len(data)
+    answers: list[tuple[int, str]] = []
+    with TestClient(make_app(root, max_uploads_mb=quota / 2**20)) as c:
+        def send():
+            body = data if declared else (data[i:i + 8192] for i in range(0, len(data), 8192))
+            got = c.post("/v1/uploads", headers=AUTH, content=body)
+            answers.append((got.status_code, got.json().get("detail", "")))
+
+        threads = [threading.Thread(target=send) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        codes = sorted(code for code, _ in answers)
+        if declared:  # each reserves its whole size first: exactly two fit
+            assert codes == [201, 201] + [413] * 6, answers
+        else:  # each reserves as its bytes come: at most two fit
+            assert len(codes) == 8 and set(codes) <= {201, 413} and codes.count(201) <= 2, answers
+        assert all("quota" in detail for code, detail in answers if code == 413), answers
+        kept = list((root / "engine-data" / "uploads").iterdir())
+        assert len(kept) == codes.count(201) and sum(p.stat().st_size for p in kept) <= quota
+        if len(kept) == 2:
+            assert c.post("/v1/uploads", headers=AUTH, content=data).status_code == 413  # still full
 
 
 @contextmanager

@@ -3,9 +3,6 @@ outside the served folders or make requests for a client; VRTs inside the policy
 
 from __future__ import annotations
 
-import http.server
-import threading
-
 import pytest
 
 from tests.engine.api_helpers import AUTH
@@ -20,28 +17,6 @@ def _vrt(path, source: str, relative: bool = False, size=(64, 64)):
         f'<SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>' for b in (1, 2, 3))
     path.write_text(f'<VRTDataset rasterXSize="{size[1]}" rasterYSize="{size[0]}">{bands}</VRTDataset>')
     return path
-
-
-@pytest.fixture
-def listener():
-    """A local HTTP server counting the requests it gets (the engine must make none)."""
-    hits = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            hits.append(self.path)
-            self.send_response(404)
-            self.end_headers()
-
-        do_HEAD = do_GET  # noqa: N815
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", hits
-    server.shutdown()
 
 
 def _segment(client, path):

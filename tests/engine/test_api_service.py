@@ -1,4 +1,5 @@
-"""The engine as a real process on loopback: concurrent clients, a dropped upload, a killed engine."""
+"""The engine as a real process on loopback: concurrent clients, a dropped upload, a killed engine, a
+stop (SIGTERM) while clients wait on a job."""
 
 from __future__ import annotations
 
@@ -18,8 +19,12 @@ import pytest
 from tests.engine.api_helpers import wait_for, write_checkpoint
 from tests.engine.conftest import TINY
 from tests.engine.rasters import scene, write_raster
+from tests.fake_hub import CHUNK, FakeHub
 
 ROOT = Path(__file__).resolve().parents[2]
+# `farslip` whose huggingface_hub downloads from a fake Hub: python -c ON_FAKE_HUB URL CACHE serve ...
+ON_FAKE_HUB = ("import sys; from tests.fake_hub import point_hub_at; point_hub_at(sys.argv[1], sys.argv[2]); "
+               "from engine.cli import main; sys.exit(main(sys.argv[3:]))")
 
 
 def _free_port() -> int:
@@ -29,10 +34,11 @@ def _free_port() -> int:
 
 
 class Engine:
-    """`farslip serve` in a subprocess, restartable on the same data folder."""
+    """`farslip serve` in a subprocess, restartable on the same data folder; with `hub=(url, cache)` its
+    model downloads come from a fake Hub (tests/fake_hub.py)."""
 
-    def __init__(self, folder: Path, max_queue: int = 8):
-        self.folder, self.max_queue = folder, max_queue
+    def __init__(self, folder: Path, max_queue: int = 8, hub: tuple[str, Path] | None = None):
+        self.folder, self.max_queue, self.hub = folder, max_queue, hub
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -40,8 +46,10 @@ class Engine:
 
     def start(self) -> "Engine":
         ckpt = write_checkpoint(self.folder)
+        farslip = [sys.executable, "-m", "engine.cli"] if self.hub is None else \
+            [sys.executable, "-c", ON_FAKE_HUB, self.hub[0], str(self.hub[1])]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve", "--port", str(self.port), "--data-dir",
+            [*farslip, "serve", "--port", str(self.port), "--data-dir",
              str(self.folder / "data"), "--allow-root", str(self.folder), "--model", str(ckpt), "--arch", TINY,
              "--device", "cpu", "--max-queue", str(self.max_queue)],
             cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.folder / "engine.log", "ab"))
@@ -178,3 +186,58 @@ def test_concurrent_deletes_of_a_running_job_never_fail_and_the_engine_stays_res
     after = engine.client.post("/v1/jobs/segment", json={**body, "window": [0, 0, 200, 200], "block": 1024}).json()
     assert engine.wait(after["id"])["state"] == "done"
     assert not (engine.folder / "data" / "jobs" / job_id).exists()
+
+
+def test_sigterm_stops_the_engine_within_seconds_while_clients_wait_on_a_job(tmp_path):
+    """An event stream and a long-poll on a job that does not end (a model download held by the fake Hub)
+    are answered when the engine is told to stop, and the engine is gone within seconds."""
+    from engine import config
+    from engine.models.registry import find_release
+
+    release = find_release(config.DEFAULT_MODEL)
+    hub = FakeHub({f"{release.repo_id}/{release.filename}": os.urandom(64 * CHUNK)})
+    hub.pause_at = 8 * CHUNK
+    engine = Engine(tmp_path, hub=(hub.url, tmp_path / "hf-cache")).start()
+    try:
+        created = engine.client.post(f"/v1/models/{release.name}/download")
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        assert hub.paused.wait(30)
+        events: list[str] = []
+        polls: list[object] = []
+
+        def stream():
+            try:
+                with httpx.Client(base_url=engine.url, headers=engine.client.headers, timeout=60) as c, \
+                        c.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+                    for line in response.iter_lines():
+                        events.append(line)
+                events.append("(ended)")
+            except httpx.HTTPError as exc:
+                events.append(f"({type(exc).__name__})")
+
+        def long_poll():
+            try:
+                with httpx.Client(base_url=engine.url, headers=engine.client.headers, timeout=90) as c:
+                    polls.append(c.get(f"/v1/jobs/{job_id}", params={"wait": 60}).status_code)
+            except httpx.HTTPError as exc:
+                polls.append(type(exc).__name__)
+
+        clients = [threading.Thread(target=stream), threading.Thread(target=long_poll)]
+        for t in clients:
+            t.start()
+        deadline = time.monotonic() + 30
+        while not any(line.startswith("event: status") for line in events) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the long-poll is waiting too
+        assert engine.proc.poll() is None and events and polls == []
+        started = time.monotonic()
+        engine.proc.terminate()
+        engine.proc.wait(30)
+        assert time.monotonic() - started < 4, time.monotonic() - started
+        for t in clients:
+            t.join(10)
+        assert events[-1] == "(ended)" and polls == [200], (events, polls)
+    finally:
+        hub.close()
+        engine.stop()

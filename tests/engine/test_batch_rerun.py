@@ -88,3 +88,50 @@ def test_a_rerun_over_fewer_crss_leaves_only_its_own_mosaics(inputs, tmp_path):
     assert sorted(p.name for p in out.glob("mosaic_classes*.vrt")) == ["mosaic_classes.vrt"]
     assert sorted(json.loads((out / "batch_summary.json").read_text())["merged"]) == [
         "merged_polygons.gpkg", "mosaic_classes.vrt"]
+
+
+def test_a_rerun_with_other_weights_at_the_same_path_or_a_changed_input_recomputes(inputs, tmp_path):
+    checkpoint, raster = inputs
+    model = tmp_path / "model.pt"
+    tile = tmp_path / "tile.tif"
+    torch.save(torch.load(checkpoint, weights_only=True), model)
+    tile.write_bytes(raster.read_bytes())
+    out = tmp_path / "out"
+
+    def run():
+        assert main(["segment-batch", str(tile), "--classes", "water; grass; building", "-o", str(out), "--block",
+                     "256", "--model", str(model), "--arch", TINY, "-q"]) == 0
+        summary = json.loads((out / "batch_summary.json").read_text())
+        with rasterio.open(out / "tile_classes.tif") as ds:
+            return summary, ds.read(1)
+
+    first, classes = run()
+    assert first["done"] == 1
+    assert run()[0]["done_earlier"] == 1  # nothing changed: nothing to do
+    torch.save({"epoch": 1, "name": "tiny", "state_dict": make_clip(seed=7).state_dict()}, model)  # retrained
+    again, other = run()
+    assert again["done_earlier"] == 0 and again["windows"]["computed"] > 0
+    assert (other != classes).any()  # the new weights' classes, not the old ones kept
+    write_raster(tile, scene(120, 150, seed=5)[0])  # the input replaced by other pixels
+    changed, _ = run()
+    assert changed["done_earlier"] == 0 and changed["replaced"] == 1 and changed["windows"]["computed"] > 0
+    assert run()[0]["done_earlier"] == 1
+
+
+def test_inputs_named_like_the_batch_files_keep_their_own_outputs(inputs, tmp_path):
+    checkpoint, raster = inputs
+    for name in ("batch", "merged", "mosaic"):
+        (tmp_path / f"{name}.tif").write_bytes(raster.read_bytes())
+    out = tmp_path / "out"
+    args = ["segment-batch", *(str(tmp_path / f"{n}.tif") for n in ("batch", "merged", "mosaic")), "--classes",
+            "water; grass", "-o", str(out), "--block", "256", "--model", str(checkpoint), "--arch", TINY, "-q"]
+    assert main(args) == 0
+    summary = json.loads((out / "batch_summary.json").read_text())
+    assert summary["done"] == 3
+    names = [entry["name"] for entry in summary["per_input"]]
+    assert all(n not in ("batch", "merged", "mosaic") for n in names) and len(set(names)) == 3
+    for n in names:
+        per_input = json.loads((out / f"{n}_summary.json").read_text())
+        assert [c["name"] for c in per_input["classes"]] == ["water", "grass"]
+    assert main(args) == 0  # and a rerun finds them done
+    assert json.loads((out / "batch_summary.json").read_text())["done_earlier"] == 3

@@ -68,7 +68,7 @@ def test_a_complex_raster_is_refused_in_one_line(tmp_path, capfd, recwarn, check
 def test_an_unknown_bbox_crs_is_one_line_without_gdal_messages(tmp_path, capfd, checkpoint):
     src = write_raster(tmp_path / "ortho.tif", scene(H, W)[0])
     code, lines = _segment(capfd, checkpoint, src, tmp_path / "out", "--bbox", "1,2,3,4", "--bbox-crs", "EPSG:999999")
-    assert code == 2 and lines == ["farslip: error: unknown CRS 'EPSG:999999' for a bbox"], lines
+    assert code == 2 and lines == ["farslip: error: --bbox-crs: unknown CRS 'EPSG:999999'"], lines
 
 
 # a raster in Berlin (UTM 33N) and a bbox in EPSG:4326 around it: lon 13.40-13.41, lat 52.51-52.52

@@ -244,7 +244,7 @@ def read_gpkg(location: str) -> Iterator[SourceImage]:
             if meta.get("crs") and ds.crs and meta["crs"] != ds.crs.to_string():
                 geom = shapely.geometry.shape(transform_geom(meta["crs"], ds.crs, geom.__geo_interface__))
             minx, miny, maxx, maxy = geom.bounds
-            cols, rows = np.array([inverse * (minx, maxy), inverse * (maxx, miny)]).T
+            cols, rows = np.array([inverse @ (minx, maxy), inverse @ (maxx, miny)]).T
             objects.append(SourceObject(float(cols.min()), float(rows.min()), float(cols.max()), float(rows.max()),
                                         str(name or "")))
         yield SourceImage(f"gpkg:{Path(labels).stem}", Path(raster), objects)

@@ -1,0 +1,103 @@
+"""Outputs that cannot be written, and rasters whose georeference cannot be right: one line and a non-zero
+exit, never a traceback — a full disk (whichever library was writing when it filled: GDAL, SQLite, Python),
+a geographic raster that runs past the poles — and a --nodata value its type cannot hold is no warning."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+import warnings
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+
+from engine.cli import main
+from engine.errors import output_failure
+from tests.engine.conftest import TINY, make_clip
+from tests.engine.rasters import scene, write_raster
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save({"epoch": 1, "name": "tiny", "state_dict": make_clip().state_dict()}, path)
+    return path
+
+
+def _segment(capsys, checkpoint, src, out, *extra) -> tuple[int, list[str]]:
+    code = main(["segment", str(src), "--classes", "water; grass", "-o", str(out), "--model", str(checkpoint),
+                 "--arch", TINY, "-q", *extra])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("raised", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    rasterio.errors.RasterioIOError("out/classes.tif: No space left on device"),
+    RuntimeError("Failed to write feature: database or disk is full"),  # pyogrio's words, from SQLite
+], ids=["python", "gdal", "sqlite"])
+def test_a_full_disk_is_said_whichever_library_was_writing(raised, tmp_path):
+    line = output_failure(raised, tmp_path / "out")
+    assert line == (f"cannot write the outputs in {tmp_path / 'out'}: the disk is full; free some space or choose "
+                    "another output folder")
+    assert output_failure(ValueError("cannot convert float NaN to integer"), tmp_path) is None  # a bug stays one
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KB file system (tmpfs) — where the machine lets the tests mount one."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                                                       capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small file system here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_run_that_fills_the_disk_ends_in_one_line_and_leaves_nothing(tiny_disk, tmp_path, checkpoint, capsys):
+    src = write_raster(tmp_path / "ortho.tif", scene(400, 400)[0])
+    code, lines = _segment(capsys, checkpoint, src, tiny_disk / "out")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"farslip: error: cannot write the outputs in {tiny_disk / 'out'}: the disk is full")
+    assert not list((tiny_disk / "out").iterdir()) if (tiny_disk / "out").exists() else True
+
+
+def test_a_geographic_raster_past_the_poles_is_refused_in_one_line(tmp_path, checkpoint, capsys):
+    """An image given EPSG:4326 without a geotransform: its rows run to -300°."""
+    src = tmp_path / "no_transform.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(src, "w", driver="GTiff", width=400, height=300, count=3, dtype="uint8",
+                           crs="EPSG:4326") as ds:
+            ds.write(scene(300, 400)[0])
+    code, lines = _segment(capsys, checkpoint, src, tmp_path / "out")
+    assert code == 2 and len(lines) == 1, lines
+    assert "reaches latitude -300° in its geographic CRS (EPSG:4326), beyond ±90°" in lines[0]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_global_grid_a_hair_past_the_pole_gets_finite_areas(tmp_path, checkpoint, capsys):
+    src = tmp_path / "polar.tif"
+    pixel = 5e-6
+    with rasterio.open(src, "w", driver="GTiff", width=120, height=100, count=3, dtype="uint8", crs="EPSG:4326",
+                       transform=Affine(pixel, 0, 10.0, 0, -pixel, 90.0001)) as ds:
+        ds.write(scene(100, 120)[0])
+    code, lines = _segment(capsys, checkpoint, src, tmp_path / "out", "--gsd", "0.5")
+    assert code == 0, lines
+    summary = json.loads((tmp_path / "out" / "polar_summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    areas = [c["area_m2"] for c in summary["classes"]]
+    assert all(np.isfinite(a) for a in areas) and sum(areas) > 0
+
+
+def test_a_nodata_value_the_type_cannot_hold_matches_nothing_and_warns_nothing(tmp_path, checkpoint, capfd):
+    src = write_raster(tmp_path / "float.tif", scene(120, 120)[0].astype(np.float32) / 255)
+    code = main(["segment", str(src), "--classes", "water; grass", "-o", str(tmp_path / "out"), "--model",
+                 str(checkpoint), "--arch", TINY, "-q", "--nodata=1e40"])
+    assert code == 0
+    err = capfd.readouterr().err
+    assert "Warning" not in err and "overflow" not in err, err
