@@ -17,12 +17,15 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsRasterDataProvider, QgsR
 
 
 def crs_text(crs: QgsCoordinateReferenceSystem) -> str | None:
-    """How the engine is told a CRS: its authority code ("EPSG:32633"), else its WKT (a custom CRS); None
-    for no CRS (then the engine takes coordinates in the raster's own CRS or pixel space, as QGIS draws
-    a raster without one)."""
+    """How the engine is told a CRS: its authority code ("EPSG:32633"), else its WKT (a custom CRS, which
+    QGIS names "USER:100000" — a name only this QGIS knows); None for no CRS (then the engine takes
+    coordinates in the raster's own CRS or pixel space, as QGIS draws a raster without one)."""
     if not crs.isValid():
         return None
-    return crs.authid() or crs.toWkt() or None
+    authid = crs.authid()
+    if authid and not authid.upper().startswith("USER:"):
+        return authid
+    return crs.toWkt() or None
 
 
 @dataclass(frozen=True)
