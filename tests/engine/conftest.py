@@ -39,6 +39,14 @@ def tiny_model(tiny_clip):
     return wrap_model(tiny_clip, TINY, name="tiny", device="cpu")
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny network's checkpoint in the training code's release layout, written once per test module."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save({"epoch": 1, "name": "tiny", "state_dict": make_clip().state_dict()}, path)
+    return path
+
+
 @pytest.fixture
 def root(tmp_path):
     """The folder an API test's engine serves (its --allow-root)."""

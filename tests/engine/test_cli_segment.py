@@ -14,21 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 
 from engine.cli import main
-from tests.engine.conftest import TINY, make_clip
+from tests.engine.conftest import TINY
 from tests.engine.rasters import scene, write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save({"epoch": 1, "name": "tiny", "state_dict": make_clip().state_dict()}, path)
-    return path
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-import torch
 from affine import Affine
 from rasterio.control import GroundControlPoint
 from rasterio.enums import ColorInterp
@@ -26,7 +25,7 @@ from engine.dense import Segmenter
 from engine.errors import InputError
 from engine.geo.pipeline import RasterJob, segment_raster
 from engine.geo.source import RasterSource
-from tests.engine.conftest import TINY, make_clip
+from tests.engine.conftest import TINY
 from tests.engine.rasters import palette_of, scene, write_gcp_raster, write_palette_raster, write_raster
 
 H, W = 96, 128
@@ -37,13 +36,6 @@ FINE = dict(crs="EPSG:32633", origin=(500000.0, 5200000.0), res=0.25)  # read at
 @pytest.fixture(scope="module")
 def segmenter(tiny_model):
     return Segmenter(tiny_model, CLASSES)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save({"epoch": 1, "name": "tiny", "state_dict": make_clip().state_dict()}, path)
-    return path
 
 
 def _model_args(checkpoint):

@@ -6,20 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
-import torch
 
 from engine.cli import main
-from tests.engine.conftest import TINY, make_clip
+from tests.engine.conftest import TINY
 from tests.engine.rasters import scene, write_raster
 
 H, W = 64, 80
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save({"epoch": 1, "name": "tiny", "state_dict": make_clip().state_dict()}, path)
-    return path
 
 
 def _segment(capfd, checkpoint, src, out, *extra) -> tuple[int, list[str]]:

@@ -9,22 +9,14 @@ import json
 
 import pytest
 import rasterio
-import torch
 
 from engine.cli import main
 from engine.geo.raster_names import raster_stem
 from tests.engine.api_helpers import AUTH, wait_for
-from tests.engine.conftest import TINY, make_clip
+from tests.engine.conftest import TINY
 from tests.engine.rasters import scene, write_geopackage
 
 CLASSES = "water; grass; building"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save({"epoch": 1, "name": "tiny", "state_dict": make_clip().state_dict()}, path)
-    return path
 
 
 def _run(*argv, checkpoint):

@@ -153,13 +153,6 @@ def _run(capsys, *args):
     return code, err
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from tests.engine.api_helpers import write_checkpoint
-
-    return write_checkpoint(tmp_path_factory.mktemp("model"))
-
-
 def test_segment_cli_with_upsampler_keeps_the_geo_reference_and_changes_the_scores(tmp_path, capsys, checkpoint,
                                                                                    jbu_one):
     src = write_raster(tmp_path / "in.tif", scene(180, 240)[0])

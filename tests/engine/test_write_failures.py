@@ -13,20 +13,12 @@ import warnings
 import numpy as np
 import pytest
 import rasterio
-import torch
 from affine import Affine
 
 from engine.cli import main
 from engine.errors import output_failure
-from tests.engine.conftest import TINY, make_clip
+from tests.engine.conftest import TINY
 from tests.engine.rasters import scene, write_raster
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save({"epoch": 1, "name": "tiny", "state_dict": make_clip().state_dict()}, path)
-    return path
 
 
 def _segment(capsys, checkpoint, src, out, *extra) -> tuple[int, list[str]]:
