@@ -74,7 +74,8 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
     executor.close()
     replaced = [s["name"] for s in summary["per_input"] if s.get("replaces") and s["status"] == "done"]
     if replaced:
-        print(f"farslip: replaced the earlier outputs of {len(replaced)} input(s) made with other settings: "
+        print(f"farslip: replaced the earlier outputs of {len(replaced)} input(s) made with other settings or from "
+              f"an earlier version of the file: "
               f"{', '.join(replaced[:5])}{' ...' if len(replaced) > 5 else ''}", file=sys.stderr)
     for entry in summary["per_input"]:
         print_notes(entry.get("notes", []))

@@ -55,7 +55,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
             print(f"  {label:<24} {n:>4} polygon(s) {taught.made['patches'][label]:>8} patches")
         skipped = taught.made["skipped_labels"]
         if skipped:
-            print(f"  skipped (no such class): {', '.join(f'{k} ({v})' for k, v in skipped.items())}",
+            print(f"  skipped labels (a name alone: no such class): {', '.join(f'{k} ({v})' for k, v in skipped.items())}",
                   file=sys.stderr)
         print(f"  classes   {out}")
     return 0

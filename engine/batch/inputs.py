@@ -57,7 +57,11 @@ def _read_list(path: Path) -> list[str]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        out.append(relative_to(line, base))  # a relative path (or subdataset file): relative to the list
+        named = relative_to(line, base)  # a relative path (or subdataset file): relative to the list
+        if not is_gdal_name(named) and glob.has_magic(named):  # a glob, as on the command line
+            out.extend(sorted(glob.glob(named)) or [named])  # (matching nothing: reported as a failed input)
+        else:
+            out.append(named)
     return out
 
 
@@ -66,7 +70,9 @@ def output_stems(inputs: list[str], reserved: frozenset[str] = frozenset()) -> l
     `reserved` (the stems of the batch's own files: an input named batch.tif must not write batch_summary.json)."""
     stems = [raster_stem(p) for p in inputs]
     taken = {s for s in stems if stems.count(s) > 1} | reserved
-    return [f"{s}_{hashlib.sha1(p.encode()).hexdigest()[:8]}" if s in taken else s for s, p in zip(stems, inputs)]
+    # (the hash of the file itself, however its path is spelled: a rerun from another folder names it alike)
+    return [f"{s}_{hashlib.sha1(_same_file_key(p).encode()).hexdigest()[:8]}" if s in taken else s
+            for s, p in zip(stems, inputs)]
 
 
 def input_stamp(path: str) -> str:

@@ -5,8 +5,12 @@ resolution of its north-up rasters; class rasters keep their own files, the VRT 
 rotated and south-up rasters are left out of it, their polygons are merged all the same) and one
 GeoPackage layer per CRS, each polygon tagged with the input it came from. One CRS gives
 `mosaic_classes.vrt` and layer `polygons`; several give `mosaic_classes_<CRS>.vrt` and
-`polygons_<CRS>`. Both files are written under temporary names and renamed when complete; those
-of an earlier run into the same folder that this run does not make are removed.
+`polygons_<CRS>` — `<CRS>` the authority code (`EPSG_32633`; one CRS however it is spelled), or for a
+CRS without one (a local grid, an ESRI .prj) `CRS_` and a short hash of its WKT. Inputs without a CRS
+(pixel space, GCPs only) have no place in a mosaic; their polygons go to layer `polygons_pixel_space`,
+each in its own input's pixel frame (`source` says which). Both files are written under temporary
+names and renamed when complete; those of an earlier run into the same folder that this run does not
+make are removed.
 """
 
 from __future__ import annotations
@@ -36,19 +40,26 @@ class Product:
     polygons: Path | None
 
 
-def _crs_key(crs) -> str | None:
-    return crs.to_string() if crs else None
+PIXEL_SPACE = "pixel_space"  # the group of inputs without a CRS: polygons only, no mosaic
+
+
+def _crs_key(crs) -> str:
+    """A short name for a CRS, the same however it is spelled: its authority code, else a hash of its WKT."""
+    if not crs:
+        return PIXEL_SPACE
+    authority = crs.to_authority()
+    if authority is not None:
+        return f"{authority[0]}:{authority[1]}"
+    import hashlib
+
+    return f"CRS_{hashlib.sha1(crs.to_wkt().encode()).hexdigest()[:8]}"
 
 
 def _group(products: list[Product]) -> dict[str, list[tuple[Product, rasterio.DatasetReader]]]:
     groups: dict[str, list] = {}
     for p in products:
         ds = rasterio.open(p.classes)
-        key = _crs_key(ds.crs)
-        if key is None:  # pixel-space rasters cannot be placed in a mosaic
-            ds.close()
-            continue
-        groups.setdefault(key, []).append((p, ds))
+        groups.setdefault(_crs_key(ds.crs), []).append((p, ds))
     return groups
 
 
@@ -67,14 +78,15 @@ def write_merged(out_dir: Path, products: list[Product]) -> list[Path]:
     groups = _group(products)
     written = []
     try:
-        several = len(groups) > 1
+        several = len(groups) > 1 or PIXEL_SPACE in groups
+        mosaics = len([key for key in groups if key != PIXEL_SPACE]) > 1
         gpkg_partial = out_dir / f".{Path(MERGED_POLYGONS).stem}.partial.gpkg"
         gpkg_partial.unlink(missing_ok=True)
         any_layer = False
         for key, members in groups.items():
-            vrt = out_dir / f"{MOSAIC}{_suffix(key, several)}.vrt"
+            vrt = out_dir / f"{MOSAIC}{_suffix(key, mosaics)}.vrt"
             north_up = [(p, ds) for p, ds in members if _north_up(ds.transform)]
-            if north_up:  # a VRT places sources by offset only: rotated and south-up rasters stay out
+            if north_up and key != PIXEL_SPACE:  # a VRT places sources by offset: rotated, south-up stay out
                 _write_vrt(vrt, north_up)
                 written.append(vrt)
             layer = f"polygons{_suffix(key, several)}"

@@ -45,6 +45,24 @@ def import_ray():
     return ray
 
 
+
+def _stop_handlers() -> dict:
+    """The handlers of the signals that stop a run, as the command line set them (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+
+
+def _restore(handlers: dict) -> None:
+    import signal
+
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
 class BlockReader:
     """A reader actor: reads and decodes units' pixels on the CPU."""
 
@@ -131,6 +149,7 @@ class RayExecutor:
 
         self.started = False
         if not ray.is_initialized():
+            own = _stop_handlers()  # ray.init puts its own SIGTERM handler in (a native abort, no clean stop)
             try:
                 if address == "local":
                     cpus = max(os.cpu_count() or 1, int((workers or 1) * cpus_per_worker))
@@ -141,6 +160,8 @@ class RayExecutor:
                     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise InputError(f"cannot reach the Ray cluster at '{address}': {_error_line(exc)}") from None
+            finally:
+                _restore(own)  # Ctrl-C, SIGTERM, SIGHUP stop a Ray run as they stop one in-process
             self.started = True
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))

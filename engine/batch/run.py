@@ -98,8 +98,10 @@ def run_batch(inputs: list[str], settings: BatchSettings, segmenter, executor,
     resumed_windows = 0
     for r, (path, job) in enumerate(zip(inputs, jobs)):
         manifest.track(job.name, input_stamp(path))  # a file changed since: its blocks and outputs are redone
-        if output_paths(job)["summary"].exists():
-            if manifest.made_outputs(job.name):
+        outputs = output_paths(job)
+        if outputs["summary"].exists():
+            # done earlier: these settings made them, and every one is still there (one deleted: made again)
+            if manifest.made_outputs(job.name) and all(p.exists() for p in outputs.values()):
                 status[r]["status"] = "done earlier"
                 continue
             status[r]["replaces"] = True  # outputs of a run with other settings (or of `segment`)

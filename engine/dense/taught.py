@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from engine.dense.options import InferenceOptions
 
 ALPHAS = tuple(round(i / 10, 1) for i in range(11))
+MIN_SAMPLES = 2  # patches a class needs to be taught (its two halves choose α)
 
 
 def model_fingerprint(model) -> str:
@@ -103,7 +104,8 @@ class TaughtClasses:
         """Prototypes and α from `features`: per class index, one [P, D] array of patch features per
         labelled polygon (segmentation's own, see `engine.geo.teach`). `text`: the prompts' text
         embeddings when already computed (a segmenter's), else they are embedded here."""
-        labelled = sorted(c for c, polys in features.items() if polys and sum(len(p) for p in polys) >= 2)
+        labelled = sorted(c for c, polys in features.items()
+                          if polys and sum(len(p) for p in polys) >= MIN_SAMPLES)
         if not labelled:
             raise InputError("no labelled samples: the labels do not overlap the raster, or no label names a class")
         text = (embed_prompts(model, prompts, template_set) if text is None else text).float().cpu()

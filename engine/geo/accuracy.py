@@ -66,6 +66,10 @@ def confusion_matrix(class_raster: str, geoms: list, values: list[str], crs: str
             if index is None or geom is None or geom.is_empty:
                 skipped[value or "(empty)"] = skipped.get(value or "(empty)", 0) + 1
                 continue
+            if geom.geom_type not in ("Polygon", "MultiPolygon"):  # a point or line is no reference area
+                why = f"{value} (a {geom.geom_type.lower()}, not a polygon)"
+                skipped[why] = skipped.get(why, 0) + 1
+                continue
             shapes.append((geom, position[index]))
         if not shapes:
             raise InputError(f"no reference polygon names a class of {Path(class_raster).name} "

@@ -23,7 +23,7 @@ import torch
 from engine.boxes import Box
 from engine.dense import Segmenter
 from engine.dense.sliding import CropGrid, crop_maps, normalise
-from engine.dense.taught import TaughtClasses
+from engine.dense.taught import MIN_SAMPLES, TaughtClasses
 from engine.errors import InputError
 from engine.geo.source import RasterSource
 from engine.geo.vectors import read_labels
@@ -108,10 +108,12 @@ class CropFeatures:
             keep &= valids[k][np.minimum(yy, b.h - 1).astype(int), np.minimum(xx, b.w - 1).astype(int)]
             features = maps[k].permute(1, 2, 0)[torch.from_numpy(keep).to(maps.device)].float().cpu()
             self.cache[b] = features, np.stack([b.y + yy[keep], b.x + xx[keep]], axis=1)  # centres (row, col)
+        self.patch = max(ph / a, pw / c)  # a patch's side in working pixels
 
     def inside(self, boxes: list[Box], geom) -> np.ndarray:
         """[P, D] features of the patches of `boxes` whose centres lie inside `geom` (else, for a polygon
-        smaller than a patch, the patches nearest to it)."""
+        smaller than a patch, the patches nearest to it — within a patch's side: a polygon on no data, whose
+        own patches hold none, gets none from the data beside it)."""
         import shapely
 
         features = torch.cat([self.cache[b][0] for b in boxes])
@@ -121,7 +123,7 @@ class CropFeatures:
         inside = shapely.contains_xy(geom, centres[:, 1], centres[:, 0])
         if not inside.any():
             distance = shapely.distance(geom, shapely.points(centres[:, 1], centres[:, 0]))
-            inside = distance <= distance.min() + 1e-6
+            inside = (distance <= distance.min() + 1e-6) & (distance <= self.patch / 2)
         return features[torch.from_numpy(inside)].numpy()
 
 
@@ -173,6 +175,10 @@ def teach(segmenter: Segmenter, source: RasterSource, geoms: list, values: list[
             samples = samples[np.sort(rng.choice(len(samples), MAX_SAMPLES_PER_POLYGON, replace=False))]
         if len(samples):
             features.setdefault(c, []).append(samples)
+        else:  # its pixels hold no data
+            skip(f"{prompts.classes[c].label} (on no data)")
+    for c in [c for c, polys in features.items() if sum(len(p) for p in polys) < MIN_SAMPLES]:
+        skip(f"{prompts.classes[c].label} (under {MIN_SAMPLES} patches: draw its labels larger)")
     record = {"raster": str(source.path), "working_gsd_m": source.working_gsd, "crops": len(computed.cache),
               "template_set": segmenter.options.template_set, "global_bias": segmenter.options.global_bias,
               "skipped_labels": skipped, **(made or {})}

@@ -34,16 +34,22 @@ def write_wkb(path: Path, wkb: np.ndarray, fields: dict[str, np.ndarray], crs, l
 
 
 def read_labels(path: str, field: str) -> tuple[list, list[str], str | None]:
-    """(geometries, label per geometry, CRS or None) of a vector file."""
+    """(geometries, label per geometry, CRS or None) of a vector file — of its layer holding `field` (a
+    GeoPackage of several layers: the first that has it)."""
+    from pyogrio import list_layers, read_info
     from pyogrio.raw import read
 
     try:
-        meta, _, wkb, columns = read(path)
+        layers = [str(name) for name, _ in list_layers(path)]
+        chosen = next((layer for layer in layers if field in list(read_info(path, layer=layer)["fields"])),
+                      layers[0] if layers else None)
+        meta, _, wkb, columns = read(path, layer=chosen)
     except Exception as exc:  # noqa: BLE001 - pyogrio raises many kinds for unreadable files
         raise InputError(f"cannot read labels from {path}: {first_line(exc)}") from None
     names = list(meta.get("fields", []))
     if field not in names:
-        raise InputError(f"{path} has no field '{field}' (fields: {', '.join(map(str, names)) or 'none'})")
+        others = f"; none of its layers ({', '.join(layers)}) has it" if len(layers) > 1 else ""
+        raise InputError(f"{path} has no field '{field}' (fields: {', '.join(map(str, names)) or 'none'}{others})")
     values = ["" if v is None else str(v).strip() for v in columns[names.index(field)]]
     geoms = list(shapely.from_wkb(wkb))
     if not geoms:

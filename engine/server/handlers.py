@@ -251,6 +251,9 @@ def prepare_teach(body: TeachRequest, store, settings, pool=None) -> dict:
         parse_crs(body.labels_crs, "labels_crs")
 
     def check(path):
+        lines = [body.classes] if isinstance(body.classes, str) else list(body.classes)
+        if any(line.strip().startswith("@") for line in lines):
+            raise InputError("classes names the classes to teach ('water; grass; roof'), not taught classes ('@…')")
         PromptSet.parse(body.classes)
         with body.open_source(path, inspect_pixels=False) as source:
             source.probe()

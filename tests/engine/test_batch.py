@@ -345,6 +345,10 @@ def test_inputs_from_globs_and_lists(tmp_path):
     notepad = tmp_path / "notepad.txt"
     notepad.write_bytes("\ufeffa.tif\r\n".encode("utf-8"))  # a list saved by Windows Notepad
     assert expand_inputs([str(notepad)]) == [str(tmp_path / "a.tif")]
+    globs = tmp_path / "sub" / "globs.txt"
+    globs.write_text("../*.tif\n../none*.tif\n")  # a glob in a list, as on the command line
+    assert expand_inputs([str(globs)]) == [str(tmp_path / "sub" / "../a.tif"), str(tmp_path / "sub" / "../b.tif"),
+                                           str(tmp_path / "sub" / "../none*.tif")]  # (matching nothing: fails alone)
 
 
 def test_an_unreachable_ray_address_is_one_line_within_seconds(data, tmp_path):

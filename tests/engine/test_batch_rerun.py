@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import rasterio
@@ -135,3 +136,57 @@ def test_inputs_named_like_the_batch_files_keep_their_own_outputs(inputs, tmp_pa
         assert [c["name"] for c in per_input["classes"]] == ["water", "grass"]
     assert main(args) == 0  # and a rerun finds them done
     assert json.loads((out / "batch_summary.json").read_text())["done_earlier"] == 3
+
+
+def test_a_deleted_output_is_made_again_and_names_follow_the_file_not_its_spelling(inputs, tmp_path, monkeypatch):
+    checkpoint, raster = inputs
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "tile.tif").write_bytes(raster.read_bytes())
+    out = tmp_path / "out"
+
+    def run(*paths):
+        assert main(["segment-batch", *paths, "--classes", "water; grass", "-o", str(out), "--block", "256",
+                     "--model", str(checkpoint), "--arch", TINY, "-q"]) == 0
+        return json.loads((out / "batch_summary.json").read_text())
+
+    first = run(str(tmp_path / "a" / "tile.tif"), str(tmp_path / "b" / "tile.tif"))
+    names = sorted(entry["name"] for entry in first["per_input"])
+    monkeypatch.chdir(tmp_path)  # the same command from another folder, with relative paths
+    again = run("a/tile.tif", "b/tile.tif")
+    assert sorted(entry["name"] for entry in again["per_input"]) == names and again["done_earlier"] == 2
+    (out / f"{names[0]}_classes.tif").unlink()  # a user deletes one output
+    made = run("a/tile.tif", "b/tile.tif")
+    assert made["done"] == 1 and made["done_earlier"] == 1 and (out / f"{names[0]}_classes.tif").exists()
+
+
+def test_inputs_in_a_crs_without_a_code_and_without_a_crs_are_merged(inputs, tmp_path):
+    checkpoint, raster = inputs
+    with rasterio.open(raster) as ds:
+        data, profile = ds.read(), ds.profile
+    local = profile | {"crs": rasterio.crs.CRS.from_proj4("+proj=tmerc +lon_0=15.5 +k=0.9999 +x_0=500000 "
+                                                         "+ellps=GRS80 +units=m +no_defs")}
+    with rasterio.open(tmp_path / "local.tif", "w", **local) as ds:
+        ds.write(data)
+    bare = {k: v for k, v in profile.items() if k not in ("crs", "transform")}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(tmp_path / "bare.tif", "w", **bare) as ds:
+            ds.write(data)
+    out = tmp_path / "out"
+    assert main(["segment-batch", str(raster), str(tmp_path / "local.tif"), str(tmp_path / "bare.tif"), "--classes",
+                 "water; grass", "-o", str(out), "--block", "256", "--model", str(checkpoint), "--arch", TINY,
+                 "-q"]) == 0
+    mosaics = sorted(p.name for p in out.glob("mosaic_classes*.vrt"))
+    assert len(mosaics) == 2 and "mosaic_classes_EPSG_32633.vrt" in mosaics
+    assert any(re.fullmatch(r"mosaic_classes_CRS_[0-9a-f]{8}\.vrt", name) for name in mosaics)
+    import pyogrio
+
+    layers = sorted(name for name, _ in pyogrio.list_layers(out / "merged_polygons.gpkg"))
+    assert "polygons_pixel_space" in layers and "polygons_EPSG_32633" in layers and len(layers) == 3
+    from pyogrio.raw import read
+
+    meta, _, _, columns = read(out / "merged_polygons.gpkg", layer="polygons_pixel_space")
+    assert set(columns[list(meta["fields"]).index("source")]) == {"bare"}  # each input's polygons, tagged

@@ -415,3 +415,75 @@ def test_labels_leave_classes_alone_where_the_names_are_already_right(tiny_model
     taught = TaughtClasses.learn(tiny_model, prompts, features, "imagenet80")
     assert taught.made["held_out_miou_by_alpha"]["0"] == 1.0 and taught.alpha == 0.0
     assert torch.allclose(taught.rows(tiny_model, prompts, "imagenet80").float(), text, atol=1e-6)
+
+
+def test_a_label_on_no_data_teaches_nothing_and_is_counted(site, tmp_path, capsys):
+    """A polygon over no data is not taught from the data beside it (it used to take the nearest patches
+    holding data, of other classes), and the run says so."""
+    with rasterio.open(site["raster"]) as ds:
+        data, profile = ds.read(), ds.profile
+        transform, crs = ds.transform, ds.crs
+    data[data == 0] = 1
+    data[:, :, :200] = 0  # the western 200 columns: no data
+    profile.update(nodata=0)
+    raster = tmp_path / "half.tif"
+    with rasterio.open(raster, "w", **profile) as ds:
+        ds.write(data)
+    west = shapely.box(*(transform @ (20, 300)), *(transform @ (150, 40)))  # on no data
+    east = [shapely.box(*(transform @ (260 + 40 * i, 300)), *(transform @ (280 + 40 * i, 40))) for i in range(3)]
+    labels = tmp_path / "labels.gpkg"
+    write_features(labels, [west, *east], {"class": np.array(["water", "grass", "roof", "grass"], dtype=object)},
+                   crs, "labels")
+    out = tmp_path / "site.classes.json"
+    assert main(["classes", "learn", str(raster), "--classes", CLASSES, "--labels", str(labels), "-o", str(out),
+                 "--gsd", "0.5", *_model(site)]) == 0, capsys.readouterr().err
+    made = json.loads(out.read_text())["made"]
+    assert made["skipped_labels"].get("water (on no data)") == 1
+    assert "water" not in made["polygons"]  # nothing taught from the grass and road beside it
+
+
+def test_accuracy_counts_only_polygons_as_reference_areas(site, tmp_path, capsys):
+    """Points and lines mark no area: they are skipped, as teaching and the API's check skip them (a file of
+    points used to score 'mIoU 1.000 (5 labelled pixels)')."""
+    assert main(["segment", str(site["raster"]), "--classes", CLASSES, "-o", str(tmp_path / "seg"), "--gsd", "0.5",
+                 "--no-polygons", *_model(site)]) == 0
+    with rasterio.open(site["raster"]) as ds:
+        transform, crs = ds.transform, ds.crs
+    points = tmp_path / "points.gpkg"
+    write_features(points, [shapely.Point(*(transform @ (10 + 20 * i, 10))) for i in range(5)],
+                   {"class": np.array(["water"] * 5, dtype=object)}, crs, "points")
+    assert main(["accuracy", str(tmp_path / "seg" / "site_classes.tif"), "--reference", str(points), "-o",
+                 str(tmp_path / "acc"), "-q"]) == 2
+    assert "no reference polygon" in capsys.readouterr().err
+
+
+def test_the_teach_api_refuses_taught_classes_as_the_classes_to_teach(client, root):
+    from tests.engine.api_helpers import AUTH
+
+    src = write_raster(root / "r.tif", scene(64, 64)[0])
+    with rasterio.open(src) as ds:
+        left, top = ds.bounds.left, ds.bounds.top
+    body = {"input": {"path": str(src)}, "classes": "@job:" + "0" * 32,
+            "labels": [{"wkt": shapely.box(left, top - 10, left + 10, top).wkt, "label": "water"}]}
+    got = client.post("/v1/jobs/teach", headers=AUTH, json=body)
+    assert got.status_code == 400 and "not taught classes" in got.json()["detail"], got.text
+
+
+def test_labels_are_read_from_the_layer_that_has_the_class_field(site, tmp_path):
+    """A GeoPackage of several layers (points first, the labels second): the layer with the field is read,
+    without a library warning; a field no layer has names the layers."""
+    import warnings
+
+    with rasterio.open(site["raster"]) as ds:
+        transform, crs = ds.transform, ds.crs
+    path = tmp_path / "project.gpkg"
+    write_features(path, [shapely.Point(*(transform @ (5, 5))).buffer(1)], {"foo": np.array(["x"], dtype=object)},
+                   crs, "aaa")
+    polygon = shapely.box(*(transform @ (10, 40)), *(transform @ (40, 10)))
+    write_features(path, [polygon], {"class": np.array(["water"], dtype=object)}, crs, "labels", append=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        geoms, values, _ = read_labels(str(path), "class")
+    assert values == ["water"] and geoms[0].equals(shapely.MultiPolygon([polygon]))
+    with pytest.raises(Exception, match=r"none of its layers \(aaa, labels\) has it"):
+        read_labels(str(path), "label")
