@@ -165,6 +165,24 @@ class TaughtClasses:
         made = {k: self.made[k] for k in ("template_set", "global_bias") if self.made.get(k) is not None}
         return preset(DEFAULT_PRESET).with_overrides(**made)
 
+    def differences(self, options: "InferenceOptions", working_gsd: float | None) -> list[str]:
+        """One note per setting of a run that differs from the one the classes were taught under (working
+        GSD, global bias, template set): the labels' prototypes are features at that scale and in that
+        setting, so a run under others reads them less well."""
+        made, notes = self.made, []
+        taught_gsd = made.get("working_gsd_m")
+        if taught_gsd and working_gsd and abs(working_gsd / taught_gsd - 1) > 0.01:
+            notes.append(f"the taught classes were made at {taught_gsd:g} m per pixel and this run works at "
+                         f"{working_gsd:g} m: teach at the resolution you segment at, or pass --gsd {taught_gsd:g}")
+        bias = made.get("global_bias")
+        if bias is not None and abs(bias - options.global_bias) > 1e-9:
+            notes.append(f"the taught classes were made with global bias {bias:g} and this run uses "
+                         f"{options.global_bias:g}: pass --global-bias {bias:g} (or the preset they were taught with)")
+        if made.get("template_set") and made["template_set"] != options.template_set:
+            notes.append(f"the taught classes were made with templates '{made['template_set']}' and this run uses "
+                         f"'{options.template_set}'")
+        return notes
+
     def digest(self) -> str:
         """A short hash of what changes a result: classes, prototypes, α, model."""
         digest = hashlib.sha256(json.dumps([self.prompts.as_text(), self.alpha, self.model], sort_keys=True).encode())

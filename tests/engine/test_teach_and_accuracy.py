@@ -487,3 +487,21 @@ def test_labels_are_read_from_the_layer_that_has_the_class_field(site, tmp_path)
     assert values == ["water"] and geoms[0].equals(shapely.MultiPolygon([polygon]))
     with pytest.raises(Exception, match=r"none of its layers \(aaa, labels\) has it"):
         read_labels(str(path), "label")
+
+
+def test_a_run_under_other_settings_than_the_teaching_says_so(site, tmp_path, capsys):
+    """Prototypes are features at the taught scale and setting: a run at another GSD or global bias is
+    told (the summary's notes, printed by the CLI), not left to find out from worse classes."""
+    taught = tmp_path / "site.classes.json"
+    assert main(["classes", "learn", str(site["raster"]), "--classes", CLASSES, "--labels", str(site["labels"]),
+                 "-o", str(taught), "--gsd", "0.5", "--preset", "enhanced", *_model(site)]) == 0
+    capsys.readouterr()
+    assert main(["segment", str(site["raster"]), "--classes", f"@{taught}", "-o", str(tmp_path / "same"),
+                 "--gsd", "0.5", "--preset", "enhanced", "--no-polygons", *_model(site)]) == 0
+    assert json.loads((tmp_path / "same" / "site_summary.json").read_text())["notes"] == []
+    assert main(["segment", str(site["raster"]), "--classes", f"@{taught}", "-o", str(tmp_path / "other"),
+                 "--gsd", "1.0", "--no-polygons", *_model(site)]) == 0
+    notes = json.loads((tmp_path / "other" / "site_summary.json").read_text())["notes"]
+    assert any("made at 0.5 m per pixel and this run works at 1 m" in n for n in notes), notes
+    assert any("global bias 0.3 and this run uses 0" in n for n in notes), notes
+    assert "made at 0.5 m per pixel" in capsys.readouterr().err
