@@ -123,7 +123,10 @@ class CropFeatures:
         inside = shapely.contains_xy(geom, centres[:, 1], centres[:, 0])
         if not inside.any():
             distance = shapely.distance(geom, shapely.points(centres[:, 1], centres[:, 0]))
-            inside = (distance <= distance.min() + 1e-6) & (distance <= self.patch / 2)
+            minx, miny, maxx, maxy = geom.bounds
+            # the patch covering it reaches half a side (a corner: half a diagonal, for a polygon within one)
+            reach = self.patch / (2 ** 0.5 if max(maxx - minx, maxy - miny) <= self.patch else 2)
+            inside = (distance <= distance.min() + 1e-6) & (distance <= reach + 1e-6)
         return features[torch.from_numpy(inside)].numpy()
 
 

@@ -505,3 +505,19 @@ def test_a_run_under_other_settings_than_the_teaching_says_so(site, tmp_path, ca
     assert any("made at 0.5 m per pixel and this run works at 1 m" in n for n in notes), notes
     assert any("global bias 0.3 and this run uses 0" in n for n in notes), notes
     assert "made at 0.5 m per pixel" in capsys.readouterr().err
+
+
+def test_small_and_thin_labels_on_data_are_taught_from_the_patch_covering_them(site, tmp_path, capsys):
+    """A speck at a patch corner and a strip narrower than a patch hold no patch centre: each takes the
+    patch covering it (not skipped as on no data)."""
+    with rasterio.open(site["raster"]) as ds:
+        transform, crs = ds.transform, ds.crs
+    speck = shapely.box(*(transform @ (47.9, 48.1)), *(transform @ (48.1, 47.9)))  # at a corner of 16 px patches
+    strip = shapely.box(*(transform @ (20, 52.5)), *(transform @ (120, 50.5)))  # 2 px tall, between centre rows
+    labels = tmp_path / "labels.gpkg"
+    write_features(labels, [speck, strip], {"class": np.array(["water", "grass"], dtype=object)}, crs, "labels")
+    out = tmp_path / "site.classes.json"
+    main(["classes", "learn", str(site["raster"]), "--classes", CLASSES, "--labels", str(labels), "-o", str(out),
+          "--gsd", "0.5", *_model(site)])
+    err = capsys.readouterr().err
+    assert "on no data" not in err, err
