@@ -22,17 +22,19 @@ def pixel_metres(crs, transform: Affine, width: int, height: int) -> tuple[float
 
         lon, lat = transform @ (width / 2, height / 2)
         geod = Geod(ellps="WGS84")
-
-        def pole(y: float) -> float:  # (a grid a hair past a pole: at the pole)
-            return min(90.0, max(-90.0, y))
-
-        _, _, dx = geod.inv(lon, pole(lat), lon + transform.a, pole(lat + transform.d))
-        _, _, dy = geod.inv(lon, pole(lat), lon + transform.b, pole(lat + transform.e))
+        _, _, dx = geod.inv(lon, on_globe(lat), lon + transform.a, on_globe(lat + transform.d))
+        _, _, dy = geod.inv(lon, on_globe(lat), lon + transform.b, on_globe(lat + transform.e))
         return abs(dx), abs(dy)
     scale = GroundScale.of(crs, transform, width, height)
     centre = 1.0 if scale is None else scale.linear(*(transform @ (width / 2, height / 2)))
     unit = linear_unit_metres(crs) / centre
     return math.hypot(transform.a, transform.d) * unit, math.hypot(transform.b, transform.e) * unit
+
+
+def on_globe(latitude: float) -> float:
+    """A latitude a hair past a pole (a global grid's rounded corner) taken as the pole: geodesic measures
+    are NaN beyond it (`RasterSource` refuses grids further past)."""
+    return min(90.0, max(-90.0, latitude))
 
 
 def pixel_sides(transform: Affine) -> float:

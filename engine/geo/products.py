@@ -19,6 +19,7 @@ import torch
 
 from engine.boxes import Box
 from engine.dense.transfer import to_device
+from engine.geo.grid_geometry import on_globe
 from engine.geo.ground import GroundScale, linear_unit_metres
 from engine.geo.polygons import PolygonWriter
 from engine.geo.rasters import NODATA, SCORE_MAX, TiledRaster, quantise
@@ -147,9 +148,9 @@ def row_pixel_area(source: RasterSource) -> np.ndarray | None:
         geod = Geod(ellps="WGS84")
         c = source.width / 2  # a pixel of the row's middle (rows run along parallels unless rotated)
 
-        def corner(col: float, row: float) -> tuple[float, float]:  # (a grid a hair past a pole: at the pole)
+        def corner(col: float, row: float) -> tuple[float, float]:
             x, y = t @ (col, row)
-            return x, min(90.0, max(-90.0, y))
+            return x, on_globe(y)
 
         areas = [abs(geod.geometry_area_perimeter(Polygon([corner(c, r), corner(c + 1, r), corner(c + 1, r + 1),
                                                            corner(c, r + 1)]))[0])
