@@ -78,11 +78,16 @@ def read_local_token(path: Path | None = None) -> str:
         return ""
 
 
+def token_file_for(url: str) -> str:
+    """The token in this computer's engine token file, for an engine on this computer; '' for one on another
+    computer (that file is never sent there)."""
+    return read_local_token() if is_local_engine(url) else ""
+
+
 class EngineClient:
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0):
         self.url = url.rstrip("/")
-        # by default the token file of the engine on this computer — never sent to one on another computer
-        self.token = token if token is not None else (read_local_token() if is_local_engine(url) else "")
+        self.token = token if token is not None else token_file_for(url)
         self.timeout = timeout
         self._path_formats: tuple[str, ...] | None = None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from qgis.core import QgsSettings
 
 from qgis_farslip import auth
-from qgis_farslip.client import DEFAULT_URL, is_local_engine, read_local_token
+from qgis_farslip.client import DEFAULT_URL, read_local_token, token_file_for
 
 PREFIX = "farslip/"
 DEFAULT_ENGINE_COMMAND = ""  # empty: the dock finds an installed engine or offers the set-up
@@ -27,8 +27,7 @@ def _token(s: QgsSettings, url: str) -> str:
         return plain
     authcfg = s.value(PREFIX + "authcfg", "") or ""
     stored = auth.load_token(authcfg) if authcfg else ""
-    # a local engine's token file is read; never sent to an engine on another computer
-    return stored or (read_local_token() if is_local_engine(url) else "")
+    return stored or token_file_for(url)
 
 
 def engine_settings() -> dict:
