@@ -109,12 +109,17 @@ class Area(Strict):
     nodata: float | None = Field(None, ge=-1e300, le=1e300,
                                  description="a value that is no data where every chosen band holds it (besides "
                                              "the file's own nodata, masks, and NaN)")
+    mask_wkt: str | None = Field(None, min_length=1, max_length=500_000,
+                                 description="only inside this (Multi)Polygon: pixels outside are no data")
+    mask_crs: CrsText | None = Field(None, description="CRS of mask_wkt (default: the raster's)")
 
     def area_arguments(self) -> dict:
-        """The area as `RasterSource`'s keyword arguments."""
+        """The area as `RasterSource`'s keyword arguments (a mask without a window or bbox: only the mask's
+        bounding box is read)."""
         return {"bands": tuple(self.bands) if self.bands else None,
                 "window": tuple(self.window) if self.window else None,
-                "bbox": tuple(self.bbox) if self.bbox else None, "bbox_crs": self.bbox_crs, "nodata": self.nodata}
+                "bbox": tuple(self.bbox) if self.bbox else None, "bbox_crs": self.bbox_crs,
+                "nodata": self.nodata, "mask_wkt": self.mask_wkt, "mask_crs": self.mask_crs}
 
     def check_area(self) -> None:
         """What the schema cannot say about an area (InputError: a 400 from the API)."""
@@ -122,10 +127,14 @@ class Area(Strict):
             raise InputError("give either a window or a bbox, not both")
         if self.bbox is not None and not (self.bbox[2] > self.bbox[0] and self.bbox[3] > self.bbox[1]):
             raise InputError("bbox must be minx,miny,maxx,maxy with max > min")
-        if self.bbox_crs is not None:
-            from engine.geo.crs_text import parse_crs
+        from engine.geo.crs_text import parse_crs
 
+        if self.bbox_crs is not None:
             parse_crs(self.bbox_crs, "--bbox-crs")
+        if self.mask_crs is not None and self.mask_wkt is None:
+            raise InputError("mask_crs given without mask_wkt")
+        if self.mask_crs is not None:
+            parse_crs(self.mask_crs, "mask_crs")
 
 
 class SegmentSettings(ModelChoice, Area):
@@ -137,9 +146,6 @@ class SegmentSettings(ModelChoice, Area):
                                               "'@job:<teach job id>' or '@upload:<id>' (sent with POST /v1/classes)")
     gsd: float | None = Field(None, gt=0, le=10000, description="working resolution, metres per pixel "
                                                                 "(default: max(native, 0.5))")
-    mask_wkt: str | None = Field(None, min_length=1, max_length=500_000,
-                                 description="segment only inside this (Multi)Polygon")
-    mask_crs: CrsText | None = Field(None, description="CRS of mask_wkt (default: the raster's)")
     # inference
     preset: Literal["paper", "enhanced"] = "paper"
     threshold: float | None = Field(None, ge=0.0, lt=1.0, description="below this best-class probability: background")
@@ -166,12 +172,6 @@ class SegmentSettings(ModelChoice, Area):
         except InputError as exc:
             raise InputError(f"classes: {exc}") from None
         self.check_area()
-        if self.mask_crs is not None and self.mask_wkt is None:
-            raise InputError("mask_crs given without mask_wkt")
-        if self.mask_crs is not None:
-            from engine.geo.crs_text import parse_crs
-
-            parse_crs(self.mask_crs, "mask_crs")
         self.inference_options()
         from engine.dense.prompts import PromptSet
 
@@ -211,28 +211,15 @@ class SegmentSettings(ModelChoice, Area):
                                                   upsampler=upsampler or self.upsampler, **local)
 
     def area_arguments(self) -> dict:
-        """As `Area`'s, with the working GSD; a mask without a window or bbox reads only the mask's bounding
-        box (in its CRS), not the whole raster."""
-        arguments = {**super().area_arguments(), "gsd": self.gsd}
-        if self.mask_wkt and self.window is None and self.bbox is None:
-            bounds = _wkt_bounds(self.mask_wkt)
-            if bounds is not None:  # (a mask that is no polygon is refused when it is applied)
-                arguments.update(bbox=bounds, bbox_crs=self.mask_crs)
-        return arguments
+        """As `Area`'s, with the working GSD."""
+        return {**super().area_arguments(), "gsd": self.gsd}
 
     def open_source(self, path: str, inspect_pixels: bool = True) -> "RasterSource":
         """The raster area this run reads (bands, working GSD, window or bbox, mask applied); the
         caller closes it. `inspect_pixels` False: for checks only (see RasterSource)."""
         from engine.geo.source import RasterSource
 
-        source = RasterSource(path, **self.area_arguments(), inspect_pixels=inspect_pixels)
-        try:
-            if self.mask_wkt:
-                source.restrict_to(self.mask_wkt, self.mask_crs)
-        except BaseException:
-            source.close()
-            raise
-        return source
+        return RasterSource(path, **self.area_arguments(), inspect_pixels=inspect_pixels)
 
     def raster_job(self, input: str, out_dir: str, name: str | None = None, overwrite: bool = False) -> "RasterJob":
         """The pipeline's run of this on `input` into `out_dir`; `overwrite` replaces an earlier run's
@@ -241,21 +228,7 @@ class SegmentSettings(ModelChoice, Area):
 
         return RasterJob(input=input, out_dir=out_dir, name=name, overwrite=overwrite, block=self.block,
                          scores=self.scores, polygons=self.polygons, min_area=self.min_area,
-                         simplify=self.simplify, mask_wkt=self.mask_wkt, mask_crs=self.mask_crs,
-                         **self.area_arguments())
-
-
-def _wkt_bounds(wkt: str) -> tuple[float, float, float, float] | None:
-    """(minx, miny, maxx, maxy) of a WKT geometry with an area, else None."""
-    import shapely
-
-    try:
-        geometry = shapely.from_wkt(wkt)
-    except Exception:  # noqa: BLE001 — said when the mask is applied
-        return None
-    if geometry is None or geometry.is_empty or geometry.area <= 0:
-        return None
-    return tuple(float(v) for v in geometry.bounds)
+                         simplify=self.simplify, **self.area_arguments())
 
 
 def read_run_classes(classes) -> "PromptSet | TaughtClasses":

@@ -36,7 +36,7 @@ class EngineJobTask(PluginTask):
         extent = clip_extent(r.raster, r.extent, r.extent_crs)
         with tempfile.TemporaryDirectory(prefix="farslip-qgis-") as scratch:
             payload = area_payload(self.client, r.raster, extent, r.raster.crs, r.gsd, scratch, r.upload)
-        for key in ("model", "bands", "nodata"):  # as the Segment tab's
+        for key in ("model", "bands", "nodata", "mask_wkt", "mask_crs"):  # as the Segment tab's
             if getattr(r, key) is not None:
                 payload[key] = getattr(r, key)
         payload.update(self.extra)

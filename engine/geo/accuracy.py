@@ -55,7 +55,6 @@ def confusion_matrix(class_raster: str, geoms: list, values: list[str], crs: str
     reference polygons of different classes overlap there. The reference polygons are `geoms`
     labelled `values`, in `crs` (None: the raster's)."""
     import shapely
-    from shapely.ops import transform as reproject
 
     with open_raster(class_raster) as ds:
         classes = raster_classes(ds)
@@ -80,7 +79,7 @@ def confusion_matrix(class_raster: str, geoms: list, values: list[str], crs: str
             given, own = parse_crs(crs, "the reference's CRS"), CRS.from_wkt(ds.crs.to_wkt())
             if given != own:
                 move = Transformer.from_crs(given, own, always_xy=True).transform
-                shapes = [(reproject(move, g), k) for g, k in shapes]
+                shapes = [(shapely.transform(g, move, interleaved=False), k) for g, k in shapes]
         k = len(classes)
         matrix = np.zeros((k, k + 1), dtype=np.int64)
         lookup = np.full(256, k, dtype=np.int64)  # a raster value → its column; NODATA and unknown: 'no class'

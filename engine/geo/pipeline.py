@@ -134,9 +134,8 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
     if not job.overwrite:
         refuse_earlier_outputs(job)
     with gdal_env(), RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs,
-                                  nodata=job.nodata, frame_from_reads=blocks is None) as source:
-        if job.mask_wkt:
-            source.restrict_to(job.mask_wkt, job.mask_crs)
+                                  nodata=job.nodata, frame_from_reads=blocks is None, mask_wkt=job.mask_wkt,
+                                  mask_crs=job.mask_crs) as source:
         work = make_workdir(job.out_dir)
         try:
             read_wait = WaitClock()

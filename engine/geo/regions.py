@@ -183,17 +183,19 @@ def read_cells(source: RasterSource, cells: list[Cell], size: int) -> Iterator[t
     """(cell, RGB crop [size, size, 3], fraction of valid pixels) for each cell. A clipped edge cell is
     read at its square's scale into the crop's top-left part, the rest filled with the CLIP mean
     colour (the model sees ground at the same scale as in every other cell); its valid fraction
-    counts the part inside the raster."""
+    counts the part inside the raster (and inside the area's mask, when it has one)."""
     for cell in cells:
         window = Window(source.window.col_off + cell.x0, source.window.row_off + cell.y0, cell.width, cell.height)
-        if cell.width == cell.size and cell.height == cell.size_y:
-            rgb, valid = source.read_window(window, size, size)
-            yield cell, rgb, float(valid.mean())
-            continue
-        h = max(1, round(size * cell.height / cell.size_y))
-        w = max(1, round(size * cell.width / cell.size))
+        whole = cell.width == cell.size and cell.height == cell.size_y
+        h = size if whole else max(1, round(size * cell.height / cell.size_y))
+        w = size if whole else max(1, round(size * cell.width / cell.size))
         part, valid = source.read_window(window, h, w)
+        inside = source.window_inside_mask(window, h, w)
+        fraction = float((valid if inside is None else valid & inside).mean())
+        if whole:
+            yield cell, part, fraction
+            continue
         rgb = np.empty((size, size, 3), dtype=np.float32)
         rgb[:] = CLIP_MEAN_RGB
         rgb[:h, :w] = part
-        yield cell, rgb, float(valid.mean())
+        yield cell, rgb, fraction

@@ -5,8 +5,9 @@
 
 Grid cells are squares of `cell_m` metres (or `cell_px` source pixels without a CRS) tiling the
 area from its top-left corner without overlap; the last column and row are clipped to the raster
-(their polygons are the clipped rectangles, so cell areas add up to the raster's). A cell with less
-than half its pixels (inside the raster) valid gets no class; so does a region with less than half its
+(their polygons are the clipped rectangles, so cell areas add up to the raster's). With a mask (selected
+polygons), only the cells it covers part of are classified, and pixels outside it count as no data. A
+cell with less than half its pixels (inside the raster) valid gets no class; so does a region with less than half its
 pixels (inside its polygon; those outside the raster count as no data) valid — one rule, `with_data`.
 """
 
@@ -76,6 +77,8 @@ class GridJob:
     bbox: tuple[float, float, float, float] | None = None
     bbox_crs: str | None = None
     nodata: float | None = None  # as `segment`'s --nodata
+    mask_wkt: str | None = None  # only cells meeting this (Multi)Polygon; outside it is no data
+    mask_crs: str | None = None  # its CRS (default: the raster's)
     name: str | None = None
 
 
@@ -117,8 +120,15 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
                   cancel: threading.Event | None = None) -> dict:
     started = time.perf_counter()
     paths = grid_paths(job)
-    with RasterSource(job.input, job.bands, None, job.window, job.bbox, job.bbox_crs, nodata=job.nodata) as source:
+    with RasterSource(job.input, job.bands, None, job.window, job.bbox, job.bbox_crs, nodata=job.nodata,
+                      mask_wkt=job.mask_wkt, mask_crs=job.mask_crs) as source:
         cells = tile_cells(source, cell_size_px(source, job.cell_m, job.cell_px))
+        if source.mask_geometry is not None:  # the cells the mask covers some of, not its whole bounding box
+            mask = source.mask_geometry
+            shapely.prepare(mask)
+            shapes = [cell_polygon(source, c) for c in cells]
+            meets = shapely.intersects(mask, shapes) & ~shapely.touches(mask, shapes)
+            cells = [c for c, keep in zip(cells, meets) if keep]
         work = make_workdir(job.out_dir)
         try:
             rows, probs_all = [], []

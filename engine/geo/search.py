@@ -52,6 +52,8 @@ class SearchJob:
     bbox_crs: str | None = None
     nodata: float | None = None  # as `segment`'s --nodata
     block: int | None = None  # as `segment`'s
+    mask_wkt: str | None = None  # only inside this (Multi)Polygon (boxes at least half inside it)
+    mask_crs: str | None = None  # its CRS (default: the raster's)
     heatmap: bool = True
     name: str | None = None
 
@@ -76,7 +78,7 @@ def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | Non
     paths = search_paths(job)
     with gdal_env(), \
             RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs,
-                         nodata=job.nodata) as source:
+                         nodata=job.nodata, mask_wkt=job.mask_wkt, mask_crs=job.mask_crs) as source:
         work = make_workdir(job.out_dir)
         try:
             if job.heatmap:

@@ -99,8 +99,10 @@ class RasterSource:
     def __init__(self, path: str | Path, bands: tuple[int, int, int] | None = None, gsd: float | None = None,
                  window: tuple[int, int, int, int] | None = None,
                  bbox: tuple[float, float, float, float] | None = None, bbox_crs: str | None = None,
-                 nodata: float | None = None, inspect_pixels: bool = True, frame_from_reads: bool = False):
-        """`inspect_pixels` False: the area and grid only, for checks before a run — no decimated
+                 nodata: float | None = None, inspect_pixels: bool = True, frame_from_reads: bool = False,
+                 mask_wkt: str | None = None, mask_crs: str | None = None):
+        """`mask_wkt`: only pixels inside this (Multi)Polygon, in `mask_crs` (default: the raster's), are
+        valid (`restrict_to`). `inspect_pixels` False: the area and grid only, for checks before a run — no decimated
         read of the whole area, so no contrast stretch (pixels read unstretched) and no notes on it.
         `frame_from_reads`: for a run that reads every pixel of the working grid with `read_pixels`;
         a uint8 raster (no stretch to compute) is not read beforehand for the edge-frame check, which
@@ -114,6 +116,7 @@ class RasterSource:
         self._handles_lock = threading.Lock()
         self.nodata = None if nodata is None else float(nodata)
         self.notes: list[str] = []  # one line each, for the user: the choices made for this raster
+        self.mask_geometry = None  # (Multi)Polygon in the raster's CRS: only pixels inside are valid
         if not raster_exists(self.path):
             raise InputError(f"input raster not found: {self.path}")
         try:
@@ -132,12 +135,18 @@ class RasterSource:
                 issubclass(w.category, rasterio.errors.NotGeoreferencedWarning) for w in caught))
             self.dataset_transform = dataset_transform if self.georeferenced else PIXEL_SPACE
             self.crs = None if self.sensor_model is not None else self.dataset.crs  # (a GCP raster's: the GCPs')
-            self._setup(bands, gsd, window, bbox, bbox_crs, frame_from_reads)
+            mask = _mask_polygons(mask_wkt) if mask_wkt else None
+            if mask is not None and window is None and bbox is None:  # only the mask's bounding box is read
+                self._setup(bands, gsd, None, mask.bounds, mask_crs, frame_from_reads, "the mask")
+            else:
+                self._setup(bands, gsd, window, bbox, bbox_crs, frame_from_reads)
+            if mask is not None:
+                self.restrict_to(mask, mask_crs)
         except Exception:
             self.dataset.close()
             raise
 
-    def _setup(self, bands, gsd, window, bbox, bbox_crs, frame_from_reads) -> None:
+    def _setup(self, bands, gsd, window, bbox, bbox_crs, frame_from_reads, bbox_is: str = "bbox") -> None:
         ds = self.dataset
         if ds.count < 1 and ds.subdatasets:
             raise InputError(subdatasets_message(Path(self.path).name, ds.subdatasets))
@@ -164,7 +173,7 @@ class RasterSource:
                               f"warning: {name} has no CRS and no geotransform: the outputs are in its pixel space "
                               f"(x = column, y = -row, as QGIS shows it) and areas are not computed")
         self.bands = self._choose_bands(bands)
-        self.window = self._choose_window(window, bbox, bbox_crs)
+        self.window = self._choose_window(window, bbox, bbox_crs, bbox_is)
         self.transform = self.dataset_transform @ Affine.translation(self.window.col_off, self.window.row_off)
         self.height, self.width = int(self.window.height), int(self.window.width)
         self._check_latitudes()
@@ -255,7 +264,8 @@ class RasterSource:
                           f"(--bands chooses others)")
         return chosen  # type: ignore[return-value]
 
-    def _choose_window(self, window, bbox, bbox_crs) -> Window:
+    def _choose_window(self, window, bbox, bbox_crs, bbox_is: str = "bbox") -> Window:
+        """The pixels of the area: `window`, else under `bbox` (`bbox_is`: what it is, for messages)."""
         ds = self.dataset
         full = Window(0, 0, ds.width, ds.height)
         if window is not None and bbox is not None:
@@ -282,10 +292,10 @@ class RasterSource:
             b = bounds_of(self.dataset_transform, ds.width, ds.height)
             space = (f"pixel space, x = column, y = -row: the raster is georeferenced by {self.sensor_model.what} "
                      f"only" if self.sensor_model is not None else "pixel space: x = column, y = -row, as QGIS shows it")
-            raise InputError(f"bbox lies outside the raster (raster bounds {','.join(map(format_coordinate, b))} "
+            raise InputError(f"{bbox_is} lies outside the raster (raster bounds {','.join(map(format_coordinate, b))} "
                              f"in {self.crs or space}){self._swapped_bbox_hint(bbox, bbox_crs)}")
         if clipped:
-            self.notes.append(f"bbox reaches beyond the raster: its part inside, pixels {window.col_off},"
+            self.notes.append(f"{bbox_is} reaches beyond the raster: its part inside, pixels {window.col_off},"
                               f"{window.row_off},{window.width},{window.height} of {ds.width} x {ds.height}, is "
                               f"processed")
         return window
@@ -601,25 +611,21 @@ class RasterSource:
 
     def to_raster_crs(self, geom, crs: str, what: str, hint: str = ""):
         """A shapely geometry given in a user's CRS, in the raster's CRS."""
+        import shapely
         from pyproj import Transformer
-        from shapely.ops import transform as reproject
 
         given = self.user_crs(crs, what, hint)
         if given == self.crs:
             return geom
-        return reproject(Transformer.from_crs(given, self.crs, always_xy=True).transform, geom)
+        return shapely.transform(geom, Transformer.from_crs(given, self.crs, always_xy=True).transform,
+                                 interleaved=False)
 
-    def restrict_to(self, wkt: str, crs: str | None = None) -> None:
-        """Only pixels inside this (Multi)Polygon count as valid (e.g. selected fields); `crs` is the
-        geometry's CRS (default: the raster's)."""
+    def restrict_to(self, mask, crs: str | None = None) -> None:
+        """Only pixels inside this (Multi)Polygon (WKT or shapely) count as valid (e.g. selected fields);
+        `crs` is the geometry's CRS (default: the raster's)."""
         import shapely
 
-        try:
-            geom = shapely.from_wkt(wkt)
-        except Exception:
-            raise InputError("the mask is not valid WKT") from None
-        if geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon"):
-            raise InputError("the mask must be a Polygon or MultiPolygon")
+        geom = _mask_polygons(mask) if isinstance(mask, str) else mask
         if crs is not None:
             geom = self.to_raster_crs(geom, crs, "a mask")
         if not geom.intersects(shapely.box(*self.bounds)):
@@ -648,7 +654,7 @@ class RasterSource:
     @property
     def _declares_no_data(self) -> bool:
         return (not self._masks_all_valid or self.floating or self.nodata is not None
-                or getattr(self, "mask_geometry", None) is not None)
+                or self.mask_geometry is not None)
 
     def _source_valid(self, rect: Box) -> np.ndarray:
         """Validity [h, w] of a rectangle of the area's source grid, at the source's own pixels: read a
@@ -663,11 +669,8 @@ class RasterSource:
             if self.floating or self.nodata is not None:
                 part &= self._value_valid(self._read_nearest(window, h, rect.w))
             valid[top:top + h] = part
-        if getattr(self, "mask_geometry", None) is not None:
-            from rasterio.features import geometry_mask
-
-            transform = self.transform @ Affine.translation(rect.x, rect.y)
-            valid &= geometry_mask([self.mask_geometry], out_shape=(rect.h, rect.w), transform=transform, invert=True)
+        if self.mask_geometry is not None:
+            valid &= self._inside_mask(self.transform @ Affine.translation(rect.x, rect.y), rect.h, rect.w)
         return valid
 
     def read_valid(self, rect: Box, within: tuple[Box, np.ndarray] | None = None) -> np.ndarray:
@@ -683,12 +686,26 @@ class RasterSource:
             valid = self._mask_valid(window, rect.h, rect.w)
             if self.floating or self.nodata is not None:  # NaN/±inf (whatever the file declares), --nodata
                 valid &= self._value_valid(self._read_nearest(window, rect.h, rect.w))
-        if getattr(self, "mask_geometry", None) is not None:
-            from rasterio.features import geometry_mask
-
-            transform = self.working_transform() @ Affine.translation(rect.x, rect.y)
-            valid &= geometry_mask([self.mask_geometry], out_shape=(rect.h, rect.w), transform=transform, invert=True)
+        if self.mask_geometry is not None:
+            valid &= self._inside_mask(self.working_transform() @ Affine.translation(rect.x, rect.y), rect.h, rect.w)
         return valid
+
+    def window_inside_mask(self, window: Window, height: int, width: int) -> np.ndarray | None:
+        """Which pixels [height, width] of a source window read at that size lie inside the mask
+        (`restrict_to`); None without a mask. The model still sees the pixels outside (context), as in
+        the block path; what is outside counts as no data."""
+        if self.mask_geometry is None:
+            return None
+        to_area = Affine.translation(window.col_off - self.window.col_off, window.row_off - self.window.row_off)
+        return self._inside_mask(self.transform @ to_area @ Affine.scale(window.width / width, window.height / height),
+                                 height, width)
+
+    def _inside_mask(self, transform: Affine, height: int, width: int) -> np.ndarray:
+        """Which pixels [height, width] of a grid (`transform`: its pixels to the raster's CRS) have their
+        centre inside `mask_geometry`."""
+        from rasterio.features import geometry_mask
+
+        return geometry_mask([self.mask_geometry], out_shape=(height, width), transform=transform, invert=True)
 
     @functools.cached_property
     def _masks_all_valid(self) -> bool:
@@ -760,6 +777,19 @@ class RasterSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _mask_polygons(wkt: str):
+    """A mask's WKT as a shapely (Multi)Polygon with an area; InputError naming what is wrong otherwise."""
+    import shapely
+
+    try:
+        geom = shapely.from_wkt(wkt)
+    except Exception:  # noqa: BLE001 — any parse failure is the same answer
+        raise InputError("the mask is not valid WKT") from None
+    if geom is None or geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon") or not geom.area > 0:
+        raise InputError("the mask must be a Polygon or MultiPolygon with an area")
+    return geom
 
 
 def probe_area(path: str | Path, **source_args) -> None:

@@ -159,8 +159,10 @@ def test_no_data_is_the_sources_own_at_a_working_resolution(tmp_path, segmenter,
         mask_wkt = triangle.wkt
     summary = _run(segmenter, src, tmp_path / "out", gsd=gsd, mask_wkt=mask_wkt, polygons=False)
     assert summary["working_gsd_m"] == (gsd or 0.5)
-    with rasterio.open(tmp_path / "out" / "in_classes.tif") as cls:
+    with rasterio.open(tmp_path / "out" / "in_classes.tif") as cls, rasterio.open(src) as ds:
         labels = cls.read(1)
+        col, row = (~ds.transform) @ (cls.transform.c, cls.transform.f)  # a mask: only its bounding box
+        invalid = invalid[round(row):round(row) + cls.height, round(col):round(col) + cls.width]
     assert np.array_equal(labels == 255, invalid)
     assert summary["nodata_pixels"] == int(invalid.sum())
 
@@ -293,9 +295,10 @@ def test_a_mask_polygon_limits_the_prediction(tmp_path, segmenter):
     square = shapely.box(500020.0, 5199940.0, 500070.0, 5199980.0)  # cols 40-140, rows 40-120
     lonlat = shapely.geometry.shape(transform_geom("EPSG:32633", "EPSG:4326", square.__geo_interface__, precision=-1))
     summary = _run(segmenter, src, tmp_path / "out", mask_wkt=lonlat.wkt, mask_crs="EPSG:4326")
-    with rasterio.open(tmp_path / "out" / "in_classes.tif") as cls:
+    with rasterio.open(tmp_path / "out" / "in_classes.tif") as cls:  # the mask's bounding box, on the raster's grid
         labels = cls.read(1)
-    inside = labels[42:118, 42:138]
-    assert np.all(inside != 255)
-    assert np.all(labels[:38] == 255) and np.all(labels[:, 142:] == 255)
-    assert summary["nodata_pixels"] == pytest.approx(200 * 300 - 100 * 80, abs=400)
+        col, row = (~cls.transform) @ (500000.0, 5200000.0)
+    assert col == round(col) and row == round(row) and 38 <= -col <= 40 and 38 <= -row <= 40
+    square_px = labels[int(-row) - 40:, int(-col) - 40:]  # from col 40, row 40 of the raster
+    assert np.all(square_px[2:78, 2:98] != 255)
+    assert summary["nodata_pixels"] == pytest.approx(labels.size - 100 * 80, abs=400)

@@ -183,3 +183,63 @@ def test_grid_cells_and_search_boxes_are_square_on_the_ground_where_pixels_are_n
     for box in found["boxes"]:
         minx, miny, maxx, maxy = box["bounds"]
         assert maxx - minx == pytest.approx(maxy - miny)
+
+
+def test_grid_and_search_inside_selected_polygons_only(tmp_path, classifier, tiny_model):
+    """The plugin's "Selected polygons": cells the polygons do not reach are left out, not the whole bounding
+    box classified; what lies outside counts as no data (a cell mostly outside gets no class); the heat map
+    is no data outside; search boxes lie at least half inside."""
+    import shapely
+    from pyogrio.raw import read
+
+    src = write_raster(tmp_path / "m.tif", scene(400, 600, seed=4)[0])  # 300 m × 200 m, 0.5 m pixels
+    x0, y1 = 500000.0, 5200000.0
+    field = shapely.Polygon([(x0 + 5, y1 - 5), (x0 + 195, y1 - 5), (x0 + 5, y1 - 195)])  # a triangle, top left
+    summary = classify_grid(GridJob(str(src), str(tmp_path / "g"), cell_m=50.0, mask_wkt=field.wkt), classifier)
+    meta, _, wkb, fields = read(tmp_path / "g" / "m_grid.gpkg")
+    data = dict(zip(meta["fields"], fields))
+    cells = shapely.from_wkb(wkb)
+    # cells from the triangle's top-left corner: 4 × 4 in its bounding box, 10 meet it (4 + 3 + 2 + 1 by row)
+    assert summary["cells"] == len(cells) == 10
+    assert all(c.intersection(field).area > 0 for c in cells)
+    for cell, fraction, name in zip(cells, data["valid_fraction"], data["class"]):
+        inside = cell.intersection(field).area / cell.area
+        assert abs(fraction - inside) < 0.03, (fraction, inside)
+        assert (name is None) == (inside < 0.5)
+    # the same area as a mask in another CRS gives the same cells
+    from rasterio.warp import transform_geom
+
+    lonlat = shapely.geometry.shape(transform_geom("EPSG:32633", "EPSG:4326", shapely.geometry.mapping(field)))
+    again = classify_grid(GridJob(str(src), str(tmp_path / "g4326"), cell_m=50.0, mask_wkt=lonlat.wkt,
+                                  mask_crs="EPSG:4326"), classifier)
+    assert again["cells"] == 10
+
+    found = search_raster(SearchJob(str(src), str(tmp_path / "s"), query="a lake", top_k=50, mask_wkt=field.wkt),
+                          tiny_model)
+    with rasterio.open(tmp_path / "s" / "m_heatmap.tif") as h:  # the triangle's bounding box only
+        heat = h.read(1)
+        assert h.shape == (380, 380) and h.transform.c == x0 + 5 and h.transform.f == y1 - 5
+        nodata = h.nodata
+    assert heat[350, 350] == nodata and heat[20, 20] != nodata  # outside / inside the triangle
+    assert found["boxes"]
+    for box in found["boxes"]:
+        assert shapely.box(*box["bounds"]).intersection(field).area >= 0.45 * shapely.box(*box["bounds"]).area
+
+
+def test_api_grid_and_search_take_a_mask(tmp_path):
+    src = write_raster(tmp_path / "a.tif", scene(300, 400)[0])
+    square = "POLYGON((500010 5199990,500060 5199990,500060 5199940,500010 5199940,500010 5199990))"
+    with TestClient(make_app(tmp_path)) as client:
+        grid = client.post("/v1/jobs/grid", headers=AUTH, json={"input": {"path": str(src)}, "classes": "water; grass",
+                                                                "cell_m": 40, "mask_wkt": square})
+        assert grid.status_code == 202, grid.text
+        status = wait_for(client, grid.json()["id"])
+        summary = client.get(f"/v1/jobs/{grid.json()['id']}/files/result_grid_summary.json", headers=AUTH).json()
+        assert status["state"] == "done" and summary["cells"] == 4  # 50 m square on a 40 m grid from 0
+        away = square.replace("5000", "6000")  # 100 km east
+        refused = client.post("/v1/jobs/search", headers=AUTH,
+                              json={"input": {"path": str(src)}, "query": "a lake", "mask_wkt": away})
+        assert refused.status_code == 400 and "mask" in refused.json()["detail"]
+        lonely = client.post("/v1/jobs/grid", headers=AUTH, json={"input": {"path": str(src)}, "classes": "a; b",
+                                                                  "cell_m": 40, "mask_crs": "EPSG:4326"})
+        assert lonely.status_code == 400 and "mask_crs given without mask_wkt" in lonely.json()["detail"]

@@ -334,6 +334,34 @@ def test_grid_and_search_from_the_dock_load_styled_layers(dock, qtbot):
     assert dock.messages[-1] == ("info", f"{task.title}: done")
 
 
+def test_grid_on_selected_polygons_classifies_the_cells_they_reach(dock, qtbot):
+    """Scope "Selected polygons": the grid covers the cells the selection reaches, not its bounding box."""
+    from qgis.core import QgsFeature, QgsGeometry, QgsProject, QgsVectorLayer
+
+    e = dock.layer_combo.currentLayer().extent()
+    x0, y0 = e.xMinimum(), e.yMinimum()
+    triangle = QgsGeometry.fromWkt(f"POLYGON(({x0 + 1} {y0 + 1}, {x0 + 119} {y0 + 1}, {x0 + 1} {y0 + 119}, "
+                                   f"{x0 + 1} {y0 + 1}))")
+    polys = QgsVectorLayer("Polygon?crs=EPSG:32633", "fields", "memory")
+    f = QgsFeature()
+    f.setGeometry(triangle)
+    polys.dataProvider().addFeatures([f])
+    QgsProject.instance().addMapLayer(polys)
+    polys.selectAll()
+    dock.scope_combo.setCurrentText("Selected polygons")
+    dock.mask_combo.setLayer(polys)
+    dock.prompt_edit.setPlainText("water\ngrass")
+    panel = dock.scenes_panel
+    panel.cell_spin.setValue(40.0)
+    task = panel.classify_grid()
+    qtbot.waitUntil(lambda: panel.grid_button.isEnabled(), timeout=120_000)
+    assert task.error is None, task.error
+    [grid] = [n.layer() for n in QgsProject.instance().layerTreeRoot().children()[0].findLayers()]
+    cells = [g.geometry() for g in grid.getFeatures()]
+    # 40 m cells from the triangle's corner: 3 × 3 in its bounding box, 6 reach inside it (3 + 2 + 1)
+    assert len(cells) == 6 and all(c.intersection(triangle).area() > 0 for c in cells)
+
+
 def test_segment_starts_the_local_engine_on_demand(qgis_app, qtbot, folder, tmp_path, monkeypatch):
     from qgis.core import QgsProject, QgsRasterLayer
     from qgis.gui import QgsMapCanvas
