@@ -26,7 +26,7 @@ def _area_args(args) -> dict:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    from engine.cli_segment import _check_writable, _classes, progress_bar
+    from engine.cli_segment import _check_writable, _classes, print_notes, progress_bar
     from engine.geo.source import probe_area
 
     prompts = _classes(args.classes)
@@ -55,6 +55,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         summary = classify_grid(job, classifier, progress=progress)
     finally:
         bar.close()
+    print_notes(summary["notes"])
     if not args.quiet:
         for c in summary["classes"]:
             print(f"  {c['name']:<24} {c['cells']:>8} cells")
@@ -122,7 +123,7 @@ def _labels_path(args) -> Path:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from engine.cli_segment import _check_writable, progress_bar
+    from engine.cli_segment import _check_writable, print_notes, progress_bar
     from engine.dense.prompts import query_prompts
     from engine.geo.source import probe_area
 
@@ -147,6 +148,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         bar.close()
     for earlier in set(every_output) - set(search_paths(job).values()):  # a heat map of an earlier run
         earlier.unlink(missing_ok=True)
+    print_notes(summary["notes"])
     if not args.quiet:
         for box in summary["boxes"]:
             print(f"  #{box['rank']:<3} score {box['score']:.3f}  bounds {', '.join(f'{v:.2f}' for v in box['bounds'])}")

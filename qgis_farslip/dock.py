@@ -21,7 +21,7 @@ from qgis_farslip.background import run_async
 from qgis_farslip.client import EngineError
 from qgis_farslip.engine_panel import UI_TIMEOUT_S, EnginePanel
 from qgis_farslip.jobs import SegmentationRequest, check_request
-from qgis_farslip.outputs import class_title, default_output_folder
+from qgis_farslip.outputs import class_title, default_output_folder, done_message
 from qgis_farslip.raster_choices import BandChooser, NoDataEdit
 from qgis_farslip.raster_snapshot import RasterSnapshot, crs_text
 from qgis_farslip.taught_files import model_label
@@ -532,12 +532,7 @@ class FarSLIPDock(QDockWidget):
             self.last_segmentation = {"job": task.summary.get("job_id"), "folder": str(task.folder),
                                       "title": task.group_title}
             self.labels_panel.show_last_segmentation()
-            notes = task.summary.get("notes", [])  # what the engine chose or noticed about the raster
-            if notes:
-                more = f" (and {len(notes) - 1} more in the summary)" if len(notes) > 1 else ""
-                self.notify("warning", f"{task.title}: done — {notes[0]}{more}")
-            else:
-                self.notify("info", f"{task.title}: done")
+            self.notify(*done_message(task.title, task.summary))
 
     def _fail(self, text: str) -> None:
         self.last_error = text

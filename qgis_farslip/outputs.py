@@ -44,3 +44,13 @@ def run_folder_name(raster: str, classes: list[str], when: float | None = None) 
     """A file-system-safe folder for one run: "ortho_building-road-tree_20261126-140531"."""
     first = "-".join(safe_name(line.split(",")[0]) for line in classes[:3])
     return f"{safe_name(raster)}_{first}_{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}"
+
+
+def done_message(title: str, summary: dict) -> tuple[str, str]:
+    """(message-bar level, text) for a finished run: its first note — what the engine chose or noticed
+    about the raster, or a setting unlike the taught classes' — as a warning, else plain "done"."""
+    notes = summary.get("notes") or []
+    if not notes:
+        return "info", f"{title}: done"
+    more = f" (and {len(notes) - 1} more in the summary)" if len(notes) > 1 else ""
+    return "warning", f"{title}: done — {notes[0]}{more}"

@@ -16,7 +16,7 @@ from qgis.PyQt.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLa
 from qgis_farslip.client import EngineError
 from qgis_farslip.jobs import area_payload, check_request, clip_extent, forget_upload, run_job
 from qgis_farslip.layers import add_result_group
-from qgis_farslip.outputs import class_title, run_folder_name
+from qgis_farslip.outputs import class_title, done_message, run_folder_name
 from qgis_farslip.processing_provider import styles
 from qgis_farslip.tasks import PluginTask
 from qgis_farslip.taught_refs import with_taught
@@ -154,4 +154,4 @@ class ScenesPanel(QWidget):
             self.dock.notify("critical", task.error)
         else:
             self.progress.setValue(100)
-            self.dock.notify("info", f"{task.title}: done")
+            self.dock.notify(*done_message(task.title, task.summary))

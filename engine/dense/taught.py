@@ -165,11 +165,19 @@ class TaughtClasses:
         made = {k: self.made[k] for k in ("template_set", "global_bias") if self.made.get(k) is not None}
         return preset(DEFAULT_PRESET).with_overrides(**made)
 
-    def differences(self, options: "InferenceOptions", working_gsd: float | None) -> list[str]:
-        """One note per setting of a run that differs from the one the classes were taught under (working
-        GSD, global bias, template set): the labels' prototypes are features at that scale and in that
-        setting, so a run under others reads them less well."""
+    def differences(self, options: "InferenceOptions", working_gsd: float | None,
+                    bands: tuple[int, ...] | None = None, band_count: int | None = None) -> list[str]:
+        """One note per setting of a run that differs from the one the classes were taught under (bands
+        read as red, green, blue — of a raster with as many bands —, working GSD, global bias, template
+        set): the labels' prototypes are features of those pixels, at that scale and in that setting, so
+        a run under others reads them less well."""
         made, notes = self.made, []
+        taught_bands, taught_count = made.get("bands"), made.get("band_count")
+        if (bands is not None and taught_bands and taught_count == band_count
+                and list(bands) != list(taught_bands)):
+            notes.append(f"the taught classes were made from bands {','.join(map(str, taught_bands))} as red, green, "
+                         f"blue and this run reads bands {','.join(map(str, bands))}: pass --bands "
+                         f"{','.join(map(str, taught_bands))} if this raster's bands are in the same order")
         taught_gsd = made.get("working_gsd_m")
         if taught_gsd and working_gsd and abs(working_gsd / taught_gsd - 1) > 0.01:
             notes.append(f"the taught classes were made at {taught_gsd:g} m per pixel and this run works at "

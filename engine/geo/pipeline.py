@@ -202,7 +202,8 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
         c["area_m2"] = None if areas is None else round(float(areas[c["index"]]), 3)
     notes = list(source.notes)
     if segmenter.taught is not None:
-        notes += segmenter.taught.differences(segmenter.options, source.working_gsd)
+        notes += segmenter.taught.differences(segmenter.options, source.working_gsd, source.bands,
+                                              source.dataset.count)
     if not any(c["pixels"] for c in classes):
         below = " or below the threshold" if segmenter.options.prob_threshold else ""
         notes.append(f"no pixel of the area got a class (all no data by the raster's nodata, masks or NaN{below}): "

@@ -166,6 +166,10 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
             write_features(work / "grid.gpkg", [cell_polygon(source, c) for c, _ in rows], fields, source.crs, "grid")
             shutil.move(str(work / "grid.gpkg"), paths["grid"])
             counts = np.bincount(best[valid], minlength=len(names))
+            notes = list(source.notes)  # what was chosen or noticed about the raster
+            taught = classifier.segmenter.taught if classifier.segmenter is not None else None
+            if taught is not None:  # (cells are read at their own scale: no working GSD to compare)
+                notes += taught.differences(classifier.segmenter.options, None, source.bands, source.dataset.count)
             summary = {
                 "farslip_version": __version__, "input": job.input, "model": classifier.model.name,
                 "classes": [{"index": i, "name": n, "colour": hex_colour(class_colour(c.names)), "cells": int(counts[i])}
@@ -174,7 +178,7 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
                 "cell_size_px": cells[0].size if cells else None,
                 "cell_size_m": cells[0].size * source.pixel_sides_m[0] if cells and source.pixel_sides_m else None,
                 "crs": source.crs.to_string() if source.crs else None,
-                "timing": {"total_s": round(time.perf_counter() - started, 3)},
+                "notes": notes, "timing": {"total_s": round(time.perf_counter() - started, 3)},
                 "files": {k: p.name for k, p in paths.items()},
             }
             publish_summary(work, paths["summary"], summary)

@@ -118,7 +118,7 @@ def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | Non
             shutil.move(str(work / "boxes.gpkg"), paths["boxes"])
             summary = {"farslip_version": __version__, "input": job.input, "model": model.name, "query": job.query,
                        "boxes": results, "crs": source.crs.to_string() if source.crs else None,
-                       "working_gsd_m": source.working_gsd,
+                       "working_gsd_m": source.working_gsd, "notes": list(source.notes),
                        "timing": {"total_s": round(time.perf_counter() - started, 3)},
                        "files": {k: p.name for k, p in paths.items()}}
             publish_summary(work, paths["summary"], summary)

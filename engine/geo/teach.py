@@ -183,6 +183,7 @@ def teach(segmenter: Segmenter, source: RasterSource, geoms: list, values: list[
     for c in [c for c, polys in features.items() if sum(len(p) for p in polys) < MIN_SAMPLES]:
         skip(f"{prompts.classes[c].label} (under {MIN_SAMPLES} patches: draw its labels larger)")
     record = {"raster": str(source.path), "working_gsd_m": source.working_gsd, "crops": len(computed.cache),
+              "bands": list(source.bands), "band_count": source.dataset.count,
               "template_set": segmenter.options.template_set, "global_bias": segmenter.options.global_bias,
               "skipped_labels": skipped, **(made or {})}
     return TaughtClasses.learn(segmenter.model, prompts, features, segmenter.options.template_set, record,

@@ -126,8 +126,13 @@ def test_cli_classify_and_search(tmp_path, capsys):
     assert (tmp_path / "o" / "c_grid_labels.gpkg").exists()
     assert main(["search", str(src), "--query", "a pond", "--no-heatmap", "-o", str(tmp_path / "o"), *model]) == 0
     summary = json.loads((tmp_path / "o" / "c_search_summary.json").read_text())
-    assert summary["boxes"] and "heatmap" not in summary["files"]
+    assert summary["boxes"] and "heatmap" not in summary["files"] and summary["notes"] == []
     capsys.readouterr()
+    # what the engine noticed about the area is said, as by segment: a bbox reaching beyond the raster
+    assert main(["search", str(src), "--query", "a pond", "--no-heatmap", "--bbox", "499990,5199900,500100,5200010",
+                 "-o", str(tmp_path / "o2"), *model]) == 0
+    assert "farslip: note: bbox reaches beyond the raster" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o2" / "c_search_summary.json").read_text())["notes"][0].startswith("bbox reaches")
     assert main(["classify", str(src), "--classes", "a", "-o", str(tmp_path / "o"), *model]) == 2
     assert "give either --cell" in capsys.readouterr().err
     assert main(["search", str(src), "--query", "  ", "-o", str(tmp_path / "o"), *model]) == 2

@@ -505,6 +505,18 @@ def test_a_run_under_other_settings_than_the_teaching_says_so(site, tmp_path, ca
     assert any("made at 0.5 m per pixel and this run works at 1 m" in n for n in notes), notes
     assert any("global bias 0.3 and this run uses 0" in n for n in notes), notes
     assert "made at 0.5 m per pixel" in capsys.readouterr().err
+    # bands: the file says which it was taught from; reading others of a raster like it is said too
+    assert json.loads(taught.read_text())["made"]["bands"] == [1, 2, 3]
+    assert main(["segment", str(site["raster"]), "--classes", f"@{taught}", "-o", str(tmp_path / "bands"),
+                 "--gsd", "0.5", "--preset", "enhanced", "--bands", "3,2,1", "--no-polygons", *_model(site)]) == 0
+    notes = json.loads((tmp_path / "bands" / "site_summary.json").read_text())["notes"]
+    assert notes == ["the taught classes were made from bands 1,2,3 as red, green, blue and this run reads bands "
+                     "3,2,1: pass --bands 1,2,3 if this raster's bands are in the same order"], notes
+    capsys.readouterr()
+    assert main(["classify", str(site["raster"]), "--classes", f"@{taught}", "--cell", "40", "--bands", "3,2,1",
+                 "-o", str(tmp_path / "grid"), *_model(site)]) == 0  # a grid says it too (printed)
+    assert json.loads((tmp_path / "grid" / "site_grid_summary.json").read_text())["notes"] == notes
+    assert "farslip: note: the taught classes were made from bands 1,2,3" in capsys.readouterr().err
 
 
 def test_small_and_thin_labels_on_data_are_taught_from_the_patch_covering_them(site, tmp_path, capsys):
