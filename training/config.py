@@ -102,6 +102,10 @@ class TrainConfig:
             raise InputError("color_jitter: four non-negative values (brightness, contrast, saturation, hue ≤ 0.5)")
         if self.teacher not in TEACHER_MODES:
             raise InputError(f"teacher must be one of {', '.join(TEACHER_MODES)}")
+        if self.stage == 1 and self.teacher == "frozen" and self.global_weight > 0:
+            # as the published code refuses it: the frozen start distils against a moving contrastive student
+            raise InputError("teacher 'frozen' cannot be used with the global contrastive loss: set global_weight 0, "
+                             "or use teacher 'active' or 'ema'")
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}")
         for name in ("epochs", "batch_size", "max_boxes"):

@@ -155,6 +155,7 @@ class Run:
             self.scaler.unscale_(self.optimizer)
         else:
             losses["total"].backward()
+        self.teacher.update(self.clip)  # an EMA teacher takes the weights this step used, as the published code
         grad_norm = None
         if cfg.grad_clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainer.parameters(), cfg.grad_clip))
@@ -165,7 +166,6 @@ class Run:
             self.optimizer.step()
         with torch.no_grad():
             self.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-        self.teacher.update(self.clip)
         self.step += 1
         values = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
         if grad_norm is not None:

@@ -144,17 +144,26 @@ def test_the_final_model_is_refused_as_resume_in_one_line_naming_model(scene_dat
 def test_teacher_modes(scene_dataset, start, tmp_path):
     from training.loop import Run
 
-    frozen = Run(_config(1, scene_dataset, start, tmp_path / "f", teacher="frozen", max_steps=2), World())
-    ema = Run(_config(1, scene_dataset, start, tmp_path / "e", teacher="ema", ema_momentum=0.9, max_steps=2), World())
-    before = {k: v.clone() for k, v in ema.teacher.model.state_dict().items()}
+    frozen = Run(_config(1, scene_dataset, start, tmp_path / "f", teacher="frozen", global_weight=0.0, max_steps=2),
+                 World())
+    ema = Run(_config(1, scene_dataset, start, tmp_path / "e", teacher="ema", ema_momentum=0.9, max_steps=3), World())
     for run in (frozen, ema):
         run.train_step(next(iter(run.data.batches(0, 0))))
     for k, v in frozen.teacher.model.state_dict().items():
         assert torch.equal(v, make_clip().state_dict()[k])
-    student = dict(ema.clip.named_parameters())
+    # the EMA takes the weights a step uses, before its update (as the published train.py): after one step
+    # the teacher is still the start; after the second, it has moved a tenth of the way to the first step's
+    before = {k: v.clone() for k, v in ema.teacher.model.named_parameters()}
+    student = {k: v.detach().clone() for k, v in ema.clip.named_parameters()}
+    start_weights = make_clip().state_dict()
+    for k, t in before.items():  # (a step moves weights by about lr = 1e-4: far more than the tolerance)
+        torch.testing.assert_close(t, start_weights[k], rtol=1e-6, atol=1e-7)
+    ema.train_step(next(iter(ema.data.batches(0, 0))))
     for name, t in ema.teacher.model.named_parameters():
-        torch.testing.assert_close(t, 0.9 * before[name] + 0.1 * student[name].detach())
+        torch.testing.assert_close(t, 0.9 * before[name] + 0.1 * student[name], rtol=1e-6, atol=1e-7)
     assert Run(_config(1, scene_dataset, start, tmp_path / "a", max_steps=1), World()).teacher.model is None
+    with pytest.raises(InputError, match="teacher 'frozen' cannot be used with the global contrastive loss"):
+        _config(1, scene_dataset, start, tmp_path / "g", teacher="frozen", max_steps=1).validate()
 
 
 @pytest.mark.parametrize("stage", [1, 2])

@@ -125,7 +125,7 @@ def _teacher_worker(rank: int, world: int, port: int, data: str, out: str, queue
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         cfg = build_config(1, overrides=dict(data=data, samples=16, model=f"random:{TINY}", out=out, batch_size=2,
-                                             workers=0, teacher="frozen", tensorboard=False))
+                                             workers=0, teacher="frozen", global_weight=0.0, tensorboard=False))
         run = Run(cfg, World(rank=rank, size=world))
         teacher = {k: v.tolist() for k, v in run.teacher.model.state_dict().items()}
         student = {k: v.tolist() for k, v in run.clip.state_dict().items()}
