@@ -70,8 +70,12 @@ class RegionLabeller:
                 resolution = max(box.width(), box.height()) / 448
                 check_render_size(box, resolution)
                 upload = self.client.upload(render_to_geotiff(self.raster, box, resolution, scratch))
-            payload.update(input={"upload_id": upload}, crs="pixel",
-                           regions=[{"bbox": [0, 0, round(box.width() / resolution), round(box.height() / resolution)]}])
+            width, height = max(1, round(box.width() / resolution)), max(1, round(box.height() / resolution))
+            region = {"bbox": [0, 0, width, height]}
+            if polygon is not None:  # the polygon on the copy's pixels (column, row from its top-left corner)
+                region = {"polygon": [[(x - box.xMinimum()) * width / box.width(), (box.yMaximum() - y) * height /
+                                       box.height()] for x, y in polygon_ring(polygon, crs, self.raster.crs)]}
+            payload.update(input={"upload_id": upload}, crs="pixel", regions=[region])
         try:
             region = with_taught(self.client, self.request.taught, payload, self.client.label)["regions"][0]
         finally:

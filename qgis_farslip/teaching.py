@@ -33,10 +33,20 @@ def labelled_polygons(layer, field: str, what: str = "labels", features=None) ->
         geometry, value = feature.geometry(), feature[field]
         if geometry is None or geometry.isEmpty() or value is None or str(value).strip() in ("", "NULL"):
             continue
-        items.append({"wkt": geometry.asWkt(), "label": str(value).strip()})
+        items.append({"wkt": linear_wkt(geometry), "label": str(value).strip()})
     if not items:
         raise EngineError(f"the layer {name} has no polygons with a class in '{field}'")
     return items
+
+
+def linear_wkt(geometry) -> str:
+    """WKT of a geometry with straight segments only: a MultiSurface or CurvePolygon (WFS and GML parcel
+    layers) as the MultiPolygon or Polygon the engine reads (it reads no curves)."""
+    from qgis.core import QgsGeometry, QgsWkbTypes
+
+    if QgsWkbTypes.isCurvedType(geometry.wkbType()):  # (a MultiSurface of straight polygons too)
+        geometry = QgsGeometry(geometry.constGet().segmentize())
+    return geometry.asWkt()
 
 
 @dataclass

@@ -785,7 +785,10 @@ def _mask_polygons(wkt: str):
 
     try:
         geom = shapely.from_wkt(wkt)
-    except Exception:  # noqa: BLE001 — any parse failure is the same answer
+    except NotImplementedError:  # GEOS reads no curves
+        raise InputError("the mask has curves (a CurvePolygon or MultiSurface): send it as a Polygon or "
+                         "MultiPolygon, its curves made straight segments") from None
+    except Exception:  # noqa: BLE001 — any other parse failure is the same answer
         raise InputError("the mask is not valid WKT") from None
     if geom is None or geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon") or not geom.area > 0:
         raise InputError("the mask must be a Polygon or MultiPolygon with an area")

@@ -234,9 +234,12 @@ def _polygons(items, what: str) -> tuple[list, list[str]]:
     for i, item in enumerate(items):
         try:
             geom = shapely.from_wkt(item.wkt)
+        except NotImplementedError:  # GEOS reads no curves
+            raise HTTPException(400, f"{what}.{i}.wkt has curves (a CurvePolygon or MultiSurface): send it as a "
+                                     f"Polygon or MultiPolygon, its curves made straight segments") from None
         except shapely.errors.ShapelyError:
             raise HTTPException(400, f"{what}.{i}.wkt is not valid WKT") from None
-        if geom.geom_type not in ("Polygon", "MultiPolygon") or geom.is_empty:
+        if geom is None or geom.geom_type not in ("Polygon", "MultiPolygon") or geom.is_empty:
             raise HTTPException(400, f"{what}.{i}.wkt must be a non-empty Polygon or MultiPolygon")
         geoms.append(geom)
     return geoms, [item.label for item in items]

@@ -467,6 +467,16 @@ def test_the_teach_api_refuses_taught_classes_as_the_classes_to_teach(client, ro
             "labels": [{"wkt": shapely.box(left, top - 10, left + 10, top).wkt, "label": "water"}]}
     got = client.post("/v1/jobs/teach", headers=AUTH, json=body)
     assert got.status_code == 400 and "not taught classes" in got.json()["detail"], got.text
+    # curves (GML parcels): a 400 naming them, not a 500 from the WKT reader
+    arc = (f"CURVEPOLYGON(CIRCULARSTRING({left} {top - 5},{left + 5} {top},{left + 10} {top - 5},{left + 5} {top - 10},"
+           f"{left} {top - 5}))")
+    for wkt in (arc, f"MULTISURFACE({arc})"):
+        got = client.post("/v1/jobs/teach", headers=AUTH, json={**body, "classes": "water; grass",
+                                                                "labels": [{"wkt": wkt, "label": "water"}]})
+        assert got.status_code == 400 and "has curves" in got.json()["detail"], got.text
+        got = client.post("/v1/jobs/grid", headers=AUTH, json={"input": {"path": str(src)}, "classes": "a; b",
+                                                               "cell_m": 10, "mask_wkt": wkt})
+        assert got.status_code == 400 and "the mask has curves" in got.json()["detail"], got.text
 
 
 def test_labels_are_read_from_the_layer_that_has_the_class_field(site, tmp_path):

@@ -575,3 +575,34 @@ def test_a_file_in_a_crs_without_an_epsg_code_is_read_from_its_file(dock, qtbot,
     _wait(qtbot, dock)
     assert dock.last_error is None, dock.last_error
     assert dock.task.summary["input"] == path
+
+
+def test_clicking_a_polygon_on_a_rendered_copy_ranks_the_polygon(dock, folder):
+    """A layer the engine cannot read by path (here ENVI: a remote engine and web layers alike) is sent as a
+    rendered copy of the polygon's bounding box: the polygon is still what is ranked, not its box."""
+    from osgeo import gdal
+    from qgis.core import QgsGeometry, QgsProject, QgsRasterLayer
+
+    dock.prompt_edit.setPlainText("water\ngrass\nbuilding\nroad")
+    tif = dock.layer_combo.currentLayer()
+    gdal.Translate(str(folder / "scene.dat"), str(folder / "small.tif"), format="ENVI")
+    envi = QgsRasterLayer(str(folder / "scene.dat"), "scene")
+    QgsProject.instance().addMapLayer(envi)
+    e = tif.extent()
+    x0, y1 = e.xMinimum(), e.yMaximum()
+    # a thin L: a strip down the west edge and one along the north edge; its box is mostly neither
+    ell = QgsGeometry.fromWkt(f"POLYGON(({x0 + 2} {y1 - 2}, {x0 + 150} {y1 - 2}, {x0 + 150} {y1 - 10}, "
+                              f"{x0 + 10} {y1 - 10}, {x0 + 10} {y1 - 110}, {x0 + 2} {y1 - 110}, {x0 + 2} {y1 - 2}))")
+    ranked = {}
+    for layer in (tif, envi):
+        dock.layer_combo.setLayer(layer)
+        labeller = dock.labeller()
+        ranked[layer.name(), "polygon"] = dict(labeller.rank(ell.boundingBox(), layer.crs(), ell))
+        ranked[layer.name(), "box"] = dict(labeller.rank(ell.boundingBox(), layer.crs()))
+
+    def distance(a, b):
+        return sum(abs(a[k] - b[k]) for k in a)
+
+    copy_polygon = ranked["scene", "polygon"]
+    assert distance(copy_polygon, ranked["scene", "box"]) > 0.001
+    assert distance(copy_polygon, ranked["small", "polygon"]) < distance(copy_polygon, ranked["small", "box"]), ranked

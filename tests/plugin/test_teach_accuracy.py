@@ -148,3 +148,33 @@ def test_cancelling_teaching_is_reported_as_cancelled_and_teaches_nothing(dock, 
     assert panel.progress.text() == "cancelled" and dock.messages[-1][0] == "info"  # not an error
     assert task_status.not_reported_as_failed(statuses), statuses
     assert dock.taught is None and not dock.taught_row.isVisibleTo(dock) and isinstance(_payload_classes(dock), list)
+
+
+def test_labels_in_a_curved_polygon_layer_teach(dock, qtbot):
+    """WFS and GML parcel layers come as MultiSurface, with circular arcs: their polygons teach as any others
+    (the engine reads no curves: the plugin sends them as straight segments)."""
+    from qgis.core import QgsFeature, QgsGeometry, QgsProject, QgsVectorLayer
+
+    from tests.plugin.label_polygons import ORIGIN, RES, rectangle
+
+    layer = QgsVectorLayer("MultiSurface?crs=EPSG:32633&field=class:string", "parcels (GML)", "memory")
+    features = []
+    for name, *box in LABELS:
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(QgsGeometry.fromWkt(rectangle(*box).asWkt().replace("Polygon", "MultiSurface (Polygon")
+                                                + ")"))
+        feature["class"] = name
+        features.append(feature)
+    x, y = ORIGIN[0] + 60 * RES, ORIGIN[1] - 60 * RES  # a round pond inside the water
+    pond = QgsFeature(layer.fields())
+    pond.setGeometry(QgsGeometry.fromWkt(f"MultiSurface (CurvePolygon (CircularString ({x - 10} {y}, {x} {y + 10}, "
+                                         f"{x + 10} {y}, {x} {y - 10}, {x - 10} {y})))"))
+    pond["class"] = "water"
+    assert layer.dataProvider().addFeatures(features + [pond])[0]
+    QgsProject.instance().addMapLayer(layer)
+    panel = dock.labels_panel
+    panel.teach_layer_combo.setLayer(layer)
+    assert panel.teach() is not None
+    qtbot.waitUntil(lambda: panel.teach_button.isEnabled(), timeout=120_000)
+    assert dock.last_error is None, dock.last_error
+    assert dock.taught_label.text().startswith("classes taught from 9 polygons")
