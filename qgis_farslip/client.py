@@ -22,7 +22,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 def is_local_engine(url: str) -> bool:
     """Whether the engine at `url` runs on this computer (its files are ours; its token is in our token file)."""
-    return (urllib.parse.urlparse(url).hostname or "") in LOCAL_HOSTS
+    return (urllib.parse.urlparse(engine_url(url)).hostname or "") in LOCAL_HOSTS
 
 
 class EngineError(Exception):
@@ -78,6 +78,16 @@ def read_local_token(path: Path | None = None) -> str:
         return ""
 
 
+def engine_url(typed: str) -> str:
+    """The engine's base URL as a user may type it: "127.0.0.1:8765" or "localhost:8765/" (no scheme) is
+    http://…; the API's own "/v1" (copied from a request) is taken off."""
+    url = typed.strip()
+    if url and "://" not in url:
+        url = f"http://{url}"
+    url = url.rstrip("/")
+    return url[:-3].rstrip("/") if url.endswith("/v1") else url
+
+
 def token_file_for(url: str) -> str:
     """The token in this computer's engine token file, for an engine on this computer; '' for one on another
     computer (that file is never sent there)."""
@@ -86,8 +96,8 @@ def token_file_for(url: str) -> str:
 
 class EngineClient:
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0):
-        self.url = url.rstrip("/")
-        self.token = token if token is not None else token_file_for(url)
+        self.url = engine_url(url)
+        self.token = token if token is not None else token_file_for(self.url)
         self.timeout = timeout
         self._path_formats: tuple[str, ...] | None = None
 

@@ -18,10 +18,10 @@ from qgis.PyQt.QtWidgets import (QAction, QCheckBox, QComboBox, QDockWidget, QDo
 
 from qgis_farslip import prompt_sets
 from qgis_farslip.background import run_async
-from qgis_farslip.client import EngineError
+from qgis_farslip.client import EngineError, engine_url
 from qgis_farslip.engine_panel import UI_TIMEOUT_S, EnginePanel
 from qgis_farslip.jobs import SegmentationRequest, check_request
-from qgis_farslip.outputs import class_title, default_output_folder, done_message
+from qgis_farslip.outputs import class_title, default_output_folder, done_message, results_folder
 from qgis_farslip.raster_choices import BandChooser, NoDataEdit
 from qgis_farslip.raster_snapshot import RasterSnapshot, crs_text
 from qgis_farslip.taught_files import model_label
@@ -424,6 +424,10 @@ class FarSLIPDock(QDockWidget):
             return mask.boundingBoxOfSelected(), mask.crs()
         return None, layer.crs()
 
+    def results_folder(self) -> Path:
+        """Where runs put their folders: *Save to* as `outputs.results_folder` reads it."""
+        return results_folder(self.folder_widget.filePath())
+
     def selected_polygons(self) -> QgsVectorLayer:
         mask: QgsVectorLayer = self.mask_combo.currentLayer()
         if mask is None or mask.selectedFeatureCount() == 0:
@@ -461,7 +465,7 @@ class FarSLIPDock(QDockWidget):
         self.last_error = None
         try:
             request = self.build_request()
-            check_request(self.url_edit.text().strip(), request)
+            check_request(engine_url(self.url_edit.text()), request)
         except EngineError as exc:
             self._fail(str(exc))
             return None
@@ -472,7 +476,7 @@ class FarSLIPDock(QDockWidget):
             self._start_engine_then_run()
             return None
         title = class_title(request.classes)
-        self.task = SegmentTask(self.client(), request, self.folder_widget.filePath(), title, on_done=self._finished)
+        self.task = SegmentTask(self.client(), request, str(self.results_folder()), title, on_done=self._finished)
         show_progress(self.task, self.progress)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)

@@ -13,7 +13,7 @@ from qgis.PyQt.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QL
                                  QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
 from qgis_farslip.background import run_async, sip
-from qgis_farslip.client import LOCAL_HOSTS, EngineClient, EngineError, is_local_engine
+from qgis_farslip.client import LOCAL_HOSTS, EngineClient, EngineError, engine_url, is_local_engine
 from qgis_farslip.local_engine import LocalEngine
 from qgis_farslip.settings import engine_settings, save_engine_command, save_engine_settings
 from qgis_farslip.tasks import show_progress
@@ -68,6 +68,9 @@ class EnginePanel(QWidget):
         status_row.addWidget(self.check_button)
         layout.addLayout(status_row)  # full width: a wrapped status line keeps its own height
         self.url_edit = QLineEdit(settings["url"])
+        self.url_edit.setPlaceholderText("http://127.0.0.1:8765")
+        # typed without http:// or with the API's /v1: shown as it is used
+        self.url_edit.editingFinished.connect(lambda: self.url_edit.setText(engine_url(self.url_edit.text())))
         form.addRow("URL", self.url_edit)
         self.token_edit = QLineEdit(settings["token"])
         self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)
@@ -132,13 +135,13 @@ class EnginePanel(QWidget):
 
     # --- settings and client -------------------------------------------------------------------
     def client(self, timeout: float = 30.0) -> EngineClient:
-        stored = save_engine_settings(self.url_edit.text().strip(), self.token_edit.text().strip(),
+        stored = save_engine_settings(engine_url(self.url_edit.text()), self.token_edit.text().strip(),
                                       self.model_combo.currentText().strip())
         if not stored and not self.token_unsaved_said:
             self.token_unsaved_said = True
             self.notify("warning", "the engine token is kept only until QGIS closes: QGIS stores it encrypted once "
                                    "a master password is set (Settings → Options → Authentication)")
-        return EngineClient(self.url_edit.text().strip(), self.token_edit.text().strip() or None, timeout=timeout)
+        return EngineClient(engine_url(self.url_edit.text()), self.token_edit.text().strip() or None, timeout=timeout)
 
     def set_status(self, ok: bool | None, text: str) -> None:
         self.online = bool(ok)
@@ -187,7 +190,7 @@ class EnginePanel(QWidget):
         """Whether pressing Segment may start the local engine first: it is configured for this URL's port,
         not running, and the last check found nothing answering there."""
         command = self.command_edit.text().strip()
-        url = urlparse(self.url_edit.text().strip())
+        url = urlparse(engine_url(self.url_edit.text()))
         if not command or self.local.running() or not self.unreachable or url.hostname not in LOCAL_HOSTS:
             return False
         try:
@@ -234,7 +237,7 @@ class EnginePanel(QWidget):
 
     def use_engine(self, engine, start: bool = False) -> None:
         """Take an engine found or installed by the set-up; start it when asked."""
-        self.command_edit.setText(serve_command(engine.command, self.url_edit.text().strip()))
+        self.command_edit.setText(serve_command(engine.command, engine_url(self.url_edit.text())))
         save_engine_command(self.command_edit.text())
         if start:
             self.start(self.command_edit.text())
@@ -248,7 +251,7 @@ class EnginePanel(QWidget):
             self.set_status(False, str(exc))
             self.notify("critical", str(exc))
             return
-        self.local.start(argv, self.url_edit.text().strip())
+        self.local.start(argv, engine_url(self.url_edit.text()))
 
     def _local_state(self, state: str, text: str) -> None:
         self.engine_button.setText("Stop engine" if state in ("starting", "ready") else "Start engine")
@@ -306,7 +309,7 @@ class EnginePanel(QWidget):
             self._downloading(name, "starting the engine…")
             self.toggle_local_engine()
             return None
-        where = "this computer" if is_local_engine(self.url_edit.text().strip()) else "the engine's computer"
+        where = "this computer" if is_local_engine(engine_url(self.url_edit.text())) else "the engine's computer"
         self.download_task = task = ModelDownloadTask(self.client(), name, where, on_done=self._download_ended)
         show_progress(task, self.download_progress, prefix=f"{name}: ")
         self._downloading(name, "asking the engine…")

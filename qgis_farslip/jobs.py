@@ -20,6 +20,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, Qgs
                        QgsRasterFileWriter, QgsRasterPipe, QgsRectangle, QgsUnitTypes)
 
 from qgis_farslip.client import EngineClient, EngineError, in_gui_words, is_local_engine
+from qgis_farslip.outputs import fresh_folder
 from qgis_farslip.raster_snapshot import RasterSnapshot
 from qgis_farslip.taught_refs import classes_value, with_taught
 
@@ -237,11 +238,10 @@ def run_job(client: EngineClient, kind: str, payload: dict, out_folder: str,
         raise EngineError("cancelled")
     if status["state"] != "done":
         raise EngineError(f"engine: {in_gui_words(status['message'])}")
-    folder = Path(out_folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = fresh_folder(Path(out_folder))
     except OSError as exc:
-        raise EngineError(f"cannot create the results folder {folder} ({exc.strerror}); choose another "
+        raise EngineError(f"cannot create the results folder {out_folder} ({exc.strerror}); choose another "
                           "folder under Save to") from None
     stage("downloading the results…")
     for name in status["files"]:

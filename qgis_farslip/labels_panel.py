@@ -17,7 +17,7 @@ from qgis.PyQt.QtWidgets import (QAbstractItemView, QFormLayout, QGroupBox, QHBo
                                  QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from qgis_farslip import prompt_sets
-from qgis_farslip.client import EngineError
+from qgis_farslip.client import EngineError, engine_url
 from qgis_farslip.jobs import check_render_size, needs_upload, render_plan
 from qgis_farslip.labelling import LABELS_LAYER
 from qgis_farslip.outputs import class_title, run_folder_name, safe_name
@@ -243,7 +243,7 @@ class LabelsPanel(QWidget):
                                labels_crs=crs_text(layer.crs()), gsd=dock.gsd_spin.value() or None,
                                model=dock.model_combo.currentText() or None, upload=dock.upload_check.isChecked(),
                                bands=dock.band_chooser.bands(), nodata=dock.nodata_edit.value())
-        if needs_upload(dock.url_edit.text().strip(), request.raster, request.upload):  # the whole raster is sent
+        if needs_upload(engine_url(dock.url_edit.text()), request.raster, request.upload):  # the whole raster is sent
             check_render_size(*render_plan(request.raster, None, request.gsd))
         return request
 
@@ -257,7 +257,7 @@ class LabelsPanel(QWidget):
         raster = request.raster.name
         which = f"{layer.selectedFeatureCount()} selected polygons of " if layer.selectedFeatureCount() else ""
         title = f"teach {class_title(request.classes)} on {raster} from {which}{layer.name()}"
-        folder = Path(self.dock.folder_widget.filePath()) / f"taught_{run_folder_name(raster, request.classes)}"
+        folder = self.dock.results_folder() / f"taught_{run_folder_name(raster, request.classes)}"
         client = self.dock.client()
         return self._start(title, lambda progress, cancelled, stage: keep_as(run_teach(
             client, request, str(folder), progress, cancelled, stage), raster), self._taught, "teaching")

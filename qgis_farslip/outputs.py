@@ -18,6 +18,35 @@ def default_output_folder(project: QgsProject | None = None) -> str:
     return str(Path(home) / "farslip") if home else str(Path.home() / "FarSLIP")
 
 
+def results_folder(typed: str, project: QgsProject | None = None) -> Path:
+    """The folder a run's results go under, from the *Save to* field: empty → the default
+    (`default_output_folder`); `~` → the home folder; a relative path → under the saved project's folder
+    (else the home folder) — never QGIS's working folder, which a layer's relative source would then
+    depend on."""
+    text = typed.strip()
+    if not text:
+        return Path(default_output_folder(project))
+    folder = Path(text).expanduser()
+    if not folder.is_absolute():
+        home = (project or QgsProject.instance()).homePath()
+        folder = Path(home or Path.home()) / folder
+    return folder
+
+
+def fresh_folder(folder: Path) -> Path:
+    """`folder` made now — or `<folder>-2`, `-3`… when another run made it first (two runs started in
+    the same second): one run's files never land in, or replace, another's."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = folder if n == 1 else folder.with_name(f"{folder.name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder} and 9,999 others like it exist")
+
+
 def class_title(classes: list[str], limit: int = MAX_TITLE) -> str:
     """"building, road, tree +2": the first name of each class, whole names only, the rest counted."""
     names = [line.split(",")[0].strip() for line in classes]

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import tempfile
 import time
-from pathlib import Path
 
 from qgis.core import QgsApplication, QgsRasterLayer, QgsVectorLayer
 from qgis.PyQt.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit, QProgressBar,
                                  QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from qgis_farslip.client import EngineError
+from qgis_farslip.client import EngineError, engine_url
 from qgis_farslip.jobs import area_payload, check_request, clip_extent, forget_upload, run_job
 from qgis_farslip.layers import add_result_group
 from qgis_farslip.outputs import class_title, done_message, run_folder_name
@@ -128,13 +127,13 @@ class ScenesPanel(QWidget):
     def _start(self, kind: str, make) -> EngineJobTask | None:
         try:
             request = self.dock.build_request()
-            check_request(self.dock.url_edit.text().strip(), request)
+            check_request(engine_url(self.dock.url_edit.text()), request)
         except EngineError as exc:
             self.dock.notify("critical", str(exc))
             return None
         extra, what = make(request)
         title = f"{request.raster.name} — {what} ({time.strftime('%H:%M:%S')})"
-        folder = Path(self.dock.folder_widget.filePath()) / run_folder_name(request.raster.name, [kind])
+        folder = self.dock.results_folder() / run_folder_name(request.raster.name, [kind])
         self.task = EngineJobTask(self.dock.client(), kind, request, extra, str(folder), title, self._finished)
         self.task.progressChanged.connect(lambda p: self.progress.setValue(int(p)))
         for button in (self.grid_button, self.search_button):

@@ -37,7 +37,7 @@ class TaughtPicker(QWidget):
         self.combo.addItem(NONE, None)  # the dock lists the files (`refresh`) once it is built
 
     def folders(self) -> list[str]:
-        return [QgsProject.instance().homePath(), self.dock.folder_widget.filePath()]
+        return [QgsProject.instance().homePath(), str(self.dock.results_folder())]
 
     def refresh(self) -> None:
         """List the known files again, the one in use (if any) chosen."""

@@ -296,3 +296,62 @@ def test_an_area_too_large_to_render_at_the_working_gsd_gets_a_coarser_one(qgis_
     _, resolution = render_plan(raster, far, gsd)
     pixels = round(far.width() / resolution) * round(far.height() / resolution)
     assert gsd > 0.5 and MAX_RENDER_PIXELS / 2.25 < pixels <= MAX_RENDER_PIXELS  # no coarser than needed
+
+
+def test_save_to_typed_by_hand_never_means_qgis_working_folder(dock, qtbot, tmp_path, monkeypatch):
+    """*Save to* empty, relative or with "~": results go under the project's folder (or the default, or the
+    home folder), never into whatever folder QGIS was started from; the layers' sources are absolute."""
+    from pathlib import Path
+
+    from qgis.core import QgsProject
+
+    home, elsewhere = tmp_path / "home", tmp_path / "started-from"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    project_folder = Path(QgsProject.instance().homePath())
+    dock.prompt_edit.setPlainText("water\ngrass")
+    for typed, under in (("", project_folder / "farslip"), ("  results ", project_folder / "results"),
+                         ("~/maps", home / "maps")):
+        dock.folder_widget.setFilePath(typed)
+        dock.run()
+        qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=120_000)
+        assert dock.last_error is None, dock.last_error
+        source = Path(_groups()[0].findLayers()[-1].layer().source())
+        assert source.is_absolute() and source.parent.parent == under, (typed, source)
+    assert not any(elsewhere.iterdir())
+
+
+def test_two_runs_into_one_folder_name_keep_both_results(dock, tmp_path):
+    """Runs that start in the same second get the same folder name: the second goes beside the first
+    (`-2`), never over its files."""
+    import dataclasses
+    import hashlib
+
+    from qgis_farslip.jobs import run_segmentation
+
+    dock.prompt_edit.setPlainText("water\ngrass")
+    request, client, folder = dock.build_request(), dock.client(), tmp_path / "small_water-grass_20261207-120000"
+    first, first_folder = run_segmentation(client, request, str(folder))
+    classes = first_folder / first["files"]["classes"]
+    before = hashlib.sha256(classes.read_bytes()).hexdigest()
+    second, second_folder = run_segmentation(client, dataclasses.replace(request, threshold=0.9), str(folder))
+    assert first_folder == folder and second_folder == folder.with_name(folder.name + "-2")
+    assert hashlib.sha256(classes.read_bytes()).hexdigest() == before
+    assert (second_folder / second["files"]["classes"]).is_file()
+
+
+def test_an_engine_url_typed_without_http_or_with_v1_works(dock, qtbot):
+    """"127.0.0.1:8765" (no scheme) or a URL copied with the API's "/v1/" reach the engine, and the field
+    shows the URL as it is used."""
+    url = dock.url_edit.text()
+    dock.prompt_edit.setPlainText("water\ngrass")
+    for typed in (url.removeprefix("http://"), f"{url}/v1/"):
+        dock.url_edit.setText(typed)
+        dock.url_edit.editingFinished.emit()
+        assert dock.url_edit.text() == url
+        dock.url_edit.setText(typed)  # also as typed, before the field is left
+        dock.run()
+        qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=120_000)
+        assert dock.last_error is None, (typed, dock.last_error)
