@@ -62,6 +62,28 @@ def in_gui_words(detail: str) -> str:
     return detail
 
 
+# the request fields an engine message names (`engine.server.wording`), as a panel's fields ({where})
+_FIELD_FIXES = (
+    (r'pass "nodata": (\S+?)( |$)', r"set No data to \1 {where}\2"),
+    (r'pass "bands" \(e\.g\. "bands": \[1, 1, 1\]', "choose the Bands {where} (e.g. 1, 1, 1"),
+    (r'pass "bands": \[(\d+), (\d+), (\d+)\]', r"choose bands \1, \2, \3 as red, green, blue {where}"),
+    (r'\("bands" chooses others\)', "(the Bands {where} choose others)"),
+    (r'pass "gsd": (\S+?)( |$)', r"set the resolution to \1 m {where}\2"),
+)
+_UPLOADED_COPY = r"\b[0-9a-f]{32}\.tif\b"  # the name an engine gives a copy it was sent
+
+
+def in_panel_terms(text: str, raster: str | None = None, where: str = "in the Segment tab") -> str:
+    """An engine message or note with the request's fields named as the panel's (No data, Bands,
+    resolution, `where` they are) and a copy sent to the engine named as the layer (`raster`) it was
+    rendered from."""
+    import re
+
+    for pattern, replacement in _FIELD_FIXES:
+        text = re.sub(pattern, replacement.replace("{where}", where), text)
+    return re.sub(_UPLOADED_COPY, raster or "the copy sent", text)
+
+
 def default_token_path() -> Path:
     """Where a local engine keeps its token (the same rule as the engine's config folder)."""
     if os.environ.get("FARSLIP_CONFIG_DIR"):

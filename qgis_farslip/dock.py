@@ -18,7 +18,7 @@ from qgis.PyQt.QtWidgets import (QAction, QCheckBox, QComboBox, QDockWidget, QDo
 
 from qgis_farslip import prompt_sets
 from qgis_farslip.background import run_async
-from qgis_farslip.client import EngineError, engine_url
+from qgis_farslip.client import EngineError, engine_url, in_panel_terms
 from qgis_farslip.engine_panel import UI_TIMEOUT_S, EnginePanel
 from qgis_farslip.jobs import SegmentationRequest, check_request
 from qgis_farslip.outputs import class_title, default_output_folder, done_message, results_folder
@@ -46,7 +46,9 @@ class FarSLIPDock(QDockWidget):
         super().__init__("FarSLIP segmentation", parent)
         self.setObjectName("FarSLIPDock")
         self.canvas = canvas
-        self.notify = notify or (lambda level, text: None)  # (level "info"/"warning"/"critical", text)
+        shown = notify or (lambda level, text: None)  # (level "info"/"warning"/"critical", text)
+        # the engine's words for its request fields as this panel's (No data, Bands…)
+        self.notify = lambda level, text: shown(level, in_panel_terms(text))
         self.task: SegmentTask | None = None
         self.last_error: str | None = None
         self.taught = None  # teaching.Taught: classes taught from labels, used by the next segmentation
@@ -454,12 +456,13 @@ class FarSLIPDock(QDockWidget):
             raise EngineError("type at least one class")
         extent, crs = self.area(layer)
         mask_wkt, mask_crs = self.mask()
-        return SegmentationRequest(raster=RasterSnapshot.of(layer), classes=classes, extent=extent, extent_crs=crs,
+        raster = RasterSnapshot.of(layer)
+        return SegmentationRequest(raster=raster, classes=classes, extent=extent, extent_crs=crs,
                                    gsd=self.gsd_spin.value() or None, model=self.model_combo.currentText() or None,
                                    threshold=self.threshold_spin.value() or None, mask_wkt=mask_wkt,
                                    mask_crs=mask_crs, upload=self.upload_check.isChecked(),
                                    scores=self.scores_check.isChecked(), bands=self.band_chooser.bands(),
-                                   nodata=self.nodata_edit.value(), taught=self.taught_reference())
+                                   nodata=raster.nodata(self.nodata_edit.value()), taught=self.taught_reference())
 
     def run(self) -> SegmentTask | None:
         self.last_error = None
@@ -536,7 +539,7 @@ class FarSLIPDock(QDockWidget):
             self.last_segmentation = {"job": task.summary.get("job_id"), "folder": str(task.folder),
                                       "title": task.group_title}
             self.labels_panel.show_last_segmentation()
-            self.notify(*done_message(task.title, task.summary))
+            self.notify(*done_message(task.title, task.summary, task.request.raster.name))
 
     def _fail(self, text: str) -> None:
         self.last_error = text

@@ -239,10 +239,11 @@ class LabelsPanel(QWidget):
                     f"none of the {selected} selected polygons of {layer.name()} has a class")
             raise EngineError(f"{none} in '{field}': select labelled polygons, or clear the selection to teach from "
                               "all") from None
-        request = TeachRequest(raster=RasterSnapshot.of(raster), classes=classes, labels=labels,
+        snapshot = RasterSnapshot.of(raster)
+        request = TeachRequest(raster=snapshot, classes=classes, labels=labels,
                                labels_crs=crs_text(layer.crs()), gsd=dock.gsd_spin.value() or None,
                                model=dock.model_combo.currentText() or None, upload=dock.upload_check.isChecked(),
-                               bands=dock.band_chooser.bands(), nodata=dock.nodata_edit.value())
+                               bands=dock.band_chooser.bands(), nodata=snapshot.nodata(dock.nodata_edit.value()))
         if needs_upload(engine_url(dock.url_edit.text()), request.raster, request.upload):  # the whole raster is sent
             check_render_size(*render_plan(request.raster, None, request.gsd))
         return request

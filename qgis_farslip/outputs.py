@@ -75,11 +75,14 @@ def run_folder_name(raster: str, classes: list[str], when: float | None = None) 
     return f"{safe_name(raster)}_{first}_{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}"
 
 
-def done_message(title: str, summary: dict) -> tuple[str, str]:
-    """(message-bar level, text) for a finished run: its first note — what the engine chose or noticed
-    about the raster, or a setting unlike the taught classes' — as a warning, else plain "done"."""
+def done_message(title: str, summary: dict, raster: str | None = None) -> tuple[str, str]:
+    """(message-bar level, text) for a finished run on the layer named `raster`: its first note — what the
+    engine chose or noticed about the raster, or a setting unlike the taught classes' — in the panel's
+    terms, as a warning; else plain "done"."""
+    from qgis_farslip.client import in_panel_terms
+
     notes = summary.get("notes") or []
     if not notes:
         return "info", f"{title}: done"
     more = f" (and {len(notes) - 1} more in the summary)" if len(notes) > 1 else ""
-    return "warning", f"{title}: done — {notes[0]}{more}"
+    return "warning", f"{title}: done — {in_panel_terms(notes[0], raster)}{more}"

@@ -28,6 +28,20 @@ def crs_text(crs: QgsCoordinateReferenceSystem) -> str | None:
     return crs.toWkt() or None
 
 
+def user_nodata(provider: QgsRasterDataProvider) -> float | None:
+    """The single value QGIS is told is no data in every band that has one (an "Additional no data value");
+    None when there is none, or ranges or several values (the engine takes one value)."""
+    values = set()
+    for band in range(1, provider.bandCount() + 1):
+        ranges = provider.userNoDataValues(band)
+        if not ranges:
+            continue
+        if len(ranges) != 1 or ranges[0].min() != ranges[0].max():
+            return None
+        values.add(float(ranges[0].min()))
+    return values.pop() if len(values) == 1 else None
+
+
 @dataclass(frozen=True)
 class RasterSnapshot:
     name: str
@@ -37,6 +51,8 @@ class RasterSnapshot:
     file_crs: QgsCoordinateReferenceSystem  # the CRS the file itself declares, as QGIS read it
     units_per_pixel: float | None  # the raster's own pixel size in CRS units; None for web layers
     provider: QgsRasterDataProvider  # a clone of the layer's provider, owned by the snapshot
+    # a value the user told QGIS is no data (Layer Properties → Transparency → Additional no data value)
+    user_nodata: float | None = None
 
     @classmethod
     def of(cls, layer: QgsRasterLayer) -> "RasterSnapshot":
@@ -51,7 +67,12 @@ class RasterSnapshot:
         return cls(name=layer.name(), crs=QgsCoordinateReferenceSystem(layer.crs()),
                    extent=QgsRectangle(layer.extent()), file=file,
                    file_crs=QgsCoordinateReferenceSystem(provider.crs()),
-                   units_per_pixel=size if size > 0 else None, provider=provider.clone())
+                   units_per_pixel=size if size > 0 else None, provider=provider.clone(),
+                   user_nodata=user_nodata(provider))
+
+    def nodata(self, chosen: float | None) -> float | None:
+        """The no-data value a run sends: the one chosen in the panel, else the layer's own in QGIS."""
+        return chosen if chosen is not None else self.user_nodata
 
     def provider_copy(self) -> QgsRasterDataProvider:
         """A provider of its own for one rendering (a QgsRasterPipe takes ownership of what it is given)."""

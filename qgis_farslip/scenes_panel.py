@@ -153,4 +153,4 @@ class ScenesPanel(QWidget):
             self.dock.notify("critical", task.error)
         else:
             self.progress.setValue(100)
-            self.dock.notify(*done_message(task.title, task.summary))
+            self.dock.notify(*done_message(task.title, task.summary, task.request.raster.name))

@@ -4,10 +4,11 @@ Left empty, the plugin's own settings (Engine tab) are used."""
 
 from __future__ import annotations
 
-from qgis.core import QgsProcessingParameterAuthConfig, QgsProcessingParameterDefinition, QgsProcessingParameterString
+from qgis.core import (QgsProcessingException, QgsProcessingParameterAuthConfig, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterString)
 
 from qgis_farslip.auth import load_token
-from qgis_farslip.client import EngineClient
+from qgis_farslip.client import EngineClient, in_panel_terms
 from qgis_farslip.settings import engine_settings
 
 ENGINE_URL, ENGINE_AUTH = "ENGINE_URL", "ENGINE_AUTH"
@@ -20,6 +21,15 @@ def add_engine_parameters(algorithm) -> None:
     for parameter in (url, token):
         parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
         algorithm.addParameter(parameter)
+
+
+IN_PARAMETERS = "(this algorithm's parameter)"  # where an engine message's fix is made, in Processing
+
+
+def failure(exc: Exception, raster: str | None = None) -> QgsProcessingException:
+    """What Processing shows for an engine problem: its message with the fix named as this algorithm's
+    parameter (No data, Bands…), a copy sent to the engine named as its layer."""
+    return QgsProcessingException(in_panel_terms(str(exc), raster, IN_PARAMETERS))
 
 
 def engine_client(algorithm, parameters, context) -> tuple[EngineClient, dict]:

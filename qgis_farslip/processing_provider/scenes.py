@@ -18,7 +18,7 @@ from qgis_farslip.jobs import (DEFAULT_GSD_M, area_payload, clip_extent, engine_
                                run_job)
 from qgis_farslip.labelling import polygon_ring
 from qgis_farslip.processing_provider import styles
-from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client
+from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client, failure
 from qgis_farslip.processing_provider.raster_params import add_raster_choice_parameters, raster_choices
 from qgis_farslip.processing_provider.segment import TAUGHT_HELP, parse_classes
 from qgis_farslip.raster_snapshot import RasterSnapshot, crs_text
@@ -52,7 +52,7 @@ class _EngineJobAlgorithm(QgsProcessingAlgorithm):
             finally:
                 forget_upload(client, payload)
         except EngineError as exc:
-            raise QgsProcessingException(str(exc)) from None
+            raise failure(exc) from None
 
     def _common_parameters(self) -> None:
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
@@ -223,7 +223,7 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
             if taught:  # the legend: the taught file's classes, as the engine reads them
                 classes = classes_value(client, taught)
         except EngineError as exc:
-            raise QgsProcessingException(str(exc)) from None
+            raise failure(exc) from None
         by_id = {f.id(): label for f, label in zip(shaped, labels)}
         for feature in features:
             label = by_id.get(feature.id(), {})

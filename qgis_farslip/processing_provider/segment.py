@@ -11,11 +11,11 @@ from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingExcep
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
                        QgsRasterLayer)
 
-from qgis_farslip.client import EngineError
+from qgis_farslip.client import EngineError, in_panel_terms
 from qgis_farslip.jobs import SegmentationRequest, run_segmentation
 from qgis_farslip.outputs import class_title, run_folder_name
 from qgis_farslip.processing_provider import styles
-from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client
+from qgis_farslip.processing_provider.engine_params import IN_PARAMETERS, add_engine_parameters, engine_client, failure
 from qgis_farslip.processing_provider.raster_params import BANDS, NODATA, add_raster_choice_parameters, raster_choices
 from qgis_farslip.raster_snapshot import RasterSnapshot
 from qgis_farslip.taught_files import read_taught
@@ -45,7 +45,7 @@ def parse_classes(text: str) -> tuple[list[str], str | None]:
     try:
         return read_taught(path).classes, taught
     except EngineError as exc:
-        raise QgsProcessingException(str(exc)) from None
+        raise failure(exc) from None
 
 
 class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
@@ -116,7 +116,7 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
                 on_progress=lambda p, msg: feedback.setProgress(100 * p),
                 is_cancelled=feedback.isCanceled)
         except EngineError as exc:
-            raise QgsProcessingException(str(exc)) from None
+            raise failure(exc) from None
         outputs = {self.OUTPUT_FOLDER: str(folder), "CLASSES_RASTER": str(folder / summary["files"]["classes"]),
                    "JOB_ID": summary["job_id"]}
         files, found = summary["files"], summary["classes"]
@@ -133,6 +133,6 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
             styles.load_styled(context, outputs["POLYGONS"], f"Polygons · {suffix}", "POLYGONS",
                                styles.categorized(found, "polygons"))
         for note in summary.get("notes", []):  # what the engine chose or noticed about the raster
-            feedback.pushWarning(note)
+            feedback.pushWarning(in_panel_terms(note, layer.name(), IN_PARAMETERS))
         feedback.pushInfo(", ".join(f"{c['name']}: {c['pixels']} px" for c in summary["classes"]))
         return outputs

@@ -15,7 +15,7 @@ from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingExcep
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 
 from qgis_farslip.client import EngineError
-from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client
+from qgis_farslip.processing_provider.engine_params import add_engine_parameters, engine_client, failure
 from qgis_farslip.processing_provider.raster_params import add_raster_choice_parameters, raster_choices
 from qgis_farslip.processing_provider.segment import split_classes
 from qgis_farslip.raster_snapshot import RasterSnapshot, crs_text
@@ -86,7 +86,7 @@ class TeachClassesAlgorithm(QgsProcessingAlgorithm):
                 taught = run_teach(client, request, scratch, _progress(feedback), feedback.isCanceled)
                 os.replace(Path(scratch) / TAUGHT_FILE, output)
         except EngineError as exc:
-            raise QgsProcessingException(str(exc)) from None
+            raise failure(exc) from None
         remember(output)  # listed beside Taught in the dock from now on
         feedback.pushInfo(f"{taught.describe()}; segment with classes @job:{taught.job_id} or @{output}")
         return {self.OUTPUT: output, "JOB_ID": taught.job_id, "ALPHA": taught.alpha}
@@ -132,7 +132,7 @@ class CheckAccuracyAlgorithm(QgsProcessingAlgorithm):
             report, out = run_accuracy(client, job, reference, crs_text(source.sourceCrs()), folder,
                                        _progress(feedback), feedback.isCanceled)
         except EngineError as exc:
-            raise QgsProcessingException(str(exc)) from None
+            raise failure(exc) from None
         feedback.pushInfo(report_headline(report))
         outputs = {self.OUTPUT_FOLDER: str(out), "MIOU": report["miou"],
                    "OVERALL_ACCURACY": report["overall_accuracy"], "KAPPA": report["kappa"]}

@@ -449,7 +449,8 @@ def test_a_grey_raster_with_a_black_frame_needs_no_terminal(dock, qtbot, folder)
     assert dock.band_chooser.bands() is None  # "auto" until all three are chosen
     dock.run()
     _wait(qtbot, dock)
-    assert '"bands": [1, 1, 1]' in dock.last_error  # the engine's hint, in the request's words
+    assert '"bands": [1, 1, 1]' in dock.last_error  # the engine's hint, in the request's words…
+    assert "choose the Bands in the Segment tab (e.g. 1, 1, 1 for" in dock.messages[-1][1]  # …shown in the panel's
 
     for combo in dock.band_chooser.combos:
         combo.setBand(1)
@@ -459,6 +460,13 @@ def test_a_grey_raster_with_a_black_frame_needs_no_terminal(dock, qtbot, folder)
     assert dock.last_error is None
     level, text = dock.messages[-1]
     assert level == "warning" and "edge frame of value 0" in text and text.startswith(dock.task.title)
+    assert "set No data to 0 in the Segment tab if it is no data" in text
+    dock.upload_check.setChecked(True)  # a copy sent: the note names the layer, not the copy's file
+    dock.run()
+    _wait(qtbot, dock)
+    level, text = dock.messages[-1]
+    assert level == "warning" and "% of grey is an edge frame of value 0" in text, text
+    dock.upload_check.setChecked(False)
 
     dock.nodata_edit.setText("0")
     dock.run()
@@ -467,6 +475,17 @@ def test_a_grey_raster_with_a_black_frame_needs_no_terminal(dock, qtbot, folder)
     classes = QgsProject.instance().layerTreeRoot().children()[0].findLayers()[-1].layer()
     block = classes.dataProvider().block(1, classes.extent(), 200, 200)
     assert block.value(5, 5) == 255 and block.value(100, 100) != 255  # the frame is no data, the rest classified
+
+    from qgis.core import QgsRasterRange  # the value told QGIS instead (Transparency → Additional no data value)
+
+    dock.nodata_edit.setText("")
+    layer.dataProvider().setUserNoDataValue(1, [QgsRasterRange(0, 0)])
+    dock.run()
+    _wait(qtbot, dock)
+    assert dock.last_error is None and dock.messages[-1] == ("info", f"{dock.task.title}: done")
+    classes = QgsProject.instance().layerTreeRoot().children()[0].findLayers()[-1].layer()
+    block = classes.dataProvider().block(1, classes.extent(), 200, 200)
+    assert block.value(5, 5) == 255 and block.value(100, 100) != 255
 
 
 def _small_as(dock, folder, name, crs_wkt=None, transform=None, driver="GTiff"):
