@@ -59,6 +59,9 @@ def in_gui_words(detail: str) -> str:
                 "move the file into one of them, or teach the classes again (Labels tab → Teach from labels)")
     if detail.startswith("taught classes not found"):
         return "the taught-classes file is gone from its folder: choose another beside Taught, or press Clear"
+    if detail.startswith("no reference polygon overlaps result_classes.tif of job"):
+        return ("no reference polygon overlaps the area of the segmentation it is checked against: choose "
+                "reference polygons inside that area, or segment an area that holds them")
     return detail
 
 

@@ -26,7 +26,7 @@ from qgis_farslip.raster_choices import BandChooser, NoDataEdit
 from qgis_farslip.raster_snapshot import RasterSnapshot, crs_text
 from qgis_farslip.taught_files import model_label
 from qgis_farslip.taught_picker import TaughtPicker
-from qgis_farslip.tasks import SegmentTask, show_progress
+from qgis_farslip.tasks import SegmentTask, show_ended, show_progress
 from qgis_farslip.taught_refs import FORGOTTEN_TEACH
 
 SCOPES = ("Visible map extent", "Whole layer", "Selected polygons")
@@ -514,7 +514,7 @@ class FarSLIPDock(QDockWidget):
             self.engine_panel.local.stop()
             self.run_button.setEnabled(True)
             self.cancel_button.setEnabled(False)
-            self.progress.setFormat("cancelled")
+            show_ended(self.progress, "cancelled")
             return
         if self.task is not None:
             self.progress.setFormat("%p% — cancelling…")
@@ -524,11 +524,11 @@ class FarSLIPDock(QDockWidget):
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if task.error == "cancelled":
-            self.progress.setFormat("cancelled")
+            show_ended(self.progress, "cancelled")
             self.last_error = "cancelled"
             self.notify("info", f"{task.title}: cancelled")
         elif task.error:
-            self.progress.setFormat("failed")
+            show_ended(self.progress, "failed")
             if task.error == FORGOTTEN_TEACH and self.taught is not None:
                 self.taught_gone = True
                 self._show_taught_state()

@@ -22,7 +22,7 @@ from qgis_farslip.jobs import check_render_size, needs_upload, render_plan
 from qgis_farslip.labelling import LABELS_LAYER
 from qgis_farslip.outputs import class_title, run_folder_name, safe_name
 from qgis_farslip.raster_snapshot import RasterSnapshot, crs_text
-from qgis_farslip.tasks import JobTask, show_progress
+from qgis_farslip.tasks import JobTask, show_ended, show_progress
 from qgis_farslip.taught_files import keep_as
 from qgis_farslip.teaching import (TeachRequest, labelled_polygons, report_headline, report_rows,
                                    run_accuracy, run_teach)
@@ -208,11 +208,11 @@ class LabelsPanel(QWidget):
         self.check_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if task.error == "cancelled":
-            self.progress.setFormat("cancelled")
+            show_ended(self.progress, "cancelled")
             self.dock.notify("info", f"{task.title}: cancelled")
             return False
         if task.error:
-            self.progress.setFormat("failed")
+            show_ended(self.progress, "failed")
             self.dock._fail(task.error)
             return False
         self.progress.setValue(100)

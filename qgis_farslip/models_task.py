@@ -43,6 +43,8 @@ class ModelDownloadTask(PluginTask):
     """Has the engine download one release; `cached` afterwards, `error` when it failed ("cancelled" when the
     user cancelled)."""
 
+    per_project = False  # the engine's model cache, whichever project is open
+
     def __init__(self, client: EngineClient, name: str, where: str = "the engine's computer", on_done=None):
         super().__init__(f"download {name}", on_done)
         self.client, self.name, self.where = client, name, where

@@ -47,9 +47,14 @@ def fresh_folder(folder: Path) -> Path:
     raise FileExistsError(f"{folder} and 9,999 others like it exist")
 
 
+def first_name(line: str) -> str:
+    """A class line's first name, as the engine reads it (empty synonyms — ", roof" — are no names)."""
+    return next((name.strip() for name in line.split(",") if name.strip()), line.strip())
+
+
 def class_title(classes: list[str], limit: int = MAX_TITLE) -> str:
     """"building, road, tree +2": the first name of each class, whole names only, the rest counted."""
-    names = [line.split(",")[0].strip() for line in classes]
+    names = [first_name(line) for line in classes]
     shown: list[str] = []
     for name in names:
         if shown and len(", ".join(shown + [name])) > limit:
@@ -71,7 +76,7 @@ def safe_name(text: str, limit: int = 40) -> str:
 
 def run_folder_name(raster: str, classes: list[str], when: float | None = None) -> str:
     """A file-system-safe folder for one run: "ortho_building-road-tree_20261126-140531"."""
-    first = "-".join(safe_name(line.split(",")[0]) for line in classes[:3])
+    first = "-".join(safe_name(first_name(line)) for line in classes[:3])
     return f"{safe_name(raster)}_{first}_{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}"
 
 

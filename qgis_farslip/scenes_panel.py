@@ -17,7 +17,7 @@ from qgis_farslip.jobs import area_payload, check_request, clip_extent, forget_u
 from qgis_farslip.layers import add_result_group
 from qgis_farslip.outputs import class_title, done_message, run_folder_name
 from qgis_farslip.processing_provider import styles
-from qgis_farslip.tasks import PluginTask
+from qgis_farslip.tasks import PluginTask, show_ended
 from qgis_farslip.taught_refs import with_taught
 
 
@@ -140,6 +140,7 @@ class ScenesPanel(QWidget):
             button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setValue(0)
+        self.progress.setFormat("%p%")
         QgsApplication.taskManager().addTask(self.task)
         return self.task
 
@@ -148,8 +149,10 @@ class ScenesPanel(QWidget):
             button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if task.error == "cancelled":
+            show_ended(self.progress, "cancelled")
             self.dock.notify("info", f"{task.title}: cancelled")
         elif task.error:
+            show_ended(self.progress, "failed")
             self.dock.notify("critical", task.error)
         else:
             self.progress.setValue(100)

@@ -55,6 +55,7 @@ class EngineSetupTask(PluginTask):
     why not ("cancelled" when the user cancelled)."""
 
     line = pyqtSignal(str)
+    per_project = False  # the engine's environment, whichever project is open
 
     def __init__(self, plan: SetupPlan, on_done=None):
         super().__init__("set up the engine", on_done)

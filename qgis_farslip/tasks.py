@@ -37,6 +37,13 @@ def show_progress(task: "PluginTask", bar, prefix: str = "") -> None:
     bar.setFormat(f"{prefix}%p% — starting…")
 
 
+def show_ended(bar, text: str) -> None:
+    """`bar` (a QProgressBar) after a run that did not finish ("cancelled", "failed"): empty, saying so —
+    not a full bar that reads as done."""
+    bar.setValue(0)
+    bar.setFormat(text)
+
+
 def describe(progress: float, message: str) -> str:
     """The engine's job status in words a user understands."""
     if message in ("", "queued"):
@@ -48,16 +55,33 @@ def describe(progress: float, message: str) -> str:
     return message
 
 
+_projects = {"opened": 0, "watching": False}
+
+
+def project_generation() -> int:
+    """How many times the project was cleared (another opened, or a new one started) since the plugin began
+    to count: a task's results belong to the project it started in."""
+    if not _projects["watching"]:
+        from qgis.core import QgsProject
+
+        QgsProject.instance().cleared.connect(lambda: _projects.__setitem__("opened", _projects["opened"] + 1))
+        _projects["watching"] = True
+    return _projects["opened"]
+
+
 class PluginTask(QgsTask):
-    """`work()` runs on the worker thread; `succeeded()` (when it finished) and then `on_done(task)` on the
-    main thread, with `error` None, "cancelled", or one sentence for the message bar."""
+    """`work()` runs on the worker thread; `succeeded()` (when it finished, in the project it started in) and
+    then `on_done(task)` on the main thread, with `error` None, "cancelled", or one sentence for the message
+    bar."""
 
     message = pyqtSignal(str)  # what is happening now, for the dock
+    per_project = True  # its results belong to the project it started in (not so: setting up the engine)
 
     def __init__(self, title: str, on_done: Callable | None = None):
         super().__init__(f"FarSLIP: {title}", FLAGS)
         self.title, self.on_done = title, on_done
         self.error: str | None = None
+        self.project = project_generation()  # its results go into this project, or nowhere
 
     def work(self) -> None:  # worker thread: no GUI here
         raise NotImplementedError
@@ -92,7 +116,12 @@ class PluginTask(QgsTask):
 
     def finished(self, result: bool) -> None:  # main thread
         try:
-            if result and self.error is None and not self.isCanceled():
+            moved = self.per_project and project_generation() != self.project
+            if result and self.error is None and not self.isCanceled() and moved:
+                folder = getattr(self, "folder", None)
+                self.error = ("another project was opened while this ran: its results were not added to it"
+                              + (f" (they are in {folder})" if folder else ""))
+            elif result and self.error is None and not self.isCanceled():
                 self.succeeded()
             elif self.error is None:
                 self.error = CANCELLED if self.isCanceled() else "failed"

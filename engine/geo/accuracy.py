@@ -201,9 +201,10 @@ def write_accuracy(class_raster: str, geoms: list, values: list[str], crs: str |
         raise InputError(f"{out} is a file: name a folder for accuracy.json, confusion.csv and confusion.png")
     matrix, classes, skipped, conflicting = confusion_matrix(class_raster, geoms, values, crs)
     if not matrix.sum():
-        raise InputError(f"no reference polygon overlaps {Path(class_raster).name}"
-                         + (f" (reference in {crs}; a GeoJSON without a CRS is read as WGS 84 longitude, latitude)"
-                            if crs else "")
+        geojson = str((about or {}).get("reference", "")).lower().endswith((".geojson", ".json"))
+        hint = "; a GeoJSON without a CRS is read as WGS 84 longitude, latitude" if geojson else ""
+        raise InputError(f"no reference polygon overlaps {(about or {}).get('class_raster', Path(class_raster).name)}"
+                         + (f" (reference in {crs}{hint})" if crs else "")
                          + (f"; {conflicting} pixels are claimed by reference polygons of different classes"
                             if conflicting else ""))
     report = {"class_raster": str(class_raster), **(about or {}), **scores(matrix, classes),

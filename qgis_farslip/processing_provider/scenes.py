@@ -85,7 +85,7 @@ class ClassifyGridAlgorithm(_EngineJobAlgorithm):
         self.addParameter(QgsProcessingParameterString("CLASSES", "Scene classes (one per line)", multiLine=True,
                                                        defaultValue="residential area\nindustrial area\nforest\nfarmland"))
         self.addParameter(QgsProcessingParameterNumber("CELL", "Cell size (m)", QgsProcessingParameterNumber.Type.Double,
-                                                       100.0, minValue=1.0))
+                                                       100.0, minValue=1.0, maxValue=100_000.0))
         self._folder_parameter()
         self.addOutput(QgsProcessingOutputVectorLayer("GRID", "Grid", QgsProcessing.SourceType.TypeVectorPolygon))
 

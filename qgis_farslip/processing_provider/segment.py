@@ -17,13 +17,18 @@ from qgis_farslip.outputs import class_title, run_folder_name
 from qgis_farslip.processing_provider import styles
 from qgis_farslip.processing_provider.engine_params import IN_PARAMETERS, add_engine_parameters, engine_client, failure
 from qgis_farslip.processing_provider.raster_params import BANDS, NODATA, add_raster_choice_parameters, raster_choices
+from qgis_farslip.prompt_sets import class_lines
 from qgis_farslip.raster_snapshot import RasterSnapshot
 from qgis_farslip.taught_files import read_taught
 
 
 def split_classes(text: str) -> list[str]:
-    """Class lines from the dialog's text: ';' or new lines between classes (the engine checks them)."""
-    return [line.strip() for chunk in text.splitlines() for line in chunk.split(";") if line.strip()]
+    """Class lines from the dialog's text, as the dock reads its prompt (`prompt_sets.class_lines`); at
+    least one, else the one line the dock says too (the engine checks the rest)."""
+    classes = class_lines(text)
+    if not classes:
+        raise QgsProcessingException("type at least one class")
+    return classes
 
 
 TAUGHT_HELP = ("Classes taught from labels: type @/path/to/SITE.classes.json (the file 'Teach classes from labelled "
@@ -93,8 +98,6 @@ class SegmentRasterAlgorithm(QgsProcessingAlgorithm):
         if layer is None:
             raise QgsProcessingException("no input raster layer")
         classes, taught = parse_classes(self.parameterAsString(parameters, self.CLASSES, context))
-        if not classes:
-            raise QgsProcessingException("type at least one class")
         extent = None
         if parameters.get(self.EXTENT):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())

@@ -67,8 +67,6 @@ class TeachClassesAlgorithm(QgsProcessingAlgorithm):
         if layer is None:
             raise QgsProcessingException("no input raster layer")
         classes = split_classes(self.parameterAsString(parameters, self.CLASSES, context))
-        if not classes:
-            raise QgsProcessingException("type at least one class")
         source = self.parameterAsSource(parameters, self.LABELS, context)
         output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         if not output.endswith(".classes.json"):

@@ -224,6 +224,7 @@ def test_accuracy_against_references_users_really_have(tmp_path, capsys):
                    utm, "ref")
     line = _one_line_error(capsys, ["accuracy", str(raster), "--reference", str(far), "-o", str(tmp_path / "a")])
     assert "no reference polygon overlaps m_classes.tif" in line and not (tmp_path / "a").exists()
+    assert "GeoJSON" not in line  # (a hint for GeoJSON files only)
 
     overlap = tmp_path / "overlap.gpkg"
     write_features(overlap, [shapely.box(500000, 5199980, 500020, 5200000), shapely.box(500010, 5199980, 500040, 5200000)],

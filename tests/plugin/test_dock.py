@@ -131,7 +131,8 @@ def test_cancel_stops_the_job_and_adds_nothing(dock, qtbot, folder, engine):
     dock.cancel()
     _wait(qtbot, dock)
     assert dock.last_error == "cancelled" and dock.messages[-1][0] == "info"  # not an error
-    assert dock.progress.text() == "cancelled" and task_status.not_reported_as_failed(statuses), statuses
+    assert dock.progress.text() == "cancelled" and dock.progress.value() == 0  # not a full bar that reads as done
+    assert task_status.not_reported_as_failed(statuses), statuses
     assert len(QgsProject.instance().layerTreeRoot().children()) == before
     assert engine.jobs()[0]["state"] == "cancelled"
 

@@ -355,3 +355,31 @@ def test_an_engine_url_typed_without_http_or_with_v1_works(dock, qtbot):
         dock.run()
         qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=120_000)
         assert dock.last_error is None, (typed, dock.last_error)
+
+
+def test_opening_another_project_mid_run_adds_nothing_to_it(dock, qtbot, folder, tmp_path):
+    """File → New (or Open) while a run is under way: the new project gets no layers of the old one's run;
+    the user is told where its files are."""
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    big = QgsRasterLayer(str(folder / "large.tif"), "large")
+    QgsProject.instance().addMapLayer(big)
+    dock.layer_combo.setLayer(big)
+    dock.prompt_edit.setPlainText("water\ngrass")
+    task = dock.run()
+    QgsProject.instance().clear()  # at once: the run cannot have finished
+    QgsProject.instance().setFileName(str(tmp_path / "other" / "other.qgz"))
+    qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=300_000)
+    assert not QgsProject.instance().layerTreeRoot().children()
+    assert dock.last_error.startswith("another project was opened while this ran: its results were not added")
+    assert str(task.folder) in dock.last_error and any(task.folder.glob("*_classes.tif"))
+
+
+def test_a_leading_comma_does_not_blank_the_run_title(dock, qtbot):
+    """", roof" is the class "roof" to the engine (an empty synonym is no name): the run's group and folder
+    say "roof" too."""
+    dock.prompt_edit.setPlainText(", roof\nwater")
+    task = dock.run()
+    qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=120_000)
+    assert dock.last_error is None, dock.last_error
+    assert _groups()[0].name().startswith("small — roof, water (") and "_roof-water_" in task.folder.name

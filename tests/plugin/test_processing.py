@@ -118,6 +118,14 @@ def test_grid_search_and_label_algorithms_load_styled_layers(qgis_app, processin
     assert out.featureCount() == cells.featureCount()
     assert all(f["farslip_class"] in ("water", "grass") and 0 < f["farslip_score"] <= 1 for f in out.getFeatures())
     assert out.renderer().type() == "categorizedSymbol" and out.renderer().classAttribute() == "farslip_class"
+    # a class list of separators only: the dock's one line, before any job, in every algorithm
+    from qgis.core import QgsProcessingException
+
+    for algorithm, params in (("farslip:classify_grid", {"CELL": 40.0, "OUTPUT_FOLDER": str(tmp_path)}),
+                              ("farslip:label_regions", {"REGIONS": cells, "OUTPUT": "TEMPORARY_OUTPUT"}),
+                              ("farslip:segment", {"OUTPUT_FOLDER": str(tmp_path)})):
+        with pytest.raises(QgsProcessingException, match="^type at least one class$"):
+            processing.run(algorithm, {"INPUT": layer, "CLASSES": " ; ;\n ", **params})
 
 
 def test_engine_url_and_token_from_an_auth_config(qgis_app, processing, engine, folder, tmp_path):

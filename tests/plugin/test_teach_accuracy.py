@@ -178,3 +178,24 @@ def test_labels_in_a_curved_polygon_layer_teach(dock, qtbot):
     qtbot.waitUntil(lambda: panel.teach_button.isEnabled(), timeout=120_000)
     assert dock.last_error is None, dock.last_error
     assert dock.taught_label.text().startswith("classes taught from 9 polygons")
+
+
+def test_references_outside_the_segmented_area_are_said_in_gui_words(dock, qtbot):
+    from qgis.core import QgsProject, QgsRectangle
+
+    layer = dock.layer_combo.currentLayer()
+    e = layer.extent()
+    dock.canvas.setExtent(QgsRectangle(e.xMinimum() + 120, e.yMinimum(), e.xMaximum(), e.yMaximum()))  # the east
+    dock.scope_combo.setCurrentText("Visible map extent")
+    dock.run()
+    qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=120_000)
+    assert dock.last_error is None, dock.last_error
+    reference = memory_layer("west water", [r for r in REFERENCE if r[0] == "water"], "truth")  # all in the west
+    QgsProject.instance().addMapLayer(reference)
+    panel = dock.labels_panel
+    panel.reference_combo.setLayer(reference)
+    panel.check_accuracy()
+    qtbot.waitUntil(lambda: panel.check_button.isEnabled(), timeout=120_000)
+    level, text = dock.messages[-1]
+    assert level == "critical" and "overlaps the area of the segmentation it is checked against" in text, text
+    assert "result_classes.tif" not in text and "GeoJSON" not in text
