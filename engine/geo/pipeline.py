@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 from contextlib import closing
@@ -44,6 +43,7 @@ from engine.geo.raster_names import is_gdal_name, raster_stem
 from engine.geo.rasters import NODATA, class_tags, gdal_env, publish_cog
 from engine.geo.source import RasterSource
 from engine.geo.validity import BlockValidity
+from engine.geo.workdirs import make_workdir
 
 if TYPE_CHECKING:
     import torch
@@ -110,16 +110,6 @@ def refuse_existing(paths) -> None:
     if existing:
         raise InputError(f"{existing[0]} and the other outputs of an earlier run are in the output folder: "
                          f"pass --overwrite to replace them, or choose another output folder or --name")
-
-
-def make_workdir(out_dir: str) -> Path:
-    """A temporary folder inside the output folder (same file system, so renames are atomic)."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".farslip-", dir=out))
-    except OSError as exc:
-        raise InputError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
 
 
 def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | None = None,

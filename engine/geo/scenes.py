@@ -26,7 +26,8 @@ from engine import __version__
 from engine.dense.scenes import SceneClassifier
 from engine.errors import Cancelled, InputError
 from engine.geo.colours import class_colour, hex_colour
-from engine.geo.pipeline import ProgressFn, make_workdir, publish_summary
+from engine.geo.pipeline import ProgressFn, publish_summary
+from engine.geo.workdirs import make_workdir
 from engine.geo.raster_names import raster_stem
 from engine.geo.regions import (MAX_REGIONS, Region, read_cells, read_region, region_valid_fraction, tile_cells,
                                 to_pixel_geometry)

@@ -27,7 +27,8 @@ from engine.dense.prompts import query_prompts
 from engine.dense.scenes import SceneClassifier
 from engine.errors import Cancelled, InputError
 from engine.geo.blocks import raster_blocks
-from engine.geo.pipeline import ProgressFn, make_workdir, publish_summary
+from engine.geo.pipeline import ProgressFn, publish_summary
+from engine.geo.workdirs import make_workdir
 from engine.geo.raster_names import raster_stem
 from engine.geo.rasters import TiledRaster, gdal_env, publish_cog
 from engine.geo.regions import grid_cells, read_cells

@@ -183,6 +183,29 @@ def test_ctrl_c_or_termination_leaves_no_output(tmp_path, checkpoint, sent, code
     assert list(out.iterdir()) == []
 
 
+def test_work_folders_a_killed_run_left_are_removed_by_the_next_run(tmp_path, capsys, checkpoint):
+    """`kill -9` (or a power cut) leaves a run's hidden work folder, partial outputs and all: the next run into
+    that folder removes it — not one of a process still running, nor one of another computer's run (a shared
+    network folder)."""
+    from engine.geo.workdirs import make_workdir
+
+    src = write_raster(tmp_path / "s.tif", scene(64, 64)[0])
+    out = tmp_path / "out"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    ours = make_workdir(out)  # this (live) process's
+    host = ours.name.split("-")[2]
+    killed = out / f".farslip-work-{host}-{dead_pid}-x1y2z3"
+    other_computer = out / f".farslip-work-{'0' * 8 if host != '0' * 8 else '1' * 8}-{dead_pid}-a1b2c3"
+    for folder in (killed, other_computer):
+        folder.mkdir()
+        (folder / "classes.tif").write_bytes(b"\0" * 1000)
+    code, _, err = run_cli(capsys, "segment", str(src), "--classes", "a; b", "-o", str(out), *_model_args(checkpoint))
+    assert code == 0, err
+    assert not killed.exists() and other_computer.exists() and ours.exists()
+    assert (out / "s_classes.tif").exists()
+
+
 def test_hand_written_files_and_values(tmp_path, capsys, checkpoint):
     """What users type and save: a class list from Windows Notepad (byte-order mark, CRLF), one in
     another encoding, a bbox west of Greenwich given as a separate argument, a --name with folders."""
