@@ -79,6 +79,7 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
               f"{', '.join(replaced[:5])}{' ...' if len(replaced) > 5 else ''}", file=sys.stderr)
     for entry in summary["per_input"]:
         print_notes(entry.get("notes", []))
+    print_notes(summary["notes"])
     for failure in summary["failures"]:
         print(f"farslip: failed: {failure['input']}: {failure['error']}", file=sys.stderr)
     if not args.quiet:

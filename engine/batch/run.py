@@ -202,8 +202,28 @@ def _read_result(status: dict, path: Path) -> None:
 
 
 def _result_fields(status: dict, summary: dict) -> None:
-    status.update(crs=summary.get("crs"), windows=summary.get("crops"), notes=summary.get("notes", []),
+    status.update(crs=summary.get("crs"), bounds=summary.get("bounds"), windows=summary.get("crops"),
+                  notes=summary.get("notes", []),
                   classes={c["name"]: {"pixels": c["pixels"], "area_m2": c["area_m2"]} for c in summary["classes"]})
+
+
+def overlap_notes(status: list[dict]) -> list[str]:
+    """A note when the inputs' areas overlap (tiles cut with a margin, a scene and its subset): the class
+    areas add up each input's, so what lies in several inputs is counted once per input."""
+    import shapely
+
+    by_crs: dict[str, list] = {}
+    for s in status:
+        if s.get("bounds") and s.get("crs") and s["status"] in ("done", "done earlier"):
+            by_crs.setdefault(s["crs"], []).append(shapely.box(*s["bounds"]))
+    notes = []
+    for crs, boxes in by_crs.items():
+        total = sum(b.area for b in boxes)
+        union = shapely.union_all(boxes).area
+        if len(boxes) > 1 and total > union * (1 + 1e-9):
+            notes.append(f"the inputs in {crs} overlap: {(total - union) / union:.1%} more area than they cover "
+                         f"together is in several inputs, and the class areas count it once per input")
+    return notes
 
 
 def _summary(out: Path, status: list[dict], merged: list[str], executor, total: int, computed: int,
@@ -223,6 +243,7 @@ def _summary(out: Path, status: list[dict], merged: list[str], executor, total: 
         "failed": sum(s["status"] == "failed" for s in status),
         "windows": {"to_compute": total, "computed": computed, "resumed": resumed},
         "area_m2_per_class": {k: round(v, 3) for k, v in areas.items()},
+        "notes": overlap_notes(status),
         "throughput": {"compute_s": round(compute_s, 3), "windows_per_s": round(computed / max(compute_s, 1e-9), 3),
                        "elapsed_s": round(elapsed, 3)},
         "merged": merged,

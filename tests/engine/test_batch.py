@@ -366,3 +366,21 @@ def test_an_unreachable_ray_address_is_one_line_within_seconds(data, tmp_path):
     assert proc.returncode != 0 and time.monotonic() - started < 60
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot reach the Ray cluster at '127.0.0.1:{port}'" in lines[0], proc.stderr
+
+
+def test_overlapping_inputs_are_said_to_count_twice(data, tmp_path, capsys):
+    """Tiles cut with a margin overlap: the class areas add up each input's, and the summary says how much of
+    the area is counted more than once (none said for tiles that only touch)."""
+    rgb = scene(200, 200, seed=5)[0]
+    west = write_raster(tmp_path / "west.tif", rgb[:, :, :120])  # 60 m wide from x 500000
+    east = write_raster(tmp_path / "east.tif", rgb[:, :, 80:], origin=(500040.0, 5200000.0))  # from x 500040
+    touching = write_raster(tmp_path / "touching.tif", rgb[:, :, 120:], origin=(500060.0, 5200000.0))
+    capsys.readouterr()
+    assert _batch(data, tmp_path / "o", inputs=[str(west), str(east)]) == 0
+    # 60 m + 60 m of tiles over 100 m: 20 m × 100 m in both, 20 % of the area they cover
+    assert _summary(tmp_path / "o")["notes"] == [
+        "the inputs in EPSG:32633 overlap: 20.0% more area than they cover together is in several inputs, "
+        "and the class areas count it once per input"]
+    assert "farslip: note: the inputs in EPSG:32633 overlap: 20.0%" in capsys.readouterr().err
+    assert _batch(data, tmp_path / "t", inputs=[str(west), str(touching)]) == 0
+    assert _summary(tmp_path / "t")["notes"] == []
