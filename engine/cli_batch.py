@@ -41,7 +41,7 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
                          + (f" (none of the {len(inputs)} inputs exists)" if len(inputs) > 1 else ""))
     _check_writable(Path(args.out))
 
-    from engine.batch.run import BatchSettings, run_batch  # the network code, once the arguments are checked
+    from engine.batch.run import BatchSettings, check_batch_outputs, run_batch  # the network code, once checked
     from engine.dense import Segmenter
     from engine.geo.pipeline import DEFAULT_BLOCK
     from engine.models import load_model
@@ -49,6 +49,7 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
     settings = BatchSettings(out_dir=args.out, bands=tuple(job.bands) if job.bands else None, gsd=job.gsd,
                              block=job.block or DEFAULT_BLOCK, scores=job.scores, polygons=job.polygons,
                              min_area=job.min_area, simplify=job.simplify, nodata=job.nodata)
+    check_batch_outputs(inputs, settings)  # before a model is fetched and loaded
     driver_device = "cpu" if args.ray is not None else args.device
     model = load_model(args.model, arch=args.arch, device=driver_device, precision=args.precision)
     segmenter = Segmenter(model, job.prompts, options)

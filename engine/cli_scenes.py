@@ -17,10 +17,10 @@ from engine.errors import InputError, first_line
 
 def _area_args(args) -> dict:
     from engine.geo.bands import parse_bands
-    from engine.geo.source import parse_numbers
+    from engine.geo.source import parse_numbers, parse_window
 
     return {"bands": parse_bands(args.bands),
-            "window": tuple(int(v) for v in parse_numbers(args.window, 4, "--window")) if args.window else None,
+            "window": parse_window(args.window) if args.window else None,
             "bbox": parse_numbers(args.bbox, 4, "--bbox") if args.bbox else None, "bbox_crs": args.bbox_crs,
             "nodata": args.nodata}
 
@@ -38,14 +38,14 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     probe_area(args.input, **area)
     _check_writable(Path(args.out))
     from engine.dense.scenes import SceneClassifier  # the network code, once the arguments are checked
-    from engine.geo.pipeline import refuse_existing
+    from engine.geo.pipeline import check_new_outputs
     from engine.models import load_model
 
     from engine.geo.scenes import GridJob, classify_grid, grid_paths
 
     job = GridJob(args.input, args.out, cell_m=args.cell, cell_px=args.cell_px, name=args.name, **area)
-    if not args.overwrite:
-        refuse_existing([_labels_path(args)] if args.regions else grid_paths(job).values())
+    check_new_outputs([_labels_path(args)] if args.regions else grid_paths(job).values(),
+                      [args.input, args.regions] if args.regions else [args.input], args.overwrite)
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     classifier = SceneClassifier(model, prompts, template_set=args.templates)
     if args.regions:
@@ -131,15 +131,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
     area = _area_args(args)
     probe_area(args.input, gsd=args.gsd, **area)
     _check_writable(Path(args.out))
-    from engine.geo.pipeline import refuse_existing
+    from engine.geo.pipeline import check_new_outputs
     from engine.geo.search import SearchJob, search_paths, search_raster  # the network code, once checked
     from engine.models import load_model
 
     job = SearchJob(args.input, args.out, query=args.query, top_k=args.top_k, gsd=args.gsd,
                     heatmap=not args.no_heatmap, name=args.name, **area)
     every_output = search_paths(dataclasses.replace(job, heatmap=True)).values()
-    if not args.overwrite:
-        refuse_existing(every_output)
+    check_new_outputs(every_output, [args.input], args.overwrite)
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     bar, progress = progress_bar(args.quiet, f"search {Path(args.input).name}")
     try:

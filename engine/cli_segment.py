@@ -35,7 +35,7 @@ def segment_settings(args: argparse.Namespace):
     """The run's settings from `segment`/`segment-batch` arguments, validated by the same model as an
     API job (`engine.job.SegmentSettings`): a bad value is one line naming its option."""
     from engine.geo.bands import parse_bands
-    from engine.geo.source import parse_numbers
+    from engine.geo.source import parse_numbers, parse_window
     from engine.job import SegmentSettings
 
     bands = parse_bands(args.bands)
@@ -43,7 +43,7 @@ def segment_settings(args: argparse.Namespace):
     bbox = getattr(args, "bbox", None)
     return SegmentSettings.from_fields(
         classes=class_spec(args.classes), model=args.model, arch=args.arch, bands=list(bands) if bands else None,
-        gsd=args.gsd, window=[int(v) for v in parse_numbers(window, 4, "--window")] if window else None,
+        gsd=args.gsd, window=list(parse_window(window)) if window else None,
         bbox=list(parse_numbers(bbox, 4, "--bbox")) if bbox else None, bbox_crs=getattr(args, "bbox_crs", None),
         preset=args.preset, threshold=args.threshold, background=args.background, global_bias=args.global_bias,
         upsampler=args.upsampler, scores=args.scores, polygons=not args.no_polygons, min_area=args.min_area,
@@ -111,12 +111,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     _check_writable(Path(args.out))
 
     from engine.dense import Segmenter
-    from engine.geo.pipeline import output_paths, refuse_earlier_outputs, segment_raster
+    from engine.geo.pipeline import check_outputs, output_paths, segment_raster
     from engine.models import load_model
 
     job = settings.raster_job(args.input, args.out, args.name, overwrite=args.overwrite)
-    if not job.overwrite:
-        refuse_earlier_outputs(job)  # before a model is fetched and loaded (the run checks again)
+    check_outputs(job)  # before a model is fetched and loaded (the run checks again)
 
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     segmenter = Segmenter(model, settings.prompts, options)

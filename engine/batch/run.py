@@ -34,7 +34,8 @@ from engine.batch.units import RasterSpec, Unit
 from engine.batch.work import plan_units, strips_from_numpy
 from engine.errors import Cancelled, FarSLIPError
 from engine.geo.blocks import assemble_block, block_boxes, sources_of
-from engine.geo.pipeline import DEFAULT_BLOCK, RasterJob, output_paths, publish_summary, segment_raster
+from engine.geo.pipeline import (DEFAULT_BLOCK, RasterJob, all_output_paths, check_new_outputs, output_paths,
+                                 publish_summary, segment_raster)
 
 SUMMARY = "batch_summary.json"
 # the stems of the batch's own files, which no input's outputs may take
@@ -84,10 +85,20 @@ def run_settings(settings: BatchSettings, segmenter) -> dict:
                if k != "out_dir" and not (k == "nodata" and v is None)}}  # (runs before nodata keep their hash)
 
 
+def check_batch_outputs(inputs: list[str], settings: BatchSettings) -> None:
+    """Before any work: InputError when an output of the run would be one of its inputs (`a_classes.tif`
+    beside `a.tif` in the output folder: the input would be lost) or a name too long to write."""
+    names = output_stems(inputs, BATCH_STEMS)
+    outputs = [p for path, name in zip(inputs, names) for p in all_output_paths(_job(settings, path, name)).values()]
+    out = Path(settings.out_dir)
+    check_new_outputs(outputs + [out / SUMMARY, out / MERGED_POLYGONS], inputs, overwrite=True)
+
+
 def run_batch(inputs: list[str], settings: BatchSettings, segmenter, executor,
               progress: ProgressFn | None = None) -> dict:
     """Run every input; returns the run summary (also written as `batch_summary.json`)."""
     started = time.perf_counter()
+    check_batch_outputs(inputs, settings)
     out = Path(settings.out_dir)
     manifest = Manifest(out, run_settings(settings, segmenter))
     names = output_stems(inputs, BATCH_STEMS)

@@ -98,18 +98,41 @@ def all_output_paths(job: RasterJob) -> dict[str, Path]:
             "polygons": out / f"{stem}_polygons.gpkg", "summary": out / f"{stem}_summary.json"}
 
 
-def refuse_earlier_outputs(job: RasterJob) -> None:
-    """An InputError naming the outputs an earlier run left under this job's name, if any."""
-    refuse_existing(all_output_paths(job).values())
+MAX_NAME_BYTES = 255  # the longest file name common file systems take
 
 
-def refuse_existing(paths) -> None:
-    """An InputError naming the first of `paths` (an earlier run's outputs) that exists, if any: no
-    command replaces a result silently."""
-    existing = [p for p in paths if Path(p).exists()]
-    if existing:
+def check_outputs(job: RasterJob) -> None:
+    """`check_new_outputs` for every product a run under this job's name may write."""
+    check_new_outputs(all_output_paths(job).values(), [job.input], job.overwrite)
+
+
+def check_new_outputs(paths, inputs, overwrite: bool = False) -> None:
+    """An InputError when outputs cannot be written as named: a file name too long for the file system,
+    the path of one of the `inputs` (the run would destroy it: refused even with --overwrite), or —
+    unless `overwrite` — an earlier run's output (no command replaces a result silently)."""
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        size = len(os.fsencode(path.name))
+        if size > MAX_NAME_BYTES:
+            raise InputError(f"the output file name {path.name[:40]}… is {size} bytes long and file systems take at "
+                             f"most {MAX_NAME_BYTES}: pass a shorter --name")
+        for source in inputs:
+            if not is_gdal_name(str(source)) and _same_file(path, Path(source)):
+                raise InputError(f"{path} would replace the input raster {source}: choose another output folder "
+                                 f"(-o) or --name")
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
         raise InputError(f"{existing[0]} and the other outputs of an earlier run are in the output folder: "
                          f"pass --overwrite to replace them, or choose another output folder or --name")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)  # (a hard link, another spelling of a mount)
+    except OSError:  # either is missing
+        return False
 
 
 def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | None = None,
@@ -121,8 +144,7 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
     if job.min_area < 0 or job.simplify < 0:
         raise InputError("--min-area and --simplify must not be negative")
     paths = output_paths(job)
-    if not job.overwrite:
-        refuse_earlier_outputs(job)
+    check_outputs(job)
     with gdal_env(), RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs,
                                   nodata=job.nodata, frame_from_reads=blocks is None, mask_wkt=job.mask_wkt,
                                   mask_crs=job.mask_crs) as source:
@@ -135,8 +157,7 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
                 summary = _run(job, segmenter, source, work, paths, logits, cancel)
             timing = summary["timing"]
             timing["read_wait_s"] = round(read_wait.seconds, 3)
-            if not job.overwrite:
-                refuse_earlier_outputs(job)  # another run may have published there meanwhile
+            check_outputs(job)  # another run may have published there meanwhile
             for path in all_output_paths(job).values():  # the earlier run's outputs go first, all of them
                 path.unlink(missing_ok=True)
             _publish(work, paths, summary, started, cancel)

@@ -69,6 +69,14 @@ def parse_numbers(text: str, count: int, what: str) -> tuple[float, ...]:
     return values
 
 
+def parse_window(text: str, what: str = "--window") -> tuple[int, int, int, int]:
+    """col,row,width,height in whole source pixels (a fractional value is refused, not truncated)."""
+    values = parse_numbers(text, 4, what)
+    if not all(math.isfinite(v) and v == int(v) for v in values):
+        raise InputError(f"{what} takes whole pixels: col,row,width,height, got '{text}'")
+    return tuple(int(v) for v in values)  # type: ignore[return-value]
+
+
 MAX_GRID_SIDE = 2**31 - 1  # GDAL's raster size limit
 SQUARE_TOLERANCE = 0.01  # pixel sides within 1 % of each other on the ground: square pixels
 _VALIDITY_CHUNK_PIXELS = 2**22  # source pixels whose no data is read at a time

@@ -267,3 +267,43 @@ def test_nodata_value_on_the_command_line_blanks_an_undeclared_border(tmp_path, 
     with rasterio.open(tmp_path / "b" / "framed_classes.tif") as classes:
         labels = classes.read(1)
         assert (labels[:, :16] == classes.nodata).all() and (labels[:, 16:] != classes.nodata).all()
+
+
+def test_no_command_replaces_its_input(tmp_path, capsys, checkpoint):
+    """An output named like the input itself (`site_classes.tif` segmented again under --name site, into its
+    own folder; `a_classes.tif` beside `a.tif` in a batch) is refused in one line, --overwrite or not: the
+    input is never destroyed."""
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    site = write_raster(folder / "site_classes.tif", scene(64, 64)[0])
+    before = site.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run_cli(capsys, "segment", str(site), "--classes", "a; b", "--name", "site", "-o", str(folder),
+                               *extra, *_model_args(checkpoint))
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"would replace the input raster {site}" in err
+    heatmap = write_raster(folder / "v_heatmap.tif", scene(64, 64)[0])  # search's own output name
+    code, _, err = run_cli(capsys, "search", str(heatmap), "--query", "a pond", "--name", "v", "-o", str(folder),
+                           "--overwrite", *_model_args(checkpoint))
+    assert code == 2 and f"would replace the input raster {heatmap}" in err, err
+    a = write_raster(folder / "a.tif", scene(64, 64)[0])
+    a_classes = write_raster(folder / "a_classes.tif", scene(64, 64, seed=2)[0])
+    kept = a_classes.read_bytes()
+    code, _, err = run_cli(capsys, "segment-batch", str(a), str(a_classes), "--classes", "a; b", "-o", str(folder),
+                           *_model_args(checkpoint))
+    assert code == 2 and f"would replace the input raster {a_classes}" in err, err
+    assert site.read_bytes() == before and a_classes.read_bytes() == kept
+
+
+def test_a_name_too_long_or_a_fractional_window_is_one_line(tmp_path, capsys, checkpoint):
+    long_input = write_raster(tmp_path / f"{'x' * 245}.tif", scene(32, 32)[0])  # a legal name, its outputs' are not
+    for args in ([str(long_input)], [str(long_input).replace("x" * 245, "y"), "--name", "n" * 250]):
+        if not Path(args[0]).exists():
+            write_raster(Path(args[0]), scene(32, 32)[0])
+        code, _, err = run_cli(capsys, "segment", *args, "--classes", "a; b", "-o", str(tmp_path / "o"),
+                               *_model_args(checkpoint))
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "bytes long" in err and "--name" in err, err
+    src = write_raster(tmp_path / "w.tif", scene(32, 32)[0])
+    code, _, err = run_cli(capsys, "segment", str(src), "--classes", "a; b", "--window", "0.5,0.5,10.9,10.9",
+                           "-o", str(tmp_path / "o"), *_model_args(checkpoint))
+    assert code == 2 and "--window takes whole pixels" in err, err
