@@ -84,7 +84,8 @@ def _cmd_zero_shot(args: argparse.Namespace) -> int:
             result = zero_shot.evaluate_classification(model, args.csv, args.classnames, args.limit, progress, cache)
         else:
             result = zero_shot.evaluate_retrieval(model, args.csv, args.caption_column, args.limit, progress,
-                                                  args.images_root, cache, notice=_note)
+                                                  args.images_root, cache, notice=_note,
+                                                  caption_prefix=args.caption_prefix, dataset=args.name)
     finally:
         bar.close()
     from training.evaluate.report import write_report
@@ -131,6 +132,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         else:
             z.add_argument("--caption-column", help="caption column (default: caption/title/text/sentence)")
             z.add_argument("--images-root", help="image folder of a caption JSON (default: beside it)")
+            z.add_argument("--caption-prefix", help="text put before every caption (default: the published "
+                           "evaluation's, 'a satellite image. ' for rsicd, rsitmd and ucm; '' for none)")
         z.add_argument("--limit", type=int, help="only the first N rows")
         z.add_argument("-o", "--out", required=True)
         z.add_argument("-q", "--quiet", action="store_true")

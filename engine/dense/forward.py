@@ -3,8 +3,9 @@
 Blocks 1..L-1 of the ViT run unchanged. In the last block the attention is replaced by
     A = softmax(q qᵀ · s) + softmax(k kᵀ · s) + softmax(v vᵀ · s),   s = head_dim^-½
 and its output out_proj(A · v) is taken alone: the block's residual and MLP are dropped. Then
-ln_post and proj give one feature per token. Positional embeddings are interpolated (bicubic)
-when the input's patch grid differs from the one the model was trained on.
+ln_post and proj give one feature per token (the CLS row of this output is the image-level
+embedding the global-bias option uses, as SegEarth-OV / RS-OVSS take it). Positional embeddings are
+interpolated (bicubic) when the input's patch grid differs from the one the model was trained on.
 
 The same function serves inference (no grad) and stage-1 training (student and teacher, grad).
 `model_dense` is what inference calls: the plain function, or its `torch.compile`d form once
@@ -75,16 +76,24 @@ def _project(visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x @ visual.proj if visual.proj is not None else x
 
 
-def dense_features(visual: nn.Module, images: torch.Tensor, with_cls: bool = False):
+def dense_features(visual: nn.Module, images: torch.Tensor, with_cls: bool = False, dense_cls: bool = False):
     """Patch embeddings [B, gh, gw, D] (not normalised) of normalised images [B, 3, H, W].
 
-    With `with_cls`, also the standard (unchanged last block) CLS embedding [B, D], computed from the
-    same first L-1 blocks; it is the image-level embedding that the global-bias option uses.
+    With `with_cls`, also the standard CLS embedding [B, D] (the unchanged last block, i.e. what
+    `visual(images)` gives), computed from the same first L-1 blocks: the image embedding training's
+    contrastive loss uses. With `dense_cls`, instead the CLS row of the dense path itself (the modified
+    last block's output, ln_post, proj), which costs nothing extra: the image-level embedding the
+    global-bias option subtracts, as SegEarth-OV and RS-OVSS compute it (`output_cls_token`: the
+    pooled token of the same custom-attention output as the patches).
     """
+    if with_cls and dense_cls:
+        raise ValueError("dense_features: ask for the standard CLS (with_cls) or the dense one (dense_cls), not both")
     x, (gh, gw) = _tokens_before_last_block(visual, images)
     last = visual.transformer.resblocks[-1]
     dense = _project(visual, _self_self_attention(last, last.ln_1(x)))
     patches = dense[:, 1:].reshape(x.shape[0], gh, gw, -1)
+    if dense_cls:
+        return patches, dense[:, 0]
     if not with_cls:
         return patches
     y = x + last.ls_1(last.attention(last.ln_1(x)))
@@ -93,11 +102,11 @@ def dense_features(visual: nn.Module, images: torch.Tensor, with_cls: bool = Fal
     return patches, cls
 
 
-def model_dense(model, images: torch.Tensor, with_cls: bool = False):
+def model_dense(model, images: torch.Tensor, with_cls: bool = False, dense_cls: bool = False):
     """`dense_features` of a LoadedModel's vision tower, compiled when `compile_dense` was called."""
     if model.dense_forward is not None:
-        return model.dense_forward(images, with_cls=with_cls)
-    return dense_features(model.clip.visual, images, with_cls=with_cls)
+        return model.dense_forward(images, with_cls=with_cls, dense_cls=dense_cls)
+    return dense_features(model.clip.visual, images, with_cls=with_cls, dense_cls=dense_cls)
 
 
 def compile_dense(model, mode: str | None = None) -> None:

@@ -4,8 +4,13 @@ The protocol (the published evaluation's): crops are `crop` px with stride `stri
 ViT-B); the last crop of a row or column is shifted inward to end at the border. Each crop's
 per-patch cosine logits (patch embedding · name embedding) are bilinearly up-sampled to the crop's
 pixels and summed; the sum is divided by the number of crops covering each pixel. A crop smaller
-than `crop` (an image side under `crop`) is padded at its bottom/right to a patch multiple, resized
-to crop × crop, and its logits are resized back to the padded size, then the padding is cut off.
+than `crop` (an image side under `crop`) is padded with zeros (the mean colour) to a patch multiple,
+resized to crop × crop, and its logits are resized back to the padded size, then the padding is cut
+off. Where the padding goes is `pad`: "centre" splits it as the published evaluation does
+(RS-OVSS `compute_padsize`: left = ⌊pad_w/2⌋, top = ⌊pad_h/2⌋, the rest right/bottom; the logits cut
+at [top:top+h, left:left+w]) and is what `farslip eval` uses; "end" (the default of the functions
+here, so of segmentation, teaching and the raster pipeline) puts it all at the bottom/right. The two
+differ only for images with a side under `crop`.
 
 How it runs, all on the model's device and without a Python step per crop:
 - the image arrives normalised on the device (`normalise`, pixels uploaded once per block);
@@ -50,6 +55,7 @@ from engine.dense.forward import model_dense
 from engine.dense.transfer import to_device
 from engine.models import LoadedModel
 
+PAD_PLACEMENTS = ("end", "centre")  # where a small crop's padding goes (see the module docstring)
 UPSAMPLE_CHUNK = 4  # crops per up-sampler pass (its activations are D × 224² floats per crop)
 _MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(3, 1, 1)
 _STD = torch.tensor(OPENAI_DATASET_STD).view(3, 1, 1)
@@ -157,15 +163,27 @@ def stacked_crops(image: torch.Tensor, boxes: list[Box]) -> torch.Tensor:
     return torch.stack([image[:, b.y:b.y + h, b.x:b.x + w] for b in boxes])
 
 
-def _model_input(crops: torch.Tensor, crop: int, patch: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Crops [B,3,h,w] → model input [B,3,crop,crop] and the padded size whose logits we keep."""
+def pad_offsets(h: int, w: int, patch: int, pad: str = "end") -> tuple[int, int, int, int]:
+    """(padded height, padded width, top, left) of an h × w crop padded to a patch multiple: with
+    "centre", top = ⌊(ph − h)/2⌋ and left = ⌊(pw − w)/2⌋ (RS-OVSS `compute_padsize`); with "end", 0, 0."""
+    if pad not in PAD_PLACEMENTS:
+        raise ValueError(f"pad must be one of {PAD_PLACEMENTS} (got {pad!r})")
+    ph, pw = -(-h // patch) * patch, -(-w // patch) * patch
+    if pad == "end":
+        return ph, pw, 0, 0
+    return ph, pw, (ph - h) // 2, (pw - w) // 2
+
+
+def _model_input(crops: torch.Tensor, crop: int, patch: int, pad: str = "end") -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Crops [B,3,h,w] → model input [B,3,crop,crop] and where their logits lie once resized back:
+    the padded size (ph, pw), with the padding's (top, left) after it when these are not 0."""
     h, w = crops.shape[-2:]
     if h == crop and w == crop:
         return crops, (h, w)
-    ph, pw = -(-h // patch) * patch, -(-w // patch) * patch
-    padded = F.pad(crops, (0, pw - w, 0, ph - h))
+    ph, pw, top, left = pad_offsets(h, w, patch, pad)
+    padded = F.pad(crops, (left, pw - w - left, top, ph - h - top))
     resized = F.interpolate(padded, size=(crop, crop), mode="bilinear", align_corners=False)
-    return resized, (ph, pw)
+    return resized, ((ph, pw, top, left) if top or left else (ph, pw))
 
 
 def _upsampled_logits(upsampler: nn.Module, patches: torch.Tensor, inputs: torch.Tensor,
@@ -181,15 +199,19 @@ def _upsampled_logits(upsampler: nn.Module, patches: torch.Tensor, inputs: torch
 
 
 def crop_maps(model: LoadedModel, crops: torch.Tensor, text: torch.Tensor, crop: int, global_bias: float = 0.0,
-              upsampler: nn.Module | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+              upsampler: nn.Module | None = None, pad: str = "end") -> tuple[torch.Tensor, tuple[int, ...]]:
     """Cosine logit maps [B, N, a, b] of a batch of same-size normalised crops, at the resolution the
     network (or the up-sampler) gives them, and the padded crop size (ph, pw) they are up-sampled to
-    (then cut to the crops' own size)."""
-    inputs, padded = _model_input(crops, crop, model.patch_size)
+    (then cut to the crops' own size, from the top-left corner; with `pad="centre"` and padding
+    before the crop, (ph, pw, top, left): cut from (top, left)).
+
+    With `global_bias` λ, each crop's logits less λ × the cosine logits of its image-level embedding:
+    the CLS row of the same dense pass (`dense_features(dense_cls=True)`), as SegEarth-OV does."""
+    inputs, padded = _model_input(crops, crop, model.patch_size, pad)
     inputs = inputs.to(model.device, model.dtype)
     with torch.inference_mode():
         if global_bias:
-            patches, cls = model_dense(model, inputs, with_cls=True)
+            patches, cls = model_dense(model, inputs, dense_cls=True)
         else:
             patches = model_dense(model, inputs)
         text = text.to(patches.device)
@@ -218,24 +240,33 @@ def _cached(key, make: Callable[[], torch.Tensor]):
         return value
 
 
-def _interpolation(src: int, dst: int, keep: int, device) -> torch.Tensor:
-    """[keep, src]: the first `keep` rows of bilinear (align_corners=False) resizing src → dst, with
+def _interpolation(src: int, dst: int, keep: int, device, skip: int = 0) -> torch.Tensor:
+    """[keep, src]: rows skip..skip+keep-1 of bilinear (align_corners=False) resizing src → dst, with
     exactly the weights `F.interpolate` uses."""
     def make():
         eye = torch.eye(src, dtype=torch.float32)[None]
         weights = F.interpolate(eye, size=dst, mode="linear", align_corners=False)[0].T
-        return weights[:keep].contiguous().to(device)
+        return weights[skip:skip + keep].contiguous().to(device)
 
-    return _cached(("interp", src, dst, keep, str(device)), make)
+    return _cached(("interp", src, dst, keep, skip, str(device)), make)
 
 
-def _row_placement(xs: tuple[int, ...], b: int, pw: int, w: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _strip_shape(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(patch rows a, padded crop height ph, crop height h, padding above the crop top) of a
+    `RowStrips.shape`, which leaves out a top of 0."""
+    a, ph, h, *rest = shape
+    return a, ph, h, (rest[0] if rest else 0)
+
+
+def _row_placement(xs: tuple[int, ...], b: int, pw: int, w: int, width: int, device,
+                   left: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """For crops starting at columns `xs` (region coordinates, may stick out of [0, width)):
-    P [len(xs)·b, width] with P[k·b + j, x] = Ux[x − xs[k], j], so that a row of logit maps laid side
+    P [len(xs)·b, width] with P[k·b + j, x] = Ux[left + x − xs[k], j] (Ux: b → pw columns, the
+    crop's own w read from column `left` of the padded crop), so that a row of logit maps laid side
     by side [.., len(xs)·b] @ P is their horizontally up-sampled sum; and the coverage [width].
     Built on the device by scattering (nothing waits for the device)."""
     def make():
-        ux = _interpolation(b, pw, w, device)  # [w, b]
+        ux = _interpolation(b, pw, w, device, left)  # [w, b]
         cols = to_device(list(xs), device)[:, None] + torch.arange(w, device=device)[None]  # [K, w]
         inside = (cols >= 0) & (cols < width)
         cols = cols.clamp(0, width - 1)
@@ -245,7 +276,7 @@ def _row_placement(xs: tuple[int, ...], b: int, pw: int, w: int, width: int, dev
         coverage = torch.zeros(width, device=device).scatter_add_(0, cols.flatten(), inside.flatten().float())
         return placement.reshape(len(xs) * b, width), coverage
 
-    return _cached(("row", xs, b, pw, w, width, str(device)), make)
+    return _cached(("row", xs, b, pw, w, width, left, str(device)), make)
 
 
 class RowStrips:
@@ -258,16 +289,20 @@ class RowStrips:
     that is how blocks of a large raster pass on what their crops contribute to their neighbours,
     1/16 of the size of the up-sampled logits."""
 
-    def __init__(self, region: Box, shape: tuple[int, int, int] | None = None):
+    def __init__(self, region: Box, shape: tuple[int, ...] | None = None):
         self.region = region
         self.rows: dict[int, list[torch.Tensor]] = {}  # crop row top y → [strip, coverage]
-        self.shape = shape  # (a, padded crop height, crop height), known once a batch has arrived
+        # (a, padded crop height, crop height[, padding above the crop when not 0]), known once a
+        # batch has arrived
+        self.shape = shape
 
-    def add(self, maps: torch.Tensor, padded: tuple[int, int], boxes: list[Box]) -> None:
-        """Logit maps [B, N, a, b] of same-size `boxes`, up-sampled to `padded` and cut to the box size."""
+    def add(self, maps: torch.Tensor, padded: tuple[int, ...], boxes: list[Box]) -> None:
+        """Logit maps [B, N, a, b] of same-size `boxes`, up-sampled to `padded` (ph, pw) and cut to the
+        box size from its top-left corner, or from (top, left) when `padded` is (ph, pw, top, left)."""
         _, n, a, b = maps.shape
         h, w = boxes[0].h, boxes[0].w
-        self.shape = (a, padded[0], h)
+        ph, pw, top, left = (*padded, 0, 0)[:4]
+        self.shape = (a, ph, h, top) if top else (a, ph, h)
         region = self.region
         for start, stop in _row_runs(boxes):
             y = boxes[start].y
@@ -278,7 +313,7 @@ class RowStrips:
             lo, hi = max(0, min(xs)), min(region.w, max(xs) + w)
             if hi <= lo:
                 continue
-            placement, coverage = _row_placement(tuple(x - lo for x in xs), b, padded[1], w, hi - lo, maps.device)
+            placement, coverage = _row_placement(tuple(x - lo for x in xs), b, pw, w, hi - lo, maps.device, left)
             strip, covered = self._row(y, n, a, maps)
             strip[..., lo:hi] += maps[start:stop].permute(1, 2, 0, 3).reshape(n, a, len(xs) * b) @ placement
             covered[lo:hi] += coverage
@@ -358,12 +393,12 @@ class RowStrips:
         drawing the lines in one pass writes each pixel once, with 2 operations instead of a product
         over every patch row of the covering strips."""
         region = self.region
-        a, ph, h = self.shape or (1, 1, 1)
+        a, ph, h, top = _strip_shape(self.shape or (1, 1, 1))
         tops = sorted(y for y in self.rows if region.y - h < y < region.y + region.h)  # the strips reaching it
         if not tops:
             return _RowGroups([0, region.h], torch.zeros(n, 1, region.w, device=device),
                               torch.zeros(n, 1, region.w, device=device), torch.zeros(1, region.w, device=device))
-        low, high, weight, changes = _vertical_plan(a, ph, h)
+        low, high, weight, changes = _vertical_plan(a, ph, h, top)
         slope = a / ph  # the upper row's weight grows by this from one pixel row to the next
         starts = [y - region.y for y in tops]
         edges = sorted({0, region.h} | {s + t for s in starts for t in (0, h, *changes) if 0 < s + t < region.h})
@@ -405,12 +440,12 @@ def _row_runs(boxes: list[Box]) -> Iterator[tuple[int, int]]:
             start = k
 
 
-def _vertical_plan(a: int, ph: int, h: int) -> tuple[list[int], list[int], list[float], list[int]]:
-    """For each of the first h of the ph rows bilinear resizing gives a rows: the lower and upper
-    source row it reads, the upper one's weight (0 where it reads one row: the clamped border rows),
-    with exactly `F.interpolate`'s weights; and the rows where the pair read changes."""
+def _vertical_plan(a: int, ph: int, h: int, top: int = 0) -> tuple[list[int], list[int], list[float], list[int]]:
+    """For each of the h rows from row `top` of the ph rows bilinear resizing gives a rows: the lower
+    and upper source row it reads, the upper one's weight (0 where it reads one row: the clamped
+    border rows), with exactly `F.interpolate`'s weights; and the rows where the pair read changes."""
     def make():
-        uy = _interpolation(a, ph, h, "cpu")
+        uy = _interpolation(a, ph, h, "cpu", top)
         cols = torch.arange(a)
         nonzero = uy != 0
         low = torch.where(nonzero, cols, a).amin(dim=1)
@@ -420,7 +455,7 @@ def _vertical_plan(a: int, ph: int, h: int) -> tuple[list[int], list[int], list[
         changes = [t for t in range(1, h) if (low[t], high[t]) != (low[t - 1], high[t - 1])]
         return low, high, weight.tolist(), changes
 
-    return _cached(("vplan", a, ph, h), make)
+    return _cached(("vplan", a, ph, h, top), make)
 
 
 @dataclass
@@ -479,12 +514,13 @@ _batch_limits: dict[str, int] = {}  # per device: the batch that fitted after ru
 
 def crop_strips(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int, boxes: list[Box],
                 region: Box, batch_size: int = 16, global_bias: float = 0.0, progress: ProgressFn | None = None,
-                upsampler: nn.Module | None = None) -> RowStrips:
+                upsampler: nn.Module | None = None, pad: str = "end") -> RowStrips:
     """The crops' logits as `RowStrips` of `region` (float32, on the model's device).
 
     `image` is normalised [3, H, W] (see `normalise`; moved to the model's device if elsewhere);
     `boxes` (all of one size) and `region` are in its pixel coordinates; each box's logits count
-    where it overlaps the region. On a GPU that runs out of memory the batch is halved (and remembered).
+    where it overlaps the region; `pad` places a small crop's padding (see the module docstring). On a
+    GPU that runs out of memory the batch is halved (and remembered).
     """
     image = image.to(model.device)
     rows = RowStrips(region)
@@ -493,7 +529,7 @@ def crop_strips(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, cro
     while pending:
         batch = next(_batches(pending, size))
         try:
-            maps, padded = crop_maps(model, cut_crops(image, batch), text, crop, global_bias, upsampler)
+            maps, padded = crop_maps(model, cut_crops(image, batch), text, crop, global_bias, upsampler, pad)
         except torch.OutOfMemoryError:
             if size == 1:
                 raise
@@ -528,18 +564,19 @@ def mean_strips(rows: RowStrips, n_names: int, device, workspace: "Workspace | N
 def sliding_logits(model: LoadedModel, image: torch.Tensor, text: torch.Tensor, crop: int, stride: int,
                    batch_size: int = 16, global_bias: float = 0.0, boxes: list[Box] | None = None,
                    region: Box | None = None, progress: ProgressFn | None = None,
-                   upsampler: nn.Module | None = None) -> torch.Tensor:
+                   upsampler: nn.Module | None = None, pad: str = "end") -> torch.Tensor:
     """Mean cosine logits [N, region.h, region.w] (float32, on the model's device) of a normalised
     image [3,H,W].
 
     `boxes` (default: the image's own crops touching the region) and `region` (default: the whole
-    image) are in the image's pixel coordinates; every region pixel must be covered by a box.
+    image) are in the image's pixel coordinates; every region pixel must be covered by a box. `pad`:
+    where a crop smaller than `crop` is padded ("end": bottom/right; "centre": both sides, as published).
     """
     _, height, width = image.shape
     region = region or Box(0, 0, height, width)
     if boxes is None:
         boxes = CropGrid(height, width, crop, stride).touching(region)
-    rows = crop_strips(model, image, text, crop, boxes, region, batch_size, global_bias, progress, upsampler)
+    rows = crop_strips(model, image, text, crop, boxes, region, batch_size, global_bias, progress, upsampler, pad)
     try:
         return mean_strips(rows, text.shape[0], model.device, check_cover=True)
     except ValueError as exc:

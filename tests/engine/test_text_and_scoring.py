@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine.dense.forward import dense_features
 from engine.dense import InferenceOptions, PromptSet, Segmenter, prepare_image
 from engine.dense.prompts import NO_CLASS, templates
 from engine.dense.scoring import class_probabilities, classes_from_logits
@@ -82,7 +83,11 @@ def test_global_bias_subtracts_lambda_times_the_image_level_score(tiny_model):
     crops = prepare_image(np.random.default_rng(4).integers(0, 256, (224, 224, 3), dtype=np.uint8))[None]
     plain, _ = crop_maps(tiny_model, crops, text, 224, global_bias=0.0)  # patch-level logit maps
     biased, _ = crop_maps(tiny_model, crops, text, 224, global_bias=0.3)
-    image_level = tiny_model.encode_image(crops) @ text.T  # standard CLS embedding, normalised
+    # the image-level embedding as SegEarth-OV / RS-OVSS take it: the CLS row of the same dense pass
+    # (custom last-block attention, ln_post, proj), normalised — not the standard CLS of `encode_image`
+    _, cls = dense_features(tiny_model.clip.visual, crops.to(tiny_model.device, tiny_model.dtype), dense_cls=True)
+    image_level = F.normalize(cls.float(), dim=-1) @ text.T
+    assert not torch.allclose(image_level, tiny_model.encode_image(crops) @ text.T, atol=1e-3)
     torch.testing.assert_close(plain - biased, (0.3 * image_level)[:, :, None, None].expand_as(plain),
                                rtol=1e-4, atol=1e-5)
 

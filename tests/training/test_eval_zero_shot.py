@@ -69,7 +69,11 @@ def test_cli_classify_and_retrieval(data, capsys):
     assert json.loads(next((data / "res").glob("classify_aid_*.json")).read_text())["dataset"] == "aid"
     assert main(["eval", "retrieval", "--csv", str(data / "rsicd.csv"), "--name", "rsicd",
                  "-o", str(data / "res"), *model]) == 0
-    assert "i2t" in json.loads(next((data / "res").glob("retrieval_rsicd_*.json")).read_text())
+    result = json.loads(next((data / "res").glob("retrieval_rsicd_*.json")).read_text())
+    assert "i2t" in result and result["caption_prefix"] == "a satellite image. "  # --name rsicd: as published
+    assert main(["eval", "retrieval", "--csv", str(data / "rsicd.csv"), "--name", "rsicd", "--caption-prefix", "",
+                 "-o", str(data / "plain"), *model]) == 0
+    assert json.loads(next((data / "plain").glob("retrieval_rsicd_*.json")).read_text())["caption_prefix"] == ""
     report = (data / "res" / "report.md").read_text()
     assert "| paper: FarSLIP-s2 ViT-B-16 | 57.98 | 73.95 |" in report  # beside the published figures
     assert "| paper: FarSLIP-s2 ViT-B-16 | 27.4 | 23.7 |" in report

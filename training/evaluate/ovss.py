@@ -1,9 +1,15 @@
 """OVSS evaluation with the engine's own dense inference (`engine.dense.Segmenter`).
 
-`paper` preset, as published: each image resized (bilinear, aspect kept) to a 448 px long side;
-224/112 sliding crops; averaged cosine logits resized (bilinear) to the label size; × 50, softmax
-over all names, max over synonyms, argmax. Other presets add the global bias and the dataset's
-probability threshold with its background class (SegEarth-OV's settings). Any preset can add the
+`paper` preset, as published (RS-OVSS / SegEarth-OV configs: mmcv `Resize(scale=(448, 448),
+keep_ratio=True)`, the label loaded after it and left at its size): each image resized to a 448 px
+long side the way mmcv does it — scale = min(448/long, 448/short), size int(side × scale + 0.5),
+cv2 INTER_LINEAR (bilinear, half-pixel centres, no antialiasing), back to uint8 — here with
+`F.interpolate(bilinear, align_corners=False, antialias=False)` and rounding (within one grey level of
+cv2's fixed-point arithmetic); 224/112 sliding crops, a crop under 224 px padded evenly on both sides
+to a patch multiple (RS-OVSS `compute_padsize`); averaged cosine logits resized (bilinear) to the
+label size; × 50, softmax over all names, max over synonyms, argmax. Other presets add the global
+bias (the CLS row of the dense pass, as SegEarth-OV takes it) and the dataset's probability threshold
+with its background class (SegEarth-OV's settings). Any preset can add the
 learned feature up-sampler (`upsampler`: SimFeatUp JBU weights); such a run is named `<preset>+jbu`.
 
 Resumable: the running confusion matrix and the names of the images done are saved to
@@ -22,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from engine.dense import Segmenter, prepare_image, preset
+from engine.dense.sliding import sliding_logits
 from engine.errors import InputError
 from engine.models import LoadedModel
 from training.evaluate.identity import file_stamp, model_identity, settings_key
@@ -33,13 +39,33 @@ from training.evaluate.ovss_datasets import OVSSDataset, samples
 
 LONG_SIDE = 448
 SAVE_EVERY = 10
+# how images are resized, padded and the global bias taken: part of a resume state's key, so a state
+# saved under an earlier protocol (PIL's antialiased resize, bottom/right padding, the standard CLS)
+# is not continued
+PROTOCOL = "mmcv-cv2-linear-448/centre-pad/dense-cls"
+
+
+def rescaled_size(h: int, w: int, long_side: int = LONG_SIDE) -> tuple[int, int]:
+    """(height, width) mmcv's `imrescale(img, (long_side, long_side))` gives an h × w image: scale
+    min(long/max(h, w), short/min(h, w)) with both sides `long_side`, each side int(side · scale + 0.5)."""
+    scale = min(long_side / max(h, w), long_side / min(h, w))
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
 def resize_long_side(image: np.ndarray, long_side: int = LONG_SIDE) -> np.ndarray:
+    """uint8 [H, W, 3] → uint8 [h, w, 3] at `rescaled_size`: bilinear with half-pixel centres and no
+    antialiasing (what cv2.resize INTER_LINEAR, mmcv's default, does), rounded to the nearest level
+    (halves up). cv2 computes in 11-bit fixed point, so about one pixel value in eight differs from it
+    by one grey level, none by more."""
     h, w = image.shape[:2]
-    scale = long_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    size = rescaled_size(h, w, long_side)
+    if size == (h, w):
+        return image
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32))  # a fresh (writable) float copy
+    pixels = (pixels[..., None] if pixels.ndim == 2 else pixels).permute(2, 0, 1)[None]
+    resized = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=False)
+    out = resized[0].permute(1, 2, 0).add_(0.5).floor_().clamp_(0, 255).to(torch.uint8).numpy()  # halves up, as cv2
+    return out[..., 0] if image.ndim == 2 else out
 
 
 def run_name(preset_name: str, upsampler: str | None = None) -> str:
@@ -57,8 +83,12 @@ def segmenter_for(model: LoadedModel, dataset: OVSSDataset, preset_name: str,
 
 
 def predict(segmenter: Segmenter, image: np.ndarray, label_shape: tuple[int, int]) -> np.ndarray:
-    """Class indices at the label's size for one benchmark image."""
-    logits = segmenter.logits(prepare_image(resize_long_side(image), segmenter.model.device))
+    """Class indices at the label's size for one benchmark image. The logits are `Segmenter.logits`'
+    (same crops, global bias and up-sampler) but with a small crop's padding split evenly on both
+    sides, as the published evaluation pads (`pad="centre"`)."""
+    s = segmenter
+    logits = sliding_logits(s.model, prepare_image(resize_long_side(image), s.model.device), s.text, s.crop,
+                            s.stride, s.batch_size, s.options.global_bias, upsampler=s.upsampler, pad="centre")
     logits = F.interpolate(logits[None], size=label_shape, mode="bilinear", align_corners=False)[0]
     return segmenter.labels(logits).cpu().numpy()
 
@@ -77,7 +107,7 @@ def evaluate_ovss(model: LoadedModel, dataset: OVSSDataset, root: str | Path, pr
     identity = model_identity(model)
     key = settings_key({"model": identity, "dataset": dataset.name, "root": str(Path(root).resolve()),
                         "split": [dataset.image_dir, dataset.label_dir], "classes": dataset.classes,
-                        "run": run, "options": repr(segmenter.options),
+                        "run": run, "options": repr(segmenter.options), "protocol": PROTOCOL,
                         "upsampler": [upsampler, file_stamp(upsampler)] if upsampler else None})
     cm = ConfusionMatrix(len(dataset.classes))
     done: list[str] = []

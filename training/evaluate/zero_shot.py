@@ -3,19 +3,25 @@
 Data as SkyScript prepares it: a CSV per split with a `filepath` column (relative to the CSV's
 folder unless absolute) and a `label` column (class index into `classnames.txt`, or the class
 name) for classification, or a caption column (`caption`, `title`, `text` or `sentence`) for
-retrieval. Images go through CLIP's evaluation transform (shorter side to the model's input size,
-bicubic, centre crop). Classification prompts: the `rs` templates ("a satellite photo of {c}.",
-"a satellite image of {c}"), averaged. Retrieval: captions de-duplicated by text; Long-CLIP models
-tokenise with context 248, others 77 (the model's own context); empty captions are left out (and counted).
+retrieval. Images go through CLIP's evaluation transform as open_clip builds it (torchvision
+`Resize(size)` bicubic on the shorter side, `CenterCrop(size)`, then RGB). Classification prompts:
+the `rs` templates ("a satellite photo of {c}.", "a satellite image of {c}"), averaged. Retrieval,
+as FarSLIP's tests/test_retrieval.py runs it: RSICD, RSITMD and UCM-captions captions get the prefix
+"a satellite image. " (`caption_prefix`; recognised by the `dataset` name, else by the source's file
+or folder name), then captions are de-duplicated on
+their exact text (no whitespace folding); Long-CLIP models tokenise with context 248, others 77 (the
+model's own context); empty captions are left out (and counted).
 
 Image embeddings can be cached (an .npz in the results folder) so an interrupted run continues: the
 cache is tied to the model (a SHA-256 of its weights) and each image's size and modification time, so
-another model, or a replaced image, is encoded afresh.
+another model, or a replaced image, is encoded afresh (and so is a cache made with another image view,
+`VIEW`).
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +35,23 @@ from training.evaluate.identity import file_stamp, model_identity
 from training.evaluate.metrics import retrieval_metrics, topk_accuracy
 
 CAPTION_COLUMNS = ("caption", "title", "text", "sentence")
+# FarSLIP's published retrieval evaluation prefixes RSICD's, RSITMD's and UCM-captions' captions
+PUBLISHED_CAPTION_PREFIX = "a satellite image. "
+VIEW = "torchvision-resize-bicubic+centercrop"  # the image view embeddings are cached under
 LINE = "\0line"  # a CSV row's line number, kept in its dict for messages
 
 
 def clip_view(path: Path, size: int) -> np.ndarray:
-    """The CLIP evaluation view of an image file: float [size, size, 3] in 0-1."""
+    """The CLIP evaluation view of an image file: float [size, size, 3] in 0-1, made as open_clip's
+    `image_transform(is_train=False)` makes it (FarSLIP's published evaluation): torchvision
+    `Resize(size, BICUBIC)` (shorter side to `size`, the longer int(size · long / short)), then
+    `CenterCrop(size)` (offset int(round((side − size) / 2))), then conversion to RGB, on the PIL image."""
+    from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            scale = size / min(im.size)
-            im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
-            left, top = (im.width - size) // 2, (im.height - size) // 2
-            return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+            im = CenterCrop(size)(Resize(size, interpolation=InterpolationMode.BICUBIC)(im))
+            return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from None
 
@@ -117,6 +128,23 @@ def read_csv(path: str | Path) -> list[dict]:
     return rows
 
 
+def published_caption_prefix(source: str | Path, dataset: str | None = None) -> str:
+    """The caption prefix the published evaluation gives a retrieval set: "a satellite image. " for
+    RSICD, RSITMD and UCM-captions, "" for any other. The set is `dataset` when named (e.g. the CLI's
+    --name), else recognised in the source's file name or its folder's name (RSICD_img_txt_pairs_test.csv,
+    dataset_rsicd.json, dataset_RSITMD.json, UCM_captions/dataset.json, ...)."""
+    def known(name: str) -> bool:
+        words = re.split(r"[^a-z0-9]+", name.lower())
+        joined = "".join(words)
+        return (any(d in joined for d in ("rsicd", "rsitmd", "ucmcaption"))
+                or "ucm" in words)
+
+    if dataset:
+        return PUBLISHED_CAPTION_PREFIX if known(dataset) else ""
+    source = Path(source)
+    return PUBLISHED_CAPTION_PREFIX if known(source.stem) or known(source.parent.name) else ""
+
+
 def _embed_images(model: LoadedModel, classifier: SceneClassifier, paths: list[str], progress=None,
                   cache: Path | None = None, identity: str | None = None) -> torch.Tensor:
     """Image embeddings in `paths` order; with `cache` (an .npz), finished ones are kept across runs for
@@ -127,10 +155,11 @@ def _embed_images(model: LoadedModel, classifier: SceneClassifier, paths: list[s
     stamps: dict[str, str] = {}
     if cache is not None and identity is None:
         identity = model_identity(model)
+    key = f"{identity}|{VIEW}"  # embeddings of another view of the images are not reused
     if cache is not None and cache.exists():
         try:
             with np.load(cache, allow_pickle=False) as saved:
-                if {"model", "stamps"} <= set(saved.files) and str(saved["model"]) == identity:
+                if {"model", "stamps"} <= set(saved.files) and str(saved["model"]) == key:
                     for p, stamp, e in zip((str(p) for p in saved["paths"]), saved["stamps"], saved["embeddings"]):
                         if file_stamp(p) == str(stamp):
                             done[p], stamps[p] = e, str(stamp)
@@ -146,7 +175,7 @@ def _embed_images(model: LoadedModel, classifier: SceneClassifier, paths: list[s
             progress(len(paths) - len(todo) + start + len(batch), len(paths))
         if cache is not None and (n % 20 == 0 or start + len(batch) == len(todo)):
             partial = cache.with_name(f".{cache.stem}.partial.npz")
-            np.savez(partial, model=np.array(identity), paths=np.array(list(done), dtype=str),
+            np.savez(partial, model=np.array(key), paths=np.array(list(done), dtype=str),
                      stamps=np.array([stamps[p] for p in done], dtype=str), embeddings=np.stack(list(done.values())))
             partial.replace(cache)
     return torch.from_numpy(np.stack([done[p] for p in paths])).to(classifier.text.device)
@@ -201,31 +230,42 @@ def evaluate_classification(model: LoadedModel, source: str | Path, classnames: 
 
 def evaluate_retrieval(model: LoadedModel, source: str | Path, caption_column: str | None = None,
                        limit: int | None = None, progress=None, images_root: str | Path | None = None,
-                       cache: Path | None = None, notice=None) -> dict:
+                       cache: Path | None = None, notice=None, caption_prefix: str | None = None,
+                       dataset: str | None = None) -> dict:
     """`source`: a CSV (filepath + caption column) or the datasets' caption JSON (test split). Rows with an
-    empty caption are left out (`notice(text)` hears how many); a set with no caption left is refused."""
+    empty caption are left out (`notice(text)` hears how many); a set with no caption left is refused.
+
+    `caption_prefix` goes before every caption; None (the default) is the published one for the set
+    (`published_caption_prefix` of `source` and `dataset`: "a satellite image. " for RSICD, RSITMD and
+    UCM-captions, else none), "" none. Captions are then de-duplicated on their exact text, as
+    published (pandas `groupby` on the prefixed caption): each distinct text is one query, positive for
+    every image it describes."""
     source = Path(source)
     rows = _limited(read_caption_json(source, images_root) if source.suffix.lower() == ".json" else read_csv(source),
                     limit)
     column = caption_column or next((c for c in CAPTION_COLUMNS if c in rows[0]), None)
     if column is None or column not in rows[0]:
         raise InputError(f"{source.name}: no caption column (tried {', '.join(CAPTION_COLUMNS)})")
+    prefix = published_caption_prefix(source, dataset) if caption_prefix is None else caption_prefix
     images: dict[str, int] = {}
     texts: dict[str, int] = {}
     image_to_texts: list[set[int]] = []
     empty = 0
     for row in rows:
-        caption = " ".join((row[column] or "").split())
-        if not caption:
+        raw = row[column] or ""
+        if not raw.strip():
             empty += 1
             continue
         i = images.setdefault(row["filepath"], len(images))
-        t = texts.setdefault(caption, len(texts))
+        t = texts.setdefault(prefix + raw, len(texts))
         if i == len(image_to_texts):
             image_to_texts.append(set())
         image_to_texts[i].add(t)
     if not texts:
         raise InputError(f"{source.name}: every caption is empty ({empty} rows)")
+    if caption_prefix is None and prefix and notice is not None:
+        notice(f"{source.name}: captions prefixed with {prefix!r}, as FarSLIP's published evaluation does "
+               f"for RSICD, RSITMD and UCM-captions")
     if empty and notice is not None:
         notice(f"{source.name}: {empty} row(s) with an empty caption left out")
     classifier = SceneClassifier(model, ["placeholder"], template_set="name")
@@ -235,5 +275,5 @@ def evaluate_retrieval(model: LoadedModel, source: str | Path, caption_column: s
     similarity = (image_emb @ text_emb.T).cpu().numpy()
     result = retrieval_metrics(similarity, image_to_texts)
     return {"task": "retrieval", "model": model.name, "model_sha256": identity, "images": len(images),
-            "captions": len(texts), "empty_captions_dropped": empty,
+            "captions": len(texts), "empty_captions_dropped": empty, "caption_prefix": prefix,
             "context_length": model.context_length, "units": "percent", **result}
