@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from engine.errors import InputError
 from engine.geo.crs_text import parse_crs
 from engine.geo.opening import open_raster
+from engine.geo.sensor_model import SensorModel
+from engine.geo.source import PIXEL_SPACE
 from engine.geo.vectors import read_labels
 
 ROWS_PER_WINDOW = 1024
@@ -56,7 +60,10 @@ def confusion_matrix(class_raster: str, geoms: list, values: list[str], crs: str
     labelled `values`, in `crs` (None: the raster's)."""
     import shapely
 
-    with open_raster(class_raster) as ds:
+    with warnings.catch_warnings():  # a class map without geotransform is read in its pixel frame: no warning
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        ds = open_raster(class_raster)
+    with ds:
         classes = raster_classes(ds)
         position = {c["index"]: i for i, c in enumerate(classes)}
         shapes, skipped = [], {}
@@ -73,13 +80,7 @@ def confusion_matrix(class_raster: str, geoms: list, values: list[str], crs: str
         if not shapes:
             raise InputError(f"no reference polygon names a class of {Path(class_raster).name} "
                              f"({', '.join(c['name'] for c in classes)})")
-        if crs is not None and ds.crs is not None:
-            from pyproj import CRS, Transformer
-
-            given, own = parse_crs(crs, "the reference's CRS"), CRS.from_wkt(ds.crs.to_wkt())
-            if given != own:
-                move = Transformer.from_crs(given, own, always_xy=True).transform
-                shapes = [(shapely.transform(g, move, interleaved=False), k) for g, k in shapes]
+        frame, shapes = _in_raster_frame(ds, shapes, crs)
         k = len(classes)
         matrix = np.zeros((k, k + 1), dtype=np.int64)
         lookup = np.full(256, k, dtype=np.int64)  # a raster value → its column; NODATA and unknown: 'no class'
@@ -89,11 +90,11 @@ def confusion_matrix(class_raster: str, geoms: list, values: list[str], crs: str
         conflicting = 0
         for row in range(0, ds.height, ROWS_PER_WINDOW):
             window = Window(0, row, ds.width, min(ROWS_PER_WINDOW, ds.height - row))
-            left, bottom, right, top = rasterio.windows.bounds(window, ds.transform)
+            left, bottom, right, top = rasterio.windows.bounds(window, frame)
             if bounds[2] < min(left, right) or bounds[0] > max(left, right) or \
                     bounds[3] < min(bottom, top) or bounds[1] > max(bottom, top):
                 continue
-            shape, place = (int(window.height), ds.width), ds.window_transform(window)
+            shape, place = (int(window.height), ds.width), frame @ Affine.translation(0, row)
             truth = rasterize(shapes, out_shape=shape, fill=255, dtype="uint8", transform=place)
             labelled = truth != 255
             if not labelled.any():
@@ -105,6 +106,40 @@ def confusion_matrix(class_raster: str, geoms: list, values: list[str], crs: str
             predicted = lookup[ds.read(1, window=window)[labelled]]
             np.add.at(matrix, (truth[labelled].astype(np.int64), predicted), 1)
     return matrix, classes, skipped, conflicting
+
+
+def _in_raster_frame(ds, shapes: list, crs: str | None) -> tuple[Affine, list]:
+    """(the class raster's pixel → frame transform, the reference shapes in that frame). A geotransform's
+    frame is its CRS (references in another `crs` reprojected). A class map without one — of a plain PNG
+    tile, or placed by ground control points — is in the frame `segment` gives its polygons and QGIS
+    draws it in (x = column, y = −row): references without a CRS are taken in it, references with one
+    are brought into it through the raster's GCPs."""
+    import shapely
+    from pyproj import CRS, Transformer
+
+    given = parse_crs(crs, "the reference's CRS") if crs is not None else None
+    if ds.transform != Affine.identity():
+        if given is not None and ds.crs is not None and given != CRS.from_wkt(ds.crs.to_wkt()):
+            move = Transformer.from_crs(given, CRS.from_wkt(ds.crs.to_wkt()), always_xy=True).transform
+            shapes = [(shapely.transform(g, move, interleaved=False), k) for g, k in shapes]
+        return ds.transform, shapes
+    model = SensorModel.of(ds, ds.transform)
+    if given is not None and model is not None and model.gcps:
+        from rasterio.transform import GCPTransformer
+
+        points, gcp_crs = model.gcps
+        to_gcps = (Transformer.from_crs(given, CRS.from_wkt(gcp_crs.to_wkt()), always_xy=True).transform
+                   if gcp_crs is not None and given != CRS.from_wkt(gcp_crs.to_wkt()) else None)
+        placing = GCPTransformer(points)
+
+        def to_frame(xs, ys):
+            if to_gcps is not None:
+                xs, ys = to_gcps(xs, ys)
+            rows, cols = placing.rowcol(np.asarray(xs), np.asarray(ys), op=lambda v: v)
+            return np.asarray(cols, dtype=np.float64), -np.asarray(rows, dtype=np.float64)
+
+        shapes = [(shapely.transform(g, to_frame, interleaved=False), k) for g, k in shapes]
+    return PIXEL_SPACE, shapes
 
 
 def _claimed_by_several_classes(shapes: list, shape: tuple[int, int], place) -> np.ndarray | None:

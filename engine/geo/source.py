@@ -723,18 +723,37 @@ class RasterSource:
 
         if self.palette is not None:  # the VRT's nodata value is never met where nothing is no data
             return not (self.palette.has_invalid or self.palette.masked)
-        return all(MaskFlags.all_valid in self.dataset.mask_flag_enums[b - 1] for b in self.bands)
+        return (self._unmasked_alpha is None
+                and all(MaskFlags.all_valid in self.dataset.mask_flag_enums[b - 1] for b in self.bands))
+
+    @functools.cached_property
+    def _unmasked_alpha(self) -> int | None:
+        """A band marked alpha that GDAL's masks of the chosen bands do not use (an alpha band that is not
+        the last, as ARGB files have it): its 0 is no data all the same, as QGIS draws it transparent."""
+        from rasterio.enums import MaskFlags
+
+        if self.palette is not None:
+            return None
+        alphas = [i + 1 for i, c in enumerate(self.dataset.colorinterp) if c == ColorInterp.alpha]
+        used = any(MaskFlags.alpha in self.dataset.mask_flag_enums[b - 1] for b in self.bands)
+        return alphas[0] if alphas and not used and alphas[0] not in self.bands else None
 
     def _mask_valid(self, window: Window, height: int, width: int) -> np.ndarray:
-        """[height, width]: where every chosen band has data by GDAL's masks (a window inside the raster);
-        one mask read where the bands share it (an alpha band, an internal mask)."""
+        """[height, width]: where every chosen band has data by GDAL's masks (a window inside the raster),
+        and by an alpha band those masks leave out; one mask read where the bands share it (an alpha band,
+        an internal mask)."""
         if self._masks_all_valid:
             return np.ones((height, width), dtype=bool)
         bands = self.bands[:1] if self._masks_shared else self.bands
         with self._reading():
             masks = self._handle().read_masks(bands, window=window, out_shape=(len(bands), height, width),
                                               resampling=Resampling.nearest)
-        return (masks > 0).all(axis=0)
+            valid = (masks > 0).all(axis=0)
+            if self._unmasked_alpha is not None:
+                alpha = self._handle().read(self._unmasked_alpha, window=window, out_shape=(height, width),
+                                            resampling=Resampling.nearest)
+                valid &= alpha > 0
+        return valid
 
     @functools.cached_property
     def _masks_shared(self) -> bool:

@@ -129,7 +129,7 @@ def test_nodata_border_gets_no_prediction(tmp_path, segmenter):
     assert summary["bands"] == [1, 2, 3]  # NIR is never read as blue
 
 
-@pytest.mark.parametrize("kind", ["nodata value", "alpha band", "NaN", "mask polygon"])
+@pytest.mark.parametrize("kind", ["nodata value", "alpha band", "alpha band first", "NaN", "mask polygon"])
 @pytest.mark.parametrize("gsd", [None, 0.73], ids=["default-0.5", "gsd-0.73"])
 def test_no_data_is_the_sources_own_at_a_working_resolution(tmp_path, segmenter, kind, gsd):
     """0.2 m pixels read at 0.5 m (or 0.73 m): the outputs' no data is exactly the source's pixels — isolated
@@ -148,6 +148,10 @@ def test_no_data_is_the_sources_own_at_a_working_resolution(tmp_path, segmenter,
         alpha = np.where(invalid, 0, 255).astype(np.uint8)[None]
         src = write_raster(tmp_path / "in.tif", np.concatenate([rgb, alpha]), res=0.2,
                            colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha])
+    elif kind == "alpha band first":  # ARGB: GDAL's masks do not use an alpha band that is not the last
+        alpha = np.where(invalid, 0, 255).astype(np.uint8)[None]
+        src = write_raster(tmp_path / "in.tif", np.concatenate([alpha, rgb]), res=0.2,
+                           colorinterp=[ColorInterp.alpha, ColorInterp.red, ColorInterp.green, ColorInterp.blue])
     elif kind == "NaN":
         src = write_raster(tmp_path / "in.tif", np.where(invalid, np.nan, rgb / 255).astype(np.float32), res=0.2)
     else:  # a triangle over the whole raster: no data outside it, by pixel centre as GDAL rasterizes

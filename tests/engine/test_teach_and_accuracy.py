@@ -544,3 +544,40 @@ def test_small_and_thin_labels_on_data_are_taught_from_the_patch_covering_them(s
           "--gsd", "0.5", *_model(site)])
     err = capsys.readouterr().err
     assert "on no data" not in err, err
+
+
+def test_accuracy_of_class_maps_without_geotransform(tmp_path, capsys):
+    """A class map of a plain tile (no geotransform) is in the frame `segment` gives its polygons and QGIS
+    draws it in (x = column, y = −row); one placed by ground control points also takes references in a
+    CRS, brought in through its GCPs. (Both used to find no reference polygon overlapping.)"""
+    from rasterio.control import GroundControlPoint
+
+    classes = [{"index": i, "name": n, "synonyms": [n]} for i, n in enumerate(["water", "grass"])]
+    data = np.repeat(np.array([[0] * 40 + [1] * 40], dtype=np.uint8), 60, axis=0)  # 60 rows × 80 cols
+
+    def class_map(path, gcps=None):
+        with rasterio.open(path, "w", driver="GTiff", width=80, height=60, count=1, dtype="uint8", nodata=255) as ds:
+            ds.write(data, 1)
+            if gcps is not None:
+                ds.gcps = gcps
+            ds.update_tags(FARSLIP_CLASSES=json.dumps(classes))
+        return path
+
+    utm = rasterio.crs.CRS.from_epsg(32633)
+    gcps = [GroundControlPoint(row, col, 500000.0 + col * 0.5, 5200000.0 - row * 0.5)
+            for row, col in ((0, 0), (0, 80), (60, 0), (60, 80))]
+    plain = class_map(tmp_path / "tile_classes.tif")
+    placed = class_map(tmp_path / "gcps_classes.tif", (gcps, utm))
+    frame = tmp_path / "frame.gpkg"  # the left half, drawn over the tile in QGIS: x = column, y = −row
+    write_features(frame, [shapely.box(2, -58, 38, -2)], {"class": np.array(["water"], dtype=object)}, None, "ref")
+    ground = tmp_path / "ground.gpkg"  # the right half, in the GCPs' CRS
+    write_features(ground, [shapely.box(500021.0, 5199971.0, 500039.0, 5199999.0)],
+                   {"class": np.array(["grass"], dtype=object)}, utm, "ref")
+    for raster, reference, name, pixels in ((plain, frame, "water", 36 * 56), (placed, frame, "water", 36 * 56),
+                                            (placed, ground, "grass", 36 * 56)):
+        out = tmp_path / f"acc_{raster.stem}_{reference.stem}"
+        assert main(["accuracy", str(raster), "--reference", str(reference), "-o", str(out), "-q"]) == 0, \
+            capsys.readouterr().err
+        report = json.loads((out / "accuracy.json").read_text())
+        assert report["overall_accuracy"] == 1.0 and report["labelled_pixels"] == pixels, (raster, reference, report)
+        assert capsys.readouterr().err == ""  # no library warning either
