@@ -317,12 +317,28 @@ class RasterSource:
 
             src_crs = self.user_crs(bbox_crs, "a bbox")
             minx, miny, maxx, maxy = transform_bounds(src_crs, self.crs, minx, miny, maxx, maxy)
+        if self.crs is not None and self.crs.is_geographic:
+            minx, maxx = self._same_longitudes(minx, maxx)
         inverse = ~self.dataset_transform  # the pixels under the box's corners (any rotation or flip)
         cols, rows = zip(*(inverse @ (x, y) for x in (minx, maxx) for y in (miny, maxy)))
         if not all(map(math.isfinite, cols + rows)):
             return None, False
         return self._inside(math.floor(min(cols) + 1e-9), math.floor(min(rows) + 1e-9),
                             math.ceil(max(cols) - 1e-9), math.ceil(max(rows) - 1e-9))
+
+    def _same_longitudes(self, minx: float, maxx: float) -> tuple[float, float]:
+        """A longitude range as this geographic raster counts them: one across the antimeridian (min > max,
+        as reprojection gives it) made continuous, and shifted by 360° where the raster's longitudes run
+        past ±180 (a raster from 179.99° to 180.01°, a 0–360° grid)."""
+        if maxx < minx:
+            maxx += 360.0
+        left, _, right, _ = bounds_of(self.dataset_transform, self.dataset.width, self.dataset.height)
+
+        def overlap(shift: float) -> float:
+            return min(maxx + shift, right) - max(minx + shift, left)
+
+        shift = max((0.0, -360.0, 360.0), key=overlap)  # no shift unless another overlaps more
+        return minx + shift, maxx + shift
 
     def _inside(self, col0: int, row0: int, col1: int, row1: int) -> tuple[Window | None, bool]:
         """The raster's part of a pixel rectangle (None when it has none), and whether it was cut."""

@@ -306,3 +306,20 @@ def test_a_mask_polygon_limits_the_prediction(tmp_path, segmenter):
     square_px = labels[int(-row) - 40:, int(-col) - 40:]  # from col 40, row 40 of the raster
     assert np.all(square_px[2:78, 2:98] != 255)
     assert summary["nodata_pixels"] == pytest.approx(labels.size - 100 * 80, abs=400)
+
+
+def test_a_bbox_across_the_antimeridian_finds_the_raster(tmp_path):
+    """A raster running past 180° (179.999° to 180.0028°, as GDAL writes one crossing it) and a bbox in
+    Web Mercator east of 180°, or in longitudes wrapped to −180°: the same pixels, not a 3-column sliver."""
+    from pyproj import Transformer
+    from rasterio.transform import Affine
+
+    src = write_raster(tmp_path / "fiji.tif", scene(384, 384)[0], crs="EPSG:4326",
+                       transform=Affine(0.00001, 0, 179.999, 0, -0.00001, -16.5))
+    to_mercator = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
+    (_, _), (y0, y1) = to_mercator.transform([0, 0], [-16.50373, -16.50087])
+    x0, x1 = (lon * 20037508.342789244 / 180 for lon in (179.9991, 180.0017))  # x past 20037508: east of 180°
+    with RasterSource(src, bbox=(x0, y0, x1, y1), bbox_crs="EPSG:3857") as source:
+        assert abs(source.window.col_off - 10) <= 1 and abs(source.window.width - 260) <= 2, source.window
+    with RasterSource(src, bbox=(-180.0009, -16.50373, -179.9983, -16.50087), bbox_crs="EPSG:4326") as source:
+        assert abs(source.window.col_off - 10) <= 1 and abs(source.window.width - 260) <= 2, source.window
