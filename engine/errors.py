@@ -58,7 +58,9 @@ def output_failure(exc: BaseException, folder) -> str | None:
         if reason is None and any(word in text for word in _FULL_WORDS):
             reason = "the disk is full" if "read-only" not in text else "the file system is read-only"
         if reason is not None:
-            return f"cannot write the outputs in {place}: {reason}; free some space or choose another output folder"
+            fix = "choose another output folder" if "read-only" in reason else \
+                "free some space or choose another output folder"
+            return f"cannot write the outputs in {place}: {reason}; {fix}"
         chain = chain.__cause__ or chain.__context__
     while not place.exists() and place != place.parent:
         place = place.parent

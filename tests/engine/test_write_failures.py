@@ -39,6 +39,11 @@ def test_a_full_disk_is_said_whichever_library_was_writing(raised, tmp_path):
     assert output_failure(ValueError("cannot convert float NaN to integer"), tmp_path) is None  # a bug stays one
 
 
+def test_a_read_only_file_system_is_not_told_to_free_space(tmp_path):
+    line = output_failure(OSError(errno.EROFS, "Read-only file system"), tmp_path / "out")
+    assert line == f"cannot write the outputs in {tmp_path / 'out'}: the file system is read-only; choose another output folder"
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 64 KB file system (tmpfs) — where the machine lets the tests mount one."""
