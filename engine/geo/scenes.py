@@ -101,7 +101,9 @@ def cell_size_px(source: RasterSource, cell_m: float | None, cell_px: float | No
     if cell_m <= 0:
         raise InputError("the cell size must be positive")
     if source.pixel_sides_m is None:
-        raise InputError("the raster has no CRS: give the cell size in pixels (--cell-px)")
+        placed = (f"is placed by {source.sensor_model.what} only (its pixels have no size in metres)"
+                  if source.sensor_model is not None else "has no CRS")
+        raise InputError(f"the raster {placed}: give the cell size in pixels (--cell-px)")
     size = (cell_m / source.pixel_sides_m[0], cell_m / source.pixel_sides_m[1])
     if min(size) < 8:
         coarse = max(source.pixel_sides_m)

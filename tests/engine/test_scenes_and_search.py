@@ -14,6 +14,7 @@ from engine.dense.scenes import SceneClassifier
 from engine.geo.regions import Region, grid_cells
 from engine.geo.scenes import GridJob, classify_grid, label_regions
 from engine.geo.search import SearchJob, search_raster
+from engine.errors import InputError
 from engine.geo.source import RasterSource
 from tests.engine.api_helpers import AUTH, make_app, wait_for
 from tests.engine.rasters import scene, write_raster
@@ -248,3 +249,17 @@ def test_api_grid_and_search_take_a_mask(tmp_path):
         lonely = client.post("/v1/jobs/grid", headers=AUTH, json={"input": {"path": str(src)}, "classes": "a; b",
                                                                   "cell_m": 40, "mask_crs": "EPSG:4326"})
         assert lonely.status_code == 400 and "mask_crs given without mask_wkt" in lonely.json()["detail"]
+
+
+def test_cells_in_metres_on_a_raster_without_ground_size_say_why(tmp_path, classifier):
+    from rasterio.control import GroundControlPoint
+
+    plain = write_raster(tmp_path / "plain.tif", scene(64, 64)[0], crs=None)
+    placed = tmp_path / "gcps.tif"
+    with rasterio.open(placed, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8") as ds:
+        ds.write(scene(64, 64)[0])
+        ds.gcps = ([GroundControlPoint(r, c, 500000.0 + c, 5200000.0 - r) for r, c in ((0, 0), (0, 64), (64, 0))],
+                   rasterio.crs.CRS.from_epsg(32633))
+    for path, why in ((plain, "the raster has no CRS"), (placed, "is placed by 3 ground control points only")):
+        with pytest.raises(InputError, match=f"{why}.*give the cell size in pixels"):
+            classify_grid(GridJob(str(path), str(tmp_path / "out"), cell_m=10.0), classifier)
