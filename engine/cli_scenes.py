@@ -46,6 +46,12 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     job = GridJob(args.input, args.out, cell_m=args.cell, cell_px=args.cell_px, name=args.name, **area)
     check_new_outputs([_labels_path(args)] if args.regions else grid_paths(job).values(),
                       [args.input, args.regions] if args.regions else [args.input], args.overwrite)
+    if not args.regions:  # a cell size this raster cannot take: said before the model loads
+        from engine.geo.scenes import cell_size_px
+        from engine.geo.source import RasterSource
+
+        with RasterSource(args.input, inspect_pixels=False, **area) as source:
+            cell_size_px(source, args.cell, args.cell_px)
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     classifier = SceneClassifier(model, prompts, template_set=args.templates)
     if args.regions:
@@ -128,6 +134,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from engine.geo.source import probe_area
 
     query_prompts(args.query)
+    if not 1 <= args.top_k <= 1000:
+        raise InputError("--top-k must be between 1 and 1000")
     area = _area_args(args)
     probe_area(args.input, gsd=args.gsd, **area)
     _check_writable(Path(args.out))
