@@ -41,7 +41,8 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise InputError("--ray needs Ray: pip install 'farslip[ray]'") from None
+        raise InputError("--ray needs Ray in this Python environment: pip install 'ray[data]>=2.40' "
+                         "(from a clone: pip install -e '.[ray]')") from None
     return ray
 
 

@@ -321,7 +321,9 @@ def test_ray_asked_for_without_ray_is_one_line(data, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines() == ["farslip: error: --ray needs Ray: pip install 'farslip[ray]'"]
+    assert proc.stderr.strip().splitlines() == [
+        "farslip: error: --ray needs Ray in this Python environment: "
+        "pip install 'ray[data]>=2.40' (from a clone: pip install -e '.[ray]')"]
 
 
 def test_inputs_from_globs_and_lists(tmp_path):
