@@ -221,14 +221,15 @@ def test_labelling_a_rectangle_writes_a_feature_into_a_geopackage_kept_on_top(do
     assert dock.label_tool is None
 
 
-def test_selected_polygons_mask_the_result_and_a_copy_can_be_uploaded(dock, qtbot):
-    from qgis.core import QgsFeature, QgsGeometry, QgsProject, QgsRasterLayer, QgsVectorLayer
+def _select_triangle(dock, near: float, far: float):
+    """A right triangle over the raster's south-west corner (legs from `near` to `far` m), selected in a layer of
+    its own and chosen as the scope "Selected polygons": (west, south, the triangle)."""
+    from qgis.core import QgsFeature, QgsGeometry, QgsProject, QgsVectorLayer
 
-    layer = dock.layer_combo.currentLayer()
-    e = layer.extent()
+    e = dock.layer_combo.currentLayer().extent()
     x0, y0 = e.xMinimum(), e.yMinimum()
-    triangle = QgsGeometry.fromWkt(f"POLYGON(({x0 + 10} {y0 + 10}, {x0 + 90} {y0 + 10}, {x0 + 10} {y0 + 90}, "
-                                   f"{x0 + 10} {y0 + 10}))")
+    triangle = QgsGeometry.fromWkt(f"POLYGON(({x0 + near} {y0 + near}, {x0 + far} {y0 + near}, "
+                                   f"{x0 + near} {y0 + far}, {x0 + near} {y0 + near}))")
     polys = QgsVectorLayer("Polygon?crs=EPSG:32633", "fields", "memory")
     f = QgsFeature()
     f.setGeometry(triangle)
@@ -237,6 +238,13 @@ def test_selected_polygons_mask_the_result_and_a_copy_can_be_uploaded(dock, qtbo
     polys.selectAll()
     dock.scope_combo.setCurrentText("Selected polygons")
     dock.mask_combo.setLayer(polys)
+    return x0, y0, triangle
+
+
+def test_selected_polygons_mask_the_result_and_a_copy_can_be_uploaded(dock, qtbot):
+    from qgis.core import QgsGeometry, QgsProject, QgsRasterLayer
+
+    x0, y0, _ = _select_triangle(dock, 10, 90)
     dock.upload_check.setChecked(True)  # the engine gets a rendered copy, not the path
     dock.prompt_edit.setPlainText("water\ngrass")
     dock.run()
@@ -337,20 +345,9 @@ def test_grid_and_search_from_the_dock_load_styled_layers(dock, qtbot):
 
 def test_grid_on_selected_polygons_classifies_the_cells_they_reach(dock, qtbot):
     """Scope "Selected polygons": the grid covers the cells the selection reaches, not its bounding box."""
-    from qgis.core import QgsFeature, QgsGeometry, QgsProject, QgsVectorLayer
+    from qgis.core import QgsProject
 
-    e = dock.layer_combo.currentLayer().extent()
-    x0, y0 = e.xMinimum(), e.yMinimum()
-    triangle = QgsGeometry.fromWkt(f"POLYGON(({x0 + 1} {y0 + 1}, {x0 + 119} {y0 + 1}, {x0 + 1} {y0 + 119}, "
-                                   f"{x0 + 1} {y0 + 1}))")
-    polys = QgsVectorLayer("Polygon?crs=EPSG:32633", "fields", "memory")
-    f = QgsFeature()
-    f.setGeometry(triangle)
-    polys.dataProvider().addFeatures([f])
-    QgsProject.instance().addMapLayer(polys)
-    polys.selectAll()
-    dock.scope_combo.setCurrentText("Selected polygons")
-    dock.mask_combo.setLayer(polys)
+    _, _, triangle = _select_triangle(dock, 1, 119)
     dock.prompt_edit.setPlainText("water\ngrass")
     panel = dock.scenes_panel
     panel.cell_spin.setValue(40.0)
