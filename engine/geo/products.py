@@ -19,7 +19,7 @@ import torch
 
 from engine.boxes import Box
 from engine.dense.transfer import to_device
-from engine.geo.grid_geometry import on_globe
+from engine.geo.grid_geometry import geod_of, on_globe
 from engine.geo.ground import GroundScale, linear_unit_metres
 from engine.geo.polygons import PolygonWriter
 from engine.geo.rasters import NODATA, SCORE_MAX, TiledRaster, quantise
@@ -136,16 +136,16 @@ class SegmentationProducts:
 
 def row_pixel_area(source: RasterSource) -> np.ndarray | None:
     """Area in m² of one source pixel on each row (rows differ on geographic CRSs, and on projections
-    that distort areas: `engine.geo.ground`, at the row's centre), None without CRS: the true area of
-    the pixel's parallelogram (|det| of the transform), so rotated grids count right."""
+    that distort areas: `engine.geo.ground`, at the row's centre; on a geographic CRS geodesic, on its own
+    ellipsoid: `geod_of`), None without CRS: the true area of the pixel's parallelogram (|det| of the
+    transform), so rotated grids count right."""
     crs, t = source.crs, source.transform
     if crs is None:
         return None
     if crs.is_geographic:
-        from pyproj import Geod
         from shapely.geometry import Polygon
 
-        geod = Geod(ellps="WGS84")
+        geod = geod_of(crs)  # the CRS's own ellipsoid (Mars 2000 on Mars)
         c = source.width / 2  # a pixel of the row's middle (rows run along parallels unless rotated)
 
         def corner(col: float, row: float) -> tuple[float, float]:
