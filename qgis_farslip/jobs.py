@@ -227,8 +227,10 @@ def build_payload(client: EngineClient, request: SegmentationRequest, scratch: s
 def run_job(client: EngineClient, kind: str, payload: dict, out_folder: str,
             on_progress: Callable[[float, str], None] | None = None,
             is_cancelled: Callable[[], bool] | None = None,
-            on_stage: Callable[[str], None] | None = None) -> tuple[dict, Path]:
-    """Submit, follow and download an engine job; returns (summary, folder with the files)."""
+            on_stage: Callable[[str], None] | None = None, fresh: bool = True) -> tuple[dict, Path]:
+    """Submit, follow and download an engine job; returns (summary, folder with the files): `out_folder`, a
+    run's own (`fresh_folder`: `-2`… beside another run's files), or as it is when not `fresh` (a folder
+    the user chose for these files)."""
     stage = on_stage or (lambda text: None)
     if is_cancelled is not None and is_cancelled():
         raise EngineError("cancelled")
@@ -239,7 +241,8 @@ def run_job(client: EngineClient, kind: str, payload: dict, out_folder: str,
     if status["state"] != "done":
         raise EngineError(f"engine: {in_gui_words(status['message'])}")
     try:
-        folder = fresh_folder(Path(out_folder))
+        folder = fresh_folder(Path(out_folder)) if fresh else Path(out_folder)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EngineError(f"cannot create the results folder {out_folder} ({exc.strerror}); choose another "
                           "folder under Save to") from None

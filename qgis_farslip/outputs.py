@@ -34,8 +34,8 @@ def results_folder(typed: str, project: QgsProject | None = None) -> Path:
 
 
 def fresh_folder(folder: Path) -> Path:
-    """`folder` made now — or `<folder>-2`, `-3`… when another run made it first (two runs started in
-    the same second): one run's files never land in, or replace, another's."""
+    """`folder`, made now or found empty — or `<folder>-2`, `-3`… when another run's files are in it (two
+    runs started in the same second): one run's files never land in, or replace, another's."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):
         candidate = folder if n == 1 else folder.with_name(f"{folder.name}-{n}")
@@ -43,7 +43,8 @@ def fresh_folder(folder: Path) -> Path:
             candidate.mkdir()
             return candidate
         except FileExistsError:
-            continue
+            if candidate.is_dir() and not any(candidate.iterdir()):
+                return candidate
     raise FileExistsError(f"{folder} and 9,999 others like it exist")
 
 

@@ -117,13 +117,14 @@ def run_accuracy(client: EngineClient, segment_job: str, reference: list[dict], 
                  out_folder: str,
                  on_progress: Callable[[float, str], None] | None = None,
                  is_cancelled: Callable[[], bool] | None = None,
-                 on_stage: Callable[[str], None] | None = None) -> tuple[dict, Path]:
-    """The accuracy report (mIoU, OA, kappa, per class) of a finished segmentation job, and its folder."""
+                 on_stage: Callable[[str], None] | None = None, fresh: bool = True) -> tuple[dict, Path]:
+    """The accuracy report (mIoU, OA, kappa, per class) of a finished segmentation job, and its folder
+    (`run_job`'s `fresh`)."""
     payload = {"job": segment_job, "reference": reference}
     if reference_crs is not None:
         payload["reference_crs"] = reference_crs
     try:
-        return run_job(client, "accuracy", payload, out_folder, on_progress, is_cancelled, on_stage)
+        return run_job(client, "accuracy", payload, out_folder, on_progress, is_cancelled, on_stage, fresh)
     except EngineError as exc:
         if "no segmentation job" in str(exc):
             raise EngineError(FORGOTTEN_SEGMENTATION) from None

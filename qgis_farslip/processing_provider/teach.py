@@ -128,7 +128,7 @@ class CheckAccuracyAlgorithm(QgsProcessingAlgorithm):
         try:
             reference = labelled_polygons(source, self.parameterAsString(parameters, self.FIELD, context), "reference")
             report, out = run_accuracy(client, job, reference, crs_text(source.sourceCrs()), folder,
-                                       _progress(feedback), feedback.isCanceled)
+                                       _progress(feedback), feedback.isCanceled, fresh=False)  # the chosen one
         except EngineError as exc:
             raise failure(exc) from None
         feedback.pushInfo(report_headline(report))
