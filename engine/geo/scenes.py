@@ -132,6 +132,8 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
             shapes = [cell_polygon(source, c) for c in cells]
             meets = shapely.intersects(mask, shapes) & ~shapely.touches(mask, shapes)
             cells = [c for c, keep in zip(cells, meets) if keep]
+            if not cells:  # (a mask that only touches the area's edge)
+                raise InputError("the mask covers no part of the raster area")
         work = make_workdir(job.out_dir)
         try:
             rows, probs_all = [], []
