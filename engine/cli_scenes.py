@@ -27,7 +27,7 @@ def _area_args(args) -> dict:
 
 def _cmd_classify(args: argparse.Namespace) -> int:
     from engine.cli_segment import _check_writable, _classes, print_notes, progress_bar
-    from engine.geo.source import probe_area
+    from engine.geo.source import RasterSource
 
     prompts = _classes(args.classes)
     area = _area_args(args)
@@ -35,7 +35,12 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         raise InputError("give either --cell METRES (a grid) or --regions FILE (regions to label)")
     if args.regions and not Path(args.regions).exists():
         raise InputError(f"regions file not found: {args.regions}")
-    probe_area(args.input, **area)
+    with RasterSource(args.input, inspect_pixels=False, **area) as source:  # opened once for both checks
+        source.probe()
+        if not args.regions:  # a cell size this raster cannot take: said before the model loads
+            from engine.geo.scenes import cell_size_px
+
+            cell_size_px(source, args.cell, args.cell_px)
     _check_writable(Path(args.out))
     from engine.dense.scenes import SceneClassifier  # the network code, once the arguments are checked
     from engine.geo.pipeline import check_new_outputs
@@ -46,12 +51,6 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     job = GridJob(args.input, args.out, cell_m=args.cell, cell_px=args.cell_px, name=args.name, **area)
     check_new_outputs([_labels_path(args)] if args.regions else grid_paths(job).values(),
                       [args.input, args.regions] if args.regions else [args.input], args.overwrite)
-    if not args.regions:  # a cell size this raster cannot take: said before the model loads
-        from engine.geo.scenes import cell_size_px
-        from engine.geo.source import RasterSource
-
-        with RasterSource(args.input, inspect_pixels=False, **area) as source:
-            cell_size_px(source, args.cell, args.cell_px)
     model = load_model(args.model, arch=args.arch, device=args.device, precision=args.precision)
     classifier = SceneClassifier(model, prompts, template_set=args.templates)
     if args.regions:
