@@ -181,7 +181,8 @@ def test_concurrent_deletes_of_a_running_job_never_fail_and_the_engine_stays_res
         t.join(120)
     assert sorted(set(answers)) == [204, 404] and answers.count(204) == 1, answers  # one forgets it, no 500
     assert engine.client.get(f"/v1/jobs/{job_id}").status_code == 404
-    assert max(health_ms) < 5000, health_ms  # answered while 45 deletes arrived (it took 30 s before)
+    # answered while 45 deletes arrived: it took 30 s before; the bound leaves room for a loaded 2-core CI machine
+    assert max(health_ms) < 15000, health_ms
     # The engine stopped the job: the next one runs, and the deleted job's folder is gone.
     after = engine.client.post("/v1/jobs/segment", json={**body, "window": [0, 0, 200, 200], "block": 1024}).json()
     assert engine.wait(after["id"])["state"] == "done"
