@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from engine.models.clip import FarSLIPCLIP, build_clip
 from engine.models.device import select_device, select_dtype
 from engine.models.registry import TINY_ARCHS, arch_config, find_release, known_model_names, release_for_filename
 
+_SERIALS = itertools.count()
 
 
 @dataclass
@@ -35,6 +37,9 @@ class LoadedModel:
     dense_forward: object = field(default=None, repr=False)  # compiled dense forward (engine.dense.forward)
     _tokenizer: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # this object's number in the process: unlike id(clip), never given again to a later model whose
+    # network happens to land at a freed one's address (whose cached text embeddings it would take)
+    _serial: int = field(default_factory=lambda: next(_SERIALS), repr=False, compare=False)
 
     @property
     def long_clip(self) -> bool:
@@ -55,7 +60,7 @@ class LoadedModel:
     @property
     def key(self) -> str:
         """Identity used by caches (text embeddings): same key ⇔ same weights and precision."""
-        return f"{self.name}|{self.source}|{self.arch}|{self.dtype}|{id(self.clip)}"
+        return f"{self.name}|{self.source}|{self.arch}|{self.dtype}|{self._serial}"
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         if self._tokenizer is None:

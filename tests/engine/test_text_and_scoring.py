@@ -35,6 +35,30 @@ def test_name_embedding_is_the_normalised_mean_over_templates(tiny_model):
     assert embed_names(tiny_model, names, "imagenet80") is got  # cached
 
 
+def test_a_model_loaded_after_one_was_freed_gets_its_own_text_embeddings():
+    """A server that unloads a model and loads other weights from the same file (retrained, replaced):
+    the new network may land at the freed one's address, and must not take its cached embeddings."""
+    import gc
+
+    from engine.models.loader import wrap_model
+    from tests.engine.conftest import TINY, make_clip
+
+    names = ["harbor", "tennis court"]
+    first = wrap_model(make_clip(seed=0), TINY, name="tiny", device="cpu")
+    freed_address = id(first.clip)
+    embed_names(first, names, "imagenet80")
+    del first
+    gc.collect()
+    for seed in range(1, 4):  # CPython usually hands the freed address to the next network of that size
+        other = wrap_model(make_clip(seed=seed), TINY, name="tiny", device="cpu")
+        own = F.normalize(other.encode_text([t.format(n) for n in names for t in templates("imagenet80")])
+                          .reshape(len(names), 80, -1).mean(1), dim=-1)
+        torch.testing.assert_close(embed_names(other, names, "imagenet80"), own,
+                                   msg=f"same address as the freed model: {id(other.clip) == freed_address}")
+        del other
+        gc.collect()
+
+
 def test_class_score_is_the_max_over_synonyms_of_a_softmax_over_all_names():
     logits = torch.tensor([[0.30, 0.10], [0.25, 0.32], [0.20, 0.31]])  # names × pixels
     probs = class_probabilities(logits, [0, 1, 1], logit_scale=50.0)
