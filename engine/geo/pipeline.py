@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 from contextlib import closing
@@ -43,7 +42,7 @@ from engine.geo.raster_names import is_gdal_name, raster_stem
 from engine.geo.rasters import NODATA, class_tags, gdal_env, publish_cog
 from engine.geo.source import RasterSource
 from engine.geo.validity import BlockValidity
-from engine.geo.workdirs import make_workdir
+from engine.geo.workdirs import publish_together, work_folder
 
 if TYPE_CHECKING:
     import torch
@@ -148,8 +147,7 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
     with gdal_env(), RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs,
                                   nodata=job.nodata, frame_from_reads=blocks is None, mask_wkt=job.mask_wkt,
                                   mask_crs=job.mask_crs) as source:
-        work = make_workdir(job.out_dir)
-        try:
+        with work_folder(job.out_dir) as work:
             read_wait = WaitClock()
             logits = (blocks(source) if blocks is not None
                       else raster_blocks(segmenter, source, job.block, progress, cancel, read_wait))
@@ -162,8 +160,6 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
                 path.unlink(missing_ok=True)
             _publish(work, paths, summary, started, cancel)
             return summary
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path, paths: dict[str, Path],
@@ -248,31 +244,22 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
 
 def _publish(work: Path, paths: dict[str, Path], summary: dict, started: float,
              cancel: threading.Event | None = None) -> None:
-    """Move every finished product into place; the summary (the completion marker) goes last, with
-    the time this took (`publish_s`) and the run's `total_s` (since `started`). All or nothing: a
-    cancel between steps, an error or Ctrl-C removes the products already moved."""
-    moved: list[Path] = []
+    """Move every finished product into place, all or nothing (`publish_together`); the summary (the
+    completion marker) goes last, with the time this took (`publish_s`) and the run's `total_s` (since
+    `started`)."""
     t0 = time.perf_counter()
 
-    def step(publish, final: Path) -> None:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("cancelled")
-        publish()
-        moved.append(final)
-
-    try:
-        step(lambda: publish_cog(work / "classes.tif", paths["classes"], "MODE"), paths["classes"])
+    def steps():
+        yield lambda: publish_cog(work / "classes.tif", paths["classes"], "MODE"), paths["classes"]
         if "scores" in paths:
-            step(lambda: publish_cog(work / "scores.tif", paths["scores"], "AVERAGE"), paths["scores"])
+            yield lambda: publish_cog(work / "scores.tif", paths["scores"], "AVERAGE"), paths["scores"]
         if "polygons" in paths:
-            step(lambda: os.replace(work / "polygons.gpkg", paths["polygons"]), paths["polygons"])
+            yield lambda: os.replace(work / "polygons.gpkg", paths["polygons"]), paths["polygons"]
         now = time.perf_counter()
         summary["timing"].update(publish_s=round(now - t0, 3), total_s=round(now - started, 3))
-        step(lambda: publish_summary(work, paths["summary"], summary), paths["summary"])
-    except BaseException:
-        for path in moved:
-            path.unlink(missing_ok=True)
-        raise
+        yield lambda: publish_summary(work, paths["summary"], summary), paths["summary"]
+
+    publish_together(steps(), cancel)
 
 
 def publish_summary(work: Path, path: Path, summary: dict) -> None:

@@ -13,7 +13,7 @@ pixels (inside its polygon; those outside the raster count as no data) valid —
 
 from __future__ import annotations
 
-import shutil
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ from engine.dense.scenes import SceneClassifier
 from engine.errors import Cancelled, InputError
 from engine.geo.colours import class_colour, hex_colour
 from engine.geo.pipeline import ProgressFn, publish_summary
-from engine.geo.workdirs import make_workdir
+from engine.geo.workdirs import publish_together, work_folder
 from engine.geo.raster_names import raster_stem
 from engine.geo.regions import (MAX_REGIONS, Region, read_cells, read_region, region_valid_fraction, tile_cells,
                                 to_pixel_geometry)
@@ -134,8 +134,7 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
             cells = [c for c, keep in zip(cells, meets) if keep]
             if not cells:  # (a mask that only touches the area's edge)
                 raise InputError("the mask covers no part of the raster area")
-        work = make_workdir(job.out_dir)
-        try:
+        with work_folder(job.out_dir) as work:
             rows, probs_all = [], []
             batch: list = []
 
@@ -169,7 +168,6 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
                 "valid_fraction": np.array([f for _, f in rows]),
             }
             write_features(work / "grid.gpkg", [cell_polygon(source, c) for c, _ in rows], fields, source.crs, "grid")
-            shutil.move(str(work / "grid.gpkg"), paths["grid"])
             counts = np.bincount(best[valid], minlength=len(names))
             notes = list(source.notes)  # what was chosen or noticed about the raster
             taught = classifier.segmenter.taught if classifier.segmenter is not None else None
@@ -186,7 +184,6 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
                 "notes": notes, "timing": {"total_s": round(time.perf_counter() - started, 3)},
                 "files": {k: p.name for k, p in paths.items()},
             }
-            publish_summary(work, paths["summary"], summary)
+            publish_together([(lambda: os.replace(work / "grid.gpkg", paths["grid"]), paths["grid"]),
+                              (lambda: publish_summary(work, paths["summary"], summary), paths["summary"])], cancel)
             return summary
-        finally:
-            shutil.rmtree(work, ignore_errors=True)

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 import threading
 import time
 from contextlib import closing
@@ -28,7 +28,7 @@ from engine.dense.scenes import SceneClassifier
 from engine.errors import Cancelled, InputError
 from engine.geo.blocks import raster_blocks
 from engine.geo.pipeline import ProgressFn, publish_summary
-from engine.geo.workdirs import make_workdir
+from engine.geo.workdirs import publish_together, work_folder
 from engine.geo.raster_names import raster_stem
 from engine.geo.rasters import TiledRaster, gdal_env, publish_cog
 from engine.geo.regions import grid_cells, read_cells
@@ -80,10 +80,9 @@ def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | Non
     with gdal_env(), \
             RasterSource(job.input, job.bands, job.gsd, job.window, job.bbox, job.bbox_crs,
                          nodata=job.nodata, mask_wkt=job.mask_wkt, mask_crs=job.mask_crs) as source:
-        work = make_workdir(job.out_dir)
-        try:
+        with work_folder(job.out_dir) as work:
             if job.heatmap:
-                _heatmap(job, model, prompts, source, work, paths, progress, cancel)
+                _heatmap(job, model, prompts, source, work, progress, cancel)
             # boxes: one model crop per cell at the working resolution, half-overlapping
             scorer = SceneClassifier(model, prompts, template_set="name")
             crop_px = (model.image_size * source.grid.scale_x, model.image_size * source.grid.scale_y)
@@ -116,21 +115,25 @@ def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | Non
                       "score": np.array([r["score"] for r in results], dtype=np.float64),
                       "query": np.array([job.query] * len(results), dtype=object)}
             write_features(work / "boxes.gpkg", [r.pop("_geom") for r in results], fields, source.crs, "boxes")
-            shutil.move(str(work / "boxes.gpkg"), paths["boxes"])
             summary = {"farslip_version": __version__, "input": job.input, "model": model.name, "query": job.query,
                        "boxes": results, "crs": source.crs.to_string() if source.crs else None,
                        "working_gsd_m": source.working_gsd, "notes": list(source.notes),
-                       "timing": {"total_s": round(time.perf_counter() - started, 3)},
-                       "files": {k: p.name for k, p in paths.items()}}
-            publish_summary(work, paths["summary"], summary)
+                       "timing": {}, "files": {k: p.name for k, p in paths.items()}}
+
+            def steps():
+                if job.heatmap:
+                    yield lambda: publish_cog(work / "heatmap.tif", paths["heatmap"], "AVERAGE"), paths["heatmap"]
+                yield lambda: os.replace(work / "boxes.gpkg", paths["boxes"]), paths["boxes"]
+                summary["timing"]["total_s"] = round(time.perf_counter() - started, 3)
+                yield lambda: publish_summary(work, paths["summary"], summary), paths["summary"]
+
+            publish_together(steps(), cancel)
             return summary
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
 
-def _heatmap(job, model, prompts, source, work, paths, progress, cancel) -> None:
+def _heatmap(job, model, prompts, source, work, progress, cancel) -> None:
     """Dense cosine similarity to the query, block by block (the blocks of `segment`), put back on
-    the source grid as each block is done."""
+    the source grid as each block is done, into `work`/heatmap.tif."""
     segmenter = Segmenter(model, prompts, InferenceOptions(template_set="name"))
     raster = TiledRaster(work / "heatmap.tif", source.height, source.width, 1, source.raster_transform, source.crs,
                          ["cosine similarity"], {"FARSLIP_QUERY": job.query}, dtype="float32", nodata=HEATMAP_NODATA,
@@ -143,4 +146,3 @@ def _heatmap(job, model, prompts, source, work, paths, progress, cancel) -> None
                 raster.write(rect, values)
     finally:
         raster.close()
-    publish_cog(work / "heatmap.tif", paths["heatmap"], "AVERAGE")

@@ -1,10 +1,15 @@
-"""Work folders: where a run writes its outputs before they are renamed into place.
+"""Work folders: where a run writes its outputs before they are renamed into place, all together.
 
 A run writes into a hidden folder inside the output folder (`.farslip-work-<host>-<pid>-…`: the same file
 system, so the final renames are atomic) and removes it however the run ends. Only a process killed
 outright (`kill -9`, a power cut) leaves one behind, holding partial outputs that may be gigabytes: the
 next run into that folder on the same computer removes those whose process no longer exists. Folders of
 another computer (a shared network folder) and of live processes are left alone.
+
+`publish_together` puts a run's outputs in place all or nothing: a failure or a cancel part-way removes
+those already moved, so a folder never holds part of a run's results (a heat map without its summary).
+A run that fails because the disk filled (or a file reached its size limit) says so (`work_folder`): the
+disk is looked at before the work folder goes, while the partial outputs still take the space they filled.
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
-from engine.errors import InputError
+from engine.errors import Cancelled, FarSLIPError, InputError, OutputError, output_failure
 
 _PREFIX = ".farslip-work-"
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]  # a tag of this computer's name
@@ -33,6 +41,45 @@ def make_workdir(out_dir: str | Path) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{_HOST}-{os.getpid()}-", dir=out))
     except OSError as exc:
         raise InputError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def work_folder(out_dir: str | Path) -> Iterator[Path]:
+    """A new work folder in `out_dir` (`make_workdir`), removed however the block ends. A library's error
+    in the block that the disk explains (`engine.errors.output_failure`: full, read-only, a file at its
+    size limit) becomes an OutputError naming that, judged before the partial outputs are removed."""
+    work = make_workdir(out_dir)
+    try:
+        yield work
+    except FarSLIPError:
+        raise
+    except Exception as exc:
+        problem = output_failure(exc, out_dir, work)
+        if problem is None:
+            raise
+        raise OutputError(problem) from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+PublishStep = tuple[Callable[[], None], Path]  # (puts one finished output in place, the path it takes)
+
+
+def publish_together(steps: Iterable[PublishStep], cancel: threading.Event | None = None) -> None:
+    """Take the steps in order, all or nothing: a cancel between steps, an error or Ctrl-C removes the
+    outputs already put in place (and stops with Cancelled on a cancel). Steps come from an iterable, so
+    a step made last (a summary) can record how long the others took."""
+    moved: list[Path] = []
+    try:
+        for publish, final in steps:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled")
+            publish()
+            moved.append(final)
+    except BaseException:
+        for path in moved:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def remove_abandoned(out: Path) -> list[Path]:

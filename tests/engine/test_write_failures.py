@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +22,8 @@ from engine.cli import main
 from engine.errors import output_failure
 from tests.engine.conftest import TINY
 from tests.engine.rasters import scene, write_raster
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _segment(capsys, checkpoint, src, out, *extra) -> tuple[int, list[str]]:
@@ -44,16 +49,26 @@ def test_a_read_only_file_system_is_not_told_to_free_space(tmp_path):
     assert line == f"cannot write the outputs in {tmp_path / 'out'}: the file system is read-only; choose another output folder"
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 64 KB file system (tmpfs) — where the machine lets the tests mount one."""
+def _small_disk(tmp_path, size: str):
+    """A file system (tmpfs) of `size` — where the machine lets the tests mount one."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                                                       capture_output=True).returncode != 0:
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                                                        str(mount)], capture_output=True).returncode != 0:
         pytest.skip("cannot mount a small file system here")
     yield mount
     subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    yield from _small_disk(tmp_path, "64k")
+
+
+@pytest.fixture
+def two_mb_disk(tmp_path):
+    """Larger than the 1 MB under which a disk counts as full once a failed run has cleaned up."""
+    yield from _small_disk(tmp_path, "2m")
 
 
 def test_a_run_that_fills_the_disk_ends_in_one_line_and_leaves_nothing(tiny_disk, tmp_path, checkpoint, capsys):
@@ -62,6 +77,47 @@ def test_a_run_that_fills_the_disk_ends_in_one_line_and_leaves_nothing(tiny_disk
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith(f"farslip: error: cannot write the outputs in {tiny_disk / 'out'}: the disk is full")
     assert not list((tiny_disk / "out").iterdir()) if (tiny_disk / "out").exists() else True
+
+
+def test_a_search_that_fills_the_disk_ends_in_one_line_and_leaves_nothing(two_mb_disk, tmp_path, checkpoint,
+                                                                           capsys):
+    """The heat map fills it while libtiff writes (its error surfaces later, as GDAL failing to read the
+    file back): the disk is judged before the partial outputs are removed, which frees it again."""
+    src = write_raster(tmp_path / "ortho.tif", scene(1200, 1200)[0])  # a float32 heat map of several MB
+    out = two_mb_disk / "out"
+    code = main(["search", str(src), "--query", "water", "-o", str(out), "--model", str(checkpoint), "--arch", TINY,
+                 "-q"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith(f"farslip: error: cannot write the outputs in {out}: the disk is full"), \
+        lines
+    assert not list(out.iterdir()) and shutil.disk_usage(two_mb_disk).free > 1 << 20
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="a file-size limit (RLIMIT_FSIZE) is set in a forked child")
+@pytest.mark.parametrize("command", [["segment", "--classes", "water; grass"], ["search", "--query", "water"],
+                                     ["classify", "--classes", "water; grass", "--cell-px", "64"]],
+                         ids=lambda c: c[0])
+def test_a_file_size_limit_reached_is_one_line_naming_it(command, tmp_path, checkpoint):
+    """A file that may grow no further (4 GB on a FAT32 stick, a `ulimit -f`): one line saying so, exit 2,
+    nothing left in the output folder — not the traceback of whichever library failed next."""
+    import resource
+
+    src = write_raster(tmp_path / "ortho.tif", scene(400, 400)[0])
+    limit = 4096
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "engine.cli", command[0], str(src), *command[1:], "-o", str(out),
+                          "--model", str(checkpoint), "--arch", TINY, "-q"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, preexec_fn=limited, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert lines[-1] == (f"farslip: error: cannot write the outputs in {out}: a file reached the largest size "
+                         "allowed there (4 GB a file on a FAT32 drive, or this process's file-size limit, ulimit -f); "
+                         "choose an output folder on another drive (NTFS, exFAT, ext4, APFS) or raise the limit")
+    assert not list(out.iterdir())
 
 
 def test_a_geographic_raster_past_the_poles_is_refused_in_one_line(tmp_path, checkpoint, capsys):
