@@ -98,7 +98,6 @@ def _label_file(args, classifier, area) -> int:
         # (x = column, y = -row) for a raster without one, as the regions were drawn over it
         labels = label_regions(source, regions, classifier, crs=crs)
         out = _labels_path(args)
-        partial = out.with_name(f".partial-{out.name}")
         ours = {"class": np.array([lb["best"] for lb in labels], dtype=object),
                 "score": np.array([np.nan if lb["score"] is None else lb["score"] for lb in labels]),
                 "probabilities": np.array([None if lb["probabilities"] is None else json.dumps(lb["probabilities"])
@@ -109,10 +108,12 @@ def _label_file(args, classifier, area) -> int:
                   for name, values in zip(meta["fields"], columns)}
         fields.update(ours)
         from engine.geo.crs_text import parse_crs
+        from engine.geo.workdirs import publish_together, work_folder
 
-        write_features(partial, geoms, fields, parse_crs(crs, f"the CRS of {args.regions}") if crs else source.crs,
-                       "labels")
-        partial.replace(out)
+        with work_folder(out.parent) as work:  # a full disk: one line, no partial file left
+            write_features(work / "labels.gpkg", geoms, fields,
+                           parse_crs(crs, f"the CRS of {args.regions}") if crs else source.crs, "labels")
+            publish_together([(lambda: (work / "labels.gpkg").replace(out), out)])
     if not args.quiet:
         for lb in labels[:20]:
             if lb["best"] is None:

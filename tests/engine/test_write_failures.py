@@ -95,14 +95,27 @@ def test_a_search_that_fills_the_disk_ends_in_one_line_and_leaves_nothing(two_mb
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="a file-size limit (RLIMIT_FSIZE) is set in a forked child")
 @pytest.mark.parametrize("command", [["segment", "--classes", "water; grass"], ["search", "--query", "water"],
-                                     ["classify", "--classes", "water; grass", "--cell-px", "64"]],
-                         ids=lambda c: c[0])
+                                     ["classify", "--classes", "water; grass", "--cell-px", "64"],
+                                     ["classify", "--classes", "water; grass", "--regions", "REGIONS"]],
+                         ids=["segment", "search", "classify-grid", "classify-regions"])
 def test_a_file_size_limit_reached_is_one_line_naming_it(command, tmp_path, checkpoint):
     """A file that may grow no further (4 GB on a FAT32 stick, a `ulimit -f`): one line saying so, exit 2,
     nothing left in the output folder — not the traceback of whichever library failed next."""
     import resource
 
     src = write_raster(tmp_path / "ortho.tif", scene(400, 400)[0])
+    if "REGIONS" in command:
+        import shapely
+
+        from engine.geo.vectors import write_features
+
+        with rasterio.open(src) as ds:
+            left, bottom, *_ = ds.bounds
+            crs = ds.crs
+        regions = tmp_path / "fields.gpkg"
+        write_features(regions, [shapely.box(left + 10, bottom + 10, left + 90, bottom + 90)],
+                       {"name": np.array(["a"], dtype=object)}, crs, "fields")
+        command = [str(regions) if part == "REGIONS" else part for part in command]
     limit = 4096
 
     def limited() -> None:
