@@ -205,8 +205,11 @@ class TaughtClasses:
                 "alpha": self.alpha, "model": self.model, "made": self.made,
                 "prototypes": {label: [round(float(v), 7) for v in p] for label, p in self.prototypes.items()}}
         partial = path.with_name(f".{path.name}.partial")
-        partial.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-        partial.replace(path)
+        try:
+            partial.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+            partial.replace(path)
+        finally:  # a write that failed (a full disk) leaves no partial file
+            partial.unlink(missing_ok=True)
         return path
 
     @classmethod

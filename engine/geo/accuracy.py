@@ -30,6 +30,7 @@ from engine.geo.opening import open_raster
 from engine.geo.sensor_model import SensorModel
 from engine.geo.source import PIXEL_SPACE
 from engine.geo.vectors import read_labels
+from engine.geo.workdirs import publish_together, work_folder
 
 ROWS_PER_WINDOW = 1024
 
@@ -249,11 +250,14 @@ def write_accuracy(class_raster: str, geoms: list, values: list[str], crs: str |
     except OSError as exc:
         raise InputError(f"cannot write to {out}: {exc.strerror or exc}") from None
     names = [c["name"] for c in classes]
-    (out / "accuracy.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    with open(out / "confusion.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["reference \\ predicted", *names, "no class"])
-        for name, row in zip(names, matrix):
-            writer.writerow([name, *map(int, row)])
-    write_confusion_png(matrix, names, out / "confusion.png")
+    files = ("accuracy.json", "confusion.csv", "confusion.png")
+    with work_folder(out) as work:  # all three or none (a full disk: one line, nothing half-written)
+        (work / "accuracy.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        with open(work / "confusion.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["reference \\ predicted", *names, "no class"])
+            for name, row in zip(names, matrix):
+                writer.writerow([name, *map(int, row)])
+        write_confusion_png(matrix, names, work / "confusion.png")
+        publish_together([(lambda name=name: (work / name).replace(out / name), out / name) for name in files])
     return report

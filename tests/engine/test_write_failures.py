@@ -101,8 +101,6 @@ def test_a_search_that_fills_the_disk_ends_in_one_line_and_leaves_nothing(two_mb
 def test_a_file_size_limit_reached_is_one_line_naming_it(command, tmp_path, checkpoint):
     """A file that may grow no further (4 GB on a FAT32 stick, a `ulimit -f`): one line saying so, exit 2,
     nothing left in the output folder — not the traceback of whichever library failed next."""
-    import resource
-
     src = write_raster(tmp_path / "ortho.tif", scene(400, 400)[0])
     if "REGIONS" in command:
         import shapely
@@ -116,14 +114,39 @@ def test_a_file_size_limit_reached_is_one_line_naming_it(command, tmp_path, chec
         write_features(regions, [shapely.box(left + 10, bottom + 10, left + 90, bottom + 90)],
                        {"name": np.array(["a"], dtype=object)}, crs, "fields")
         command = [str(regions) if part == "REGIONS" else part for part in command]
-    limit = 4096
+    out = tmp_path / "out"
+    _assert_size_limit_said([command[0], str(src), *command[1:], "-o", str(out), "--model", str(checkpoint),
+                             "--arch", TINY, "-q"], out)
+
+
+def test_an_accuracy_report_that_cannot_be_written_whole_leaves_none_of_its_files(tmp_path, checkpoint, capsys):
+    src = write_raster(tmp_path / "ortho.tif", scene(200, 200)[0])
+    code, lines = _segment(capsys, checkpoint, src, tmp_path / "seg", "--no-polygons")
+    assert code == 0, lines
+    import shapely
+
+    from engine.geo.vectors import write_features
+
+    with rasterio.open(src) as ds:
+        left, bottom, right, top = ds.bounds
+        crs = ds.crs
+    reference = tmp_path / "reference.gpkg"
+    write_features(reference, [shapely.box(left, bottom, right, (bottom + top) / 2)],
+                   {"class": np.array(["water"], dtype=object)}, crs, "reference")
+    out = tmp_path / "acc"
+    # the report's JSON and CSV fit under the limit, its confusion image does not
+    _assert_size_limit_said(["accuracy", str(tmp_path / "seg" / "ortho_classes.tif"), "--reference", str(reference),
+                             "-o", str(out), "-q"], out)
+
+
+def _assert_size_limit_said(args: list[str], out: Path, limit: int = 4096) -> None:
+    """Run the CLI with a file-size limit: one line naming it, exit 2, nothing left in `out`."""
+    import resource
 
     def limited() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
-    out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "engine.cli", command[0], str(src), *command[1:], "-o", str(out),
-                          "--model", str(checkpoint), "--arch", TINY, "-q"], cwd=ROOT, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True, text=True,
                          timeout=300, preexec_fn=limited, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
