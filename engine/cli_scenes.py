@@ -113,7 +113,7 @@ def _label_file(args, classifier, area) -> int:
         with work_folder(out.parent) as work:  # a full disk: one line, no partial file left
             write_features(work / "labels.gpkg", geoms, fields,
                            parse_crs(crs, f"the CRS of {args.regions}") if crs else source.crs, "labels")
-            publish_together([(lambda: (work / "labels.gpkg").replace(out), out)])
+            publish_together(work, [(lambda: (work / "labels.gpkg").replace(out), out)])  # (an earlier file: back on failure)
     if not args.quiet:
         for lb in labels[:20]:
             if lb["best"] is None:

@@ -35,33 +35,47 @@ class Cancelled(FarSLIPError):
 
 
 class OutputError(FarSLIPError):
-    """The outputs could not be written where asked: a full disk, a read-only folder, a file-size limit."""
+    """The outputs could not be written where asked: a full disk, a read-only folder, a file-size limit.
+    `reason` is the disk's part of the message ("the disk is full"), for callers that word it their way."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 _FULL_WORDS = ("no space left", "disk is full", "disk full", "quota exceeded", "read-only file system")
 _TOO_LARGE_WORDS = ("file too large",)
+FAT32_LARGEST_FILE = 2**32 - 1  # bytes; a write past it fails (EFBIG), a file stops growing exactly there
+TOO_LARGE = ("a file reached the largest size allowed there (4 GB a file on a FAT32 drive, or this process's "
+             "file-size limit, ulimit -f)")
+# libraries whose errors can be a write that failed (their words seldom say why: libtiff prints it instead)
+_WRITING_LIBRARIES = ("rasterio", "pyogrio", "sqlite3", "fiona", "osgeo")
 
 
-def output_failure(exc: BaseException, folder, work=None) -> str | None:
-    """One line for an error writing outputs into `folder` that is the disk's, not the input's: no space left
-    or a quota reached (an OSError's errno, or GDAL's, SQLite's or libtiff's words for it, or the disk
-    holding `folder` with next to no room left), a read-only file system, a file grown to the largest size
-    allowed (EFBIG: 4 GB on a FAT32 drive, or the process's `ulimit -f`). None for any other error.
-    `work`: the run's work folder, still holding its partial outputs (libtiff only prints what failed, so
-    a file there at the process's file-size limit is how that limit shows, and the space they take is how
-    a full disk shows: once removed, the disk has room again)."""
+def output_failure(exc: BaseException, folder) -> str | None:
+    """One line for an error writing outputs into `folder` that is the disk's, not the input's (see
+    `disk_reason`); None for any other error."""
+    from pathlib import Path
+
+    reason = None if folder is None else disk_reason(exc, folder)
+    return None if reason is None else failure_line(Path(folder), reason)
+
+
+def disk_reason(exc: BaseException, folder, work=None) -> str | None:
+    """Why writing into `folder` failed when the disk explains it: no space left or a quota reached (an
+    OSError's errno, or GDAL's, SQLite's or libtiff's words for it), a read-only file system, a file grown
+    to the largest size allowed (EFBIG: 4 GB on a FAT32 drive, the process's `ulimit -f`); and, for an
+    OSError or a writing library's error that says none of that, the disk holding `folder` with next to no
+    room left or a file in `work` at a size limit. `work`: the run's work folder, still holding its partial
+    outputs (libtiff only prints what failed, so a file there at a limit is how that shows, and the space
+    they take is how a full disk shows: once removed, the disk has room again). None otherwise."""
     import errno
     import shutil
     from pathlib import Path
 
-    if folder is None:
-        return None
-    place = Path(folder)
-    too_large = ("a file reached the largest size allowed there (4 GB a file on a FAT32 drive, or this process's "
-                 "file-size limit, ulimit -f)")
     reasons = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is reached",
-               errno.EROFS: "the file system is read-only", errno.EFBIG: too_large}
-    chain, seen = exc, set()
+               errno.EROFS: "the file system is read-only", errno.EFBIG: TOO_LARGE}
+    chain, seen, writing = exc, set(), False
     while chain is not None and id(chain) not in seen:
         seen.add(id(chain))
         reason = reasons.get(getattr(chain, "errno", None)) if isinstance(chain, OSError) else None
@@ -69,28 +83,30 @@ def output_failure(exc: BaseException, folder, work=None) -> str | None:
         if reason is None and any(word in text for word in _FULL_WORDS):
             reason = "the disk is full" if "read-only" not in text else "the file system is read-only"
         if reason is None and any(word in text for word in _TOO_LARGE_WORDS):
-            reason = too_large
+            reason = TOO_LARGE
         if reason is not None:
-            return _failure_line(place, reason)
+            return reason
+        writing = writing or isinstance(chain, OSError) or type(chain).__module__.split(".")[0] in _WRITING_LIBRARIES
         chain = chain.__cause__ or chain.__context__
+    if not writing:  # a bug stays a bug, however full the disk
+        return None
     if work is not None and _file_at_size_limit(Path(work)):
-        return _failure_line(place, too_large)
+        return TOO_LARGE
+    place = Path(folder)
     while not place.exists() and place != place.parent:
         place = place.parent
     try:
         free = shutil.disk_usage(place).free
     except OSError:
         return None
-    if free < 1 << 20:
-        return (f"cannot write the outputs in {folder}: the disk is full ({free // 1024} KB free); free some space "
-                f"or choose another output folder")
-    return None
+    return f"the disk is full ({free // 1024} KB free)" if free < 1 << 20 else None
 
 
-def _failure_line(folder, reason: str) -> str:
+def failure_line(folder, reason: str) -> str:
+    """The CLI's line for outputs that could not be written into `folder` because of `reason`."""
     if "read-only" in reason:
         fix = "choose another output folder"
-    elif "largest size" in reason:
+    elif reason == TOO_LARGE:
         fix = "choose an output folder on another drive (NTFS, exFAT, ext4, APFS) or raise the limit"
     else:
         fix = "free some space or choose another output folder"
@@ -98,17 +114,18 @@ def _failure_line(folder, reason: str) -> str:
 
 
 def _file_at_size_limit(work) -> bool:
-    """Whether a file in the work folder has grown to the process's file-size limit (RLIMIT_FSIZE, where
-    the system has one), past which no write goes."""
+    """Whether a file in the work folder stopped growing at a size limit: FAT32's largest file, or the
+    process's file-size limit (RLIMIT_FSIZE, where the system has one)."""
+    limit = None
     try:
         import resource
 
-        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        limit = None if soft == resource.RLIM_INFINITY else soft
     except ImportError:  # (Windows)
-        return False
-    if limit == resource.RLIM_INFINITY:
-        return False
+        pass
     try:
-        return any(p.stat().st_size >= limit for p in work.rglob("*") if p.is_file())
+        sizes = [p.stat().st_size for p in work.rglob("*") if p.is_file()]
     except OSError:
         return False
+    return any(size == FAT32_LARGEST_FILE or (limit is not None and size >= limit) for size in sizes)

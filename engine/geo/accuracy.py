@@ -259,5 +259,5 @@ def write_accuracy(class_raster: str, geoms: list, values: list[str], crs: str |
             for name, row in zip(names, matrix):
                 writer.writerow([name, *map(int, row)])
         write_confusion_png(matrix, names, work / "confusion.png")
-        publish_together([(lambda name=name: (work / name).replace(out / name), out / name) for name in files])
+        publish_together(work, [(lambda name=name: (work / name).replace(out / name), out / name) for name in files])
     return report

@@ -13,8 +13,9 @@ and JSON summary, each renamed into place only when complete. Any failure or int
 the temporary folder and leaves no partial output. The summary's `timing` says where the time went.
 
 Outputs of an earlier run under the same name: refused unless `overwrite`; with it, all of them
-(including products this run does not make, e.g. polygons before `--no-polygons`) are removed just
-before the new ones are moved into place, so one name never holds two runs' outputs.
+(including products this run does not make, e.g. polygons before `--no-polygons`) are put aside just
+before the new ones are moved into place and removed once all are, or put back if they cannot all be
+(`publish_together`), so one name never holds two runs' outputs.
 """
 
 from __future__ import annotations
@@ -156,9 +157,8 @@ def segment_raster(job: RasterJob, segmenter: Segmenter, progress: ProgressFn | 
             timing = summary["timing"]
             timing["read_wait_s"] = round(read_wait.seconds, 3)
             check_outputs(job)  # another run may have published there meanwhile
-            for path in all_output_paths(job).values():  # the earlier run's outputs go first, all of them
-                path.unlink(missing_ok=True)
-            _publish(work, paths, summary, started, cancel)
+            # the earlier run's outputs go, all of them (back if this run's cannot all be put in place)
+            _publish(work, paths, summary, started, cancel, replaces=all_output_paths(job).values())
             return summary
 
 
@@ -243,10 +243,10 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
 
 
 def _publish(work: Path, paths: dict[str, Path], summary: dict, started: float,
-             cancel: threading.Event | None = None) -> None:
-    """Move every finished product into place, all or nothing (`publish_together`); the summary (the
-    completion marker) goes last, with the time this took (`publish_s`) and the run's `total_s` (since
-    `started`)."""
+             cancel: threading.Event | None = None, replaces=()) -> None:
+    """Move every finished product into place, all or nothing, in place of `replaces` (`publish_together`);
+    the summary (the completion marker) goes last, with the time this took (`publish_s`) and the run's
+    `total_s` (since `started`)."""
     t0 = time.perf_counter()
 
     def steps():
@@ -259,7 +259,7 @@ def _publish(work: Path, paths: dict[str, Path], summary: dict, started: float,
         summary["timing"].update(publish_s=round(now - t0, 3), total_s=round(now - started, 3))
         yield lambda: publish_summary(work, paths["summary"], summary), paths["summary"]
 
-    publish_together(steps(), cancel)
+    publish_together(work, steps(), cancel, replaces)
 
 
 def publish_summary(work: Path, path: Path, summary: dict) -> None:

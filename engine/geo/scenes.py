@@ -184,6 +184,6 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
                 "notes": notes, "timing": {"total_s": round(time.perf_counter() - started, 3)},
                 "files": {k: p.name for k, p in paths.items()},
             }
-            publish_together([(lambda: os.replace(work / "grid.gpkg", paths["grid"]), paths["grid"]),
-                              (lambda: publish_summary(work, paths["summary"], summary), paths["summary"])], cancel)
+            publish_together(work, [(lambda: os.replace(work / "grid.gpkg", paths["grid"]), paths["grid"]),
+                                    (lambda: publish_summary(work, paths["summary"], summary), paths["summary"])], cancel)
             return summary

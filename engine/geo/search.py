@@ -127,7 +127,7 @@ def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | Non
                 summary["timing"]["total_s"] = round(time.perf_counter() - started, 3)
                 yield lambda: publish_summary(work, paths["summary"], summary), paths["summary"]
 
-            publish_together(steps(), cancel)
+            publish_together(work, steps(), cancel)
             return summary
 
 

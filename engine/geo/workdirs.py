@@ -7,7 +7,8 @@ next run into that folder on the same computer removes those whose process no lo
 another computer (a shared network folder) and of live processes are left alone.
 
 `publish_together` puts a run's outputs in place all or nothing: a failure or a cancel part-way removes
-those already moved, so a folder never holds part of a run's results (a heat map without its summary).
+those already moved and brings back the earlier run's they replaced, so a folder never holds part of a
+run's results (a heat map without its summary) nor a mix of two runs'.
 A run that fails because the disk filled (or a file reached its size limit) says so (`work_folder`): the
 disk is looked at before the work folder goes, while the partial outputs still take the space they filled.
 """
@@ -25,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from engine.errors import Cancelled, FarSLIPError, InputError, OutputError, output_failure
+from engine.errors import Cancelled, FarSLIPError, InputError, OutputError, disk_reason, failure_line
 
 _PREFIX = ".farslip-work-"
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]  # a tag of this computer's name
@@ -45,19 +46,19 @@ def make_workdir(out_dir: str | Path) -> Path:
 
 @contextmanager
 def work_folder(out_dir: str | Path) -> Iterator[Path]:
-    """A new work folder in `out_dir` (`make_workdir`), removed however the block ends. A library's error
-    in the block that the disk explains (`engine.errors.output_failure`: full, read-only, a file at its
-    size limit) becomes an OutputError naming that, judged before the partial outputs are removed."""
+    """A new work folder in `out_dir` (`make_workdir`), removed however the block ends. A failed write in
+    the block that the disk explains (`engine.errors.disk_reason`: full, read-only, a file at its size
+    limit) becomes an OutputError naming that, judged before the partial outputs are removed."""
     work = make_workdir(out_dir)
     try:
         yield work
     except FarSLIPError:
         raise
     except Exception as exc:
-        problem = output_failure(exc, out_dir, work)
-        if problem is None:
+        reason = disk_reason(exc, out_dir, work)
+        if reason is None:
             raise
-        raise OutputError(problem) from exc
+        raise OutputError(failure_line(Path(out_dir), reason), reason) from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -65,20 +66,36 @@ def work_folder(out_dir: str | Path) -> Iterator[Path]:
 PublishStep = tuple[Callable[[], None], Path]  # (puts one finished output in place, the path it takes)
 
 
-def publish_together(steps: Iterable[PublishStep], cancel: threading.Event | None = None) -> None:
-    """Take the steps in order, all or nothing: a cancel between steps, an error or Ctrl-C removes the
-    outputs already put in place (and stops with Cancelled on a cancel). Steps come from an iterable, so
-    a step made last (a summary) can record how long the others took."""
+def publish_together(work: Path, steps: Iterable[PublishStep], cancel: threading.Event | None = None,
+                     replaces: Iterable[Path] = ()) -> None:
+    """Take the steps in order, all or nothing. An earlier output at a step's path, and each of `replaces`
+    (an earlier run's outputs that this run's do not overwrite), is first put aside in `work`; a cancel
+    between steps, an error or Ctrl-C removes the outputs already put in place and brings the earlier ones
+    back (and stops with Cancelled on a cancel). Steps come from an iterable, so a step made last (a
+    summary) can record how long the others took."""
+    aside: list[tuple[Path, Path]] = []  # (an earlier output, where it waits in the work folder)
     moved: list[Path] = []
+
+    def put_aside(path: Path) -> None:
+        if path.exists() and all(path != earlier for earlier, _ in aside):
+            waiting = work / f".earlier-{len(aside)}-{path.name}"
+            os.replace(path, waiting)
+            aside.append((path, waiting))
+
     try:
+        for path in replaces:
+            put_aside(path)
         for publish, final in steps:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled")
+            put_aside(final)
             publish()
             moved.append(final)
     except BaseException:
         for path in moved:
             path.unlink(missing_ok=True)
+        for path, waiting in aside:
+            os.replace(waiting, path)
         raise
 
 

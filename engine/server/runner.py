@@ -20,7 +20,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from engine.errors import Cancelled, FarSLIPError
+from engine.errors import Cancelled, FarSLIPError, OutputError
 from engine.server.store import FULL_ERRNOS, JobStore
 from engine.server.wording import for_clients
 
@@ -165,6 +165,12 @@ class JobRunner:
         except Exception as exc:  # every outcome is recorded; the server stays up
             if isinstance(exc, Cancelled) or cancel.is_set():
                 self.store.update(job_id, state="cancelled", message="cancelled")
+            elif isinstance(exc, OutputError):  # the engine's disk: nothing a client can choose otherwise
+                log.warning("job %s: its results could not be written: %s", job_id, exc.reason, exc_info=exc.__cause__)
+                self.store.update(job_id, state="failed", message=f"the engine could not write the results into its "
+                                                                  f"data folder {self.store.data_dir}: {exc.reason}; "
+                                                                  f"free space there (or ask whoever runs the engine) "
+                                                                  f"and resubmit")
             elif isinstance(exc, FarSLIPError):
                 self.store.update(job_id, state="failed", message=for_clients(str(exc)))
             elif isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:

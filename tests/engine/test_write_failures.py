@@ -93,6 +93,61 @@ def test_a_search_that_fills_the_disk_ends_in_one_line_and_leaves_nothing(two_mb
     assert not list(out.iterdir()) and shutil.disk_usage(two_mb_disk).free > 1 << 20
 
 
+def test_a_rerun_that_fills_the_disk_keeps_the_earlier_results_whole(two_mb_disk, tmp_path, checkpoint, capsys):
+    """`--overwrite` into a folder whose disk the new heat map fills: the earlier run's heat map, boxes and
+    summary are all still there, as they were — not some of them, nor a mix of the two runs."""
+    out = two_mb_disk / "out"
+
+    def search(size: int) -> int:
+        (tmp_path / f"{size}").mkdir()
+        src = write_raster(tmp_path / f"{size}" / "ortho.tif", scene(size, size)[0])
+        return main(["search", str(src), "--query", "water", "-o", str(out), "--model", str(checkpoint),
+                     "--arch", TINY, "-q", "--overwrite"])
+
+    assert search(200) == 0
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(earlier) == ["ortho_boxes.gpkg", "ortho_heatmap.tif", "ortho_search_summary.json"]
+    capsys.readouterr()
+    assert search(1200) == 2
+    assert "the disk is full" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
+
+
+@pytest.mark.parametrize("fails_at", ["second", "cancel"])
+def test_outputs_put_in_place_together_or_not_at_all(tmp_path, fails_at):
+    """A run whose second output cannot be put in place (a full disk, a file open in Excel on Windows), or
+    that is cancelled after the first: the first is taken back and the earlier run's files are back."""
+    import threading
+
+    from engine.errors import Cancelled
+    from engine.geo.workdirs import publish_together, work_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a.json", "b.json", "old_only.json"):  # an earlier run's outputs
+        (out / name).write_text(f"earlier {name}")
+    cancel = threading.Event()
+
+    def second() -> None:
+        if fails_at == "second":
+            raise OSError(errno.EACCES, "Permission denied", str(out / "b.json"))
+        (work / "b.json").replace(out / "b.json")
+
+    def first() -> None:
+        (work / "a.json").replace(out / "a.json")
+        if fails_at == "cancel":
+            cancel.set()
+
+    with pytest.raises(Cancelled if fails_at == "cancel" else OSError):
+        with work_folder(out) as work:
+            (work / "a.json").write_text("new a")
+            (work / "b.json").write_text("new b")
+            publish_together(work, [(first, out / "a.json"), (second, out / "b.json")], cancel,
+                             replaces=[out / "old_only.json"])
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        "a.json": "earlier a.json", "b.json": "earlier b.json", "old_only.json": "earlier old_only.json"}
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="a file-size limit (RLIMIT_FSIZE) is set in a forked child")
 @pytest.mark.parametrize("command", [["segment", "--classes", "water; grass"], ["search", "--query", "water"],
                                      ["classify", "--classes", "water; grass", "--cell-px", "64"],
@@ -119,6 +174,7 @@ def test_a_file_size_limit_reached_is_one_line_naming_it(command, tmp_path, chec
                              "--arch", TINY, "-q"], out)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="a file-size limit (RLIMIT_FSIZE) is set in a forked child")
 def test_an_accuracy_report_that_cannot_be_written_whole_leaves_none_of_its_files(tmp_path, checkpoint, capsys):
     src = write_raster(tmp_path / "ortho.tif", scene(200, 200)[0])
     code, lines = _segment(capsys, checkpoint, src, tmp_path / "seg", "--no-polygons")
