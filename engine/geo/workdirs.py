@@ -91,11 +91,16 @@ def publish_together(work: Path, steps: Iterable[PublishStep], cancel: threading
             put_aside(final)
             publish()
             moved.append(final)
-    except BaseException:
+    except BaseException as exc:
         for path in moved:
             path.unlink(missing_ok=True)
         for path, waiting in aside:
             os.replace(waiting, path)
+        if isinstance(exc, PermissionError):  # Windows: a file open in another program cannot be replaced
+            name = Path(exc.filename).name if exc.filename else "an output"
+            reason = f"{name} cannot be replaced ({exc.strerror or exc}): is it open in another program, e.g. QGIS?"
+            raise OutputError(f"cannot write the outputs in {work.parent}: {reason} Close it, or choose another "
+                              f"output name or folder", reason) from exc
         raise
 
 

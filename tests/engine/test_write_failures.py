@@ -115,11 +115,11 @@ def test_a_rerun_that_fills_the_disk_keeps_the_earlier_results_whole(two_mb_disk
 
 @pytest.mark.parametrize("fails_at", ["second", "cancel"])
 def test_outputs_put_in_place_together_or_not_at_all(tmp_path, fails_at):
-    """A run whose second output cannot be put in place (a full disk, a file open in Excel on Windows), or
+    """A run whose second output cannot be put in place (on Windows: the earlier one is open in QGIS), or
     that is cancelled after the first: the first is taken back and the earlier run's files are back."""
     import threading
 
-    from engine.errors import Cancelled
+    from engine.errors import Cancelled, OutputError
     from engine.geo.workdirs import publish_together, work_folder
 
     out = tmp_path / "out"
@@ -138,7 +138,7 @@ def test_outputs_put_in_place_together_or_not_at_all(tmp_path, fails_at):
         if fails_at == "cancel":
             cancel.set()
 
-    with pytest.raises(Cancelled if fails_at == "cancel" else OSError):
+    with pytest.raises(Cancelled if fails_at == "cancel" else OutputError) as raised:
         with work_folder(out) as work:
             (work / "a.json").write_text("new a")
             (work / "b.json").write_text("new b")
@@ -146,6 +146,10 @@ def test_outputs_put_in_place_together_or_not_at_all(tmp_path, fails_at):
                              replaces=[out / "old_only.json"])
     assert {p.name: p.read_text() for p in out.iterdir()} == {
         "a.json": "earlier a.json", "b.json": "earlier b.json", "old_only.json": "earlier old_only.json"}
+    if fails_at == "second":  # (Windows: an output open in QGIS)
+        assert str(raised.value) == (f"cannot write the outputs in {out}: b.json cannot be replaced (Permission "
+                                     "denied): is it open in another program, e.g. QGIS? Close it, or choose "
+                                     "another output name or folder")
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="a file-size limit (RLIMIT_FSIZE) is set in a forked child")
