@@ -22,6 +22,7 @@ import numpy as np
 import rasterio
 import torch
 import rasterio.shutil
+from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 from engine import config
@@ -65,7 +66,10 @@ class TiledRaster:
                         if self.levels else None)
         profile = dict(driver="GTiff", height=height, width=width, count=count, dtype=dtype, nodata=nodata,
                        crs=crs, tiled=True, blockxsize=BLOCKSIZE, blockysize=BLOCKSIZE,
-                       compress="deflate", zlevel=1, BIGTIFF="IF_SAFER", num_threads=config.gdal_threads())
+                       compress="deflate", zlevel=1, BIGTIFF="IF_SAFER", num_threads=config.gdal_threads(),
+                       # one grey band per class: GDAL's default makes 3 or 4 uint8 bands RGB(A), which QGIS
+                       # draws as a colour composite with the 4th band as transparency
+                       photometric="MINISBLACK")
         if transform is not None and sensor_model is None:  # None: no geotransform, like an input without one
             profile["transform"] = transform
         if height < BLOCKSIZE or width < BLOCKSIZE:
@@ -83,6 +87,8 @@ class TiledRaster:
         self.dataset.update_tags(**tags)
         if colormap is not None:
             self.dataset.write_colormap(1, colormap)
+        elif count > 1:
+            self.dataset.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * (count - 1)
 
     def write(self, core: Box, data: np.ndarray) -> None:
         data = data if data.ndim == 3 else data[None]

@@ -65,6 +65,21 @@ def test_every_output_keeps_the_source_grid(tmp_path, segmenter, crs, res, gsd):
         assert summary["working_gsd_m"] == pytest.approx(0.4) and summary["working_size"][0] < 457
 
 
+@pytest.mark.parametrize("classes", ["water; grass; road", CLASSES, "water; grass; building; road; tree"],
+                         ids=["3 classes", "4 classes", "5 classes"])
+def test_score_bands_open_as_one_grey_band_per_class(tmp_path, tiny_model, classes):
+    """Three or four uint8 bands are RGB(A) to GDAL unless told otherwise: QGIS would draw three classes'
+    scores as a colour composite and take the fourth as transparency."""
+    from rasterio.enums import ColorInterp
+
+    src = write_raster(tmp_path / "in.tif", scene(600, 600)[0])  # overviews too (above one 512 px tile)
+    _run(Segmenter(tiny_model, classes), src, tmp_path / "out", scores=True)
+    with rasterio.open(tmp_path / "out" / "in_scores.tif") as ds:
+        assert ds.colorinterp[0] == ColorInterp.gray and set(ds.colorinterp[1:]) == {ColorInterp.undefined}
+        assert ds.overviews(1) and ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert list(ds.descriptions) == [c.label for c in Segmenter(tiny_model, classes).prompts.classes]
+
+
 @pytest.mark.parametrize("flush_bytes", [64 * 2**20, 2000], ids=["one write", "appended"])
 def test_polygons_are_valid_inside_the_raster_and_add_up(tmp_path, segmenter, monkeypatch, flush_bytes):
     monkeypatch.setattr("engine.geo.polygons.FLUSH_BYTES", flush_bytes)
