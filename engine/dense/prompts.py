@@ -78,14 +78,14 @@ class PromptSet:
         classes = []
         seen: dict[str, int] = {}
         for number, line in enumerate(lines, start=1):
-            names = tuple(dict.fromkeys(" ".join(n.split()) for n in line.split(",") if n.strip()))
+            names = tuple(dict.fromkeys(name for name in map(clean_name, line.split(",")) if name))
             if not names:
                 raise InputError(f"class {number} ('{line.strip()}') holds no name")
             for name in names:
                 if len(name) > MAX_NAME_CHARS:
                     raise InputError(f"class {number}: name longer than {MAX_NAME_CHARS} characters")
                 refuse_control_characters(name, f"class {number}")
-                key = name.lower()
+                key = name_key(name)
                 if key in seen:
                     raise InputError(f"name '{name}' appears in class {seen[key]} and class {number}")
                 seen[key] = number
@@ -115,14 +115,21 @@ class PromptSet:
         return [i for i, c in enumerate(self.classes) for _ in c.names]
 
     def index_of(self, name: str) -> int | None:
-        key = name.strip().lower()
+        """The class one of whose names `name` is, as the parser compares names (`name_key`)."""
+        key = name_key(name)
         for i, c in enumerate(self.classes):
-            if key in (n.lower() for n in c.names):
+            if key in (name_key(n) for n in c.names):
                 return i
         return None
 
     def with_background(self, name: str) -> tuple["PromptSet", int]:
-        """This set plus a background class (appended unless a class already has that name) and its index."""
+        """This set plus a background class (appended unless a class already has that name) and its index.
+        The background is one class: its name may hold synonyms (','), not several classes (';')."""
+        if any(separator in name for separator in ";\n\r"):
+            raise InputError(f"the background is one class: '{name.strip()[:100]}' holds ';' or a new line "
+                             f"(separate its synonyms with commas)")
+        if not any(clean_name(part) for part in name.split(",")):
+            raise InputError("the background class has no name")
         found = self.index_of(name)
         if found is not None:
             return self, found
@@ -133,6 +140,21 @@ class PromptSet:
 
     def as_text(self) -> str:
         return "; ".join(", ".join(c.names) for c in self.classes)
+
+
+_INVISIBLE = dict.fromkeys(map(ord, "\ufeff\u200b\u2060"))  # a byte-order mark, zero-width spaces: nothing to see
+
+
+def clean_name(text: str) -> str:
+    """A name as the classes hold it: Unicode NFC (an accent typed as its own character is the same
+    letter), invisible marks dropped, runs of white space one space, no space around."""
+    return " ".join(unicodedata.normalize("NFC", text).translate(_INVISIBLE).split())
+
+
+def name_key(name: str) -> str:
+    """What two names must share to be the same name: `clean_name`, without case (casefold: 'STRASSE'
+    is 'Straße'). Duplicates are refused by it; labels (teaching, accuracy) find their class by it."""
+    return clean_name(name).casefold()
 
 
 def refuse_control_characters(name: str, what: str) -> None:

@@ -24,6 +24,7 @@ from affine import Affine
 from rasterio.features import rasterize
 from rasterio.windows import Window
 
+from engine.dense.prompts import name_key
 from engine.errors import InputError
 from engine.geo.crs_text import parse_crs
 from engine.geo.opening import open_raster
@@ -46,9 +47,9 @@ def raster_classes(dataset) -> list[dict]:
 
 
 def _match(label: str, classes: list[dict]) -> int | None:
-    key = label.strip().lower()
+    key = name_key(label)
     for c in classes:
-        if key in (n.lower() for n in [c["name"], *c["synonyms"]]):
+        if key in (name_key(n) for n in [c["name"], *c["synonyms"]]):
             return c["index"]
     return None
 

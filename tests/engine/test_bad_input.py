@@ -17,6 +17,9 @@ GOOD = np.zeros((64, 64, 3), dtype=np.uint8)
     (" ; \n ;", "no classes given"),
     ("building; , ,; road", r"class 2 \(', ,'\) holds no name"),
     ("road; tree; Road", "name 'Road' appears in class 1 and class 3"),
+    ("caf\u00e9; water; cafe\u0301", "name 'caf\u00e9' appears in class 1 and class 3"),  # an accent typed apart
+    ("Straße; STRASSE", "name 'STRASSE' appears in class 1 and class 2"),
+    ("water\u200b; water", "name 'water' appears in class 1 and class 2"),  # a zero-width space
     ("; ".join(f"class {i}" for i in range(300)), "300 classes given; at most 254"),
     (42, "classes must be text"),
 ])
@@ -50,3 +53,22 @@ def test_bad_images(tiny_model, image, message):
 def test_bad_options(tiny_model, options, message):
     with pytest.raises(InputError, match=message):
         segment_image(GOOD, "building; road", tiny_model, options)
+
+
+@pytest.mark.parametrize("background, message", [
+    (" ", "the background class has no name"),
+    (" , ", "the background class has no name"),
+    ("shadow; cloud", "the background is one class: 'shadow; cloud' holds ';'"),
+])
+def test_a_background_that_is_not_one_named_class_is_refused(tiny_model, background, message):
+    """A blank background with a threshold wrote class values no class had (or crashed tracing polygons);
+    'shadow; cloud' made 'cloud' a class of its own."""
+    with pytest.raises(InputError, match=message):
+        segment_image(GOOD, "water; roof", tiny_model, InferenceOptions(background=background, prob_threshold=0.6))
+
+
+def test_names_are_kept_as_one_spelling_and_labels_find_them_however_typed():
+    prompts = PromptSet.parse("cafe\u0301 terrace; solar  panel, \ufeffPV")
+    assert prompts.names == ["caf\u00e9 terrace", "solar panel", "PV"]
+    for typed, index in [("CAF\u00c9 TERRACE", 0), ("solar\tpanel", 1), ("solar\u00a0panel", 1), (" pv ", 1)]:
+        assert prompts.index_of(typed) == index, typed
