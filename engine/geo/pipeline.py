@@ -37,7 +37,7 @@ from engine.dense.transfer import download
 from engine.errors import Cancelled, InputError
 from engine.geo.background import BackgroundWriter, WaitClock
 from engine.geo.blocks import count_crops, raster_blocks
-from engine.geo.colours import class_colour, hex_colour
+from engine.geo.colours import class_colours, hex_colour
 from engine.geo.products import SegmentationProducts, on_source_grid, scored_block
 from engine.geo.raster_names import is_gdal_name, raster_stem
 from engine.geo.rasters import NODATA, class_tags, gdal_env, publish_cog
@@ -168,9 +168,10 @@ def _run(job: RasterJob, segmenter: Segmenter, source: RasterSource, work: Path,
     (`SegmentationProducts`), which writes them on the source grid — beside a GPU in a thread while
     the next block runs, beside a CPU in this thread (`config.write_threads`)."""
     grid = source.grid
-    classes = [{"index": i, "name": c.label, "synonyms": list(c.names), "colour": hex_colour(class_colour(c.names))}
+    colours = class_colours(segmenter.prompts.classes)
+    classes = [{"index": i, "name": c.label, "synonyms": list(c.names), "colour": hex_colour(colours[i])}
                for i, c in enumerate(segmenter.prompts.classes)]
-    colormap = {c["index"]: (*class_colour(segmenter.prompts.classes[c["index"]].names), 255) for c in classes}
+    colormap = {i: (*colour, 255) for i, colour in enumerate(colours)}
     colormap[NODATA] = (0, 0, 0, 0)
     tags = class_tags(classes, {"FARSLIP_MODEL": segmenter.model.name, "FARSLIP_PROMPTS": segmenter.prompts.as_text(),
                                 "FARSLIP_VERSION": __version__})

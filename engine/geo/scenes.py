@@ -25,7 +25,7 @@ import shapely
 from engine import __version__
 from engine.dense.scenes import SceneClassifier
 from engine.errors import Cancelled, InputError
-from engine.geo.colours import class_colour, hex_colour
+from engine.geo.colours import class_colours, hex_colour
 from engine.geo.pipeline import ProgressFn, publish_summary
 from engine.geo.workdirs import publish_together, work_folder
 from engine.geo.raster_names import raster_stem
@@ -175,8 +175,8 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
                 notes += taught.differences(classifier.segmenter.options, None, source.bands, source.dataset.count)
             summary = {
                 "farslip_version": __version__, "input": job.input, "model": classifier.model.name,
-                "classes": [{"index": i, "name": n, "colour": hex_colour(class_colour(c.names)), "cells": int(counts[i])}
-                            for i, (n, c) in enumerate(zip(names, classifier.prompts.classes))],
+                "classes": [{"index": i, "name": n, "colour": hex_colour(colour), "cells": int(counts[i])}
+                            for i, (n, colour) in enumerate(zip(names, class_colours(classifier.prompts.classes)))],
                 "cells": len(rows), "cells_without_data": int((~valid).sum()),
                 "cell_size_px": cells[0].size if cells else None,
                 "cell_size_m": cells[0].size * source.pixel_sides_m[0] if cells and source.pixel_sides_m else None,

@@ -433,12 +433,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
         """How the engine reads a class list, or the classes of a taught-classes file ('@job:<id>',
         '@/abs/SITE.classes.json'): names, synonyms and each class's stable colour (or a 400)."""
         from engine.dense import PromptSet
-        from engine.geo.colours import class_colour, hex_colour
+        from engine.geo.colours import class_colours, hex_colour
 
         classes = handlers.run_classes(body.classes, store, settings)
         prompts = classes if isinstance(classes, PromptSet) else classes.prompts
+        colours = class_colours(prompts.classes)
         return {"classes": [{"index": i, "name": c.label, "synonyms": list(c.names),
-                             "colour": hex_colour(class_colour(c.names))} for i, c in enumerate(prompts.classes)]}
+                             "colour": hex_colour(colours[i])} for i, c in enumerate(prompts.classes)]}
 
     @api.post("/regions/label", response_model=LabelResponse, tags=["regions"])
     def label_regions(body: LabelRequest) -> dict:

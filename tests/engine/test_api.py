@@ -197,6 +197,23 @@ def test_prompts_are_parsed_with_stable_colours(client):
     assert client.post("/v1/prompts", headers=AUTH, json={"classes": " ; "}).status_code == 422  # no name in it: the schema refuses it
 
 
+def test_classes_that_would_look_alike_get_colours_of_their_own(client):
+    """'building; house' are two classes: a map where both are the same red cannot be read. Each keeps its
+    colour when it is the first of its kind, and the same list always gets the same colours."""
+    def colours(classes: str) -> list[tuple[int, ...]]:
+        got = client.post("/v1/prompts", headers=AUTH, json={"classes": classes}).json()["classes"]
+        return [tuple(int(c["colour"][k:k + 2], 16) for k in (1, 3, 5)) for c in got]
+
+    listed = "building; house; road; street; tree; forest; river; lake; class 5; class 23; township; ship"
+    got = colours(listed)
+    assert got == colours(listed)
+    assert got[0] == colours("building")[0] and got[2] == colours("road")[0]  # the first of each keeps it
+    assert colours("township") != colours("ship")  # a keyword counts at the start of a word only
+    for i, a in enumerate(got):
+        for b in got[:i]:
+            assert sum((x - y) ** 2 for x, y in zip(a, b)) >= 75 ** 2, (listed.split("; ")[i], a, b)
+
+
 def test_jobs_and_uploads_expire_with_their_files(root):
     import time as _time
 
