@@ -22,6 +22,7 @@ limit.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -259,15 +260,38 @@ def check_pixel_budget(source: "RasterSource", max_pixels: float | None) -> None
                          f"bbox/window")
 
 
+_TYPE_ERRORS = ("string_type", "list_type")
+
+
+def _location(error: dict) -> list[str]:
+    """An error's place without "body" and without pydantic's names of a union's branches
+    ("constrained-str", "list[constrained-str]"), which say nothing to a client."""
+    return [str(p) for p in error.get("loc", ()) if p != "body" and not _BRANCH.match(str(p))]
+
+
+_BRANCH = re.compile(r"^(constrained-\w+|list\[.*\]|function-\w+\[.*\]|json-or-python\[.*\])$")
+
+
 def describe(exc, option_style: bool = False) -> str:
     """The first problem of a pydantic (or FastAPI request) validation error in one line: where, then
-    what (`gsd: Input should be greater than 0`)."""
-    first = exc.errors()[0] if exc.errors() else {}
-    parts = [str(p) for p in first.get("loc", ()) if p != "body"]
+    what (`gsd: Input should be greater than 0`). Of a union (classes: text or class lines), the problem
+    of the branch the value's type chose; a value of neither type says what is taken."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    field = _location(first)[:1]
+    union = [e for e in errors if _location(e)[:1] == field] if field else []
+    if len(union) > 1:
+        chosen = next((e for e in union if e.get("type") not in _TYPE_ERRORS), None)
+        if chosen is None and field == ["classes"]:
+            return f"{'--' if option_style else ''}classes: give text ('building,roof; road') or a list of class lines"
+        first = chosen or first
+    parts = _location(first)
     where = ".".join(parts)
     if option_style and parts:
         where = "--" + parts[0].replace("_", "-")
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
-    if "classes" in parts[:1] and first.get("type") in ("string_pattern_mismatch", "string_too_short", "too_short"):
-        message = NO_CLASSES
+    if parts[:1] == ["classes"] and first.get("type") in ("string_pattern_mismatch", "string_too_short", "too_short"):
+        where = "--classes" if option_style else "classes"
+        one_line = len(parts) == 2 and parts[1].isdigit()  # a line of a list
+        message = f"class line {int(parts[1]) + 1} holds no name" if one_line else NO_CLASSES
     return f"{where}: {message}" if where else message

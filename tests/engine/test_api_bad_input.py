@@ -154,3 +154,18 @@ def test_control_characters_in_class_names_get_a_400(client, src, url, extra):
     detail = _detail(client.post(url, headers=AUTH, json=body), 400)
     assert "control character" in detail, detail
     assert client.get("/v1/jobs", headers=AUTH).json() == []  # no job was made
+
+
+@pytest.mark.parametrize("classes, detail", [
+    (["water", " "], "classes: class line 2 holds no name"),
+    (["water", ","], "classes: class line 2 holds no name"),
+    ([], "classes: no classes given"),
+    (" ; ", "classes: no classes given"),
+    (5, "classes: give text ('building,roof; road') or a list of class lines"),
+])
+def test_a_bad_class_list_is_named_in_the_words_of_the_request(client, src, classes, detail):
+    """A list with a blank line was 'classes.constrained-str: Input should be a valid string' — the name of
+    a branch of the schema's union, about the text form the client did not send."""
+    got = _detail(client.post("/v1/jobs/segment", headers=AUTH, json={"input": {"path": str(src)},
+                                                                      "classes": classes}), 422)
+    assert got.startswith(detail) and "constrained" not in got, got
