@@ -12,6 +12,7 @@ from collections import OrderedDict
 import torch
 
 from engine.dense.prompts import PromptSet, templates
+from engine.errors import InputError
 from engine.models import LoadedModel
 
 _CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
@@ -28,6 +29,7 @@ def embed_names(model: LoadedModel, names: list[str], template_set: str = "image
             _CACHE.move_to_end(key)
             return _CACHE[key]
     texts = [t.format(name) for name in names for t in tmpl]
+    _refuse_names_cut_short(model, names, texts, len(tmpl))
     per_template = model.encode_text(texts).reshape(len(names), len(tmpl), -1)
     embeddings = torch.nn.functional.normalize(per_template.mean(dim=1), dim=-1)
     with _LOCK:
@@ -35,6 +37,21 @@ def embed_names(model: LoadedModel, names: list[str], template_set: str = "image
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return embeddings
+
+
+def _refuse_names_cut_short(model: LoadedModel, names: list[str], texts: list[str], per_name: int) -> None:
+    """An InputError naming the first name that the text encoder would cut short in one of its templates:
+    two long names differing only past the cut would get the same embedding, and a class that cannot win."""
+    if max(map(len, texts), default=0) < model.context_length // 2:  # (a token is at least one character)
+        return
+    counts = model.token_counts(texts)
+    for k, name in enumerate(names):
+        longest = max(counts[k * per_name:(k + 1) * per_name])
+        if longest > model.context_length:
+            shown = name if len(name) <= 60 else name[:57] + "..."
+            raise InputError(f"class name '{shown}' is too long for the model's text encoder: with its prompt "
+                             f"template it makes {longest} tokens, and the model reads {model.context_length}; "
+                             f"shorten it")
 
 
 def embed_prompts(model: LoadedModel, prompts: PromptSet, template_set: str = "imagenet80") -> torch.Tensor:

@@ -67,6 +67,15 @@ class LoadedModel:
             self._tokenizer = tokenizer_for(self.arch)
         return self._tokenizer(texts, context_length=self.context_length)
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens of each text with its start and end tokens, however many the model reads (a text of
+        more than `context_length` is cut short when encoded)."""
+        if self._tokenizer is None:
+            self._tokenizer = tokenizer_for(self.arch)
+        longest = 4 * max((len(t) for t in texts), default=0) + 2  # a character is at most a few tokens
+        tokens = self._tokenizer(texts, context_length=max(longest, self.context_length))
+        return (tokens.argmax(dim=-1) + 1).tolist()  # the end-of-text token has the highest id
+
     @torch.inference_mode()
     def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         """Normalised text embeddings [len(texts), D] in float32 on the model's device. Texts of the
