@@ -162,7 +162,7 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
             fields = {
                 "row": np.array([c.row for c, _ in rows], dtype=np.int32),
                 "col": np.array([c.col for c, _ in rows], dtype=np.int32),
-                "class_index": np.where(valid, best, -1).astype(np.int32),
+                "class_index": np.ma.masked_array(best.astype(np.int32), mask=~valid),  # NULL: no class
                 "class": np.array([names[b] if v else None for b, v in zip(best, valid)], dtype=object),
                 "score": np.where(valid, probs[np.arange(len(best)), best], np.nan),
                 "valid_fraction": np.array([f for _, f in rows]),

@@ -24,12 +24,16 @@ def write_features(path: Path, geoms, fields: dict[str, np.ndarray], crs, layer:
 
 def write_wkb(path: Path, wkb: np.ndarray, fields: dict[str, np.ndarray], crs, layer: str,
               append: bool = False) -> None:
-    """`write_features` of 2D polygons already encoded as WKB (an object array of bytes)."""
+    """`write_features` of 2D polygons already encoded as WKB (an object array of bytes). A field given as a
+    numpy masked array is NULL where masked (an integer field has no NaN)."""
     from pyogrio.raw import write
 
+    values = [np.ma.getdata(v) for v in fields.values()]
+    masks = [np.ma.getmaskarray(v) if np.ma.isMaskedArray(v) else None for v in fields.values()]
     with warnings.catch_warnings():  # no CRS (pixel space) is meant, not forgotten: no "'crs' was not provided"
         warnings.filterwarnings("ignore", message=".*'crs' was not provided.*")
-        write(str(path), wkb, list(fields.values()), list(fields.keys()), layer=layer, driver="GPKG",
+        write(str(path), wkb, values, list(fields.keys()), layer=layer, driver="GPKG",
+              field_mask=masks if any(m is not None for m in masks) else None,
               geometry_type="MultiPolygon", crs=crs.to_wkt() if crs else None, append=append, promote_to_multi=True)
 
 

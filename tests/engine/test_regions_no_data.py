@@ -125,6 +125,8 @@ def test_a_region_and_the_grid_cell_it_matches_get_the_same_verdict(tmp_path, cl
     assert sum(lb["best"] is None for lb in labels) == 4  # the western 2 x 2 cells
     for lb, score in zip(labels, cells["score"]):
         assert (lb["score"] is None and np.isnan(score)) or lb["score"] == pytest.approx(score, rel=1e-5)
+    # a cell without a class has no class index either (NULL, read as NaN), not a -1 a style would list
+    assert [np.isnan(i) for i in cells["class_index"]] == [lb["best"] is None for lb in labels]
 
 
 def test_cli_writes_valid_fraction_and_null_class_for_a_polygon_over_no_data(tmp_path, capsys):
