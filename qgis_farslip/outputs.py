@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 from pathlib import Path
 
 from qgis.core import QgsProject
@@ -71,8 +72,10 @@ def run_title(raster: str, classes: list[str], when: float | None = None) -> str
 
 
 def safe_name(text: str, limit: int = 40) -> str:
-    """`text` as a part of a file name: letters and digits, '-' for anything else."""
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:limit] or "x"
+    """`text` as a part of a file name: letters of any script and digits ("forêt", "建筑": a folder of
+    Chinese class names is not "x_x-x"), '-' for anything else (no separator, no '_', no emoji)."""
+    cleaned = re.sub(r"[\W_]+", "-", unicodedata.normalize("NFC", text)).strip("-")
+    return cleaned[:limit].strip("-") or "x"
 
 
 def run_folder_name(raster: str, classes: list[str], when: float | None = None) -> str:

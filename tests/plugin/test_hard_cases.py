@@ -383,3 +383,12 @@ def test_a_leading_comma_does_not_blank_the_run_title(dock, qtbot):
     qtbot.waitUntil(lambda: dock.run_button.isEnabled(), timeout=120_000)
     assert dock.last_error is None, dock.last_error
     assert _groups()[0].name().startswith("small — roof, water (") and "_roof-water_" in task.folder.name
+
+
+def test_a_runs_folder_keeps_class_and_layer_names_in_any_script():
+    """A layer and classes named in Chinese or with accents: the run's folder says so (it was 'x_x-x-x_…')."""
+    from qgis_farslip.outputs import run_folder_name
+
+    name = run_folder_name("正射影像 2024", ["建筑, 屋顶", "forêt", "eau_libre", "🌲 trees"], when=0)
+    assert name.startswith("正射影像-2024_建筑-forêt-eau-libre_"), name
+    assert run_folder_name("🛰️", ["🌲"], when=0).startswith("x_x_")
