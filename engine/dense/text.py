@@ -42,8 +42,8 @@ def embed_names(model: LoadedModel, names: list[str], template_set: str = "image
 def _refuse_names_cut_short(model: LoadedModel, names: list[str], texts: list[str], per_name: int) -> None:
     """An InputError naming the first name that the text encoder would cut short in one of its templates:
     two long names differing only past the cut would get the same embedding, and a class that cannot win."""
-    if max(map(len, texts), default=0) < model.context_length // 2:  # (a token is at least one character)
-        return
+    if max((len(t.encode("utf-8")) for t in texts), default=0) + 2 <= model.context_length:
+        return  # (a token is at least one byte of UTF-8, with a start and an end token around them)
     counts = model.token_counts(texts)
     for k, name in enumerate(names):
         longest = max(counts[k * per_name:(k + 1) * per_name])

@@ -77,8 +77,8 @@ def test_names_are_kept_as_one_spelling_and_labels_find_them_however_typed():
 def test_a_name_the_text_encoder_would_cut_short_is_refused(tiny_model):
     """200 characters of CJK are ~600 tokens: the encoder reads 77, so two such names differing past the cut
     were one embedding — a class that could never win, said nowhere."""
-    long_name = "森林" * 40 + "甲"
-    with pytest.raises(InputError, match=r"is too long for the model's text encoder: with its prompt template it "
-                                         r"makes \d+ tokens, and the model reads 77; shorten it"):
-        segment_image(GOOD, f"water; {long_name}", tiny_model)
+    for long_name in ("森林" * 40 + "甲", "森林" * 12):  # (24 characters, 72 bytes of UTF-8: 83 tokens)
+        with pytest.raises(InputError, match=r"is too long for the model's text encoder: with its prompt template "
+                                             r"it makes \d+ tokens, and the model reads 77; shorten it"):
+            segment_image(GOOD, f"water; {long_name}", tiny_model)
     segment_image(GOOD, "water; a red brick building with a flat roof next to a road", tiny_model)  # fits
