@@ -12,6 +12,7 @@ from engine.errors import InputError
 
 
 def _cmd_accuracy(args: argparse.Namespace) -> int:
+    from engine.cli_segment import padded
     from engine.geo.accuracy import check_accuracy
 
     for path, what in ((args.class_raster, "class raster"), (args.reference, "reference file")):
@@ -22,7 +23,7 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
         print(f"  mIoU {report['miou']:.3f}   overall accuracy {report['overall_accuracy']:.3f}   "
               f"kappa {report['kappa']:.3f}   ({report['labelled_pixels']} labelled pixels)")
         for name, c in report["per_class"].items():
-            print(f"  {name:<24} IoU {c['iou']:.3f}  precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
+            print(f"  {padded(name, 24)} IoU {c['iou']:.3f}  precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
                   f"{c['reference_pixels']:>10} px")
         if report["conflicting_pixels"]:
             print(f"  left out: {report['conflicting_pixels']} pixels inside reference polygons of different classes")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from engine.cli_segment import (_check_writable, add_inference_arguments, add_model_arguments,
-                                add_output_arguments, inference_options, print_notes, progress_bar,
+                                add_output_arguments, inference_options, padded, print_notes, progress_bar,
                                 segment_settings)
 from engine.errors import EXIT_INTERRUPTED, InputError
 
@@ -90,7 +90,7 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
               f"{w['computed']} windows computed ({w['resumed']} resumed), "
               f"{summary['throughput']['windows_per_s']} windows/s")
         for name, area in summary["area_m2_per_class"].items():
-            print(f"  {name:<24} {area / 1e4:12.3f} ha")
+            print(f"  {padded(name, 24)} {area / 1e4:12.3f} ha")
         print(f"  summary   {Path(args.out) / 'batch_summary.json'}")
     return EXIT_FAILURES if summary["failed"] else 0
 

@@ -15,7 +15,7 @@ from engine.errors import InputError
 
 
 def _cmd_learn(args: argparse.Namespace) -> int:
-    from engine.cli_segment import _check_writable, class_spec, print_notes
+    from engine.cli_segment import _check_writable, class_spec, padded, print_notes
     from engine.geo.bands import parse_bands
     from engine.job import SegmentSettings
     from engine.taught_format import SUFFIX
@@ -52,7 +52,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
               f"{sum(taught.made['polygons'].values())} polygons; label weight α = {taught.alpha:g} (held-out "
               f"mIoU {scores[f'{taught.alpha:g}']:.3f}; text alone {scores['0']:.3f}, labels alone {scores['1']:.3f})")
         for label, n in taught.made["polygons"].items():
-            print(f"  {label:<24} {n:>4} polygon(s) {taught.made['patches'][label]:>8} patches")
+            print(f"  {padded(label, 24)} {n:>4} polygon(s) {taught.made['patches'][label]:>8} patches")
         skipped = taught.made["skipped_labels"]
         if skipped:
             print(f"  skipped labels (a name alone: no such class): {', '.join(f'{k} ({v})' for k, v in skipped.items())}",

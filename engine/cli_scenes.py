@@ -26,7 +26,7 @@ def _area_args(args) -> dict:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    from engine.cli_segment import _check_writable, _classes, print_notes, progress_bar
+    from engine.cli_segment import _check_writable, _classes, padded, print_notes, progress_bar
     from engine.geo.source import RasterSource
 
     prompts = _classes(args.classes)
@@ -63,7 +63,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     print_notes(summary["notes"])
     if not args.quiet:
         for c in summary["classes"]:
-            print(f"  {c['name']:<24} {c['cells']:>8} cells")
+            print(f"  {padded(c['name'], 24)} {c['cells']:>8} cells")
         for key, path in grid_paths(job).items():
             print(f"  {key:<9} {path}")
     return 0
@@ -76,6 +76,7 @@ def _label_file(args, classifier, area) -> int:
     import shapely
     from pyogrio.raw import read
 
+    from engine.cli_segment import padded
     from engine.geo.regions import Region
     from engine.geo.scenes import label_regions
     from engine.geo.source import RasterSource
@@ -119,7 +120,7 @@ def _label_file(args, classifier, area) -> int:
             if lb["best"] is None:
                 print(f"  region {lb['index']:<5} {'(no data)':<24} -      valid {lb['valid_fraction']:.0%}")
             else:
-                print(f"  region {lb['index']:<5} {lb['best']:<24} {lb['score']:.3f}  valid {lb['valid_fraction']:.0%}")
+                print(f"  region {lb['index']:<5} {padded(lb['best'], 24)} {lb['score']:.3f}  valid {lb['valid_fraction']:.0%}")
         print(f"  labels    {out}")
     return 0
 

@@ -128,10 +128,20 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if not args.quiet:
         for c in summary["classes"]:
             area = f"{c['area_m2'] / 1e4:10.3f} ha" if c["area_m2"] is not None else ""
-            print(f"  {c['name']:<24} {c['pixels']:>12} px {area}")
+            print(f"  {padded(c['name'], 24)} {c['pixels']:>12} px {area}")
         for key, path in output_paths(job).items():
             print(f"  {key:<9} {path}")
     return 0
+
+
+def padded(text: str, width: int) -> str:
+    """`text` padded with spaces to `width` terminal columns (f"{text:<24}" counts characters: a CJK
+    character takes two columns, a combining accent none, and the table's columns drifted)."""
+    import unicodedata
+
+    columns = sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+                  for ch in text)
+    return text + " " * max(0, width - columns)
 
 
 def print_notes(notes: list[str]) -> None:

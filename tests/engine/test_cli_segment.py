@@ -307,3 +307,21 @@ def test_a_name_too_long_or_a_fractional_window_is_one_line(tmp_path, capsys, ch
     code, _, err = run_cli(capsys, "segment", str(src), "--classes", "a; b", "--window", "0.5,0.5,10.9,10.9",
                            "-o", str(tmp_path / "o"), *_model_args(checkpoint))
     assert code == 2 and "--window takes whole pixels" in err, err
+
+
+def test_the_class_table_stays_in_columns_with_names_in_any_script(tmp_path, capsys, checkpoint):
+    """A CJK character takes two terminal columns and a combining accent none: counting characters put
+    the pixel counts of 建筑 two columns off."""
+    import unicodedata
+
+    src = write_raster(tmp_path / "in.tif", scene(120, 120)[0])
+    assert main(["segment", str(src), "--classes", "water; 建筑; cafe\u0301 terrace", "-o", str(tmp_path / "out"),
+                 "--model", str(checkpoint), "--arch", TINY]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.rstrip().endswith(" px") or " px " in line]
+
+    def columns(text: str) -> int:
+        return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+                   for ch in text)
+
+    assert len(rows) == 3, rows
+    assert len({columns(row[:row.index(" px")]) for row in rows}) == 1, rows
