@@ -109,12 +109,12 @@ def _label_file(args, classifier, area) -> int:
                   for name, values in zip(meta["fields"], columns)}
         fields.update(ours)
         from engine.geo.crs_text import parse_crs
-        from engine.geo.workdirs import publish_together, work_folder
+        from engine.geo.workdirs import moving, publish_together, work_folder
 
         with work_folder(out.parent) as work:  # a full disk: one line, no partial file left
             write_features(work / "labels.gpkg", geoms, fields,
                            parse_crs(crs, f"the CRS of {args.regions}") if crs else source.crs, "labels")
-            publish_together(work, [(lambda: (work / "labels.gpkg").replace(out), out)])  # (an earlier file: back on failure)
+            publish_together(work, [moving(work / "labels.gpkg", out)])  # (an earlier file: back on failure)
     if not args.quiet:
         for lb in labels[:20]:
             if lb["best"] is None:

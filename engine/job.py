@@ -261,15 +261,14 @@ def check_pixel_budget(source: "RasterSource", max_pixels: float | None) -> None
 
 
 _TYPE_ERRORS = ("string_type", "list_type")
+# pydantic's names of a union's branches in an error's place
+_BRANCH = re.compile(r"^(constrained-\w+|list\[.*\]|function-\w+\[.*\]|json-or-python\[.*\])$")
 
 
 def _location(error: dict) -> list[str]:
     """An error's place without "body" and without pydantic's names of a union's branches
     ("constrained-str", "list[constrained-str]"), which say nothing to a client."""
     return [str(p) for p in error.get("loc", ()) if p != "body" and not _BRANCH.match(str(p))]
-
-
-_BRANCH = re.compile(r"^(constrained-\w+|list\[.*\]|function-\w+\[.*\]|json-or-python\[.*\])$")
 
 
 def describe(exc, option_style: bool = False) -> str:

@@ -31,7 +31,7 @@ from engine.geo.opening import open_raster
 from engine.geo.sensor_model import SensorModel
 from engine.geo.source import PIXEL_SPACE
 from engine.geo.vectors import read_labels
-from engine.geo.workdirs import publish_together, work_folder
+from engine.geo.workdirs import moving, publish_together, work_folder
 
 ROWS_PER_WINDOW = 1024
 
@@ -260,5 +260,5 @@ def write_accuracy(class_raster: str, geoms: list, values: list[str], crs: str |
             for name, row in zip(names, matrix):
                 writer.writerow([name, *map(int, row)])
         write_confusion_png(matrix, names, work / "confusion.png")
-        publish_together(work, [(lambda name=name: (work / name).replace(out / name), out / name) for name in files])
+        publish_together(work, [moving(work / name, out / name) for name in files])
     return report

@@ -43,7 +43,7 @@ from engine.geo.raster_names import is_gdal_name, raster_stem
 from engine.geo.rasters import NODATA, class_tags, gdal_env, publish_cog
 from engine.geo.source import RasterSource
 from engine.geo.validity import BlockValidity
-from engine.geo.workdirs import publish_together, work_folder
+from engine.geo.workdirs import moving, publish_together, work_folder
 
 if TYPE_CHECKING:
     import torch
@@ -255,7 +255,7 @@ def _publish(work: Path, paths: dict[str, Path], summary: dict, started: float,
         if "scores" in paths:
             yield lambda: publish_cog(work / "scores.tif", paths["scores"], "AVERAGE"), paths["scores"]
         if "polygons" in paths:
-            yield lambda: os.replace(work / "polygons.gpkg", paths["polygons"]), paths["polygons"]
+            yield moving(work / "polygons.gpkg", paths["polygons"])
         now = time.perf_counter()
         summary["timing"].update(publish_s=round(now - t0, 3), total_s=round(now - started, 3))
         yield lambda: publish_summary(work, paths["summary"], summary), paths["summary"]

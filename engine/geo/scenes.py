@@ -13,7 +13,6 @@ pixels (inside its polygon; those outside the raster count as no data) valid —
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from engine.dense.scenes import SceneClassifier
 from engine.errors import Cancelled, InputError
 from engine.geo.colours import class_colours, hex_colour
 from engine.geo.pipeline import ProgressFn, publish_summary
-from engine.geo.workdirs import publish_together, work_folder
+from engine.geo.workdirs import moving, publish_together, work_folder
 from engine.geo.raster_names import raster_stem
 from engine.geo.regions import (MAX_REGIONS, Region, read_cells, read_region, region_valid_fraction, tile_cells,
                                 to_pixel_geometry)
@@ -184,6 +183,6 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
                 "notes": notes, "timing": {"total_s": round(time.perf_counter() - started, 3)},
                 "files": {k: p.name for k, p in paths.items()},
             }
-            publish_together(work, [(lambda: os.replace(work / "grid.gpkg", paths["grid"]), paths["grid"]),
+            publish_together(work, [moving(work / "grid.gpkg", paths["grid"]),
                                     (lambda: publish_summary(work, paths["summary"], summary), paths["summary"])], cancel)
             return summary

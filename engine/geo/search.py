@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from contextlib import closing
@@ -28,7 +27,7 @@ from engine.dense.scenes import SceneClassifier
 from engine.errors import Cancelled, InputError
 from engine.geo.blocks import raster_blocks
 from engine.geo.pipeline import ProgressFn, publish_summary
-from engine.geo.workdirs import publish_together, work_folder
+from engine.geo.workdirs import moving, publish_together, work_folder
 from engine.geo.raster_names import raster_stem
 from engine.geo.rasters import TiledRaster, gdal_env, publish_cog
 from engine.geo.regions import grid_cells, read_cells
@@ -123,7 +122,7 @@ def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | Non
             def steps():
                 if job.heatmap:
                     yield lambda: publish_cog(work / "heatmap.tif", paths["heatmap"], "AVERAGE"), paths["heatmap"]
-                yield lambda: os.replace(work / "boxes.gpkg", paths["boxes"]), paths["boxes"]
+                yield moving(work / "boxes.gpkg", paths["boxes"])
                 summary["timing"]["total_s"] = round(time.perf_counter() - started, 3)
                 yield lambda: publish_summary(work, paths["summary"], summary), paths["summary"]
 

@@ -66,6 +66,11 @@ def work_folder(out_dir: str | Path) -> Iterator[Path]:
 PublishStep = tuple[Callable[[], None], Path]  # (puts one finished output in place, the path it takes)
 
 
+def moving(finished: Path, final: Path) -> PublishStep:
+    """The step that renames a finished file of the work folder to its final path (the same file system)."""
+    return lambda: os.replace(finished, final), final
+
+
 def publish_together(work: Path, steps: Iterable[PublishStep], cancel: threading.Event | None = None,
                      replaces: Iterable[Path] = ()) -> None:
     """Take the steps in order, all or nothing. An earlier output at a step's path, and each of `replaces`

@@ -62,18 +62,17 @@ class LoadedModel:
         """Identity used by caches (text embeddings): same key ⇔ same weights and precision."""
         return f"{self.name}|{self.source}|{self.arch}|{self.dtype}|{self._serial}"
 
-    def tokenize(self, texts: list[str]) -> torch.Tensor:
+    def tokenize(self, texts: list[str], context_length: int | None = None) -> torch.Tensor:
+        """Token ids [len(texts), context_length] (default the model's: longer texts are cut short)."""
         if self._tokenizer is None:
             self._tokenizer = tokenizer_for(self.arch)
-        return self._tokenizer(texts, context_length=self.context_length)
+        return self._tokenizer(texts, context_length=context_length or self.context_length)
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens of each text with its start and end tokens, however many the model reads (a text of
         more than `context_length` is cut short when encoded)."""
-        if self._tokenizer is None:
-            self._tokenizer = tokenizer_for(self.arch)
         longest = 4 * max((len(t) for t in texts), default=0) + 2  # a character is at most a few tokens
-        tokens = self._tokenizer(texts, context_length=max(longest, self.context_length))
+        tokens = self.tokenize(texts, max(longest, self.context_length))
         return (tokens.argmax(dim=-1) + 1).tolist()  # the end-of-text token has the highest id
 
     @torch.inference_mode()
