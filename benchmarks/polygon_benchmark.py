@@ -4,7 +4,9 @@ feeds it, then its merge across block borders and the GeoPackage.
     .venv/bin/python benchmarks/polygon_benchmark.py                  # 4096² px, blocks of 1024, 1 worker
     .venv/bin/python benchmarks/polygon_benchmark.py --workers 1,2 --size 2048
 
-Two maps of 6 classes at 0.3 m (UTM): `fields`, patches of 64 px (a few thousand polygons), and
+Three maps of 6 classes at 0.3 m (UTM): `fields`, square patches of 64 px (a few thousand polygons:
+straight boundaries, little to simplify), `smooth`, the largest of 6 smoothed noise fields (curved
+boundaries, as a model's up-sampled scores give: simplifying does most of its work there), and
 `fragmented`, patches of 9 px with 3 % of the pixels another class (hundreds of thousands of polygons,
 as a random or weak model gives); a corner of each is no data. Figures: seconds for the blocks and for
 the close (merge and last writes), Mpx/s and polygons/s over both, the fastest of `--repeat` runs.
@@ -42,6 +44,17 @@ def class_map(size: int, patch: int, noise: float, seed: int = 0) -> np.ndarray:
     return values
 
 
+def smooth_map(size: int, sigma: float = 12.0, seed: int = 0) -> np.ndarray:
+    """The class of the largest of 6 smoothed noise fields at each pixel: curved boundaries."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    values = np.argmax([ndimage.gaussian_filter(rng.standard_normal((size, size), dtype=np.float32), sigma)
+                        for _ in range(6)], axis=0).astype(np.uint8)
+    values[: size // 7, : size // 6] = NODATA
+    return values
+
+
 def trace(values: np.ndarray, block: int, out: Path) -> tuple[float, float, int]:
     """(seconds for the blocks, seconds for the close, polygons written)."""
     size = values.shape[0]
@@ -65,7 +78,8 @@ def main() -> None:
     p.add_argument("--workers", default="1", help="comma list of FARSLIP_POLYGON_WORKERS values to time")
     p.add_argument("--repeat", type=int, default=2)
     args = p.parse_args()
-    maps = {"fields": class_map(args.size, 64, 0.0), "fragmented": class_map(args.size, 9, 0.03)}
+    maps = {"fields": class_map(args.size, 64, 0.0), "smooth": smooth_map(args.size),
+            "fragmented": class_map(args.size, 9, 0.03)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for workers in args.workers.split(","):

@@ -11,10 +11,10 @@ polygons are the same whatever the block size. Attributes: class index and name,
 (probability of the chosen class), area in m² — of the region's pixels, as the summary counts them
 (each row's pixel area: geodesic on geographic CRSs, on the ground on projections that distort it,
 `engine.geo.products.row_pixel_area`), so simplifying an outline never changes it; null without CRS.
-Polygons are simplified (Douglas-Peucker, tolerance in pixels) ring by ring, each ring that this would
-collapse or change in area by over `MAX_AREA_CHANGE` kept as traced (thin and small regions: a 1 px wide
-strip would become a triangle of half its area, a pixel half a pixel or nothing; holes of a pixel would
-be filled), and those under `min_area` m² dropped.
+Polygons are simplified as one coverage (`engine.geo.coverage`: each boundary between two neighbours
+once, for both — no gaps or overlaps; thin and small regions keep their traced outline), tolerance in
+pixels, and those under `min_area` m² dropped. Simplifying a region needs its neighbours, and theirs:
+the regions within `LEVELS` neighbours of one crossing a block border wait for the merge with it.
 
 Tracing a block's regions (`engine.geo.tracing`) is the costly part and needs nothing but the block, so
 on a machine with cores to spare (`config.polygon_workers`) blocks are traced in worker processes,
@@ -29,6 +29,7 @@ import threading
 from collections import defaultdict, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,9 @@ from affine import Affine
 from engine import config
 from engine.boxes import Box
 from engine.errors import Cancelled
-from engine.geo.grid_geometry import on_grid, pixel_sides
-from engine.geo.tracing import Regions, block_regions, ignore_interrupts
-from engine.geo.tracing import simplified as simplified_polygons
+from engine.geo.coverage import OUTSIDE, Coverage, Nodes, framed, node_corners
+from engine.geo.grid_geometry import on_grid
+from engine.geo.tracing import Regions, ignore_interrupts, labelled, labelled_regions
 from engine.geo.vectors import write_wkb
 
 # Features wait in memory (as WKB) until this many bytes, then go to the GeoPackage: the features of
@@ -48,84 +49,75 @@ from engine.geo.vectors import write_wkb
 # triggers, row by row — on 512,899 polygons (48 MB) 1.9 s for one write against 4.2 s in 20,000s.
 FLUSH_BYTES = 64 * 2**20
 
-# A simplified ring (outline or hole) whose area differs from the traced one's by more than this fraction
-# is not used: the ring stays as traced. Douglas-Peucker within 1 px collapses a pixel or a 1 px wide
-# strip (to a triangle of half its area, or to nothing), takes a third of an L of 3 pixels, 8 % of a
-# staircase triangle of 78 pixels, fills a hole of one pixel; it changes the area of a disc of 2,000
-# pixels by about 1 %.
-MAX_AREA_CHANGE = 0.05
+# The levels of `Coverage.decide`: with two, no polygon was left invalid by the mix of simplified and traced
+# sections on fragmented maps (with one, 6 of 40,498 were); a region's outline depends on its neighbours
+# up to this many steps away.
+LEVELS = 2
 
 
-def outlines(polygons: np.ndarray, transform: Affine, tolerance: float) -> np.ndarray:
-    """Polygons traced in pixel coordinates → on the grid's CRS (`on_grid`), simplified within `tolerance`
-    CRS units (0: not at all) ring by ring (outline and holes) by Douglas-Peucker, each ring that this
-    collapses or whose area it changes by over `MAX_AREA_CHANGE` as traced: a thin or small region keeps
-    its area, and so does the hole its neighbour fills (no overlap). Where a simplified hole then crosses
-    its simplified outline, the polygon is simplified whole (`simplified_whole`). Vectorised throughout.
-    Normalised first (`shapely.normalize`: the same start vertex and orientation), so that a region
-    traced in one block and one merged from several (normalised too) come out the same."""
-    if not len(polygons):
-        return polygons
-    # a rectangle (most small regions) comes normalised from GDAL, and Douglas-Peucker keeps it or
-    # collapses it: left as traced (each geometry made also costs garbage-collection time)
-    shaped = np.flatnonzero(shapely.get_num_coordinates(polygons) > 5)
-    polygons = polygons.copy()
-    polygons[shaped] = shapely.normalize(polygons[shaped])
-    polygons = on_grid(polygons, transform)
-    if tolerance <= 0:
-        return polygons
-    rings, owner = shapely.get_rings(polygons[shaped], return_index=True)  # outline, then holes
-    todo = np.flatnonzero(shapely.get_num_coordinates(rings) > 5)
-    alone = shapely.polygons(rings[todo])
-    simple = shapely.simplify(alone, tolerance, preserve_topology=False)  # (made valid by GEOS)
-    fits = ((shapely.get_type_id(simple) == shapely.GeometryType.POLYGON)
-            & (shapely.get_num_interior_rings(simple) == 0) & _area_kept(simple, alone))
-    if not fits.any():
-        return polygons
-    rings[todo[fits]] = shapely.get_exterior_ring(simple[fits])
-    changed = np.zeros(len(shaped), dtype=bool)
-    changed[owner[todo[fits]]] = True
-    rebuilt = changed[owner]  # the rings of the polygons that changed
-    which, slot = np.unique(owner[rebuilt], return_inverse=True)
-    which = shaped[which]
-    out = polygons.copy()
-    out[which] = shapely.polygons(rings[rebuilt], indices=slot)
-    holed = which[shapely.get_num_interior_rings(polygons[which]) > 0]
-    crossed = holed[~shapely.is_valid(out[holed])]
-    if len(crossed):
-        out[crossed] = simplified_whole(polygons[crossed], tolerance)
-    return out
+@dataclass
+class TracedBlock:
+    """A block's regions: those done (on the grid's CRS, simplified), those at a seam (`regions.at_seam`)
+    and those `kept` (both in pixel coordinates, simplified with the merged seams at the end), with what
+    that needs: the block's node corners on them (`engine.geo.coverage`), and per level the sections by
+    a kept region that a region done here decided traced."""
 
-
-def simplified_whole(polygons: np.ndarray, tolerance: float) -> np.ndarray:
-    """Polygons simplified whole within `tolerance` (`engine.geo.tracing.simplified`: Douglas-Peucker,
-    topology-preserving where that is invalid or empty — which on a polygon of hundreds of thousands of
-    vertices, a road network merged across a large raster, takes seconds and hundreds of MB); each one
-    whose simplified outline is still invalid, or changes its area by over `MAX_AREA_CHANGE`, as traced."""
-    out = simplified_polygons(polygons, tolerance)
-    keep = ~shapely.is_valid(out) | ~_area_kept(out, polygons)
-    out[keep] = polygons[keep]
-    return out
-
-
-def _area_kept(simplified: np.ndarray, traced: np.ndarray) -> np.ndarray:
-    """Whether each simplified geometry's area is within `MAX_AREA_CHANGE` of the traced one's (an empty
-    one has none; NaN counts as changed)."""
-    area = shapely.area(traced)
-    return np.abs(shapely.area(simplified) - area) <= MAX_AREA_CHANGE * area
+    regions: Regions
+    kept: np.ndarray  # bool per region
+    nodes: np.ndarray  # int64 corner keys
+    traced_keys: list[np.ndarray]  # int64 section keys, per level
 
 
 def traced_block(core: Box, classes: np.ndarray, confidence: np.ndarray, transform: Affine, height: int,
-                 width: int, nodata: int, tolerance: float, row_area: np.ndarray | None) -> Regions:
-    """A block's regions (`engine.geo.tracing.block_regions`) traced in pixel coordinates: those inside the
-    block put on the grid and simplified (`outlines`), those at an inner block border left in pixel
-    coordinates for the merge. Runs in the worker processes too: this module imports nothing heavy (no
-    torch) at its top."""
-    regions = block_regions(core, classes, confidence, Affine.identity(), height, width, nodata, 0.0, row_area)
-    inner = ~regions.at_seam
-    if inner.any():
-        regions.polygons[inner] = outlines(regions.polygons[inner], transform, tolerance)
-    return regions
+                 width: int, nodata: int, tolerance: float, row_area: np.ndarray | None) -> TracedBlock:
+    """A block's regions (`engine.geo.tracing`) traced in pixel coordinates: those within `LEVELS`
+    neighbours of a region at an inner block border kept in pixel coordinates for the end, the others
+    simplified within `tolerance` pixels (0: only the corners where a boundary runs straight on left out)
+    as a coverage (`engine.geo.coverage`) and put on the grid. Runs in the worker
+    processes too: this module imports nothing heavy (no torch) at its top."""
+    labels, owner = labelled(classes, nodata)
+    regions, ids = labelled_regions(core, labels, owner, confidence, Affine.identity(), height, width, row_area)
+    none = np.array([], dtype=np.int64)
+    at_seam = np.zeros(len(owner), dtype=bool)
+    at_seam[ids[regions.at_seam]] = True
+    near = _near_regions(labels, at_seam, LEVELS)
+    kept = near[ids] & ~regions.at_seam
+    # the block's node corners, but those on an inner block border: whether one there is a node depends on
+    # the pixels beyond it (the writer finds those)
+    rows, columns = np.nonzero(node_corners(framed(classes)))
+    inner = ~(((rows == 0) & (core.y > 0)) | ((rows == core.h) & (core.y + core.h < height))
+              | ((columns == 0) & (core.x > 0)) | ((columns == core.w) & (core.x + core.w < width)))
+    rows, columns = rows[inner], columns[inner]
+    corner_keys = (core.y + rows).astype(np.int64) * (width + 1) + core.x + columns
+    inside = ~regions.at_seam
+    traced_keys = [none] * LEVELS
+    if inside.any():
+        coverage = Coverage(regions.polygons[inside], Nodes(corner_keys, width, height), tolerance)
+        levels = coverage.decide(LEVELS)
+        done = ~kept[inside]
+        regions.polygons[inside & ~kept] = on_grid(coverage.outlines(levels[-1][0], done), transform)
+        traced_keys = [coverage.keys_unsound_beside(sound, done, ~done) for _, sound in levels]
+    # those on the seam and kept regions, for the end
+    framed_labels = np.pad(labels, 1)
+    on_them = (near[framed_labels[rows, columns]] | near[framed_labels[rows, columns + 1]]
+               | near[framed_labels[rows + 1, columns]] | near[framed_labels[rows + 1, columns + 1]])
+    return TracedBlock(regions, kept, corner_keys[on_them], traced_keys)
+
+
+def _near_regions(labels: np.ndarray, marked: np.ndarray, steps: int) -> np.ndarray:
+    """Which region ids are `marked` or within `steps` 4-neighbours of one (no data, id 0, is none)."""
+    first, second = [], []
+    for one, other in ((labels[:, :-1], labels[:, 1:]), (labels[:-1], labels[1:])):
+        differ = one != other
+        first.append(one[differ])
+        second.append(other[differ])
+    first, second = np.concatenate(first), np.concatenate(second)
+    near = marked.copy()
+    for _ in range(steps):
+        touching = near[first] | near[second]
+        near[first[touching]] = near[second[touching]] = True
+        near[0] = False
+    return near
 
 
 class PolygonWriter:
@@ -142,9 +134,13 @@ class PolygonWriter:
         self.transform, self.crs = transform, crs
         self.height, self.width = height, width
         self.class_names = class_names
-        self.tolerance = simplify_px * pixel_sides(transform)  # in CRS units
+        self.tolerance = simplify_px
         self.min_area = min_area
         self._seam: dict[int, list[tuple[shapely.Polygon, float, int, float]]] = defaultdict(list)
+        self._kept: list[tuple[np.ndarray, ...]] = []  # (polygons, classes, confidence sums, pixels, areas)
+        self._nodes: list[np.ndarray] = []  # the blocks' node corners on seam and kept regions
+        self._traced_keys: list[list[np.ndarray]] = [[] for _ in range(LEVELS)]
+        self._borders: dict[tuple[str, int], np.ndarray] = {}  # the pixels on both sides of inner block borders
         self._rows: list[tuple[np.ndarray, ...]] = []  # chunks of (WKB, classes, scores, areas) to write
         self._unwritten = 0  # their bytes
         self._written = 0
@@ -152,7 +148,9 @@ class PolygonWriter:
         self.workers = config.polygon_workers(height * width)
         self._pool: ProcessPoolExecutor | None = None  # started with the first block, if workers > 1
         self._pending: deque[tuple[Future, tuple]] = deque()  # (regions being traced, the block)
+
     def add_block(self, core: Box, classes: np.ndarray, confidence: np.ndarray) -> None:
+        self._keep_borders(core, classes)
         if self._pool is None and self.workers > 1:
             self._pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("spawn"),
                                              initializer=ignore_interrupts)
@@ -181,23 +179,50 @@ class PolygonWriter:
             return
         self._take(regions)
 
-    def _take(self, regions: Regions) -> None:
+    def _keep_borders(self, core: Box, classes: np.ndarray) -> None:
+        """The block's rows and columns along inner block borders: whether a corner on a border is a node
+        depends on the pixels of the blocks on both sides."""
+        for inner, key, side, span, line in (
+                (core.y > 0, ("row", core.y), 1, (core.x, core.w), classes[0]),
+                (core.y + core.h < self.height, ("row", core.y + core.h), 0, (core.x, core.w), classes[-1]),
+                (core.x > 0, ("column", core.x), 1, (core.y, core.h), classes[:, 0]),
+                (core.x + core.w < self.width, ("column", core.x + core.w), 0, (core.y, core.h), classes[:, -1])):
+            if inner:
+                length = self.width if key[0] == "row" else self.height
+                pair = self._borders.setdefault(key, np.full((2, length), OUTSIDE, dtype=np.int16))
+                pair[side, span[0]:span[0] + span[1]] = line
+
+    def _border_nodes(self) -> np.ndarray:
+        """The keys of the node corners on inner block borders."""
+        keys = [np.array([], dtype=np.int64)]
+        for (kind, at), pair in self._borders.items():
+            if kind == "row":  # corners (at, 0 … width)
+                keys.append(at * (self.width + 1) + np.flatnonzero(node_corners(framed(pair)[1:-1])[0]))
+            else:  # corners (0 … height, at)
+                keys.append(np.flatnonzero(node_corners(framed(pair.T)[:, 1:-1])[:, 0]) * (self.width + 1) + at)
+        return np.concatenate(keys)
+
+    def _take(self, traced: TracedBlock) -> None:
+        regions = traced.regions
         seam = regions.at_seam
         for polygon, class_index, total, pixels, area in zip(regions.polygons[seam], regions.classes[seam],
                                                              regions.sums[seam], regions.pixels[seam],
                                                              regions.areas[seam]):
             self._seam[int(class_index)].append((polygon, float(total), int(pixels), float(area)))
-        inner = ~seam
-        self._add(regions.polygons[inner], regions.classes[inner], regions.sums[inner] / regions.pixels[inner],
-                  regions.areas[inner], in_pixels=False)
+        if traced.kept.any():
+            kept = traced.kept
+            self._kept.append((regions.polygons[kept], regions.classes[kept], regions.sums[kept], regions.pixels[kept],
+                               regions.areas[kept]))
+        self._nodes.append(traced.nodes)
+        for level, keys in enumerate(traced.traced_keys):
+            self._traced_keys[level].append(keys)
+        done = ~seam & ~traced.kept
+        self._add(regions.polygons[done], regions.classes[done], regions.sums[done] / regions.pixels[done],
+                  regions.areas[done])
 
-    def _add(self, geoms: np.ndarray, classes: np.ndarray, mean_conf: np.ndarray, areas: np.ndarray,
-             in_pixels: bool = True) -> None:
-        """Polygons to write, with their class, mean confidence (0-254) and area (m² of their pixels):
-        when in pixel coordinates put on the grid's CRS and simplified (`outlines`), and dropped when
-        empty or under `min_area`."""
-        if in_pixels and len(geoms):
-            geoms = outlines(geoms, self.transform, self.tolerance)
+    def _add(self, geoms: np.ndarray, classes: np.ndarray, mean_conf: np.ndarray, areas: np.ndarray) -> None:
+        """Polygons to write (on the grid's CRS), with their class, mean confidence (0-254) and area (m² of
+        their pixels), dropped when empty or under `min_area`."""
         keep = ~shapely.is_empty(geoms)
         geoms, classes, mean_conf, areas = geoms[keep], classes[keep], mean_conf[keep], areas[keep]
         if self.min_area > 0:
@@ -211,27 +236,36 @@ class PolygonWriter:
             self._flush()
 
     def _merge_seams(self, cancel: threading.Event | None = None) -> None:
+        """The regions crossing block borders merged per class, and simplified with the kept regions."""
+        merged: list[tuple[np.ndarray, ...]] = list(self._kept)
         for class_index, parts in self._seam.items():
             if cancel is not None and cancel.is_set():  # each class's merge is one union: stop between them
                 raise Cancelled("cancelled")
             polygons = np.array([p for p, _, _, _ in parts], dtype=object)
-            merged = shapely.unary_union(polygons)  # in pixel coordinates: exact, the parts' borders coincide
-            pieces = np.array(list(getattr(merged, "geoms", [merged])), dtype=object)
+            union = shapely.unary_union(polygons)  # in pixel coordinates: exact, the parts' borders coincide
+            pieces = np.array(list(getattr(union, "geoms", [union])), dtype=object)
             # each part's confidence and pixels go to the merged piece holding a point inside it
             part_index, piece_index = shapely.STRtree(pieces).query(shapely.point_on_surface(polygons),
                                                                     predicate="intersects")
             first = np.unique(part_index, return_index=True)[1]
             piece_of = np.zeros(len(parts), dtype=np.int64)
             piece_of[part_index[first]] = piece_index[first]
-            sums, sizes, areas = np.zeros(len(pieces)), np.zeros(len(pieces)), np.zeros(len(pieces))
+            sums, sizes, areas = np.zeros(len(pieces)), np.zeros(len(pieces), dtype=np.int64), np.zeros(len(pieces))
             np.add.at(sums, piece_of, [s for _, s, _, _ in parts])  # in the parts' order, as one by one
             np.add.at(sizes, piece_of, [n for _, _, n, _ in parts])
             np.add.at(areas, piece_of, [a for _, _, _, a in parts])
-            # without the vertices left on the block borders (where straight edges were cut) and normalised:
-            # the outline a region traced in one block has, simplified alike
-            pieces = shapely.normalize(shapely.simplify(pieces, 0.0, preserve_topology=False))
-            self._add(pieces, np.full(len(pieces), class_index), sums / np.maximum(sizes, 1), areas)
+            merged.append((pieces, np.full(len(pieces), class_index), sums, sizes, areas))
         self._seam.clear()
+        self._kept.clear()
+        if not merged:
+            return
+        polygons, classes, sums, sizes, areas = (np.concatenate(column) for column in zip(*merged))
+        nodes = Nodes(np.concatenate(self._nodes + [self._border_nodes()]), self.width, self.height)
+        coverage = Coverage(polygons, nodes, self.tolerance)
+        traced_keys = [np.unique(np.concatenate([np.array([], dtype=np.int64)] + keys)) for keys in self._traced_keys]
+        simplified = coverage.decide(LEVELS, traced_keys)[-1][0]
+        polygons = coverage.outlines(simplified, np.ones(len(polygons), dtype=bool))
+        self._add(on_grid(polygons, self.transform), classes, sums / np.maximum(sizes, 1), areas)
 
     def _flush(self, force: bool = False) -> None:
         if not self._rows and not force:

@@ -50,15 +50,20 @@ class Regions:
 
 
 def block_regions(core: Box, classes: np.ndarray, confidence: np.ndarray, transform: Affine, height: int,
-                  width: int, nodata: int, tolerance: float = 0.0, row_area: np.ndarray | None = None) -> Regions:
+                  width: int, nodata: int, row_area: np.ndarray | None = None) -> Regions:
     """The 4-connected one-class regions of a block of a height × width raster, as polygons in the
     raster's coordinates, each with its class, summed confidence, pixel count, area — the sum of its
     pixels' areas (`row_area`: m² of a pixel on each of the block's rows; None: NaN), so simplifying
     its outline never changes it — and whether it touches an inner block border (then it may continue
-    in the next block, and is left as traced); the others are simplified with `tolerance` (in the
-    raster's units; 0: not at all)."""
-    labels = np.zeros(classes.shape, dtype=np.int32)  # region ids from 1; 0: no data
-    owners = [np.array([nodata])]  # the class value of each region id
+    in the next block)."""
+    labels, owner = labelled(classes, nodata)
+    return labelled_regions(core, labels, owner, confidence, transform, height, width, row_area)[0]
+
+
+def labelled(classes: np.ndarray, nodata: int) -> tuple[np.ndarray, np.ndarray]:
+    """The block's regions as a raster of region ids (from 1; 0: no data) and the class of each id."""
+    labels = np.zeros(classes.shape, dtype=np.int32)
+    owners = [np.array([nodata])]
     n_regions = 0
     present = np.bincount(classes.ravel(), minlength=256) > 0
     for value in np.flatnonzero(present):
@@ -69,9 +74,14 @@ def block_regions(core: Box, classes: np.ndarray, confidence: np.ndarray, transf
         np.add(lab, n_regions, out=labels, where=mask)
         owners.append(np.full(n, value))
         n_regions += n
-    if n_regions == 0:
-        return Regions.none()
-    owner = np.concatenate(owners)
+    return labels, np.concatenate(owners)
+
+
+def labelled_regions(core: Box, labels: np.ndarray, owner: np.ndarray, confidence: np.ndarray, transform: Affine,
+                     height: int, width: int, row_area: np.ndarray | None) -> tuple[Regions, np.ndarray]:
+    """`block_regions` of a block's region ids (`labelled`); and the id of each region."""
+    if len(owner) == 1:
+        return Regions.none(), np.array([], dtype=np.int64)
     sums = np.bincount(labels.ravel(), weights=confidence.ravel().astype(np.float64), minlength=len(owner))
     sizes = np.bincount(labels.ravel(), minlength=len(owner))
     if row_area is None:
@@ -87,15 +97,11 @@ def block_regions(core: Box, classes: np.ndarray, confidence: np.ndarray, transf
         if inner:
             seam[edge] = True
     block_transform = transform @ Affine.translation(core.x, core.y)
-    traced = list(shapes(labels, mask=labels > 0 if present[nodata] else None, connectivity=4,
-                         transform=block_transform))
+    traced = list(shapes(labels, mask=labels > 0 if sizes[0] else None, connectivity=4, transform=block_transform))
     ids = np.array([value for _, value in traced], dtype=np.int64)
     polygons = polygons_from_geojson([geojson for geojson, _ in traced])
-    at_seam = seam[ids]
-    if tolerance > 0 and len(ids):
-        polygons[~at_seam] = simplified(polygons[~at_seam], tolerance)
     return Regions(polygons, owner[ids].astype(np.int64), sums[ids], sizes[ids].astype(np.int64), areas[ids],
-                   at_seam)
+                   seam[ids]), ids
 
 
 def polygons_from_geojson(geojsons: list[dict]) -> np.ndarray:
@@ -112,18 +118,6 @@ def polygons_from_geojson(geojsons: list[dict]) -> np.ndarray:
         return np.array([], dtype=object)
     return shapely.from_ragged_array(shapely.GeometryType.POLYGON, np.asarray(coords, dtype=np.float64),
                                      (np.asarray(ring_ends), np.asarray(polygon_ends)))
-
-
-def simplified(polygons: np.ndarray, tolerance: float) -> np.ndarray:
-    """Polygons simplified within `tolerance` (Douglas-Peucker: linear time and memory); where that
-    gives an invalid or empty polygon, by GEOS's topology-preserving simplifier instead (which on a
-    polygon of hundreds of thousands of vertices — a road network merged across a large raster —
-    takes seconds and hundreds of MB)."""
-    out = shapely.simplify(polygons, tolerance, preserve_topology=False)
-    bad = ~shapely.is_valid(out) | shapely.is_empty(out)
-    if bad.any():
-        out[bad] = shapely.simplify(polygons[bad], tolerance, preserve_topology=True)
-    return out
 
 
 def ignore_interrupts() -> None:

@@ -36,7 +36,7 @@ def test_regions_cover_exactly_the_pixels_of_their_class(core):
     rng = np.random.default_rng(5)
     classes = block_with_holes(rng)
     confidence = rng.integers(0, 255, classes.shape, dtype=np.uint8)
-    regions = block_regions(core, classes, confidence, TRANSFORM, 300, 360, NODATA, tolerance=0.0)
+    regions = block_regions(core, classes, confidence, TRANSFORM, 300, 360, NODATA)
     block_transform = TRANSFORM * Affine.translation(core.x, core.y)
     assert len(regions) > 50 and any(len(p.interiors) for p in regions.polygons)  # holes were traced
     for value in range(4):
