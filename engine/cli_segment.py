@@ -63,7 +63,8 @@ def add_output_arguments(p: argparse.ArgumentParser, block_help: str) -> None:
     p.add_argument("--scores", action="store_true", help="also write per-class probabilities (uint8 COG)")
     p.add_argument("--no-polygons", action="store_true", help="skip the polygon GeoPackages")
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this many m²")
-    p.add_argument("--simplify", type=float, default=1.0, help="polygon simplification tolerance in pixels")
+    p.add_argument("--simplify", type=float, default=1.0,
+                   help="polygon simplification tolerance in working pixels (a coarser --gsd: several source px)")
     p.add_argument("--block", type=int, help=block_help)
     add_nodata_argument(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or report")

@@ -159,7 +159,8 @@ class SegmentSettings(ModelChoice, Area):
     scores: bool = Field(False, description="also write per-class probabilities (uint8)")
     polygons: bool = Field(True, description="also write polygons (GeoPackage)")
     min_area: float = Field(0.0, ge=0, le=1e12, description="drop polygons smaller than this many m²")
-    simplify: float = Field(1.0, ge=0, le=100, description="polygon simplification tolerance in pixels")
+    simplify: float = Field(1.0, ge=0, le=100, description="polygon simplification tolerance in working pixels "
+                            "(at a coarser gsd, several source pixels)")
     block: int | None = Field(None, ge=256, le=8192, description="working-grid block size in pixels (memory "
                                                                  "bound; default 1024 on a CPU, 2048 on a GPU)")
 

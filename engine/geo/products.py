@@ -87,7 +87,10 @@ class SegmentationProducts:
         self.scores = (TiledRaster(work / "scores.tif", h, w, len(class_names), transform, crs, class_names, tags,
                                    scale=1 / SCORE_MAX, overviews="average", sensor_model=sensor) if scores else None)
         self.row_area = row_pixel_area(source)
-        self.polygons = (PolygonWriter(work / "polygons.gpkg", source.transform, crs, h, w, class_names, simplify,
+        # the tolerance is in working pixels: a class map made at a coarser GSD comes back on the source grid
+        # in steps of several pixels, which a tolerance of source pixels would keep
+        tolerance = simplify * max(1.0, source.grid.scale_x, source.grid.scale_y)
+        self.polygons = (PolygonWriter(work / "polygons.gpkg", source.transform, crs, h, w, class_names, tolerance,
                                        min_area, self.row_area) if polygons else None)
         self.counts = np.zeros(256, dtype=np.int64)
         self.areas = None if self.row_area is None else np.zeros(256)

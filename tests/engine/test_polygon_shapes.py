@@ -138,6 +138,29 @@ def test_a_segmented_rotated_raster_has_the_same_polygons_with_any_block(tmp_pat
     assert np.nansum(small_fields["area_m2"]) == pytest.approx((labels != NODATA).sum() * abs(transform.determinant))
 
 
+def test_polygons_of_a_coarser_working_grid_lose_its_steps(tmp_path, segmenter):
+    """At a working GSD 5 × the source's, the class map comes back on the source grid in steps of 5 pixels:
+    the polygons are simplified within one working pixel — a third fewer corners than the steps, within 5
+    source pixels of the class map's outlines — and still tile it without gaps or overlaps."""
+    from pyogrio.raw import read
+
+    src = write_raster(tmp_path / "in.tif", scene(400, 400, seed=3)[0], res=0.1)
+    out = tmp_path / "out"
+    segment_raster(RasterJob(str(src), str(out), gsd=0.5), segmenter)
+    with rasterio.open(out / "in_classes.tif") as ds:
+        labels, transform = ds.read(1), ds.transform
+    _, _, geometry, _ = read(out / "in_polygons.gpkg")
+    polygons = shapely.from_wkb(geometry)
+    steps, _ = write_polygons(tmp_path / "steps.gpkg", labels, transform, 400, simplify=1.0)[:2]
+    traced, _ = regions_of(labels, transform)
+    assert len(polygons) == len(traced) > 1
+    assert shapely.get_num_coordinates(polygons).sum() < 0.75 * shapely.get_num_coordinates(steps).sum()
+    assert shapely.hausdorff_distance(shapely.union_all(shapely.boundary(polygons)),
+                                      shapely.union_all(shapely.boundary(traced))) <= 5 * 0.1 + 1e-9
+    assert shapely.coverage_is_valid(polygons)
+    assert shapely.union_all(polygons).area == pytest.approx((labels != NODATA).sum() * 0.01, rel=1e-9)
+
+
 # --- 2. simplification ------------------------------------------------------------------------------
 
 
