@@ -5,9 +5,10 @@ Traced from a class raster, the polygons tile the map: every boundary between tw
 both, in opposite directions. Simplified each on its own (Douglas-Peucker), the two copies of a boundary
 move apart: on a fragmented map ~3 % of it ended in gaps and 3 % in overlaps. Here the boundaries are cut
 at their *nodes* — the pixel corners where three or more regions meet (no data and the outside of the
-raster count as regions) or two touch diagonally — into *sections*: between two nodes a boundary has the
-same region on each side. A section is simplified once (Douglas-Peucker, its ends fixed), walked in one
-direction fixed by its pixel corners, and each polygon it bounds takes that line.
+raster count as regions, so the raster's corners are nodes too) or two touch diagonally — into
+*sections*: between two nodes a boundary has the same region on each side. A section is simplified once
+(Douglas-Peucker, its ends fixed), walked in one direction fixed by its pixel corners, and each polygon
+it bounds takes that line. A boundary with no data is simplified like any other.
 
 Which sections are simplified (`Coverage.decide`): a ring (outline or hole) is *sound* when, with its
 sections simplified, it is a simple ring that keeps its traced area within `MAX_AREA_CHANGE`, in a valid
@@ -35,7 +36,10 @@ import shapely
 # triangle of 78 pixels, fills a hole of one pixel; it changes the area of a disc of 2,000 pixels by ~1 %.
 MAX_AREA_CHANGE = 0.05
 
-OUTSIDE = -1  # the value of the pixels beyond the raster's edge, when finding nodes
+# The values of the pixels beyond the raster's edges, when finding nodes: another beyond the left and
+# right edges than beyond the top and bottom ones, so that the raster's corners are nodes (a boundary
+# that runs round one is not simplified across it)
+OUTSIDE, OUTSIDE_SIDES = -1, -2
 
 
 def node_corners(values: np.ndarray) -> np.ndarray:
@@ -49,8 +53,10 @@ def node_corners(values: np.ndarray) -> np.ndarray:
 
 
 def framed(block: np.ndarray) -> np.ndarray:
-    """A block of class values in a one-pixel frame of `OUTSIDE`, for `node_corners`."""
+    """A block of class values in a one-pixel frame of `OUTSIDE` (`OUTSIDE_SIDES` left and right), for
+    `node_corners`."""
     out = np.full((block.shape[0] + 2, block.shape[1] + 2), OUTSIDE, dtype=np.int16)
+    out[1:-1, [0, -1]] = OUTSIDE_SIDES
     out[1:-1, 1:-1] = block
     return out
 

@@ -138,6 +138,20 @@ def test_a_segmented_rotated_raster_has_the_same_polygons_with_any_block(tmp_pat
     assert np.nansum(small_fields["area_m2"]) == pytest.approx((labels != NODATA).sum() * abs(transform.determinant))
 
 
+@pytest.mark.parametrize("block", [3, 8])
+def test_the_raster_outline_is_kept(tmp_path, block):
+    """A region whose boundary runs round a corner of the raster keeps the corner (simplified, the
+    section from one neighbour to the next cut it off), whatever the blocks."""
+    classes = np.zeros((8, 8), dtype=np.uint8)
+    classes[0, 3] = classes[1, 0] = 1  # the background's boundary runs round the top-left corner
+    geoms, _, _ = write_polygons(tmp_path / "p.gpkg", classes, GRIDS["north-up-0.3"], block)
+    union = shapely.union_all(geoms)
+    assert union.area == pytest.approx(64 * 0.09, rel=1e-9)
+    west, north = ORIGIN
+    for x, y in ((0, 0), (0, 8), (8, 0), (8, 8)):
+        assert union.covers(shapely.Point(west + 0.3 * x, north - 0.3 * y))
+
+
 def test_polygons_of_a_coarser_working_grid_lose_its_steps(tmp_path, segmenter):
     """At a working GSD 5 × the source's, the class map comes back on the source grid in steps of 5 pixels:
     the polygons are simplified within one working pixel — a third fewer corners than the steps, within 5
