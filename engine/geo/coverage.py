@@ -8,7 +8,8 @@ at their *nodes* — the pixel corners where three or more regions meet (no data
 raster count as regions, so the raster's corners are nodes too) or two touch diagonally — into
 *sections*: between two nodes a boundary has the same region on each side. A section is simplified once
 (Douglas-Peucker, its ends fixed), walked in one direction fixed by its pixel corners, and each polygon
-it bounds takes that line. A boundary with no data is simplified like any other.
+it bounds takes that line. No data is a region that is never simplified (`fixed`): the boundary with it
+stays as traced, so the polygons cover exactly the valid pixels and no line crosses no data.
 
 Which sections are simplified (`Coverage.decide`): a ring (outline or hole) is *sound* when, with its
 sections simplified, it is a simple ring that keeps its traced area within `MAX_AREA_CHANGE`, in a valid
@@ -152,10 +153,11 @@ def _runs(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 class Coverage:
     """The sections of a set of traced polygons (pixel coordinates) and their simplified lines."""
 
-    def __init__(self, polygons: np.ndarray, nodes: Nodes, tolerance: float):
+    def __init__(self, polygons: np.ndarray, nodes: Nodes, tolerance: float, fixed: np.ndarray | None = None):
         """`nodes`: those of the raster (at least all on these polygons); `tolerance`: of the simplification,
-        in pixels."""
+        in pixels; `fixed`: polygons never simplified, nor their neighbours where they touch them (no data)."""
         self.polygons = polygons
+        self.fixed = np.zeros(len(polygons), dtype=bool) if fixed is None else fixed
         corners, ring, self.ring_owner, vertex, nodes_here, distinct = _ring_corners(polygons, nodes)
         self.ring_count = len(self.ring_owner)
         keys = nodes.key(corners)
@@ -298,13 +300,19 @@ class Coverage:
         holed = np.zeros(len(self.polygons), dtype=bool)
         holed[self.ring_owner[check]] = True
         holed &= shapely.get_num_interior_rings(self.polygons) > 0
-        if holed.any():  # the rings of those polygons, as they would be
-            mine = holed[self.ring_owner]
-            rings, made = self._rings(simplified, mine)
+        if holed.any():  # those polygons as they would be: valid, and keeping their area (a thin ring-shaped
+            mine = holed[self.ring_owner]  # region whose outline grows and hole shrinks gains more than either):
+            rings, made = self._rings(simplified, mine)  # if not, with their holes traced; if still not, traced
             ids, index = np.unique(self.ring_owner[mine], return_inverse=True)
-            chosen = np.where((sound & made)[mine], rings[mine], self.traced_rings[mine])
-            crossed = ~shapely.is_valid(shapely.polygons(chosen, indices=index))
-            sound[mine & np.isin(self.ring_owner, ids[crossed])] = False
+            traced_area = shapely.area(self.polygons[ids])
+            hole = np.ones(self.ring_count, dtype=bool)
+            hole[np.unique(self.ring_owner, return_index=True)[1]] = False  # each polygon's first ring: its outline
+            for unsound in (hole, np.ones(self.ring_count, dtype=bool)):
+                chosen = np.where((sound & made)[mine], rings[mine], self.traced_rings[mine])
+                shapes = shapely.polygons(chosen, indices=index)
+                bad = ~shapely.is_valid(shapes) | (np.abs(shapely.area(shapes) - traced_area)
+                                                   > MAX_AREA_CHANGE * traced_area)
+                sound[mine & unsound & np.isin(self.ring_owner, ids[bad])] = False
         return sound
 
     def decide(self, levels: int, traced_keys: list[np.ndarray] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -314,8 +322,8 @@ class Coverage:
         by a neighbour not here) is not. Returns each level's (sections simplified, rings sound). Only the
         rings that simplifying changes are judged, and at each next level only those whose sections changed."""
         simplified = np.ones(len(self.keys), dtype=bool)
-        sound = np.ones(self.ring_count, dtype=bool)
-        check = self._moving(simplified)
+        sound = ~self.fixed[self.ring_owner]
+        check = self._moving(simplified) & sound
         out = []
         for level in range(levels):
             sound = sound & self.sound(simplified, check)

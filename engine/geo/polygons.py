@@ -75,7 +75,7 @@ def traced_block(core: Box, classes: np.ndarray, confidence: np.ndarray, transfo
     simplified within `tolerance` pixels (0: only the corners where a boundary runs straight on left out)
     as a coverage (`engine.geo.coverage`) and put on the grid. Runs in the worker
     processes too: this module imports nothing heavy (no torch) at its top."""
-    labels, owner = labelled(classes, nodata)
+    labels, owner = labelled(classes, nodata, regions_of_nodata=True)  # (never simplified, never written)
     regions, ids = labelled_regions(core, labels, owner, confidence, Affine.identity(), height, width, row_area)
     none = np.array([], dtype=np.int64)
     at_seam = np.zeros(len(owner), dtype=bool)
@@ -92,7 +92,8 @@ def traced_block(core: Box, classes: np.ndarray, confidence: np.ndarray, transfo
     inside = ~regions.at_seam
     traced_keys = [none] * LEVELS
     if inside.any():
-        coverage = Coverage(regions.polygons[inside], Nodes(corner_keys, width, height), tolerance)
+        coverage = Coverage(regions.polygons[inside], Nodes(corner_keys, width, height), tolerance,
+                            fixed=regions.classes[inside] == nodata)
         levels = coverage.decide(LEVELS)
         done = ~kept[inside]
         regions.polygons[inside & ~kept] = on_grid(coverage.outlines(levels[-1][0], done), transform)
@@ -216,7 +217,7 @@ class PolygonWriter:
         self._nodes.append(traced.nodes)
         for level, keys in enumerate(traced.traced_keys):
             self._traced_keys[level].append(keys)
-        done = ~seam & ~traced.kept
+        done = ~seam & ~traced.kept & (regions.classes != self.nodata)
         self._add(regions.polygons[done], regions.classes[done], regions.sums[done] / regions.pixels[done],
                   regions.areas[done])
 
@@ -261,10 +262,12 @@ class PolygonWriter:
             return
         polygons, classes, sums, sizes, areas = (np.concatenate(column) for column in zip(*merged))
         nodes = Nodes(np.concatenate(self._nodes + [self._border_nodes()]), self.width, self.height)
-        coverage = Coverage(polygons, nodes, self.tolerance)
+        data = classes != self.nodata
+        coverage = Coverage(polygons, nodes, self.tolerance, fixed=~data)
         traced_keys = [np.unique(np.concatenate([np.array([], dtype=np.int64)] + keys)) for keys in self._traced_keys]
         simplified = coverage.decide(LEVELS, traced_keys)[-1][0]
-        polygons = coverage.outlines(simplified, np.ones(len(polygons), dtype=bool))
+        polygons = coverage.outlines(simplified, data)
+        classes, sums, sizes, areas = classes[data], sums[data], sizes[data], areas[data]
         self._add(on_grid(polygons, self.transform), classes, sums / np.maximum(sizes, 1), areas)
 
     def _flush(self, force: bool = False) -> None:

@@ -60,14 +60,15 @@ def block_regions(core: Box, classes: np.ndarray, confidence: np.ndarray, transf
     return labelled_regions(core, labels, owner, confidence, transform, height, width, row_area)[0]
 
 
-def labelled(classes: np.ndarray, nodata: int) -> tuple[np.ndarray, np.ndarray]:
-    """The block's regions as a raster of region ids (from 1; 0: no data) and the class of each id."""
+def labelled(classes: np.ndarray, nodata: int, regions_of_nodata: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The block's regions as a raster of region ids (from 1; 0: no data, unless `regions_of_nodata`, when
+    no data makes regions too) and the class of each id."""
     labels = np.zeros(classes.shape, dtype=np.int32)
     owners = [np.array([nodata])]
     n_regions = 0
     present = np.bincount(classes.ravel(), minlength=256) > 0
     for value in np.flatnonzero(present):
-        if value == nodata:
+        if value == nodata and not regions_of_nodata:
             continue
         mask = classes == value
         lab, n = ndimage.label(mask)

@@ -152,9 +152,24 @@ def test_the_raster_outline_is_kept(tmp_path, block):
         assert union.covers(shapely.Point(west + 0.3 * x, north - 0.3 * y))
 
 
+@pytest.mark.parametrize("radius, simplify", [(10, 1.0), (40, 2.5)])
+def test_a_thin_ring_shaped_region_keeps_its_area(tmp_path, radius, simplify):
+    """A 2 px wide ring: its outline and its hole each kept their area within 5 %, but the outline grew
+    and the hole shrank — the region gained 15–29 %. A polygon's own area counts too."""
+    size = 2 * radius + 6
+    rows, columns = np.mgrid[:size, :size]
+    distance = np.hypot(rows - size / 2, columns - size / 2)
+    classes = ((distance >= radius - 2) & (distance < radius)).astype(np.uint8)
+    geoms, values, areas = write_polygons(tmp_path / "p.gpkg", classes, GRIDS["north-up-0.3"], 32, simplify)
+    ring = geoms[values == 1]
+    assert len(ring) == 1 and shapely.get_num_interior_rings(ring[0].geoms[0]) == 1
+    assert ring[0].area == pytest.approx(areas[values == 1][0], rel=0.05)
+    assert shapely.coverage_is_valid(geoms)
+
+
 def test_polygons_of_a_coarser_working_grid_lose_its_steps(tmp_path, segmenter):
     """At a working GSD 5 × the source's, the class map comes back on the source grid in steps of 5 pixels:
-    the polygons are simplified within one working pixel — a third fewer corners than the steps, within 5
+    the polygons are simplified within one working pixel — a fifth fewer corners than the steps, within 5
     source pixels of the class map's outlines — and still tile it without gaps or overlaps."""
     from pyogrio.raw import read
 
@@ -168,7 +183,7 @@ def test_polygons_of_a_coarser_working_grid_lose_its_steps(tmp_path, segmenter):
     steps, _ = write_polygons(tmp_path / "steps.gpkg", labels, transform, 400, simplify=1.0)[:2]
     traced, _ = regions_of(labels, transform)
     assert len(polygons) == len(traced) > 1
-    assert shapely.get_num_coordinates(polygons).sum() < 0.75 * shapely.get_num_coordinates(steps).sum()
+    assert shapely.get_num_coordinates(polygons).sum() < 0.8 * shapely.get_num_coordinates(steps).sum()
     assert shapely.hausdorff_distance(shapely.union_all(shapely.boundary(polygons)),
                                       shapely.union_all(shapely.boundary(traced))) <= 5 * 0.1 + 1e-9
     assert shapely.coverage_is_valid(polygons)
@@ -238,14 +253,17 @@ def test_a_smooth_region_is_still_simplified(tmp_path):
 @pytest.mark.parametrize("block", [23, 64, 160])
 @pytest.mark.parametrize("grid", ["rotated-30", "north-up-0.3"])
 def test_simplified_neighbours_share_their_boundaries(tmp_path, grid, block):
-    """On a fragmented class map (smooth regions, 5 % of the pixels another class) the simplified polygons
-    are valid and tile the map: no gaps, no overlaps (simplified one by one they left ~3 % of the map in
-    gaps and 3 % in overlaps), whatever the blocks; they are simplified (fewer corners than traced), and
-    burn back into their class map."""
+    """On a fragmented class map (smooth regions, 5 % of the pixels another class, a round hole of no
+    data) the simplified polygons are valid and tile the map's valid pixels exactly: no gaps, no overlaps
+    (simplified one by one they left ~3 % of the map in gaps and 3 % in overlaps; a line along no data
+    could cut across it into another polygon), whatever the blocks; they are simplified (fewer corners
+    than traced), and burn back into their class map."""
     from rasterio.features import rasterize
 
     transform = GRIDS[grid]
     classes = class_map(160, 160, sigma=3.0, seed=2, noise=0.05)
+    rows, columns = np.mgrid[:160, :160]
+    classes[np.hypot(rows - 100, columns - 60) < 15] = NODATA  # a round hole of no data too
     geoms, values, _ = write_polygons(tmp_path / "p.gpkg", classes, transform, block, simplify=1.0)
     traced, _ = regions_of(classes, transform)
     pixel_area = abs(transform.determinant)
