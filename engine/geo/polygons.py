@@ -106,7 +106,7 @@ def traced_block(core: Box, classes: np.ndarray, confidence: np.ndarray, transfo
 
 
 def _near_regions(labels: np.ndarray, marked: np.ndarray, steps: int) -> np.ndarray:
-    """Which region ids are `marked` or within `steps` 4-neighbours of one (no data, id 0, is none)."""
+    """Which region ids are `marked` or within `steps` 4-neighbours of one (id 0, pixels of no region, is none)."""
     first, second = [], []
     for one, other in ((labels[:, :-1], labels[:, 1:]), (labels[:-1], labels[1:])):
         differ = one != other
