@@ -266,9 +266,9 @@ class Coverage:
         ok[ids[made]] = True
         return out, ok
 
-    def _polygons(self, simplified: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _polygons(self, simplified: np.ndarray, which: np.ndarray) -> np.ndarray:
         """Polygons `which` (booleans) from their rings as in `_rings` (None where a ring could not be
-        made); and those rings, and whether each was made."""
+        made)."""
         ring_selected = which[self.ring_owner]
         rings, made = self._rings(simplified, ring_selected)
         whole = which.copy()
@@ -278,7 +278,7 @@ class Coverage:
         if build.any():
             ids, index = np.unique(self.ring_owner[build], return_inverse=True)
             out[ids] = shapely.polygons(rings[build], indices=index)
-        return out, rings, made
+        return out
 
     def _moving(self, sections: np.ndarray) -> np.ndarray:
         """Which rings have one of the `sections` (booleans) among theirs, simplified other than traced."""
@@ -351,10 +351,10 @@ class Coverage:
         one still invalid (rare) is made of its sections' traced lines."""
         changed = np.zeros(len(self.polygons), dtype=bool)
         changed[self.ring_owner[self._moving(simplified)]] = True
-        out = self._polygons(simplified, which & (changed | ~self.as_traced))[0]
+        out = self._polygons(simplified, which & (changed | ~self.as_traced))
         out[which & ~changed & self.as_traced] = self.polygons[which & ~changed & self.as_traced]
         bad = which & changed
         bad[bad] = (out[bad] == None) | ~shapely.is_valid(out[bad])  # noqa: E711 (an object array)
         if bad.any():
-            out[bad] = self._polygons(np.zeros(len(self.keys), dtype=bool), bad)[0][bad]
+            out[bad] = self._polygons(np.zeros(len(self.keys), dtype=bool), bad)[bad]
         return shapely.normalize(out[which])
