@@ -284,6 +284,21 @@ def test_window_and_bbox_process_only_part(tmp_path, segmenter):
     assert summary["window"][2] >= 230 and summary["window"][3] >= 240
 
 
+def test_a_bbox_on_pixel_edges_in_another_crs_gives_exactly_those_pixels(tmp_path):
+    """The box QGIS shows in EPSG:4326 for 200 x 300 pixels of a Web Mercator raster: those pixels, not a
+    row more (the CRS round trip puts its edges a few billionths of a pixel off)."""
+    from rasterio.transform import from_origin
+    from rasterio.warp import transform_bounds
+
+    transform = from_origin(1113194.9, 6800125.45, 0.3, 0.3)
+    src = write_raster(tmp_path / "mercator.tif", scene(800, 1000)[0], crs="EPSG:3857", transform=transform)
+    x0, y1 = transform * (100, 200)
+    x1, y0 = transform * (300, 500)
+    with RasterSource(src, bbox=transform_bounds("EPSG:3857", "EPSG:4326", x0, y0, x1, y1),
+                      bbox_crs="EPSG:4326") as source:
+        assert tuple(source.window.flatten()) == (100, 200, 200, 300)
+
+
 def test_alpha_band_masks_the_prediction(tmp_path, segmenter):
     rgb, _ = scene(200, 260)
     alpha = np.full((1, 200, 260), 255, dtype=np.uint8)
