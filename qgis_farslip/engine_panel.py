@@ -9,6 +9,7 @@ import shlex
 from urllib.parse import urlparse
 
 from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
                                  QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
@@ -173,12 +174,13 @@ class EnginePanel(QWidget):
                                                          if r["name"] != models["default"]])
         if current:
             self.model_combo.setEditText(current)
-        chosen = self.models_list.currentItem().data(256) if self.models_list.currentItem() else None
+        current = self.models_list.currentItem()
+        chosen = current.data(Qt.ItemDataRole.UserRole) if current else None
         self.models_list.clear()
         for release in models["releases"]:
             state = "downloaded" if release["cached"] else "not downloaded"
             item = QListWidgetItem(f"{release['name']} — {state}")
-            item.setData(256, release["name"])  # Qt.UserRole
+            item.setData(Qt.ItemDataRole.UserRole, release["name"])
             item.setToolTip(release.get("description", ""))
             self.models_list.addItem(item)
             if release["name"] == chosen:  # the refreshed list keeps the user's choice
@@ -291,7 +293,7 @@ class EnginePanel(QWidget):
     # --- models --------------------------------------------------------------------------------
     def selected_model(self) -> str:
         item = self.models_list.currentItem()
-        return item.data(256) if item is not None else self.model_combo.currentText().strip()
+        return item.data(Qt.ItemDataRole.UserRole) if item is not None else self.model_combo.currentText().strip()
 
     def download_model(self, name: str | None = None):
         """Have the engine download the chosen release (local or remote engine alike); a local engine that

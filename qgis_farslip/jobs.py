@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsDistanceArea, QgsPointXY, QgsProject,
-                       QgsRasterFileWriter, QgsRasterPipe, QgsRectangle, QgsUnitTypes)
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCoordinateTransformContext,
+                       QgsDistanceArea, QgsPointXY, QgsProject, QgsRasterFileWriter, QgsRasterPipe, QgsRectangle,
+                       QgsUnitTypes)
 
 from qgis_farslip.client import EngineClient, EngineError, in_gui_words, is_local_engine
 from qgis_farslip.outputs import fresh_folder
@@ -74,7 +75,8 @@ def render_to_geotiff(raster: RasterSnapshot, extent: QgsRectangle, resolution: 
     if not pipe.set(raster.provider_copy()):
         raise EngineError(f"cannot read layer {raster.name}")
     writer = QgsRasterFileWriter(path)
-    error = writer.writeRaster(pipe, width, height, extent, raster.crs)
+    # nothing is reprojected (the layer's own extent and CRS): no transformations are needed
+    error = writer.writeRaster(pipe, width, height, extent, raster.crs, QgsCoordinateTransformContext())
     if error != QgsRasterFileWriter.WriterError.NoError:
         raise EngineError(f"cannot write a temporary copy of {raster.name} (error {error})")
     return path
@@ -113,7 +115,7 @@ def units_per_ground_metre(crs: QgsCoordinateReferenceSystem, area: QgsRectangle
     if not all(g > 0 and math.isfinite(g) for g in (across, along)):
         return None
     scale = step / max(across, along)  # (square degrees are narrower than tall: neither side coarser than asked)
-    metric = crs.mapUnits() == QgsUnitTypes.DistanceMeters
+    metric = crs.mapUnits() == QgsUnitTypes.DistanceUnit.DistanceMeters
     return 1.0 if metric and abs(scale - 1.0) <= 0.005 else scale
 
 

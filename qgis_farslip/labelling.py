@@ -11,14 +11,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeature, QgsField, QgsGeometry, QgsProject,
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeature, QgsGeometry, QgsProject,
                        QgsRectangle, QgsVectorLayer)
 from qgis.gui import QgsMapToolExtent
-from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QLabel, QListWidget, QVBoxLayout
 
 from qgis_farslip.background import run_async
 from qgis_farslip.client import EngineClient, EngineError
+from qgis_farslip.fields import real_field, text_field
 from qgis_farslip.jobs import (SegmentationRequest, check_render_size, engine_reads, forget_upload, render_to_geotiff,
                                to_layer_crs)
 from qgis_farslip.outputs import default_output_folder
@@ -135,8 +135,7 @@ def labels_layer(crs: QgsCoordinateReferenceSystem, project: QgsProject | None =
 
         path.parent.mkdir(parents=True, exist_ok=True)
         fields = QgsFields()
-        for field in (QgsField("class", QVariant.String), QgsField("score", QVariant.Double),
-                      QgsField("model", QVariant.String), QgsField("timestamp", QVariant.String)):
+        for field in (text_field("class"), real_field("score"), text_field("model"), text_field("timestamp")):
             fields.append(field)
         options = QgsVectorFileWriter.SaveVectorOptions()
         options.driverName, options.layerName = "GPKG", "labels"

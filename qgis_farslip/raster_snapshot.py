@@ -62,7 +62,7 @@ class RasterSnapshot:
         if layer.providerType() == "gdal":
             path = layer.source().split("|")[0]
             file = path if os.path.isfile(path) else None
-        has_pixels = bool(provider.capabilities() & QgsRasterInterface.Size)
+        has_pixels = bool(provider.capabilities() & QgsRasterInterface.Capability.Size)
         size = layer.rasterUnitsPerPixelX() if has_pixels else 0.0
         return cls(name=layer.name(), crs=QgsCoordinateReferenceSystem(layer.crs()),
                    extent=QgsRectangle(layer.extent()), file=file,

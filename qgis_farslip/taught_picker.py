@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qgis.core import QgsProject
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QToolButton, QWidget
 
 from qgis_farslip import taught_files
@@ -47,7 +48,7 @@ class TaughtPicker(QWidget):
         for taught in taught_files.known_files(self.folders()):
             self.combo.addItem(taught_files.label(taught), str(taught.path))
             self.combo.setItemData(self.combo.count() - 1, f"{taught.path}\nmade with model "
-                                   f"{taught_files.model_label(taught.model)}", 3)  # Qt.ToolTipRole
+                                   f"{taught_files.model_label(taught.model)}", Qt.ItemDataRole.ToolTipRole)
         self._select(self.dock.taught.path if self.dock.taught is not None else None)
         self.combo.blockSignals(False)
 

@@ -6,14 +6,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from qgis.core import (QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsProcessing, QgsProcessingAlgorithm,
+from qgis.core import (QgsFeature, QgsFeatureSink, QgsFields, QgsProcessing, QgsProcessingAlgorithm,
                        QgsProcessingException, QgsProcessingOutputRasterLayer, QgsProcessingOutputVectorLayer,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
-from qgis.PyQt.QtCore import QVariant
 
 from qgis_farslip.client import EngineError
+from qgis_farslip.fields import real_field, text_field
 from qgis_farslip.jobs import (DEFAULT_GSD_M, area_payload, clip_extent, engine_reads, forget_upload, render_fitting,
                                run_job)
 from qgis_farslip.labelling import polygon_ring
@@ -172,9 +172,9 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
         if not features:
             raise QgsProcessingException("the regions layer has no features")
         fields = QgsFields(source.fields())
-        fields.append(QgsField("farslip_class", QVariant.String))
-        fields.append(QgsField("farslip_score", QVariant.Double))
-        fields.append(QgsField("farslip_valid_fraction", QVariant.Double))
+        fields.append(text_field("farslip_class"))
+        fields.append(real_field("farslip_score"))
+        fields.append(real_field("farslip_valid_fraction"))
         sink, dest = self.parameterAsSink(parameters, "OUTPUT", context, fields, source.wkbType(), source.sourceCrs())
         client, settings = engine_client(self, parameters, context)
         # a feature without a polygon gets no class; a multipart one is labelled by its largest part
@@ -232,7 +232,7 @@ class LabelRegionsAlgorithm(QgsProcessingAlgorithm):
             # a region mostly on no data: no class, no score (NULL); an older engine sends no valid_fraction
             out.setAttributes(feature.attributes() + [label.get("best"), label.get("score"),
                                                       label.get("valid_fraction")])
-            sink.addFeature(out, QgsFeatureSink.FastInsert)
+            sink.addFeature(out, QgsFeatureSink.Flag.FastInsert)
         without = sum(label.get("best") is None for label in labels)
         if without:
             feedback.pushWarning(f"{without} of {len(labels)} regions are mostly no data (under half of their pixels "

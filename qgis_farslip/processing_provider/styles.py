@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qgis.core import (QgsFillSymbol, QgsProcessingContext,
-                       QgsProcessingLayerPostProcessorInterface, QgsRasterBandStats, QgsSingleSymbolRenderer,
+                       QgsProcessingLayerPostProcessorInterface, QgsSingleSymbolRenderer,
                        QgsStyle)
 
 from qgis_farslip.layers import class_raster_layer, polygon_layer, score_layer
@@ -97,7 +97,8 @@ def heatmap(layer) -> None:
     """Similarity drawn with the 'Magma' ramp between the band's min and max."""
     from qgis.core import QgsColorRampShader, QgsRasterShader, QgsSingleBandPseudoColorRenderer
 
-    stats = layer.dataProvider().bandStatistics(1, QgsRasterBandStats.Stats.Min | QgsRasterBandStats.Stats.Max)
+    stats = layer.dataProvider().bandStatistics(1)  # all of them: cheap on a heat map, and their flags
+    # moved between QGIS versions (3.44 deprecates the old ones)
     ramp = QgsStyle.defaultStyle().colorRamp("Magma")
     shader_function = QgsColorRampShader(stats.minimumValue, stats.maximumValue, ramp)
     shader_function.classifyColorRamp(8, -1)

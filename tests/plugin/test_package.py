@@ -18,6 +18,8 @@ def test_metadata_has_what_qgis_needs():
                 "tracker", "repository", "icon"):
         assert general.get(key), key
     assert general["qgisMinimumVersion"] == "3.22"
+    # QGIS 4's plugin manager lists a plugin only when its maximum version reaches 4 (3.99 hides it there)
+    assert general["qgisMaximumVersion"] == "4.99" and general["supportsQt6"] == "True"
     assert (ROOT / "qgis_farslip" / general["icon"]).is_file()  # shipped in the zip's plugin folder
     for key in ("homepage", "tracker", "repository"):
         assert general[key].startswith("https://"), key
