@@ -174,8 +174,8 @@ class EnginePanel(QWidget):
                                                          if r["name"] != models["default"]])
         if current:
             self.model_combo.setEditText(current)
-        current = self.models_list.currentItem()
-        chosen = current.data(Qt.ItemDataRole.UserRole) if current else None
+        selected = self.models_list.currentItem()
+        chosen = selected.data(Qt.ItemDataRole.UserRole) if selected else None
         self.models_list.clear()
         for release in models["releases"]:
             state = "downloaded" if release["cached"] else "not downloaded"
