@@ -57,34 +57,36 @@ def _chain(node: ast.Attribute) -> list[str] | None:
     return [node.id, *reversed(parts)]
 
 
-def _unscoped(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+def _unscoped(source: str, where: str) -> list[str]:
+    """`where:line: spelling -> the spelling to use` for each enum member `source` reaches unscoped."""
+    tree = ast.parse(source)
     names = _imported_names(tree)
     found = []
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Attribute):
-            continue
-        chain = _chain(node)
+        chain = _chain(node) if isinstance(node, ast.Attribute) else None
         if chain is None or chain[0] not in names or chain[0] == QVARIANT_TYPES_KEPT:
-            continue
-        if node.attr != chain[-1]:
             continue
         owner = names[chain[0]]
         for part in chain[1:-1]:
             owner = getattr(owner, part, None)
         value = getattr(owner, chain[-1], None)
-        if value is None or not _is_enum_member(value):
+        if value is None or not _is_enum_member(value) or owner is type(value):
             continue
-        enum_type = type(value)
-        if owner is not enum_type:
-            found.append(f"{path.relative_to(PLUGIN.parent)}:{node.lineno}: {'.'.join(chain)} -> "
-                         f"{'.'.join(chain[:-1])}.{enum_type.__name__.split('.')[-1]}.{chain[-1]}")
+        found.append(f"{where}:{node.lineno}: {'.'.join(chain)} -> "
+                     f"{'.'.join(chain[:-1])}.{type(value).__name__.split('.')[-1]}.{chain[-1]}")
     return found
 
 
 def test_enum_members_are_reached_through_their_enum(qgis_app):
-    found = [line for path in _sources() for line in _unscoped(path)]
+    found = [line for path in _sources()
+             for line in _unscoped(path.read_text(encoding="utf-8"), str(path.relative_to(PLUGIN.parent)))]
     assert not found, "unscoped enum members (PyQt6 has none):\n" + "\n".join(found)
+
+
+def test_the_check_finds_unscoped_members_of_qt_and_qgis(qgis_app):
+    source = ("from qgis.PyQt.QtCore import Qt\nfrom qgis.core import QgsTask\n"
+              "a = Qt.AlignLeft\nb = Qt.AlignmentFlag.AlignLeft\nc = QgsTask.CanCancel\nd = QgsTask.Flag.CanCancel\n")
+    assert [line.split(" -> ")[0] for line in _unscoped(source, "x")] == ["x:3: Qt.AlignLeft", "x:5: QgsTask.CanCancel"]
 
 
 @pytest.mark.parametrize("name", sorted(REMOVED))
