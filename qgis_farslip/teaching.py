@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from qgis.PyQt.QtCore import QVariant
+
 from qgis_farslip.client import EngineClient, EngineError
 from qgis_farslip.jobs import area_payload, forget_upload, run_job
 from qgis_farslip.raster_snapshot import RasterSnapshot
@@ -31,12 +33,18 @@ def labelled_polygons(layer, field: str, what: str = "labels", features=None) ->
     items = []
     for feature in features if features is not None else layer.getFeatures():
         geometry, value = feature.geometry(), feature[field]
-        if geometry is None or geometry.isEmpty() or value is None or str(value).strip() in ("", "NULL"):
+        if geometry is None or geometry.isEmpty() or _missing(value) or not str(value).strip():
             continue
         items.append({"wkt": linear_wkt(geometry), "label": str(value).strip()})
     if not items:
         raise EngineError(f"the layer {name} has no polygons with a class in '{field}'")
     return items
+
+
+def _missing(value) -> bool:
+    """Whether an attribute value is NULL: a null QVariant on Qt 5 QGIS, None on Qt 6 — not the text "NULL"
+    (a class may be called so; its str() is the same)."""
+    return value is None or (isinstance(value, QVariant) and value.isNull())
 
 
 def linear_wkt(geometry) -> str:

@@ -392,3 +392,23 @@ def test_a_runs_folder_keeps_class_and_layer_names_in_any_script():
     name = run_folder_name("正射影像 2024", ["建筑, 屋顶", "forêt", "eau_libre", "🌲 trees"], when=0)
     assert name.startswith("正射影像-2024_建筑-forêt-eau-libre_"), name
     assert run_folder_name("🛰️", ["🌲"], when=0).startswith("x_x_")
+
+
+def test_a_label_called_null_teaches_and_an_empty_one_does_not(qgis_app):
+    """A class named "NULL" (its text reads as QGIS's NULL) is a label like any other; a NULL, empty or blank
+    class field is no label."""
+    from qgis.core import QgsFeature
+
+    from qgis_farslip.teaching import labelled_polygons
+    from tests.plugin.label_polygons import memory_layer, rectangle
+
+    layer = memory_layer("labels", [("NULL", 10, 20, 110, 100), ("water", 10, 150, 110, 220)])
+    blanks = []
+    for value in (None, "", "  "):
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(rectangle(130, 20, 155, 100))
+        if value is not None:
+            feature["class"] = value
+        blanks.append(feature)
+    assert layer.dataProvider().addFeatures(blanks)[0]
+    assert [item["label"] for item in labelled_polygons(layer, "class")] == ["NULL", "water"]
