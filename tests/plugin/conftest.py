@@ -27,6 +27,26 @@ def qgis_app(tmp_path_factory):
     return _APP
 
 
+@pytest.fixture(autouse=True)
+def no_task_outlives_its_test():
+    """After each test, QGIS's task manager is left empty: a task a failed test left running is cancelled
+    and waited for (at most 60 s), so that it neither holds one of the manager's threads nor ends inside
+    the next test."""
+    yield
+    if _APP is None:
+        return
+    import time
+
+    manager = qgis_core.QgsApplication.taskManager()
+    if not manager.countActiveTasks():
+        return
+    manager.cancelAll()
+    deadline = time.monotonic() + 60
+    while manager.countActiveTasks() and time.monotonic() < deadline:
+        qgis_core.QgsApplication.processEvents()
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="session")
 def qapp(qgis_app):  # pytest-qt uses this application
     return qgis_app
