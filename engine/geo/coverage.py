@@ -161,6 +161,9 @@ class Coverage:
         self.fixed = np.zeros(len(polygons), dtype=bool) if fixed is None else fixed
         corners, ring, self.ring_owner, vertex, nodes_here, distinct = _ring_corners(polygons, nodes)
         self.ring_count = len(self.ring_owner)
+        self.holed = shapely.get_num_interior_rings(polygons) > 0  # (`sound` judges these polygons whole)
+        self.is_hole = np.ones(self.ring_count, dtype=bool)
+        self.is_hole[np.unique(self.ring_owner, return_index=True)[1]] = False  # a polygon's first ring: its outline
         keys = nodes.key(corners)
         ring_size = np.bincount(ring, minlength=self.ring_count)
         ring_start = np.cumsum(ring_size) - ring_size
@@ -300,15 +303,13 @@ class Coverage:
                                                    <= MAX_AREA_CHANGE * traced_area)
         holed = np.zeros(len(self.polygons), dtype=bool)
         holed[self.ring_owner[check]] = True
-        holed &= shapely.get_num_interior_rings(self.polygons) > 0
+        holed &= self.holed
         if holed.any():  # those polygons as they would be: valid, and keeping their area (a thin ring-shaped
             mine = holed[self.ring_owner]  # region whose outline grows and hole shrinks gains more than either):
             rings, made = self._rings(simplified, mine)  # if not, with their holes traced; if still not, traced
             ids, index = np.unique(self.ring_owner[mine], return_inverse=True)
             traced_area = shapely.area(self.polygons[ids])
-            hole = np.ones(self.ring_count, dtype=bool)
-            hole[np.unique(self.ring_owner, return_index=True)[1]] = False  # each polygon's first ring: its outline
-            for unsound in (hole, np.ones(self.ring_count, dtype=bool)):
+            for unsound in (self.is_hole, np.ones(self.ring_count, dtype=bool)):
                 chosen = np.where((sound & made)[mine], rings[mine], self.traced_rings[mine])
                 shapes = shapely.polygons(chosen, indices=index)
                 bad = ~shapely.is_valid(shapes) | (np.abs(shapely.area(shapes) - traced_area)
