@@ -16,6 +16,7 @@ import base64
 import configparser
 import hashlib
 import os
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -76,24 +77,29 @@ def engine_wheel(out_dir: Path, root: Path = ROOT) -> Path:
 
 
 def build(out_dir: Path, with_engine: bool = True) -> Path:
+    """The plugin zip in `out_dir` (nothing else is left there: the engine wheel is made in a temporary
+    folder, and a build that fails leaves no partial zip)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"qgis_farslip-{metadata_version()}.zip"
     partial = target.with_name(f".{target.name}.partial")
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
-        for folder, dirs, files in os.walk(PACKAGE):
-            dirs[:] = sorted(d for d in dirs if d not in EXCLUDE_DIRS)
-            for name in sorted(files):
-                if name in EXCLUDE_FILES or name.endswith((".pyc", ".pyo")):
-                    continue
-                path = Path(folder) / name
-                zf.write(path, Path("qgis_farslip") / path.relative_to(PACKAGE))
-        zf.write(ROOT / "metadata.txt", "qgis_farslip/metadata.txt")
-        zf.write(ROOT / "LICENSE", "qgis_farslip/LICENSE")
-        if with_engine:
-            wheel = engine_wheel(out_dir / ".engine-wheel")
-            zf.write(wheel, f"qgis_farslip/engine_wheel/{wheel.name}")
-            wheel.unlink()
-    os.replace(partial, target)
+    try:
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf, \
+                tempfile.TemporaryDirectory(prefix="farslip-wheel-") as wheel_dir:
+            for folder, dirs, files in os.walk(PACKAGE):
+                dirs[:] = sorted(d for d in dirs if d not in EXCLUDE_DIRS)
+                for name in sorted(files):
+                    if name in EXCLUDE_FILES or name.endswith((".pyc", ".pyo")):
+                        continue
+                    path = Path(folder) / name
+                    zf.write(path, Path("qgis_farslip") / path.relative_to(PACKAGE))
+            zf.write(ROOT / "metadata.txt", "qgis_farslip/metadata.txt")
+            zf.write(ROOT / "LICENSE", "qgis_farslip/LICENSE")
+            if with_engine:
+                wheel = engine_wheel(Path(wheel_dir))
+                zf.write(wheel, f"qgis_farslip/engine_wheel/{wheel.name}")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
     return target
 
 

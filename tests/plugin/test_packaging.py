@@ -15,6 +15,7 @@ def test_zip_installs_into_a_fresh_profile_and_loads(tmp_path):
 
     archive = build(tmp_path / "dist")
     assert archive.name == f"qgis_farslip-{metadata_version()}.zip"
+    assert [p.name for p in (tmp_path / "dist").iterdir()] == [archive.name]  # nothing else left there
     with zipfile.ZipFile(archive) as zf:
         names = zf.namelist()
         assert "qgis_farslip/metadata.txt" in names and "qgis_farslip/__init__.py" in names
