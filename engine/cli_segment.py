@@ -176,6 +176,9 @@ def progress_bar(quiet: bool, label: str, unit: str = "crop"):
 def _check_writable(out: Path) -> None:
     import tempfile
 
+    from engine.geo.workdirs import check_output_folder
+
+    check_output_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".farslip-check-"):

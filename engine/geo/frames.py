@@ -26,7 +26,8 @@ def edge_frame(data: np.ndarray) -> tuple[tuple[float, ...] | None, float]:
     bands, h, w = data.shape
     if h < 3 or w < 3:
         return None, 0.0
-    edge = np.concatenate([data[:, 0, :], data[:, -1, :], data[:, :, 0], data[:, :, -1]], axis=1).T
+    # each edge pixel once (the corners are in a row and a column)
+    edge = np.concatenate([data[:, 0, :], data[:, -1, :], data[:, 1:-1, 0], data[:, 1:-1, -1]], axis=1).T
     values, counts = np.unique(edge, axis=0, return_counts=True)
     best = values[int(np.argmax(counts))]
     if counts.max() < 2 or not np.all(np.isfinite(best)):

@@ -11,6 +11,7 @@ import rasterio
 from rasterio.errors import RasterioIOError
 
 from engine.errors import InputError
+from engine.geo.raster_names import unreadable_file
 
 
 def subdatasets_message(name: str, subdatasets: list[str], shown: int = 6) -> str:
@@ -37,7 +38,10 @@ def only_drivers(drivers: tuple[str, ...]):
 
 def open_raster(path: str | Path):
     """`rasterio.open(path)` for reading, by any GDAL driver — or, inside `only_drivers`, by those
-    alone (an InputError when none of them opens it)."""
+    alone (an InputError when none of them opens it, or when the path is a pipe or an unreadable file)."""
+    problem = unreadable_file(path)
+    if problem is not None:
+        raise InputError(problem)
     drivers = _allowed_drivers.get()
     if drivers is None:
         return rasterio.open(path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,30 @@ def raster_exists(path: str | Path) -> bool:
     if subdataset is not None:
         return subdataset.path.startswith("/vsi") or _exists(subdataset.path)
     return _exists(text)
+
+
+def unreadable_file(path: str | Path) -> str | None:
+    """Why the file that a raster name points to cannot be opened for reading, judged before GDAL tries
+    (which waits forever on a pipe): a pipe, socket or device rather than a file, or a file this user may
+    not read. None when it can be, and for what GDAL judges itself (`/vsi…` names, folders, missing files)."""
+    text = str(path)
+    subdataset = Subdataset.parse(text)
+    file = subdataset.path if subdataset is not None else text
+    if file.startswith("/vsi"):
+        return None
+    try:
+        mode = os.stat(file).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISDIR(mode):
+        return None
+    if not stat.S_ISREG(mode):
+        return f"{text} is not a file but a pipe, socket or device: save the raster to a file and give that"
+    try:
+        with open(file, "rb"):
+            return None
+    except OSError as exc:
+        return f"cannot read {text}: {exc.strerror or exc}"
 
 
 def relative_to(text: str, base: Path) -> str:

@@ -160,7 +160,7 @@ class RasterSource:
             raise InputError(subdatasets_message(Path(self.path).name, ds.subdatasets))
         if ds.count < 1 or ds.width < 1 or ds.height < 1:
             raise InputError(f"{self.path} holds no pixels")
-        complex_types = sorted({t for t in ds.dtypes if np.dtype(t).kind == "c"})
+        complex_types = sorted({t for t in ds.dtypes if t.startswith("complex")})  # complex_int16: no numpy type
         if complex_types:
             raise InputError(f"{Path(self.path).name} holds complex values ({', '.join(complex_types)}), not an image "
                              f"to segment: convert it to real values first (e.g. its amplitude)")
@@ -446,10 +446,21 @@ class RasterSource:
         value, fraction = edge_frame(data)
         if value is None or fraction < LARGE_FRAME:
             return
-        shown = format_coordinate(value[0]) if len(set(value)) == 1 else ",".join(map(format_coordinate, value))
-        self.notes.append(f"warning: {fraction:.0%} of {Path(self.path).name} is an edge frame of value {shown} "
-                          f"and the file declares no nodata: it is classified and skews the contrast stretch; "
-                          f"pass --nodata {format_coordinate(value[0])} if it is no data")
+        name = Path(self.path).name
+        if len(set(value)) == 1:
+            self.notes.append(f"warning: {fraction:.0%} of {name} is an edge frame of value "
+                              f"{format_coordinate(value[0])} and the file declares no nodata: it is classified "
+                              f"and skews the contrast stretch; pass --nodata {format_coordinate(value[0])} if it "
+                              f"is no data")
+        else:  # --nodata is one value for every band: it cannot name this frame
+            every_band = self.palette is None and list(self.bands) == list(range(1, self.dataset.count + 1))
+            values = " ".join(map(format_coordinate, value)) if every_band else "v1 v2 …"  # one for each band
+            self.notes.append(f"warning: {fraction:.0%} of {name} is an edge frame of values "
+                              f"{','.join(map(format_coordinate, value))} (bands {','.join(map(str, self.bands))}) "
+                              f"and the file declares no nodata: it is classified and skews the contrast stretch; "
+                              f"if it is no data, give the file a mask or alpha band for it (e.g. gdalwarp "
+                              f"-srcnodata \"{values}\" -wo UNIFIED_SRC_NODATA=YES -dstalpha) or leave it out "
+                              f"with --bbox")
 
     def _stretch(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """[3, 2] (low, high) per chosen band, from the decimated read of the whole area."""
@@ -461,8 +472,15 @@ class RasterSource:
             if values.size == 0:
                 lows_highs.append((0.0, 1.0))
                 continue
-            lo, hi = np.percentile(values, STRETCH_PERCENTILES)
-            lows_highs.append((float(lo), float(hi) if hi > lo else float(lo) + 1.0))
+            with np.errstate(over="ignore", invalid="ignore"):
+                lo, hi = np.percentile(values, STRETCH_PERCENTILES)
+            if not np.isfinite([lo, hi]).all():  # interpolating between values ±1e308 apart overflows
+                lo, hi = np.percentile(values, STRETCH_PERCENTILES, method="nearest")
+            lo, hi = float(lo), float(hi)
+            if not hi > lo:  # one value: a span float64 can add to it (1.0 is lost on 1e17 and above)
+                span = max(1.0, abs(lo) * 1e-9)
+                lo, hi = (lo, lo + span) if np.isfinite(lo + span) else (lo - span, lo)
+            lows_highs.append((lo, hi))
         return np.array(lows_highs)
 
     @property
@@ -576,7 +594,12 @@ class RasterSource:
         valid &= np.isfinite(data).all(axis=0)
         # clipped before scaling: a value far outside the stretch (a nodata of -3.4e38) neither
         # overflows float32 nor the division
-        rgb = ((np.clip(data, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+        with np.errstate(over="ignore"):
+            span_fits = np.isfinite(hi - lo).all()
+        if span_fits:
+            rgb = ((np.clip(data, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+        else:  # a stretch wider than float64 holds (values of ±1e308): the same in halves, exactly
+            rgb = ((np.clip(data, lo, hi) * 0.5 - lo * 0.5) / (hi * 0.5 - lo * 0.5)).astype(np.float32)
         return np.nan_to_num(rgb, nan=0.0), valid
 
     def probe(self) -> None:

@@ -33,9 +33,20 @@ _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]  # a tag of 
 _OWNED = re.compile(rf"^{re.escape(_PREFIX)}([0-9a-f]{{8}})-(\d+)-")
 
 
+def check_output_folder(out: Path) -> None:
+    """An InputError, before any work, for an output folder no run can write into: a path holding a line
+    break or another control character (GDAL cannot create a GeoPackage under it), or an existing file."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in str(out)):
+        raise InputError(f"the output folder {str(out)!r} holds a line break or another control character in its "
+                         f"path, under which GeoPackage files cannot be written: choose another folder")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"the output folder {out} is a file, not a folder: choose a folder (it is made when missing)")
+
+
 def make_workdir(out_dir: str | Path) -> Path:
     """A new work folder inside `out_dir` (made when missing), after removing abandoned ones."""
     out = Path(out_dir)
+    check_output_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         remove_abandoned(out)

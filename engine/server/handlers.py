@@ -16,7 +16,7 @@ from engine.job import check_pixel_budget, read_run_classes
 from engine.server.ids import shown
 from engine.server.raster_policy import SELF_CONTAINED, check_input, drivers_for
 from engine.geo.crs_text import parse_crs
-from engine.geo.raster_names import is_gdal_name
+from engine.geo.raster_names import is_gdal_name, unreadable_file
 from engine.geo.opening import only_drivers
 from engine.geo.source import RasterSource, probe_area
 from engine.server.schemas import (AccuracyRequest, GridRequest, InputRef, LabelRequest, SearchRequest, SegmentRequest,
@@ -53,6 +53,8 @@ def allowed_path(raw: str, settings, what: str = "input") -> Path:
             raise HTTPException(404, f"{what} not found: {raw}")
         if not real.is_file():
             raise HTTPException(400, f"{what} is not a file: {raw}")
+        if unreadable_file(real) is not None:
+            raise HTTPException(403, f"the engine may not read the {what}: {raw}")
     except OSError as exc:  # a name or path too long, a loop of links, ...
         raise HTTPException(400, f"{what} path cannot be used: {exc.strerror or first_line(exc)}") from None
     return real

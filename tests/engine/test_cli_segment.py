@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -77,8 +78,11 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     locked.mkdir()
     locked.chmod(0o500)
     out = str(tmp_path / "out")
+    pipe = tmp_path / "pipe.tif"
+    os.mkfifo(pipe)
     return {
         "missing file": (["segment", str(tmp_path / "nope.tif"), "--classes", "a", "-o", out], "input raster not found"),
+        "a pipe": (["segment", str(pipe), "--classes", "a", "-o", out], "is not a file but a pipe, socket or device"),
         "not a raster": (["segment", str(text), "--classes", "a", "-o", out], "is not a raster GDAL can read"),
         "two bands": (["segment", str(two_band), "--classes", "a", "-o", out], "needs 3: pass --bands"),
         "bad band": (["segment", str(good), "--classes", "a", "--bands", "1,2,5", "-o", out], "band 5 does not exist"),
@@ -88,6 +92,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
                            "lies outside the raster"),
         "unwritable out": (["segment", str(good), "--classes", "a", "-o", str(locked / "sub")],
                            "cannot write to output folder"),
+        "out is a file": (["segment", str(good), "--classes", "a", "-o", str(text)], "is a file, not a folder"),
+        "line break in out": (["segment", str(good), "--classes", "a", "-o", str(tmp_path / "out\nput")],
+                              "holds a line break or another control character"),
         "unknown model": (["segment", str(good), "--classes", "a", "-o", out, "--model", "farslip9"],
                           "unknown model 'farslip9'"),
         "empty classes": (["segment", str(good), "--classes", " ; ", "-o", out], "no classes given"),
@@ -96,19 +103,50 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["missing file", "not a raster", "two bands", "bad band", "bbox outside",
-                                  "window outside", "unwritable out", "unknown model", "empty classes",
-                                  "gsd far too fine"])
+@pytest.mark.parametrize("case", ["missing file", "a pipe", "not a raster", "two bands", "bad band", "bbox outside",
+                                  "window outside", "unwritable out", "out is a file", "line break in out",
+                                  "unknown model", "empty classes", "gsd far too fine"])
 def test_bad_input_gives_one_line_and_a_nonzero_exit(tmp_path, capsys, case):
     if case == "unwritable out" and os.geteuid() == 0:
         pytest.skip("root can write anywhere")
     args, message = _bad_inputs(tmp_path)[case]
-    code, _, err = run_cli(capsys, *args)
+    # a reader waiting on the pipe (GDAL opening it) would wait for ever: a writer that comes and goes ends
+    # such a wait, so that the test fails instead
+    unblock = threading.Timer(60, _open_and_close_for_writing, [tmp_path / "pipe.tif"])
+    unblock.start()
+    try:
+        code, _, err = run_cli(capsys, *args)
+    finally:
+        unblock.cancel()
     assert code != 0
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("farslip: error:"), err
     assert message in lines[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def _open_and_close_for_writing(pipe: Path) -> None:
+    try:
+        os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:  # no reader: nothing waits
+        pass
+
+
+def test_an_input_the_user_may_not_read_is_named_so(tmp_path):
+    """A raster without read permission is "permission denied", not "not a raster" (run without root's
+    right to read anything: setpriv drops it where the tests run as root)."""
+    src = write_raster(tmp_path / "secret.tif", scene(32, 32)[0])
+    src.chmod(0o000)
+    command = [sys.executable, "-m", "engine.cli", "segment", str(src), "--classes", "a; b", "-o", str(tmp_path / "o")]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv to drop the right to read any file")
+        command = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                   "--bounding-set=-dac_override,-dac_read_search", *command]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"farslip: error: cannot read {src}: Permission denied"], done.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
 def test_help_and_bad_input_are_answered_before_the_network_code_loads(tmp_path):

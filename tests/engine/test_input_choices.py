@@ -89,6 +89,19 @@ def test_a_large_untagged_zero_frame_is_warned_about(tmp_path, segmenter):
         assert not source.notes  # a 1-pixel frame (2 %) is not worth a word
 
 
+def test_a_frame_of_other_values_per_band_is_not_offered_nodata_and_a_tiny_raster_has_no_frame(tmp_path):
+    """--nodata is one value for every band: a frame of (10, 20, 30) gets a hint that can leave it out; and
+    a few pixels, all different, are no frame (a corner, met in its row and its column, was counted twice)."""
+    rgb = np.maximum(scene(200, 200, seed=6)[0], 40)
+    rgb[:, :20] = rgb[:, -20:] = np.array([10, 20, 30], dtype=np.uint8)[:, None, None]
+    with RasterSource(write_raster(tmp_path / "frame.tif", rgb)) as source:
+        assert len(source.notes) == 1 and "edge frame of values 10,20,30 (bands 1,2,3)" in source.notes[0]
+        assert "--nodata" not in source.notes[0] and '-srcnodata "10 20 30"' in source.notes[0]
+    tiny = np.random.default_rng(1).permutation(27).reshape(3, 3, 3).astype(np.uint8)  # 27 different values
+    with RasterSource(write_raster(tmp_path / "tiny.tif", tiny)) as source:
+        assert not [n for n in source.notes if "edge frame" in n]
+
+
 @pytest.mark.parametrize("gsd", [None, 0.7], ids=["native", "resampled"])
 def test_a_run_finds_the_frame_of_a_large_uint8_raster_in_its_own_reads(tmp_path, segmenter, monkeypatch, gsd):
     """A uint8 raster too large to read twice (made so here by lowering the limit) is not read

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from engine.boxes import Box
 from engine.cli import main
 from tests.engine.conftest import TINY
 from tests.engine.rasters import scene, write_raster
@@ -47,14 +48,38 @@ def test_nodata_at_the_floating_point_minimum_gives_no_numpy_warnings(tmp_path, 
         assert np.array_equal(ds.read(1), labels)
 
 
-def test_a_complex_raster_is_refused_in_one_line(tmp_path, capfd, recwarn, checkpoint):
-    data = np.random.default_rng(0).random((3, H, W))
-    src = write_raster(tmp_path / "slc.tif", (data + 1j * data).astype("complex64"))
+@pytest.mark.parametrize("dtype", ["complex64", "complex_int16"])
+def test_a_complex_raster_is_refused_in_one_line(tmp_path, capfd, recwarn, checkpoint, dtype):
+    """Also of GDAL's CInt16 (rasterio's complex_int16, which numpy has no type for)."""
+    src = tmp_path / "slc.tif"
+    with rasterio.open(src, "w", driver="GTiff", height=H, width=W, count=3, dtype=dtype) as ds:
+        if dtype == "complex64":
+            data = np.random.default_rng(0).random((3, H, W))
+            ds.write((data + 1j * data).astype(dtype))
     code, lines = _segment(capfd, checkpoint, src, tmp_path / "out")
     assert code == 2 and len(lines) == 1, lines
-    assert lines[0].startswith("farslip: error: slc.tif holds complex values (complex64)")
+    assert lines[0].startswith(f"farslip: error: slc.tif holds complex values ({dtype})")
     assert _numpy_warnings(recwarn) == []
     assert not (tmp_path / "out").exists()
+
+
+def test_values_spanning_the_whole_float64_range_keep_their_picture(tmp_path, recwarn):
+    """A ramp from -1.7e308 to 1.7e308 (its stretch wider than float64 holds) reads as a ramp, not as one
+    colour; one value at any magnitude (a fill of -3.4e38, 2**64 - 1) reads without a numpy warning."""
+    from engine.geo.source import RasterSource
+
+    ramp = np.broadcast_to(np.linspace(-1.0, 1.0, W) * 1.7e308, (3, H, W)).copy()
+    with RasterSource(write_raster(tmp_path / "ramp.tif", ramp)) as source:
+        rgb, valid = source.read_rgb(Box(0, 0, H, W))
+    assert valid.all() and np.isfinite(rgb).all()
+    grey = rgb[H // 2, :, 0]
+    assert (np.diff(grey) >= 0).all() and grey[0] == 0.0 and grey[-1] == 1.0 and 0.3 < grey[W // 2] < 0.7
+    for value, dtype in ((-3.4028235e38, "float32"), (2**64 - 1, "uint64"), (1e300, "float64")):
+        flat = np.full((3, H, W), value, dtype=dtype)
+        with RasterSource(write_raster(tmp_path / f"flat_{dtype}.tif", flat)) as source:
+            rgb, valid = source.read_rgb(Box(0, 0, H, W))
+        assert valid.all() and np.isfinite(rgb).all() and len(np.unique(rgb)) == 1, dtype
+    assert _numpy_warnings(recwarn) == []
 
 
 def test_an_unknown_bbox_crs_is_one_line_without_gdal_messages(tmp_path, capfd, checkpoint):
