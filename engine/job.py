@@ -162,7 +162,8 @@ class SegmentSettings(ModelChoice, Area):
     simplify: float = Field(1.0, ge=0, le=100, description="polygon simplification tolerance in working pixels "
                             "(at a coarser gsd, several source pixels)")
     block: int | None = Field(None, ge=256, le=8192, description="working-grid block size in pixels (memory "
-                                                                 "bound; default 1024 on a CPU, 2048 on a GPU)")
+                                                                 "bound; default 1024 on a CPU, 2048 on a GPU; "
+                                                                 "smaller where many class names need it)")
 
     _prompts: "PromptSet | TaughtClasses | None" = PrivateAttr(None)
 

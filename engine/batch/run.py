@@ -33,7 +33,7 @@ from engine.batch.merge import MERGED_POLYGONS, MOSAIC, Product, write_merged
 from engine.batch.units import RasterSpec, Unit
 from engine.batch.work import plan_units, strips_from_numpy
 from engine.errors import Cancelled, FarSLIPError
-from engine.geo.blocks import assemble_block, block_boxes, sources_of
+from engine.geo.blocks import assemble_block, block_boxes, sources_of, working_block
 from engine.geo.pipeline import (DEFAULT_BLOCK, RasterJob, all_output_paths, check_new_outputs, output_paths,
                                  publish_summary, segment_raster)
 
@@ -183,7 +183,7 @@ def _publish(job: RasterJob, status: dict, segmenter, manifest: Manifest, cancel
     """Assemble an input's blocks and write its outputs with `segment`'s code."""
     def blocks(source):
         h, w = source.grid.height, source.grid.width
-        for i, row in enumerate(block_boxes(h, w, max(job.block, segmenter.crop))):
+        for i, row in enumerate(block_boxes(h, w, working_block(segmenter, job.block))):
             for j, core in enumerate(row):
                 if cancel.is_set():
                     raise Cancelled("cancelled")

@@ -14,7 +14,7 @@ from engine.batch.units import NumpyPart, RasterSpec, Unit
 from engine.boxes import Box
 from engine.dense.sliding import RowStrips, normalise
 from engine.dense.transfer import pinned, upload
-from engine.geo.blocks import block_boxes, block_contributions, block_extent, owned_crops
+from engine.geo.blocks import block_boxes, block_contributions, block_extent, owned_crops, working_block
 from engine.geo.source import RasterSource
 
 
@@ -25,7 +25,7 @@ def plan_units(raster: int, spec: RasterSpec, segmenter, block: int) -> tuple[Ra
     try:
         source.probe()
         h, w = source.grid.height, source.grid.width
-        block = max(block, segmenter.crop)
+        block = working_block(segmenter, block)
         owned = owned_crops(segmenter, h, w, block)
         units = [Unit(raster, spec, h, w, block, i, j, block_extent(core, owned[i][j]), len(owned[i][j]))
                  for i, row in enumerate(block_boxes(h, w, block)) for j, core in enumerate(row) if owned[i][j]]

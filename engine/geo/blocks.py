@@ -20,6 +20,7 @@ crops, same sums).
 
 from __future__ import annotations
 
+import math
 import threading
 from contextlib import closing
 from typing import Callable, Iterator
@@ -63,9 +64,22 @@ CPU_BLOCK = 1024  # working-grid block side on a CPU
 GPU_BLOCK = 2048  # on a GPU: a few hundred crops a block (H100: 0.73 of the model's rate, 0.57 at 1024)
 
 
+SUMS_BYTES = 2**30  # a block's logit sums (float32, a plane per class name) are held at most this big
+
+
 def default_block(device: torch.device) -> int:
     """The block side used when a run names none."""
     return CPU_BLOCK if device.type == "cpu" else GPU_BLOCK
+
+
+def working_block(segmenter: Segmenter, block: int | None) -> int:
+    """The block side a run uses: `block` (None: `default_block` of the model's device), at least one crop,
+    and no larger than keeps the block's logit sums (a float32 plane per class name) within `SUMS_BYTES`.
+    Any side gives the same results, so many classes make blocks smaller rather than exhaust the memory
+    (a block of 8192 px holds 268 MB a name: 254 names, 68 GB)."""
+    names = len(segmenter.prompts.names)
+    fitting = int(math.sqrt(SUMS_BYTES / (4 * names))) // 256 * 256
+    return max(min(block or default_block(segmenter.model.device), fitting), segmenter.crop)
 
 
 def count_crops(segmenter: Segmenter, height: int, width: int) -> int:
@@ -149,8 +163,7 @@ def raster_blocks(segmenter: Segmenter, source, block: int | None,
                   read_wait: WaitClock | None = None) -> Iterator[tuple[Box, torch.Tensor, BlockValidity]]:
     """(core, mean logits [N, h, w] on the model's device, its validity: `RasterSource.block_validity`)
     for each block of a RasterSource's working grid, in row-major order, reporting (crops done, crops
-    total) and stopping with `Cancelled` within one batch of a cancel. `block` None: `default_block` of
-    the model's device.
+    total) and stopping with `Cancelled` within one batch of a cancel. `block`: as `working_block`.
 
     Beside a GPU, background threads (`config.read_threads`) read (decode, stretch, resample) the next
     blocks while the current one is computed (on a CPU each block is read when it is needed); each
@@ -160,7 +173,7 @@ def raster_blocks(segmenter: Segmenter, source, block: int | None,
     grid = source.grid
     height, width = grid.height, grid.width
     total = count_crops(segmenter, height, width)
-    block = max(block or default_block(segmenter.model.device), segmenter.crop)
+    block = working_block(segmenter, block)
     owned = owned_crops(segmenter, height, width, block)
     plan = [(i, j, core, block_extent(core, owned[i][j]) if owned[i][j] else None)
             for i, row in enumerate(block_boxes(height, width, block)) for j, core in enumerate(row)]

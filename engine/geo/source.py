@@ -624,7 +624,10 @@ class RasterSource:
             return False
         window = self.source_window(rect)
         row, col = min(int(window.row_off), ds.height - 1), min(int(window.col_off), ds.width - 1)
-        file_size = os.path.getsize(self.path)
+        try:
+            file_size = os.path.getsize(self.path)
+        except OSError:  # gone since it was opened (an upload deleted meanwhile): read through the open file
+            return False
         for band in self.bands:
             tile_h, tile_w = ds.block_shapes[band - 1]
             key = f"{col // tile_w}_{row // tile_h}"

@@ -68,6 +68,7 @@ from engine.server.ids import is_id, new_id, shown
 from engine.server.limits import RequestLimitsAndLog
 from engine.server.models_pool import ModelPool
 from engine.server.runner import JobRunner, QueueFull
+from engine.server.sending import FileSending
 from engine.server.schemas import (AccuracyRequest, Error, GridRequest, Health, JobCreated, JobStatus, LabelRequest,
                                    LabelResponse, PromptsRequest, SearchRequest, SegmentRequest, TeachRequest,
                                    UploadCreated, ClassesUploaded)
@@ -127,7 +128,6 @@ JOB_KINDS = ("segment", "grid", "search", "teach", "accuracy")  # POST /v1/jobs/
 MAX_DOWNLOADS_QUEUED = 4
 RESERVE_STEP = 8 * 2**20  # quota reserved at a time for an upload without a Content-Length
 WRITE_BYTES = 2**20  # an upload is written a MB at a time, off the event loop
-SEND_BYTES = 2**20  # a result file is sent a MB at a time
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -527,9 +527,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @api.get("/jobs/{job_id}/files/{name}", tags=["jobs"],
              responses={200: {"content": {"application/octet-stream": {}}},
                         410: {"model": Error, "description": "the file is gone from the data folder since the job finished"}})
-    def job_file(name: str, job_id: str = Depends(checked_id)) -> StreamingResponse:
-        """The file, sent from a handle opened before the answer starts: a delete or expiry at the same
-        time cannot break the download half-way (the file's data stays until the handle is closed)."""
+    def job_file(name: str, job_id: str = Depends(checked_id)) -> FileSending:
+        """The file, sent from a handle opened before the answer starts (`engine.server.sending`): a delete
+        or expiry at the same time cannot break the download half-way; a client that stops reading is
+        dropped after a minute."""
         job = get_job(job_id)
         if job.state != "done":
             raise HTTPException(409, f"job {job_id} is {job.state}; files are served once it is done")
@@ -543,14 +544,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise HTTPException(410, f"the file {name} of job {job_id} is gone from the engine's data folder "
                                      f"(removed since the job finished): run the job again") from None
 
-        def chunks():
-            with fh:
-                while data := fh.read(SEND_BYTES):
-                    yield data
-
-        return StreamingResponse(chunks(), media_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
-                                 headers={"Content-Length": str(os.fstat(fh.fileno()).st_size),
-                                          "Content-Disposition": f'attachment; filename="{name}"'})
+        return FileSending(fh, name, mimetypes.guess_type(name)[0] or "application/octet-stream")
 
     app.include_router(api)
     return app

@@ -241,3 +241,19 @@ def test_compile_gives_the_same_classes(tmp_path, tiny_clip):
     with rasterio.open(tmp_path / "a" / "in_scores.tif") as x, rasterio.open(tmp_path / "b" / "in_scores.tif") as y:
         assert np.abs(x.read().astype(int) - y.read().astype(int)).max() <= 1
     assert [c["pixels"] for c in a["classes"]] == pytest.approx([c["pixels"] for c in b["classes"]], abs=20)
+
+
+def test_many_class_names_make_blocks_smaller_not_the_memory_larger(tiny_model):
+    """A block's logit sums hold a float32 plane per class name: 254 names (what a client may ask) in
+    blocks of 8192 px (likewise) would take 68 GB, 64 names 17 GB. The block shrinks to fit instead (any block gives the same results,
+    `test_geotiff::test_many_blocks_give_the_same_result_as_one`); a few classes keep the block asked for."""
+    from engine.geo.blocks import CPU_BLOCK, SUMS_BYTES, working_block
+
+    many = Segmenter(tiny_model, "; ".join(f"class {i}" for i in range(64)))
+    for asked in (8192, 4096):
+        block = working_block(many, asked)
+        assert block * block * 4 * 64 <= SUMS_BYTES and block >= 2048, (asked, block)
+    assert working_block(many, None) == CPU_BLOCK
+    few = Segmenter(tiny_model, CLASSES)
+    assert working_block(few, 4096) == 4096 and working_block(few, None) == CPU_BLOCK
+    assert working_block(few, 64) == few.crop  # never smaller than one crop

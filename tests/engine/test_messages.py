@@ -82,6 +82,19 @@ def test_a_truncated_file_in_a_format_without_a_tile_index_is_read_to_be_checked
     assert "cannot read the pixels of cut.jpg" in message and "\n" not in message and "See previous exception" not in message
 
 
+def test_a_raster_deleted_while_a_request_is_checked_is_probed_through_its_open_file(tmp_path):
+    """The service checks a request's raster (an upload) while another request may delete it: the check
+    reads through the file it opened (the API answered 500: the file's size was asked of its path)."""
+    from engine.boxes import Box
+
+    path = write_raster(tmp_path / "upload.tif", scene(600, 600, seed=7)[0], tiled=True)
+    with RasterSource(path, inspect_pixels=False) as source:
+        path.unlink()
+        source.probe()
+        rgb, valid = source.read_rgb(Box(source.grid.height - 1, source.grid.width - 1, 1, 1))
+    assert valid.all() and rgb.shape == (1, 1, 3)
+
+
 def test_a_png_tile_runs_without_library_warnings(tmp_path, tiny_model):
     import rasterio
 
