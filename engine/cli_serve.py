@@ -29,7 +29,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from engine.server.app import ServerSettings, create_app
     from engine.server.auth import load_or_create_token, token_path
-    from engine.server.serving import StoppingServer
+    from engine.server.serving import OncePerMinute, StoppingServer, raise_open_files_limit
 
     roots = []
     for root in args.allow_root or []:
@@ -46,6 +46,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                               max_queue=args.max_queue, max_pixels=args.max_mpx * 1e6 if args.max_mpx else None,
                               allowed_hosts=args.allowed_host)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("asyncio").addFilter(OncePerMinute())  # e.g. each connection refused when out of files
+    raise_open_files_limit()
     print(f"farslip engine on http://{args.host}:{args.port}  (token file: {token_path()})", file=sys.stderr)
     if settings.remote and not roots:
         print("farslip: remote mode without --allow-root: only uploaded rasters are accepted", file=sys.stderr)

@@ -39,6 +39,7 @@ waiting long-polls are answered and event streams end at once (`JobWatch.close`)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import mimetypes
@@ -47,6 +48,7 @@ import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -64,6 +66,7 @@ from engine.errors import FarSLIPError
 from engine.job import describe
 from engine.server import handlers, raster_policy
 from engine.server.auth import token_matches
+from engine.server.gate import Gate
 from engine.server.ids import is_id, new_id, shown
 from engine.server.limits import RequestLimitsAndLog
 from engine.server.models_pool import ModelPool
@@ -128,6 +131,18 @@ JOB_KINDS = ("segment", "grid", "search", "teach", "accuracy")  # POST /v1/jobs/
 MAX_DOWNLOADS_QUEUED = 4
 RESERVE_STEP = 8 * 2**20  # quota reserved at a time for an upload without a Content-Length
 WRITE_BYTES = 2**20  # an upload is written a MB at a time, off the event loop
+UPLOAD_IDLE_S = 60.0  # an upload whose client sends nothing for this long is dropped (its quota freed)
+LABELS_AT_ONCE, LABELS_WAITING = 2, 8  # region labelling requests running at once, and waiting beyond them
+
+
+async def within(chunks: AsyncIterator[bytes], idle_s: float) -> AsyncIterator[bytes]:
+    """The chunks of a request body; TimeoutError when the client sends none for `idle_s` seconds."""
+    stream = chunks.__aiter__()
+    while True:
+        try:
+            yield await asyncio.wait_for(stream.__anext__(), idle_s)
+        except StopAsyncIteration:
+            return
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -146,6 +161,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     # Downloads have their own worker and queue: minutes of network never hold up the compute jobs.
     downloads = JobRunner(store, {"download": handlers.download_handler()}, MAX_DOWNLOADS_QUEUED,
                           name="farslip-downloads")
+    labelling = Gate("region labelling", LABELS_AT_ONCE, LABELS_WAITING)
     downloading: dict[str, str] = {}  # release name → its queued or running download job
     downloading_lock = threading.Lock()
     stop_expiry = threading.Event()
@@ -271,8 +287,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     quota = UploadQuota(store, int(settings.max_uploads_mb * 1024 * 1024))
 
-    def over_quota(held: int) -> HTTPException:
-        return HTTPException(413, f"the engine holds {held / 2**20:,.0f} MB of uploads, its quota is "
+    def over_quota(held: tuple[int, int]) -> HTTPException:
+        kept, arriving = held
+        if arriving:
+            return HTTPException(413, f"the engine's upload quota ({settings.max_uploads_mb:g} MB) is taken by "
+                                      f"{kept / 2**20:,.0f} MB of uploads and {arriving / 2**20:,.0f} MB of uploads "
+                                      f"still arriving: try again when they are done, or delete uploads no "
+                                      f"longer needed (DELETE /v1/uploads/{{id}})", headers={"Retry-After": "30"})
+        return HTTPException(413, f"the engine holds {kept / 2**20:,.0f} MB of uploads, its quota is "
                                   f"{settings.max_uploads_mb:g} MB: delete uploads no longer needed "
                                   f"(DELETE /v1/uploads/{{id}}) or wait for them to expire")
 
@@ -322,7 +344,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             with storage_errors(store.data_dir):
                 fh = await run_in_threadpool(open, partial, "wb")
                 buffer = bytearray()
-                async for chunk in request.stream():
+                async for chunk in within(request.stream(), UPLOAD_IDLE_S):
                     size += len(chunk)
                     if size > cap:
                         raise HTTPException(413, f"upload larger than the {settings.max_upload_mb:g} MB limit")
@@ -342,6 +364,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         except ClientDisconnect:
             log.info("upload %s: client disconnected after %d bytes", upload_id, size)
             raise HTTPException(400, "client disconnected during the upload") from None
+        except TimeoutError:
+            log.info("upload %s: the client sent nothing for %.0f s after %d bytes", upload_id, UPLOAD_IDLE_S, size)
+            raise HTTPException(408, f"the upload sent nothing for {UPLOAD_IDLE_S:g} s (after {size} bytes): "
+                                     f"send it again") from None
         finally:  # quick, and done even when the request is cancelled: no await here
             if fh is not None:
                 fh.close()
@@ -442,9 +468,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
                              "colour": hex_colour(colours[i])} for i, c in enumerate(prompts.classes)]}
 
     @api.post("/regions/label", response_model=LabelResponse, tags=["regions"])
-    def label_regions(body: LabelRequest) -> dict:
-        """Rank the candidate classes for each box or polygon (each cropped and encoded on its own)."""
-        return handlers.label(body, pool, store, settings)
+    async def label_regions(body: LabelRequest) -> dict:
+        """Rank the candidate classes for each box or polygon (each cropped and encoded on its own); a few
+        requests at once, a few more waiting (holding no thread), 429 beyond (`engine.server.gate`)."""
+        async with labelling.passage():
+            return await run_in_threadpool(handlers.label, body, pool, store, settings)
 
     @api.get("/jobs", response_model=list[JobStatus], tags=["jobs"])
     def list_jobs() -> list[JobStatus]:

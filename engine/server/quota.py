@@ -18,10 +18,10 @@ class UploadQuota:
         self._reserved = 0
         self._lock = threading.Lock()
 
-    def held(self) -> int:
-        """Bytes of the uploads on record and of those being received."""
+    def held(self) -> tuple[int, int]:
+        """Bytes of the uploads on record, and bytes reserved by those being received."""
         with self._lock:
-            return self.store.uploads_size() + self._reserved
+            return self.store.uploads_size(), self._reserved
 
     def reserve(self, size: int) -> bool:
         """Hold `size` more bytes for an upload being received; False (nothing held) when over the quota."""
