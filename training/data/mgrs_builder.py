@@ -32,6 +32,7 @@ from engine.dense.sliding import window_starts
 from engine.errors import InputError
 from training.data.captions import Captioner, TemplateCaptioner
 from training.data.categories import CategoryTable
+from training.data.images import stretched, to_rgb
 from training.data.sources import SourceImage, path_exists, read_source
 
 from training.config import TrainConfig
@@ -59,33 +60,15 @@ class BuildOptions:
 MIN_TILE = 64  # stage 2 leaves out objects under 64² px: a smaller tile could hold none of them
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """RGB of any PIL mode; 16-bit (and 32-bit integer) greyscale scaled to 8 bits, not clipped to white."""
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        data = np.asarray(im).astype(np.float64)
-        top = 65535.0 if data.max(initial=0) > 255 or im.mode.startswith("I;16") else 255.0
-        grey = np.clip(np.round(data / top * 255), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    if im.mode == "F":
-        data = np.nan_to_num(np.asarray(im, dtype=np.float64))
-        lo, hi = np.percentile(data, (2, 98))
-        grey = np.clip((data - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    return im.convert("RGB")
-
-
 def _load_image(item: SourceImage) -> Image.Image:
     if item.path.suffix.lower() in (".tif", ".tiff"):
         import rasterio
 
         with rasterio.open(item.path) as ds:
             data = ds.read([1, 2, 3] if ds.count >= 3 else [1, 1, 1])
-        if data.dtype != np.uint8:
-            lo, hi = np.percentile(data, (2, 98))
-            data = np.clip((data - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
-        return Image.fromarray(np.ascontiguousarray(data.transpose(1, 2, 0)))
+        return Image.fromarray(np.ascontiguousarray(stretched(data).transpose(1, 2, 0)))
     with Image.open(item.path) as im:
-        return _to_rgb(im)
+        return to_rgb(im)
 
 
 def _tiles(width: int, height: int, tile: int) -> list[tuple[int, int, int, int]]:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from engine.dense.prompts import templates
 from engine.errors import InputError
+from training.data.images import to_rgb
 from training.data.mgrs_schema import caption_of, check_records, own_caption
 
 REGION_PROMPT = templates("region")[0]  # "a satellite image of {}": stage 2's text for an object's category
@@ -52,12 +53,15 @@ class MGRSDataset(torch.utils.data.Dataset):
 
     def objects(self, index: int, size: tuple[int, int]) -> list[dict]:
         """This epoch's objects of record `index` on an image of `size` (width, height): box (clipped),
-        text, category, category id (−1 for an object with its own caption) and whether it has one."""
+        text, category, category id (−1 for an object with its own caption) and whether it has one.
+        Boxes are clipped to the record's `W` × `H`, as the published code clips them, and to the image
+        file itself, so that a record whose W/H exceed its image crops no black (a box wholly off the image
+        is left out)."""
         kept = []
         for s in self.records[index].get("segment") or []:
             b = s["bbox"]
             x1, y1 = max(b["x1"], 0), max(b["y1"], 0)
-            x2, y2 = min(b["x2"], b.get("W", size[0])), min(b["y2"], b.get("H", size[1]))
+            x2, y2 = min(b["x2"], b.get("W", size[0]), size[0]), min(b["y2"], b.get("H", size[1]), size[1])
             area = (x2 - x1) * (y2 - y1)
             if x2 <= x1 or y2 <= y1 or not self.min_size ** 2 <= area <= self.max_size ** 2:
                 continue
@@ -73,9 +77,9 @@ class MGRSDataset(torch.utils.data.Dataset):
         path = self.root / record["global_filepath"]
         try:
             with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (OSError, ValueError) as exc:
-            raise InputError(f"record {index}: cannot read image {path}: {exc.__class__.__name__}") from None
+                image = to_rgb(im)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise InputError(f"record {index}: cannot read image {path}: {exc}") from None
         objects = self.objects(index, image.size)
         boxes = [o["box"] for o in objects]
         return {"image": image, "caption": caption_of(record, self.caption_key),
@@ -97,8 +101,8 @@ def image_root(text_info: Path, root: str | Path | None, first: str) -> tuple[Pa
             try:
                 with Image.open(folder / first):
                     pass
-            except (OSError, ValueError) as exc:
-                raise InputError(f"record 0: cannot read image {folder / first}: {exc.__class__.__name__}") from None
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise InputError(f"record 0: cannot read image {folder / first}: {exc}") from None
             note = f"images found in {folder} (the MGRS-200k layout): using it as --data-root" \
                 if folder == beside and not root else None
             return folder, note

@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 from PIL import Image
 
 from engine.errors import InputError
+from training.data.images import to_rgb
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff")
 IMAGE_KEYS = ("img_content",) + IMAGE_EXTENSIONS
@@ -61,6 +62,9 @@ def tar_samples(url: str) -> Iterator[dict]:
                     sample = {}
                 if not sample:
                     sample = {"__key__": key, "__url__": url}
+                if ext.lower() in sample:  # a second sample of the same name: its files would mix with the first's
+                    raise InputError(f"shard {url} holds {member.name} twice in sample '{key}': each sample's "
+                                     f"files need a name of their own (rebuild the shard)")
                 sample[ext.lower()] = tar.extractfile(member).read()
             if sample:
                 yield sample
@@ -78,14 +82,14 @@ def layout_error(sample: dict) -> InputError:
 def _caption(sample: dict) -> str | None:
     for key in ("caption", "txt"):
         if key in sample:
-            return sample[key].decode("utf-8", errors="replace").strip()
+            return sample[key].decode("utf-8", errors="replace").strip() or None  # an empty one: none
     if "json" in sample:
         try:
             meta = json.loads(sample["json"])
         except ValueError:
             return None
         if isinstance(meta, str):
-            return meta
+            return meta.strip() or None
         if isinstance(meta, dict):
             return next((str(meta[k]) for k in JSON_CAPTION_KEYS if meta.get(k)), None)
     return None
@@ -95,11 +99,14 @@ def decode_sample(sample: dict) -> tuple[Image.Image, str]:
     """(RGB PIL image, caption) of a raw sample in any readable layout."""
     image_key = next((k for k in IMAGE_KEYS if k in sample), None)
     caption = _caption(sample)
+    if image_key is not None and caption is None and any(k in sample for k in ("caption", "txt")):
+        raise InputError(f"{sample.get('__url__', 'shard')}: sample '{sample.get('__key__')}' has an empty "
+                         f"caption: give it its text, or leave the sample out of the shard")
     if image_key is None or caption is None:
         raise layout_error(sample)
     try:
         with Image.open(io.BytesIO(sample[image_key])) as im:
-            image = im.convert("RGB")
+            image = to_rgb(im)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"{sample.get('__url__')}: sample '{sample.get('__key__')}': cannot decode its "
                          f"{image_key} image ({exc.__class__.__name__})") from None

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from PIL.Image import DecompressionBombError
 
 from engine.errors import InputError
+from training.data.images import stretched, to_rgb
 
 IGNORE = 255
 
@@ -100,11 +102,11 @@ def read_image(path: Path) -> np.ndarray:
 
         with rasterio.open(path) as ds:
             data = ds.read([1, 2, 3] if ds.count >= 3 else [1, 1, 1])
-        return np.ascontiguousarray(data.transpose(1, 2, 0)).astype(np.uint8)
+        return np.ascontiguousarray(stretched(data).transpose(1, 2, 0))
     from PIL import Image
 
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.asarray(to_rgb(im))
 
 
 def read_label(path: Path) -> np.ndarray:
@@ -126,7 +128,12 @@ def samples(dataset: OVSSDataset, root: str | Path, limit: int | None = None) ->
         if label.ndim == 3:
             raise InputError(f"{dataset.name}: {label_path.name} is a colour image; use the converted "
                              f"single-channel labels (mmsegmentation layout)")
-        yield image_path.name, _read(dataset, read_image, image_path), dataset.to_train_ids(label)
+        image = _read(dataset, read_image, image_path)
+        if image.shape[:2] != label.shape:  # the logits would be stretched onto it: a wrong score, said nowhere
+            raise InputError(f"{dataset.name}: {label_path.name} is {label.shape[1]}×{label.shape[0]} px but its "
+                             f"image {image_path.name} is {image.shape[1]}×{image.shape[0]}: a label must match "
+                             f"its image pixel for pixel")
+        yield image_path.name, image, dataset.to_train_ids(label)
 
 
 def _read(dataset: OVSSDataset, reader, path: Path) -> np.ndarray:
@@ -134,6 +141,6 @@ def _read(dataset: OVSSDataset, reader, path: Path) -> np.ndarray:
     errors) becoming one clear error."""
     try:
         return reader(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, DecompressionBombError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{dataset.name}: cannot read {path}: {reason}") from None

@@ -31,6 +31,7 @@ from PIL import Image
 from engine.dense.scenes import SceneClassifier
 from engine.errors import InputError
 from engine.models import LoadedModel
+from training.data.images import is_deep, to_rgb
 from training.evaluate.identity import file_stamp, model_identity
 from training.evaluate.metrics import retrieval_metrics, topk_accuracy
 
@@ -50,9 +51,10 @@ def clip_view(path: Path, size: int) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
+            im = to_rgb(im) if is_deep(im) else im  # deeper than 8 bits: stretched, not clipped to white
             im = CenterCrop(size)(Resize(size, interpolation=InterpolationMode.BICUBIC)(im))
             return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from None
 
 
@@ -90,15 +92,22 @@ def read_caption_json(path: Path, images_root: str | Path | None = None, split: 
 def read_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     """An image-folder dataset (one sub-folder per class, e.g. AID, EuroSAT): rows and class names."""
     root = Path(root)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    # hidden folders (.ipynb_checkpoints, .git) are no classes
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if root.is_dir() else []
     if not classes:
         raise InputError(f"{root}: expected one sub-folder per class")
     suffixes = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
-    rows = [{"filepath": str(f), "label": str(i)} for i, c in enumerate(classes)
-            for f in sorted((root / c).iterdir()) if f.suffix.lower() in suffixes]
-    if not rows:
+    images = {c: [f for f in sorted((root / c).iterdir())
+                  if f.suffix.lower() in suffixes and not f.name.startswith(".")] for c in classes}
+    if not any(images.values()):
         raise InputError(f"{root}: its class sub-folders ({', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''}) "
                          f"hold no images ({', '.join(sorted(suffixes))})")
+    empty = [c for c in classes if not images[c]]
+    if empty:  # a class without images would still be a candidate, changing every other image's result
+        raise InputError(f"{root}: class sub-folder(s) {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''} "
+                         f"hold no images ({', '.join(sorted(suffixes))}): fill or remove them")
+    rows = [{"filepath": str(f), "label": str(i)} for i, c in enumerate(classes) for f in images[c]]
     return rows, [c.replace("_", " ") for c in classes]
 
 
