@@ -81,3 +81,18 @@ def load_training_state(path: Path, stage: int | None = None) -> dict:
         raise InputError(f"cannot resume stage {stage} from {path}: a stage-{made} checkpoint (to start stage "
                          f"{stage} from its weights, pass it as --model, not --resume)")
     return state
+
+
+def check_resume_fits(cfg, state: dict, path: Path) -> None:
+    """An InputError when this run asks for another network than the checkpoint it resumes holds: an
+    architecture named by `--model`/`--arch`, or `long_clip` on a 77-position network. (It trained the
+    checkpoint's network and recorded the settings asked for.)"""
+    prefix, _, rest = cfg.model.partition(":")
+    named = rest if rest and not prefix.startswith(("/", ".", "~")) and len(prefix) > 1 else cfg.arch
+    made = state.get("arch")
+    if named and made and named != made:
+        raise InputError(f"cannot resume from {path}: it trains {made}, this run asks for {named}; give the same "
+                         f"--model/--arch, or another -o folder (or --resume never) to start afresh")
+    if cfg.long_clip and not state.get("long_clip", True):
+        raise InputError(f"cannot resume from {path}: its network has 77 text positions, this run asks for "
+                         f"long_clip (248); give the same settings, or another -o folder to start afresh")

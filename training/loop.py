@@ -22,7 +22,8 @@ import torch
 
 from engine.models.loader import build_from_state_dict, tokenizer_for
 from training.batches import to_device
-from training.checkpoints import find_resume, load_training_state, save_atomic, save_checkpoint, training_state
+from training.checkpoints import (check_resume_fits, find_resume, load_training_state, save_atomic,
+                                  save_checkpoint, training_state)
 from training.config import TrainConfig
 from training.distributed import World, barrier, mean_over_ranks
 from training.interrupt import StopRequest
@@ -62,6 +63,8 @@ class Run:
         self.cfg = cfg
         resume = find_resume(self.out, cfg.resume)
         self.resumed = load_training_state(resume, cfg.stage) if resume else None
+        if self.resumed is not None:
+            check_resume_fits(cfg, self.resumed, resume)
         # the same seed on every rank while the network (and its teacher copy) is made, as published:
         # a random start is the same network everywhere; each rank's own seed after that
         torch.manual_seed(cfg.seed)
@@ -178,6 +181,10 @@ def train(cfg: TrainConfig, world: World, quiet: bool = False, on_step: Callable
     `on_step(step)` is called after each optimiser step (a KeyboardInterrupt raised there, like Ctrl-C,
     saves the step and stops). Ctrl-C or SIGTERM stops all ranks after the same step, saves it and
     raises KeyboardInterrupt."""
+    if cfg.val_data:  # checked before the model loads, not after the first epoch
+        from training.validate import check_validation_data
+
+        check_validation_data(cfg)
     run = Run(cfg, world, quiet)
     cfg = run.cfg
     if world.main:

@@ -20,18 +20,30 @@ import torch
 from engine.errors import InputError
 
 
-def classnames_file(cfg, out: Path) -> str:
-    """`val_classnames`, else a file written into the run folder from the CSV's label names."""
-    if cfg.val_classnames:
-        return cfg.val_classnames
+def check_validation_data(cfg) -> list[str] | None:
+    """Before any training: an InputError when the validation CSV cannot serve (no 'label' column, class
+    indices without `val_classnames`, a missing names file) — it was found out after the first epoch.
+    The class names read from the CSV's labels; None when `val_classnames` names them."""
     from training.evaluate.zero_shot import read_csv
 
     rows = read_csv(cfg.val_data)
     if "label" not in rows[0]:
         raise InputError(f"{Path(cfg.val_data).name}: expected a 'label' column")
+    if cfg.val_classnames:
+        if not Path(cfg.val_classnames).is_file():
+            raise InputError(f"val_classnames: no file {cfg.val_classnames}")
+        return None
     labels = sorted({r["label"].strip() for r in rows})
     if all(label.isdigit() for label in labels):
         raise InputError("the validation CSV's labels are class indices: pass val_classnames=FILE (one name a line)")
+    return labels
+
+
+def classnames_file(cfg, out: Path) -> str:
+    """`val_classnames`, else a file written into the run folder from the CSV's label names."""
+    labels = check_validation_data(cfg)
+    if labels is None:
+        return cfg.val_classnames
     path = out / "val_classnames.txt"
     path.write_text("\n".join(labels) + "\n", encoding="utf-8")
     return str(path)

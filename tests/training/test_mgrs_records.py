@@ -209,3 +209,15 @@ def test_boxes_are_clipped_to_the_image_before_the_area_filter_and_the_crop(tmp_
         x1, y1, x2, y2 = (round(v) for v in box)
         assert np.array_equal(np.asarray(crop), pixels[y1:y2, x1:x2])  # cut inside the image, no padding
 
+
+
+def test_a_validation_csv_that_cannot_serve_fails_before_training(scene_dataset, tmp_path, capsys):
+    """--val-data without a 'label' column was found out after the first epoch (its minutes or hours
+    spent); now before the model loads, and nothing is written."""
+    (tmp_path / "val.csv").write_text("filepath,title\na.png,a field\n")
+    path = _write(tmp_path / "mgrs", _records(scene_dataset))
+    code, _, err = _train(["--data", str(path), "--data-root", str(_images(scene_dataset).parent),
+                           "--model", f"random:{TINY}", "--val-data", str(tmp_path / "val.csv")],
+                          tmp_path / "run", capsys)
+    _one_line(code, err, "val.csv: expected a 'label' column")
+    assert not (tmp_path / "run" / "checkpoints").exists()

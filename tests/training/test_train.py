@@ -141,6 +141,18 @@ def test_the_final_model_is_refused_as_resume_in_one_line_naming_model(scene_dat
     assert Path(again["checkpoint"]).is_file()  # as --model it starts a new run
 
 
+def test_a_resume_that_asks_for_another_network_is_refused(scene_dataset, start, tmp_path):
+    """Resuming with another --model architecture or with long_clip on a 77-position network trained the
+    checkpoint's network while config.json recorded the settings asked for; now one line, nothing changed."""
+    out = tmp_path / "run"
+    train(_config(2, scene_dataset, start, out, max_steps=1, save_every=1), World())
+    for change, needle in ((dict(model="random:tiny-vit-32"), "it trains tiny-vit-16, this run asks for tiny-vit-32"),
+                           (dict(long_clip=True), "this run asks for long_clip")):
+        with pytest.raises(InputError, match=needle):
+            train(_config(2, scene_dataset, start, out, max_steps=2, **change), World())
+    assert json.loads((out / "config.json").read_text())["model"] == str(start)
+
+
 def test_teacher_modes(scene_dataset, start, tmp_path):
     from training.loop import Run
 

@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 
 from PIL import Image
 
-from engine.errors import InputError
+from engine.errors import InputError, first_line
 from training.data.images import to_rgb
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff")
@@ -109,7 +109,7 @@ def decode_sample(sample: dict) -> tuple[Image.Image, str]:
             image = to_rgb(im)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"{sample.get('__url__')}: sample '{sample.get('__key__')}': cannot decode its "
-                         f"{image_key} image ({exc.__class__.__name__})") from None
+                         f"{image_key} image ({first_line(exc)})") from None
     return image, caption
 
 
@@ -125,7 +125,8 @@ def count_samples(urls: list[str]) -> int:
             with tarfile.open(url) as tar:
                 total += len({m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()})
         except (OSError, tarfile.TarError) as exc:
-            raise InputError(f"cannot count the samples of {url} ({exc}); pass --samples N") from None
+            why = "an empty file" if os.path.isfile(url) and os.path.getsize(url) == 0 else " ".join(str(exc).split())
+            raise InputError(f"cannot count the samples of {url} ({why}); pass --samples N") from None
     return total
 
 
