@@ -203,9 +203,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         headers = dict(exc.headers or {})
+        detail = str(exc.detail)
         if exc.status_code == 405 and exc.detail == "Method Not Allowed":  # Starlette's, not one of ours
             headers["Allow"] = ", ".join(allowed_methods(request.url.path))
-        return JSONResponse({"detail": json_safe(for_clients(str(exc.detail)))}, status_code=exc.status_code,
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # FastAPI's
+            detail = ("the request body is not JSON this engine reads: send plain UTF-8 JSON (not compressed), "
+                      "nested at most a few hundred levels deep")
+        return JSONResponse({"detail": json_safe(for_clients(detail))}, status_code=exc.status_code,
                             headers=headers)
 
     @app.exception_handler(RequestValidationError)

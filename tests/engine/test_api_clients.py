@@ -132,3 +132,12 @@ def test_the_engine_may_hold_many_connections():
     limit = raise_open_files_limit()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert limit == soft and (soft == hard or soft >= 1 << 20 or soft == resource.RLIM_INFINITY)
+
+
+@pytest.mark.parametrize("body, headers", [(b'{"classes": "\xff\xfe"}', {}),
+                                           (b"[" * 5000 + b"]" * 5000, {}),
+                                           (b"\x1f\x8b\x08\x00compressed", {"Content-Encoding": "gzip"})],
+                         ids=["not UTF-8", "nested 5000 deep", "gzip"])
+def test_a_body_that_is_not_readable_json_is_named_so(client, body, headers):
+    got = client.post("/v1/prompts", headers={**AUTH, "Content-Type": "application/json", **headers}, content=body)
+    assert got.status_code == 400 and "send plain UTF-8 JSON" in got.json()["detail"], got.text
