@@ -115,3 +115,11 @@ def test_a_label_of_another_size_than_its_image_is_refused(tmp_path):
     Image.fromarray(np.zeros((40, 300), dtype=np.uint8)).save(tmp_path / "ann" / "1.png")
     with pytest.raises(InputError, match="1.png is 300×40 px but its image 1.png is 96×96"):
         list(samples(dataset, tmp_path))
+
+
+def test_a_caption_cut_at_an_unquoted_comma_is_refused_naming_the_line(tmp_path):
+    from training.data.shards import read_captions
+
+    (tmp_path / "c.csv").write_text('filepath,caption\ng0.png,"quoted, fine"\ng1.png,red roofs, grey road\n')
+    with pytest.raises(InputError, match="c.csv line 3: more fields than the header"):
+        read_captions(tmp_path / "c.csv")

@@ -181,7 +181,14 @@ def _caption_rows(path: str | Path, image_key: str | None = None, caption_key: s
         rows = data
     else:
         dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
-        rows = list(csv.DictReader(io.StringIO(text), dialect=dialect))
+        reader = csv.DictReader(io.StringIO(text), dialect=dialect)
+        rows = []
+        for row in reader:
+            if None in row:  # fields past the header's: a caption cut at an unquoted comma
+                raise InputError(f"{path.name} line {reader.line_num}: more fields than the header has (a caption "
+                                 f"holding a {'tab' if dialect == 'excel-tab' else 'comma'} must be in double "
+                                 f"quotes: \"red roofs, grey road\")")
+            rows.append(row)
         if not rows:
             raise InputError(f"{path.name}: no rows under a header")
     header = [str(k) for k in rows[0].keys() if k is not None]
