@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from engine.errors import FarSLIPError, first_line
 
@@ -70,11 +71,11 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from training.config import build_config, parse_assignments
-    from training.distributed import init_world, shutdown
-
-    world = None
+    world, shutdown, cfg = None, None, None
     try:
+        from training.config import build_config, parse_assignments
+        from training.distributed import init_world, shutdown
+
         overrides = parse_assignments(args.set)
         overrides.update({k: getattr(args, k) for k in _FLAG_FIELDS if getattr(args, k) is not None})
         cfg = build_config(args.stage, args.config, overrides, need_data=not args.print_config)
@@ -99,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot read training data: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the current step is saved; run the same command to resume", file=sys.stderr)
+        saved = cfg is not None and (Path(cfg.out) / "checkpoints" / "latest.pt").is_file()
+        print("interrupted: the current step is saved; run the same command to resume" if saved else
+              "interrupted before the first step: nothing was saved", file=sys.stderr)
         return 130
     finally:
-        if world is not None:
+        if world is not None and shutdown is not None:
             shutdown()
 
 
