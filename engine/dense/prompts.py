@@ -18,6 +18,7 @@ from engine.errors import InputError
 from engine.text_files import read_text_file
 
 MAX_CLASSES = 254  # class maps are uint8; 255 means "no class" (nodata / below threshold)
+MAX_NAMES = 512  # names in all (classes and synonyms): each is encoded in every template (80) and a plane of scores
 MAX_NAME_CHARS = 200
 MAX_QUERY_CHARS = 300  # a search query: one sentence
 NO_CLASS = 255
@@ -92,6 +93,8 @@ class PromptSet:
             classes.append(ClassLine(names))
         if len(classes) > MAX_CLASSES:
             raise InputError(f"{len(classes)} classes given; at most {MAX_CLASSES} are supported")
+        if len(seen) > MAX_NAMES:
+            raise InputError(f"{len(seen)} names given (classes and their synonyms); at most {MAX_NAMES} in all")
         return cls(tuple(classes))
 
     @classmethod
@@ -169,7 +172,7 @@ def refuse_control_characters(name: str, what: str) -> None:
 
 def query_prompts(query: str) -> PromptSet:
     """The query as one class with one name (commas in a sentence are not synonyms here)."""
-    text = " ".join(query.split())
+    text = clean_name(query)  # as class names are cleaned: invisible marks alone are no query
     refuse_control_characters(text, "the search query")
     if not text:
         raise InputError("the search query is empty")

@@ -13,6 +13,7 @@ pixels (inside its polygon; those outside the raster count as no data) valid —
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -92,13 +93,13 @@ def cell_size_px(source: RasterSource, cell_m: float | None, cell_px: float | No
     """(source columns, source rows) of a cell: `cell_px` pixels a side, or `cell_m` metres on the ground
     (as many columns and rows as that is wide and tall where pixels are not square on the ground)."""
     if cell_px is not None:
-        if cell_px < 8:
-            raise InputError("cells must be at least 8 pixels")
+        if not math.isfinite(cell_px) or cell_px < 8:  # NaN passed `< 8`, inf made one cell of an infinite size
+            raise InputError("cells must be a finite number of pixels, at least 8")
         return float(cell_px), float(cell_px)
     if cell_m is None:
         raise InputError("give the cell size (--cell metres, or --cell-px pixels)")
-    if cell_m <= 0:
-        raise InputError("the cell size must be positive")
+    if not math.isfinite(cell_m) or cell_m <= 0:
+        raise InputError("the cell size must be a positive, finite number of metres")
     if source.pixel_sides_m is None:
         placed = (f"is placed by {source.sensor_model.what} only (its pixels have no size in metres)"
                   if source.sensor_model is not None else "has no CRS")

@@ -101,6 +101,9 @@ class WorkingGrid:
         return self.scale_x != 1.0 or self.scale_y != 1.0
 
 
+TINY_GRID = 32  # a working grid whose longer side is under this many pixels gets a warning
+
+
 class RasterSource:
     """An open raster area ready to be read as RGB at the working resolution."""
 
@@ -191,6 +194,11 @@ class RasterSource:
         self.pixel_sides_m = sides  # (along a row, along a column), metres on the ground
         self.source_gsd = None if sides is None else (sides[0] + sides[1]) / 2
         self.working_gsd, self.grid = self._working_grid(gsd)
+        if gsd is not None and max(self.grid.height, self.grid.width) < TINY_GRID:
+            self.notes.append(f"warning: at a working resolution of {gsd:g} m the area is {self.grid.width} × "
+                              f"{self.grid.height} working pixels: the model sees next to nothing of it (it reads "
+                              f"224 px crops); choose a resolution nearer the raster's own"
+                              + (f" {self.source_gsd:.3g} m" if self.source_gsd else ""))
         self.floating = any(np.dtype(ds.dtypes[b - 1]).kind in "fc" for b in self.bands)
         needs_stretch = ds.dtypes[self.bands[0] - 1] != "uint8" and self.palette is None
         cheap = self.height * self.width <= _CHEAP_READ_PIXELS or bool(ds.overviews(self.bands[0]))

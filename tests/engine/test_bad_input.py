@@ -21,6 +21,9 @@ GOOD = np.zeros((64, 64, 3), dtype=np.uint8)
     ("Straße; STRASSE", "name 'STRASSE' appears in class 1 and class 2"),
     ("water\u200b; water", "name 'water' appears in class 1 and class 2"),  # a zero-width space
     ("; ".join(f"class {i}" for i in range(300)), "300 classes given; at most 254"),
+    # 10,000 synonyms of one class: 800,000 prompts to encode (the API ran out of memory past 3.8 GB)
+    (",".join(f"a{i}" for i in range(10_000)) + "; road", r"10001 names given \(classes and their synonyms\); "
+                                                          r"at most 512 in all"),
     (42, "classes must be text"),
 ])
 def test_bad_class_lists(classes, message):
@@ -82,3 +85,11 @@ def test_a_name_the_text_encoder_would_cut_short_is_refused(tiny_model):
                                              r"it makes \d+ tokens, and the model reads 77; shorten it"):
             segment_image(GOOD, f"water; {long_name}", tiny_model)
     segment_image(GOOD, "water; a red brick building with a flat roof next to a road", tiny_model)  # fits
+
+
+@pytest.mark.parametrize("query", ["\u200b" * 300, " \u200b\u2060 ", ""])
+def test_a_search_query_of_invisible_marks_is_empty(query):
+    from engine.dense.prompts import query_prompts
+
+    with pytest.raises(InputError, match="the search query is empty"):
+        query_prompts(query)

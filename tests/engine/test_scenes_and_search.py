@@ -263,3 +263,21 @@ def test_cells_in_metres_on_a_raster_without_ground_size_say_why(tmp_path, class
     for path, why in ((plain, "the raster has no CRS"), (placed, "is placed by 3 ground control points only")):
         with pytest.raises(InputError, match=f"{why}.*give the cell size in pixels"):
             classify_grid(GridJob(str(path), str(tmp_path / "out"), cell_m=10.0), classifier)
+
+
+@pytest.mark.parametrize("size", [dict(cell_m=float("nan")), dict(cell_m=float("inf")), dict(cell_px=float("nan")),
+                                  dict(cell_px=float("inf"))], ids=["nan m", "inf m", "nan px", "inf px"])
+def test_a_cell_size_that_is_no_number_is_refused(tmp_path, classifier, size):
+    """NaN passed every check and ended in a traceback; inf made one cell and wrote Infinity into the summary."""
+    src = write_raster(tmp_path / "in.tif", scene(64, 64)[0])
+    with pytest.raises(InputError, match="finite"):
+        classify_grid(GridJob(str(src), str(tmp_path / "out"), **size), classifier)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_working_grid_of_a_few_pixels_is_warned_about(tmp_path):
+    src = write_raster(tmp_path / "in.tif", scene(512, 512)[0], res=0.5)
+    with RasterSource(src, gsd=10000.0) as coarse, RasterSource(src, gsd=2.0) as fine:
+        assert (coarse.grid.height, coarse.grid.width) == (1, 1)
+        assert any("1 × 1 working pixels: the model sees next to nothing" in n for n in coarse.notes)
+        assert not any("next to nothing" in n for n in fine.notes)
