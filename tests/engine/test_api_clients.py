@@ -34,7 +34,9 @@ def server(root, monkeypatch):
     running = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
-    while not running.started:
+    deadline = time.monotonic() + 60
+    while not running.started:  # a server that could not start (its port taken meanwhile) fails the test
+        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
         time.sleep(0.02)
     yield port
     running.should_exit = True
