@@ -100,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot read training data: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        saved = cfg is not None and (Path(cfg.out) / "checkpoints" / "latest.pt").is_file()
+        saved = False
+        if cfg is not None:  # (not before: a Ctrl-C during the imports imports nothing more)
+            from training.checkpoints import find_resume
+
+            saved = find_resume(Path(cfg.out), "auto") is not None  # what the same command would resume
         print("interrupted: the current step is saved; run the same command to resume" if saved else
               "interrupted before the first step: nothing was saved", file=sys.stderr)
         return 130
