@@ -27,6 +27,7 @@ from engine.models import LoadedModel
 if TYPE_CHECKING:
     from engine.dense.taught import TaughtClasses
 
+SCENE_TEMPLATES = "rs"  # the template set scenes and cells are classified with, unless told otherwise
 
 def logit_scale(model: LoadedModel) -> float:
     return float(min(model.clip.logit_scale.exp().item(), 100.0))
@@ -36,7 +37,7 @@ class SceneClassifier:
     """A model and a prompt set, ready to classify batches of RGB crops."""
 
     def __init__(self, model: LoadedModel, prompts: "str | list[str] | PromptSet | TaughtClasses",
-                 template_set: str = "rs", batch_size: int | None = None):
+                 template_set: str = SCENE_TEMPLATES, batch_size: int | None = None):
         from engine.dense.taught import TaughtClasses
 
         self.model = model

@@ -94,6 +94,18 @@ class SegmentationResult:
     background_index: int | None
 
 
+def segmented_classes(prompts: "str | list[str] | PromptSet | TaughtClasses", options: InferenceOptions
+                      ) -> tuple[PromptSet, int | None]:
+    """(the classes a segmenter embeds — taught ones by their names — with the options' background class
+    added, that class's index or None)."""
+    from engine.dense.taught import TaughtClasses
+
+    prompts = PromptSet.parse(prompts.prompts if isinstance(prompts, TaughtClasses) else prompts)
+    if options.background:
+        return prompts.with_background(options.background)
+    return prompts, None
+
+
 class Segmenter:
     """A model, a prompt set and options, ready to segment images or pieces of a large one."""
 
@@ -105,10 +117,7 @@ class Segmenter:
         self.options = (options or preset(DEFAULT_PRESET)).validate()
         taught = prompts if isinstance(prompts, TaughtClasses) else None
         self.taught = taught
-        prompts = PromptSet.parse(taught.prompts if taught else prompts)
-        self.background_index: int | None = None
-        if self.options.background:
-            prompts, self.background_index = prompts.with_background(self.options.background)
+        prompts, self.background_index = segmented_classes(prompts, self.options)
         self.prompts = prompts
         self.crop = self.options.crop or model.image_size
         self.stride = self.options.stride or max(1, self.crop // 2)

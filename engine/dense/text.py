@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import Callable
 
 import torch
 
@@ -29,7 +30,7 @@ def embed_names(model: LoadedModel, names: list[str], template_set: str = "image
             _CACHE.move_to_end(key)
             return _CACHE[key]
     texts = [t.format(name) for name in names for t in tmpl]
-    _refuse_names_cut_short(model, names, texts, len(tmpl))
+    refuse_names_cut_short(names, template_set, model.context_length, model.token_counts)
     per_template = model.encode_text(texts).reshape(len(names), len(tmpl), -1)
     embeddings = torch.nn.functional.normalize(per_template.mean(dim=1), dim=-1)
     with _LOCK:
@@ -39,18 +40,24 @@ def embed_names(model: LoadedModel, names: list[str], template_set: str = "image
     return embeddings
 
 
-def _refuse_names_cut_short(model: LoadedModel, names: list[str], texts: list[str], per_name: int) -> None:
-    """An InputError naming the first name that the text encoder would cut short in one of its templates:
-    two long names differing only past the cut would get the same embedding, and a class that cannot win."""
-    if max((len(t.encode("utf-8")) for t in texts), default=0) + 2 <= model.context_length:
+def refuse_names_cut_short(names: list[str], template_set: str, context_length: int,
+                           token_counts: Callable[[list[str]], list[int]]) -> None:
+    """An InputError naming the first name that a text encoder reading `context_length` tokens would cut
+    short in one of the templates (`token_counts`: tokens of each text with its start and end tokens):
+    two long names differing only past the cut would get the same embedding, and a class that cannot
+    win. The engine checks this before embedding; the API before it accepts a job."""
+    tmpl = templates(template_set)
+    texts = [t.format(name) for name in names for t in tmpl]
+    if max((len(t.encode("utf-8")) for t in texts), default=0) + 2 <= context_length:
         return  # (a token is at least one byte of UTF-8, with a start and an end token around them)
-    counts = model.token_counts(texts)
+    counts = token_counts(texts)
+    per_name = len(tmpl)
     for k, name in enumerate(names):
         longest = max(counts[k * per_name:(k + 1) * per_name])
-        if longest > model.context_length:
+        if longest > context_length:
             shown = name if len(name) <= 60 else name[:57] + "..."
             raise InputError(f"class name '{shown}' is too long for the model's text encoder: with its prompt "
-                             f"template it makes {longest} tokens, and the model reads {model.context_length}; "
+                             f"template it makes {longest} tokens, and the model reads {context_length}; "
                              f"shorten it")
 
 

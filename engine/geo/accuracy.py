@@ -54,6 +54,66 @@ def _match(label: str, classes: list[dict]) -> int | None:
     return None
 
 
+def _open_class_raster(class_raster: str):
+    with warnings.catch_warnings():  # a class map without geotransform is read in its pixel frame: no warning
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        return open_raster(class_raster)
+
+
+def _reference_on(ds, geoms: list, values: list[str], crs: str | None) -> tuple[list[dict], Affine, list, dict]:
+    """(the class raster's classes, its pixel → frame transform, the reference shapes in that frame as
+    (polygon, the class's row), the labels left out with their counts). An InputError when no polygon
+    names a class of the raster."""
+    classes = raster_classes(ds)
+    position = {c["index"]: i for i, c in enumerate(classes)}
+    shapes, skipped = [], {}
+    for geom, value in zip(geoms, values):
+        index = _match(value, classes) if value else None
+        if index is None or geom is None or geom.is_empty:
+            skipped[value or "(empty)"] = skipped.get(value or "(empty)", 0) + 1
+            continue
+        if geom.geom_type not in ("Polygon", "MultiPolygon"):  # a point or line is no reference area
+            why = f"{value} (a {geom.geom_type.lower()}, not a polygon)"
+            skipped[why] = skipped.get(why, 0) + 1
+            continue
+        shapes.append((geom, position[index]))
+    if not shapes:
+        raise InputError(f"no reference polygon names a class of {Path(ds.name).name} "
+                         f"({', '.join(c['name'] for c in classes)})")
+    frame, shapes = _in_raster_frame(ds, shapes, crs)
+    return classes, frame, shapes, skipped
+
+
+def _meet(bounds: tuple, window: Window, frame: Affine) -> bool:
+    """Whether shapes' bounds (minx, miny, maxx, maxy) reach a window of the raster (False only when
+    they surely miss it)."""
+    left, bottom, right, top = rasterio.windows.bounds(window, frame)
+    return not (bounds[2] < min(left, right) or bounds[0] > max(left, right) or
+                bounds[3] < min(bottom, top) or bounds[1] > max(bottom, top))
+
+
+def check_reference(class_raster: str, geoms: list, values: list[str], crs: str | None,
+                    about: dict | None = None) -> None:
+    """Refuse, before any pixel is read, reference polygons of which none names a class of the class
+    raster or none reaches its extent (what the API checks before it accepts an accuracy job)."""
+    import shapely
+
+    with _open_class_raster(class_raster) as ds:
+        _, frame, shapes, _ = _reference_on(ds, geoms, values, crs)
+        bounds = shapely.GeometryCollection([g for g, _ in shapes]).bounds
+        if not _meet(bounds, Window(0, 0, ds.width, ds.height), frame):
+            raise InputError(_overlaps_nothing(class_raster, crs, about))
+
+
+def _overlaps_nothing(class_raster: str, crs: str | None, about: dict | None, conflicting: int = 0) -> str:
+    geojson = str((about or {}).get("reference", "")).lower().endswith((".geojson", ".json"))
+    hint = "; a GeoJSON without a CRS is read as WGS 84 longitude, latitude" if geojson else ""
+    return (f"no reference polygon overlaps {(about or {}).get('class_raster', Path(class_raster).name)}"
+            + (f" (reference in {crs}{hint})" if crs else "")
+            + (f"; {conflicting} pixels are claimed by reference polygons of different classes"
+               if conflicting else ""))
+
+
 def confusion_matrix(class_raster: str, geoms: list, values: list[str], crs: str | None
                      ) -> tuple[np.ndarray, list[dict], dict, int]:
     """([K, K+1] pixel counts: reference class × predicted class or 'no class' last), the classes, the
@@ -62,39 +122,18 @@ def confusion_matrix(class_raster: str, geoms: list, values: list[str], crs: str
     labelled `values`, in `crs` (None: the raster's)."""
     import shapely
 
-    with warnings.catch_warnings():  # a class map without geotransform is read in its pixel frame: no warning
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        ds = open_raster(class_raster)
-    with ds:
-        classes = raster_classes(ds)
-        position = {c["index"]: i for i, c in enumerate(classes)}
-        shapes, skipped = [], {}
-        for geom, value in zip(geoms, values):
-            index = _match(value, classes) if value else None
-            if index is None or geom is None or geom.is_empty:
-                skipped[value or "(empty)"] = skipped.get(value or "(empty)", 0) + 1
-                continue
-            if geom.geom_type not in ("Polygon", "MultiPolygon"):  # a point or line is no reference area
-                why = f"{value} (a {geom.geom_type.lower()}, not a polygon)"
-                skipped[why] = skipped.get(why, 0) + 1
-                continue
-            shapes.append((geom, position[index]))
-        if not shapes:
-            raise InputError(f"no reference polygon names a class of {Path(class_raster).name} "
-                             f"({', '.join(c['name'] for c in classes)})")
-        frame, shapes = _in_raster_frame(ds, shapes, crs)
+    with _open_class_raster(class_raster) as ds:
+        classes, frame, shapes, skipped = _reference_on(ds, geoms, values, crs)
         k = len(classes)
         matrix = np.zeros((k, k + 1), dtype=np.int64)
         lookup = np.full(256, k, dtype=np.int64)  # a raster value → its column; NODATA and unknown: 'no class'
-        for c in classes:
-            lookup[c["index"]] = position[c["index"]]
+        for i, c in enumerate(classes):
+            lookup[c["index"]] = i
         bounds = shapely.GeometryCollection([g for g, _ in shapes]).bounds
         conflicting = 0
         for row in range(0, ds.height, ROWS_PER_WINDOW):
             window = Window(0, row, ds.width, min(ROWS_PER_WINDOW, ds.height - row))
-            left, bottom, right, top = rasterio.windows.bounds(window, frame)
-            if bounds[2] < min(left, right) or bounds[0] > max(left, right) or \
-                    bounds[3] < min(bottom, top) or bounds[1] > max(bottom, top):
+            if not _meet(bounds, window, frame):
                 continue
             shape, place = (int(window.height), ds.width), frame @ Affine.translation(0, row)
             truth = rasterize(shapes, out_shape=shape, fill=255, dtype="uint8", transform=place)
@@ -238,12 +277,7 @@ def write_accuracy(class_raster: str, geoms: list, values: list[str], crs: str |
         raise InputError(f"{out} is a file: name a folder for accuracy.json, confusion.csv and confusion.png")
     matrix, classes, skipped, conflicting = confusion_matrix(class_raster, geoms, values, crs)
     if not matrix.sum():
-        geojson = str((about or {}).get("reference", "")).lower().endswith((".geojson", ".json"))
-        hint = "; a GeoJSON without a CRS is read as WGS 84 longitude, latitude" if geojson else ""
-        raise InputError(f"no reference polygon overlaps {(about or {}).get('class_raster', Path(class_raster).name)}"
-                         + (f" (reference in {crs}{hint})" if crs else "")
-                         + (f"; {conflicting} pixels are claimed by reference polygons of different classes"
-                            if conflicting else ""))
+        raise InputError(_overlaps_nothing(class_raster, crs, about, conflicting))
     report = {"class_raster": str(class_raster), **(about or {}), **scores(matrix, classes),
               "skipped_labels": skipped, "conflicting_pixels": conflicting}
     try:

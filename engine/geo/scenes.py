@@ -125,7 +125,8 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
     paths = grid_paths(job)
     with RasterSource(job.input, job.bands, None, job.window, job.bbox, job.bbox_crs, nodata=job.nodata,
                       mask_wkt=job.mask_wkt, mask_crs=job.mask_crs) as source:
-        cells = tile_cells(source, cell_size_px(source, job.cell_m, job.cell_px))
+        size = cell_size_px(source, job.cell_m, job.cell_px)
+        cells = tile_cells(source, size)
         if source.mask_geometry is not None:  # the cells the mask covers some of, not its whole bounding box
             mask = source.mask_geometry
             shapely.prepare(mask)
@@ -170,6 +171,10 @@ def classify_grid(job: GridJob, classifier: SceneClassifier, progress: ProgressF
             write_features(work / "grid.gpkg", [cell_polygon(source, c) for c, _ in rows], fields, source.crs, "grid")
             counts = np.bincount(best[valid], minlength=len(names))
             notes = list(source.notes)  # what was chosen or noticed about the raster
+            if size[0] >= source.width and size[1] >= source.height:
+                asked = f"{job.cell_m:g} m" if job.cell_px is None else f"{job.cell_px:g} px"
+                notes.append(f"the cell ({asked}) is not smaller than the area ({source.width} x {source.height} "
+                             f"px): the grid is one cell, the whole area classified as one scene")
             taught = classifier.segmenter.taught if classifier.segmenter is not None else None
             if taught is not None:  # (cells are read at their own scale: no working GSD to compare)
                 notes += taught.differences(classifier.segmenter.options, None, source.bands, source.dataset.count)

@@ -37,6 +37,7 @@ from engine.geo.vectors import write_features
 from engine.models import LoadedModel
 
 HEATMAP_NODATA = -2.0
+QUERY_TEMPLATES = "name"  # a query is embedded as the user wrote it, in no template
 
 
 @dataclass
@@ -83,7 +84,7 @@ def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | Non
             if job.heatmap:
                 _heatmap(job, model, prompts, source, work, progress, cancel)
             # boxes: one model crop per cell at the working resolution, half-overlapping
-            scorer = SceneClassifier(model, prompts, template_set="name")
+            scorer = SceneClassifier(model, prompts, template_set=QUERY_TEMPLATES)
             crop_px = (model.image_size * source.grid.scale_x, model.image_size * source.grid.scale_y)
             cells = grid_cells(source, crop_px, (crop_px[0] / 2, crop_px[1] / 2))
             embeddings, kept = [], []
@@ -133,7 +134,7 @@ def search_raster(job: SearchJob, model: LoadedModel, progress: ProgressFn | Non
 def _heatmap(job, model, prompts, source, work, progress, cancel) -> None:
     """Dense cosine similarity to the query, block by block (the blocks of `segment`), put back on
     the source grid as each block is done, into `work`/heatmap.tif."""
-    segmenter = Segmenter(model, prompts, InferenceOptions(template_set="name"))
+    segmenter = Segmenter(model, prompts, InferenceOptions(template_set=QUERY_TEMPLATES))
     raster = TiledRaster(work / "heatmap.tif", source.height, source.width, 1, source.raster_transform, source.crs,
                          ["cosine similarity"], {"FARSLIP_QUERY": job.query}, dtype="float32", nodata=HEATMAP_NODATA,
                          sensor_model=source.raster_sensor_model)

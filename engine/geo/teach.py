@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from engine.boxes import Box
-from engine.dense import Segmenter
+from engine.dense import PromptSet, Segmenter
+from engine.dense.prompts import name_key
 from engine.dense.sliding import CropGrid, crop_maps, normalise
 from engine.dense.taught import MIN_SAMPLES, TaughtClasses
 from engine.errors import InputError
@@ -130,15 +131,17 @@ class CropFeatures:
         return features[torch.from_numpy(inside)].numpy()
 
 
-def teach(segmenter: Segmenter, source: RasterSource, geoms: list, values: list[str], crs: str | None,
-          made: dict | None = None, seed: int = 0) -> TaughtClasses:
-    """Taught classes from polygons (`geoms`, in `crs` or the raster's when None) whose label (`values`)
-    names one of the segmenter's classes (any of its synonyms, case-insensitive)."""
-    prompts = segmenter.prompts
+def place_labels(source: RasterSource, prompts: PromptSet, geoms: list, values: list[str], crs: str | None
+                 ) -> tuple[list[tuple[int, object, Box]], dict[str, int]]:
+    """The labels that can teach — (class index, polygon on the working grid, its pixel box) for each —
+    and the others counted by why they are left out (a label naming no class, a point, outside the
+    raster). An InputError naming the reason when no label can teach: the API checks this before it
+    accepts a teach job. `geoms` are in `crs` (None: the raster's); `values` name classes (any synonym)."""
     grid = source.grid
-    crops = CropGrid(grid.height, grid.width, segmenter.crop, segmenter.stride)
     skipped: dict[str, int] = {}
-    plan: list[tuple[int, object, list[Box]]] = []
+    placed: list[tuple[int, object, Box]] = []
+    unknown: list[str] = []  # labels naming no class
+
     def skip(why: str) -> None:
         skipped[why] = skipped.get(why, 0) + 1
 
@@ -148,8 +151,12 @@ def teach(segmenter: Segmenter, source: RasterSource, geoms: list, values: list[
                          f"label as a polygon around what it names")
     for geom, value in zip(geoms, values):
         c = prompts.index_of(value) if value else None
-        if c is None or geom is None or geom.is_empty:
+        if c is None:
             skip(value or "(empty)")
+            unknown.append(value or "(empty)")
+            continue
+        if geom is None or geom.is_empty:
+            skip(f"{value} (an empty polygon)")
             continue
         if geom.geom_type not in ("Polygon", "MultiPolygon"):
             skip(f"{value} (a {geom.geom_type.lower()}, not a polygon)")
@@ -164,10 +171,43 @@ def teach(segmenter: Segmenter, source: RasterSource, geoms: list, values: list[
         if x1 <= x0 or y1 <= y0:
             skip(f"{value} (outside the raster)")
             continue
-        plan.append((c, pixel_geom, choose_crops(crops.touching(Box(y0, x0, y1 - y0, x1 - x0)), pixel_geom)))
-    if not plan and skipped and all(why.endswith("(outside the raster)") for why in skipped):
-        raise InputError(f"no label overlaps the raster (labels in {crs or 'the raster CRS'}; a GeoJSON without a CRS "
-                         f"is read as WGS 84 longitude, latitude)")
+        placed.append((c, pixel_geom, Box(y0, x0, y1 - y0, x1 - x0)))
+    if not placed:
+        raise InputError(_why_none_teach(skipped, unknown, prompts, crs))
+    return placed, skipped
+
+
+def _why_none_teach(skipped: dict[str, int], unknown: list[str], prompts: PromptSet, crs: str | None) -> str:
+    if not skipped:
+        return "no labels given: draw polygons around examples of the classes"
+    if all(why.endswith("(outside the raster)") for why in skipped):
+        return (f"no label overlaps the raster (labels in {crs or 'the raster CRS'}; a GeoJSON without a CRS "
+                f"is read as WGS 84 longitude, latitude)")
+    classes = ", ".join(prompts.labels[:20]) + (", ..." if len(prompts.labels) > 20 else "")
+    if len(unknown) == sum(skipped.values()):
+        names = sorted({name_key(n): " ".join(n.split()) for n in reversed(unknown)}.values())  # (each once)
+        return (f"no label names a class: the labels say {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}; "
+                f"the classes are {classes}")
+    return f"no label can teach (the classes are {classes}): {_reasons(skipped)}"
+
+
+def _reasons(skipped: dict[str, int]) -> str:
+    shown = [f"{why} ×{n}" if n > 1 else why for why, n in list(skipped.items())[:10]]
+    return ", ".join(shown) + (", ..." if len(skipped) > 10 else "")
+
+
+def teach(segmenter: Segmenter, source: RasterSource, geoms: list, values: list[str], crs: str | None,
+          made: dict | None = None, seed: int = 0) -> TaughtClasses:
+    """Taught classes from polygons (`geoms`, in `crs` or the raster's when None) whose label (`values`)
+    names one of the segmenter's classes (any of its synonyms, case-insensitive)."""
+    prompts = segmenter.prompts
+    crops = CropGrid(source.grid.height, source.grid.width, segmenter.crop, segmenter.stride)
+    placed, skipped = place_labels(source, prompts, geoms, values, crs)
+
+    def skip(why: str) -> None:
+        skipped[why] = skipped.get(why, 0) + 1
+
+    plan = [(c, pixel_geom, choose_crops(crops.touching(box), pixel_geom)) for c, pixel_geom, box in placed]
     computed = CropFeatures(segmenter, source)
     computed.compute([b for *_, boxes in plan for b in boxes])
     rng = np.random.default_rng(seed)
@@ -180,8 +220,11 @@ def teach(segmenter: Segmenter, source: RasterSource, geoms: list, values: list[
             features.setdefault(c, []).append(samples)
         else:  # its pixels hold no data
             skip(f"{prompts.classes[c].label} (on no data)")
-    for c in [c for c, polys in features.items() if sum(len(p) for p in polys) < MIN_SAMPLES]:
+    few = [c for c, polys in features.items() if sum(len(p) for p in polys) < MIN_SAMPLES]
+    for c in few:
         skip(f"{prompts.classes[c].label} (under {MIN_SAMPLES} patches: draw its labels larger)")
+    if len(few) == len(features):
+        raise InputError(f"no class has the {MIN_SAMPLES} labelled patches it needs: {_reasons(skipped)}")
     record = {"raster": str(source.path), "working_gsd_m": source.working_gsd, "crops": len(computed.cache),
               "bands": list(source.bands), "band_count": source.dataset.count,
               "template_set": segmenter.options.template_set, "global_bias": segmenter.options.global_bias,

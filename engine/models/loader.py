@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 from dataclasses import dataclass, field
@@ -71,9 +72,9 @@ class LoadedModel:
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens of each text with its start and end tokens, however many the model reads (a text of
         more than `context_length` is cut short when encoded)."""
-        longest = 4 * max((len(t) for t in texts), default=0) + 2  # a character is at most a few tokens
-        tokens = self.tokenize(texts, max(longest, self.context_length))
-        return (tokens.argmax(dim=-1) + 1).tolist()  # the end-of-text token has the highest id
+        if self._tokenizer is None:
+            self._tokenizer = tokenizer_for(self.arch)
+        return count_tokens(self._tokenizer, texts)
 
     @torch.inference_mode()
     def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -97,12 +98,20 @@ class LoadedModel:
         return self.clip.encode_image(images.to(self.device, self.dtype), normalize=True).float()
 
 
+@functools.lru_cache(maxsize=8)
 def tokenizer_for(arch: str):
-    """open_clip's tokenizer of an architecture (tiny test architectures use CLIP's BPE vocabulary);
-    call it as `tokenizer(texts, context_length=...)`."""
+    """open_clip's tokenizer of an architecture (tiny test architectures use CLIP's BPE vocabulary),
+    made once; call it as `tokenizer(texts, context_length=...)`."""
     import open_clip
 
     return open_clip.get_tokenizer("ViT-B-16" if arch in TINY_ARCHS else arch)
+
+
+def count_tokens(tokenizer, texts: list[str]) -> list[int]:
+    """Tokens of each text with its start and end tokens, however many a model reads."""
+    longest = 4 * max((len(t) for t in texts), default=0) + 2  # a character is at most a few tokens
+    tokens = tokenizer(texts, context_length=longest)
+    return (tokens.argmax(dim=-1) + 1).tolist()  # the end-of-text token has the highest id
 
 
 def wrap_model(clip: FarSLIPCLIP, arch: str, name: str = "in-memory", device: str | None = None,
@@ -183,6 +192,23 @@ def check_checkpoint(model: str, arch: str | None = None) -> str:
     if problem:
         raise ModelError(f"{path.name} does not fit architecture {arch}: {problem}")
     return arch
+
+
+def text_context_of(model: str) -> int | None:
+    """The text positions a release or checkpoint file reads, from its tensors without building the
+    network (memory-mapped, once per file version); None for a release not downloaded yet or a file
+    without a text tower."""
+    release = find_release(model)
+    path = hub.cached_path(release) if release is not None else config.user_path(model)
+    if path is None or not path.is_file():
+        return None
+    stat = path.stat()
+    return _text_context_in(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _text_context_in(path: str, mtime_ns: int, size: int) -> int | None:
+    return checkpoint.text_context_length(checkpoint.read_state_dict(Path(path), mmap=True))
 
 
 def load_model(model: str, arch: str | None = None, device: str | None = None,

@@ -129,6 +129,31 @@ def resolve_model(name: str | None, arch: str | None, settings, pool=None) -> tu
     return path, arch
 
 
+def check_names_fit(names: list[str], template_set: str, stored: dict, pool=None) -> None:
+    """A 400 naming a class name the job's model would cut short in the job's templates (the job would
+    fail on it): that model's own context length when it is loaded, else the one its file holds, else
+    (a release not downloaded yet) the longest any FarSLIP model reads."""
+    from engine.dense.text import refuse_names_cut_short
+    from engine.models.clip import LONG_CONTEXT
+    from engine.models.loader import count_tokens, text_context_of, tokenizer_for
+
+    model, arch = stored["model"], stored["arch"]
+    if pool is not None and pool.has(model, arch):
+        loaded = pool.get(model, arch)
+        context, counter = loaded.context_length, loaded.token_counts
+    else:
+        try:
+            context = text_context_of(model) or LONG_CONTEXT
+        except Exception:  # noqa: BLE001 - a file that cannot be read is the job's to report, as before
+            context = LONG_CONTEXT
+        tokenizer = tokenizer_for(arch or "ViT-B-16")  # (every FarSLIP model reads CLIP's BPE tokens)
+        counter = lambda texts: count_tokens(tokenizer, texts)  # noqa: E731
+    try:
+        refuse_names_cut_short(names, template_set, context, counter)
+    except InputError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
 def check_upsampler(raw: str, model: str, arch: str | None, settings) -> str:
     """The up-sampler file (folder policy applied), read and checked against the model's feature size
     when the architecture is known without loading the model: 4xx on a bad file."""
@@ -170,7 +195,10 @@ def _stored(body, store, settings, pool, check) -> dict:
 
 def prepare_segment(body: SegmentRequest, store, settings, pool=None) -> dict:
     """Check everything that can be checked without the model — the raster opened once, with the
-    job's area, and its working grid held against the pixel budget; return what the worker runs."""
+    job's area, and its working grid held against the pixel budget; class names against the model's
+    text encoder; return what the worker runs."""
+    from engine.dense.segment import segmented_classes
+
     body = body.model_copy(update={"classes": taught_ref(body.classes, store, settings)})
     upsampler = body.upsampler
     plain = body.model_copy(update={"upsampler": None})  # the up-sampler is checked below, under the folder policy
@@ -185,6 +213,8 @@ def prepare_segment(body: SegmentRequest, store, settings, pool=None) -> dict:
             source.probe()
 
     stored = _stored(plain, store, settings, pool, check)
+    options = plain.inference_options()
+    check_names_fit(segmented_classes(plain.prompts, options)[0].names, options.template_set, stored, pool)
     stored["body"]["upsampler"] = upsampler
     stored["upsampler"] = check_upsampler(upsampler, stored["model"], stored["arch"], settings) if upsampler else None
     return stored
@@ -248,9 +278,13 @@ def _polygons(items, what: str) -> tuple[list, list[str]]:
 
 
 def prepare_teach(body: TeachRequest, store, settings, pool=None) -> dict:
-    from engine.dense import PromptSet
+    """Refuse now what the job would fail on: classes, the raster, and labels of which none can teach
+    (none names a class, none overlaps the raster)."""
+    from engine.dense import PromptSet, preset
+    from engine.dense.segment import segmented_classes
+    from engine.geo.teach import place_labels
 
-    _polygons(body.labels, "labels")
+    geoms, values = _polygons(body.labels, "labels")
 
     if body.labels_crs is not None:
         parse_crs(body.labels_crs, "labels_crs")
@@ -259,17 +293,25 @@ def prepare_teach(body: TeachRequest, store, settings, pool=None) -> dict:
         lines = [body.classes] if isinstance(body.classes, str) else list(body.classes)
         if any(line.strip().startswith("@") for line in lines):
             raise InputError("classes names the classes to teach ('water; grass; roof'), not taught classes ('@…')")
-        PromptSet.parse(body.classes)
+        prompts = PromptSet.parse(body.classes)
         with body.open_source(path, inspect_pixels=False) as source:
             source.probe()
             if body.labels_crs:
                 source.user_crs(body.labels_crs, "the labels")
+            place_labels(source, prompts, geoms, values, body.labels_crs)
 
-    return _stored(body, store, settings, pool, check)
+    stored = _stored(body, store, settings, pool, check)
+    options = preset(body.preset)
+    check_names_fit(segmented_classes(body.classes, options)[0].names, options.template_set, stored, pool)
+    return stored
 
 
 def prepare_accuracy(body: AccuracyRequest, store, settings, pool=None) -> dict:
-    _polygons(body.reference, "reference")
+    """Refuse now what the job would fail on: no such finished segmentation, reference polygons of which
+    none names one of its classes or none reaches its extent."""
+    from engine.geo.accuracy import check_reference
+
+    geoms, values = _polygons(body.reference, "reference")
     if body.reference_crs is not None:
         parse_crs(body.reference_crs, "reference_crs")
     job = store.get(body.job)
@@ -277,8 +319,19 @@ def prepare_accuracy(body: AccuracyRequest, store, settings, pool=None) -> dict:
         raise HTTPException(404, f"no segmentation job {body.job}")
     if job.state != "done":
         raise HTTPException(409, f"segmentation job {body.job} is {job.state}; check it once it is done")
-    return {"body": body.model_dump(mode="json"), "class_raster": str(store.job_dir(job.id) / "out" /
-                                                                       "result_classes.tif")}
+    class_raster = store.job_dir(job.id) / "out" / "result_classes.tif"
+    if not class_raster.is_file():  # (deleted a moment ago)
+        raise HTTPException(404, f"no segmentation job {body.job}")
+    try:
+        check_reference(str(class_raster), geoms, values, body.reference_crs, _accuracy_about(body.job))
+    except FarSLIPError as exc:
+        raise HTTPException(400, str(exc)) from None
+    return {"body": body.model_dump(mode="json"), "class_raster": str(class_raster)}
+
+
+def _accuracy_about(job_id: str) -> dict:
+    """How an accuracy report names the class raster (the engine's own path means nothing to a client)."""
+    return {"class_raster": f"result_classes.tif of job {job_id}", "job": job_id}
 
 
 def teach_handler(pool):
@@ -307,9 +360,8 @@ def accuracy_handler():
         geoms, values = _polygons(body.reference, "reference")
         if not Path(request["class_raster"]).exists():
             raise InputError(f"segmentation job {body.job} was deleted before this job could start")
-        # (the engine's own path of the class raster means nothing to a client: the job names it)
         return write_accuracy(request["class_raster"], geoms, values, body.reference_crs, str(ctx.out_dir),
-                              {"class_raster": f"result_classes.tif of job {body.job}", "job": body.job})
+                              _accuracy_about(body.job))
 
     return run
 
@@ -328,7 +380,18 @@ def prepare_grid(body: GridRequest, store, settings, pool=None) -> dict:
             source.probe()
             cell_size_px(source, body.cell_m, body.cell_px)  # a cell under 8 pixels is refused here, not later
 
-    return _stored(body, store, settings, pool, check)
+    from engine.dense import PromptSet
+    from engine.dense.scenes import SCENE_TEMPLATES
+    from engine.dense.segment import segmented_classes
+
+    stored = _stored(body, store, settings, pool, check)
+    classes = read_run_classes(body.classes)
+    if isinstance(classes, PromptSet):  # (taught classes are checked as a segmentation's, see SceneClassifier)
+        check_names_fit(classes.names, SCENE_TEMPLATES, stored, pool)
+    else:
+        options = classes.segment_options()
+        check_names_fit(segmented_classes(classes, options)[0].names, options.template_set, stored, pool)
+    return stored
 
 
 def prepare_search(body: SearchRequest, store, settings, pool=None) -> dict:
@@ -339,7 +402,11 @@ def prepare_search(body: SearchRequest, store, settings, pool=None) -> dict:
         body.check_area()
         probe_area(path, gsd=body.gsd, **body.area_arguments())
 
-    return _stored(body, store, settings, pool, check)
+    from engine.geo.search import QUERY_TEMPLATES
+
+    stored = _stored(body, store, settings, pool, check)
+    check_names_fit(query_prompts(body.query).names, QUERY_TEMPLATES, stored, pool)
+    return stored
 
 
 def grid_handler(pool):

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import rasterio
+import shapely
+import torch
 
-from tests.engine.api_helpers import AUTH
+from tests.engine.api_helpers import AUTH, wait_for
 from tests.engine.rasters import scene, write_raster
 
 JSON = {**AUTH, "content-type": "application/json"}
@@ -169,3 +172,59 @@ def test_a_bad_class_list_is_named_in_the_words_of_the_request(client, src, clas
     got = _detail(client.post("/v1/jobs/segment", headers=AUTH, json={"input": {"path": str(src)},
                                                                       "classes": classes}), 422)
     assert got.startswith(detail) and "constrained" not in got, got
+
+
+LONG_NAME = "森林" * 15  # 30 characters of CJK: ~90 tokens in a template, past 77, within Long-CLIP's 248
+
+
+@pytest.mark.parametrize("url, extra", [
+    ("/v1/jobs/segment", {"classes": f"water; {LONG_NAME}"}),
+    ("/v1/jobs/segment", {"classes": "water", "background": LONG_NAME, "threshold": 0.5}),
+    ("/v1/jobs/teach", {"classes": f"water; {LONG_NAME}", "labels": [{"wkt": "POLYGON ((500005 5199995, 500020 "
+                        "5199995, 500020 5199980, 500005 5199980, 500005 5199995))", "label": "water"}]}),
+    ("/v1/jobs/grid", {"classes": f"water; {LONG_NAME}", "cell_m": 10}),
+    ("/v1/jobs/search", {"query": f"a pool by {LONG_NAME}"}),
+])
+def test_a_name_the_models_text_encoder_would_cut_short_is_a_400_at_submit(client, root, src, url, extra):
+    """It was accepted (202) and the job failed once its model had loaded. Checked against the job's own
+    model, before it is loaded (its file's context length) and once loaded: a Long-CLIP model reads the
+    name whole, so it is accepted there."""
+    from tests.engine.conftest import TINY, make_clip
+
+    body = {"input": {"path": str(src)}, **extra}
+    detail = _detail(client.post(url, headers=AUTH, json=body), 400)
+    assert "is too long for the model's text encoder" in detail and "the model reads 77" in detail, detail
+    assert client.get("/v1/jobs", headers=AUTH).json() == []  # no job was made
+    long_clip = root / "long.pt"
+    torch.save({"state_dict": make_clip(long_clip=True).state_dict()}, long_clip)
+    accepted = client.post(url, headers=AUTH, json={**body, "model": str(long_clip), "arch": TINY})
+    assert accepted.status_code == 202, accepted.text
+    assert wait_for(client, accepted.json()["id"])["state"] == "done"
+    detail = _detail(client.post(url, headers=AUTH, json={**body, "classes": f"water; {LONG_NAME * 3}"}
+                                 if "classes" in body else {**body, "query": LONG_NAME * 3}), 400)
+    assert "is too long" in detail, detail  # (the default model, its file read)
+
+
+def test_labels_that_cannot_teach_and_references_that_check_nothing_are_a_400_at_submit(client, src):
+    """Both were accepted (202) and the job failed; a label naming no class said only 'no labelled samples'."""
+    with rasterio.open(src) as ds:
+        left, top = ds.bounds.left, ds.bounds.top
+    inside, far = shapely.box(left + 5, top - 20, left + 20, top - 5).wkt, shapely.box(0, 0, 10, 10).wkt
+    teach = {"input": {"path": str(src)}, "classes": "water; grass, lawn"}
+    for labels, message in [
+        ([{"wkt": far, "label": "water"}], "no label overlaps the raster"),
+        ([{"wkt": inside, "label": "roof"}, {"wkt": inside, "label": "Roof "}],
+         "no label names a class: the labels say roof; the classes are water, grass"),
+        ([{"wkt": inside, "label": "road"}, {"wkt": far, "label": "LAWN"}],
+         "no label can teach (the classes are water, grass): road, LAWN (outside the raster)"),
+    ]:
+        assert message in _detail(client.post("/v1/jobs/teach", headers=AUTH, json={**teach, "labels": labels}), 400)
+    segmented = client.post("/v1/jobs/segment", headers=AUTH, json={**teach})
+    job = wait_for(client, segmented.json()["id"])["id"]
+    for reference, message in [
+        ([{"wkt": far, "label": "water"}], f"no reference polygon overlaps result_classes.tif of job {job}"),
+        ([{"wkt": inside, "label": "roof"}], "no reference polygon names a class of result_classes.tif (water, grass)"),
+    ]:
+        got = client.post("/v1/jobs/accuracy", headers=AUTH, json={"job": job, "reference": reference})
+        assert _detail(got, 400) == message
+    assert [j["kind"] for j in client.get("/v1/jobs", headers=AUTH).json()] == ["segment"]

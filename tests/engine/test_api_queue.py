@@ -21,6 +21,9 @@ def src(root):
     return write_raster(root / "ortho.tif", scene(96, 96)[0])
 
 
+INSIDE = "POLYGON((500001 5199990, 500010 5199990, 500010 5199999, 500001 5199999, 500001 5199990))"  # (of src)
+
+
 def _segment(client, **input_):
     return client.post("/v1/jobs/segment", headers=AUTH, json={"input": input_, "classes": "a; b"})
 
@@ -52,7 +55,7 @@ def test_cancelled_and_deleted_queued_jobs_free_their_places_at_once(root, src, 
 
 def test_a_job_a_queued_accuracy_job_uses_cannot_be_deleted(client, root, src, monkeypatch, tmp_path):
     segmentation = wait_for(client, _segment(client, path=str(src)).json()["id"])["id"]
-    reference = [{"wkt": "POLYGON((0 0, 1 0, 1 1, 0 1, 0 0))", "label": "a"}]
+    reference = [{"wkt": INSIDE, "label": "a"}]
     with held_worker(client, root, monkeypatch, tmp_path):
         accuracy = client.post("/v1/jobs/accuracy", headers=AUTH, json={"job": segmentation, "reference": reference})
         assert accuracy.status_code == 202, accuracy.text
@@ -78,7 +81,7 @@ def test_an_upload_a_queued_job_reads_cannot_be_deleted(client, root, src, monke
 
 def test_a_job_whose_input_vanished_fails_in_one_line_without_server_paths(client, root, src, monkeypatch, tmp_path):
     segmentation = wait_for(client, _segment(client, path=str(src)).json()["id"])["id"]
-    reference = [{"wkt": "POLYGON((0 0, 1 0, 1 1, 0 1, 0 0))", "label": "a"}]
+    reference = [{"wkt": INSIDE, "label": "a"}]
     with held_worker(client, root, monkeypatch, tmp_path):
         accuracy = client.post("/v1/jobs/accuracy", headers=AUTH,
                                json={"job": segmentation, "reference": reference}).json()["id"]

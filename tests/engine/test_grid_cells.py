@@ -25,7 +25,8 @@ def _grid(path):
     return shapely.from_wkb(wkb), dict(zip(meta["fields"], fields))
 
 
-@pytest.mark.parametrize("height, width", [(250, 330), (60, 90)], ids=["edges-clipped", "smaller-than-a-cell"])
+@pytest.mark.parametrize("height, width", [(250, 330), (60, 90), (60, 130)],
+                         ids=["edges-clipped", "smaller-than-a-cell", "a-row-of-cells"])
 def test_grid_cells_cover_the_raster_once(tmp_path, classifier, height, width):
     src = write_raster(tmp_path / "g.tif", scene(height, width, seed=3)[0])
     summary = classify_grid(GridJob(str(src), str(tmp_path / "out"), cell_m=50.0), classifier)  # 100 px cells
@@ -39,3 +40,7 @@ def test_grid_cells_cover_the_raster_once(tmp_path, classifier, height, width):
     last = geoms[(fields["row"] == rows - 1) & (fields["col"] == cols - 1)][0]
     assert last.area == pytest.approx(((height - 1) % 100 + 1) * ((width - 1) % 100 + 1) * 0.25)
     assert np.all(fields["valid_fraction"] == 1.0) and np.all(fields["class_index"] >= 0)
+    one_cell = [n for n in summary["notes"] if "the grid is one cell" in n]
+    assert len(one_cell) == int(height <= 100 and width <= 100), summary["notes"]
+    if one_cell:  # (a cell of 1e12 m made one cell with no word about it)
+        assert one_cell[0].startswith(f"the cell (50 m) is not smaller than the area ({width} x {height} px)")

@@ -196,6 +196,21 @@ def test_teaching_from_labels_users_really_have(site, capsys, tmp_path):
         for g, v in zip(geoms, values)]}))
     line = _one_line_error(capsys, [*learn, "--labels", str(metres), "-o", str(tmp_path / "m.classes.json")])
     assert "no label overlaps the raster" in line and "without a CRS is read as WGS 84" in line
+    unknown = tmp_path / "unknown.gpkg"  # labels in another vocabulary; one speck of a polygon
+    write_features(unknown, geoms[:2], {"class": np.array(["Forest", "forest "], dtype=object)},
+                   rasterio.crs.CRS.from_user_input(crs), "labels")
+    line = _one_line_error(capsys, [*learn, "--labels", str(unknown), "-o", str(tmp_path / "u.classes.json")])
+    assert f"no label names a class: the labels say Forest; the classes are {CLASSES.replace(';', ',')}" in line
+    with rasterio.open(site["raster"]) as ds:  # labels drawn over the part of the raster that holds no data
+        data, transform = ds.read(), ds.transform
+    data[:, :128, :128] = 0
+    holed = write_raster(tmp_path / "holed.tif", data, nodata=0)
+    on_hole = tmp_path / "on_hole.gpkg"
+    write_features(on_hole, [shapely.box(*(transform @ (10, 100)), *(transform @ (100, 10)))],
+                   {"class": np.array(["water"], dtype=object)}, rasterio.crs.CRS.from_user_input(crs), "labels")
+    line = _one_line_error(capsys, ["classes", "learn", str(holed), "--classes", CLASSES, *_model(site), "--labels",
+                                    str(on_hole), "-o", str(tmp_path / "h.classes.json")])
+    assert line.endswith("no class has the 2 labelled patches it needs: water (on no data)"), line
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*.partial"))
 
     edited = json.loads(made.read_text())
