@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from engine.errors import InputError
+from engine.geo.vectors import MAX_COORDINATE
 
 if TYPE_CHECKING:
     from engine.dense import InferenceOptions, PromptSet
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from engine.geo.source import RasterSource
 
 MAX_CLASS_LINES = 1000  # the parser refuses more than 254 with a clear message; beyond this, 422
-MAX_COORDINATE = 1e15  # far beyond any CRS's extent; larger values overflow when mapped to pixels
 
 
 def lone_surrogate_at(value, where: str = "") -> str | None:
@@ -273,6 +273,10 @@ def _location(error: dict) -> list[str]:
     return [str(p) for p in error.get("loc", ()) if p != "body" and not _BRANCH.match(str(p))]
 
 
+_BOUNDS = {"less_than_equal": ("le", "less than or equal to"), "greater_than_equal": ("ge", "greater than or equal to"),
+           "less_than": ("lt", "less than"), "greater_than": ("gt", "greater than")}
+
+
 def describe(exc, option_style: bool = False) -> str:
     """The first problem of a pydantic (or FastAPI request) validation error in one line: where, then
     what (`gsd: Input should be greater than 0`). Of a union (classes: text or class lines), the problem
@@ -291,6 +295,11 @@ def describe(exc, option_style: bool = False) -> str:
     if option_style and parts:
         where = "--" + parts[0].replace("_", "-")
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    if first.get("type") in _BOUNDS:  # (pydantic writes a bound of 1e300 in its 301 digits)
+        key, words = _BOUNDS[first["type"]]
+        bound = (first.get("ctx") or {}).get(key)
+        if isinstance(bound, (int, float)):
+            message = f"Input should be {words} {bound:g}"
     if parts[:1] == ["classes"] and first.get("type") in ("string_pattern_mismatch", "string_too_short", "too_short"):
         where = "--classes" if option_style else "classes"
         one_line = len(parts) == 2 and parts[1].isdigit()  # a line of a list

@@ -50,6 +50,7 @@ from engine.geo.palette import PaletteRGB, palette_rgb_vrt
 from engine.geo.raster_names import is_gdal_name, raster_exists
 from engine.geo.sensor_model import SensorModel
 from engine.geo.validity import BlockValidity, filled
+from engine.geo.vectors import refuse_far_coordinates
 
 DEFAULT_GSD = 0.5  # metres per pixel; see README "Working resolution"
 STRETCH_PERCENTILES = (2.0, 98.0)
@@ -869,7 +870,10 @@ def _mask_polygons(wkt: str):
                          "MultiPolygon, its curves made straight segments") from None
     except Exception:  # noqa: BLE001 — any other parse failure is the same answer
         raise InputError("the mask is not valid WKT") from None
-    if geom is None or geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon") or not geom.area > 0:
+    if geom is None or geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon"):
+        raise InputError("the mask must be a Polygon or MultiPolygon with an area")
+    refuse_far_coordinates(geom, "the mask")
+    if not geom.area > 0:
         raise InputError("the mask must be a Polygon or MultiPolygon with an area")
     return geom
 

@@ -11,6 +11,16 @@ import shapely
 
 from engine.errors import InputError, first_line
 
+MAX_COORDINATE = 1e15  # far beyond any CRS's extent; larger values overflow when mapped to pixels or in GEOS
+
+
+def refuse_far_coordinates(geoms, what: str) -> None:
+    """An InputError when a geometry has a coordinate that is not a finite number within ±1e15 (GEOS
+    overflows on ±1e300: a mask covering everything then covered nothing)."""
+    coords = shapely.get_coordinates(np.asarray(geoms, dtype=object).ravel())
+    if coords.size and not (np.isfinite(coords).all() and np.abs(coords).max() <= MAX_COORDINATE):
+        raise InputError(f"{what} has a coordinate that is not a number within ±{MAX_COORDINATE:g}")
+
 
 def write_features(path: Path, geoms, fields: dict[str, np.ndarray], crs, layer: str,
                    append: bool = False) -> None:
@@ -58,4 +68,5 @@ def read_labels(path: str, field: str) -> tuple[list, list[str], str | None]:
     geoms = list(shapely.from_wkb(wkb))
     if not geoms:
         raise InputError(f"{path} holds no features")
+    refuse_far_coordinates(geoms, str(path))
     return geoms, values, meta.get("crs")

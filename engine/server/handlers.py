@@ -19,6 +19,7 @@ from engine.geo.crs_text import parse_crs
 from engine.geo.raster_names import is_gdal_name, unreadable_file
 from engine.geo.opening import only_drivers
 from engine.geo.source import RasterSource, probe_area
+from engine.geo.vectors import refuse_far_coordinates
 from engine.server.schemas import (AccuracyRequest, GridRequest, InputRef, LabelRequest, SearchRequest, SegmentRequest,
                                    TeachRequest)
 from engine.taught_format import SUFFIX as TAUGHT_SUFFIX
@@ -273,6 +274,10 @@ def _polygons(items, what: str) -> tuple[list, list[str]]:
             raise HTTPException(400, f"{what}.{i}.wkt is not valid WKT") from None
         if geom is None or geom.geom_type not in ("Polygon", "MultiPolygon") or geom.is_empty:
             raise HTTPException(400, f"{what}.{i}.wkt must be a non-empty Polygon or MultiPolygon")
+        try:
+            refuse_far_coordinates(geom, f"{what}.{i}.wkt")
+        except InputError as exc:
+            raise HTTPException(400, str(exc)) from None
         geoms.append(geom)
     return geoms, [item.label for item in items]
 

@@ -228,3 +228,24 @@ def test_labels_that_cannot_teach_and_references_that_check_nothing_are_a_400_at
         got = client.post("/v1/jobs/accuracy", headers=AUTH, json={"job": job, "reference": reference})
         assert _detail(got, 400) == message
     assert [j["kind"] for j in client.get("/v1/jobs", headers=AUTH).json()] == ["segment"]
+
+
+HUGE = "POLYGON((-1e300 -1e300, 1e300 -1e300, 1e300 1e300, -1e300 1e300, -1e300 -1e300))"
+
+
+@pytest.mark.parametrize("url, extra, where", [
+    ("/v1/jobs/segment", {"classes": "a; b", "mask_wkt": HUGE}, "the mask"),
+    ("/v1/jobs/grid", {"classes": "a; b", "cell_m": 10, "mask_wkt": HUGE}, "the mask"),
+    ("/v1/jobs/teach", {"classes": "a; b", "labels": [{"wkt": HUGE, "label": "a"}]}, "labels.0.wkt"),
+])
+def test_a_wkt_coordinate_beyond_1e15_is_a_400(client, src, url, extra, where):
+    """GEOS overflows on ±1e300: a grid's mask covering everything was taken to cover nothing (the job failed),
+    a segmentation's was accepted."""
+    detail = _detail(client.post(url, headers=AUTH, json={"input": {"path": str(src)}, **extra}), 400)
+    assert detail == f"{where} has a coordinate that is not a number within ±1e+15", detail
+
+
+def test_a_bound_is_written_as_a_number_not_300_digits(client, src):
+    detail = _detail(client.post("/v1/jobs/segment", headers=AUTH,
+                                 json={"input": {"path": str(src)}, "classes": "a; b", "nodata": 1e308}), 422)
+    assert detail == "nodata: Input should be less than or equal to 1e+300", detail

@@ -196,7 +196,12 @@ def test_teaching_from_labels_users_really_have(site, capsys, tmp_path):
         for g, v in zip(geoms, values)]}))
     line = _one_line_error(capsys, [*learn, "--labels", str(metres), "-o", str(tmp_path / "m.classes.json")])
     assert "no label overlaps the raster" in line and "without a CRS is read as WGS 84" in line
-    unknown = tmp_path / "unknown.gpkg"  # labels in another vocabulary; one speck of a polygon
+    far = tmp_path / "far.geojson"  # a coordinate GEOS overflows on
+    far.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {
+        "class": "water"}, "geometry": shapely.geometry.mapping(shapely.box(-1e300, -1e300, 1e300, 1e300))}]}))
+    line = _one_line_error(capsys, [*learn, "--labels", str(far), "-o", str(tmp_path / "f.classes.json")])
+    assert line.endswith(f"{far} has a coordinate that is not a number within ±1e+15"), line
+    unknown = tmp_path / "unknown.gpkg"  # labels in another vocabulary
     write_features(unknown, geoms[:2], {"class": np.array(["Forest", "forest "], dtype=object)},
                    rasterio.crs.CRS.from_user_input(crs), "labels")
     line = _one_line_error(capsys, [*learn, "--labels", str(unknown), "-o", str(tmp_path / "u.classes.json")])
