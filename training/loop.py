@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -60,6 +61,8 @@ class Run:
             cfg = dataclasses.replace(cfg, data_root=str(source.root))
             if world.main and not quiet:
                 print(f"data: {source.note}", flush=True)
+        for warning in getattr(source, "warnings", []) if world.main else []:  # (shown even when quiet)
+            print(f"data: warning: {warning}", file=sys.stderr, flush=True)
         self.cfg = cfg
         resume = find_resume(self.out, cfg.resume)
         self.resumed = load_training_state(resume, cfg.stage) if resume else None

@@ -15,6 +15,7 @@ import torch
 from engine.dense.prompts import PromptSet, templates
 from engine.errors import InputError
 from engine.models import LoadedModel
+from engine.models.clip import CLIP_CONTEXT
 
 _CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 _CACHE_SIZE = 64
@@ -40,16 +41,22 @@ def embed_names(model: LoadedModel, names: list[str], template_set: str = "image
     return embeddings
 
 
-def refuse_names_cut_short(names: list[str], template_set: str, context_length: int,
+def refuse_names_cut_short(names: list[str], template_set: str, context_length: "int | Callable[[], int]",
                            token_counts: Callable[[list[str]], list[int]]) -> None:
-    """An InputError naming the first name that a text encoder reading `context_length` tokens would cut
-    short in one of the templates (`token_counts`: tokens of each text with its start and end tokens):
-    two long names differing only past the cut would get the same embedding, and a class that cannot
-    win. The engine checks this before embedding; the API before it accepts a job."""
+    """An InputError naming the first name that a text encoder reading `context_length` tokens (or a
+    function giving it, asked only for names past 77 bytes) would cut short in one of the templates
+    (`token_counts`: tokens of each text with its start and end tokens): two long names differing only
+    past the cut would get the same embedding, and a class that cannot win. The engine checks this
+    before embedding; the API before it accepts a job."""
     tmpl = templates(template_set)
     texts = [t.format(name) for name in names for t in tmpl]
-    if max((len(t.encode("utf-8")) for t in texts), default=0) + 2 <= context_length:
+    most_bytes = max((len(t.encode("utf-8")) for t in texts), default=0) + 2
+    if most_bytes <= (CLIP_CONTEXT if callable(context_length) else context_length):
         return  # (a token is at least one byte of UTF-8, with a start and an end token around them)
+    if callable(context_length):
+        context_length = context_length()
+        if most_bytes <= context_length:
+            return
     counts = token_counts(texts)
     per_name = len(tmpl)
     for k, name in enumerate(names):

@@ -15,6 +15,7 @@ from torch import nn
 
 from engine.models.registry import arch_config
 
+CLIP_CONTEXT = 77  # text positions of CLIP's text tower, the fewest any FarSLIP model reads
 LONG_CONTEXT = 248
 LONG_KEEP = 20  # leading positions kept from the 77-position tower
 

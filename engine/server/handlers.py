@@ -143,12 +143,14 @@ def check_names_fit(names: list[str], template_set: str, stored: dict, pool=None
         loaded = pool.get(model, arch)
         context, counter = loaded.context_length, loaded.token_counts
     else:
-        try:
-            context = text_context_of(model) or LONG_CONTEXT
-        except Exception:  # noqa: BLE001 - a file that cannot be read is the job's to report, as before
-            context = LONG_CONTEXT
-        tokenizer = tokenizer_for(arch or "ViT-B-16")  # (every FarSLIP model reads CLIP's BPE tokens)
-        counter = lambda texts: count_tokens(tokenizer, texts)  # noqa: E731
+        def context():  # (its file is read only when a name may be too long)
+            try:
+                return text_context_of(model) or LONG_CONTEXT
+            except Exception:  # noqa: BLE001 - a file that cannot be read is the job's to report, as before
+                return LONG_CONTEXT
+
+        # (every FarSLIP model reads CLIP's BPE tokens)
+        counter = lambda texts: count_tokens(tokenizer_for(arch or "ViT-B-16"), texts)  # noqa: E731
     try:
         refuse_names_cut_short(names, template_set, context, counter)
     except InputError as exc:

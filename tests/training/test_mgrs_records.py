@@ -69,6 +69,28 @@ def test_images_in_global_imgs_beside_text_info_are_found_and_said(scene_dataset
     assert Path(config["data_root"]) == mgrs / "global_imgs"  # the folder used is recorded with the run
 
 
+def test_category_ids_that_disagree_with_their_names_are_said_before_training(scene_dataset, tmp_path, capsys):
+    """A text_info.json merged from datasets with their own numbering: one id for two categories (taught as
+    one class), one category under two ids (pushed away from its own text), a category object with id −1
+    (left out). The published code trains on them as they are; the run says so on stderr, once."""
+    records = _records(scene_dataset)
+    objects = [s for r in records for s in r.get("segment") or [] if "cap" not in s]
+    assert len(objects) >= 4
+    first, name = objects[0]["category_id"], objects[0]["category"]
+    objects[1].update(category="quarry", category_id=first)  # one id, two categories
+    objects[2].update(category=name.upper(), category_id=99)  # one category (however written), two ids
+    objects[3].update(category_id=-1)
+    path = _write(tmp_path / "merged", records)
+    code, out, err = _train(["--data", str(path), "--data-root", str(_images(scene_dataset).parent),
+                             "--model", f"random:{TINY}"], tmp_path / "run", capsys)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("data: warning: text_info.json: ")]
+    assert any(f"category_id {first} names 2 categories" in w and "'quarry' ×1" in w for w in warnings), err
+    assert any(f"category '{name.lower()}' has 2 ids ({first}, 99)" in w for w in warnings), err
+    assert any("objects of a category with category_id -1: 1;" in w for w in warnings), err
+    assert len(warnings) == 3, err
+
+
 def test_images_elsewhere_fail_at_once_naming_the_path_and_data_root(scene_dataset, tmp_path, capsys):
     records = _records(scene_dataset)
     path = _write(tmp_path / "meta", records)

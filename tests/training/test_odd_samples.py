@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 
 import numpy as np
@@ -123,3 +124,24 @@ def test_a_caption_cut_at_an_unquoted_comma_is_refused_naming_the_line(tmp_path)
     (tmp_path / "c.csv").write_text('filepath,caption\ng0.png,"quoted, fine"\ng1.png,red roofs, grey road\n')
     with pytest.raises(InputError, match="c.csv line 3: more fields than the header"):
         read_captions(tmp_path / "c.csv")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('filepath,caption\ng0.png,"red roofs, grey road\ng1.png,green\ng2.png,blue\n',
+     "c.csv line 2: a double quote opened on this line is never closed"),
+    ('filepath,caption\ng0.png,"a\nlong caption"\ng1.png,"say ""hi"" x\n',
+     "c.csv line 4: a double quote opened on this line is never closed"),
+    ('filepath,caption\ng0.png,"x"y\n', "c.csv line 2: ',' expected after '\"'"),
+])
+def test_a_double_quote_never_closed_is_refused_naming_its_line(tmp_path, text, message):
+    """The csv module read every line after it into one caption: a few rows trained where thousands were
+    meant, with no word. Captions for shards and the CSVs evaluation reads are read the same way."""
+    from training.data.shards import read_captions
+    from training.evaluate.zero_shot import read_csv
+
+    (tmp_path / "c.csv").write_text(text)
+    for read in (read_captions, read_csv):
+        with pytest.raises(InputError, match=re.escape(message)):
+            read(tmp_path / "c.csv")
+    (tmp_path / "c.csv").write_text('filepath,caption\ng0.png,"a\nlong, ""quoted"" caption"\ng1.png,plain\n')
+    assert read_captions(tmp_path / "c.csv") == [("g0.png", 'a\nlong, "quoted" caption'), ("g1.png", "plain")]

@@ -102,3 +102,39 @@ def check_records(records, name: str, caption_key: str = "global_caption") -> No
         problem = record_problem(record, caption_key)
         if problem:
             raise InputError(f"{name}: record {i}: {problem}")
+
+
+def category_warnings(records: list[dict], name: str) -> list[str]:
+    """What the region–category loss would learn wrongly from checked records, without refusing them
+    (the published code trains on them as they are): a `category_id` naming several categories (their
+    objects taught as one class), a category under several ids (its objects pushed apart from their own
+    text), a category object with id −1 (left out like an object with its own caption)."""
+    names: dict[int, dict[str, int]] = {}
+    for record in records:
+        for segment in record.get("segment") or []:
+            if own_caption(segment) is None:
+                named = names.setdefault(segment["category_id"], {})
+                category = " ".join(segment["category"].split()).lower()  # (the text as the tokenizer reads it)
+                named[category] = named.get(category, 0) + 1
+    found = []
+    for category_id, named in sorted(names.items()):
+        if len(named) > 1:
+            shown = ", ".join(f"'{c}' ×{n}" for c, n in sorted(named.items(), key=lambda item: -item[1])[:4])
+            more = ", ..." if len(named) > 4 else ""
+            found.append(f"{name}: category_id {category_id} names {len(named)} categories ({shown}{more}): they "
+                         f"are trained as one class")
+    ids: dict[str, list[int]] = {}
+    for category_id, named in names.items():
+        for category in named if category_id != -1 else ():  # (those are left out: no class at all)
+            ids.setdefault(category, []).append(category_id)
+    for category, several in sorted(ids.items()):
+        if len(several) > 1:
+            shown = ", ".join(map(str, sorted(several)[:6])) + (", ..." if len(several) > 6 else "")
+            found.append(f"{name}: category '{category}' has {len(several)} ids ({shown}): its objects are taught "
+                         f"as that many classes, each pushed away from the others' (same) text")
+    if -1 in names:
+        found.append(f"{name}: objects of a category with category_id -1: {sum(names[-1].values())}; the published "
+                     f"rule leaves them out (as objects with their own caption)")
+    if len(found) > 6:
+        found = [*found[:5], f"{name}: and {len(found) - 5} more such problems"]
+    return found

@@ -14,7 +14,7 @@ from PIL import Image
 from engine.dense.prompts import templates
 from engine.errors import InputError
 from training.data.images import to_rgb
-from training.data.mgrs_schema import caption_of, check_records, own_caption
+from training.data.mgrs_schema import caption_of, category_warnings, check_records, own_caption
 
 REGION_PROMPT = templates("region")[0]  # "a satellite image of {}": stage 2's text for an object's category
 
@@ -42,6 +42,7 @@ class MGRSDataset(torch.utils.data.Dataset):
         if not self.records:
             raise InputError(f"{path.name}: no records")
         self.root, self.note = image_root(path, root, self.records[0]["global_filepath"])
+        self.warnings = category_warnings(self.records, path.name)
         self.max_boxes, self.min_size, self.max_size = max_boxes, min_size, max_size
         self.caption_key, self.seed, self.epoch = caption_key, seed, 0
 

@@ -21,7 +21,6 @@ write (`NNNNN.tar`, and `NNNNN.tar.partial` left by a stopped run) are removed.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -34,6 +33,7 @@ from PIL import Image
 
 from engine.errors import InputError, first_line
 from training.data.images import to_rgb
+from training.data.tables import csv_table
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff")
 IMAGE_KEYS = ("img_content",) + IMAGE_EXTENSIONS
@@ -180,15 +180,7 @@ def _caption_rows(path: str | Path, image_key: str | None = None, caption_key: s
             raise InputError(f"{path.name}: expected a list of records or an {{image: caption}} mapping")
         rows = data
     else:
-        dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
-        reader = csv.DictReader(io.StringIO(text), dialect=dialect)
-        rows = []
-        for row in reader:
-            if None in row:  # fields past the header's: a caption cut at an unquoted comma
-                raise InputError(f"{path.name} line {reader.line_num}: more fields than the header has (a caption "
-                                 f"holding a {'tab' if dialect == 'excel-tab' else 'comma'} must be in double "
-                                 f"quotes: \"red roofs, grey road\")")
-            rows.append(row)
+        rows = [row for _, row in csv_table(text, path.name, tab=path.suffix.lower() == ".tsv")[1]]
         if not rows:
             raise InputError(f"{path.name}: no rows under a header")
     header = [str(k) for k in rows[0].keys() if k is not None]

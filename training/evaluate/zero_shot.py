@@ -20,7 +20,6 @@ another model, or a replaced image, is encoded afresh (and so is a cache made wi
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from engine.dense.scenes import SceneClassifier
 from engine.errors import InputError
 from engine.models import LoadedModel
 from training.data.images import is_deep, to_rgb
+from training.data.tables import csv_table
 from training.evaluate.identity import file_stamp, model_identity
 from training.evaluate.metrics import retrieval_metrics, topk_accuracy
 
@@ -115,16 +115,12 @@ def read_csv(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"CSV not found: {path}")
-    rows = []
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            fields = reader.fieldnames or []
-            for row in reader:
-                row[LINE] = reader.line_num
-                rows.append(row)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {path.name}: {exc}") from None
+    fields, table = csv_table(text, path.name)
+    rows = [{**row, LINE: line} for line, row in table]
     if "filepath" not in fields:
         raise InputError(f"{path.name}: expected a header with a 'filepath' column")
     if not rows:
