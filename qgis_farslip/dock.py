@@ -252,10 +252,15 @@ class FarSLIPDock(QDockWidget):
             if task is not None and not sip.isdeleted(task):
                 task.detach()
         self._put_down_label_tool()
+        self._legend_timer.stop()
         if self.engine_panel.local.running():
             self.engine_panel.local.stop(wait=True)
 
     def _refresh_legend_if_online(self) -> None:
+        from qgis_farslip.background import sip
+
+        if sip.isdeleted(self.engine_panel) or sip.isdeleted(self.prompt_edit):
+            return  # (the panel is being taken down: its pending refresh has nothing to ask or show)
         if self.online:
             self.update_legend()
 
