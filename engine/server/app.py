@@ -149,7 +149,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     from engine.geo.crs_text import forbid_network
 
     forbid_network()  # no CRS a client names makes PROJ fetch a grid
-    store = JobStore(settings.data_dir, settings.job_ttl_s)
+    store = JobStore(settings.data_dir, settings.job_ttl_s, owner=f"pid {os.getpid()}, http://{settings.host}:{settings.port}")
     watch = JobWatch()
     store.on_change(watch.notify)
     pool = ModelPool(settings.device, settings.precision, settings.compile)
@@ -177,6 +177,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def lifespan(_app: FastAPI):
         # The job store and the worker live as long as the process: a job still running when the
         # process ends is marked failed (and its partial files removed) at the next start.
+        store.hold()  # (held from create_app on; again when the app is started a second time)
         stop_expiry.clear()
         watch.reopen()
         thread = threading.Thread(target=expire_loop, name="farslip-expiry", daemon=True)
@@ -184,6 +185,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         yield
         watch.close()  # (`farslip serve` closes it earlier, as soon as it starts to stop)
         stop_expiry.set()
+        store.release()  # another engine may serve the data folder now
 
     app = FastAPI(title="FarSLIP engine", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None,  # served below, behind the token

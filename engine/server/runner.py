@@ -21,10 +21,11 @@ from collections import deque
 from typing import Callable
 
 from engine.errors import Cancelled, FarSLIPError, OutputError
-from engine.server.store import FULL_ERRNOS, JobStore
+from engine.server.store import FULL_ERRNOS, JobStore, StorageUnavailable
 from engine.server.wording import for_clients
 
 log = logging.getLogger("farslip.api")
+RETRY_S = 5.0  # how often a job's start or outcome the data folder could not take is written again
 
 JobFn = Callable[[dict, "JobContext"], dict]  # (request, context) → summary
 
@@ -80,6 +81,7 @@ class JobRunner:
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.Condition()
         self.running: str | None = None
+        self._unrecorded: str | None = None  # the job whose start the data folder last could not take
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._stop = threading.Event()
         self._thread.start()
@@ -142,19 +144,38 @@ class JobRunner:
                         or not self._waiting:
                     continue
                 job_id = self._waiting.popleft()
+            waits = False  # (put back in line: it keeps its cancel event)
             try:
-                self._run(job_id)
-            except Exception:  # the store could not record the outcome (a full disk): keep serving
+                waits = not self._start(job_id)
+                if not waits:
+                    self._run(job_id)
+            except Exception:  # noqa: BLE001 - an outcome the store cannot take, for no reason retrying mends
                 log.exception("job %s: its outcome could not be recorded", job_id)
             finally:
-                self._cancel.pop(job_id, None)
-                self.running = None
-                if self.store.get(job_id) is None:  # deleted while it ran: remove what it wrote since
-                    shutil.rmtree(self.store.job_dir(job_id), ignore_errors=True)
+                if not waits:
+                    self._cancel.pop(job_id, None)
+                    self.running = None
+                    if self.store.get(job_id) is None:  # deleted while it ran: remove what it wrote since
+                        shutil.rmtree(self.store.job_dir(job_id), ignore_errors=True)
+
+    def _start(self, job_id: str) -> bool:
+        """Record that a queued job starts: True when it should run now. A start the data folder cannot
+        take (a full disk) puts the job back first in line, tried again every RETRY_S."""
+        try:
+            self.store.set_state_if(job_id, ("queued",), "running", "starting")
+            return True  # (a job cancelled or deleted meanwhile is not running: `_run` lets it be)
+        except StorageUnavailable as exc:
+            if self._unrecorded != job_id:  # (said once per job, not every few seconds)
+                log.warning("job %s cannot start yet: %s", job_id, exc)
+                self._unrecorded = job_id
+            with self._lock:
+                self._waiting.appendleft(job_id)
+            self._stop.wait(RETRY_S)
+            return False
 
     def _run(self, job_id: str) -> None:
         job = self.store.get(job_id)
-        if job is None or not self.store.set_state_if(job_id, ("queued",), "running", "starting"):
+        if job is None or job.state != "running":
             return
         self.running = job_id
         cancel = self._cancel.get(job_id) or threading.Event()
@@ -164,29 +185,47 @@ class JobRunner:
             summary = self.handlers[job.kind](job.request, context)
         except Exception as exc:  # every outcome is recorded; the server stays up
             if isinstance(exc, Cancelled) or cancel.is_set():
-                self.store.update(job_id, state="cancelled", message="cancelled")
+                self._record(job_id, state="cancelled", message="cancelled")
             elif isinstance(exc, OutputError):  # the engine's disk: nothing a client can choose otherwise
-                log.warning("job %s: its results could not be written: %s", job_id, exc.reason, exc_info=exc.__cause__)
-                self.store.update(job_id, state="failed", message=f"the engine could not write the results into its "
-                                                                  f"data folder {self.store.data_dir}: {exc.reason}; "
-                                                                  f"free space there (or ask whoever runs the engine) "
-                                                                  f"and resubmit")
+                full = isinstance(exc.__cause__, OSError) and exc.__cause__.errno in FULL_ERRNOS
+                log.warning("job %s: its results could not be written: %s", job_id, exc.reason,
+                            exc_info=None if full else exc.__cause__)  # (a full disk needs no traceback)
+                self._record(job_id, state="failed", message=f"the engine could not write the results into its "
+                                                             f"data folder {self.store.data_dir}: {exc.reason}; "
+                                                             f"free space there (or ask whoever runs the engine) "
+                                                             f"and resubmit")
             elif isinstance(exc, FarSLIPError):
-                self.store.update(job_id, state="failed", message=for_clients(str(exc)))
+                self._record(job_id, state="failed", message=for_clients(str(exc)))
             elif isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
-                self.store.update(job_id, state="failed", message=f"no space left for the results in "
-                                                                  f"{self.store.data_dir}: free space and resubmit")
+                self._record(job_id, state="failed", message=f"no space left for the results in "
+                                                             f"{self.store.data_dir}: free space and resubmit")
             else:
                 log.exception("job %s failed", job_id)
-                self.store.update(job_id, state="failed", message=f"internal error: {type(exc).__name__}: {exc}")
+                self._record(job_id, state="failed", message=f"internal error: {type(exc).__name__}: {exc}")
             ended = self.store.get(job_id)
             log.info("job %s %s after %.2f s", job_id, ended.state if ended else "deleted", time.perf_counter() - started)
             return
         files = sorted(p.name for p in context.out_dir.iterdir()) if context.out_dir.exists() else []
         if isinstance(summary, dict) and summary.get("notes"):  # for the client: its fields, not CLI flags
             summary = {**summary, "notes": [for_clients(note) for note in summary["notes"]]}
-        self.store.update(job_id, summary=summary, files=files, progress=1.0, message="done", state="done")
+        self._record(job_id, summary=summary, files=files, progress=1.0, message="done", state="done")
         log.info("job %s done in %.2f s", job_id, time.perf_counter() - started)
+
+    def _record(self, job_id: str, **fields) -> None:
+        """A job's outcome written to the store, retried every RETRY_S while the data folder cannot take
+        it (a full disk): the job never stays `running` for ever. Given up only when the engine stops
+        (the next start reports the job interrupted)."""
+        said = False
+        while True:
+            try:
+                self.store.update(job_id, **fields)
+                return
+            except StorageUnavailable as exc:
+                if not said:
+                    log.warning("job %s: its outcome (%s) waits to be recorded: %s", job_id, fields["state"], exc)
+                    said = True
+                if self._stop.wait(RETRY_S):
+                    return
 
     def stop(self) -> None:
         self._stop.set()

@@ -3,7 +3,14 @@
 A job is `queued` → `running` → `done` | `failed` | `cancelled`. Result files live in the job's
 folder and are listed (and served) only once the job is `done`: the pipeline renames each file
 into place when complete, and the state turns `done` after the last one. On start-up, jobs left
-`queued`/`running` by a stopped engine are marked `failed` and their folders emptied.
+`queued`/`running` by a stopped engine are marked `failed` and their folders emptied, and what an
+engine killed mid-write left behind (an upload's `.partial` file, job folders and uploads no record
+names) is removed.
+
+One engine serves a data folder: the store holds a lock on `engine.lock` from start to stop, and a
+second engine started on the folder is refused (`FolderInUse`) before it reads or changes anything.
+A damaged job database is set aside (`engine.sqlite.damaged-…`) and a new one started; a job record
+whose JSON cannot be read is reported failed ("damaged"), never an error for the whole list.
 
 Every change to a job adds one to its `revision` (0 when created) and is then announced to the
 store's listeners (`on_change`), which is how clients waiting on a job are woken.
@@ -19,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
+import os
 import shutil
 import sqlite3
 import threading
@@ -27,11 +36,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from filelock import FileLock, Timeout
+
 from engine.errors import FarSLIPError
 from engine.server.ids import is_id, new_id, shown
 from engine.server.uses import Uses, uses
 
+log = logging.getLogger("farslip.api")
+
 ACTIVE = ("queued", "running")
+DAMAGED = "this job's record in the engine's database is damaged: delete the job (DELETE /v1/jobs/<id>)"
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -44,6 +58,12 @@ class StorageUnavailable(FarSLIPError):
         what = "is full" if full else "cannot be written"
         super().__init__(f"the engine's data folder {folder} {what} ({detail}); free space or fix its "
                          f"permissions, then retry")
+
+
+class FolderInUse(FarSLIPError):
+    """Another engine serves this data folder (the store could not take its lock)."""
+
+    status = 409
 
 
 @contextlib.contextmanager
@@ -106,7 +126,8 @@ class JobRecord:
 
 
 class JobStore:
-    def __init__(self, data_dir: Path, ttl_s: float):
+    def __init__(self, data_dir: Path, ttl_s: float, owner: str = ""):
+        """`owner` says who holds the folder (pid, address) to a second engine started on it."""
         self.data_dir = data_dir
         self.ttl_s = ttl_s
         self.jobs_dir = data_dir / "jobs"
@@ -115,14 +136,73 @@ class JobStore:
         self._listeners: list[Callable[[str], None]] = []
         with storage_errors(data_dir):  # a read-only or full data folder: one line at start, no traceback
             for folder in (data_dir, self.jobs_dir, self.uploads_dir):
+                if folder.exists() and not folder.is_dir():
+                    raise StorageUnavailable(folder, False, "a file, not a folder: move it aside")
                 folder.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(data_dir / "engine.sqlite", check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL's advice: no disk flush on every progress update
-            self._db.executescript(_SCHEMA)
-            if "revision" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
-                self._db.execute("ALTER TABLE jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")  # older folder
+            self._folder_lock = self._claim(owner)
+            try:
+                self._db = self._open_database()
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError):  # full, read-only, locked: not damage
+                    raise
+                self._set_aside_damaged(exc)
+                self._db = self._open_database()
             self._recover()
+
+    def _claim(self, owner: str, lock: FileLock | None = None) -> FileLock:
+        """The data folder's lock, or FolderInUse naming the engine that holds it."""
+        # (not thread-local: taken when the app is made, released by its lifespan's thread)
+        lock = lock or FileLock(self.data_dir / "engine.lock", timeout=0, thread_local=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            try:
+                holder = (self.data_dir / "engine.owner").read_text(encoding="utf-8").strip()
+            except OSError:
+                holder = ""
+            raise FolderInUse(f"the data folder {self.data_dir} is in use by another engine"
+                              f"{f' ({holder})' if holder else ''}: stop that one first, or give this one its own "
+                              f"folder (--data-dir)") from None
+        self._owner = owner or f"pid {os.getpid()}"
+        (self.data_dir / "engine.owner").write_text(self._owner, encoding="utf-8")
+        return lock
+
+    def _open_database(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.data_dir / "engine.sqlite", check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL's advice: no disk flush on every progress update
+            db.executescript(_SCHEMA)
+            if "revision" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+                db.execute("ALTER TABLE jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")  # older folder
+            db.execute("SELECT COUNT(*) FROM jobs").fetchone()  # (reads the table: damage shows here)
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _set_aside_damaged(self, exc: Exception) -> None:
+        """Rename a damaged job database (and its WAL files) aside; the jobs it recorded are forgotten
+        (their folders are removed as unrecorded by `_recover`)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            path = self.data_dir / f"engine.sqlite{suffix}"
+            if path.exists():
+                path.rename(self.data_dir / f"engine.sqlite{suffix}.damaged-{stamp}")
+        log.warning("the job database %s was damaged (%s): set aside as engine.sqlite.damaged-%s, a new one "
+                    "started; the jobs it recorded are forgotten", self.data_dir / "engine.sqlite", exc, stamp)
+
+    def hold(self) -> None:
+        """Hold the data folder again after `release` (an app started a second time): FolderInUse when
+        another engine took it meanwhile."""
+        if not self._folder_lock.is_locked:
+            with storage_errors(self.data_dir):
+                self._claim(self._owner, self._folder_lock)
+
+    def release(self) -> None:
+        """Let another engine serve the data folder (this one is stopping)."""
+        if self._folder_lock.is_locked:
+            self._folder_lock.release(force=True)
 
     def _write(self, sql: str, parameters=()) -> sqlite3.Cursor:
         """One write to the job database under the lock; a full or read-only folder → StorageUnavailable."""
@@ -140,15 +220,28 @@ class JobStore:
 
     # --- jobs ----------------------------------------------------------------------------------
     def _recover(self) -> None:
+        """Jobs a stopped engine left queued or running marked failed, their folders removed; then what
+        no record names (a job folder, an upload file, an upload's `.partial` file) removed."""
         with self._lock:
             rows = self._db.execute(f"SELECT id FROM jobs WHERE state IN {ACTIVE}").fetchall()
             now = time.time()
-            self._db.execute(f"UPDATE jobs SET state='failed', message=?, updated=?, expires=?, "
-                             f"revision = revision + 1 WHERE state IN {ACTIVE}",
-                             ("interrupted: the engine stopped before the job finished", now, now + self.ttl_s))
+            for state, message in (("running", "interrupted: the engine stopped before the job finished"),
+                                   ("queued", "interrupted: the engine stopped before the job started; submit it "
+                                              "again")):
+                self._db.execute("UPDATE jobs SET state='failed', message=?, updated=?, expires=?, "
+                                 "revision = revision + 1 WHERE state = ?", (message, now, now + self.ttl_s, state))
+            jobs = {row[0] for row in self._db.execute("SELECT id FROM jobs")}
+            uploads = {Path(row[0]).name for row in self._db.execute("SELECT path FROM uploads")}
         for (job_id,) in rows:
             if is_id(job_id):
                 shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        for folder in self.jobs_dir.iterdir():
+            if is_id(folder.name) and folder.name not in jobs:
+                shutil.rmtree(folder, ignore_errors=True)
+        for file in self.uploads_dir.iterdir():
+            if file.is_file() and file.name not in uploads and (file.name.endswith(".partial") or
+                                                                 is_id(file.name.split(".")[0])):
+                file.unlink(missing_ok=True)
 
     def job_dir(self, job_id: str) -> Path:
         if not is_id(job_id):  # routes refuse such ids first: this never builds a path from one
@@ -182,7 +275,10 @@ class JobStore:
         users: dict[str, list[tuple[str, str, str]]] = {}
         for job_id, kind, state, request in self._db.execute(
                 f"SELECT id, kind, state, request FROM jobs WHERE state IN {ACTIVE} ORDER BY created"):
-            needs = self.uses(json.loads(request))
+            try:
+                needs = self.uses(json.loads(request))
+            except (ValueError, TypeError):  # a damaged record: it cannot run, it uses nothing
+                continue
             for used in needs.jobs | needs.uploads:
                 users.setdefault(used, []).append((job_id, kind, state))
         return users
@@ -203,8 +299,16 @@ class JobStore:
                                    "summary, files, revision FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             return None
-        return JobRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], json.loads(row[8]),
-                         json.loads(row[9]) if row[9] else None, json.loads(row[10]) if row[10] else [], row[11])
+        try:
+            request, summary = json.loads(row[8]), json.loads(row[9]) if row[9] else None
+            files = json.loads(row[10]) if row[10] else []
+            if not (isinstance(request, dict) and isinstance(files, list) and isinstance(summary, (dict, type(None)))):
+                raise ValueError("not the JSON a job record holds")
+        except (ValueError, TypeError):  # (edited by hand, or a disk that lost a block)
+            state = row[2] if row[2] in ACTIVE else "failed"
+            return JobRecord(row[0], row[1], state, row[3], DAMAGED, row[5], row[6], row[7], {}, None, [], row[11])
+        return JobRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], request, summary, files,
+                         row[11])
 
     def list(self, limit: int = 100) -> list[JobRecord]:
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -48,3 +49,17 @@ def wait_for(client, job_id: str, states=FINAL, timeout: float = 120.0, headers=
         if status["state"] in states:
             return status
     raise AssertionError(f"job {job_id} did not reach {states}: {status}")
+
+
+@contextmanager
+def file_size_limit(limit: int):
+    """Every file this process writes stops growing at `limit` bytes (EFBIG): a full disk, for real
+    writes, without filling one. (Python ignores SIGXFSZ, so the write fails instead of killing it.)"""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

@@ -4,19 +4,17 @@
 from __future__ import annotations
 
 import os
-import resource
 import stat
 import subprocess
 import sys
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from engine.server.auth import load_or_create_token
-from tests.engine.api_helpers import AUTH, TOKEN, make_app, wait_for, write_checkpoint
+from tests.engine.api_helpers import AUTH, TOKEN, file_size_limit, make_app, wait_for, write_checkpoint
 from tests.engine.rasters import scene, write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,18 +153,6 @@ def test_concurrent_uploads_stay_within_the_quota(root, src, declared):
         assert len(kept) == codes.count(201) and sum(p.stat().st_size for p in kept) <= quota
         if len(kept) == 2:
             assert c.post("/v1/uploads", headers=AUTH, content=data).status_code == 413  # still full
-
-
-@contextmanager
-def file_size_limit(limit: int):
-    """Every file this process writes stops growing at `limit` bytes (EFBIG): a full disk, for real
-    writes, without filling one. (Python ignores SIGXFSZ, so the write fails instead of killing it.)"""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def test_a_full_data_folder_is_a_507_naming_it_and_recovers(root, src):
