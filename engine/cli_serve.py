@@ -104,7 +104,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    help="Host header value to answer (repeatable; default: loopback names on a loopback "
                         "address, any name in remote mode)")
     p.add_argument("--job-ttl-hours", type=_number(), default=24, help="jobs and their files expire after this")
-    p.add_argument("--max-queue", type=_number(int, 1, above=False), default=8, help="waiting jobs before new ones get 429")
+    p.add_argument("--max-queue", type=_number(int, 1, above=False), default=8,
+                   help="waiting jobs before new ones get 429")
     add_model_arguments(p)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each model when loaded (its first job waits 10-20 s on a GPU for the "

@@ -4,13 +4,15 @@ Each argument is a raster path or GDAL name (`/vsis3/...`, a subdataset `GPKG:/d
 VRT, ...), a glob (`tiles/*.tif`), or a text file listing one of those per line (`.txt`, `.lst`; blank
 lines and `#` comments skipped).
 Names that do not exist are kept: they are reported as failed inputs, not dropped silently. A file
-named twice, however spelled, is processed once (its first spelling).
+named twice, however spelled (through a symbolic or a hard link too), is processed once (its first
+spelling).
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+from collections import Counter
 from pathlib import Path
 
 from engine.errors import InputError
@@ -37,13 +39,25 @@ def expand_inputs(items: list[str]) -> list[str]:
             found.append(item)
     if not found:
         raise InputError(f"no rasters to process: {', '.join(items)} lists none")
-    unique: dict[str, str] = {}
+    unique: dict[object, str] = {}
     for path in found:
-        unique.setdefault(_same_file_key(path), path)
+        unique.setdefault(_identity(path), path)
     return list(unique.values())
 
 
-def _same_file_key(path: str) -> str:
+def _identity(path: str):
+    """What two names of one file share: the file itself (device and inode: a hard link too), else its
+    `source_key`."""
+    if not is_gdal_name(path):
+        try:
+            st = Path(path).stat()
+            return st.st_dev, st.st_ino
+        except OSError:  # (missing: reported when it is read)
+            pass
+    return source_key(path)
+
+
+def source_key(path: str) -> str:
     """One key for every spelling of a local file (relative, absolute, with `..`, through a link), so
     that it is processed once; GDAL names (`/vsi…`, subdatasets) as written."""
     return path if is_gdal_name(path) else str(Path(path).resolve())
@@ -65,13 +79,21 @@ def _read_list(path: Path) -> list[str]:
     return out
 
 
-def output_stems(inputs: list[str], reserved: frozenset[str] = frozenset()) -> list[str]:
-    """One output file stem per input: its name, made unique with a short hash where names repeat or are
-    `reserved` (the stems of the batch's own files: an input named batch.tif must not write batch_summary.json)."""
+def output_stems(inputs: list[str], reserved: frozenset[str] = frozenset(),
+                 claimed: dict[str, str] | None = None) -> list[str]:
+    """One output file stem per input: its name, made unique with a short hash where names repeat, are
+    `reserved` (the stems of the batch's own files: an input named batch.tif must not write
+    batch_summary.json) or are `claimed` by another file ({stem: `source_key` of the input whose outputs
+    the folder holds under that stem}: another folder's tile.tif must not replace them)."""
     stems = [raster_stem(p) for p in inputs]
-    taken = {s for s in stems if stems.count(s) > 1} | reserved
+    counts = Counter(stems)
+    claimed = claimed or {}
+
+    def taken(stem: str, path: str) -> bool:
+        return counts[stem] > 1 or stem in reserved or claimed.get(stem, source_key(path)) != source_key(path)
+
     # (the hash of the file itself, however its path is spelled: a rerun from another folder names it alike)
-    return [f"{s}_{hashlib.sha1(_same_file_key(p).encode()).hexdigest()[:8]}" if s in taken else s
+    return [f"{s}_{hashlib.sha1(source_key(p).encode()).hexdigest()[:8]}" if taken(s, p) else s
             for s, p in zip(stems, inputs)]
 
 

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Callable
 
 from engine import __version__
-from engine.batch.inputs import input_stamp, output_stems
-from engine.batch.manifest import Manifest
+from engine.batch.inputs import input_stamp, output_stems, source_key
+from engine.batch.manifest import Manifest, check_state_folder, output_sources
 from engine.batch.merge import MERGED_POLYGONS, MOSAIC, Product, write_merged
 from engine.batch.units import RasterSpec, Unit
 from engine.batch.work import plan_units, strips_from_numpy
-from engine.errors import Cancelled, FarSLIPError
+from engine.errors import Cancelled, FarSLIPError, InputError
 from engine.geo.blocks import assemble_block, block_boxes, sources_of, working_block
 from engine.geo.pipeline import (DEFAULT_BLOCK, RasterJob, all_output_paths, check_new_outputs, output_paths,
                                  publish_summary, segment_raster)
@@ -85,13 +85,29 @@ def run_settings(settings: BatchSettings, segmenter) -> dict:
                if k != "out_dir" and not (k == "nodata" and v is None)}}  # (runs before nodata keep their hash)
 
 
+def batch_names(inputs: list[str], out_dir: str | Path) -> list[str]:
+    """Each input's output stem in this output folder: its name, or a hashed one where names repeat, name
+    the batch's own files, or name outputs that an earlier run made there from another file."""
+    return output_stems(inputs, BATCH_STEMS, output_sources(Path(out_dir)))
+
+
 def check_batch_outputs(inputs: list[str], settings: BatchSettings) -> None:
     """Before any work: InputError when an output of the run would be one of its inputs (`a_classes.tif`
-    beside `a.tif` in the output folder: the input would be lost) or a name too long to write."""
-    names = output_stems(inputs, BATCH_STEMS)
-    outputs = [p for path, name in zip(inputs, names) for p in all_output_paths(_job(settings, path, name)).values()]
+    beside `a.tif` in the output folder: the input would be lost), a file of the user's own (one no
+    FarSLIP run made: no summary beside it, no batch record), a folder, or a name too long to write."""
     out = Path(settings.out_dir)
-    check_new_outputs(outputs + [out / SUMMARY, out / MERGED_POLYGONS], inputs, overwrite=True)
+    check_state_folder(out)
+    recorded = set(output_sources(out))
+    planned = [(path, name, all_output_paths(_job(settings, path, name)))
+               for path, name in zip(inputs, batch_names(inputs, out))]
+    outputs = [p for _, _, paths in planned for p in paths.values()]
+    check_new_outputs(outputs + [out / SUMMARY, out / MERGED_POLYGONS], inputs, overwrite=True, named=False)
+    for path, name, paths in planned:
+        if not paths["summary"].exists() and name not in recorded:
+            stray = next((p for p in paths.values() if p.is_file()), None)
+            if stray is not None:
+                raise InputError(f"{stray} is in the output folder and no FarSLIP run of {path} made it: move it "
+                                 f"aside, or choose another output folder (-o)")
 
 
 def run_batch(inputs: list[str], settings: BatchSettings, segmenter, executor,
@@ -100,15 +116,15 @@ def run_batch(inputs: list[str], settings: BatchSettings, segmenter, executor,
     started = time.perf_counter()
     check_batch_outputs(inputs, settings)
     out = Path(settings.out_dir)
+    names = batch_names(inputs, out)  # (before this run records anything)
     manifest = Manifest(out, run_settings(settings, segmenter))
-    names = output_stems(inputs, BATCH_STEMS)
     jobs = [_job(settings, path, name) for path, name in zip(inputs, names)]
     status: list[dict] = [{"input": path, "name": name, "status": "pending"} for path, name in zip(inputs, names)]
     todo: list[Unit] = []
     remaining: dict[int, int] = {}
     resumed_windows = 0
     for r, (path, job) in enumerate(zip(inputs, jobs)):
-        manifest.track(job.name, input_stamp(path))  # a file changed since: its blocks and outputs are redone
+        manifest.track(job.name, input_stamp(path), source_key(path))  # (a changed file's blocks and outputs redone)
         outputs = output_paths(job)
         if outputs["summary"].exists():
             # done earlier: these settings made them, and every one is still there (one deleted: made again)

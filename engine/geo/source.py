@@ -137,6 +137,9 @@ class RasterSource:
                 self.dataset = open_raster(self.path)
                 dataset_transform = self.dataset.transform
         except RasterioIOError:
+            if Path(self.path).is_dir():  # (GDAL reads some folders: a .SAFE, an ESRI grid; not this one)
+                raise InputError(f"{self.path} is a folder, not a raster GDAL can read: name the rasters in it "
+                                 f"(e.g. {Path(self.path) / '*.tif'})") from None
             raise InputError(f"{self.path} is not a raster GDAL can read") from None
         try:
             # GCPs or RPCs without a geotransform: the engine works in pixel space, the outputs carry them

@@ -149,7 +149,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     from engine.geo.crs_text import forbid_network
 
     forbid_network()  # no CRS a client names makes PROJ fetch a grid
-    store = JobStore(settings.data_dir, settings.job_ttl_s, owner=f"pid {os.getpid()}, http://{settings.host}:{settings.port}")
+    store = JobStore(settings.data_dir, settings.job_ttl_s,
+                     owner=f"pid {os.getpid()}, http://{settings.host}:{settings.port}")  # (named to a second engine)
     watch = JobWatch()
     store.on_change(watch.notify)
     pool = ModelPool(settings.device, settings.precision, settings.compile)

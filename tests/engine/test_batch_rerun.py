@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -158,6 +159,8 @@ def test_a_deleted_output_is_made_again_and_names_follow_the_file_not_its_spelli
     (out / f"{names[0]}_classes.tif").unlink()  # a user deletes one output
     made = run("a/tile.tif", "b/tile.tif")
     assert made["done"] == 1 and made["done_earlier"] == 1 and (out / f"{names[0]}_classes.tif").exists()
+    os.link(tmp_path / "a" / "tile.tif", tmp_path / "hard.tif")  # a hard link is the same file: run once
+    assert [entry["input"] for entry in run("a/tile.tif", "hard.tif")["per_input"]] == ["a/tile.tif"]
 
 
 def test_inputs_in_a_crs_without_a_code_and_without_a_crs_are_merged(inputs, tmp_path):
@@ -190,3 +193,99 @@ def test_inputs_in_a_crs_without_a_code_and_without_a_crs_are_merged(inputs, tmp
 
     meta, _, _, columns = read(out / "merged_polygons.gpkg", layer="polygons_pixel_space")
     assert set(columns[list(meta["fields"]).index("source")]) == {"bare"}  # each input's polygons, tagged
+
+
+def _run(inputs, out, *rasters, classes="water; grass"):
+    checkpoint, _ = inputs
+    return main(["segment-batch", *map(str, rasters), "--classes", classes, "-o", str(out), "--block", "256",
+                 "--model", str(checkpoint), "--arch", TINY, "-q"])
+
+
+def test_another_folders_file_of_the_same_name_keeps_the_earlier_outputs(inputs, tmp_path):
+    """x/tile.tif, then y/tile.tif into the same folder: y was 'done earlier' (x's outputs, when the files
+    had the same size and time, as tar and cp -p leave them) or replaced x's outputs saying they were of
+    'an earlier version of the file'. Now y gets its own names and x's outputs stay."""
+    import os
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    x = write_raster(tmp_path / "x" / "tile.tif", scene(120, 150, seed=11)[0])
+    y = write_raster(tmp_path / "y" / "tile.tif", scene(120, 150, seed=12)[0], origin=(600000.0, 5100000.0))
+    os.utime(y, ns=(x.stat().st_atime_ns, x.stat().st_mtime_ns))
+    out = tmp_path / "out"
+    assert _run(inputs, out, x) == 0 and _run(inputs, out, y) == 0
+    first, second = (json.loads(p.read_text()) for p in (out / "tile_summary.json", out / "batch_summary.json"))
+    assert first["input"] == str(x)  # x's outputs are still x's
+    mine = second["per_input"][0]
+    assert mine["status"] == "done" and mine["name"].startswith("tile_") and mine["name"] != "tile"
+    assert json.loads((out / f"{mine['name']}_summary.json").read_text())["input"] == str(y)
+    assert _run(inputs, out, x) == 0  # x again: done earlier, under its own name
+    assert json.loads((out / "batch_summary.json").read_text())["done_earlier"] == 1
+
+
+def test_what_is_in_the_output_folder_that_no_run_made_is_not_written_over(inputs, tmp_path, capsys):
+    """A file of the user's own with an output's name was replaced without a word; a folder there, or a
+    file where the batch keeps its state, ended in a traceback."""
+    _, raster = inputs
+    for name, make in [("tile_classes.tif", lambda p: p.write_text("mine")),
+                       ("merged_polygons.gpkg", lambda p: p.mkdir()), (".farslip-batch", lambda p: p.write_text("x"))]:
+        out = tmp_path / name.strip(".").replace(".", "_")
+        out.mkdir()
+        make(out / name)
+        capsys.readouterr()
+        assert main(["segment-batch", str(raster), "--classes", "water", "-o", str(out), "--model", str(inputs[0]),
+                     "--arch", TINY, "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("farslip: error: "), err
+        line = err[0]
+        assert str(out / name) in line, line
+        assert {"tile_classes.tif": "no FarSLIP run of", "merged_polygons.gpkg": "is a folder, where the run writes",
+                ".farslip-batch": "is a file: a batch run keeps"}[name] in line, line
+    assert (tmp_path / "tile_classes_tif" / "tile_classes.tif").read_text() == "mine"
+
+
+def _interrupted(inputs, raster, out, after: int = 1) -> Path:
+    """A run of `raster` into `out` interrupted (Ctrl-C) once `after` blocks are saved; its state folder."""
+    from engine.batch.local import LocalExecutor
+    from engine.batch.run import BatchSettings, run_batch
+    from engine.dense import Segmenter
+    from engine.models import load_model
+
+    segmenter = Segmenter(load_model(str(inputs[0]), arch=TINY, device="cpu"), "water; grass")
+    saved = []
+
+    def progress(done: int, total: int) -> None:
+        if done:
+            saved.append(done)
+            if len(saved) >= after:
+                raise KeyboardInterrupt
+
+    executor = LocalExecutor(segmenter)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch([str(raster)], BatchSettings(out_dir=str(out), block=256), segmenter, executor, progress=progress)
+    executor.close()
+    return next(p for p in (out / ".farslip-batch").iterdir() if p.name != "outputs")
+
+
+@pytest.mark.parametrize("spoil", [
+    lambda state: (state / "manifest.jsonl").open("a").write('{}\nnull\n[1, 2]\n{"input": "big", "windows": 3}\n'
+                                                             '{"input": "big", "block": [0, 0], "windows": "9"}\n'),
+    lambda state: (state / "manifest.jsonl").open("ab").write(b"\xff\xfe not text\n"),
+    lambda state: next((state / "parts" / "big").glob("*.npz")).write_bytes(b""),
+    lambda state: next((state / "parts" / "big").glob("*.npz")).write_bytes(b"garbage\n"),
+    lambda state: (state.parent / "outputs" / "big").mkdir(parents=True),
+], ids=["odd-lines", "not-utf8", "empty-block", "garbage-block", "record-is-a-folder"])
+def test_a_resumed_run_skips_what_a_crash_or_a_hand_spoiled(inputs, tmp_path, spoil):
+    """Each was a traceback on every rerun, nothing published. A block that does not read back is computed
+    again: the result is the one an uninterrupted run makes."""
+    raster = write_raster(tmp_path / "big.tif", scene(300, 560, seed=5)[0])
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    assert _run(inputs, whole, raster) == 0
+    state = _interrupted(inputs, raster, out)
+    assert list((state / "parts" / "big").glob("*.npz"))  # (a saved block, nothing published)
+    spoil(state)
+    assert _run(inputs, out, raster) == 0
+    summary = json.loads((out / "batch_summary.json").read_text())
+    assert summary["done"] == 1 and summary["failed"] == 0
+    with rasterio.open(whole / "big_classes.tif") as a, rasterio.open(out / "big_classes.tif") as b:
+        assert (a.read() == b.read()).all()

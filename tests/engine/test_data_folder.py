@@ -73,7 +73,7 @@ def test_a_damaged_job_database_is_set_aside_and_the_engine_starts(root, src, ca
         assert c.get("/v1/jobs", headers=AUTH).json() == []  # its jobs are forgotten ...
         assert list((root / "engine-data" / "jobs").iterdir()) == []  # ... and their unrecorded folders removed
         assert wait_for(c, _segment(c, src))["state"] == "done"
-    assert [p.name.split("-")[0] for p in (root / "engine-data").glob("engine.sqlite.damaged-*")] == ["engine.sqlite.damaged"]
+    assert len(list((root / "engine-data").glob("engine.sqlite.damaged-*"))) == 1  # (kept, for whoever wants it)
     assert any("was damaged" in r.getMessage() and "set aside" in r.getMessage() for r in caplog.records)
 
 

@@ -110,3 +110,12 @@ def test_a_bbox_with_latitude_and_longitude_swapped_gets_a_hint(tmp_path, capfd,
                            "--bbox-crs", "EPSG:4326")
     assert code == 2 and len(lines) == 1 and "bbox lies outside the raster" in lines[0]
     assert "swap" not in lines[0]
+
+
+def test_a_folder_given_as_the_raster_is_named_a_folder(tmp_path, capfd, checkpoint):
+    """It said "… is not a raster GDAL can read" (GDAL opens some folders, a .SAFE or an ESRI grid; not this)."""
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    code, err = _segment(capfd, checkpoint, folder, tmp_path / "out")
+    assert code == 2 and err == [f"farslip: error: {folder} is a folder, not a raster GDAL can read: name the rasters "
+                                 f"in it (e.g. {folder / '*.tif'})"], err
