@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from engine.server import runner as runner_module
 from engine.server.runner import JobRunner
 from engine.server.store import FolderInUse, JobStore
-from tests.engine.api_helpers import AUTH, file_size_limit, make_app, wait_for, write_checkpoint
+from tests.engine.api_helpers import AUTH, file_size_limit, make_app, wait_for
 from tests.engine.rasters import scene, write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,48 +190,25 @@ def test_nonsense_engine_settings_are_refused_at_start(capsys, flag, value, mess
 def test_ctrl_c_with_a_job_running_stops_the_engine_cleanly(tmp_path):
     """It aborted in C++ ('terminate called without an active exception', exit -6, a core dump) while
     the job's compute threads ran; now it stops as SIGTERM does, and the job is reported interrupted."""
-    import httpx
+    from tests.engine.test_api_service import Engine
 
-    served = tmp_path / "served"
-    served.mkdir()
-    src = write_raster(served / "big.tif", scene(512, 512)[0])
-    env = {**os.environ, "FARSLIP_CONFIG_DIR": str(tmp_path / "config"), "HF_HUB_OFFLINE": "1"}
-    port = _free_port()
-    command = [sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "data"),
-               "--allow-root", str(served), "--model", str(write_checkpoint(served)), "--arch", "tiny-vit-16",
-               "--device", "cpu"]
-    engine = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    src = write_raster(tmp_path / "big.tif", scene(512, 512)[0])
+    engine = Engine(tmp_path).start()
     try:
-        url = f"http://127.0.0.1:{port}"
+        job = engine.client.post("/v1/jobs/segment", json={"input": {"path": str(src)}, "classes": "a; b; c",
+                                                           "gsd": 0.1}).json()["id"]
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        token = (tmp_path / "config" / "token").read_text().strip()
-        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
-        job = client.post("/v1/jobs/segment", json={"input": {"path": str(src)}, "classes": "a; b; c",
-                                                    "gsd": 0.1}).json()["id"]
-        while client.get(f"/v1/jobs/{job}").json()["message"] in ("starting", "") and time.monotonic() < deadline:
+        while engine.client.get(f"/v1/jobs/{job}").json()["message"] in ("starting", "") \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert client.get(f"/v1/jobs/{job}").json()["state"] == "running"
-        engine.send_signal(signal.SIGINT)
-        _, err = engine.communicate(timeout=60)
+        assert engine.client.get(f"/v1/jobs/{job}").json()["state"] == "running"
+        engine.proc.send_signal(signal.SIGINT)
+        engine.proc.wait(60)
     finally:
-        if engine.poll() is None:
-            engine.kill()
-    assert engine.returncode == 130 and "terminate called" not in err and "Traceback" not in err, err
+        engine.stop()
+    err = (tmp_path / "engine.log").read_text()
+    assert engine.proc.returncode == 130 and "terminate called" not in err and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "farslip: engine stopped"
-    with TestClient(make_app(served, data_dir=tmp_path / "data")) as c:  # the next start
+    with TestClient(make_app(tmp_path, data_dir=tmp_path / "data")) as c:  # the next start
         status = c.get(f"/v1/jobs/{job}", headers=AUTH).json()
         assert status["state"] == "failed" and status["message"].startswith("interrupted"), status
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
