@@ -164,7 +164,10 @@ class JobStore:
                               f"{f' ({holder})' if holder else ''}: stop that one first, or give this one its own "
                               f"folder (--data-dir)") from None
         self._owner = owner or f"pid {os.getpid()}"
-        (self.data_dir / "engine.owner").write_text(self._owner, encoding="utf-8")
+        try:
+            (self.data_dir / "engine.owner").write_text(self._owner, encoding="utf-8")
+        except OSError:  # (a full disk: the engine still starts and serves what it has; the name is a courtesy)
+            pass
         return lock
 
     def _open_database(self) -> sqlite3.Connection:
