@@ -51,8 +51,10 @@ def engine_argv(hub: tuple[str, Path] | None = None) -> list[str]:
 class EngineProcess:
     """`farslip serve` on a free port; offline, or with `hub=(url, cache)` downloading from a fake Hub."""
 
-    def __init__(self, folder: Path, hub: tuple[str, Path] | None = None):
-        self.folder = folder
+    def __init__(self, folder: Path, hub: tuple[str, Path] | None = None, data: str = "data"):
+        """`data`: the data folder's name in `folder`; a second engine beside a running one needs its own
+        (an engine refuses a data folder another one serves)."""
+        self.folder, self.data = folder, folder / data
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "FARSLIP_CONFIG_DIR": str(folder / "config"), "HF_HUB_OFFLINE": "1"}
@@ -61,7 +63,7 @@ class EngineProcess:
 
     def start(self) -> "EngineProcess":
         self.proc = subprocess.Popen(
-            [*engine_argv(self.hub), "serve", "--port", str(self.port), "--data-dir", str(self.folder / "data"),
+            [*engine_argv(self.hub), "serve", "--port", str(self.port), "--data-dir", str(self.data),
              "--allow-root", str(self.folder), "--model", str(self.folder / "tiny.pt"), "--arch", "tiny-vit-16",
              "--device", "cpu"], cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL,
             stderr=open(self.folder / "engine.log", "ab"))

@@ -159,7 +159,7 @@ def test_an_engine_killed_mid_job_leaves_no_half_layer(qgis_app, qtbot, folder, 
     from qgis_farslip.dock import FarSLIPDock
     from qgis_farslip.settings import save_engine_settings
 
-    victim = EngineProcess(folder).start()
+    victim = EngineProcess(folder, data="data-victim").start()  # (beside the module's engine)
     save_engine_settings(victim.url, victim.token)
     dock = FarSLIPDock(QgsMapCanvas(), lambda level, text: None)
     qtbot.addWidget(dock)

@@ -118,7 +118,8 @@ def test_cancelling_a_download_says_cancelled_keeps_nothing_and_is_no_failed_tas
 
 
 def test_an_engine_that_cannot_reach_the_hub_says_so_in_gui_words(folder, qtbot, qgis_app):
-    offline = EngineProcess(folder, hub=(f"http://127.0.0.1:{free_port()}", folder / "hf-cache-2")).start()
+    offline = EngineProcess(folder, hub=(f"http://127.0.0.1:{free_port()}", folder / "hf-cache-2"),
+                            data="data-offline").start()  # (beside the module's engine)
     try:
         panel = _panel(qtbot, offline.url, offline.token)
         panel.download_model("farslip2-vit-b-16")
