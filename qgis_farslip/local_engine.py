@@ -7,6 +7,8 @@ thread (`background.run_async`), so QGIS never waits on it.
 
 from __future__ import annotations
 
+import re
+
 from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, pyqtSignal
 
 from qgis_farslip.background import run_async
@@ -126,6 +128,13 @@ class LocalEngine(QObject):
             port = self.url.rsplit(":", 1)[-1]
             self._set("died", f"port {port} is already in use (another engine already running?): press Check to "
                               "use that one, or put another port in the URL and press Set up… → Use it")
+            return
+        held = next((line for line in self.log[-20:] if "is in use by another engine" in line), None)
+        if held is not None:  # (its data folder: one engine serves it)
+            other = re.search(r"\((pid \d+), (https?://\S+?)\)", held)
+            where = f" ({other.group(1)}, {other.group(2)})" if other else ""
+            self._set("died", f"another FarSLIP engine already runs on this computer{where}: put its address in "
+                              "the URL and press Check to use it, or stop it and press Start")
             return
         self._set("died", f"the engine stopped (exit code {code}): {last[:200]} — see Engine → Show log, then Start")
 

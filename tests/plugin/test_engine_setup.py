@@ -188,6 +188,21 @@ def test_an_engine_that_never_answers_times_out_with_a_message(qgis_app, qtbot):
     assert local.process is None
 
 
+def test_an_engine_already_serving_the_data_folder_is_explained(qgis_app, qtbot):
+    """A second engine on the same data folder stops at once (it used to fail the first one's jobs); the
+    panel says another engine runs and where, instead of a cut-off log line."""
+    from qgis_farslip.local_engine import LocalEngine
+
+    refusal = ("farslip: error: the data folder /home/u/.local/share/farslip is in use by another engine (pid 4242, "
+               "http://127.0.0.1:8765): stop that one first, or give this one its own folder (--data-dir)")
+    local = LocalEngine(ready_timeout_s=30, poll_ms=200)
+    local.start([sys.executable, "-c", f"import sys; print({refusal!r}, file=sys.stderr); sys.exit(2)"],
+                f"http://127.0.0.1:{free_port()}")
+    qtbot.waitUntil(lambda: local.state == "died", timeout=15_000)
+    assert local.text == ("another FarSLIP engine already runs on this computer (pid 4242, http://127.0.0.1:8765): "
+                          "put its address in the URL and press Check to use it, or stop it and press Start")
+
+
 def test_a_port_already_in_use_is_explained(panel, qtbot, stub_env):
     import socket
 
