@@ -57,10 +57,12 @@ def refuse_names_cut_short(names: list[str], template_set: str, context_length: 
         context_length = context_length()
         if most_bytes <= context_length:
             return
-    counts = token_counts(texts)
-    per_name = len(tmpl)
+    maybe = [k for k, t in enumerate(texts) if len(t.encode("utf-8")) + 2 > context_length]  # (the rest fit)
+    most: dict[int, int] = {}  # name → its longest template, in tokens
+    for k, count in zip(maybe, token_counts([texts[k] for k in maybe])):
+        most[k // len(tmpl)] = max(most.get(k // len(tmpl), 0), count)
     for k, name in enumerate(names):
-        longest = max(counts[k * per_name:(k + 1) * per_name])
+        longest = most.get(k, 0)
         if longest > context_length:
             shown = name if len(name) <= 60 else name[:57] + "..."
             raise InputError(f"class name '{shown}' is too long for the model's text encoder: with its prompt "
